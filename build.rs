@@ -1,0 +1,24 @@
+//! Compiles the protobuf API with protox (pure Rust), so no system `protoc` is needed.
+
+use std::path::PathBuf;
+
+use prost::Message;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = [
+        "proto/aetherops/v1/eventstore.proto",
+        "proto/aetherops/v1/admin.proto",
+        "proto/raft/v1/raft.proto",
+    ];
+    for p in protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    let fds = protox::compile(protos, ["proto"])?;
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    // Served by gRPC server reflection so that standard tools (grpcurl) work.
+    std::fs::write(out_dir.join("aetherops_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure()
+        .bytes(".")
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! `aetherd`: one AetherOps node. Parses flags, environment and config file, then runs.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use aetherops::config::Config;
+
+/// An AetherOps node (Raft member, event store, telemetry store).
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// TOML config file; flags and AETHER_* variables override it.
+    #[arg(long, env = "AETHER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Development mode: a one-node cluster on 127.0.0.1, initialized on first start.
+    #[arg(long, env = "AETHER_DEV")]
+    dev: bool,
+    #[arg(long, env = "AETHER_NODE_ID")]
+    node_id: Option<u64>,
+    /// Data directory (default ./data).
+    #[arg(long, env = "AETHER_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// gRPC listen address (default 127.0.0.1:50051).
+    #[arg(long, env = "AETHER_GRPC_ADDR")]
+    grpc_addr: Option<String>,
+    /// HTTP listen address for /healthz and /metrics (default 127.0.0.1:8080).
+    #[arg(long, env = "AETHER_HTTP_ADDR")]
+    http_addr: Option<String>,
+    /// gRPC address peers and clients use, if not the bound one.
+    #[arg(long, env = "AETHER_ADVERTISE_GRPC_ADDR")]
+    advertise_grpc_addr: Option<String>,
+    /// HTTP address peers report, if not the bound one.
+    #[arg(long, env = "AETHER_ADVERTISE_HTTP_ADDR")]
+    advertise_http_addr: Option<String>,
+    /// Log filter, e.g. "info" or "aetherops=debug,openraft=info".
+    #[arg(long, env = "AETHER_LOG", default_value = "info,openraft=warn")]
+    log: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log)?)
+        .with_writer(std::io::stderr)
+        .init();
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    config.dev |= args.dev;
+    if let Some(v) = args.node_id {
+        config.node_id = v;
+    }
+    if let Some(v) = args.data_dir {
+        config.data_dir = v;
+    }
+    if let Some(v) = args.grpc_addr {
+        config.grpc_addr = v;
+    }
+    if let Some(v) = args.http_addr {
+        config.http_addr = v;
+    }
+    if args.advertise_grpc_addr.is_some() {
+        config.advertise_grpc_addr = args.advertise_grpc_addr;
+    }
+    if args.advertise_http_addr.is_some() {
+        config.advertise_http_addr = args.advertise_http_addr;
+    }
+    config.validate()?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(aetherops::node::run(config))
+}

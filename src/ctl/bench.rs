@@ -1,0 +1,254 @@
+//! `aetherctl bench`: end-to-end load against real nodes, with a progress bar, reporting
+//! throughput and latency percentiles. Bounded by time or count; stops by itself.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use super::output::{Output, Printer};
+use super::{events_client, parse_expected};
+use crate::proto::aetherops::v1 as pb;
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCmd {
+    /// Appends from many concurrent clients, each to its own stream.
+    Append(AppendBench),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AppendBench {
+    /// Concurrent clients (each waits for its append before sending the next).
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Events per append.
+    #[arg(long, default_value_t = 1)]
+    pub batch_size: usize,
+    /// Payload bytes per event.
+    #[arg(long, default_value_t = 256)]
+    pub event_size: usize,
+    /// Run this long (seconds), unless --count is reached first.
+    #[arg(long, default_value_t = 10)]
+    pub duration_secs: u64,
+    /// Stop after this many appends in total.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// gRPC connections per node address (clients share them round-robin).
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Appends before measuring starts (per client), to warm connections and caches.
+    #[arg(long, default_value_t = 5)]
+    pub warmup: u64,
+}
+
+pub async fn run(addrs: &str, cmd: BenchCmd, printer: &Printer) -> anyhow::Result<()> {
+    match cmd {
+        BenchCmd::Append(b) => append(addrs, b, printer).await,
+    }
+}
+
+/// A JSON payload of exactly `size` bytes (at least the 10 bytes of `{"d":"…"}`).
+fn payload(size: usize) -> bytes::Bytes {
+    let fill = size.saturating_sub(8).max(1);
+    format!("{{\"d\":\"{}\"}}", "x".repeat(fill)).into()
+}
+
+struct ClientResult {
+    hist: Histogram<u64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+async fn append(addrs: &str, b: AppendBench, printer: &Printer) -> anyhow::Result<()> {
+    anyhow::ensure!(b.concurrency > 0 && b.batch_size > 0 && b.connections > 0, "counts must be > 0");
+    let nodes: Vec<&str> = addrs.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let timeout = Duration::from_secs(30);
+    let mut clients = Vec::new();
+    for node in &nodes {
+        for _ in 0..b.connections {
+            clients.push(events_client(node, timeout).await?);
+        }
+    }
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let body = payload(b.event_size);
+    let done = Arc::new(AtomicU64::new(0));
+    let deadline_holder = Arc::new(std::sync::OnceLock::<Instant>::new());
+    let budget = Arc::new(AtomicU64::new(b.count.unwrap_or(u64::MAX)));
+    let expected = parse_expected("any")?;
+
+    let pb_bar = if printer.format == Output::Text {
+        let bar = match b.count {
+            Some(n) => ProgressBar::new(n),
+            None => ProgressBar::new(b.duration_secs),
+        };
+        bar.set_style(
+            ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} {msg}")
+                .context("progress template")?
+                .progress_chars("=> "),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+
+    let barrier = Arc::new(tokio::sync::Barrier::new(b.concurrency + 1));
+    let mut tasks = Vec::with_capacity(b.concurrency);
+    for i in 0..b.concurrency {
+        // Spread clients over nodes first, then over connections.
+        let mut client = clients[(i % nodes.len()) * b.connections + (i / nodes.len()) % b.connections].clone();
+        let stream = format!("bench-{run_id}-{i}");
+        let body = body.clone();
+        let done = done.clone();
+        let budget = budget.clone();
+        let barrier = barrier.clone();
+        let deadline = deadline_holder.clone();
+        let expected = expected;
+        let cfg = b.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut res = ClientResult {
+                hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
+                errors: 0,
+                first_error: None,
+            };
+            let make = |stream: &str| pb::AppendRequest {
+                stream: stream.to_owned(),
+                expected_version: Some(expected),
+                events: (0..cfg.batch_size)
+                    .map(|_| pb::NewEvent {
+                        event_id: uuid::Uuid::new_v4().to_string(),
+                        event_type: "BenchEvent".into(),
+                        schema_version: 1,
+                        event_time_ns: 0,
+                        payload: body.clone(),
+                        metadata: Default::default(),
+                    })
+                    .collect(),
+            };
+            for _ in 0..cfg.warmup {
+                let _ = client.append(make(&stream)).await;
+            }
+            barrier.wait().await;
+            let Some(&end) = deadline.get() else {
+                return res;
+            };
+            loop {
+                if Instant::now() >= end {
+                    break;
+                }
+                if budget
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_err()
+                {
+                    break;
+                }
+                let req = make(&stream);
+                let t = Instant::now();
+                match client.append(req).await {
+                    Ok(_) => {
+                        let us = t.elapsed().as_micros().max(1) as u64;
+                        let _ = res.hist.record(us.min(60_000_000));
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        res.errors += 1;
+                        res.first_error.get_or_insert_with(|| format!("{:?}: {}", e.code(), e.message()));
+                    }
+                }
+            }
+            res
+        }));
+    }
+    let _ = deadline_holder.set(Instant::now() + Duration::from_secs(b.duration_secs));
+    barrier.wait().await;
+    let started = Instant::now();
+    let ticker = {
+        let done = done.clone();
+        let bar = pb_bar.clone();
+        let count_mode = b.count.is_some();
+        tokio::spawn(async move {
+            let mut last = (Instant::now(), 0u64);
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let n = done.load(Ordering::Relaxed);
+                let now = Instant::now();
+                let rate = (n - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
+                last = (now, n);
+                if count_mode {
+                    bar.set_position(n);
+                } else {
+                    bar.set_position(started.elapsed().as_secs());
+                }
+                bar.set_message(format!("{rate:.0} appends/s"));
+            }
+        })
+    };
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut errors = 0;
+    let mut first_error = None;
+    for t in tasks {
+        let r = t.await?;
+        hist.add(&r.hist)?;
+        errors += r.errors;
+        first_error = first_error.or(r.first_error);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    ticker.abort();
+    pb_bar.finish_and_clear();
+    let appends = hist.len();
+    let report = json!({
+        "bench": "append",
+        "nodes": nodes,
+        "concurrency": b.concurrency,
+        "batch_size": b.batch_size,
+        "event_size": b.event_size,
+        "elapsed_secs": elapsed,
+        "appends": appends,
+        "events": appends * b.batch_size as u64,
+        "errors": errors,
+        "first_error": first_error,
+        "appends_per_sec": appends as f64 / elapsed,
+        "events_per_sec": (appends * b.batch_size as u64) as f64 / elapsed,
+        "latency_ms": {
+            "p50": hist.value_at_quantile(0.50) as f64 / 1000.0,
+            "p90": hist.value_at_quantile(0.90) as f64 / 1000.0,
+            "p99": hist.value_at_quantile(0.99) as f64 / 1000.0,
+            "p999": hist.value_at_quantile(0.999) as f64 / 1000.0,
+            "max": hist.max() as f64 / 1000.0,
+        },
+    });
+    match printer.format {
+        Output::Json => printer.json(&report),
+        Output::Text => {
+            println!(
+                "append bench: {} clients x {} events of {} B against {}",
+                b.concurrency,
+                b.batch_size,
+                b.event_size,
+                nodes.join(",")
+            );
+            println!(
+                "  {appends} appends ({} events) in {elapsed:.2}s: {:.0} appends/s, {:.0} events/s, {errors} errors",
+                appends * b.batch_size as u64,
+                appends as f64 / elapsed,
+                (appends * b.batch_size as u64) as f64 / elapsed
+            );
+            println!(
+                "  latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+                hist.value_at_quantile(0.50) as f64 / 1000.0,
+                hist.value_at_quantile(0.90) as f64 / 1000.0,
+                hist.value_at_quantile(0.99) as f64 / 1000.0,
+                hist.value_at_quantile(0.999) as f64 / 1000.0,
+                hist.max() as f64 / 1000.0
+            );
+            if let Some(e) = first_error {
+                println!("  first error: {e}");
+            }
+        }
+    }
+    Ok(())
+}

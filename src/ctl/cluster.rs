@@ -1,0 +1,233 @@
+//! `aetherctl cluster …`: initialize a cluster, change its membership, report and verify.
+//!
+//! Nodes are named by their gRPC addresses; each node tells its own id and addresses
+//! (`Status`), so operators never type ids and addresses twice.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail};
+use clap::Subcommand;
+use serde_json::json;
+
+use super::output::{status_json, Output, Printer};
+use super::{admin, first_addr, status_err};
+use crate::proto::aetherops::v1 as pb;
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCmd {
+    /// Initialize a new cluster whose voters are the nodes at --addr (comma-separated).
+    Init,
+    /// Add the node at NODE_ADDR as a learner (it catches up from the leader).
+    AddLearner {
+        node_addr: String,
+        /// Return at once instead of waiting for the learner to catch up.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Make these node ids voters (in addition to the current voters).
+    Promote { node_ids: Vec<u64> },
+    /// Remove a node (voter or learner) from the cluster.
+    Remove { node_id: u64 },
+    /// Status of every member, as each reports it.
+    Status,
+    /// Compare every member's state digest at the same applied index; fail on difference.
+    Verify {
+        /// How long to wait for all members to reach the same applied index.
+        #[arg(long, default_value_t = 30)]
+        wait_secs: u64,
+    },
+    /// Build a snapshot on the node at --addr now.
+    Snapshot,
+}
+
+async fn status_of(addr: &str, timeout: Duration) -> anyhow::Result<pb::StatusResponse> {
+    let mut c = admin(addr, timeout).await?;
+    Ok(c.status(pb::StatusRequest {}).await.map_err(status_err)?.into_inner())
+}
+
+fn member(s: &pb::StatusResponse) -> pb::Member {
+    pb::Member {
+        node_id: s.node_id,
+        grpc_addr: s.grpc_addr.clone(),
+        http_addr: s.http_addr.clone(),
+    }
+}
+
+/// The leader's gRPC address, as the node at `addr` knows it.
+async fn leader_addr(addr: &str, timeout: Duration) -> anyhow::Result<String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let s = status_of(addr, timeout).await?;
+        if s.role == "leader" {
+            return Ok(s.grpc_addr);
+        }
+        if !s.leader_grpc_addr.is_empty() {
+            return Ok(s.leader_grpc_addr);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("no leader known to {addr}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub async fn run(addrs: &str, timeout: Duration, cmd: ClusterCmd, printer: &Printer) -> anyhow::Result<()> {
+    let first = first_addr(addrs);
+    match cmd {
+        ClusterCmd::Init => {
+            let mut members = Vec::new();
+            for a in addrs.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+                members.push(member(&status_of(a, timeout).await?));
+            }
+            let mut c = admin(first, timeout).await?;
+            c.init(pb::InitRequest { members: members.clone() })
+                .await
+                .map_err(status_err)?;
+            let ids: Vec<u64> = members.iter().map(|m| m.node_id).collect();
+            match printer.format {
+                Output::Json => printer.json(&json!({"initialized": ids})),
+                Output::Text => println!("initialized cluster with voters {ids:?}"),
+            }
+        }
+        ClusterCmd::AddLearner { node_addr, no_wait } => {
+            let m = member(&status_of(&node_addr, timeout).await?);
+            let mut c = admin(&leader_addr(first, timeout).await?, timeout).await?;
+            let r = c
+                .add_learner(pb::AddLearnerRequest {
+                    member: Some(m.clone()),
+                    blocking: !no_wait,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            print_membership(printer, &format!("added learner {}", m.node_id), &r);
+        }
+        ClusterCmd::Promote { node_ids } => {
+            let leader = leader_addr(first, timeout).await?;
+            let s = status_of(&leader, timeout).await?;
+            let mut voters: Vec<u64> = s.voters.iter().map(|m| m.node_id).collect();
+            for id in &node_ids {
+                if !s.learners.iter().any(|m| m.node_id == *id) && !voters.contains(id) {
+                    bail!("node {id} is not a learner of this cluster: add it first");
+                }
+                if !voters.contains(id) {
+                    voters.push(*id);
+                }
+            }
+            let mut c = admin(&leader, timeout).await?;
+            let r = c
+                .change_membership(pb::ChangeMembershipRequest { voters, retain: false })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            print_membership(printer, &format!("promoted {node_ids:?}"), &r);
+        }
+        ClusterCmd::Remove { node_id } => {
+            let mut c = admin(&leader_addr(first, timeout).await?, timeout).await?;
+            let r = c
+                .remove_node(pb::RemoveNodeRequest { node_id })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            print_membership(printer, &format!("removed {node_id}"), &r);
+        }
+        ClusterCmd::Status => {
+            for s in member_statuses(first, timeout).await? {
+                match s {
+                    Ok(s) => printer.status(&s),
+                    Err((addr, e)) => match printer.format {
+                        Output::Json => printer.json(&json!({"grpc_addr": addr, "error": e.to_string()})),
+                        Output::Text => println!("node at {addr}: unreachable: {e}"),
+                    },
+                }
+            }
+        }
+        ClusterCmd::Verify { wait_secs } => verify(first, timeout, Duration::from_secs(wait_secs), printer).await?,
+        ClusterCmd::Snapshot => {
+            let mut c = admin(first, Duration::from_secs(120)).await?;
+            let r = c
+                .trigger_snapshot(pb::TriggerSnapshotRequest {})
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            match printer.format {
+                Output::Json => printer.json(&json!({"snapshot_index": r.snapshot_index})),
+                Output::Text => println!("snapshot at index {:?}", r.snapshot_index),
+            }
+        }
+    }
+    Ok(())
+}
+
+type MemberStatus = Result<pb::StatusResponse, (String, anyhow::Error)>;
+
+/// Every member's own status, found through the node at `addr`.
+async fn member_statuses(addr: &str, timeout: Duration) -> anyhow::Result<Vec<MemberStatus>> {
+    let s = status_of(addr, timeout).await?;
+    let mut out = Vec::new();
+    for m in s.voters.iter().chain(s.learners.iter()) {
+        out.push(
+            status_of(&m.grpc_addr, timeout)
+                .await
+                .map_err(|e| (m.grpc_addr.clone(), e)),
+        );
+    }
+    if out.is_empty() {
+        out.push(Ok(s));
+    }
+    Ok(out)
+}
+
+async fn verify(addr: &str, timeout: Duration, wait: Duration, printer: &Printer) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let statuses = member_statuses(addr, timeout).await?;
+        let mut ok = Vec::new();
+        for s in statuses {
+            ok.push(s.map_err(|(a, e)| anyhow!("node at {a} unreachable: {e}"))?);
+        }
+        let same_index = ok.windows(2).all(|w| w[0].applied_index == w[1].applied_index);
+        if same_index {
+            let digests: std::collections::BTreeSet<&str> = ok.iter().map(|s| s.state_digest.as_str()).collect();
+            let report: Vec<_> = ok.iter().map(status_json).collect();
+            if digests.len() == 1 {
+                match printer.format {
+                    Output::Json => printer.json(&json!({"verified": true, "applied_index": ok[0].applied_index,
+                        "digest": ok[0].state_digest, "nodes": report})),
+                    Output::Text => println!(
+                        "verified: {} nodes agree at applied index {:?}, digest {}",
+                        ok.len(),
+                        ok[0].applied_index,
+                        ok[0].state_digest
+                    ),
+                }
+                return Ok(());
+            }
+            let lines: Vec<String> = ok
+                .iter()
+                .map(|s| format!("node {} applied {:?} digest {}", s.node_id, s.applied_index, s.state_digest))
+                .collect();
+            bail!("REPLICAS DIVERGE at the same applied index:\n  {}", lines.join("\n  "));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let lines: Vec<String> = ok
+                .iter()
+                .map(|s| format!("node {} applied {:?}", s.node_id, s.applied_index))
+                .collect();
+            bail!(
+                "members did not reach the same applied index within {wait:?} (writes still running?):\n  {}",
+                lines.join("\n  ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn print_membership(printer: &Printer, what: &str, r: &pb::MembershipResponse) {
+    let voters: Vec<u64> = r.voters.iter().map(|m| m.node_id).collect();
+    let learners: Vec<u64> = r.learners.iter().map(|m| m.node_id).collect();
+    match printer.format {
+        Output::Json => printer.json(&json!({"log_index": r.log_index, "voters": voters, "learners": learners})),
+        Output::Text => println!("{what}: voters {voters:?}, learners {learners:?} (log index {})", r.log_index),
+    }
+}

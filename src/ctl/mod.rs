@@ -1,0 +1,336 @@
+//! `aetherctl`: the command-line client users script against. The contract (commands,
+//! flags, `--output json` lines, exit codes) is relied on by tests and checks.
+//!
+//! Errors go to stderr as `error: <gRPC code>: <server message>` with exit code 1.
+
+pub mod bench;
+pub mod cluster;
+pub mod output;
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::proto::aetherops::v1 as pb;
+use crate::proto::aetherops::v1::admin_client::AdminClient;
+use crate::proto::aetherops::v1::event_store_client::EventStoreClient;
+use output::{Output, Printer};
+
+#[derive(Parser, Debug)]
+#[command(name = "aetherctl", version, about = "Command-line client for AetherOps")]
+pub struct Cli {
+    /// Node to talk to (HOST:PORT of its gRPC address). Several, comma-separated, for
+    /// commands that spread load or walk the cluster.
+    #[arg(long, global = true, env = "AETHER_ADDR", default_value = "127.0.0.1:50051")]
+    pub addr: String,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// Per-request timeout in milliseconds.
+    #[arg(long, global = true, default_value_t = 15_000)]
+    pub timeout_ms: u64,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Append one event to a stream.
+    Append(AppendArgs),
+    /// Read a stream.
+    Read(ReadArgs),
+    /// Read the global log ($all).
+    ReadAll(ReadAllArgs),
+    /// Follow a stream or the global log: catch up, then print new events as they arrive.
+    Tail(TailArgs),
+    /// Show this node's status.
+    Status,
+    /// Cluster administration.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCmd),
+    /// Load generators.
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
+}
+
+#[derive(Args, Debug)]
+pub struct AppendArgs {
+    pub stream: String,
+    /// Event type.
+    #[arg(long = "type")]
+    pub event_type: String,
+    /// JSON payload; `@FILE` reads a file, `-` reads stdin.
+    #[arg(long)]
+    pub data: String,
+    /// any | no-stream | exists | N
+    #[arg(long, default_value = "any")]
+    pub expected_version: String,
+    /// Event id (UUID); the idempotency key. Default: a fresh one.
+    #[arg(long)]
+    pub id: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    pub schema_version: u32,
+    /// Metadata entries, KEY=VALUE (repeatable).
+    #[arg(long = "meta")]
+    pub metadata: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ConsistencyArg {
+    Linearizable,
+    Local,
+}
+
+impl ConsistencyArg {
+    fn pb(self) -> i32 {
+        match self {
+            ConsistencyArg::Linearizable => pb::Consistency::Linearizable as i32,
+            ConsistencyArg::Local => pb::Consistency::Local as i32,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ReadArgs {
+    pub stream: String,
+    /// First stream version to read (default: first, or last with --backwards).
+    #[arg(long)]
+    pub from: Option<u64>,
+    #[arg(long)]
+    pub backwards: bool,
+    /// At most this many events (default: all).
+    #[arg(long)]
+    pub limit: Option<u64>,
+    #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
+    pub consistency: ConsistencyArg,
+}
+
+#[derive(Args, Debug)]
+pub struct ReadAllArgs {
+    /// First global position to read.
+    #[arg(long)]
+    pub from: Option<u64>,
+    #[arg(long)]
+    pub backwards: bool,
+    #[arg(long)]
+    pub limit: Option<u64>,
+    #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
+    pub consistency: ConsistencyArg,
+}
+
+#[derive(Args, Debug)]
+pub struct TailArgs {
+    /// Stream to follow.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub stream: Option<String>,
+    /// Follow the global log instead of one stream.
+    #[arg(long)]
+    pub all: bool,
+    /// Start at this version (stream) or position (--all); default: only new events.
+    #[arg(long)]
+    pub from: Option<u64>,
+    /// Stop after this many events.
+    #[arg(long)]
+    pub count: Option<u64>,
+}
+
+/// Runs a parsed command line; the binary's `main` is this and error printing.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let printer = Printer::new(cli.output);
+    let timeout = Duration::from_millis(cli.timeout_ms);
+    match cli.command {
+        Cmd::Append(a) => append(&cli.addr, timeout, a, &printer).await,
+        Cmd::Read(a) => read(&cli.addr, timeout, a, &printer).await,
+        Cmd::ReadAll(a) => read_all(&cli.addr, timeout, a, &printer).await,
+        Cmd::Tail(a) => tail(&cli.addr, a, &printer).await,
+        Cmd::Status => {
+            let mut c = admin(first_addr(&cli.addr), timeout).await?;
+            let s = c.status(pb::StatusRequest {}).await.map_err(status_err)?.into_inner();
+            printer.status(&s);
+            Ok(())
+        }
+        Cmd::Cluster(c) => cluster::run(&cli.addr, timeout, c, &printer).await,
+        Cmd::Bench(b) => bench::run(&cli.addr, b, &printer).await,
+    }
+}
+
+/// A gRPC failure as the user should read it: the code and the server's message.
+pub fn status_err(s: tonic::Status) -> anyhow::Error {
+    anyhow!("{:?}: {}", s.code(), s.message())
+}
+
+pub fn first_addr(addrs: &str) -> &str {
+    addrs.split(',').next().unwrap_or(addrs).trim()
+}
+
+pub async fn channel(addr: &str, timeout: Duration) -> anyhow::Result<Channel> {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .with_context(|| format!("bad address {addr:?}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(timeout)
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {addr}"))
+}
+
+pub async fn events_client(addr: &str, timeout: Duration) -> anyhow::Result<EventStoreClient<Channel>> {
+    Ok(EventStoreClient::new(channel(addr, timeout).await?)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX))
+}
+
+pub async fn admin(addr: &str, timeout: Duration) -> anyhow::Result<AdminClient<Channel>> {
+    Ok(AdminClient::new(channel(addr, timeout).await?))
+}
+
+fn read_data(data: &str) -> anyhow::Result<Vec<u8>> {
+    let bytes = if data == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin().read_to_end(&mut buf).context("reading stdin")?;
+        buf
+    } else if let Some(path) = data.strip_prefix('@') {
+        std::fs::read(PathBuf::from(path)).with_context(|| format!("reading {path}"))?
+    } else {
+        data.as_bytes().to_vec()
+    };
+    serde_json::from_slice::<serde_json::Value>(&bytes).context("--data is not valid JSON")?;
+    Ok(bytes)
+}
+
+pub fn parse_expected(s: &str) -> anyhow::Result<pb::ExpectedVersion> {
+    use pb::expected_version::Kind;
+    let (kind, version) = match s {
+        "any" => (Kind::Any, 0),
+        "no-stream" => (Kind::NoStream, 0),
+        "exists" | "stream-exists" => (Kind::StreamExists, 0),
+        n => (
+            Kind::Exact,
+            n.parse()
+                .map_err(|_| anyhow!("--expected-version must be any, no-stream, exists or a number, not {n:?}"))?,
+        ),
+    };
+    Ok(pb::ExpectedVersion {
+        kind: kind as i32,
+        version,
+    })
+}
+
+async fn append(addr: &str, timeout: Duration, a: AppendArgs, printer: &Printer) -> anyhow::Result<()> {
+    let payload = read_data(&a.data)?;
+    let mut metadata = std::collections::HashMap::new();
+    for m in &a.metadata {
+        let (k, v) = m
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--meta takes KEY=VALUE, not {m:?}"))?;
+        metadata.insert(k.to_owned(), v.to_owned());
+    }
+    let req = pb::AppendRequest {
+        stream: a.stream.clone(),
+        expected_version: Some(parse_expected(&a.expected_version)?),
+        events: vec![pb::NewEvent {
+            event_id: a.id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            event_type: a.event_type,
+            schema_version: a.schema_version,
+            event_time_ns: 0,
+            payload: payload.into(),
+            metadata,
+        }],
+    };
+    let mut c = events_client(first_addr(addr), timeout).await?;
+    let r = c.append(req).await.map_err(status_err)?.into_inner();
+    printer.appended(&a.stream, &r);
+    Ok(())
+}
+
+async fn read(addr: &str, timeout: Duration, a: ReadArgs, printer: &Printer) -> anyhow::Result<()> {
+    let mut c = events_client(first_addr(addr), timeout).await?;
+    let mut from = a.from;
+    let mut left = a.limit.unwrap_or(u64::MAX);
+    while left > 0 {
+        let r = c
+            .read_stream(pb::ReadStreamRequest {
+                stream: a.stream.clone(),
+                from_version: from,
+                backwards: a.backwards,
+                limit: left.min(1000) as u32,
+                consistency: a.consistency.pb(),
+            })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        left -= r.events.len() as u64;
+        for e in &r.events {
+            printer.event(e);
+        }
+        match r.next {
+            Some(n) if !r.events.is_empty() => from = Some(n),
+            _ => break,
+        }
+    }
+    Ok(())
+}
+
+async fn read_all(addr: &str, timeout: Duration, a: ReadAllArgs, printer: &Printer) -> anyhow::Result<()> {
+    let mut c = events_client(first_addr(addr), timeout).await?;
+    let mut from = a.from;
+    let mut left = a.limit.unwrap_or(u64::MAX);
+    while left > 0 {
+        let r = c
+            .read_all(pb::ReadAllRequest {
+                from_position: from,
+                backwards: a.backwards,
+                limit: left.min(1000) as u32,
+                consistency: a.consistency.pb(),
+            })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        left -= r.events.len() as u64;
+        for e in &r.events {
+            printer.event(e);
+        }
+        match r.next {
+            Some(n) if !r.events.is_empty() => from = Some(n),
+            _ => break,
+        }
+    }
+    Ok(())
+}
+
+async fn tail(addr: &str, a: TailArgs, printer: &Printer) -> anyhow::Result<()> {
+    // No per-request timeout: a subscription lives as long as the user wants it.
+    let mut c = events_client(first_addr(addr), Duration::from_secs(u64::MAX / 4)).await?;
+    let target = match (a.all, a.stream) {
+        (true, _) => pb::subscribe_request::Target::All(true),
+        (false, Some(s)) => pb::subscribe_request::Target::Stream(s),
+        (false, None) => bail!("give a stream or --all"),
+    };
+    let mut stream = c
+        .subscribe(pb::SubscribeRequest {
+            target: Some(target),
+            from: a.from,
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    let mut seen = 0u64;
+    while a.count.is_none_or(|n| seen < n) {
+        let Some(msg) = stream.message().await.map_err(status_err)? else {
+            bail!("the server ended the subscription");
+        };
+        match msg.kind {
+            Some(pb::subscribe_response::Kind::Event(e)) => {
+                printer.event(&e);
+                seen += 1;
+            }
+            Some(pb::subscribe_response::Kind::CaughtUp(c)) => printer.caught_up(c.next),
+            None => {}
+        }
+    }
+    Ok(())
+}

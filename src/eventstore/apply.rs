@@ -1,0 +1,258 @@
+//! Applying appends to the state machine's write batch. Deterministic: everything depends on
+//! the command, the commit time stamped into the log entry, and the replicated state.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{AppendCommand, AppendOutcome, AppendPositions, StoreState, StreamHead};
+use crate::model::RecordedEvent;
+use crate::storage::keys::{i64_ordered, stream_index_key, u64_key};
+use crate::storage::sm_db::{
+    SmDb, SmWriteBatch, CF_DEDUPE, CF_DEDUPE_EXPIRY, CF_EVENTS, CF_STREAMS, CF_STREAM_INDEX,
+};
+use crate::storage::{decode, encode, Result, StorageError};
+
+
+/// The idempotency record of one event id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DedupeEntry {
+    stream: String,
+    stream_version: u64,
+    global_position: u64,
+    commit_time_ns: i64,
+}
+
+/// Most expired dedupe entries removed per applied entry: bounds the work of one apply while
+/// still outpacing any sustainable write rate.
+const MAX_EXPIRED_PER_APPLY: usize = 4096;
+
+/// Applies appends of one batch of log entries. Keeps what this batch wrote but RocksDB
+/// does not show yet (heads, dedupe entries), so later commands see earlier ones.
+pub struct Applier<'a> {
+    db: &'a SmDb,
+    state: StoreState,
+    heads: HashMap<String, Option<u64>>,
+    dedupe: HashMap<Uuid, DedupeEntry>,
+}
+
+impl<'a> Applier<'a> {
+    pub fn new(db: &'a SmDb, state: StoreState) -> Self {
+        Applier {
+            db,
+            state,
+            heads: HashMap::new(),
+            dedupe: HashMap::new(),
+        }
+    }
+
+    pub fn into_state(self) -> StoreState {
+        self.state
+    }
+
+    /// The commit time of an entry: the leader's stamp, never earlier than the last one.
+    pub fn commit_time(&mut self, stamped_ns: i64) -> i64 {
+        let t = stamped_ns.max(self.state.last_commit_time_ns);
+        self.state.last_commit_time_ns = t;
+        t
+    }
+
+    fn head(&mut self, stream: &str) -> Result<Option<u64>> {
+        if let Some(h) = self.heads.get(stream) {
+            return Ok(*h);
+        }
+        let h = match self.db.db().get_pinned_cf(self.db.cf(CF_STREAMS)?, stream)? {
+            Some(bytes) => Some(decode::<StreamHead>("stream head", &bytes)?.last_version),
+            None => None,
+        };
+        self.heads.insert(stream.to_owned(), h);
+        Ok(h)
+    }
+
+    /// The live (inside the window) dedupe entry of an event id.
+    fn dedupe_entry(&self, id: &Uuid, oldest_live_ns: i64) -> Result<Option<DedupeEntry>> {
+        let entry = match self.dedupe.get(id) {
+            Some(e) => Some(e.clone()),
+            None => match self.db.db().get_pinned_cf(self.db.cf(CF_DEDUPE)?, id.as_bytes())? {
+                Some(bytes) => Some(decode::<DedupeEntry>("dedupe entry", &bytes)?),
+                None => None,
+            },
+        };
+        // Expiry is exact even when physical removal lags: an entry outside the window is
+        // treated as absent by every replica alike.
+        Ok(entry.filter(|e| e.commit_time_ns >= oldest_live_ns))
+    }
+
+    /// Applies one append. `dedupe_window_ns` comes from the log entry (the leader's
+    /// setting), so every replica expires idempotency records alike.
+    pub fn append(
+        &mut self,
+        wb: &mut SmWriteBatch,
+        commit_time_ns: i64,
+        dedupe_window_ns: i64,
+        cmd: &AppendCommand,
+    ) -> Result<AppendOutcome> {
+        let oldest_live_ns = commit_time_ns.saturating_sub(dedupe_window_ns);
+        if let Some(outcome) = self.check_duplicate(cmd, oldest_live_ns)? {
+            return Ok(outcome);
+        }
+        let current = self.head(&cmd.stream)?;
+        if !cmd.expected.admits(current) {
+            return Ok(AppendOutcome::WrongExpectedVersion {
+                expected: cmd.expected,
+                current,
+            });
+        }
+        let first_version = current.map_or(0, |v| v + 1);
+        let first_position = self.state.next_global_position;
+        for (i, e) in cmd.events.iter().enumerate() {
+            let version = first_version + i as u64;
+            let position = first_position + i as u64;
+            let record = RecordedEvent {
+                event_id: e.event_id,
+                stream: cmd.stream.clone(),
+                stream_version: version,
+                global_position: position,
+                event_type: e.event_type.clone(),
+                schema_version: e.schema_version,
+                event_time_ns: if e.event_time_ns == 0 {
+                    commit_time_ns
+                } else {
+                    e.event_time_ns
+                },
+                commit_time_ns,
+                payload: e.payload.clone(),
+                metadata: e.metadata.clone(),
+            };
+            wb.put(CF_EVENTS, &u64_key(position), &encode("event", &record)?)?;
+            wb.put(
+                CF_STREAM_INDEX,
+                &stream_index_key(&cmd.stream, version),
+                &u64_key(position),
+            )?;
+            let entry = DedupeEntry {
+                stream: cmd.stream.clone(),
+                stream_version: version,
+                global_position: position,
+                commit_time_ns,
+            };
+            wb.put(CF_DEDUPE, e.event_id.as_bytes(), &encode("dedupe entry", &entry)?)?;
+            wb.put(CF_DEDUPE_EXPIRY, &expiry_key(commit_time_ns, &e.event_id), &[])?;
+            self.dedupe.insert(e.event_id, entry);
+        }
+        let last_version = first_version + cmd.events.len() as u64 - 1;
+        wb.put(
+            CF_STREAMS,
+            cmd.stream.as_bytes(),
+            &encode("stream head", &StreamHead { last_version })?,
+        )?;
+        self.heads.insert(cmd.stream.clone(), Some(last_version));
+        self.state.next_global_position = first_position + cmd.events.len() as u64;
+        Ok(AppendOutcome::Appended(AppendPositions {
+            first_stream_version: first_version,
+            last_stream_version: last_version,
+            first_global_position: first_position,
+            last_global_position: self.state.next_global_position - 1,
+            commit_time_ns,
+        }))
+    }
+
+    /// A retry of an earlier append returns its positions; a partial overlap is refused.
+    fn check_duplicate(
+        &self,
+        cmd: &AppendCommand,
+        oldest_live_ns: i64,
+    ) -> Result<Option<AppendOutcome>> {
+        let mut found = Vec::with_capacity(cmd.events.len());
+        for e in &cmd.events {
+            found.push(self.dedupe_entry(&e.event_id, oldest_live_ns)?);
+        }
+        let known = found.iter().filter(|f| f.is_some()).count();
+        if known == 0 {
+            return Ok(None);
+        }
+        let conflict = |event_id: Uuid, detail: String| {
+            Ok(Some(AppendOutcome::EventIdConflict { event_id, detail }))
+        };
+        if known < found.len() {
+            let i = found.iter().position(|f| f.is_some()).unwrap_or(0);
+            return conflict(
+                cmd.events[i].event_id,
+                format!(
+                    "{known} of the {} event ids were already stored by another append",
+                    found.len()
+                ),
+            );
+        }
+        let entries: Vec<DedupeEntry> = found.into_iter().flatten().collect();
+        for (i, entry) in entries.iter().enumerate() {
+            if entry.stream != cmd.stream {
+                return conflict(
+                    cmd.events[i].event_id,
+                    format!("event id already stored in stream {:?}", entry.stream),
+                );
+            }
+            if i > 0 && entry.stream_version != entries[i - 1].stream_version + 1 {
+                return conflict(
+                    cmd.events[i].event_id,
+                    "event ids were stored, but not as one append in this order".to_owned(),
+                );
+            }
+        }
+        let (first, last) = (&entries[0], &entries[entries.len() - 1]);
+        Ok(Some(AppendOutcome::Duplicate(AppendPositions {
+            first_stream_version: first.stream_version,
+            last_stream_version: last.stream_version,
+            first_global_position: first.global_position,
+            last_global_position: last.global_position,
+            commit_time_ns: first.commit_time_ns,
+        })))
+    }
+
+    /// Deletes idempotency records that fell out of the window, oldest first, a bounded
+    /// number per call. Deterministic: driven by replicated commit times only. The sweep
+    /// starts where the last one stopped, so it never wades through its own tombstones.
+    pub fn expire_dedupe(&mut self, wb: &mut SmWriteBatch, oldest_live_ns: i64) -> Result<usize> {
+        let expiry_cf = self.db.cf(CF_DEDUPE_EXPIRY)?;
+        let mut opts = rocksdb::ReadOptions::default();
+        // Strictly after the last swept key: that key plus a 0 byte is its successor.
+        let mut lower = self.state.dedupe_swept_key.clone();
+        lower.push(0);
+        opts.set_iterate_lower_bound(lower);
+        opts.set_iterate_upper_bound(i64_ordered(oldest_live_ns).to_vec());
+        let mut removed = 0;
+        let iter = self
+            .db
+            .db()
+            .iterator_cf_opt(expiry_cf, opts, rocksdb::IteratorMode::Start);
+        for item in iter {
+            if removed >= MAX_EXPIRED_PER_APPLY {
+                break;
+            }
+            let (key, _) = item?;
+            let id = Uuid::from_slice(key.get(8..).unwrap_or_default())
+                .map_err(|e| StorageError::corrupt("dedupe expiry key", e))?;
+            // The id may have been re-used after expiring: only drop the record it points to
+            // if that record is itself out of the window.
+            if let Some(entry) = self.dedupe_entry(&id, i64::MIN)? {
+                if entry.commit_time_ns < oldest_live_ns {
+                    wb.delete(CF_DEDUPE, id.as_bytes())?;
+                    self.dedupe.remove(&id);
+                }
+            }
+            wb.delete(CF_DEDUPE_EXPIRY, &key)?;
+            self.state.dedupe_swept_key = key.to_vec();
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+}
+
+fn expiry_key(commit_time_ns: i64, id: &Uuid) -> Vec<u8> {
+    let mut k = Vec::with_capacity(24);
+    k.extend_from_slice(&i64_ordered(commit_time_ns));
+    k.extend_from_slice(id.as_bytes());
+    k
+}

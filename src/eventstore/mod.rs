@@ -1,0 +1,84 @@
+//! The event store's rules: appending with expected versions and idempotency, assigning
+//! gap-free stream versions and global positions, reading streams and the global log, and
+//! subscriptions that catch up and then follow live without gap or duplicate.
+//!
+//! Writes reach this module only through the replicated state machine (`apply`): nothing
+//! here proposes or bypasses Raft. Reads and subscriptions read the local state machine.
+
+pub mod apply;
+pub mod read;
+pub mod subscribe;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::model::{ExpectedVersion, NewEvent};
+use crate::storage::sm_db::{SmDb, CF_META};
+use crate::storage::{decode, encode, Result};
+
+/// The key of [`StoreState`] in the state machine's metadata.
+pub const STATE_KEY: &[u8] = b"store_state";
+
+/// An append, as it travels through the Raft log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendCommand {
+    pub stream: String,
+    pub expected: ExpectedVersion,
+    pub events: Vec<NewEvent>,
+}
+
+/// Where an append's events landed. Versions and positions of one append are consecutive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendPositions {
+    pub first_stream_version: u64,
+    pub last_stream_version: u64,
+    pub first_global_position: u64,
+    pub last_global_position: u64,
+    pub commit_time_ns: i64,
+}
+
+/// What applying an append produced. Business refusals are outcomes, not storage errors:
+/// they are replicated decisions, identical on every replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AppendOutcome {
+    Appended(AppendPositions),
+    /// Every event id was already stored by one earlier append to this stream.
+    Duplicate(AppendPositions),
+    WrongExpectedVersion {
+        expected: ExpectedVersion,
+        current: Option<u64>,
+    },
+    /// Some event ids were stored before, but not as this same append.
+    EventIdConflict { event_id: Uuid, detail: String },
+}
+
+/// Counters of the store that live in the replicated state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreState {
+    /// The position the next event gets; also the number of events stored.
+    pub next_global_position: u64,
+    /// Commit times never go backwards, whatever the leaders' clocks do.
+    pub last_commit_time_ns: i64,
+    /// The last expiry key swept (commit time ++ event id); sweeping resumes after it.
+    pub dedupe_swept_key: Vec<u8>,
+}
+
+
+impl StoreState {
+    pub fn load(db: &SmDb) -> Result<StoreState> {
+        match db.db().get_pinned_cf(db.cf(CF_META)?, STATE_KEY)? {
+            Some(bytes) => decode("store state", &bytes),
+            None => Ok(StoreState::default()),
+        }
+    }
+
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        encode("store state", self)
+    }
+}
+
+/// The stream head kept in `CF_STREAMS`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(crate) struct StreamHead {
+    pub last_version: u64,
+}

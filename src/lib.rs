@@ -1,0 +1,12 @@
+//! AetherOps: a Raft-replicated, RocksDB-backed event store for operations platforms that
+//! run orbital assets. See `ARCHITECTURE.md` for the map of modules and their invariants.
+
+pub mod api;
+pub mod config;
+pub mod ctl;
+pub mod eventstore;
+pub mod model;
+pub mod node;
+pub mod proto;
+pub mod raft;
+pub mod storage;

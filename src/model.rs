@@ -1,0 +1,393 @@
+//! Core types of the event store — events, streams, expected versions — and the validation
+//! of everything that crosses a boundary (names, sizes, counts). No IO here.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Stream names that start with `$` are reserved for the system (e.g. `$all`).
+pub const RESERVED_PREFIX: char = '$';
+
+/// What an append expects of the stream's current state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExpectedVersion {
+    /// No check.
+    Any,
+    /// The stream must hold no event.
+    NoStream,
+    /// The stream must hold at least one event.
+    StreamExists,
+    /// The stream's last version must be exactly this.
+    Exact(u64),
+}
+
+impl ExpectedVersion {
+    /// Checks the expectation against the stream's last version (`None`: no stream).
+    pub fn admits(self, current: Option<u64>) -> bool {
+        match self {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => current.is_none(),
+            ExpectedVersion::StreamExists => current.is_some(),
+            ExpectedVersion::Exact(v) => current == Some(v),
+        }
+    }
+}
+
+impl std::fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExpectedVersion::Any => f.write_str("any"),
+            ExpectedVersion::NoStream => f.write_str("no-stream"),
+            ExpectedVersion::StreamExists => f.write_str("stream-exists"),
+            ExpectedVersion::Exact(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+/// An event as a client proposes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewEvent {
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub schema_version: u32,
+    /// Client time in ns since the Unix epoch; 0 means "use the commit time".
+    pub event_time_ns: i64,
+    pub payload: Bytes,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl NewEvent {
+    /// Bytes this event weighs against `max_event_bytes`: payload, type and metadata.
+    pub fn weight_bytes(&self) -> usize {
+        self.payload.len()
+            + self.event_type.len()
+            + self
+                .metadata
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+    }
+}
+
+/// An event as stored: positions and commit time assigned by the state machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedEvent {
+    pub event_id: Uuid,
+    pub stream: String,
+    pub stream_version: u64,
+    pub global_position: u64,
+    pub event_type: String,
+    pub schema_version: u32,
+    pub event_time_ns: i64,
+    pub commit_time_ns: i64,
+    pub payload: Bytes,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Limits on what one request may carry. Every one is configurable.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub max_stream_name_bytes: usize,
+    pub max_event_type_bytes: usize,
+    /// Payload + type + metadata of one event.
+    pub max_event_bytes: usize,
+    /// Sum of the event weights of one append.
+    pub max_request_bytes: usize,
+    pub max_events_per_append: usize,
+    pub max_metadata_entries: usize,
+    pub max_metadata_key_bytes: usize,
+    /// Largest page a read returns.
+    pub max_read_limit: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_stream_name_bytes: 256,
+            max_event_type_bytes: 128,
+            max_event_bytes: 1 << 20,
+            max_request_bytes: 4 << 20,
+            max_events_per_append: 1000,
+            max_metadata_entries: 64,
+            max_metadata_key_bytes: 128,
+            max_read_limit: 10_000,
+        }
+    }
+}
+
+/// Why an input was refused. Each maps to `INVALID_ARGUMENT` at the API boundary.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    #[error("stream name is empty")]
+    EmptyStream,
+    #[error("stream name is {len} bytes, the limit is {max}")]
+    StreamTooLong { len: usize, max: usize },
+    #[error("stream name {name:?} has a character outside [A-Za-z0-9_.:/@+=-] at byte {at}")]
+    StreamCharset { name: String, at: usize },
+    #[error("stream name {0:?} starts with '$', which is reserved for the system")]
+    StreamReserved(String),
+    #[error("event {index}: event type is empty")]
+    EmptyEventType { index: usize },
+    #[error("event {index}: event type is {len} bytes, the limit is {max}")]
+    EventTypeTooLong { index: usize, len: usize, max: usize },
+    #[error("event {index}: event type {ty:?} has a character outside [A-Za-z0-9_.:-]")]
+    EventTypeCharset { index: usize, ty: String },
+    #[error("event {index}: event id {id:?} is not a UUID")]
+    BadEventId { index: usize, id: String },
+    #[error("event {index}: event id {id} appears twice in one append")]
+    DuplicateEventId { index: usize, id: Uuid },
+    #[error("event {index}: event is {len} bytes (payload + type + metadata), the limit is {max}")]
+    EventTooLarge { index: usize, len: usize, max: usize },
+    #[error("event {index}: {count} metadata entries, the limit is {max}")]
+    TooManyMetadata { index: usize, count: usize, max: usize },
+    #[error("event {index}: metadata key is {len} bytes (empty or over the limit of {max})")]
+    BadMetadataKey { index: usize, len: usize, max: usize },
+    #[error("append carries no events")]
+    NoEvents,
+    #[error("append carries {count} events, the limit is {max}")]
+    TooManyEvents { count: usize, max: usize },
+    #[error("append is {len} bytes, the limit is {max}")]
+    RequestTooLarge { len: usize, max: usize },
+    #[error("limit {limit} is above the maximum page size {max}")]
+    ReadLimit { limit: u32, max: u32 },
+}
+
+fn stream_char_ok(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'/' | b'@' | b'+' | b'=')
+}
+
+fn type_char_ok(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':')
+}
+
+impl Limits {
+    /// A stream name: 1..=max bytes of `[A-Za-z0-9_.:/@+=-]`, not starting with `$`.
+    /// The charset keeps NUL (our key separator) and whitespace out of keys and logs.
+    pub fn validate_stream(&self, name: &str) -> Result<(), ValidationError> {
+        if name.is_empty() {
+            return Err(ValidationError::EmptyStream);
+        }
+        if name.starts_with(RESERVED_PREFIX) {
+            return Err(ValidationError::StreamReserved(name.to_owned()));
+        }
+        if name.len() > self.max_stream_name_bytes {
+            return Err(ValidationError::StreamTooLong {
+                len: name.len(),
+                max: self.max_stream_name_bytes,
+            });
+        }
+        if let Some(at) = name.bytes().position(|b| !stream_char_ok(b)) {
+            return Err(ValidationError::StreamCharset {
+                name: name.chars().take(64).collect(),
+                at,
+            });
+        }
+        Ok(())
+    }
+
+    /// Validates a whole append; nothing is written unless this passes.
+    pub fn validate_append(&self, stream: &str, events: &[NewEvent]) -> Result<(), ValidationError> {
+        self.validate_stream(stream)?;
+        if events.is_empty() {
+            return Err(ValidationError::NoEvents);
+        }
+        if events.len() > self.max_events_per_append {
+            return Err(ValidationError::TooManyEvents {
+                count: events.len(),
+                max: self.max_events_per_append,
+            });
+        }
+        let mut total = 0usize;
+        for (index, e) in events.iter().enumerate() {
+            self.validate_event(index, e)?;
+            total += e.weight_bytes();
+        }
+        if total > self.max_request_bytes {
+            return Err(ValidationError::RequestTooLarge {
+                len: total,
+                max: self.max_request_bytes,
+            });
+        }
+        // Appends are small (≤ max_events_per_append): a quadratic scan beats a hash set here.
+        for (index, e) in events.iter().enumerate() {
+            if events[..index].iter().any(|p| p.event_id == e.event_id) {
+                return Err(ValidationError::DuplicateEventId {
+                    index,
+                    id: e.event_id,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_event(&self, index: usize, e: &NewEvent) -> Result<(), ValidationError> {
+        if e.event_type.is_empty() {
+            return Err(ValidationError::EmptyEventType { index });
+        }
+        if e.event_type.len() > self.max_event_type_bytes {
+            return Err(ValidationError::EventTypeTooLong {
+                index,
+                len: e.event_type.len(),
+                max: self.max_event_type_bytes,
+            });
+        }
+        if !e.event_type.bytes().all(type_char_ok) {
+            return Err(ValidationError::EventTypeCharset {
+                index,
+                ty: e.event_type.chars().take(64).collect(),
+            });
+        }
+        if e.metadata.len() > self.max_metadata_entries {
+            return Err(ValidationError::TooManyMetadata {
+                index,
+                count: e.metadata.len(),
+                max: self.max_metadata_entries,
+            });
+        }
+        if let Some(k) = e
+            .metadata
+            .keys()
+            .find(|k| k.is_empty() || k.len() > self.max_metadata_key_bytes)
+        {
+            return Err(ValidationError::BadMetadataKey {
+                index,
+                len: k.len(),
+                max: self.max_metadata_key_bytes,
+            });
+        }
+        let len = e.weight_bytes();
+        if len > self.max_event_bytes {
+            return Err(ValidationError::EventTooLarge {
+                index,
+                len,
+                max: self.max_event_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// A read page size: 0 means the default page, anything above the maximum is refused.
+    pub fn read_limit(&self, requested: u32) -> Result<u32, ValidationError> {
+        match requested {
+            0 => Ok(self.max_read_limit.min(1000)),
+            n if n > self.max_read_limit => Err(ValidationError::ReadLimit {
+                limit: n,
+                max: self.max_read_limit,
+            }),
+            n => Ok(n),
+        }
+    }
+}
+
+/// Parses a client event id: empty gets a fresh v4 UUID (not idempotent on retry).
+pub fn parse_event_id(index: usize, raw: &str) -> Result<Uuid, ValidationError> {
+    if raw.is_empty() {
+        return Ok(Uuid::new_v4());
+    }
+    Uuid::parse_str(raw).map_err(|_| ValidationError::BadEventId {
+        index,
+        id: raw.chars().take(64).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(ty: &str, payload: usize) -> NewEvent {
+        NewEvent {
+            event_id: Uuid::new_v4(),
+            event_type: ty.into(),
+            schema_version: 1,
+            event_time_ns: 0,
+            payload: Bytes::from(vec![b'x'; payload]),
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn stream_names() {
+        let l = Limits::default();
+        let cases: &[(&str, bool)] = &[
+            ("orders-1", true),
+            ("sat-7/battery_v", true),
+            ("workflow-abc:def@x+y=z.1", true),
+            ("", false),
+            ("$all", false),
+            ("has space", false),
+            ("nul\0byte", false),
+            ("ünïcode", false),
+        ];
+        for (name, ok) in cases {
+            assert_eq!(l.validate_stream(name).is_ok(), *ok, "{name:?}");
+        }
+        let long = "a".repeat(257);
+        assert_eq!(
+            l.validate_stream(&long),
+            Err(ValidationError::StreamTooLong { len: 257, max: 256 })
+        );
+    }
+
+    #[test]
+    fn append_limits() {
+        let l = Limits {
+            max_event_bytes: 100,
+            max_request_bytes: 250,
+            max_events_per_append: 3,
+            ..Limits::default()
+        };
+        assert!(l.validate_append("s", &[ev("T", 10)]).is_ok());
+        assert_eq!(l.validate_append("s", &[]), Err(ValidationError::NoEvents));
+        assert!(matches!(
+            l.validate_append("s", &[ev("T", 100)]),
+            Err(ValidationError::EventTooLarge { index: 0, len: 101, max: 100 })
+        ));
+        assert!(matches!(
+            l.validate_append("s", &[ev("T", 1), ev("T", 1), ev("T", 1), ev("T", 1)]),
+            Err(ValidationError::TooManyEvents { count: 4, max: 3 })
+        ));
+        assert!(matches!(
+            l.validate_append("s", &[ev("T", 90), ev("T", 90), ev("T", 90)]),
+            Err(ValidationError::RequestTooLarge { len: 273, max: 250 })
+        ));
+        assert!(matches!(
+            l.validate_append("s", &[ev("bad type", 1)]),
+            Err(ValidationError::EventTypeCharset { index: 0, .. })
+        ));
+        let a = ev("T", 1);
+        assert!(matches!(
+            l.validate_append("s", &[a.clone(), a]),
+            Err(ValidationError::DuplicateEventId { index: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn expected_versions() {
+        use ExpectedVersion::*;
+        let table = [
+            (Any, None, true),
+            (Any, Some(3), true),
+            (NoStream, None, true),
+            (NoStream, Some(0), false),
+            (StreamExists, None, false),
+            (StreamExists, Some(0), true),
+            (Exact(2), Some(2), true),
+            (Exact(2), Some(3), false),
+            (Exact(0), None, false),
+        ];
+        for (e, cur, ok) in table {
+            assert_eq!(e.admits(cur), ok, "{e} vs {cur:?}");
+        }
+    }
+
+    #[test]
+    fn read_limits() {
+        let l = Limits::default();
+        assert_eq!(l.read_limit(0), Ok(1000));
+        assert_eq!(l.read_limit(5), Ok(5));
+        assert!(l.read_limit(10_001).is_err());
+    }
+}

@@ -1,0 +1,121 @@
+//! `/metrics`: Prometheus text exposition (OpenMetrics flavour) of the node's counters,
+//! Raft state and queue utilization.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabel {
+    pub queue: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+pub struct Metrics {
+    registry: Registry,
+    pub appends: Family<CodeLabel, Counter>,
+    pub events_appended: Counter,
+    pub append_seconds: Histogram,
+    pub forwarded_appends: Counter,
+    pub reads: Counter,
+    pub subscribers: Gauge,
+    pub raft_term: Gauge,
+    pub raft_is_leader: Gauge,
+    pub raft_last_log_index: Gauge,
+    pub raft_commit_index: Gauge,
+    pub raft_applied_index: Gauge,
+    pub events_stored: Gauge,
+    pub log_syncs: Gauge,
+    pub log_sync_callbacks: Gauge,
+    pub proposer_batches: Gauge,
+    pub proposer_commands: Gauge,
+    pub queue_utilization: Family<QueueLabel, FloatGauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("aether");
+        let m = Metrics {
+            appends: Family::default(),
+            events_appended: Counter::default(),
+            append_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            forwarded_appends: Counter::default(),
+            reads: Counter::default(),
+            subscribers: Gauge::default(),
+            raft_term: Gauge::default(),
+            raft_is_leader: Gauge::default(),
+            raft_last_log_index: Gauge::default(),
+            raft_commit_index: Gauge::default(),
+            raft_applied_index: Gauge::default(),
+            events_stored: Gauge::default(),
+            log_syncs: Gauge::default(),
+            log_sync_callbacks: Gauge::default(),
+            proposer_batches: Gauge::default(),
+            proposer_commands: Gauge::default(),
+            queue_utilization: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("appends", "Append requests by outcome code", m.appends.clone());
+        registry.register("events_appended", "Events written by appends", m.events_appended.clone());
+        registry.register("append_seconds", "Append latency as served by this node", m.append_seconds.clone());
+        registry.register("forwarded_appends", "Appends forwarded to the leader", m.forwarded_appends.clone());
+        registry.register("reads", "Read requests served", m.reads.clone());
+        registry.register("subscribers", "Open subscriptions", m.subscribers.clone());
+        registry.register("raft_term", "Current Raft term", m.raft_term.clone());
+        registry.register("raft_is_leader", "1 if this node leads", m.raft_is_leader.clone());
+        registry.register("raft_last_log_index", "Last log index", m.raft_last_log_index.clone());
+        registry.register("raft_commit_index", "Committed index known here", m.raft_commit_index.clone());
+        registry.register("raft_applied_index", "Applied index", m.raft_applied_index.clone());
+        registry.register("events_stored", "Events in the store (next global position)", m.events_stored.clone());
+        registry.register("log_syncs", "WAL syncs of the Raft log (group commits)", m.log_syncs.clone());
+        registry.register(
+            "log_sync_callbacks",
+            "Log appends acknowledged by those syncs",
+            m.log_sync_callbacks.clone(),
+        );
+        registry.register("proposer_batches", "Raft entries proposed by the batcher", m.proposer_batches.clone());
+        registry.register("proposer_commands", "Commands carried by those entries", m.proposer_commands.clone());
+        registry.register(
+            "queue_utilization",
+            "Fill of each bounded queue on the write path, 0..1 (the node's queue health)",
+            m.queue_utilization.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    pub fn set_queue(&self, queue: &str, utilization: f64) {
+        self.queue_utilization
+            .get_or_create(&QueueLabel {
+                queue: queue.to_owned(),
+            })
+            .set(utilization);
+    }
+
+    pub fn count_append(&self, code: &str) {
+        self.appends
+            .get_or_create(&CodeLabel {
+                code: code.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

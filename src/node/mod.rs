@@ -1,0 +1,490 @@
+//! Wiring: opens the stores, starts Raft, the proposer and the servers, and offers the core
+//! operations (append, reads with a consistency level, subscriptions, admin) that the API
+//! layer converts to and from protobuf.
+
+pub mod metrics;
+pub mod proposer;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, RaftError};
+use openraft::ServerState;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Config;
+use crate::eventstore::read::{read_all, read_stream, Page, ReadDirection};
+use crate::eventstore::subscribe::{self, Item, Target};
+use crate::eventstore::{AppendCommand, AppendOutcome};
+use crate::model::ValidationError;
+use crate::proto::aetherops::v1::admin_client::AdminClient;
+use crate::raft::log_store::LogStore;
+use crate::raft::network::NetworkFactory;
+use crate::raft::state_machine::{AppliedStatus, StateMachine};
+use crate::raft::{Command, CommandOutcome, NodeId, NodeInfo, Raft, RaftMetrics};
+use crate::storage::{LogDb, SmStore, StorageError};
+
+pub use metrics::Metrics;
+pub use proposer::{ProposeError, Proposer};
+
+/// Metadata header marking a request one node forwarded to another, so it is never
+/// forwarded twice.
+pub const FORWARDED_HEADER: &str = "x-aether-forwarded";
+
+/// Errors of the core operations; the API layer maps each to one status code.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("not the leader")]
+    NotLeader { leader: Option<(NodeId, NodeInfo)> },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Overloaded(String),
+    #[error("{0}")]
+    OutcomeUnknown(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<ProposeError> for NodeError {
+    fn from(e: ProposeError) -> Self {
+        match e {
+            ProposeError::NotLeader { leader } => NodeError::NotLeader { leader },
+            ProposeError::Overloaded(_) => NodeError::Overloaded(e.to_string()),
+            ProposeError::Timeout(_) => NodeError::OutcomeUnknown(e.to_string()),
+            ProposeError::Stopped(_) | ProposeError::Busy(_) => NodeError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+/// Read consistency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    /// Sees every write acknowledged before the read began (read index via the leader).
+    Linearizable,
+    /// This node's applied state, possibly stale on a follower.
+    Local,
+}
+
+/// A running node's core.
+pub struct Node {
+    pub id: NodeId,
+    pub info: NodeInfo,
+    pub config: Arc<Config>,
+    pub raft: Raft,
+    pub store: Arc<SmStore>,
+    pub applied: watch::Receiver<AppliedStatus>,
+    pub proposer: Proposer,
+    pub network: NetworkFactory,
+    pub metrics: Metrics,
+    pub log_db: Arc<LogDb>,
+    log_store: LogStore,
+}
+
+/// Listeners bound before anything else starts, so their real ports are known.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: TcpListener,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
+        let grpc = TcpListener::bind(&config.grpc_addr).await?;
+        let http = TcpListener::bind(&config.http_addr).await?;
+        Ok(Listeners {
+            grpc_addr: grpc.local_addr()?,
+            http_addr: http.local_addr()?,
+            grpc,
+            http,
+        })
+    }
+}
+
+/// Checks (or, on first start, records) which node id owns `data_dir`: a data directory
+/// never silently changes identity.
+fn check_identity(data_dir: &Path, node_id: NodeId) -> Result<(), NodeError> {
+    let path = data_dir.join("node_id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) => {
+            let stored: NodeId = s.trim().parse().map_err(|_| {
+                NodeError::Internal(format!("{} does not hold a node id", path.display()))
+            })?;
+            if stored != node_id {
+                return Err(NodeError::FailedPrecondition(format!(
+                    "data directory {} belongs to node {stored}, not node {node_id}",
+                    data_dir.display()
+                )));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::write(&path, format!("{node_id}\n")).map_err(StorageError::from)?;
+            crate::storage::fsync_dir(data_dir).map_err(StorageError::from)?;
+            Ok(())
+        }
+        Err(e) => Err(StorageError::from(e).into()),
+    }
+}
+
+impl Node {
+    /// Opens the stores and starts Raft and the proposer. Servers are started by the caller.
+    pub async fn open(config: Config, info: NodeInfo) -> Result<Arc<Node>, NodeError> {
+        config
+            .validate()
+            .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+        let data_dir = config.data_dir.clone();
+        std::fs::create_dir_all(&data_dir).map_err(StorageError::from)?;
+        check_identity(&data_dir, config.node_id)?;
+        let log_db = Arc::new(LogDb::open(&data_dir.join("raft"))?);
+        let log_store = LogStore::new(log_db.clone());
+        let sm = StateMachine::open(&data_dir)?;
+        let store = sm.store();
+        let applied = sm.status();
+        let network = NetworkFactory::default();
+        let raft_config = Arc::new(
+            config
+                .openraft_config()
+                .validate()
+                .map_err(|e| NodeError::BadRequest(format!("raft config: {e}")))?,
+        );
+        let raft = Raft::new(config.node_id, raft_config, network.clone(), log_store.clone(), sm)
+            .await
+            .map_err(|e| NodeError::Internal(format!("starting raft: {e}")))?;
+        let proposer = Proposer::start(
+            raft.clone(),
+            config.proposer.clone(),
+            Duration::from_secs(config.dedupe_window_secs),
+        );
+        let node = Arc::new(Node {
+            id: config.node_id,
+            info,
+            config: Arc::new(config),
+            raft,
+            store,
+            applied,
+            proposer,
+            network,
+            metrics: Metrics::default(),
+            log_db,
+            log_store,
+        });
+        if node.config.dev && !node.is_initialized().await? {
+            tracing::info!(node_id = node.id, "dev mode: initializing a one-node cluster");
+            node.init(BTreeMap::from([(node.id, node.info.clone())])).await?;
+        }
+        Ok(node)
+    }
+
+    pub async fn is_initialized(&self) -> Result<bool, NodeError> {
+        self.raft
+            .is_initialized()
+            .await
+            .map_err(|e| NodeError::Unavailable(e.to_string()))
+    }
+
+    /// Initializes a new cluster with these voters.
+    pub async fn init(&self, members: BTreeMap<NodeId, NodeInfo>) -> Result<(), NodeError> {
+        self.raft.initialize(members).await.map_err(|e| match e {
+            RaftError::APIError(e) => NodeError::FailedPrecondition(e.to_string()),
+            RaftError::Fatal(e) => NodeError::Unavailable(e.to_string()),
+        })
+    }
+
+    pub fn raft_metrics(&self) -> RaftMetrics {
+        self.raft.metrics().borrow().clone()
+    }
+
+    pub fn applied_status(&self) -> AppliedStatus {
+        self.applied.borrow().clone()
+    }
+
+    /// Validates, proposes and waits for an append's outcome.
+    pub async fn append(&self, cmd: AppendCommand) -> Result<AppendOutcome, NodeError> {
+        self.config.limits.validate_append(&cmd.stream, &cmd.events)?;
+        let weight = cmd.events.iter().map(|e| e.weight_bytes()).sum();
+        let timeout = Duration::from_millis(self.config.write_timeout_ms);
+        match self
+            .proposer
+            .propose(Command::Append(cmd), weight, timeout)
+            .await?
+        {
+            CommandOutcome::Append(o) => Ok(o),
+        }
+    }
+
+    /// Waits until this node's state reflects every write acknowledged before the call.
+    pub async fn read_barrier(&self, consistency: Consistency) -> Result<(), NodeError> {
+        if consistency == Consistency::Local {
+            return Ok(());
+        }
+        let index = match self.raft.get_read_log_id().await {
+            Ok((read_log_id, _)) => read_log_id.map(|l| l.index),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                let leader = f.leader_node.ok_or_else(|| {
+                    NodeError::Unavailable("no leader known: election in progress, retry".into())
+                })?;
+                self.leader_read_index(&leader).await?
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                return Err(NodeError::Unavailable(format!("leader cannot reach a quorum: {e}")));
+            }
+            Err(RaftError::Fatal(e)) => return Err(NodeError::Unavailable(e.to_string())),
+        };
+        if let Some(index) = index {
+            self.wait_applied(index, Duration::from_millis(self.config.write_timeout_ms))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Asks the leader for its read index (it confirms its leadership with a quorum).
+    async fn leader_read_index(&self, leader: &NodeInfo) -> Result<Option<u64>, NodeError> {
+        let channel = self
+            .network
+            .channel(&leader.grpc_addr)
+            .map_err(|e| NodeError::Unavailable(format!("leader address: {e}")))?;
+        let mut req = tonic::Request::new(crate::proto::aetherops::v1::ReadIndexRequest {});
+        req.set_timeout(Duration::from_millis(self.config.write_timeout_ms));
+        req.metadata_mut()
+            .insert(FORWARDED_HEADER, tonic::metadata::MetadataValue::from(self.id));
+        AdminClient::new(channel)
+            .read_index(req)
+            .await
+            .map(|r| r.into_inner().read_index)
+            .map_err(|s| NodeError::Unavailable(format!("read index from leader: {}", s.message())))
+    }
+
+    /// Waits until the state machine has applied `index`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), NodeError> {
+        let mut rx = self.applied.clone();
+        let reached = |s: &AppliedStatus| s.applied.is_some_and(|l| l.index >= index);
+        tokio::time::timeout(timeout, rx.wait_for(reached))
+            .await
+            .map_err(|_| NodeError::Unavailable(format!("index {index} not applied within {timeout:?}")))?
+            .map_err(|_| NodeError::Unavailable("node is shutting down".into()))?;
+        Ok(())
+    }
+
+    /// Leader only: the read index, after confirming leadership with a quorum.
+    pub async fn read_index(&self) -> Result<Option<u64>, NodeError> {
+        match self.raft.get_read_log_id().await {
+            Ok((read_log_id, _)) => Ok(read_log_id.map(|l| l.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(NodeError::NotLeader {
+                leader: f.leader_id.zip(f.leader_node),
+            }),
+            Err(e) => Err(NodeError::Unavailable(e.to_string())),
+        }
+    }
+
+    pub fn read_stream(
+        &self,
+        stream: &str,
+        from: Option<u64>,
+        dir: ReadDirection,
+        limit: u32,
+    ) -> Result<Page, NodeError> {
+        self.config.limits.validate_stream(stream)?;
+        let limit = self.config.limits.read_limit(limit)?;
+        self.metrics.reads.inc();
+        Ok(read_stream(&self.store.db(), stream, from, dir, limit as usize)?)
+    }
+
+    pub fn read_all(&self, from: Option<u64>, dir: ReadDirection, limit: u32) -> Result<Page, NodeError> {
+        let limit = self.config.limits.read_limit(limit)?;
+        self.metrics.reads.inc();
+        let db = self.store.db();
+        let end = crate::eventstore::StoreState::load(&db)?.next_global_position;
+        Ok(read_all(&db, from, dir, limit as usize, end)?)
+    }
+
+    /// Starts a subscription; events arrive on the returned channel (bounded: a slow
+    /// subscriber holds back only its own reader).
+    pub fn subscribe(&self, target: Target, from: Option<u64>) -> Result<mpsc::Receiver<Item>, NodeError> {
+        if let Target::Stream(s) = &target {
+            self.config.limits.validate_stream(s)?;
+        }
+        let (tx, rx) = mpsc::channel(self.config.subscriber_buffer);
+        let store = self.store.clone();
+        let (applied_tx, applied_rx) = watch::channel(0u64);
+        // Translate the state machine's status into "next global position" changes.
+        let mut status = self.applied.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = status.borrow_and_update().next_global_position;
+                applied_tx.send_replace(next);
+                tokio::select! {
+                    changed = status.changed() => if changed.is_err() { return },
+                    _ = applied_tx.closed() => return,
+                }
+            }
+        });
+        let gauge = self.metrics.subscribers.clone();
+        let page = (self.config.subscriber_buffer).clamp(16, 1024);
+        gauge.inc();
+        tokio::spawn(async move {
+            let res = subscribe::run(store, applied_rx, target, from, page, tx).await;
+            gauge.dec();
+            if let Err(subscribe::SubscriptionEnd::Storage(e)) = res {
+                tracing::error!(error = %e, "subscription stopped by a storage error");
+            }
+        });
+        Ok(rx)
+    }
+
+    /// The members as this node knows them: (voters, learners).
+    pub fn members(&self) -> (Vec<(NodeId, NodeInfo)>, Vec<(NodeId, NodeInfo)>) {
+        let m = self.raft_metrics();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let mut v = Vec::new();
+        let mut l = Vec::new();
+        for (id, node) in membership.nodes() {
+            if voters.contains(id) {
+                v.push((*id, node.clone()));
+            } else {
+                l.push((*id, node.clone()));
+            }
+        }
+        (v, l)
+    }
+
+    /// Where this node stands, as a word.
+    pub fn role(&self) -> &'static str {
+        match self.raft_metrics().state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        }
+    }
+
+    pub fn purged_index(&self) -> Option<u64> {
+        self.raft_metrics().purged.map(|l| l.index)
+    }
+
+    /// The commit index this node has recorded (it trails the leader's by up to one
+    /// heartbeat on followers).
+    pub fn committed_index(&self) -> Option<u64> {
+        self.log_store.committed().ok().flatten().map(|l| l.index)
+    }
+
+    /// Refreshes the gauges that mirror Raft and queue state, then renders `/metrics`.
+    pub fn render_metrics(&self) -> String {
+        let m = &self.metrics;
+        let r = self.raft_metrics();
+        m.raft_term.set(r.current_term as i64);
+        m.raft_is_leader.set(i64::from(r.state == ServerState::Leader));
+        m.raft_last_log_index.set(r.last_log_index.unwrap_or(0) as i64);
+        m.raft_applied_index.set(r.last_applied.map_or(0, |l| l.index) as i64);
+        m.raft_commit_index
+            .set(self.committed_index().unwrap_or(0) as i64);
+        m.events_stored
+            .set(self.applied_status().next_global_position as i64);
+        let stats = self.log_db.stats();
+        m.log_syncs
+            .set(stats.syncs.load(std::sync::atomic::Ordering::Relaxed) as i64);
+        m.log_sync_callbacks
+            .set(stats.callbacks.load(std::sync::atomic::Ordering::Relaxed) as i64);
+        let (batches, commands) = self.proposer.batch_counts();
+        m.proposer_batches.set(batches as i64);
+        m.proposer_commands.set(commands as i64);
+        for (queue, u) in self.queue_health() {
+            m.set_queue(queue, u);
+        }
+        m.render()
+    }
+
+    /// Utilization (0..1) of each bounded queue on the write path: the signal that adaptive
+    /// rate limits follow.
+    pub fn queue_health(&self) -> Vec<(&'static str, f64)> {
+        let load = self.proposer.load();
+        let r = self.raft_metrics();
+        let backlog = r
+            .last_log_index
+            .unwrap_or(0)
+            .saturating_sub(r.last_applied.map_or(0, |l| l.index));
+        let backlog_limit = self.config.raft.max_payload_entries.max(1) * 16;
+        vec![
+            ("proposals", load.queue_utilization),
+            ("inflight_entries", load.inflight_utilization),
+            ("apply_backlog", (backlog as f64 / backlog_limit as f64).min(1.0)),
+        ]
+    }
+}
+
+/// Runs a node until SIGINT or SIGTERM: binds, opens, serves, shuts down cleanly.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let listeners = Listeners::bind(&config)
+        .await
+        .with_context(|| format!("binding {} and {}", config.grpc_addr, config.http_addr))?;
+    let info = NodeInfo {
+        grpc_addr: config
+            .advertise_grpc_addr
+            .clone()
+            .unwrap_or_else(|| listeners.grpc_addr.to_string()),
+        http_addr: config
+            .advertise_http_addr
+            .clone()
+            .unwrap_or_else(|| listeners.http_addr.to_string()),
+    };
+    let data_dir = config.data_dir.clone();
+    let node = Node::open(config, info.clone()).await?;
+    // Tools and tests that started us with port 0 learn the real ports here.
+    let listen = serde_json::json!({
+        "node_id": node.id,
+        "grpc_addr": listeners.grpc_addr.to_string(),
+        "http_addr": listeners.http_addr.to_string(),
+        "pid": std::process::id(),
+    });
+    let tmp = data_dir.join("listen.json.tmp");
+    std::fs::write(&tmp, listen.to_string())?;
+    std::fs::rename(&tmp, data_dir.join("listen.json"))?;
+    tracing::info!(node_id = node.id, grpc = %info.grpc_addr, http = %info.http_addr, "aetherd serving");
+    println!(
+        "aetherd node {} serving gRPC on {} and HTTP on {} (data in {})",
+        node.id,
+        listeners.grpc_addr,
+        listeners.http_addr,
+        data_dir.display()
+    );
+    crate::api::serve(node.clone(), listeners, shutdown_signal()).await?;
+    tracing::info!("shutting down raft");
+    node.raft
+        .shutdown()
+        .await
+        .map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; stopping on SIGINT only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("signal received");
+}

@@ -1,0 +1,187 @@
+//! openraft's log storage on [`LogDb`]: entries are checksummed, written at once (readable
+//! immediately) and acknowledged to openraft only after the group-commit syncer has synced
+//! the WAL that holds them.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader};
+
+use super::{sto_err, Entry, LogId, RaftStorageError, TypeConfig, Vote};
+use crate::storage::{decode, encode, LogDb, StorageError};
+
+const KEY_VOTE: &str = "vote";
+const KEY_COMMITTED: &str = "committed";
+const KEY_PURGED: &str = "last_purged";
+
+/// At most this many entries per read: replication asks for bounded ranges anyway, this is
+/// the backstop that keeps one read from loading an unbounded log into memory.
+const MAX_ENTRIES_PER_READ: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<LogDb>,
+}
+
+impl LogStore {
+    pub fn new(db: Arc<LogDb>) -> Self {
+        LogStore { db }
+    }
+
+    pub fn db(&self) -> &Arc<LogDb> {
+        &self.db
+    }
+
+    fn meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+        subject: ErrorSubject<u64>,
+    ) -> Result<Option<T>, RaftStorageError> {
+        let read = |e: StorageError| sto_err(ErrorVerb::Read, subject.clone(), e);
+        match self.db.get_meta(key).map_err(read)? {
+            None => Ok(None),
+            Some(bytes) => decode("log meta", &bytes).map(Some).map_err(read),
+        }
+    }
+
+    fn put_meta<T: serde::Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        sync: bool,
+        subject: ErrorSubject<u64>,
+    ) -> Result<(), RaftStorageError> {
+        let write = |e: StorageError| sto_err(ErrorVerb::Write, subject.clone(), e);
+        let bytes = encode("log meta", value).map_err(write)?;
+        self.db.put_meta(key, &bytes, sync).map_err(write)
+    }
+
+    /// The last committed log id this node recorded.
+    pub fn committed(&self) -> Result<Option<LogId>, RaftStorageError> {
+        Ok(self
+            .meta::<Option<LogId>>(KEY_COMMITTED, ErrorSubject::Store)?
+            .flatten())
+    }
+
+    /// Index of the last purged entry, if any.
+    pub fn purged(&self) -> Result<Option<LogId>, RaftStorageError> {
+        self.meta(KEY_PURGED, ErrorSubject::Logs)
+    }
+}
+
+fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry, RaftStorageError> {
+    let entry: Entry = decode("log entry", bytes)
+        .map_err(|e| sto_err(ErrorVerb::Read, ErrorSubject::LogIndex(index), e))?;
+    if entry.log_id.index != index {
+        return Err(sto_err(
+            ErrorVerb::Read,
+            ErrorSubject::LogIndex(index),
+            StorageError::corrupt("log entry", format!("key {index} holds {}", entry.log_id)),
+        ));
+    }
+    Ok(entry)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, RaftStorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(&s) => s,
+            Bound::Excluded(&s) => s.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&e) => e.saturating_add(1),
+            Bound::Excluded(&e) => e,
+            Bound::Unbounded => u64::MAX,
+        };
+        let raw = self
+            .db
+            .entries(start, end, MAX_ENTRIES_PER_READ)
+            .map_err(|e| sto_err(ErrorVerb::Read, ErrorSubject::Logs, e))?;
+        raw.iter().map(|(i, b)| decode_entry(*i, b)).collect()
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, RaftStorageError> {
+        let last_purged_log_id = self.purged()?;
+        let last = self
+            .db
+            .last_entry()
+            .map_err(|e| sto_err(ErrorVerb::Read, ErrorSubject::Logs, e))?;
+        let last_log_id = match last {
+            Some((index, bytes)) => Some(decode_entry(index, &bytes)?.log_id),
+            None => last_purged_log_id,
+        };
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    /// Durable when it returns (openraft requires it of votes).
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), RaftStorageError> {
+        self.put_meta(KEY_VOTE, vote, true, ErrorSubject::Vote)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, RaftStorageError> {
+        self.meta(KEY_VOTE, ErrorSubject::Vote)
+    }
+
+    /// Kept so that a restarted node re-applies what it knew committed without waiting for
+    /// the leader. Not synced: losing it only delays re-applying.
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), RaftStorageError> {
+        self.put_meta(KEY_COMMITTED, &committed, false, ErrorSubject::Store)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, RaftStorageError> {
+        self.committed()
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), RaftStorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut encoded = Vec::new();
+        for entry in entries {
+            let bytes = encode("log entry", &entry).map_err(|e| {
+                sto_err(ErrorVerb::Write, ErrorSubject::LogIndex(entry.log_id.index), e)
+            })?;
+            encoded.push((entry.log_id.index, bytes));
+        }
+        self.db
+            .put_entries(encoded)
+            .map_err(|e| sto_err(ErrorVerb::Write, ErrorSubject::Logs, e))?;
+        // The callback — and with it openraft's acknowledgement of these entries — waits
+        // for the WAL sync. Never call it earlier: that is how acknowledged writes get lost.
+        self.db
+            .sync_then(Box::new(move |res| callback.log_io_completed(res)));
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
+        self.db
+            .truncate_from(log_id.index)
+            .map_err(|e| sto_err(ErrorVerb::Delete, ErrorSubject::Logs, e))
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
+        let bytes = encode("log meta", &log_id)
+            .map_err(|e| sto_err(ErrorVerb::Delete, ErrorSubject::Logs, e))?;
+        self.db
+            .purge_upto(log_id.index, KEY_PURGED, &bytes)
+            .map_err(|e| sto_err(ErrorVerb::Delete, ErrorSubject::Logs, e))
+    }
+}

@@ -1,0 +1,97 @@
+//! Consensus: openraft's type configuration, the RocksDB log store and state machine, the
+//! snapshot format, and the gRPC transport between nodes.
+//!
+//! openraft's types stay inside this module (and the node wiring that drives `Raft`): the
+//! rest of the crate speaks in [`Request`], [`Command`] and [`CommandOutcome`], so that a
+//! later move to openraft 0.10 touches this module only. The state machine applies commands
+//! by calling the domain modules (`eventstore`); it holds no business rule of its own.
+
+pub mod log_store;
+pub mod network;
+pub mod service;
+pub mod snapshot;
+pub mod state_machine;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::eventstore::{AppendCommand, AppendOutcome};
+
+pub type NodeId = u64;
+
+/// What the cluster knows of a node: where to reach it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// gRPC address: public API, admin and Raft RPCs.
+    pub grpc_addr: String,
+    /// HTTP address: health and metrics.
+    pub http_addr: String,
+}
+
+impl fmt::Display for NodeInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "grpc={} http={}", self.grpc_addr, self.http_addr)
+    }
+}
+
+/// One Raft log entry's application payload: a batch of commands proposed together, with
+/// the leader's clock and settings stamped in so that applying it is deterministic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Leader wall clock at proposal, ns since the Unix epoch. The state machine never
+    /// lets commit time go backwards.
+    pub commit_time_ns: i64,
+    /// Idempotency window in force for this entry (the leader's configuration).
+    pub dedupe_window_ns: i64,
+    pub commands: Vec<Command>,
+}
+
+/// A replicated command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    Append(AppendCommand),
+}
+
+/// The result of one command, in the order of [`Request::commands`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandOutcome {
+    Append(AppendOutcome),
+}
+
+/// What applying one entry returned.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    pub outcomes: Vec<CommandOutcome>,
+}
+
+openraft::declare_raft_types!(
+    /// openraft's view of AetherOps.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = NodeId,
+        Node = NodeInfo,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = tokio::fs::File,
+        AsyncRuntime = openraft::TokioRuntime,
+        Responder = openraft::impls::OneshotResponder<TypeConfig>,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type Vote = openraft::Vote<NodeId>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, NodeInfo>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, NodeInfo>;
+pub type RaftStorageError = openraft::StorageError<NodeId>;
+pub type RaftMetrics = openraft::RaftMetrics<NodeId, NodeInfo>;
+
+/// Converts our storage errors into openraft's, naming what was being done.
+pub(crate) fn sto_err(
+    verb: openraft::ErrorVerb,
+    subject: openraft::ErrorSubject<NodeId>,
+    e: impl std::error::Error + 'static,
+) -> RaftStorageError {
+    openraft::StorageIOError::new(subject, verb, openraft::AnyError::new(&e)).into()
+}

@@ -1,0 +1,310 @@
+//! The state machine's RocksDB instance, and the store that can replace it wholesale when a
+//! snapshot is installed.
+//!
+//! Layout under the state-machine root: `CURRENT` names the live database directory
+//! (`db-000001`, ...). Installing a snapshot loads it into a fresh directory, syncs it, then
+//! atomically rewrites `CURRENT` and swaps the handle; a crash at any point leaves either the
+//! old or the new database live, never a half-loaded one.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use rocksdb::{Cache, ColumnFamily, ColumnFamilyDescriptor, WriteBatch, WriteOptions, DB};
+use xxhash_rust::xxh3::Xxh3;
+
+use super::{base_options, fsync_dir, point_lookup_cf_options, scan_cf_options, Result, StorageError};
+
+/// State-machine metadata: applied log id, membership, store counters, digest.
+pub const CF_META: &str = "meta";
+/// Events by global position.
+pub const CF_EVENTS: &str = "events";
+/// `stream ++ 0x00 ++ version` → global position.
+pub const CF_STREAM_INDEX: &str = "stream_index";
+/// Stream name → stream head (last version).
+pub const CF_STREAMS: &str = "streams";
+/// Event id → where it was stored (the idempotency index).
+pub const CF_DEDUPE: &str = "dedupe";
+/// `commit_time ++ event id` → (): lets the dedupe window expire entries in time order.
+pub const CF_DEDUPE_EXPIRY: &str = "dedupe_expiry";
+
+/// Every column family of the state machine, in a fixed order: snapshots carry them all and
+/// refer to them by their index in this list.
+pub const SM_CFS: &[&str] = &[
+    CF_META,
+    CF_EVENTS,
+    CF_STREAM_INDEX,
+    CF_STREAMS,
+    CF_DEDUPE,
+    CF_DEDUPE_EXPIRY,
+];
+
+const CURRENT: &str = "CURRENT";
+const BLOCK_CACHE_BYTES: usize = 256 << 20;
+
+/// One open state-machine database.
+pub struct SmDb {
+    /// `Some` until drop: the directory may only be removed after RocksDB has closed it.
+    db: Option<DB>,
+    path: PathBuf,
+    remove_on_drop: AtomicBool,
+}
+
+impl SmDb {
+    fn open(path: &Path, cache: &Cache) -> Result<SmDb> {
+        let cfs = SM_CFS.iter().map(|name| {
+            let opts = match *name {
+                CF_STREAMS | CF_DEDUPE | CF_META => point_lookup_cf_options(cache),
+                _ => scan_cf_options(cache),
+            };
+            ColumnFamilyDescriptor::new(*name, opts)
+        });
+        let db = DB::open_cf_descriptors(&base_options(), path, cfs)?;
+        Ok(SmDb {
+            db: Some(db),
+            path: path.to_owned(),
+            remove_on_drop: AtomicBool::new(false),
+        })
+    }
+
+    pub fn db(&self) -> &DB {
+        // Invariant: `db` is only taken in `drop`.
+        self.db.as_ref().expect("state machine db used after drop")
+    }
+
+    pub fn cf(&self, name: &'static str) -> Result<&ColumnFamily> {
+        self.db()
+            .cf_handle(name)
+            .ok_or(StorageError::MissingColumnFamily(name))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Makes every write so far durable (the state machine writes without sync; the Raft
+    /// log is the durable record until a snapshot lets the log be purged).
+    pub fn sync(&self) -> Result<()> {
+        self.db().flush_wal(true)?;
+        Ok(())
+    }
+}
+
+impl Drop for SmDb {
+    fn drop(&mut self) {
+        drop(self.db.take());
+        if self.remove_on_drop.load(Ordering::Acquire) {
+            if let Err(e) = std::fs::remove_dir_all(&self.path) {
+                tracing::warn!(path = %self.path.display(), error = %e, "removing replaced state machine");
+            }
+        }
+    }
+}
+
+/// A write batch against the state machine that also folds every data write into the
+/// state digest: `digest' = xxh3_128(digest ++ ops)`. Replicas that apply the same entries
+/// produce the same writes, hence the same digest; any divergence shows up in it.
+pub struct SmWriteBatch<'a> {
+    db: &'a SmDb,
+    batch: WriteBatch,
+    hasher: Xxh3,
+}
+
+impl<'a> SmWriteBatch<'a> {
+    /// Starts the batch of the entry at `log_index`, chained to the previous digest.
+    pub fn new(db: &'a SmDb, prev_digest: u128, log_index: u64) -> Self {
+        let mut hasher = Xxh3::new();
+        hasher.update(&prev_digest.to_le_bytes());
+        hasher.update(&log_index.to_le_bytes());
+        SmWriteBatch {
+            db,
+            batch: WriteBatch::default(),
+            hasher,
+        }
+    }
+
+    fn fold(&mut self, op: u8, cf: &str, key: &[u8], value: &[u8]) {
+        self.hasher.update(&[op]);
+        self.hasher.update(cf.as_bytes());
+        self.hasher.update(&(key.len() as u32).to_le_bytes());
+        self.hasher.update(key);
+        self.hasher.update(&(value.len() as u32).to_le_bytes());
+        self.hasher.update(value);
+    }
+
+    pub fn put(&mut self, cf: &'static str, key: &[u8], value: &[u8]) -> Result<()> {
+        self.fold(b'P', cf, key, value);
+        self.batch.put_cf(self.db.cf(cf)?, key, value);
+        Ok(())
+    }
+
+    pub fn delete(&mut self, cf: &'static str, key: &[u8]) -> Result<()> {
+        self.fold(b'D', cf, key, &[]);
+        self.batch.delete_cf(self.db.cf(cf)?, key);
+        Ok(())
+    }
+
+    /// Folds bytes that describe a change without being a data write (e.g. a membership).
+    pub fn fold_bytes(&mut self, bytes: &[u8]) {
+        self.fold(b'F', "", bytes, &[]);
+    }
+
+    pub fn digest(&self) -> u128 {
+        self.hasher.digest128()
+    }
+
+    /// A write that is not part of the digest: the bookkeeping of the state machine itself
+    /// (applied log id, counters, the digest).
+    pub fn put_meta(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.batch.put_cf(self.db.cf(CF_META)?, key, value);
+        Ok(())
+    }
+
+    /// Writes the batch atomically. Not synced: the Raft log is the durable record, and the
+    /// state machine is synced before a snapshot lets the log be purged.
+    pub fn commit(self) -> Result<()> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(false);
+        self.db.db().write_opt(self.batch, &opts)?;
+        Ok(())
+    }
+}
+
+/// The live state-machine database and the means to replace it.
+pub struct SmStore {
+    root: PathBuf,
+    cache: Cache,
+    current: RwLock<Arc<SmDb>>,
+}
+
+impl SmStore {
+    pub fn open(root: &Path) -> Result<SmStore> {
+        std::fs::create_dir_all(root)?;
+        let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+        let name = match std::fs::read_to_string(root.join(CURRENT)) {
+            Ok(s) => s.trim().to_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let name = db_dir_name(1);
+                write_current(root, &name)?;
+                name
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if parse_db_dir(&name).is_none() {
+            return Err(StorageError::corrupt("state machine CURRENT", format!("{name:?}")));
+        }
+        // Leftovers of an install that crashed before switching, or of a replaced database.
+        for entry in std::fs::read_dir(root)? {
+            let entry = entry?;
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            if parse_db_dir(&file_name).is_some() && file_name != name {
+                std::fs::remove_dir_all(entry.path())?;
+            }
+        }
+        let db = SmDb::open(&root.join(&name), &cache)?;
+        Ok(SmStore {
+            root: root.to_owned(),
+            cache,
+            current: RwLock::new(Arc::new(db)),
+        })
+    }
+
+    /// The live database. Holders keep a replaced database open until they drop it.
+    pub fn db(&self) -> Arc<SmDb> {
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Builds a new database with `load`, makes it durable and switches to it atomically.
+    /// The caller serializes replacements with applies (the state machine owns both).
+    pub fn replace_with(&self, load: impl FnOnce(&SmDb) -> Result<()>) -> Result<Arc<SmDb>> {
+        let old = self.db();
+        let old_gen = old
+            .path()
+            .file_name()
+            .and_then(|n| parse_db_dir(&n.to_string_lossy()))
+            .unwrap_or(0);
+        let name = db_dir_name(old_gen + 1);
+        let path = self.root.join(&name);
+        if path.exists() {
+            std::fs::remove_dir_all(&path)?;
+        }
+        let fresh = SmDb::open(&path, &self.cache)?;
+        if let Err(e) = load(&fresh).and_then(|()| fresh.sync()) {
+            fresh.remove_on_drop.store(true, Ordering::Release);
+            return Err(e);
+        }
+        write_current(&self.root, &name)?;
+        let fresh = Arc::new(fresh);
+        *self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = fresh.clone();
+        old.remove_on_drop.store(true, Ordering::Release);
+        Ok(fresh)
+    }
+}
+
+fn db_dir_name(generation: u64) -> String {
+    format!("db-{generation:06}")
+}
+
+fn parse_db_dir(name: &str) -> Option<u64> {
+    name.strip_prefix("db-")?.parse().ok()
+}
+
+fn write_current(root: &Path, name: &str) -> Result<()> {
+    let tmp = root.join("CURRENT.tmp");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(name.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, root.join(CURRENT))?;
+    fsync_dir(root)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replace_switches_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SmStore::open(dir.path()).unwrap();
+        let db = store.db();
+        db.db().put_cf(db.cf(CF_META).unwrap(), b"k", b"old").unwrap();
+        let old_path = db.path().to_owned();
+        drop(db);
+        store
+            .replace_with(|fresh| {
+                fresh.db().put_cf(fresh.cf(CF_META)?, b"k", b"new")?;
+                Ok(())
+            })
+            .unwrap();
+        let db = store.db();
+        assert_eq!(db.db().get_cf(db.cf(CF_META).unwrap(), b"k").unwrap(), Some(b"new".to_vec()));
+        assert!(!old_path.exists(), "replaced database is removed once unused");
+        drop(db);
+        drop(store);
+        let store = SmStore::open(dir.path()).unwrap();
+        let db = store.db();
+        assert_eq!(db.db().get_cf(db.cf(CF_META).unwrap(), b"k").unwrap(), Some(b"new".to_vec()));
+    }
+
+    #[test]
+    fn failed_load_keeps_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SmStore::open(dir.path()).unwrap();
+        let res = store.replace_with(|_| Err(StorageError::corrupt("test", "boom")));
+        assert!(res.is_err());
+        assert!(store.db().path().ends_with("db-000001"));
+        drop(store);
+        let store = SmStore::open(dir.path()).unwrap();
+        assert!(store.db().path().ends_with("db-000001"));
+    }
+}
