@@ -1,0 +1,103 @@
+//! The `aetherctl` contract scripts rely on: commands, flags, JSON lines, exit codes.
+
+mod common;
+
+use std::process::Output;
+
+use common::*;
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "aetherctl failed: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).expect("utf-8 stdout")
+}
+
+fn json_lines(s: &str) -> Vec<serde_json::Value> {
+    s.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}"))).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_read_tail_status_from_the_command_line() {
+    let node = NodeBuilder::dev().start();
+    node.wait_leader().await;
+
+    let out = ok(&node.ctl(&["--output", "json", "append", "orders-1", "--type", "Placed", "--data", r#"{"qty":2}"#, "--expected-version", "no-stream"]));
+    let v = &json_lines(&out)[0];
+    assert_eq!(v["first_stream_version"], 0);
+    assert_eq!(v["duplicate"], false);
+
+    // --data @file and --data - (stdin).
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("ev.json");
+    std::fs::write(&f, r#"{"qty":3}"#).unwrap();
+    ok(&node.ctl(&["append", "orders-1", "--type", "Paid", "--data", &format!("@{}", f.display()), "--expected-version", "0"]));
+    ok(&node.ctl_stdin(&["append", "orders-1", "--type", "Shipped", "--data", "-", "--meta", "carrier=ups"], Some(br#"{"qty":4}"#)));
+
+    // An explicit id makes a retry idempotent.
+    let id = uuid::Uuid::new_v4().to_string();
+    ok(&node.ctl(&["append", "orders-1", "--type", "Note", "--data", "{}", "--id", &id]));
+    let again = json_lines(&ok(&node.ctl(&["--output", "json", "append", "orders-1", "--type", "Note", "--data", "{}", "--id", &id])));
+    assert_eq!(again[0]["duplicate"], true);
+    assert_eq!(again[0]["first_stream_version"], 3);
+
+    let lines = json_lines(&ok(&node.ctl(&["--output", "json", "read", "orders-1"])));
+    assert_eq!(lines.len(), 4);
+    assert_eq!(lines[0]["event_type"], "Placed");
+    assert_eq!(lines[0]["data"]["qty"], 2);
+    assert_eq!(lines[2]["metadata"]["carrier"], "ups");
+    assert_eq!(lines[3]["event_id"], id);
+    for key in ["event_id", "stream", "stream_version", "global_position", "event_type", "schema_version", "event_time_ns", "commit_time_ns", "data", "metadata"] {
+        assert!(lines[0].get(key).is_some(), "{key} missing");
+    }
+    let back = json_lines(&ok(&node.ctl(&["--output", "json", "read", "orders-1", "--backwards", "--limit", "2"])));
+    assert_eq!(back.iter().map(|v| v["stream_version"].as_u64().unwrap()).collect::<Vec<_>>(), vec![3, 2]);
+    let from = json_lines(&ok(&node.ctl(&["--output", "json", "read", "orders-1", "--from", "2"])));
+    assert_eq!(from.len(), 2);
+    ok(&node.ctl(&["append", "orders-2", "--type", "Placed", "--data", "{}"]));
+    let all = json_lines(&ok(&node.ctl(&["--output", "json", "read-all", "--from", "3"])));
+    assert_eq!(all.iter().map(|v| v["global_position"].as_u64().unwrap()).collect::<Vec<_>>(), vec![3, 4]);
+    let text = ok(&node.ctl(&["read", "orders-1", "--limit", "1"]));
+    assert!(text.starts_with("orders-1@0 #0 Placed"), "{text}");
+
+    let tail = json_lines(&ok(&node.ctl(&["--output", "json", "tail", "--all", "--from", "0", "--count", "5"])));
+    assert_eq!(tail.len(), 5);
+    let tail = json_lines(&ok(&node.ctl(&["--output", "json", "tail", "orders-1", "--from", "1", "--count", "2"])));
+    assert_eq!(tail.iter().map(|v| v["stream_version"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 2]);
+
+    let status = json_lines(&ok(&node.ctl(&["--output", "json", "status"])));
+    assert_eq!(status[0]["role"], "leader");
+    assert_eq!(status[0]["event_count"], 5);
+    assert!(ok(&node.ctl(&["status"])).contains("(leader)"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_go_to_stderr_with_a_nonzero_exit() {
+    let node = NodeBuilder::dev().start();
+    node.wait_leader().await;
+    ok(&node.ctl(&["append", "s", "--type", "A", "--data", "{}"]));
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["append", "s", "--type", "A", "--data", "{}", "--expected-version", "7"], "FailedPrecondition"),
+        (vec!["append", "bad name", "--type", "A", "--data", "{}"], "InvalidArgument"),
+        (vec!["append", "s", "--type", "A", "--data", "not json"], "not valid JSON"),
+        (vec!["append", "s", "--type", "A", "--data", "{}", "--expected-version", "sometimes"], "--expected-version"),
+        (vec!["append", "s", "--type", "A", "--data", "{}", "--id", "nope"], "not a UUID"),
+    ];
+    for (args, msg) in cases {
+        let out = node.ctl(&args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(msg), "{args:?}: expected {msg:?} in stderr: {err}");
+        assert!(out.stdout.is_empty(), "errors print nothing on stdout");
+    }
+    // Unreachable node.
+    let out = std::process::Command::new(AETHERCTL)
+        .args(["--addr", "127.0.0.1:1", "status"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("connecting to 127.0.0.1:1"));
+}

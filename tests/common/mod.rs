@@ -1,0 +1,393 @@
+//! Test harness: real `aetherd` processes on 127.0.0.1 with temporary data directories.
+//!
+//! Nodes bind port 0 and report their ports in `listen.json`; restarts reuse them. Every
+//! wait is on a condition with a generous deadline (the suite runs on a loaded 2-core
+//! machine). Processes are killed when their handle drops, and a failing test prints the
+//! node's log.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use aetherops::proto::aetherops::v1 as pb;
+use aetherops::proto::aetherops::v1::admin_client::AdminClient;
+use aetherops::proto::aetherops::v1::event_store_client::EventStoreClient;
+use tonic::transport::Channel;
+
+pub const AETHERD: &str = env!("CARGO_BIN_EXE_aetherd");
+pub const AETHERCTL: &str = env!("CARGO_BIN_EXE_aetherctl");
+
+/// Generous: cluster tests share 2 cores with everything else.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+pub struct TestNode {
+    pub id: u64,
+    pub dir: PathBuf,
+    pub grpc_addr: String,
+    pub http_addr: String,
+    child: Option<Child>,
+    extra_args: Vec<String>,
+    env: Vec<(String, String)>,
+    dev: bool,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+#[derive(serde::Deserialize)]
+struct Listen {
+    grpc_addr: String,
+    http_addr: String,
+    pid: u32,
+}
+
+pub struct NodeBuilder {
+    id: u64,
+    dev: bool,
+    dir: Option<PathBuf>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl NodeBuilder {
+    pub fn dev() -> Self {
+        NodeBuilder {
+            id: 1,
+            dev: true,
+            dir: None,
+            args: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+
+    /// A cluster member, not initialized: the test initializes the cluster.
+    pub fn member(id: u64, dir: PathBuf) -> Self {
+        NodeBuilder {
+            id,
+            dev: false,
+            dir: Some(dir),
+            args: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn start(self) -> TestNode {
+        let (dir, tmp) = match self.dir {
+            Some(d) => (d, None),
+            None => {
+                let t = tempfile::tempdir().expect("temp dir");
+                (t.path().join("data"), Some(t))
+            }
+        };
+        let mut node = TestNode {
+            id: self.id,
+            dir,
+            grpc_addr: "127.0.0.1:0".into(),
+            http_addr: "127.0.0.1:0".into(),
+            child: None,
+            extra_args: self.args,
+            env: self.env,
+            dev: self.dev,
+            _tmp: tmp,
+        };
+        node.spawn();
+        node
+    }
+}
+
+impl TestNode {
+    fn spawn(&mut self) {
+        std::fs::create_dir_all(&self.dir).expect("data dir");
+        let listen = self.dir.join("listen.json");
+        let _ = std::fs::remove_file(&listen);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.parent().unwrap_or(&self.dir).join(format!("node-{}.log", self.id)))
+            .expect("log file");
+        let mut cmd = Command::new(AETHERD);
+        cmd.arg("--node-id")
+            .arg(self.id.to_string())
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .arg("--grpc-addr")
+            .arg(&self.grpc_addr)
+            .arg("--http-addr")
+            .arg(&self.http_addr)
+            .arg("--log")
+            .arg("info,openraft=info")
+            .args(&self.extra_args)
+            .stdout(Stdio::from(log.try_clone().expect("log fd")))
+            .stderr(Stdio::from(log));
+        if self.dev {
+            cmd.arg("--dev");
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn aetherd");
+        let pid = child.id();
+        self.child = Some(child);
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&listen) {
+                if let Ok(l) = serde_json::from_str::<Listen>(&text) {
+                    if l.pid == pid {
+                        self.grpc_addr = l.grpc_addr;
+                        self.http_addr = l.http_addr;
+                        return;
+                    }
+                }
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("aetherd exited during start ({status}):\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "aetherd did not start:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.parent().unwrap_or(&self.dir).join(format!("node-{}.log", self.id))
+    }
+
+    pub fn log(&self) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(80)..].join("\n")
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// `kill -9`: no chance to flush or shut down cleanly.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(c.id(), "TERM");
+            let deadline = Instant::now() + DEADLINE;
+            loop {
+                if let Ok(Some(status)) = c.try_wait() {
+                    assert!(status.success(), "aetherd exited with {status} on SIGTERM:\n{}", self.log());
+                    return;
+                }
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    panic!("aetherd did not stop on SIGTERM:\n{}", self.log());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    pub fn pause(&self) {
+        signal(self.pid().expect("running"), "STOP");
+    }
+
+    pub fn resume(&self) {
+        signal(self.pid().expect("running"), "CONT");
+    }
+
+    /// Starts the process again on the same data directory and the same ports.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart of a running node");
+        self.spawn();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    pub async fn channel(&self) -> Channel {
+        let ep = tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc_addr))
+            .expect("endpoint")
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30));
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            match ep.connect().await {
+                Ok(c) => return c,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "connect {}: {e}\n{}", self.grpc_addr, self.log());
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    pub async fn client(&self) -> EventStoreClient<Channel> {
+        EventStoreClient::new(self.channel().await)
+    }
+
+    pub async fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::new(self.channel().await)
+    }
+
+    pub async fn status(&self) -> pb::StatusResponse {
+        self.admin()
+            .await
+            .status(pb::StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner()
+    }
+
+    /// Waits until this node leads and has applied everything it committed.
+    pub async fn wait_leader(&self) {
+        let mut admin = self.admin().await;
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Ok(s) = admin.status(pb::StatusRequest {}).await {
+                let s = s.into_inner();
+                if s.role == "leader" && s.applied_index.is_some() && s.applied_index >= s.commit_index {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "node {} never led:\n{}", self.id, self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Runs `aetherctl --addr <this node> ARGS`.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        self.ctl_stdin(args, None)
+    }
+
+    pub fn ctl_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(AETHERCTL)
+            .arg("--addr")
+            .arg(&self.grpc_addr)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn aetherctl");
+        {
+            let mut si = child.stdin.take().expect("stdin");
+            if let Some(data) = stdin {
+                si.write_all(data).expect("write stdin");
+            }
+        }
+        child.wait_with_output().expect("aetherctl output")
+    }
+
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        http_get(&self.http_addr, path).await
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid() {
+            // A paused process must be resumed to die promptly on some kernels.
+            signal(pid, "CONT");
+        }
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("---- log of node {} ----\n{}", self.id, self.log());
+        }
+    }
+}
+
+pub fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+/// A minimal HTTP/1.1 GET over a raw socket (no extra client dependency).
+pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect http");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.expect("read");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (code, body)
+}
+
+pub fn new_event(ty: &str, payload: &str) -> pb::NewEvent {
+    pb::NewEvent {
+        event_id: uuid::Uuid::new_v4().to_string(),
+        event_type: ty.into(),
+        schema_version: 1,
+        event_time_ns: 0,
+        payload: payload.as_bytes().to_vec().into(),
+        metadata: Default::default(),
+    }
+}
+
+pub fn expected(kind: pb::expected_version::Kind, version: u64) -> Option<pb::ExpectedVersion> {
+    Some(pb::ExpectedVersion {
+        kind: kind as i32,
+        version,
+    })
+}
+
+pub fn append_req(stream: &str, exp: Option<pb::ExpectedVersion>, events: Vec<pb::NewEvent>) -> pb::AppendRequest {
+    pb::AppendRequest {
+        stream: stream.into(),
+        expected_version: exp,
+        events,
+    }
+}
+
+/// Every event of the global log, read page by page.
+pub async fn read_all_events(c: &mut EventStoreClient<Channel>, consistency: pb::Consistency) -> Vec<pb::RecordedEvent> {
+    let mut out = Vec::new();
+    let mut from = Some(0);
+    while let Some(f) = from {
+        let r = c
+            .read_all(pb::ReadAllRequest {
+                from_position: Some(f),
+                backwards: false,
+                limit: 1000,
+                consistency: consistency as i32,
+            })
+            .await
+            .expect("read_all")
+            .into_inner();
+        if r.events.is_empty() {
+            break;
+        }
+        out.extend(r.events);
+        from = r.next;
+    }
+    out
+}
+
+pub fn data_dir_in(tmp: &Path, name: &str) -> PathBuf {
+    tmp.join(name)
+}

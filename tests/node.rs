@@ -1,0 +1,583 @@
+//! The single node, end to end: real `aetherd` processes, real gRPC, real RocksDB on disk.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aetherops::proto::aetherops::v1 as pb;
+use common::*;
+use pb::expected_version::Kind;
+use tonic::Code;
+
+fn versions(r: &pb::ReadResponse) -> Vec<u64> {
+    r.events.iter().map(|e| e.stream_version).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_with_expected_versions_and_read_both_ways() {
+    let node = NodeBuilder::dev().start();
+    node.wait_leader().await;
+    let mut c = node.client().await;
+
+    // no-stream on a new stream, then exact versions.
+    let r = c
+        .append(append_req("orders-7", expected(Kind::NoStream, 0), vec![new_event("Placed", "{}"), new_event("Paid", "{}")]))
+        .await
+        .expect("first append")
+        .into_inner();
+    assert_eq!((r.first_stream_version, r.last_stream_version), (0, 1));
+    assert_eq!((r.first_global_position, r.last_global_position), (0, 1));
+    assert!(!r.duplicate);
+    assert!(r.commit_time_ns > 0);
+
+    // Conflicts name the current version and write nothing.
+    let cases = [
+        (expected(Kind::NoStream, 0), "its current version is 1"),
+        (expected(Kind::Exact, 0), "its current version is 1"),
+        (expected(Kind::Exact, 5), "its current version is 1"),
+    ];
+    for (exp, msg) in cases {
+        let e = c
+            .append(append_req("orders-7", exp, vec![new_event("X", "{}")]))
+            .await
+            .expect_err("conflict");
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains(msg), "{}", e.message());
+        assert_eq!(e.metadata().get("x-aether-current-version").unwrap(), "1");
+    }
+    let e = c
+        .append(append_req("nothing-here", expected(Kind::StreamExists, 0), vec![new_event("X", "{}")]))
+        .await
+        .expect_err("stream-exists on a missing stream");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("does not exist"), "{}", e.message());
+
+    let r = c
+        .append(append_req("orders-7", expected(Kind::Exact, 1), vec![new_event("Shipped", "{}")]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.first_stream_version, 2);
+    let r = c
+        .append(append_req("orders-7", expected(Kind::StreamExists, 0), vec![new_event("Delivered", "{}")]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.first_stream_version, 3);
+    // Another stream interleaves in the global order.
+    c.append(append_req("orders-8", None, vec![new_event("Placed", "{}")]))
+        .await
+        .unwrap();
+    for i in 0..6 {
+        c.append(append_req("orders-7", expected(Kind::Any, 0), vec![new_event("Note", &format!("{{\"i\":{i}}}"))]))
+            .await
+            .unwrap();
+    }
+
+    let read = |from: Option<u64>, backwards: bool, limit: u32| pb::ReadStreamRequest {
+        stream: "orders-7".into(),
+        from_version: from,
+        backwards,
+        limit,
+        consistency: pb::Consistency::Linearizable as i32,
+    };
+    let all = c.read_stream(read(None, false, 0)).await.unwrap().into_inner();
+    assert_eq!(versions(&all), (0..10).collect::<Vec<_>>());
+    assert_eq!(all.last, Some(9));
+    assert_eq!(all.next, None);
+    let types: Vec<&str> = all.events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(&types[..4], &["Placed", "Paid", "Shipped", "Delivered"]);
+    let page = c.read_stream(read(Some(3), false, 4)).await.unwrap().into_inner();
+    assert_eq!(versions(&page), vec![3, 4, 5, 6]);
+    assert_eq!(page.next, Some(7));
+    let back = c.read_stream(read(None, true, 3)).await.unwrap().into_inner();
+    assert_eq!(versions(&back), vec![9, 8, 7]);
+    assert_eq!(back.next, Some(6));
+    let back = c.read_stream(read(Some(1), true, 10)).await.unwrap().into_inner();
+    assert_eq!(versions(&back), vec![1, 0]);
+    assert_eq!(back.next, None);
+    let local = c
+        .read_stream(pb::ReadStreamRequest {
+            consistency: pb::Consistency::Local as i32,
+            ..read(Some(8), false, 0)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(versions(&local), vec![8, 9]);
+    let missing = c
+        .read_stream(pb::ReadStreamRequest {
+            stream: "never-written".into(),
+            ..read(None, false, 0)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(missing.events.is_empty() && missing.last.is_none());
+
+    // The global log: gap-free positions, every event once, in commit order.
+    let events = read_all_events(&mut c, pb::Consistency::Linearizable).await;
+    assert_eq!(events.iter().map(|e| e.global_position).collect::<Vec<_>>(), (0..11).collect::<Vec<_>>());
+    assert_eq!(events[4].stream, "orders-8");
+    let mut last_commit = 0;
+    for e in &events {
+        assert!(e.commit_time_ns >= last_commit, "commit time went backwards");
+        last_commit = e.commit_time_ns;
+        assert_eq!(e.event_time_ns, e.commit_time_ns, "event time defaults to commit time");
+    }
+    let tail = c
+        .read_all(pb::ReadAllRequest {
+            from_position: None,
+            backwards: true,
+            limit: 2,
+            consistency: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(tail.events.iter().map(|e| e.global_position).collect::<Vec<_>>(), vec![10, 9]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_field_round_trips() {
+    let node = NodeBuilder::dev().start();
+    node.wait_leader().await;
+    let mut c = node.client().await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let ev = pb::NewEvent {
+        event_id: id.clone(),
+        event_type: "TelemetryConfigured".into(),
+        schema_version: 3,
+        event_time_ns: 1_700_000_000_123_456_789,
+        payload: br#"{"rate_hz":1000}"#.to_vec().into(),
+        metadata: HashMap::from([("source".to_string(), "sat-7".to_string()), ("trace".to_string(), "abc".to_string())]),
+    };
+    c.append(append_req("sat-7/config", None, vec![ev.clone()])).await.unwrap();
+    let r = c
+        .read_stream(pb::ReadStreamRequest {
+            stream: "sat-7/config".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let e = &r.events[0];
+    assert_eq!(e.event_id, id);
+    assert_eq!(e.stream, "sat-7/config");
+    assert_eq!((e.stream_version, e.global_position), (0, 0));
+    assert_eq!(e.event_type, "TelemetryConfigured");
+    assert_eq!(e.schema_version, 3);
+    assert_eq!(e.event_time_ns, 1_700_000_000_123_456_789);
+    assert!(e.commit_time_ns > e.event_time_ns);
+    assert_eq!(&e.payload[..], br#"{"rate_hz":1000}"#);
+    assert_eq!(e.metadata, ev.metadata);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_retry_returns_original_positions_across_restarts() {
+    let mut node = NodeBuilder::dev().start();
+    node.wait_leader().await;
+    let mut c = node.client().await;
+    c.append(append_req("other", None, vec![new_event("A", "{}")])).await.unwrap();
+    let batch = vec![new_event("A", "{}"), new_event("B", "{}"), new_event("C", "{}")];
+    let first = c
+        .append(append_req("orders-1", expected(Kind::NoStream, 0), batch.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.duplicate);
+    assert_eq!(first.first_global_position, 1);
+
+    let check_retry = |r: pb::AppendResponse| {
+        assert!(r.duplicate, "a retry is reported as a duplicate");
+        assert_eq!(
+            (r.first_stream_version, r.last_stream_version, r.first_global_position, r.last_global_position),
+            (first.first_stream_version, first.last_stream_version, first.first_global_position, first.last_global_position)
+        );
+        assert_eq!(r.commit_time_ns, first.commit_time_ns);
+    };
+    // Even with an expected version that no longer holds: the retry of a success succeeds.
+    check_retry(
+        c.append(append_req("orders-1", expected(Kind::NoStream, 0), batch.clone()))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+
+    // A partial overlap, or the same id in another stream, is refused and writes nothing.
+    let e = c
+        .append(append_req("orders-1", None, vec![batch[0].clone(), new_event("D", "{}")]))
+        .await
+        .expect_err("partial overlap");
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+    let e = c
+        .append(append_req("orders-2", None, vec![batch[1].clone()]))
+        .await
+        .expect_err("id reused in another stream");
+    assert_eq!(e.code(), Code::AlreadyExists);
+
+    node.stop();
+    node.restart();
+    node.wait_leader().await;
+    let mut c = node.client().await;
+    check_retry(
+        c.append(append_req("orders-1", None, batch.clone()))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+
+    node.kill9();
+    node.restart();
+    node.wait_leader().await;
+    let mut c = node.client().await;
+    check_retry(
+        c.append(append_req("orders-1", None, batch.clone()))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    let all = read_all_events(&mut c, pb::Consistency::Linearizable).await;
+    assert_eq!(all.len(), 4, "retries wrote nothing: {all:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_window_expires_deterministically() {
+    // A 1-second window: after it, the same id is a new event.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("node.toml");
+    std::fs::write(&cfg, "dedupe_window_secs = 1\n").unwrap();
+    let node = NodeBuilder::dev().arg("--config").arg(cfg.to_str().unwrap()).start();
+    node.wait_leader().await;
+    let mut c = node.client().await;
+    let ev = new_event("A", "{}");
+    let first = c.append(append_req("s", None, vec![ev.clone()])).await.unwrap().into_inner();
+    let again = c.append(append_req("s", None, vec![ev.clone()])).await.unwrap().into_inner();
+    assert!(again.duplicate);
+    let deadline = Instant::now() + DEADLINE;
+    // Commit time is what counts: wait until a later append commits past the window.
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let probe = c.append(append_req("probe", None, vec![new_event("P", "{}")])).await.unwrap().into_inner();
+        if probe.commit_time_ns > first.commit_time_ns + 1_100_000_000 {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+    }
+    let later = c.append(append_req("s", None, vec![ev.clone()])).await.unwrap().into_inner();
+    assert!(!later.duplicate, "outside the window the id is new again");
+    assert_eq!(later.first_stream_version, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_catch_up_then_go_live_without_gap_or_duplicate() {
+    let node = NodeBuilder::dev().start();
+    node.wait_leader().await;
+    let mut c = node.client().await;
+    for i in 0..1500u32 {
+        let stream = if i % 3 == 0 { "sat-1" } else { "sat-2" };
+        c.append(append_req(stream, None, vec![new_event("T", &format!("{{\"i\":{i}}}"))]))
+            .await
+            .unwrap();
+        if i == 200 {
+            // A subscription that starts mid-way catches up from position 0 regardless.
+        }
+    }
+    let sub = |target: pb::subscribe_request::Target, from: Option<u64>| pb::SubscribeRequest {
+        target: Some(target),
+        from,
+    };
+    let mut all = c
+        .subscribe(sub(pb::subscribe_request::Target::All(true), Some(0)))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut one = node
+        .client()
+        .await
+        .subscribe(sub(pb::subscribe_request::Target::Stream("sat-1".into()), Some(100)))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut live_only = node
+        .client()
+        .await
+        .subscribe(sub(pb::subscribe_request::Target::All(true), None))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Writers keep appending while the subscribers catch up.
+    let writer = {
+        let mut c = node.client().await;
+        tokio::spawn(async move {
+            for i in 1500..2500u32 {
+                let stream = if i % 3 == 0 { "sat-1" } else { "sat-2" };
+                c.append(append_req(stream, None, vec![new_event("T", &format!("{{\"i\":{i}}}"))]))
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+
+    let mut positions = Vec::new();
+    let mut caught_up_at = None;
+    while positions.len() < 2500 {
+        let m = tokio::time::timeout(DEADLINE, all.message()).await.expect("subscription stalled").unwrap().unwrap();
+        match m.kind.unwrap() {
+            pb::subscribe_response::Kind::Event(e) => positions.push(e.global_position),
+            pb::subscribe_response::Kind::CaughtUp(cu) => {
+                assert!(caught_up_at.is_none(), "caught-up is sent once");
+                assert_eq!(cu.next, positions.len() as u64);
+                caught_up_at = Some(cu.next);
+            }
+        }
+    }
+    assert_eq!(positions, (0..2500).collect::<Vec<_>>(), "no gap, no duplicate, in order");
+    assert!(caught_up_at.is_some_and(|n| n >= 1500));
+
+    let mut versions = Vec::new();
+    while versions.len() < 734 {
+        let m = tokio::time::timeout(DEADLINE, one.message()).await.expect("stream subscription stalled").unwrap().unwrap();
+        if let pb::subscribe_response::Kind::Event(e) = m.kind.unwrap() {
+            assert_eq!(e.stream, "sat-1");
+            versions.push(e.stream_version);
+        }
+    }
+    // sat-1 holds versions 0..=833 (every third of 2500 events); we asked from 100.
+    assert_eq!(versions, (100..834).collect::<Vec<_>>());
+
+    writer.await.unwrap();
+    // The live-only subscription saw a suffix of the log, contiguous, starting where it began.
+    let mut live = Vec::new();
+    loop {
+        let m = tokio::time::timeout(DEADLINE, live_only.message()).await.expect("live stalled").unwrap().unwrap();
+        if let pb::subscribe_response::Kind::Event(e) = m.kind.unwrap() {
+            live.push(e.global_position);
+            if e.global_position == 2499 {
+                break;
+            }
+        }
+    }
+    assert!(live[0] >= 1500);
+    assert_eq!(live, (live[0]..2500).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_appends_survive_kill_9() {
+    let mut node = NodeBuilder::dev().start();
+    node.wait_leader().await;
+    let acked = Arc::new(std::sync::Mutex::new(Vec::<(String, String, u64)>::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let mut c = node.client().await;
+        let acked = acked.clone();
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let stream = format!("w-{w}");
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let ev = new_event("Tick", "{\"x\":1}");
+                let id = ev.event_id.clone();
+                match c.append(append_req(&stream, None, vec![ev])).await {
+                    Ok(r) => acked.lock().unwrap().push((stream.clone(), id, r.into_inner().first_global_position)),
+                    // In flight when the node died: outcome unknown, not acknowledged.
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    // Let the writers get well under way, then kill -9 mid-flight.
+    let deadline = Instant::now() + DEADLINE;
+    while acked.lock().unwrap().len() < 2000 {
+        assert!(Instant::now() < deadline, "writers too slow");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    node.kill9();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        let _ = w.await;
+    }
+    let acked = acked.lock().unwrap().clone();
+    node.restart();
+    node.wait_leader().await;
+    let mut c = node.client().await;
+    let events = read_all_events(&mut c, pb::Consistency::Linearizable).await;
+    let by_id: HashMap<&str, &pb::RecordedEvent> = events.iter().map(|e| (e.event_id.as_str(), e)).collect();
+    assert_eq!(by_id.len(), events.len(), "no event stored twice");
+    for (stream, id, pos) in &acked {
+        let e = by_id
+            .get(id.as_str())
+            .unwrap_or_else(|| panic!("acknowledged event {id} lost after kill -9"));
+        assert_eq!((&e.stream, e.global_position), (stream, *pos));
+    }
+    assert_eq!(
+        events.iter().map(|e| e.global_position).collect::<Vec<_>>(),
+        (0..events.len() as u64).collect::<Vec<_>>(),
+        "global positions stay gap-free"
+    );
+    // Per stream, versions are gap-free too.
+    let mut per_stream: HashMap<&str, Vec<u64>> = HashMap::new();
+    for e in &events {
+        per_stream.entry(&e.stream).or_default().push(e.stream_version);
+    }
+    for (s, v) in per_stream {
+        assert_eq!(v, (0..v.len() as u64).collect::<Vec<_>>(), "stream {s}");
+    }
+    eprintln!("{} acknowledged before kill -9, {} stored after restart", acked.len(), events.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_with_invalid_argument_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("node.toml");
+    std::fs::write(
+        &cfg,
+        "[limits]\nmax_event_bytes = 1024\nmax_request_bytes = 4096\nmax_events_per_append = 5\n",
+    )
+    .unwrap();
+    let node = NodeBuilder::dev().arg("--config").arg(cfg.to_str().unwrap()).start();
+    node.wait_leader().await;
+    let mut c = node.client().await;
+    c.append(append_req("ok", None, vec![new_event("A", "{}")])).await.unwrap();
+
+    let big = "x".repeat(1100);
+    let dup = new_event("A", "{}");
+    let mut bad_id = new_event("A", "{}");
+    bad_id.event_id = "not-a-uuid".into();
+    let mut bad_meta = new_event("A", "{}");
+    bad_meta.metadata.insert(String::new(), "v".into());
+    let cases: Vec<(pb::AppendRequest, &str)> = vec![
+        (append_req("", None, vec![new_event("A", "{}")]), "stream name is empty"),
+        (append_req("has space", None, vec![new_event("A", "{}")]), "character outside"),
+        (append_req("$all", None, vec![new_event("A", "{}")]), "reserved"),
+        (append_req(&"s".repeat(300), None, vec![new_event("A", "{}")]), "the limit is 256"),
+        (append_req("s", None, vec![]), "no events"),
+        (append_req("s", None, (0..6).map(|_| new_event("A", "{}")).collect()), "6 events, the limit is 5"),
+        (append_req("s", None, vec![new_event("A", &big)]), "the limit is 1024"),
+        (append_req("s", None, (0..5).map(|_| new_event("A", &"y".repeat(900))).collect()), "the limit is 4096"),
+        (append_req("s", None, vec![new_event("", "{}")]), "event type is empty"),
+        (append_req("s", None, vec![new_event("bad type!", "{}")]), "event type"),
+        (append_req("s", None, vec![bad_id]), "not a UUID"),
+        (append_req("s", None, vec![dup.clone(), dup]), "appears twice"),
+        (append_req("s", None, vec![bad_meta]), "metadata key"),
+        (
+            append_req("s", Some(pb::ExpectedVersion { kind: 42, version: 0 }), vec![new_event("A", "{}")]),
+            "unknown expected version",
+        ),
+    ];
+    for (req, msg) in cases {
+        let e = c.append(req).await.expect_err(msg);
+        assert_eq!(e.code(), Code::InvalidArgument, "{msg}: {e:?}");
+        assert!(e.message().contains(msg), "expected {msg:?} in {:?}", e.message());
+    }
+    let e = c
+        .read_stream(pb::ReadStreamRequest {
+            stream: "bad name".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("bad stream name on read");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let e = c
+        .read_all(pb::ReadAllRequest {
+            limit: 1_000_000,
+            ..Default::default()
+        })
+        .await
+        .expect_err("page too large");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let e = c
+        .subscribe(pb::SubscribeRequest { target: None, from: None })
+        .await
+        .expect_err("no target");
+    assert_eq!(e.code(), Code::InvalidArgument);
+
+    let events = read_all_events(&mut c, pb::Consistency::Linearizable).await;
+    assert_eq!(events.len(), 1, "nothing but the first good append was written");
+    // The node is still healthy.
+    assert_eq!(node.http_get("/healthz").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_metrics_reflection_and_grpc_health() {
+    let node = NodeBuilder::dev().start();
+    node.wait_leader().await;
+    let (code, body) = node.http_get("/healthz").await;
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["role"], "leader");
+    let mut c = node.client().await;
+    c.append(append_req("m", None, vec![new_event("A", "{}")])).await.unwrap();
+    let (code, body) = node.http_get("/metrics").await;
+    assert_eq!(code, 200);
+    for name in [
+        "aether_appends_total{code=\"OK\"} 1",
+        "aether_events_stored 1",
+        "aether_raft_is_leader 1",
+        "aether_queue_utilization{queue=\"proposals\"}",
+        "aether_append_seconds_bucket",
+        "aether_log_syncs",
+    ] {
+        assert!(body.contains(name), "{name} missing from /metrics:\n{body}");
+    }
+
+    // The standard gRPC health service.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(node.channel().await);
+    let r = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "aetherops.v1.EventStore".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.status(), tonic_health::pb::health_check_response::ServingStatus::Serving);
+
+    // Server reflection lists our services.
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::{server_reflection_request::MessageRequest, ServerReflectionRequest};
+    let mut refl = ServerReflectionClient::new(node.channel().await);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut resp = refl
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let msg = resp.message().await.unwrap().unwrap();
+    let listed = format!("{:?}", msg.message_response);
+    for s in ["aetherops.v1.EventStore", "aetherops.v1.Admin", "grpc.health.v1.Health"] {
+        assert!(listed.contains(s), "{s} not listed: {listed}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_data_and_identity() {
+    let mut node = NodeBuilder::dev().start();
+    node.wait_leader().await;
+    let mut c = node.client().await;
+    for i in 0..50 {
+        c.append(append_req("r", None, vec![new_event("A", &format!("{{\"i\":{i}}}"))])).await.unwrap();
+    }
+    let before = node.status().await;
+    node.stop();
+    node.restart();
+    node.wait_leader().await;
+    let after = node.status().await;
+    assert_eq!(after.event_count, 50);
+    assert!(after.applied_index >= before.applied_index);
+    assert_eq!(after.voters.len(), 1, "restart does not re-initialize");
+    // Same data dir under another node id is refused.
+    let out = std::process::Command::new(AETHERD)
+        .args(["--dev", "--node-id", "2", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(&node.dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("belongs to node 1"), "{}", String::from_utf8_lossy(&out.stderr));
+}
