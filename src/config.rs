@@ -109,9 +109,15 @@ impl Default for ProposerSettings {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {source}")]
-    Parse { path: PathBuf, source: toml::de::Error },
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
     #[error("invalid config: {0}")]
     Invalid(String),
 }
@@ -136,14 +142,18 @@ impl Config {
         }
         let r = &self.raft;
         if r.heartbeat_interval_ms == 0 || r.election_timeout_min_ms <= r.heartbeat_interval_ms {
-            return bad("raft.election_timeout_min_ms must exceed raft.heartbeat_interval_ms (> 0)");
+            return bad(
+                "raft.election_timeout_min_ms must exceed raft.heartbeat_interval_ms (> 0)",
+            );
         }
         if r.election_timeout_max_ms <= r.election_timeout_min_ms {
             return bad("raft.election_timeout_max_ms must exceed raft.election_timeout_min_ms");
         }
         let p = &self.proposer;
         if p.queue_capacity == 0 || p.max_batch_commands == 0 || p.max_inflight_batches == 0 {
-            return bad("proposer.queue_capacity, max_batch_commands and max_inflight_batches must be > 0");
+            return bad(
+                "proposer.queue_capacity, max_batch_commands and max_inflight_batches must be > 0",
+            );
         }
         if self.subscriber_buffer == 0 {
             return bad("subscriber_buffer must be > 0");
@@ -196,7 +206,10 @@ mod tests {
         assert_eq!(c.limits.max_event_bytes, 2048);
         assert_eq!(c.http_addr, Config::default().http_addr);
         std::fs::write(&p, "nodeid = 3\n").unwrap();
-        assert!(matches!(Config::from_file(&p), Err(ConfigError::Parse { .. })));
+        assert!(matches!(
+            Config::from_file(&p),
+            Err(ConfigError::Parse { .. })
+        ));
     }
 
     #[test]

@@ -132,7 +132,11 @@ pub enum ValidationError {
     #[error("event {index}: event type is empty")]
     EmptyEventType { index: usize },
     #[error("event {index}: event type is {len} bytes, the limit is {max}")]
-    EventTypeTooLong { index: usize, len: usize, max: usize },
+    EventTypeTooLong {
+        index: usize,
+        len: usize,
+        max: usize,
+    },
     #[error("event {index}: event type {ty:?} has a character outside [A-Za-z0-9_.:-]")]
     EventTypeCharset { index: usize, ty: String },
     #[error("event {index}: event id {id:?} is not a UUID")]
@@ -140,11 +144,23 @@ pub enum ValidationError {
     #[error("event {index}: event id {id} appears twice in one append")]
     DuplicateEventId { index: usize, id: Uuid },
     #[error("event {index}: event is {len} bytes (payload + type + metadata), the limit is {max}")]
-    EventTooLarge { index: usize, len: usize, max: usize },
+    EventTooLarge {
+        index: usize,
+        len: usize,
+        max: usize,
+    },
     #[error("event {index}: {count} metadata entries, the limit is {max}")]
-    TooManyMetadata { index: usize, count: usize, max: usize },
+    TooManyMetadata {
+        index: usize,
+        count: usize,
+        max: usize,
+    },
     #[error("event {index}: metadata key is {len} bytes (empty or over the limit of {max})")]
-    BadMetadataKey { index: usize, len: usize, max: usize },
+    BadMetadataKey {
+        index: usize,
+        len: usize,
+        max: usize,
+    },
     #[error("append carries no events")]
     NoEvents,
     #[error("append carries {count} events, the limit is {max}")]
@@ -189,7 +205,11 @@ impl Limits {
     }
 
     /// Validates a whole append; nothing is written unless this passes.
-    pub fn validate_append(&self, stream: &str, events: &[NewEvent]) -> Result<(), ValidationError> {
+    pub fn validate_append(
+        &self,
+        stream: &str,
+        events: &[NewEvent],
+    ) -> Result<(), ValidationError> {
         self.validate_stream(stream)?;
         if events.is_empty() {
             return Err(ValidationError::NoEvents);
@@ -343,7 +363,11 @@ mod tests {
         assert_eq!(l.validate_append("s", &[]), Err(ValidationError::NoEvents));
         assert!(matches!(
             l.validate_append("s", &[ev("T", 100)]),
-            Err(ValidationError::EventTooLarge { index: 0, len: 101, max: 100 })
+            Err(ValidationError::EventTooLarge {
+                index: 0,
+                len: 101,
+                max: 100
+            })
         ));
         assert!(matches!(
             l.validate_append("s", &[ev("T", 1), ev("T", 1), ev("T", 1), ev("T", 1)]),

@@ -17,7 +17,9 @@ fn ok(out: &Output) -> String {
 }
 
 fn json_lines(s: &str) -> Vec<serde_json::Value> {
-    s.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}"))).collect()
+    s.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -25,7 +27,18 @@ async fn append_read_tail_status_from_the_command_line() {
     let node = NodeBuilder::dev().start();
     node.wait_leader().await;
 
-    let out = ok(&node.ctl(&["--output", "json", "append", "orders-1", "--type", "Placed", "--data", r#"{"qty":2}"#, "--expected-version", "no-stream"]));
+    let out = ok(&node.ctl(&[
+        "--output",
+        "json",
+        "append",
+        "orders-1",
+        "--type",
+        "Placed",
+        "--data",
+        r#"{"qty":2}"#,
+        "--expected-version",
+        "no-stream",
+    ]));
     let v = &json_lines(&out)[0];
     assert_eq!(v["first_stream_version"], 0);
     assert_eq!(v["duplicate"], false);
@@ -34,13 +47,38 @@ async fn append_read_tail_status_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("ev.json");
     std::fs::write(&f, r#"{"qty":3}"#).unwrap();
-    ok(&node.ctl(&["append", "orders-1", "--type", "Paid", "--data", &format!("@{}", f.display()), "--expected-version", "0"]));
-    ok(&node.ctl_stdin(&["append", "orders-1", "--type", "Shipped", "--data", "-", "--meta", "carrier=ups"], Some(br#"{"qty":4}"#)));
+    ok(&node.ctl(&[
+        "append",
+        "orders-1",
+        "--type",
+        "Paid",
+        "--data",
+        &format!("@{}", f.display()),
+        "--expected-version",
+        "0",
+    ]));
+    ok(&node.ctl_stdin(
+        &[
+            "append",
+            "orders-1",
+            "--type",
+            "Shipped",
+            "--data",
+            "-",
+            "--meta",
+            "carrier=ups",
+        ],
+        Some(br#"{"qty":4}"#),
+    ));
 
     // An explicit id makes a retry idempotent.
     let id = uuid::Uuid::new_v4().to_string();
-    ok(&node.ctl(&["append", "orders-1", "--type", "Note", "--data", "{}", "--id", &id]));
-    let again = json_lines(&ok(&node.ctl(&["--output", "json", "append", "orders-1", "--type", "Note", "--data", "{}", "--id", &id])));
+    ok(&node.ctl(&[
+        "append", "orders-1", "--type", "Note", "--data", "{}", "--id", &id,
+    ]));
+    let again = json_lines(&ok(&node.ctl(&[
+        "--output", "json", "append", "orders-1", "--type", "Note", "--data", "{}", "--id", &id,
+    ])));
     assert_eq!(again[0]["duplicate"], true);
     assert_eq!(again[0]["first_stream_version"], 3);
 
@@ -50,23 +88,65 @@ async fn append_read_tail_status_from_the_command_line() {
     assert_eq!(lines[0]["data"]["qty"], 2);
     assert_eq!(lines[2]["metadata"]["carrier"], "ups");
     assert_eq!(lines[3]["event_id"], id);
-    for key in ["event_id", "stream", "stream_version", "global_position", "event_type", "schema_version", "event_time_ns", "commit_time_ns", "data", "metadata"] {
+    for key in [
+        "event_id",
+        "stream",
+        "stream_version",
+        "global_position",
+        "event_type",
+        "schema_version",
+        "event_time_ns",
+        "commit_time_ns",
+        "data",
+        "metadata",
+    ] {
         assert!(lines[0].get(key).is_some(), "{key} missing");
     }
-    let back = json_lines(&ok(&node.ctl(&["--output", "json", "read", "orders-1", "--backwards", "--limit", "2"])));
-    assert_eq!(back.iter().map(|v| v["stream_version"].as_u64().unwrap()).collect::<Vec<_>>(), vec![3, 2]);
-    let from = json_lines(&ok(&node.ctl(&["--output", "json", "read", "orders-1", "--from", "2"])));
+    let back = json_lines(&ok(&node.ctl(&[
+        "--output",
+        "json",
+        "read",
+        "orders-1",
+        "--backwards",
+        "--limit",
+        "2",
+    ])));
+    assert_eq!(
+        back.iter()
+            .map(|v| v["stream_version"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![3, 2]
+    );
+    let from = json_lines(&ok(
+        &node.ctl(&["--output", "json", "read", "orders-1", "--from", "2"])
+    ));
     assert_eq!(from.len(), 2);
     ok(&node.ctl(&["append", "orders-2", "--type", "Placed", "--data", "{}"]));
-    let all = json_lines(&ok(&node.ctl(&["--output", "json", "read-all", "--from", "3"])));
-    assert_eq!(all.iter().map(|v| v["global_position"].as_u64().unwrap()).collect::<Vec<_>>(), vec![3, 4]);
+    let all = json_lines(&ok(
+        &node.ctl(&["--output", "json", "read-all", "--from", "3"])
+    ));
+    assert_eq!(
+        all.iter()
+            .map(|v| v["global_position"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![3, 4]
+    );
     let text = ok(&node.ctl(&["read", "orders-1", "--limit", "1"]));
     assert!(text.starts_with("orders-1@0 #0 Placed"), "{text}");
 
-    let tail = json_lines(&ok(&node.ctl(&["--output", "json", "tail", "--all", "--from", "0", "--count", "5"])));
+    let tail = json_lines(&ok(&node.ctl(&[
+        "--output", "json", "tail", "--all", "--from", "0", "--count", "5",
+    ])));
     assert_eq!(tail.len(), 5);
-    let tail = json_lines(&ok(&node.ctl(&["--output", "json", "tail", "orders-1", "--from", "1", "--count", "2"])));
-    assert_eq!(tail.iter().map(|v| v["stream_version"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 2]);
+    let tail = json_lines(&ok(&node.ctl(&[
+        "--output", "json", "tail", "orders-1", "--from", "1", "--count", "2",
+    ])));
+    assert_eq!(
+        tail.iter()
+            .map(|v| v["stream_version"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![1, 2]
+    );
 
     let status = json_lines(&ok(&node.ctl(&["--output", "json", "status"])));
     assert_eq!(status[0]["role"], "leader");
@@ -80,17 +160,53 @@ async fn errors_go_to_stderr_with_a_nonzero_exit() {
     node.wait_leader().await;
     ok(&node.ctl(&["append", "s", "--type", "A", "--data", "{}"]));
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["append", "s", "--type", "A", "--data", "{}", "--expected-version", "7"], "FailedPrecondition"),
-        (vec!["append", "bad name", "--type", "A", "--data", "{}"], "InvalidArgument"),
-        (vec!["append", "s", "--type", "A", "--data", "not json"], "not valid JSON"),
-        (vec!["append", "s", "--type", "A", "--data", "{}", "--expected-version", "sometimes"], "--expected-version"),
-        (vec!["append", "s", "--type", "A", "--data", "{}", "--id", "nope"], "not a UUID"),
+        (
+            vec![
+                "append",
+                "s",
+                "--type",
+                "A",
+                "--data",
+                "{}",
+                "--expected-version",
+                "7",
+            ],
+            "FailedPrecondition",
+        ),
+        (
+            vec!["append", "bad name", "--type", "A", "--data", "{}"],
+            "InvalidArgument",
+        ),
+        (
+            vec!["append", "s", "--type", "A", "--data", "not json"],
+            "not valid JSON",
+        ),
+        (
+            vec![
+                "append",
+                "s",
+                "--type",
+                "A",
+                "--data",
+                "{}",
+                "--expected-version",
+                "sometimes",
+            ],
+            "--expected-version",
+        ),
+        (
+            vec!["append", "s", "--type", "A", "--data", "{}", "--id", "nope"],
+            "not a UUID",
+        ),
     ];
     for (args, msg) in cases {
         let out = node.ctl(&args);
         assert!(!out.status.success(), "{args:?} should fail");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(msg), "{args:?}: expected {msg:?} in stderr: {err}");
+        assert!(
+            err.contains(msg),
+            "{args:?}: expected {msg:?} in stderr: {err}"
+        );
         assert!(out.stdout.is_empty(), "errors print nothing on stdout");
     }
     // Unreachable node.

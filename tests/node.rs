@@ -23,7 +23,11 @@ async fn append_with_expected_versions_and_read_both_ways() {
 
     // no-stream on a new stream, then exact versions.
     let r = c
-        .append(append_req("orders-7", expected(Kind::NoStream, 0), vec![new_event("Placed", "{}"), new_event("Paid", "{}")]))
+        .append(append_req(
+            "orders-7",
+            expected(Kind::NoStream, 0),
+            vec![new_event("Placed", "{}"), new_event("Paid", "{}")],
+        ))
         .await
         .expect("first append")
         .into_inner();
@@ -48,32 +52,52 @@ async fn append_with_expected_versions_and_read_both_ways() {
         assert_eq!(e.metadata().get("x-aether-current-version").unwrap(), "1");
     }
     let e = c
-        .append(append_req("nothing-here", expected(Kind::StreamExists, 0), vec![new_event("X", "{}")]))
+        .append(append_req(
+            "nothing-here",
+            expected(Kind::StreamExists, 0),
+            vec![new_event("X", "{}")],
+        ))
         .await
         .expect_err("stream-exists on a missing stream");
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(e.message().contains("does not exist"), "{}", e.message());
 
     let r = c
-        .append(append_req("orders-7", expected(Kind::Exact, 1), vec![new_event("Shipped", "{}")]))
+        .append(append_req(
+            "orders-7",
+            expected(Kind::Exact, 1),
+            vec![new_event("Shipped", "{}")],
+        ))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(r.first_stream_version, 2);
     let r = c
-        .append(append_req("orders-7", expected(Kind::StreamExists, 0), vec![new_event("Delivered", "{}")]))
+        .append(append_req(
+            "orders-7",
+            expected(Kind::StreamExists, 0),
+            vec![new_event("Delivered", "{}")],
+        ))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(r.first_stream_version, 3);
     // Another stream interleaves in the global order.
-    c.append(append_req("orders-8", None, vec![new_event("Placed", "{}")]))
+    c.append(append_req(
+        "orders-8",
+        None,
+        vec![new_event("Placed", "{}")],
+    ))
+    .await
+    .unwrap();
+    for i in 0..6 {
+        c.append(append_req(
+            "orders-7",
+            expected(Kind::Any, 0),
+            vec![new_event("Note", &format!("{{\"i\":{i}}}"))],
+        ))
         .await
         .unwrap();
-    for i in 0..6 {
-        c.append(append_req("orders-7", expected(Kind::Any, 0), vec![new_event("Note", &format!("{{\"i\":{i}}}"))]))
-            .await
-            .unwrap();
     }
 
     let read = |from: Option<u64>, backwards: bool, limit: u32| pb::ReadStreamRequest {
@@ -83,19 +107,35 @@ async fn append_with_expected_versions_and_read_both_ways() {
         limit,
         consistency: pb::Consistency::Linearizable as i32,
     };
-    let all = c.read_stream(read(None, false, 0)).await.unwrap().into_inner();
+    let all = c
+        .read_stream(read(None, false, 0))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(versions(&all), (0..10).collect::<Vec<_>>());
     assert_eq!(all.last, Some(9));
     assert_eq!(all.next, None);
     let types: Vec<&str> = all.events.iter().map(|e| e.event_type.as_str()).collect();
     assert_eq!(&types[..4], &["Placed", "Paid", "Shipped", "Delivered"]);
-    let page = c.read_stream(read(Some(3), false, 4)).await.unwrap().into_inner();
+    let page = c
+        .read_stream(read(Some(3), false, 4))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(versions(&page), vec![3, 4, 5, 6]);
     assert_eq!(page.next, Some(7));
-    let back = c.read_stream(read(None, true, 3)).await.unwrap().into_inner();
+    let back = c
+        .read_stream(read(None, true, 3))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(versions(&back), vec![9, 8, 7]);
     assert_eq!(back.next, Some(6));
-    let back = c.read_stream(read(Some(1), true, 10)).await.unwrap().into_inner();
+    let back = c
+        .read_stream(read(Some(1), true, 10))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(versions(&back), vec![1, 0]);
     assert_eq!(back.next, None);
     let local = c
@@ -119,13 +159,22 @@ async fn append_with_expected_versions_and_read_both_ways() {
 
     // The global log: gap-free positions, every event once, in commit order.
     let events = read_all_events(&mut c, pb::Consistency::Linearizable).await;
-    assert_eq!(events.iter().map(|e| e.global_position).collect::<Vec<_>>(), (0..11).collect::<Vec<_>>());
+    assert_eq!(
+        events.iter().map(|e| e.global_position).collect::<Vec<_>>(),
+        (0..11).collect::<Vec<_>>()
+    );
     assert_eq!(events[4].stream, "orders-8");
     let mut last_commit = 0;
     for e in &events {
-        assert!(e.commit_time_ns >= last_commit, "commit time went backwards");
+        assert!(
+            e.commit_time_ns >= last_commit,
+            "commit time went backwards"
+        );
         last_commit = e.commit_time_ns;
-        assert_eq!(e.event_time_ns, e.commit_time_ns, "event time defaults to commit time");
+        assert_eq!(
+            e.event_time_ns, e.commit_time_ns,
+            "event time defaults to commit time"
+        );
     }
     let tail = c
         .read_all(pb::ReadAllRequest {
@@ -137,7 +186,13 @@ async fn append_with_expected_versions_and_read_both_ways() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(tail.events.iter().map(|e| e.global_position).collect::<Vec<_>>(), vec![10, 9]);
+    assert_eq!(
+        tail.events
+            .iter()
+            .map(|e| e.global_position)
+            .collect::<Vec<_>>(),
+        vec![10, 9]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,9 +207,14 @@ async fn every_field_round_trips() {
         schema_version: 3,
         event_time_ns: 1_700_000_000_123_456_789,
         payload: br#"{"rate_hz":1000}"#.to_vec().into(),
-        metadata: HashMap::from([("source".to_string(), "sat-7".to_string()), ("trace".to_string(), "abc".to_string())]),
+        metadata: HashMap::from([
+            ("source".to_string(), "sat-7".to_string()),
+            ("trace".to_string(), "abc".to_string()),
+        ]),
     };
-    c.append(append_req("sat-7/config", None, vec![ev.clone()])).await.unwrap();
+    c.append(append_req("sat-7/config", None, vec![ev.clone()]))
+        .await
+        .unwrap();
     let r = c
         .read_stream(pb::ReadStreamRequest {
             stream: "sat-7/config".into(),
@@ -180,10 +240,20 @@ async fn idempotent_retry_returns_original_positions_across_restarts() {
     let mut node = NodeBuilder::dev().start();
     node.wait_leader().await;
     let mut c = node.client().await;
-    c.append(append_req("other", None, vec![new_event("A", "{}")])).await.unwrap();
-    let batch = vec![new_event("A", "{}"), new_event("B", "{}"), new_event("C", "{}")];
+    c.append(append_req("other", None, vec![new_event("A", "{}")]))
+        .await
+        .unwrap();
+    let batch = vec![
+        new_event("A", "{}"),
+        new_event("B", "{}"),
+        new_event("C", "{}"),
+    ];
     let first = c
-        .append(append_req("orders-1", expected(Kind::NoStream, 0), batch.clone()))
+        .append(append_req(
+            "orders-1",
+            expected(Kind::NoStream, 0),
+            batch.clone(),
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -193,22 +263,40 @@ async fn idempotent_retry_returns_original_positions_across_restarts() {
     let check_retry = |r: pb::AppendResponse| {
         assert!(r.duplicate, "a retry is reported as a duplicate");
         assert_eq!(
-            (r.first_stream_version, r.last_stream_version, r.first_global_position, r.last_global_position),
-            (first.first_stream_version, first.last_stream_version, first.first_global_position, first.last_global_position)
+            (
+                r.first_stream_version,
+                r.last_stream_version,
+                r.first_global_position,
+                r.last_global_position
+            ),
+            (
+                first.first_stream_version,
+                first.last_stream_version,
+                first.first_global_position,
+                first.last_global_position
+            )
         );
         assert_eq!(r.commit_time_ns, first.commit_time_ns);
     };
     // Even with an expected version that no longer holds: the retry of a success succeeds.
     check_retry(
-        c.append(append_req("orders-1", expected(Kind::NoStream, 0), batch.clone()))
-            .await
-            .unwrap()
-            .into_inner(),
+        c.append(append_req(
+            "orders-1",
+            expected(Kind::NoStream, 0),
+            batch.clone(),
+        ))
+        .await
+        .unwrap()
+        .into_inner(),
     );
 
     // A partial overlap, or the same id in another stream, is refused and writes nothing.
     let e = c
-        .append(append_req("orders-1", None, vec![batch[0].clone(), new_event("D", "{}")]))
+        .append(append_req(
+            "orders-1",
+            None,
+            vec![batch[0].clone(), new_event("D", "{}")],
+        ))
         .await
         .expect_err("partial overlap");
     assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
@@ -249,24 +337,43 @@ async fn idempotency_window_expires_deterministically() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("node.toml");
     std::fs::write(&cfg, "dedupe_window_secs = 1\n").unwrap();
-    let node = NodeBuilder::dev().arg("--config").arg(cfg.to_str().unwrap()).start();
+    let node = NodeBuilder::dev()
+        .arg("--config")
+        .arg(cfg.to_str().unwrap())
+        .start();
     node.wait_leader().await;
     let mut c = node.client().await;
     let ev = new_event("A", "{}");
-    let first = c.append(append_req("s", None, vec![ev.clone()])).await.unwrap().into_inner();
-    let again = c.append(append_req("s", None, vec![ev.clone()])).await.unwrap().into_inner();
+    let first = c
+        .append(append_req("s", None, vec![ev.clone()]))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = c
+        .append(append_req("s", None, vec![ev.clone()]))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(again.duplicate);
     let deadline = Instant::now() + DEADLINE;
     // Commit time is what counts: wait until a later append commits past the window.
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let probe = c.append(append_req("probe", None, vec![new_event("P", "{}")])).await.unwrap().into_inner();
+        let probe = c
+            .append(append_req("probe", None, vec![new_event("P", "{}")]))
+            .await
+            .unwrap()
+            .into_inner();
         if probe.commit_time_ns > first.commit_time_ns + 1_100_000_000 {
             break;
         }
         assert!(Instant::now() < deadline);
     }
-    let later = c.append(append_req("s", None, vec![ev.clone()])).await.unwrap().into_inner();
+    let later = c
+        .append(append_req("s", None, vec![ev.clone()]))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!later.duplicate, "outside the window the id is new again");
     assert_eq!(later.first_stream_version, 1);
 }
@@ -278,9 +385,13 @@ async fn subscriptions_catch_up_then_go_live_without_gap_or_duplicate() {
     let mut c = node.client().await;
     for i in 0..1500u32 {
         let stream = if i % 3 == 0 { "sat-1" } else { "sat-2" };
-        c.append(append_req(stream, None, vec![new_event("T", &format!("{{\"i\":{i}}}"))]))
-            .await
-            .unwrap();
+        c.append(append_req(
+            stream,
+            None,
+            vec![new_event("T", &format!("{{\"i\":{i}}}"))],
+        ))
+        .await
+        .unwrap();
         if i == 200 {
             // A subscription that starts mid-way catches up from position 0 regardless.
         }
@@ -297,7 +408,10 @@ async fn subscriptions_catch_up_then_go_live_without_gap_or_duplicate() {
     let mut one = node
         .client()
         .await
-        .subscribe(sub(pb::subscribe_request::Target::Stream("sat-1".into()), Some(100)))
+        .subscribe(sub(
+            pb::subscribe_request::Target::Stream("sat-1".into()),
+            Some(100),
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -315,9 +429,13 @@ async fn subscriptions_catch_up_then_go_live_without_gap_or_duplicate() {
         tokio::spawn(async move {
             for i in 1500..2500u32 {
                 let stream = if i % 3 == 0 { "sat-1" } else { "sat-2" };
-                c.append(append_req(stream, None, vec![new_event("T", &format!("{{\"i\":{i}}}"))]))
-                    .await
-                    .unwrap();
+                c.append(append_req(
+                    stream,
+                    None,
+                    vec![new_event("T", &format!("{{\"i\":{i}}}"))],
+                ))
+                .await
+                .unwrap();
             }
         })
     };
@@ -325,7 +443,11 @@ async fn subscriptions_catch_up_then_go_live_without_gap_or_duplicate() {
     let mut positions = Vec::new();
     let mut caught_up_at = None;
     while positions.len() < 2500 {
-        let m = tokio::time::timeout(DEADLINE, all.message()).await.expect("subscription stalled").unwrap().unwrap();
+        let m = tokio::time::timeout(DEADLINE, all.message())
+            .await
+            .expect("subscription stalled")
+            .unwrap()
+            .unwrap();
         match m.kind.unwrap() {
             pb::subscribe_response::Kind::Event(e) => positions.push(e.global_position),
             pb::subscribe_response::Kind::CaughtUp(cu) => {
@@ -335,12 +457,20 @@ async fn subscriptions_catch_up_then_go_live_without_gap_or_duplicate() {
             }
         }
     }
-    assert_eq!(positions, (0..2500).collect::<Vec<_>>(), "no gap, no duplicate, in order");
+    assert_eq!(
+        positions,
+        (0..2500).collect::<Vec<_>>(),
+        "no gap, no duplicate, in order"
+    );
     assert!(caught_up_at.is_some_and(|n| n >= 1500));
 
     let mut versions = Vec::new();
     while versions.len() < 734 {
-        let m = tokio::time::timeout(DEADLINE, one.message()).await.expect("stream subscription stalled").unwrap().unwrap();
+        let m = tokio::time::timeout(DEADLINE, one.message())
+            .await
+            .expect("stream subscription stalled")
+            .unwrap()
+            .unwrap();
         if let pb::subscribe_response::Kind::Event(e) = m.kind.unwrap() {
             assert_eq!(e.stream, "sat-1");
             versions.push(e.stream_version);
@@ -353,7 +483,11 @@ async fn subscriptions_catch_up_then_go_live_without_gap_or_duplicate() {
     // The live-only subscription saw a suffix of the log, contiguous, starting where it began.
     let mut live = Vec::new();
     loop {
-        let m = tokio::time::timeout(DEADLINE, live_only.message()).await.expect("live stalled").unwrap().unwrap();
+        let m = tokio::time::timeout(DEADLINE, live_only.message())
+            .await
+            .expect("live stalled")
+            .unwrap()
+            .unwrap();
         if let pb::subscribe_response::Kind::Event(e) = m.kind.unwrap() {
             live.push(e.global_position);
             if e.global_position == 2499 {
@@ -382,7 +516,11 @@ async fn acknowledged_appends_survive_kill_9() {
                 let ev = new_event("Tick", "{\"x\":1}");
                 let id = ev.event_id.clone();
                 match c.append(append_req(&stream, None, vec![ev])).await {
-                    Ok(r) => acked.lock().unwrap().push((stream.clone(), id, r.into_inner().first_global_position)),
+                    Ok(r) => acked.lock().unwrap().push((
+                        stream.clone(),
+                        id,
+                        r.into_inner().first_global_position,
+                    )),
                     // In flight when the node died: outcome unknown, not acknowledged.
                     Err(_) => return,
                 }
@@ -405,7 +543,8 @@ async fn acknowledged_appends_survive_kill_9() {
     node.wait_leader().await;
     let mut c = node.client().await;
     let events = read_all_events(&mut c, pb::Consistency::Linearizable).await;
-    let by_id: HashMap<&str, &pb::RecordedEvent> = events.iter().map(|e| (e.event_id.as_str(), e)).collect();
+    let by_id: HashMap<&str, &pb::RecordedEvent> =
+        events.iter().map(|e| (e.event_id.as_str(), e)).collect();
     assert_eq!(by_id.len(), events.len(), "no event stored twice");
     for (stream, id, pos) in &acked {
         let e = by_id
@@ -421,12 +560,19 @@ async fn acknowledged_appends_survive_kill_9() {
     // Per stream, versions are gap-free too.
     let mut per_stream: HashMap<&str, Vec<u64>> = HashMap::new();
     for e in &events {
-        per_stream.entry(&e.stream).or_default().push(e.stream_version);
+        per_stream
+            .entry(&e.stream)
+            .or_default()
+            .push(e.stream_version);
     }
     for (s, v) in per_stream {
         assert_eq!(v, (0..v.len() as u64).collect::<Vec<_>>(), "stream {s}");
     }
-    eprintln!("{} acknowledged before kill -9, {} stored after restart", acked.len(), events.len());
+    eprintln!(
+        "{} acknowledged before kill -9, {} stored after restart",
+        acked.len(),
+        events.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -438,10 +584,15 @@ async fn bad_input_is_refused_with_invalid_argument_and_writes_nothing() {
         "[limits]\nmax_event_bytes = 1024\nmax_request_bytes = 4096\nmax_events_per_append = 5\n",
     )
     .unwrap();
-    let node = NodeBuilder::dev().arg("--config").arg(cfg.to_str().unwrap()).start();
+    let node = NodeBuilder::dev()
+        .arg("--config")
+        .arg(cfg.to_str().unwrap())
+        .start();
     node.wait_leader().await;
     let mut c = node.client().await;
-    c.append(append_req("ok", None, vec![new_event("A", "{}")])).await.unwrap();
+    c.append(append_req("ok", None, vec![new_event("A", "{}")]))
+        .await
+        .unwrap();
 
     let big = "x".repeat(1100);
     let dup = new_event("A", "{}");
@@ -450,28 +601,73 @@ async fn bad_input_is_refused_with_invalid_argument_and_writes_nothing() {
     let mut bad_meta = new_event("A", "{}");
     bad_meta.metadata.insert(String::new(), "v".into());
     let cases: Vec<(pb::AppendRequest, &str)> = vec![
-        (append_req("", None, vec![new_event("A", "{}")]), "stream name is empty"),
-        (append_req("has space", None, vec![new_event("A", "{}")]), "character outside"),
-        (append_req("$all", None, vec![new_event("A", "{}")]), "reserved"),
-        (append_req(&"s".repeat(300), None, vec![new_event("A", "{}")]), "the limit is 256"),
+        (
+            append_req("", None, vec![new_event("A", "{}")]),
+            "stream name is empty",
+        ),
+        (
+            append_req("has space", None, vec![new_event("A", "{}")]),
+            "character outside",
+        ),
+        (
+            append_req("$all", None, vec![new_event("A", "{}")]),
+            "reserved",
+        ),
+        (
+            append_req(&"s".repeat(300), None, vec![new_event("A", "{}")]),
+            "the limit is 256",
+        ),
         (append_req("s", None, vec![]), "no events"),
-        (append_req("s", None, (0..6).map(|_| new_event("A", "{}")).collect()), "6 events, the limit is 5"),
-        (append_req("s", None, vec![new_event("A", &big)]), "the limit is 1024"),
-        (append_req("s", None, (0..5).map(|_| new_event("A", &"y".repeat(900))).collect()), "the limit is 4096"),
-        (append_req("s", None, vec![new_event("", "{}")]), "event type is empty"),
-        (append_req("s", None, vec![new_event("bad type!", "{}")]), "event type"),
+        (
+            append_req("s", None, (0..6).map(|_| new_event("A", "{}")).collect()),
+            "6 events, the limit is 5",
+        ),
+        (
+            append_req("s", None, vec![new_event("A", &big)]),
+            "the limit is 1024",
+        ),
+        (
+            append_req(
+                "s",
+                None,
+                (0..5).map(|_| new_event("A", &"y".repeat(900))).collect(),
+            ),
+            "the limit is 4096",
+        ),
+        (
+            append_req("s", None, vec![new_event("", "{}")]),
+            "event type is empty",
+        ),
+        (
+            append_req("s", None, vec![new_event("bad type!", "{}")]),
+            "event type",
+        ),
         (append_req("s", None, vec![bad_id]), "not a UUID"),
-        (append_req("s", None, vec![dup.clone(), dup]), "appears twice"),
+        (
+            append_req("s", None, vec![dup.clone(), dup]),
+            "appears twice",
+        ),
         (append_req("s", None, vec![bad_meta]), "metadata key"),
         (
-            append_req("s", Some(pb::ExpectedVersion { kind: 42, version: 0 }), vec![new_event("A", "{}")]),
+            append_req(
+                "s",
+                Some(pb::ExpectedVersion {
+                    kind: 42,
+                    version: 0,
+                }),
+                vec![new_event("A", "{}")],
+            ),
             "unknown expected version",
         ),
     ];
     for (req, msg) in cases {
         let e = c.append(req).await.expect_err(msg);
         assert_eq!(e.code(), Code::InvalidArgument, "{msg}: {e:?}");
-        assert!(e.message().contains(msg), "expected {msg:?} in {:?}", e.message());
+        assert!(
+            e.message().contains(msg),
+            "expected {msg:?} in {:?}",
+            e.message()
+        );
     }
     let e = c
         .read_stream(pb::ReadStreamRequest {
@@ -490,13 +686,20 @@ async fn bad_input_is_refused_with_invalid_argument_and_writes_nothing() {
         .expect_err("page too large");
     assert_eq!(e.code(), Code::InvalidArgument);
     let e = c
-        .subscribe(pb::SubscribeRequest { target: None, from: None })
+        .subscribe(pb::SubscribeRequest {
+            target: None,
+            from: None,
+        })
         .await
         .expect_err("no target");
     assert_eq!(e.code(), Code::InvalidArgument);
 
     let events = read_all_events(&mut c, pb::Consistency::Linearizable).await;
-    assert_eq!(events.len(), 1, "nothing but the first good append was written");
+    assert_eq!(
+        events.len(),
+        1,
+        "nothing but the first good append was written"
+    );
     // The node is still healthy.
     assert_eq!(node.http_get("/healthz").await.0, 200);
 }
@@ -511,7 +714,9 @@ async fn health_metrics_reflection_and_grpc_health() {
     assert_eq!(v["status"], "ok");
     assert_eq!(v["role"], "leader");
     let mut c = node.client().await;
-    c.append(append_req("m", None, vec![new_event("A", "{}")])).await.unwrap();
+    c.append(append_req("m", None, vec![new_event("A", "{}")]))
+        .await
+        .unwrap();
     let (code, body) = node.http_get("/metrics").await;
     assert_eq!(code, 200);
     for name in [
@@ -534,11 +739,16 @@ async fn health_metrics_reflection_and_grpc_health() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(r.status(), tonic_health::pb::health_check_response::ServingStatus::Serving);
+    assert_eq!(
+        r.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
 
     // Server reflection lists our services.
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::{server_reflection_request::MessageRequest, ServerReflectionRequest};
+    use tonic_reflection::pb::v1::{
+        server_reflection_request::MessageRequest, ServerReflectionRequest,
+    };
     let mut refl = ServerReflectionClient::new(node.channel().await);
     let req = ServerReflectionRequest {
         host: String::new(),
@@ -551,7 +761,11 @@ async fn health_metrics_reflection_and_grpc_health() {
         .into_inner();
     let msg = resp.message().await.unwrap().unwrap();
     let listed = format!("{:?}", msg.message_response);
-    for s in ["aetherops.v1.EventStore", "aetherops.v1.Admin", "grpc.health.v1.Health"] {
+    for s in [
+        "aetherops.v1.EventStore",
+        "aetherops.v1.Admin",
+        "grpc.health.v1.Health",
+    ] {
         assert!(listed.contains(s), "{s} not listed: {listed}");
     }
 }
@@ -562,7 +776,13 @@ async fn restart_keeps_data_and_identity() {
     node.wait_leader().await;
     let mut c = node.client().await;
     for i in 0..50 {
-        c.append(append_req("r", None, vec![new_event("A", &format!("{{\"i\":{i}}}"))])).await.unwrap();
+        c.append(append_req(
+            "r",
+            None,
+            vec![new_event("A", &format!("{{\"i\":{i}}}"))],
+        ))
+        .await
+        .unwrap();
     }
     let before = node.status().await;
     node.stop();
@@ -574,10 +794,23 @@ async fn restart_keeps_data_and_identity() {
     assert_eq!(after.voters.len(), 1, "restart does not re-initialize");
     // Same data dir under another node id is refused.
     let out = std::process::Command::new(AETHERD)
-        .args(["--dev", "--node-id", "2", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "--dev",
+            "--node-id",
+            "2",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(&node.dir)
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("belongs to node 1"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("belongs to node 1"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -13,15 +13,21 @@ use openraft::StorageError;
 struct RocksBuilder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for RocksBuilder {
-    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<NodeId>> {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<NodeId>> {
         let dir = tempfile::tempdir().expect("temp dir");
-        let log = LogStore::new(Arc::new(LogDb::open(&dir.path().join("raft")).expect("open log db")));
+        let log = LogStore::new(Arc::new(
+            LogDb::open(&dir.path().join("raft")).expect("open log db"),
+        ));
         let sm = StateMachine::open(dir.path()).expect("open state machine");
         Ok((dir, log, sm))
     }
 }
 
 #[test]
-fn openraft_storage_suite() -> Result<(), StorageError<NodeId>> {
-    Suite::test_all(RocksBuilder)
+fn openraft_storage_suite() {
+    if let Err(e) = Suite::test_all(RocksBuilder) {
+        panic!("openraft storage suite failed: {e}");
+    }
 }

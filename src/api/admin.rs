@@ -75,7 +75,10 @@ fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> Stat
 
 #[tonic::async_trait]
 impl Admin for AdminService {
-    async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
         let n = &self.node;
         let m = n.raft_metrics();
         let applied = n.applied_status();
@@ -125,7 +128,10 @@ impl Admin for AdminService {
         }))
     }
 
-    async fn init(&self, req: Request<pb::InitRequest>) -> Result<Response<pb::InitResponse>, Status> {
+    async fn init(
+        &self,
+        req: Request<pb::InitRequest>,
+    ) -> Result<Response<pb::InitResponse>, Status> {
         let members = req.into_inner().members;
         if members.is_empty() {
             return Err(Status::invalid_argument("init needs at least one member"));
@@ -147,7 +153,10 @@ impl Admin for AdminService {
         Ok(Response::new(pb::InitResponse {}))
     }
 
-    async fn add_learner(&self, req: Request<pb::AddLearnerRequest>) -> Result<Response<pb::MembershipResponse>, Status> {
+    async fn add_learner(
+        &self,
+        req: Request<pb::AddLearnerRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
         let r = req.into_inner();
         let m = r
             .member
@@ -180,7 +189,10 @@ impl Admin for AdminService {
         Ok(Response::new(self.membership_reply(resp.log_id.index)))
     }
 
-    async fn remove_node(&self, req: Request<pb::RemoveNodeRequest>) -> Result<Response<pb::MembershipResponse>, Status> {
+    async fn remove_node(
+        &self,
+        req: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
         let id = req.into_inner().node_id;
         let (voters, learners) = self.node.members();
         let change = if voters.iter().any(|(v, _)| *v == id) {
@@ -202,7 +214,10 @@ impl Admin for AdminService {
         Ok(Response::new(self.membership_reply(resp.log_id.index)))
     }
 
-    async fn read_index(&self, _: Request<pb::ReadIndexRequest>) -> Result<Response<pb::ReadIndexResponse>, Status> {
+    async fn read_index(
+        &self,
+        _: Request<pb::ReadIndexRequest>,
+    ) -> Result<Response<pb::ReadIndexResponse>, Status> {
         let read_index = self.node.read_index().await.map_err(status)?;
         Ok(Response::new(pb::ReadIndexResponse { read_index }))
     }

@@ -1,6 +1,5 @@
 //! Protobuf ⇄ core conversions and the one mapping of core errors to gRPC status codes.
 
-use bytes::Bytes;
 use tonic::{Code, Status};
 
 use crate::eventstore::{AppendCommand, AppendOutcome, AppendPositions};
@@ -31,7 +30,8 @@ pub fn append_command(req: pb::AppendRequest) -> Result<AppendCommand, Status> {
     };
     let mut events = Vec::with_capacity(req.events.len());
     for (index, e) in req.events.into_iter().enumerate() {
-        let event_id = parse_event_id(index, &e.event_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let event_id = parse_event_id(index, &e.event_id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         events.push(NewEvent {
             event_id,
             event_type: e.event_type,
@@ -77,9 +77,9 @@ pub fn append_outcome(stream: &str, o: AppendOutcome) -> Result<pb::AppendRespon
             }
             Err(status)
         }
-        AppendOutcome::EventIdConflict { event_id, detail } => Err(Status::already_exists(format!(
-            "event id {event_id}: {detail}"
-        ))),
+        AppendOutcome::EventIdConflict { event_id, detail } => Err(Status::already_exists(
+            format!("event id {event_id}: {detail}"),
+        )),
     }
 }
 
@@ -101,7 +101,8 @@ pub fn recorded(e: RecordedEvent) -> pb::RecordedEvent {
 /// Back to the core type, for clients of the library that read through gRPC.
 pub fn from_recorded(e: pb::RecordedEvent) -> Result<RecordedEvent, String> {
     Ok(RecordedEvent {
-        event_id: uuid::Uuid::parse_str(&e.event_id).map_err(|err| format!("event id {:?}: {err}", e.event_id))?,
+        event_id: uuid::Uuid::parse_str(&e.event_id)
+            .map_err(|err| format!("event id {:?}: {err}", e.event_id))?,
         stream: e.stream,
         stream_version: e.stream_version,
         global_position: e.global_position,
@@ -109,7 +110,7 @@ pub fn from_recorded(e: pb::RecordedEvent) -> Result<RecordedEvent, String> {
         schema_version: e.schema_version,
         event_time_ns: e.event_time_ns,
         commit_time_ns: e.commit_time_ns,
-        payload: Bytes::from(e.payload),
+        payload: e.payload,
         metadata: e.metadata.into_iter().collect(),
     })
 }
@@ -136,16 +137,25 @@ pub fn status(e: NodeError) -> Status {
         tracing::error!(error = %err, "storage error served as INTERNAL");
     }
     let mut status = match &e {
-        NodeError::NotLeader { leader: Some((id, info)) } => Status::new(
+        NodeError::NotLeader {
+            leader: Some((id, info)),
+        } => Status::new(
             code,
-            format!("not the leader; the leader is node {id} at {}", info.grpc_addr),
+            format!(
+                "not the leader; the leader is node {id} at {}",
+                info.grpc_addr
+            ),
         ),
-        NodeError::NotLeader { leader: None } => {
-            Status::new(code, "not the leader, and no leader is known yet: retry shortly")
-        }
+        NodeError::NotLeader { leader: None } => Status::new(
+            code,
+            "not the leader, and no leader is known yet: retry shortly",
+        ),
         _ => Status::new(code, e.to_string()),
     };
-    if let NodeError::NotLeader { leader: Some((_, info)) } = &e {
+    if let NodeError::NotLeader {
+        leader: Some((_, info)),
+    } = &e
+    {
         if let Ok(v) = info.grpc_addr.parse() {
             status.metadata_mut().insert(LEADER_HEADER, v);
         }

@@ -26,16 +26,21 @@ impl EventStoreService {
     }
 
     /// Sends an append to the leader on the client's behalf; the reply is the leader's.
-    async fn forward(&self, leader: &NodeInfo, req: pb::AppendRequest, timeout: Duration) -> Result<pb::AppendResponse, Status> {
-        let channel = self
-            .node
-            .network
-            .channel(&leader.grpc_addr)
-            .map_err(|e| Status::unavailable(format!("leader address {}: {e}", leader.grpc_addr)))?;
+    async fn forward(
+        &self,
+        leader: &NodeInfo,
+        req: pb::AppendRequest,
+        timeout: Duration,
+    ) -> Result<pb::AppendResponse, Status> {
+        let channel = self.node.network.channel(&leader.grpc_addr).map_err(|e| {
+            Status::unavailable(format!("leader address {}: {e}", leader.grpc_addr))
+        })?;
         let mut fwd = Request::new(req);
         fwd.set_timeout(timeout);
-        fwd.metadata_mut()
-            .insert(FORWARDED_HEADER, tonic::metadata::MetadataValue::from(self.node.id));
+        fwd.metadata_mut().insert(
+            FORWARDED_HEADER,
+            tonic::metadata::MetadataValue::from(self.node.id),
+        );
         self.node.metrics.forwarded_appends.inc();
         EventStoreClient::new(channel)
             .max_decoding_message_size(usize::MAX)
@@ -45,7 +50,10 @@ impl EventStoreService {
             .map(Response::into_inner)
     }
 
-    async fn append_inner(&self, req: Request<pb::AppendRequest>) -> Result<pb::AppendResponse, Status> {
+    async fn append_inner(
+        &self,
+        req: Request<pb::AppendRequest>,
+    ) -> Result<pb::AppendResponse, Status> {
         let forwarded = req.metadata().contains_key(FORWARDED_HEADER);
         let req = req.into_inner();
         let stream = req.stream.clone();
@@ -63,11 +71,15 @@ impl EventStoreService {
                     }
                     return append_outcome(&stream, outcome);
                 }
-                Err(NodeError::NotLeader { leader: Some((_, info)) }) if !forwarded => {
+                Err(NodeError::NotLeader {
+                    leader: Some((_, info)),
+                }) if !forwarded => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     match self.forward(&info, req.clone(), left).await {
                         // The leader moved on while we forwarded: find the new one and retry.
-                        Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {}
+                        Err(s)
+                            if s.code() == tonic::Code::Unavailable
+                                && Instant::now() < deadline => {}
                         other => return other,
                     }
                 }
@@ -76,7 +88,8 @@ impl EventStoreService {
                 Err(NodeError::NotLeader { .. }) if !forwarded && Instant::now() < deadline => {}
                 Err(e) => return Err(status(e)),
             }
-            tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now()))).await;
+            tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())))
+                .await;
             backoff = (backoff * 2).min(Duration::from_millis(500));
             if Instant::now() >= deadline {
                 return Err(status(NodeError::Unavailable(
@@ -107,7 +120,10 @@ type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, S
 
 #[tonic::async_trait]
 impl EventStore for EventStoreService {
-    async fn append(&self, req: Request<pb::AppendRequest>) -> Result<Response<pb::AppendResponse>, Status> {
+    async fn append(
+        &self,
+        req: Request<pb::AppendRequest>,
+    ) -> Result<Response<pb::AppendResponse>, Status> {
         let started = Instant::now();
         let res = self.append_inner(req).await;
         let m = &self.node.metrics;
@@ -119,7 +135,10 @@ impl EventStore for EventStoreService {
         res.map(Response::new)
     }
 
-    async fn read_stream(&self, req: Request<pb::ReadStreamRequest>) -> Result<Response<pb::ReadResponse>, Status> {
+    async fn read_stream(
+        &self,
+        req: Request<pb::ReadStreamRequest>,
+    ) -> Result<Response<pb::ReadResponse>, Status> {
         let r = req.into_inner();
         self.node
             .read_barrier(consistency(r.consistency)?)
@@ -132,7 +151,10 @@ impl EventStore for EventStoreService {
         Ok(Response::new(page(p)))
     }
 
-    async fn read_all(&self, req: Request<pb::ReadAllRequest>) -> Result<Response<pb::ReadResponse>, Status> {
+    async fn read_all(
+        &self,
+        req: Request<pb::ReadAllRequest>,
+    ) -> Result<Response<pb::ReadResponse>, Status> {
         let r = req.into_inner();
         self.node
             .read_barrier(consistency(r.consistency)?)
@@ -147,19 +169,28 @@ impl EventStore for EventStoreService {
 
     type SubscribeStream = SubscribeStream;
 
-    async fn subscribe(&self, req: Request<pb::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+    async fn subscribe(
+        &self,
+        req: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
         let r = req.into_inner();
         let target = match r.target {
             Some(pb::subscribe_request::Target::Stream(s)) => Target::Stream(s),
             Some(pb::subscribe_request::Target::All(true)) => Target::All,
-            _ => return Err(Status::invalid_argument("subscribe to a stream or to all (all = true)")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "subscribe to a stream or to all (all = true)",
+                ))
+            }
         };
         let rx = self.node.subscribe(target, r.from).map_err(status)?;
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|item| {
             Ok(pb::SubscribeResponse {
                 kind: Some(match item {
                     Item::Event(e) => pb::subscribe_response::Kind::Event(recorded(*e)),
-                    Item::CaughtUp { next } => pb::subscribe_response::Kind::CaughtUp(pb::CaughtUp { next }),
+                    Item::CaughtUp { next } => {
+                        pb::subscribe_response::Kind::CaughtUp(pb::CaughtUp { next })
+                    }
                 }),
             })
         });

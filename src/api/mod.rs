@@ -14,7 +14,9 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::node::{Listeners, Node};
-use crate::proto::aetherops::v1::{admin_server::AdminServer, event_store_server::EventStoreServer};
+use crate::proto::aetherops::v1::{
+    admin_server::AdminServer, event_store_server::EventStoreServer,
+};
 use crate::proto::raft::v1::raft_server::RaftServer;
 use crate::raft::network::MAX_RAFT_MESSAGE_BYTES;
 use crate::raft::service::RaftService;
@@ -59,9 +61,11 @@ pub async fn serve(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), async move {
             let _ = grpc_shutdown.recv().await;
         });
-    let http = axum::serve(listeners.http, http::router(node.clone())).with_graceful_shutdown(async move {
-        let _ = http_shutdown.recv().await;
-    });
+    let http = axum::serve(listeners.http, http::router(node.clone())).with_graceful_shutdown(
+        async move {
+            let _ = http_shutdown.recv().await;
+        },
+    );
     tokio::spawn(async move {
         shutdown.await;
         let _ = shutdown_tx.send(());

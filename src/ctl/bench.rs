@@ -65,8 +65,15 @@ struct ClientResult {
 }
 
 async fn append(addrs: &str, b: AppendBench, printer: &Printer) -> anyhow::Result<()> {
-    anyhow::ensure!(b.concurrency > 0 && b.batch_size > 0 && b.connections > 0, "counts must be > 0");
-    let nodes: Vec<&str> = addrs.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    anyhow::ensure!(
+        b.concurrency > 0 && b.batch_size > 0 && b.connections > 0,
+        "counts must be > 0"
+    );
+    let nodes: Vec<&str> = addrs
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
     let timeout = Duration::from_secs(30);
     let mut clients = Vec::new();
     for node in &nodes {
@@ -100,14 +107,14 @@ async fn append(addrs: &str, b: AppendBench, printer: &Printer) -> anyhow::Resul
     let mut tasks = Vec::with_capacity(b.concurrency);
     for i in 0..b.concurrency {
         // Spread clients over nodes first, then over connections.
-        let mut client = clients[(i % nodes.len()) * b.connections + (i / nodes.len()) % b.connections].clone();
+        let mut client =
+            clients[(i % nodes.len()) * b.connections + (i / nodes.len()) % b.connections].clone();
         let stream = format!("bench-{run_id}-{i}");
         let body = body.clone();
         let done = done.clone();
         let budget = budget.clone();
         let barrier = barrier.clone();
         let deadline = deadline_holder.clone();
-        let expected = expected;
         let cfg = b.clone();
         tasks.push(tokio::spawn(async move {
             let mut res = ClientResult {
@@ -156,7 +163,8 @@ async fn append(addrs: &str, b: AppendBench, printer: &Printer) -> anyhow::Resul
                     }
                     Err(e) => {
                         res.errors += 1;
-                        res.first_error.get_or_insert_with(|| format!("{:?}: {}", e.code(), e.message()));
+                        res.first_error
+                            .get_or_insert_with(|| format!("{:?}: {}", e.code(), e.message()));
                     }
                 }
             }

@@ -42,7 +42,10 @@ pub enum ClusterCmd {
 
 async fn status_of(addr: &str, timeout: Duration) -> anyhow::Result<pb::StatusResponse> {
     let mut c = admin(addr, timeout).await?;
-    Ok(c.status(pb::StatusRequest {}).await.map_err(status_err)?.into_inner())
+    Ok(c.status(pb::StatusRequest {})
+        .await
+        .map_err(status_err)?
+        .into_inner())
 }
 
 fn member(s: &pb::StatusResponse) -> pb::Member {
@@ -71,7 +74,12 @@ async fn leader_addr(addr: &str, timeout: Duration) -> anyhow::Result<String> {
     }
 }
 
-pub async fn run(addrs: &str, timeout: Duration, cmd: ClusterCmd, printer: &Printer) -> anyhow::Result<()> {
+pub async fn run(
+    addrs: &str,
+    timeout: Duration,
+    cmd: ClusterCmd,
+    printer: &Printer,
+) -> anyhow::Result<()> {
     let first = first_addr(addrs);
     match cmd {
         ClusterCmd::Init => {
@@ -80,9 +88,11 @@ pub async fn run(addrs: &str, timeout: Duration, cmd: ClusterCmd, printer: &Prin
                 members.push(member(&status_of(a, timeout).await?));
             }
             let mut c = admin(first, timeout).await?;
-            c.init(pb::InitRequest { members: members.clone() })
-                .await
-                .map_err(status_err)?;
+            c.init(pb::InitRequest {
+                members: members.clone(),
+            })
+            .await
+            .map_err(status_err)?;
             let ids: Vec<u64> = members.iter().map(|m| m.node_id).collect();
             match printer.format {
                 Output::Json => printer.json(&json!({"initialized": ids})),
@@ -116,7 +126,10 @@ pub async fn run(addrs: &str, timeout: Duration, cmd: ClusterCmd, printer: &Prin
             }
             let mut c = admin(&leader, timeout).await?;
             let r = c
-                .change_membership(pb::ChangeMembershipRequest { voters, retain: false })
+                .change_membership(pb::ChangeMembershipRequest {
+                    voters,
+                    retain: false,
+                })
                 .await
                 .map_err(status_err)?
                 .into_inner();
@@ -136,13 +149,17 @@ pub async fn run(addrs: &str, timeout: Duration, cmd: ClusterCmd, printer: &Prin
                 match s {
                     Ok(s) => printer.status(&s),
                     Err((addr, e)) => match printer.format {
-                        Output::Json => printer.json(&json!({"grpc_addr": addr, "error": e.to_string()})),
+                        Output::Json => {
+                            printer.json(&json!({"grpc_addr": addr, "error": e.to_string()}))
+                        }
                         Output::Text => println!("node at {addr}: unreachable: {e}"),
                     },
                 }
             }
         }
-        ClusterCmd::Verify { wait_secs } => verify(first, timeout, Duration::from_secs(wait_secs), printer).await?,
+        ClusterCmd::Verify { wait_secs } => {
+            verify(first, timeout, Duration::from_secs(wait_secs), printer).await?
+        }
         ClusterCmd::Snapshot => {
             let mut c = admin(first, Duration::from_secs(120)).await?;
             let r = c
@@ -178,7 +195,12 @@ async fn member_statuses(addr: &str, timeout: Duration) -> anyhow::Result<Vec<Me
     Ok(out)
 }
 
-async fn verify(addr: &str, timeout: Duration, wait: Duration, printer: &Printer) -> anyhow::Result<()> {
+async fn verify(
+    addr: &str,
+    timeout: Duration,
+    wait: Duration,
+    printer: &Printer,
+) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let statuses = member_statuses(addr, timeout).await?;
@@ -186,14 +208,19 @@ async fn verify(addr: &str, timeout: Duration, wait: Duration, printer: &Printer
         for s in statuses {
             ok.push(s.map_err(|(a, e)| anyhow!("node at {a} unreachable: {e}"))?);
         }
-        let same_index = ok.windows(2).all(|w| w[0].applied_index == w[1].applied_index);
+        let same_index = ok
+            .windows(2)
+            .all(|w| w[0].applied_index == w[1].applied_index);
         if same_index {
-            let digests: std::collections::BTreeSet<&str> = ok.iter().map(|s| s.state_digest.as_str()).collect();
+            let digests: std::collections::BTreeSet<&str> =
+                ok.iter().map(|s| s.state_digest.as_str()).collect();
             let report: Vec<_> = ok.iter().map(status_json).collect();
             if digests.len() == 1 {
                 match printer.format {
-                    Output::Json => printer.json(&json!({"verified": true, "applied_index": ok[0].applied_index,
-                        "digest": ok[0].state_digest, "nodes": report})),
+                    Output::Json => printer.json(
+                        &json!({"verified": true, "applied_index": ok[0].applied_index,
+                        "digest": ok[0].state_digest, "nodes": report}),
+                    ),
                     Output::Text => println!(
                         "verified: {} nodes agree at applied index {:?}, digest {}",
                         ok.len(),
@@ -205,9 +232,17 @@ async fn verify(addr: &str, timeout: Duration, wait: Duration, printer: &Printer
             }
             let lines: Vec<String> = ok
                 .iter()
-                .map(|s| format!("node {} applied {:?} digest {}", s.node_id, s.applied_index, s.state_digest))
+                .map(|s| {
+                    format!(
+                        "node {} applied {:?} digest {}",
+                        s.node_id, s.applied_index, s.state_digest
+                    )
+                })
                 .collect();
-            bail!("REPLICAS DIVERGE at the same applied index:\n  {}", lines.join("\n  "));
+            bail!(
+                "REPLICAS DIVERGE at the same applied index:\n  {}",
+                lines.join("\n  ")
+            );
         }
         if tokio::time::Instant::now() >= deadline {
             let lines: Vec<String> = ok
@@ -227,7 +262,12 @@ fn print_membership(printer: &Printer, what: &str, r: &pb::MembershipResponse) {
     let voters: Vec<u64> = r.voters.iter().map(|m| m.node_id).collect();
     let learners: Vec<u64> = r.learners.iter().map(|m| m.node_id).collect();
     match printer.format {
-        Output::Json => printer.json(&json!({"log_index": r.log_index, "voters": voters, "learners": learners})),
-        Output::Text => println!("{what}: voters {voters:?}, learners {learners:?} (log index {})", r.log_index),
+        Output::Json => {
+            printer.json(&json!({"log_index": r.log_index, "voters": voters, "learners": learners}))
+        }
+        Output::Text => println!(
+            "{what}: voters {voters:?}, learners {learners:?} (log index {})",
+            r.log_index
+        ),
     }
 }

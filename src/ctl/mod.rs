@@ -21,11 +21,20 @@ use crate::proto::aetherops::v1::event_store_client::EventStoreClient;
 use output::{Output, Printer};
 
 #[derive(Parser, Debug)]
-#[command(name = "aetherctl", version, about = "Command-line client for AetherOps")]
+#[command(
+    name = "aetherctl",
+    version,
+    about = "Command-line client for AetherOps"
+)]
 pub struct Cli {
     /// Node to talk to (HOST:PORT of its gRPC address). Several, comma-separated, for
     /// commands that spread load or walk the cluster.
-    #[arg(long, global = true, env = "AETHER_ADDR", default_value = "127.0.0.1:50051")]
+    #[arg(
+        long,
+        global = true,
+        env = "AETHER_ADDR",
+        default_value = "127.0.0.1:50051"
+    )]
     pub addr: String,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
@@ -149,7 +158,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Tail(a) => tail(&cli.addr, a, &printer).await,
         Cmd::Status => {
             let mut c = admin(first_addr(&cli.addr), timeout).await?;
-            let s = c.status(pb::StatusRequest {}).await.map_err(status_err)?.into_inner();
+            let s = c
+                .status(pb::StatusRequest {})
+                .await
+                .map_err(status_err)?
+                .into_inner();
             printer.status(&s);
             Ok(())
         }
@@ -178,7 +191,10 @@ pub async fn channel(addr: &str, timeout: Duration) -> anyhow::Result<Channel> {
         .with_context(|| format!("connecting to {addr}"))
 }
 
-pub async fn events_client(addr: &str, timeout: Duration) -> anyhow::Result<EventStoreClient<Channel>> {
+pub async fn events_client(
+    addr: &str,
+    timeout: Duration,
+) -> anyhow::Result<EventStoreClient<Channel>> {
     Ok(EventStoreClient::new(channel(addr, timeout).await?)
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX))
@@ -191,7 +207,9 @@ pub async fn admin(addr: &str, timeout: Duration) -> anyhow::Result<AdminClient<
 fn read_data(data: &str) -> anyhow::Result<Vec<u8>> {
     let bytes = if data == "-" {
         let mut buf = Vec::new();
-        std::io::stdin().read_to_end(&mut buf).context("reading stdin")?;
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .context("reading stdin")?;
         buf
     } else if let Some(path) = data.strip_prefix('@') {
         std::fs::read(PathBuf::from(path)).with_context(|| format!("reading {path}"))?
@@ -210,8 +228,9 @@ pub fn parse_expected(s: &str) -> anyhow::Result<pb::ExpectedVersion> {
         "exists" | "stream-exists" => (Kind::StreamExists, 0),
         n => (
             Kind::Exact,
-            n.parse()
-                .map_err(|_| anyhow!("--expected-version must be any, no-stream, exists or a number, not {n:?}"))?,
+            n.parse().map_err(|_| {
+                anyhow!("--expected-version must be any, no-stream, exists or a number, not {n:?}")
+            })?,
         ),
     };
     Ok(pb::ExpectedVersion {
@@ -220,7 +239,12 @@ pub fn parse_expected(s: &str) -> anyhow::Result<pb::ExpectedVersion> {
     })
 }
 
-async fn append(addr: &str, timeout: Duration, a: AppendArgs, printer: &Printer) -> anyhow::Result<()> {
+async fn append(
+    addr: &str,
+    timeout: Duration,
+    a: AppendArgs,
+    printer: &Printer,
+) -> anyhow::Result<()> {
     let payload = read_data(&a.data)?;
     let mut metadata = std::collections::HashMap::new();
     for m in &a.metadata {
@@ -275,7 +299,12 @@ async fn read(addr: &str, timeout: Duration, a: ReadArgs, printer: &Printer) -> 
     Ok(())
 }
 
-async fn read_all(addr: &str, timeout: Duration, a: ReadAllArgs, printer: &Printer) -> anyhow::Result<()> {
+async fn read_all(
+    addr: &str,
+    timeout: Duration,
+    a: ReadAllArgs,
+    printer: &Printer,
+) -> anyhow::Result<()> {
     let mut c = events_client(first_addr(addr), timeout).await?;
     let mut from = a.from;
     let mut left = a.limit.unwrap_or(u64::MAX);

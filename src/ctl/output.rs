@@ -91,7 +91,11 @@ impl Printer {
             })),
             Output::Text => println!(
                 "{} {stream}@{} at global position {}",
-                if r.duplicate { "already stored:" } else { "appended" },
+                if r.duplicate {
+                    "already stored:"
+                } else {
+                    "appended"
+                },
                 r.first_stream_version,
                 r.first_global_position
             ),
@@ -103,7 +107,10 @@ impl Printer {
         match self.format {
             Output::Json => self.json(&v),
             Output::Text => {
-                println!("node {} ({}) grpc={} http={}", s.node_id, s.role, s.grpc_addr, s.http_addr);
+                println!(
+                    "node {} ({}) grpc={} http={}",
+                    s.node_id, s.role, s.grpc_addr, s.http_addr
+                );
                 println!(
                     "leader={} term={} last_log={} committed={} applied={} snapshot={} purged={}",
                     opt(s.leader_id),
@@ -122,7 +129,12 @@ impl Printer {
                     println!("  learner {} {}", m.node_id, m.grpc_addr);
                 }
                 for r in &s.replication {
-                    println!("  replication to {}: matched={} lag={}", r.node_id, opt(r.matched_index), r.lag);
+                    println!(
+                        "  replication to {}: matched={} lag={}",
+                        r.node_id,
+                        opt(r.matched_index),
+                        r.lag
+                    );
                 }
             }
         }

@@ -14,7 +14,6 @@ use crate::storage::sm_db::{
 };
 use crate::storage::{decode, encode, Result, StorageError};
 
-
 /// The idempotency record of one event id.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct DedupeEntry {
@@ -62,7 +61,11 @@ impl<'a> Applier<'a> {
         if let Some(h) = self.heads.get(stream) {
             return Ok(*h);
         }
-        let h = match self.db.db().get_pinned_cf(self.db.cf(CF_STREAMS)?, stream)? {
+        let h = match self
+            .db
+            .db()
+            .get_pinned_cf(self.db.cf(CF_STREAMS)?, stream)?
+        {
             Some(bytes) => Some(decode::<StreamHead>("stream head", &bytes)?.last_version),
             None => None,
         };
@@ -74,7 +77,11 @@ impl<'a> Applier<'a> {
     fn dedupe_entry(&self, id: &Uuid, oldest_live_ns: i64) -> Result<Option<DedupeEntry>> {
         let entry = match self.dedupe.get(id) {
             Some(e) => Some(e.clone()),
-            None => match self.db.db().get_pinned_cf(self.db.cf(CF_DEDUPE)?, id.as_bytes())? {
+            None => match self
+                .db
+                .db()
+                .get_pinned_cf(self.db.cf(CF_DEDUPE)?, id.as_bytes())?
+            {
                 Some(bytes) => Some(decode::<DedupeEntry>("dedupe entry", &bytes)?),
                 None => None,
             },
@@ -137,8 +144,16 @@ impl<'a> Applier<'a> {
                 global_position: position,
                 commit_time_ns,
             };
-            wb.put(CF_DEDUPE, e.event_id.as_bytes(), &encode("dedupe entry", &entry)?)?;
-            wb.put(CF_DEDUPE_EXPIRY, &expiry_key(commit_time_ns, &e.event_id), &[])?;
+            wb.put(
+                CF_DEDUPE,
+                e.event_id.as_bytes(),
+                &encode("dedupe entry", &entry)?,
+            )?;
+            wb.put(
+                CF_DEDUPE_EXPIRY,
+                &expiry_key(commit_time_ns, &e.event_id),
+                &[],
+            )?;
             self.dedupe.insert(e.event_id, entry);
         }
         let last_version = first_version + cmd.events.len() as u64 - 1;
@@ -247,7 +262,6 @@ impl<'a> Applier<'a> {
         }
         Ok(removed)
     }
-
 }
 
 fn expiry_key(commit_time_ns: i64, id: &Uuid) -> Vec<u8> {

@@ -49,7 +49,10 @@ pub enum AppendOutcome {
         current: Option<u64>,
     },
     /// Some event ids were stored before, but not as this same append.
-    EventIdConflict { event_id: Uuid, detail: String },
+    EventIdConflict {
+        event_id: Uuid,
+        detail: String,
+    },
 }
 
 /// Counters of the store that live in the replicated state.
@@ -62,7 +65,6 @@ pub struct StoreState {
     /// The last expiry key swept (commit time ++ event id); sweeping resumes after it.
     pub dedupe_swept_key: Vec<u8>,
 }
-
 
 impl StoreState {
     pub fn load(db: &SmDb) -> Result<StoreState> {

@@ -29,14 +29,19 @@ pub enum ReadDirection {
 /// The version of the stream's last event, `None` if the stream holds none.
 pub fn stream_head(db: &SmDb, stream: &str) -> Result<Option<u64>> {
     match db.db().get_pinned_cf(db.cf(CF_STREAMS)?, stream)? {
-        Some(bytes) => Ok(Some(decode::<StreamHead>("stream head", &bytes)?.last_version)),
+        Some(bytes) => Ok(Some(
+            decode::<StreamHead>("stream head", &bytes)?.last_version,
+        )),
         None => Ok(None),
     }
 }
 
 /// The event at a global position.
 pub fn event_at(db: &SmDb, position: u64) -> Result<Option<RecordedEvent>> {
-    match db.db().get_pinned_cf(db.cf(CF_EVENTS)?, u64_key(position))? {
+    match db
+        .db()
+        .get_pinned_cf(db.cf(CF_EVENTS)?, u64_key(position))?
+    {
         Some(bytes) => Ok(Some(decode("event", &bytes)?)),
         None => Ok(None),
     }
@@ -77,7 +82,8 @@ pub fn read_stream(
         if positions.len() >= limit {
             break;
         }
-        let pos = read_u64(&v).ok_or_else(|| StorageError::corrupt("stream index", "short value"))?;
+        let pos =
+            read_u64(&v).ok_or_else(|| StorageError::corrupt("stream index", "short value"))?;
         positions.push(pos);
         versions.push(version);
     }
@@ -159,7 +165,12 @@ fn fetch(db: &SmDb, positions: &[u64]) -> Result<Vec<RecordedEvent>> {
                 }
                 out.push(e)
             }
-            None => return Err(StorageError::corrupt("event", format!("position {pos} missing"))),
+            None => {
+                return Err(StorageError::corrupt(
+                    "event",
+                    format!("position {pos} missing"),
+                ))
+            }
         }
     }
     Ok(out)

@@ -26,7 +26,9 @@ pub enum Item {
     Event(Box<RecordedEvent>),
     /// The catch-up read reached the end of what is stored; `next` is the position (or
     /// stream version) the next event will carry.
-    CaughtUp { next: u64 },
+    CaughtUp {
+        next: u64,
+    },
 }
 
 /// Why a subscription ended.
@@ -67,7 +69,9 @@ pub async fn run(
                 let end = StoreState::load(&db)?.next_global_position;
                 read_all(&db, Some(next), ReadDirection::Forwards, page_size, end)?
             }
-            Target::Stream(s) => read_stream(&db, s, Some(next), ReadDirection::Forwards, page_size)?,
+            Target::Stream(s) => {
+                read_stream(&db, s, Some(next), ReadDirection::Forwards, page_size)?
+            }
         };
         drop(db);
         let full = page.events.len() >= page_size;

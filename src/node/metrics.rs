@@ -66,26 +66,74 @@ impl Default for Metrics {
             queue_utilization: Family::default(),
             registry: Registry::default(),
         };
-        registry.register("appends", "Append requests by outcome code", m.appends.clone());
-        registry.register("events_appended", "Events written by appends", m.events_appended.clone());
-        registry.register("append_seconds", "Append latency as served by this node", m.append_seconds.clone());
-        registry.register("forwarded_appends", "Appends forwarded to the leader", m.forwarded_appends.clone());
+        registry.register(
+            "appends",
+            "Append requests by outcome code",
+            m.appends.clone(),
+        );
+        registry.register(
+            "events_appended",
+            "Events written by appends",
+            m.events_appended.clone(),
+        );
+        registry.register(
+            "append_seconds",
+            "Append latency as served by this node",
+            m.append_seconds.clone(),
+        );
+        registry.register(
+            "forwarded_appends",
+            "Appends forwarded to the leader",
+            m.forwarded_appends.clone(),
+        );
         registry.register("reads", "Read requests served", m.reads.clone());
         registry.register("subscribers", "Open subscriptions", m.subscribers.clone());
         registry.register("raft_term", "Current Raft term", m.raft_term.clone());
-        registry.register("raft_is_leader", "1 if this node leads", m.raft_is_leader.clone());
-        registry.register("raft_last_log_index", "Last log index", m.raft_last_log_index.clone());
-        registry.register("raft_commit_index", "Committed index known here", m.raft_commit_index.clone());
-        registry.register("raft_applied_index", "Applied index", m.raft_applied_index.clone());
-        registry.register("events_stored", "Events in the store (next global position)", m.events_stored.clone());
-        registry.register("log_syncs", "WAL syncs of the Raft log (group commits)", m.log_syncs.clone());
+        registry.register(
+            "raft_is_leader",
+            "1 if this node leads",
+            m.raft_is_leader.clone(),
+        );
+        registry.register(
+            "raft_last_log_index",
+            "Last log index",
+            m.raft_last_log_index.clone(),
+        );
+        registry.register(
+            "raft_commit_index",
+            "Committed index known here",
+            m.raft_commit_index.clone(),
+        );
+        registry.register(
+            "raft_applied_index",
+            "Applied index",
+            m.raft_applied_index.clone(),
+        );
+        registry.register(
+            "events_stored",
+            "Events in the store (next global position)",
+            m.events_stored.clone(),
+        );
+        registry.register(
+            "log_syncs",
+            "WAL syncs of the Raft log (group commits)",
+            m.log_syncs.clone(),
+        );
         registry.register(
             "log_sync_callbacks",
             "Log appends acknowledged by those syncs",
             m.log_sync_callbacks.clone(),
         );
-        registry.register("proposer_batches", "Raft entries proposed by the batcher", m.proposer_batches.clone());
-        registry.register("proposer_commands", "Commands carried by those entries", m.proposer_commands.clone());
+        registry.register(
+            "proposer_batches",
+            "Raft entries proposed by the batcher",
+            m.proposer_batches.clone(),
+        );
+        registry.register(
+            "proposer_commands",
+            "Commands carried by those entries",
+            m.proposer_commands.clone(),
+        );
         registry.register(
             "queue_utilization",
             "Fill of each bounded queue on the write path, 0..1 (the node's queue health)",

@@ -64,10 +64,15 @@ impl From<ProposeError> for NodeError {
             ProposeError::NotLeader { leader } => NodeError::NotLeader { leader },
             ProposeError::Overloaded(_) => NodeError::Overloaded(e.to_string()),
             ProposeError::Timeout(_) => NodeError::OutcomeUnknown(e.to_string()),
-            ProposeError::Stopped(_) | ProposeError::Busy(_) => NodeError::Unavailable(e.to_string()),
+            ProposeError::Stopped(_) | ProposeError::Busy(_) => {
+                NodeError::Unavailable(e.to_string())
+            }
         }
     }
 }
+
+/// Members of the cluster with their addresses.
+pub type Members = Vec<(NodeId, NodeInfo)>;
 
 /// Read consistency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,9 +166,15 @@ impl Node {
                 .validate()
                 .map_err(|e| NodeError::BadRequest(format!("raft config: {e}")))?,
         );
-        let raft = Raft::new(config.node_id, raft_config, network.clone(), log_store.clone(), sm)
-            .await
-            .map_err(|e| NodeError::Internal(format!("starting raft: {e}")))?;
+        let raft = Raft::new(
+            config.node_id,
+            raft_config,
+            network.clone(),
+            log_store.clone(),
+            sm,
+        )
+        .await
+        .map_err(|e| NodeError::Internal(format!("starting raft: {e}")))?;
         let proposer = Proposer::start(
             raft.clone(),
             config.proposer.clone(),
@@ -183,8 +194,12 @@ impl Node {
             log_store,
         });
         if node.config.dev && !node.is_initialized().await? {
-            tracing::info!(node_id = node.id, "dev mode: initializing a one-node cluster");
-            node.init(BTreeMap::from([(node.id, node.info.clone())])).await?;
+            tracing::info!(
+                node_id = node.id,
+                "dev mode: initializing a one-node cluster"
+            );
+            node.init(BTreeMap::from([(node.id, node.info.clone())]))
+                .await?;
         }
         Ok(node)
     }
@@ -214,7 +229,9 @@ impl Node {
 
     /// Validates, proposes and waits for an append's outcome.
     pub async fn append(&self, cmd: AppendCommand) -> Result<AppendOutcome, NodeError> {
-        self.config.limits.validate_append(&cmd.stream, &cmd.events)?;
+        self.config
+            .limits
+            .validate_append(&cmd.stream, &cmd.events)?;
         let weight = cmd.events.iter().map(|e| e.weight_bytes()).sum();
         let timeout = Duration::from_millis(self.config.write_timeout_ms);
         match self
@@ -240,7 +257,9 @@ impl Node {
                 self.leader_read_index(&leader).await?
             }
             Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
-                return Err(NodeError::Unavailable(format!("leader cannot reach a quorum: {e}")));
+                return Err(NodeError::Unavailable(format!(
+                    "leader cannot reach a quorum: {e}"
+                )));
             }
             Err(RaftError::Fatal(e)) => return Err(NodeError::Unavailable(e.to_string())),
         };
@@ -259,8 +278,10 @@ impl Node {
             .map_err(|e| NodeError::Unavailable(format!("leader address: {e}")))?;
         let mut req = tonic::Request::new(crate::proto::aetherops::v1::ReadIndexRequest {});
         req.set_timeout(Duration::from_millis(self.config.write_timeout_ms));
-        req.metadata_mut()
-            .insert(FORWARDED_HEADER, tonic::metadata::MetadataValue::from(self.id));
+        req.metadata_mut().insert(
+            FORWARDED_HEADER,
+            tonic::metadata::MetadataValue::from(self.id),
+        );
         AdminClient::new(channel)
             .read_index(req)
             .await
@@ -274,7 +295,9 @@ impl Node {
         let reached = |s: &AppliedStatus| s.applied.is_some_and(|l| l.index >= index);
         tokio::time::timeout(timeout, rx.wait_for(reached))
             .await
-            .map_err(|_| NodeError::Unavailable(format!("index {index} not applied within {timeout:?}")))?
+            .map_err(|_| {
+                NodeError::Unavailable(format!("index {index} not applied within {timeout:?}"))
+            })?
             .map_err(|_| NodeError::Unavailable("node is shutting down".into()))?;
         Ok(())
     }
@@ -283,9 +306,11 @@ impl Node {
     pub async fn read_index(&self) -> Result<Option<u64>, NodeError> {
         match self.raft.get_read_log_id().await {
             Ok((read_log_id, _)) => Ok(read_log_id.map(|l| l.index)),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(NodeError::NotLeader {
-                leader: f.leader_id.zip(f.leader_node),
-            }),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(NodeError::NotLeader {
+                    leader: f.leader_id.zip(f.leader_node),
+                })
+            }
             Err(e) => Err(NodeError::Unavailable(e.to_string())),
         }
     }
@@ -300,10 +325,21 @@ impl Node {
         self.config.limits.validate_stream(stream)?;
         let limit = self.config.limits.read_limit(limit)?;
         self.metrics.reads.inc();
-        Ok(read_stream(&self.store.db(), stream, from, dir, limit as usize)?)
+        Ok(read_stream(
+            &self.store.db(),
+            stream,
+            from,
+            dir,
+            limit as usize,
+        )?)
     }
 
-    pub fn read_all(&self, from: Option<u64>, dir: ReadDirection, limit: u32) -> Result<Page, NodeError> {
+    pub fn read_all(
+        &self,
+        from: Option<u64>,
+        dir: ReadDirection,
+        limit: u32,
+    ) -> Result<Page, NodeError> {
         let limit = self.config.limits.read_limit(limit)?;
         self.metrics.reads.inc();
         let db = self.store.db();
@@ -313,7 +349,11 @@ impl Node {
 
     /// Starts a subscription; events arrive on the returned channel (bounded: a slow
     /// subscriber holds back only its own reader).
-    pub fn subscribe(&self, target: Target, from: Option<u64>) -> Result<mpsc::Receiver<Item>, NodeError> {
+    pub fn subscribe(
+        &self,
+        target: Target,
+        from: Option<u64>,
+    ) -> Result<mpsc::Receiver<Item>, NodeError> {
         if let Target::Stream(s) = &target {
             self.config.limits.validate_stream(s)?;
         }
@@ -346,7 +386,7 @@ impl Node {
     }
 
     /// The members as this node knows them: (voters, learners).
-    pub fn members(&self) -> (Vec<(NodeId, NodeInfo)>, Vec<(NodeId, NodeInfo)>) {
+    pub fn members(&self) -> (Members, Members) {
         let m = self.raft_metrics();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
@@ -388,9 +428,12 @@ impl Node {
         let m = &self.metrics;
         let r = self.raft_metrics();
         m.raft_term.set(r.current_term as i64);
-        m.raft_is_leader.set(i64::from(r.state == ServerState::Leader));
-        m.raft_last_log_index.set(r.last_log_index.unwrap_or(0) as i64);
-        m.raft_applied_index.set(r.last_applied.map_or(0, |l| l.index) as i64);
+        m.raft_is_leader
+            .set(i64::from(r.state == ServerState::Leader));
+        m.raft_last_log_index
+            .set(r.last_log_index.unwrap_or(0) as i64);
+        m.raft_applied_index
+            .set(r.last_applied.map_or(0, |l| l.index) as i64);
         m.raft_commit_index
             .set(self.committed_index().unwrap_or(0) as i64);
         m.events_stored
@@ -422,7 +465,10 @@ impl Node {
         vec![
             ("proposals", load.queue_utilization),
             ("inflight_entries", load.inflight_utilization),
-            ("apply_backlog", (backlog as f64 / backlog_limit as f64).min(1.0)),
+            (
+                "apply_backlog",
+                (backlog as f64 / backlog_limit as f64).min(1.0),
+            ),
         ]
     }
 }

@@ -84,8 +84,12 @@ impl Proposer {
         self.tx
             .try_send(Pending { cmd, weight, reply })
             .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => ProposeError::Overloaded(self.settings.queue_capacity),
-                mpsc::error::TrySendError::Closed(_) => ProposeError::Stopped("proposer stopped".into()),
+                mpsc::error::TrySendError::Full(_) => {
+                    ProposeError::Overloaded(self.settings.queue_capacity)
+                }
+                mpsc::error::TrySendError::Closed(_) => {
+                    ProposeError::Stopped("proposer stopped".into())
+                }
             })?;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(r)) => r,
@@ -160,7 +164,10 @@ async fn run(
             // times monotonic whatever this clock does.
             commit_time_ns: now_ns(),
             dedupe_window_ns,
-            commands: std::mem::replace(&mut commands, Vec::with_capacity(settings.max_batch_commands)),
+            commands: std::mem::replace(
+                &mut commands,
+                Vec::with_capacity(settings.max_batch_commands),
+            ),
         };
         // `client_write_ff` only enqueues into openraft, in order; the outcome is awaited
         // in a task of its own so that the next batch can be proposed meanwhile.
@@ -174,13 +181,18 @@ async fn run(
                             let mut outcomes = resp.data.outcomes.into_iter();
                             for reply in replies {
                                 let r = outcomes.next().ok_or_else(|| {
-                                    ProposeError::Stopped("state machine returned too few outcomes".into())
+                                    ProposeError::Stopped(
+                                        "state machine returned too few outcomes".into(),
+                                    )
                                 });
                                 let _ = reply.send(r);
                             }
                         }
                         Ok(Err(e)) => fail_all(replies, client_write_error(e)),
-                        Err(_) => fail_all(replies, ProposeError::Stopped("raft dropped the write".into())),
+                        Err(_) => fail_all(
+                            replies,
+                            ProposeError::Stopped("raft dropped the write".into()),
+                        ),
                     }
                 });
             }
@@ -189,10 +201,7 @@ async fn run(
     }
 }
 
-fn fail_all(
-    replies: Vec<oneshot::Sender<Result<CommandOutcome, ProposeError>>>,
-    e: ProposeError,
-) {
+fn fail_all(replies: Vec<oneshot::Sender<Result<CommandOutcome, ProposeError>>>, e: ProposeError) {
     for r in replies {
         let _ = r.send(Err(e.clone()));
     }

@@ -2,6 +2,9 @@
 //! immediately) and acknowledged to openraft only after the group-commit syncer has synced
 //! the WAL that holds them.
 
+// openraft's `StorageError` is the error type its traits impose.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
@@ -149,7 +152,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.committed()
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), RaftStorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), RaftStorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -157,7 +164,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut encoded = Vec::new();
         for entry in entries {
             let bytes = encode("log entry", &entry).map_err(|e| {
-                sto_err(ErrorVerb::Write, ErrorSubject::LogIndex(entry.log_id.index), e)
+                sto_err(
+                    ErrorVerb::Write,
+                    ErrorSubject::LogIndex(entry.log_id.index),
+                    e,
+                )
             })?;
             encoded.push((entry.log_id.index, bytes));
         }

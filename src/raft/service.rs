@@ -29,12 +29,18 @@ fn encode<T: Serialize>(v: &T) -> Result<Response<RaftMessage>, Status> {
 
 #[tonic::async_trait]
 impl raft_server::Raft for RaftService {
-    async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+    async fn append_entries(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
         let rpc = decode(req.get_ref())?;
         encode(&self.raft.append_entries(rpc).await)
     }
 
-    async fn install_snapshot(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+    async fn install_snapshot(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
         let rpc = decode(req.get_ref())?;
         encode(&self.raft.install_snapshot(rpc).await)
     }

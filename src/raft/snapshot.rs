@@ -40,7 +40,11 @@ pub struct SnapshotHeader {
 }
 
 /// Dumps `db` into `path` (created, written, synced). Returns the header it wrote.
-pub fn write(db: &SmDb, path: &Path, snapshot_id: impl FnOnce(Option<LogId>) -> String) -> Result<SnapshotHeader> {
+pub fn write(
+    db: &SmDb,
+    path: &Path,
+    snapshot_id: impl FnOnce(Option<LogId>) -> String,
+) -> Result<SnapshotHeader> {
     let view = db.db().snapshot();
     let meta_cf = db.cf(CF_META)?;
     let last_log_id: Option<LogId> = match view.get_cf(meta_cf, KEY_APPLIED)? {
@@ -105,14 +109,16 @@ fn corrupt(detail: impl std::fmt::Display) -> StorageError {
 
 fn read_u32(r: &mut impl Read) -> Result<u32> {
     let mut b = [0u8; 4];
-    r.read_exact(&mut b).map_err(|e| corrupt(format!("truncated: {e}")))?;
+    r.read_exact(&mut b)
+        .map_err(|e| corrupt(format!("truncated: {e}")))?;
     Ok(u32::from_le_bytes(b))
 }
 
 /// Reads and checks the magic and the header.
 pub fn read_header(r: &mut impl Read) -> Result<SnapshotHeader> {
     let mut magic = [0u8; 8];
-    r.read_exact(&mut magic).map_err(|e| corrupt(format!("no magic: {e}")))?;
+    r.read_exact(&mut magic)
+        .map_err(|e| corrupt(format!("no magic: {e}")))?;
     if &magic != MAGIC {
         return Err(corrupt("bad magic"));
     }
@@ -121,7 +127,8 @@ pub fn read_header(r: &mut impl Read) -> Result<SnapshotHeader> {
         return Err(corrupt(format!("header of {len} bytes")));
     }
     let mut hb = vec![0u8; len];
-    r.read_exact(&mut hb).map_err(|e| corrupt(format!("truncated header: {e}")))?;
+    r.read_exact(&mut hb)
+        .map_err(|e| corrupt(format!("truncated header: {e}")))?;
     let header: SnapshotHeader = decode("snapshot header", &hb)?;
     Ok(header)
 }
@@ -145,25 +152,27 @@ pub fn read_records(
             return Err(corrupt(format!("block of {len} bytes")));
         }
         block.resize(len, 0);
-        r.read_exact(&mut block).map_err(|e| corrupt(format!("truncated block: {e}")))?;
+        r.read_exact(&mut block)
+            .map_err(|e| corrupt(format!("truncated block: {e}")))?;
         let (crc, payload) = block.split_at(4);
         if u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]) != crc32fast::hash(payload) {
             return Err(corrupt("block checksum mismatch"));
         }
         let mut p = payload;
         while !p.is_empty() {
-            let (cf, k, v, rest) = split_record(p)?;
+            let r = split_record(p)?;
             let name = header
                 .cfs
-                .get(cf as usize)
-                .ok_or_else(|| corrupt(format!("cf index {cf}")))?;
-            sink(name, k, v)?;
+                .get(r.cf as usize)
+                .ok_or_else(|| corrupt(format!("cf index {}", r.cf)))?;
+            sink(name, r.key, r.value)?;
             count += 1;
-            p = rest;
+            p = r.rest;
         }
     }
     let mut cb = [0u8; 8];
-    r.read_exact(&mut cb).map_err(|e| corrupt(format!("no record count: {e}")))?;
+    r.read_exact(&mut cb)
+        .map_err(|e| corrupt(format!("no record count: {e}")))?;
     if u64::from_le_bytes(cb) != count {
         return Err(corrupt(format!(
             "record count {} but {count} records read",
@@ -173,7 +182,14 @@ pub fn read_records(
     Ok(header)
 }
 
-fn split_record(p: &[u8]) -> Result<(u8, &[u8], &[u8], &[u8])> {
+struct Record<'a> {
+    cf: u8,
+    key: &'a [u8],
+    value: &'a [u8],
+    rest: &'a [u8],
+}
+
+fn split_record(p: &[u8]) -> Result<Record<'_>> {
     let take = |p: &[u8]| -> Result<(usize, usize)> {
         let b = p.get(..4).ok_or_else(|| corrupt("short record"))?;
         Ok((u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize, 4))
@@ -184,7 +200,12 @@ fn split_record(p: &[u8]) -> Result<(u8, &[u8], &[u8], &[u8])> {
     let p = &p[o + klen..];
     let (vlen, o) = take(p)?;
     let v = p.get(o..o + vlen).ok_or_else(|| corrupt("short value"))?;
-    Ok((cf, k, v, &p[o + vlen..]))
+    Ok(Record {
+        cf,
+        key: k,
+        value: v,
+        rest: &p[o + vlen..],
+    })
 }
 
 /// Loads a verified snapshot file into an empty database, in bounded write batches.

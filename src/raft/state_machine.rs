@@ -3,6 +3,9 @@
 //! chained state digest — so what is applied and the record of having applied it can never
 //! disagree after a crash.
 
+// openraft's `StorageError` is the error type its traits impose.
+#![allow(clippy::result_large_err)]
+
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -128,12 +131,9 @@ impl StateMachine {
                 outcomes.reserve(req.commands.len());
                 for cmd in &req.commands {
                     match cmd {
-                        Command::Append(a) => outcomes.push(CommandOutcome::Append(applier.append(
-                            &mut wb,
-                            commit_time,
-                            req.dedupe_window_ns,
-                            a,
-                        )?)),
+                        Command::Append(a) => outcomes.push(CommandOutcome::Append(
+                            applier.append(&mut wb, commit_time, req.dedupe_window_ns, a)?,
+                        )),
                     }
                 }
                 applier.expire_dedupe(&mut wb, commit_time.saturating_sub(req.dedupe_window_ns))?;
@@ -146,8 +146,14 @@ impl StateMachine {
         }
         self.cached.applied = Some(entry.log_id);
         self.cached.digest = wb.digest();
-        wb.put_meta(KEY_APPLIED, &encode("applied log id", &self.cached.applied)?)?;
-        wb.put_meta(KEY_MEMBERSHIP, &encode("membership", &self.cached.membership)?)?;
+        wb.put_meta(
+            KEY_APPLIED,
+            &encode("applied log id", &self.cached.applied)?,
+        )?;
+        wb.put_meta(
+            KEY_MEMBERSHIP,
+            &encode("membership", &self.cached.membership)?,
+        )?;
         wb.put_meta(STATE_KEY, &self.cached.state.encode()?)?;
         wb.put_meta(KEY_DIGEST, &encode("digest", &self.cached.digest)?)?;
         wb.commit()?;
@@ -162,7 +168,9 @@ impl StateMachine {
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), RaftStorageError> {
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId>, StoredMembership), RaftStorageError> {
         Ok((self.cached.applied, self.cached.membership.clone()))
     }
 
@@ -218,7 +226,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<tokio::fs::File>,
     ) -> Result<(), RaftStorageError> {
         let sig = Some(meta.signature());
-        let err = |e: StorageError| sto_err(ErrorVerb::Write, ErrorSubject::Snapshot(sig.clone()), e);
+        let err =
+            |e: StorageError| sto_err(ErrorVerb::Write, ErrorSubject::Snapshot(sig.clone()), e);
         let mut file = *snapshot;
         file.seek(SeekFrom::Start(0))
             .await
@@ -227,16 +236,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let store = self.store.clone();
         let dir = self.snapshot_dir.clone();
         let want = meta.clone();
-        let installed = tokio::task::spawn_blocking(move || install_blocking(&store, &dir, std_file, &want))
-            .await
-            .map_err(|e| err(StorageError::Io(std::io::Error::other(e))))?;
+        let installed =
+            tokio::task::spawn_blocking(move || install_blocking(&store, &dir, std_file, &want))
+                .await
+                .map_err(|e| err(StorageError::Io(std::io::Error::other(e))))?;
         installed.map_err(err)?;
         self.cached = Cached::load(&self.store.db()).map_err(err)?;
         self.publish();
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
         current_snapshot(&self.snapshot_dir).await
     }
 }

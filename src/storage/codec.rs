@@ -26,7 +26,10 @@ pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T
 /// Checks the checksum and returns the body.
 pub fn verify<'a>(what: &'static str, bytes: &'a [u8]) -> Result<&'a [u8]> {
     if bytes.len() < 4 {
-        return Err(StorageError::corrupt(what, "record shorter than its checksum"));
+        return Err(StorageError::corrupt(
+            what,
+            "record shorter than its checksum",
+        ));
     }
     let (crc, body) = bytes.split_at(4);
     let want = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
@@ -53,7 +56,10 @@ mod tests {
             for bit in 0..8 {
                 let mut b = bytes.clone();
                 b[i] ^= 1 << bit;
-                assert!(decode::<(u64, String, Vec<u8>)>("t", &b).is_err(), "flip {i}:{bit}");
+                assert!(
+                    decode::<(u64, String, Vec<u8>)>("t", &b).is_err(),
+                    "flip {i}:{bit}"
+                );
             }
         }
         assert!(decode::<u64>("t", &bytes[..3]).is_err());

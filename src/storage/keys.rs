@@ -64,6 +64,9 @@ mod tests {
             stream_index_version(&stream_prefix("a"), &stream_index_key("a", 77)),
             Some(77)
         );
-        assert_eq!(stream_index_version(&stream_prefix("a"), &stream_index_key("ab", 7)), None);
+        assert_eq!(
+            stream_index_version(&stream_prefix("a"), &stream_index_key("ab", 7)),
+            None
+        );
     }
 }

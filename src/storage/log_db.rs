@@ -151,7 +151,11 @@ impl LogDb {
     pub fn purge_upto(&self, upto: u64, meta_key: &str, meta_value: &[u8]) -> Result<()> {
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_META)?, meta_key, meta_value);
-        batch.delete_range_cf(self.cf(CF_LOGS)?, u64_key(0), u64_key(upto.saturating_add(1)));
+        batch.delete_range_cf(
+            self.cf(CF_LOGS)?,
+            u64_key(0),
+            u64_key(upto.saturating_add(1)),
+        );
         self.db.write_opt(batch, &no_sync())?;
         Ok(())
     }
@@ -203,7 +207,8 @@ mod tests {
     fn entries_meta_truncate_purge() {
         let dir = tempfile::tempdir().unwrap();
         let db = LogDb::open(dir.path()).unwrap();
-        db.put_entries((1..=10).map(|i| (i, vec![i as u8]))).unwrap();
+        db.put_entries((1..=10).map(|i| (i, vec![i as u8])))
+            .unwrap();
         assert_eq!(db.last_entry().unwrap(), Some((10, vec![10])));
         let got = db.entries(3, 6, 100).unwrap();
         assert_eq!(got.iter().map(|e| e.0).collect::<Vec<_>>(), vec![3, 4, 5]);

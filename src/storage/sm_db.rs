@@ -13,7 +13,9 @@ use std::sync::{Arc, RwLock};
 use rocksdb::{Cache, ColumnFamily, ColumnFamilyDescriptor, WriteBatch, WriteOptions, DB};
 use xxhash_rust::xxh3::Xxh3;
 
-use super::{base_options, fsync_dir, point_lookup_cf_options, scan_cf_options, Result, StorageError};
+use super::{
+    base_options, fsync_dir, point_lookup_cf_options, scan_cf_options, Result, StorageError,
+};
 
 /// State-machine metadata: applied log id, membership, store counters, digest.
 pub const CF_META: &str = "meta";
@@ -191,7 +193,10 @@ impl SmStore {
             Err(e) => return Err(e.into()),
         };
         if parse_db_dir(&name).is_none() {
-            return Err(StorageError::corrupt("state machine CURRENT", format!("{name:?}")));
+            return Err(StorageError::corrupt(
+                "state machine CURRENT",
+                format!("{name:?}"),
+            ));
         }
         // Leftovers of an install that crashed before switching, or of a replaced database.
         for entry in std::fs::read_dir(root)? {
@@ -277,7 +282,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SmStore::open(dir.path()).unwrap();
         let db = store.db();
-        db.db().put_cf(db.cf(CF_META).unwrap(), b"k", b"old").unwrap();
+        db.db()
+            .put_cf(db.cf(CF_META).unwrap(), b"k", b"old")
+            .unwrap();
         let old_path = db.path().to_owned();
         drop(db);
         store
@@ -287,13 +294,22 @@ mod tests {
             })
             .unwrap();
         let db = store.db();
-        assert_eq!(db.db().get_cf(db.cf(CF_META).unwrap(), b"k").unwrap(), Some(b"new".to_vec()));
-        assert!(!old_path.exists(), "replaced database is removed once unused");
+        assert_eq!(
+            db.db().get_cf(db.cf(CF_META).unwrap(), b"k").unwrap(),
+            Some(b"new".to_vec())
+        );
+        assert!(
+            !old_path.exists(),
+            "replaced database is removed once unused"
+        );
         drop(db);
         drop(store);
         let store = SmStore::open(dir.path()).unwrap();
         let db = store.db();
-        assert_eq!(db.db().get_cf(db.cf(CF_META).unwrap(), b"k").unwrap(), Some(b"new".to_vec()));
+        assert_eq!(
+            db.db().get_cf(db.cf(CF_META).unwrap(), b"k").unwrap(),
+            Some(b"new".to_vec())
+        );
     }
 
     #[test]

@@ -113,7 +113,12 @@ impl TestNode {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.parent().unwrap_or(&self.dir).join(format!("node-{}.log", self.id)))
+            .open(
+                self.dir
+                    .parent()
+                    .unwrap_or(&self.dir)
+                    .join(format!("node-{}.log", self.id)),
+            )
             .expect("log file");
         let mut cmd = Command::new(AETHERD);
         cmd.arg("--node-id")
@@ -149,16 +154,27 @@ impl TestNode {
                     }
                 }
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("aetherd exited during start ({status}):\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "aetherd did not start:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "aetherd did not start:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     pub fn log_path(&self) -> PathBuf {
-        self.dir.parent().unwrap_or(&self.dir).join(format!("node-{}.log", self.id))
+        self.dir
+            .parent()
+            .unwrap_or(&self.dir)
+            .join(format!("node-{}.log", self.id))
     }
 
     pub fn log(&self) -> String {
@@ -186,7 +202,11 @@ impl TestNode {
             let deadline = Instant::now() + DEADLINE;
             loop {
                 if let Ok(Some(status)) = c.try_wait() {
-                    assert!(status.success(), "aetherd exited with {status} on SIGTERM:\n{}", self.log());
+                    assert!(
+                        status.success(),
+                        "aetherd exited with {status} on SIGTERM:\n{}",
+                        self.log()
+                    );
                     return;
                 }
                 if Instant::now() > deadline {
@@ -229,7 +249,12 @@ impl TestNode {
             match ep.connect().await {
                 Ok(c) => return c,
                 Err(e) => {
-                    assert!(Instant::now() < deadline, "connect {}: {e}\n{}", self.grpc_addr, self.log());
+                    assert!(
+                        Instant::now() < deadline,
+                        "connect {}: {e}\n{}",
+                        self.grpc_addr,
+                        self.log()
+                    );
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
@@ -260,11 +285,19 @@ impl TestNode {
         loop {
             if let Ok(s) = admin.status(pb::StatusRequest {}).await {
                 let s = s.into_inner();
-                if s.role == "leader" && s.applied_index.is_some() && s.applied_index >= s.commit_index {
+                if s.role == "leader"
+                    && s.applied_index.is_some()
+                    && s.applied_index >= s.commit_index
+                {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "node {} never led:\n{}", self.id, self.log());
+            assert!(
+                Instant::now() < deadline,
+                "node {} never led:\n{}",
+                self.id,
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -322,10 +355,14 @@ pub fn signal(pid: u32, sig: &str) {
 /// A minimal HTTP/1.1 GET over a raw socket (no extra client dependency).
 pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect http");
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+    let mut s = tokio::net::TcpStream::connect(addr)
         .await
-        .expect("write");
+        .expect("connect http");
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("write");
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.expect("read");
     let text = String::from_utf8_lossy(&buf).into_owned();
@@ -334,7 +371,10 @@ pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (code, body)
 }
 
@@ -356,7 +396,11 @@ pub fn expected(kind: pb::expected_version::Kind, version: u64) -> Option<pb::Ex
     })
 }
 
-pub fn append_req(stream: &str, exp: Option<pb::ExpectedVersion>, events: Vec<pb::NewEvent>) -> pb::AppendRequest {
+pub fn append_req(
+    stream: &str,
+    exp: Option<pb::ExpectedVersion>,
+    events: Vec<pb::NewEvent>,
+) -> pb::AppendRequest {
     pb::AppendRequest {
         stream: stream.into(),
         expected_version: exp,
@@ -365,7 +409,10 @@ pub fn append_req(stream: &str, exp: Option<pb::ExpectedVersion>, events: Vec<pb
 }
 
 /// Every event of the global log, read page by page.
-pub async fn read_all_events(c: &mut EventStoreClient<Channel>, consistency: pb::Consistency) -> Vec<pb::RecordedEvent> {
+pub async fn read_all_events(
+    c: &mut EventStoreClient<Channel>,
+    consistency: pb::Consistency,
+) -> Vec<pb::RecordedEvent> {
     let mut out = Vec::new();
     let mut from = Some(0);
     while let Some(f) = from {
