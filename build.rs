@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/aetherops/v1/eventstore.proto",
         "proto/aetherops/v1/admin.proto",
+        "proto/aetherops/v1/workflow.proto",
         "proto/raft/v1/raft.proto",
     ];
     for p in protos {

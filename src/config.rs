@@ -29,6 +29,9 @@ pub struct Config {
     pub write_timeout_ms: u64,
     /// Events buffered per subscriber before the subscriber's reader waits.
     pub subscriber_buffer: usize,
+    /// A workflow projection snapshot is stored every this many events of a workflow, so a
+    /// temporal query replays at most this many events.
+    pub workflow_snapshot_every: u64,
     pub raft: RaftSettings,
     pub proposer: ProposerSettings,
 }
@@ -75,6 +78,7 @@ impl Default for Config {
             dedupe_window_secs: 24 * 3600,
             write_timeout_ms: 10_000,
             subscriber_buffer: 256,
+            workflow_snapshot_every: 64,
             raft: RaftSettings::default(),
             proposer: ProposerSettings::default(),
         }
@@ -164,6 +168,9 @@ impl Config {
         }
         if l.max_events_per_append == 0 || l.max_read_limit == 0 {
             return bad("limits.max_events_per_append and limits.max_read_limit must be > 0");
+        }
+        if self.workflow_snapshot_every == 0 {
+            return bad("workflow_snapshot_every must be > 0");
         }
         if self.dedupe_window_secs == 0 {
             return bad("dedupe_window_secs must be > 0");

@@ -10,3 +10,4 @@ pub mod node;
 pub mod proto;
 pub mod raft;
 pub mod storage;
+pub mod workflow;

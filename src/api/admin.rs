@@ -38,6 +38,7 @@ fn member((id, info): (NodeId, NodeInfo)) -> pb::Member {
         node_id: id,
         grpc_addr: info.grpc_addr,
         http_addr: info.http_addr,
+        incarnation: info.incarnation,
     }
 }
 
@@ -56,6 +57,7 @@ fn node_info(m: &pb::Member) -> Result<(NodeId, NodeInfo), Status> {
         NodeInfo {
             grpc_addr: m.grpc_addr.clone(),
             http_addr: m.http_addr.clone(),
+            incarnation: m.incarnation.clone(),
         },
     ))
 }
@@ -125,6 +127,7 @@ impl Admin for AdminService {
             snapshot_index: m.snapshot.map(|l| l.index),
             purged_index: m.purged.map(|l| l.index),
             leader_grpc_addr,
+            incarnation: n.info.incarnation.clone(),
         }))
     }
 
@@ -245,6 +248,24 @@ impl Admin for AdminService {
             .map_err(|e| Status::deadline_exceeded(e.to_string()))?;
         Ok(Response::new(pb::TriggerSnapshotResponse {
             snapshot_index: m.snapshot.map(|l| l.index),
+        }))
+    }
+
+    async fn state_digest(
+        &self,
+        _: Request<pb::StateDigestRequest>,
+    ) -> Result<Response<pb::StateDigestResponse>, Status> {
+        let db = self.node.store.db();
+        let scan =
+            tokio::task::spawn_blocking(move || crate::raft::state_machine::scan_digest(&db))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| status(e.into()))?;
+        Ok(Response::new(pb::StateDigestResponse {
+            applied_index: scan.applied.map(|l| l.index),
+            chained_digest: format!("{:032x}", scan.chained),
+            scan_digest: format!("{:032x}", scan.scan),
+            records: scan.records,
         }))
     }
 }

@@ -12,22 +12,25 @@ pub const LEADER_HEADER: &str = "x-aether-leader";
 /// Header carrying the stream's current version on expected-version conflicts.
 pub const CURRENT_VERSION_HEADER: &str = "x-aether-current-version";
 
-pub fn append_command(req: pb::AppendRequest) -> Result<AppendCommand, Status> {
-    let expected = match req.expected_version {
-        None => ExpectedVersion::Any,
-        Some(ev) => match pb::expected_version::Kind::try_from(ev.kind) {
-            Ok(pb::expected_version::Kind::Any) => ExpectedVersion::Any,
-            Ok(pb::expected_version::Kind::NoStream) => ExpectedVersion::NoStream,
-            Ok(pb::expected_version::Kind::StreamExists) => ExpectedVersion::StreamExists,
-            Ok(pb::expected_version::Kind::Exact) => ExpectedVersion::Exact(ev.version),
-            Err(_) => {
-                return Err(Status::invalid_argument(format!(
-                    "unknown expected version kind {}",
-                    ev.kind
-                )))
-            }
-        },
+/// An expected version from the wire; unset means any.
+pub fn expected_version(ev: Option<pb::ExpectedVersion>) -> Result<ExpectedVersion, Status> {
+    let Some(ev) = ev else {
+        return Ok(ExpectedVersion::Any);
     };
+    match pb::expected_version::Kind::try_from(ev.kind) {
+        Ok(pb::expected_version::Kind::Any) => Ok(ExpectedVersion::Any),
+        Ok(pb::expected_version::Kind::NoStream) => Ok(ExpectedVersion::NoStream),
+        Ok(pb::expected_version::Kind::StreamExists) => Ok(ExpectedVersion::StreamExists),
+        Ok(pb::expected_version::Kind::Exact) => Ok(ExpectedVersion::Exact(ev.version)),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "unknown expected version kind {}",
+            ev.kind
+        ))),
+    }
+}
+
+pub fn append_command(req: pb::AppendRequest) -> Result<AppendCommand, Status> {
+    let expected = expected_version(req.expected_version)?;
     let mut events = Vec::with_capacity(req.events.len());
     for (index, e) in req.events.into_iter().enumerate() {
         let event_id = parse_event_id(index, &e.event_id)

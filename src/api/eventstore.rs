@@ -2,7 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::Stream;
 use tonic::{Request, Response, Status};
@@ -10,11 +10,11 @@ use tonic::{Request, Response, Status};
 use super::convert::{append_command, append_outcome, consistency, recorded, status};
 use crate::eventstore::read::{Page, ReadDirection};
 use crate::eventstore::subscribe::{Item, Target};
-use crate::node::{Node, NodeError, FORWARDED_HEADER};
+use crate::eventstore::AppendOutcome;
+use crate::node::Node;
 use crate::proto::aetherops::v1 as pb;
 use crate::proto::aetherops::v1::event_store_client::EventStoreClient;
 use crate::proto::aetherops::v1::event_store_server::EventStore;
-use crate::raft::NodeInfo;
 
 pub struct EventStoreService {
     node: Arc<Node>,
@@ -25,78 +25,42 @@ impl EventStoreService {
         EventStoreService { node }
     }
 
-    /// Sends an append to the leader on the client's behalf; the reply is the leader's.
-    async fn forward(
-        &self,
-        leader: &NodeInfo,
-        req: pb::AppendRequest,
-        timeout: Duration,
-    ) -> Result<pb::AppendResponse, Status> {
-        let channel = self.node.network.channel(&leader.grpc_addr).map_err(|e| {
-            Status::unavailable(format!("leader address {}: {e}", leader.grpc_addr))
-        })?;
-        let mut fwd = Request::new(req);
-        fwd.set_timeout(timeout);
-        fwd.metadata_mut().insert(
-            FORWARDED_HEADER,
-            tonic::metadata::MetadataValue::from(self.node.id),
-        );
-        self.node.metrics.forwarded_appends.inc();
-        EventStoreClient::new(channel)
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX)
-            .append(fwd)
-            .await
-            .map(Response::into_inner)
-    }
-
     async fn append_inner(
         &self,
         req: Request<pb::AppendRequest>,
     ) -> Result<pb::AppendResponse, Status> {
-        let forwarded = req.metadata().contains_key(FORWARDED_HEADER);
+        let forwarded = super::is_forwarded(&req);
         let req = req.into_inner();
-        let stream = req.stream.clone();
-        let deadline = Instant::now() + Duration::from_millis(self.node.config.write_timeout_ms);
-        let mut backoff = Duration::from_millis(20);
-        loop {
-            let cmd = append_command(req.clone())?;
-            match self.node.append(cmd).await {
-                Ok(outcome) => {
-                    if let crate::eventstore::AppendOutcome::Appended(p) = &outcome {
-                        self.node
-                            .metrics
-                            .events_appended
-                            .inc_by(p.last_global_position - p.first_global_position + 1);
-                    }
-                    return append_outcome(&stream, outcome);
+        let node = &self.node;
+        super::on_leader(
+            node,
+            forwarded,
+            || async {
+                let cmd = match append_command(req.clone()) {
+                    Ok(c) => c,
+                    Err(s) => return Ok(Err(s)),
+                };
+                let outcome = node.append(cmd).await?;
+                if let AppendOutcome::Appended(p) = &outcome {
+                    node.metrics
+                        .events_appended
+                        .inc_by(p.last_global_position - p.first_global_position + 1);
                 }
-                Err(NodeError::NotLeader {
-                    leader: Some((_, info)),
-                }) if !forwarded => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    match self.forward(&info, req.clone(), left).await {
-                        // The leader moved on while we forwarded: find the new one and retry.
-                        Err(s)
-                            if s.code() == tonic::Code::Unavailable
-                                && Instant::now() < deadline => {}
-                        other => return other,
-                    }
+                Ok(append_outcome(&req.stream, outcome))
+            },
+            |channel, timeout| {
+                let fwd = super::forwarded_request(node, req.clone(), timeout);
+                async move {
+                    EventStoreClient::new(channel)
+                        .max_decoding_message_size(usize::MAX)
+                        .max_encoding_message_size(usize::MAX)
+                        .append(fwd)
+                        .await
+                        .map(Response::into_inner)
                 }
-                // No leader yet (election running): wait a little and retry, within the
-                // request's deadline. Refused writes were not written, so retrying is safe.
-                Err(NodeError::NotLeader { .. }) if !forwarded && Instant::now() < deadline => {}
-                Err(e) => return Err(status(e)),
-            }
-            tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())))
-                .await;
-            backoff = (backoff * 2).min(Duration::from_millis(500));
-            if Instant::now() >= deadline {
-                return Err(status(NodeError::Unavailable(
-                    "no leader could take the write before the deadline".into(),
-                )));
-            }
-        }
+            },
+        )
+        .await
     }
 }
 

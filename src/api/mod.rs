@@ -6,17 +6,24 @@ pub mod admin;
 pub mod convert;
 pub mod eventstore;
 pub mod http;
+pub mod workflow;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+use tonic::{Request, Status};
+
+use crate::node::{NodeError, FORWARDED_HEADER};
 
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::node::{Listeners, Node};
-use crate::proto::aetherops::v1::{
-    admin_server::AdminServer, event_store_server::EventStoreServer,
-};
+use crate::proto::aetherops::v1::admin_server::AdminServer;
+use crate::proto::aetherops::v1::event_store_server::EventStoreServer;
+use crate::proto::aetherops::v1::workflows_server::WorkflowsServer;
 use crate::proto::raft::v1::raft_server::RaftServer;
 use crate::raft::network::MAX_RAFT_MESSAGE_BYTES;
 use crate::raft::service::RaftService;
@@ -33,6 +40,9 @@ pub async fn serve(
         .await;
     health_reporter
         .set_serving::<AdminServer<admin::AdminService>>()
+        .await;
+    health_reporter
+        .set_serving::<WorkflowsServer<workflow::WorkflowService>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -54,9 +64,17 @@ pub async fn serve(
         )
         .add_service(AdminServer::new(admin::AdminService::new(node.clone())))
         .add_service(
-            RaftServer::new(RaftService::new(node.raft.clone()))
-                .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
+            WorkflowsServer::new(workflow::WorkflowService::new(node.clone()))
+                .max_decoding_message_size(max_msg),
+        )
+        .add_service(
+            RaftServer::new(RaftService::new(
+                node.raft.clone(),
+                node.id,
+                &node.info.incarnation,
+            ))
+            .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), async move {
             let _ = grpc_shutdown.recv().await;
@@ -74,4 +92,69 @@ pub async fn serve(
     g?;
     h?;
     Ok(())
+}
+
+/// Whether a request was already forwarded by another node (never forward twice).
+pub(crate) fn is_forwarded<T>(req: &Request<T>) -> bool {
+    req.metadata().contains_key(FORWARDED_HEADER)
+}
+
+/// Marks a request as forwarded by `node` and bounds it by `timeout`.
+pub(crate) fn forwarded_request<T>(node: &Node, msg: T, timeout: Duration) -> Request<T> {
+    let mut req = Request::new(msg);
+    req.set_timeout(timeout);
+    req.metadata_mut().insert(
+        FORWARDED_HEADER,
+        tonic::metadata::MetadataValue::from(node.id),
+    );
+    req
+}
+
+/// Runs a write where the leader is. `local` tries it on this node: `Err(NodeError)` for
+/// routing failures, `Ok(Err(status))` for business refusals, which are final. On a
+/// follower, `remote` sends the original request to the leader (once: a forwarded request
+/// is never forwarded again) and its reply is returned as is. While no leader is known, or
+/// the leader moves during a forward, it retries with backoff until the write deadline;
+/// refused writes were not written, so retrying them is safe.
+pub(crate) async fn on_leader<T, LF, RF>(
+    node: &Node,
+    forwarded: bool,
+    mut local: impl FnMut() -> LF,
+    mut remote: impl FnMut(Channel, Duration) -> RF,
+) -> Result<T, Status>
+where
+    LF: Future<Output = Result<Result<T, Status>, NodeError>>,
+    RF: Future<Output = Result<T, Status>>,
+{
+    let deadline = Instant::now() + Duration::from_millis(node.config.write_timeout_ms);
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        match local().await {
+            Ok(result) => return result,
+            Err(NodeError::NotLeader {
+                leader: Some((_, info)),
+            }) if !forwarded => {
+                let channel = node.network.channel(&info.grpc_addr).map_err(|e| {
+                    Status::unavailable(format!("leader address {}: {e}", info.grpc_addr))
+                })?;
+                let left = deadline.saturating_duration_since(Instant::now());
+                node.metrics.forwarded_appends.inc();
+                match remote(channel, left).await {
+                    // The leader moved on while we forwarded: find the new one and retry.
+                    Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                    }
+                    other => return other,
+                }
+            }
+            Err(NodeError::NotLeader { .. }) if !forwarded && Instant::now() < deadline => {}
+            Err(e) => return Err(convert::status(e)),
+        }
+        tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now()))).await;
+        backoff = (backoff * 2).min(Duration::from_millis(500));
+        if Instant::now() >= deadline {
+            return Err(convert::status(NodeError::Unavailable(
+                "no leader could take the write before the deadline".into(),
+            )));
+        }
+    }
 }

@@ -68,8 +68,12 @@ fn main() -> anyhow::Result<()> {
         config.advertise_http_addr = args.advertise_http_addr;
     }
     config.validate()?;
-    tokio::runtime::Builder::new_multi_thread()
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?
-        .block_on(aetherops::node::run(config))
+        .build()?;
+    let result = rt.block_on(aetherops::node::run(config));
+    // Drop every task (and with them the stores) before the process exits: RocksDB must be
+    // closed, not torn down by exit while its threads still run.
+    drop(rt);
+    result
 }

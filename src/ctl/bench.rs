@@ -19,6 +19,25 @@ use crate::proto::aetherops::v1 as pb;
 pub enum BenchCmd {
     /// Appends from many concurrent clients, each to its own stream.
     Append(AppendBench),
+    /// Builds one workflow with many events, then times "state at time T" queries at random
+    /// times over its life (and "state at version V").
+    WorkflowState(WorkflowStateBench),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct WorkflowStateBench {
+    /// Events in the workflow.
+    #[arg(long, default_value_t = 100_000)]
+    pub events: u64,
+    /// Steps of the workflow (its events are start/fail pairs cycling over the steps).
+    #[arg(long, default_value_t = 50)]
+    pub steps: u32,
+    /// Events per AppendEvents request while building.
+    #[arg(long, default_value_t = 1000)]
+    pub batch: u64,
+    /// Queries to time (each kind).
+    #[arg(long, default_value_t = 2000)]
+    pub queries: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -49,6 +68,7 @@ pub struct AppendBench {
 pub async fn run(addrs: &str, cmd: BenchCmd, printer: &Printer) -> anyhow::Result<()> {
     match cmd {
         BenchCmd::Append(b) => append(addrs, b, printer).await,
+        BenchCmd::WorkflowState(b) => workflow_state(addrs, b, printer).await,
     }
 }
 
@@ -255,6 +275,186 @@ async fn append(addrs: &str, b: AppendBench, printer: &Printer) -> anyhow::Resul
             );
             if let Some(e) = first_error {
                 println!("  first error: {e}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn bar(printer: &Printer, len: u64, what: &str) -> anyhow::Result<ProgressBar> {
+    if printer.format != Output::Text {
+        return Ok(ProgressBar::hidden());
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{elapsed_precise}} [{{bar:40}}] {{pos}}/{{len}} {what}"
+        ))?
+        .progress_chars("=> "),
+    );
+    Ok(bar)
+}
+
+fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
+    json!({
+        "p50": h.value_at_quantile(0.50) as f64 / 1000.0,
+        "p90": h.value_at_quantile(0.90) as f64 / 1000.0,
+        "p99": h.value_at_quantile(0.99) as f64 / 1000.0,
+        "max": h.max() as f64 / 1000.0,
+    })
+}
+
+async fn workflow_state(
+    addrs: &str,
+    b: WorkflowStateBench,
+    printer: &Printer,
+) -> anyhow::Result<()> {
+    use crate::proto::aetherops::v1::workflows_client::WorkflowsClient;
+    use crate::workflow::events::{
+        StepDef, StepFailed, StepStarted, WorkflowCreated, WorkflowEvent,
+    };
+    use crate::workflow::projection::format_timestamp;
+    use rand::Rng;
+
+    anyhow::ensure!(
+        b.events >= 2 && b.steps > 0 && b.batch > 0,
+        "counts must be > 0"
+    );
+    let addr = super::first_addr(addrs);
+    let mut c = WorkflowsClient::new(super::channel(addr, Duration::from_secs(60)).await?)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
+    let id = format!("bench-{}", uuid::Uuid::new_v4().simple());
+    let pairs = (b.events - 1).div_ceil(2);
+    let attempts = u32::try_from(pairs.div_ceil(u64::from(b.steps)) + 1)
+        .context("too many events per step")?;
+    let created = WorkflowEvent::WorkflowCreated(WorkflowCreated {
+        workflow_id: id.clone(),
+        name: "state-at-T benchmark".into(),
+        steps: (0..b.steps)
+            .map(|i| {
+                StepDef::new(format!("step-{i}"), format!("step {i}")).with_max_attempts(attempts)
+            })
+            .collect(),
+        metadata: Default::default(),
+    });
+    // The event sequence: created, then (start, fail) pairs cycling over the steps.
+    let event = |n: u64| -> WorkflowEvent {
+        if n == 0 {
+            return created.clone();
+        }
+        let pair = (n - 1) / 2;
+        let step = format!("step-{}", pair % u64::from(b.steps));
+        let attempt = (pair / u64::from(b.steps) + 1) as u32;
+        if (n - 1).is_multiple_of(2) {
+            WorkflowEvent::StepStarted(StepStarted {
+                step_id: step,
+                attempt,
+                worker: None,
+            })
+        } else {
+            WorkflowEvent::StepFailed(StepFailed {
+                step_id: step,
+                error: "bench".into(),
+                attempt,
+                retryable: true,
+            })
+        }
+    };
+    let build = bar(printer, b.events, "events written")?;
+    let mut times = Vec::with_capacity((b.events / b.batch + 1) as usize);
+    let mut n = 0;
+    let started = Instant::now();
+    while n < b.events {
+        let end = (n + b.batch).min(b.events);
+        let mut events = Vec::with_capacity((end - n) as usize);
+        for i in n..end {
+            let e = event(i).encode()?;
+            events.push(pb::WorkflowEventInput {
+                event_id: String::new(),
+                event_type: e.event_type.to_owned(),
+                schema_version: e.schema_version,
+                payload: e.payload.into(),
+            });
+        }
+        let r = c
+            .append_events(pb::AppendWorkflowEventsRequest {
+                workflow_id: id.clone(),
+                expected_version: Some(parse_expected(&if n == 0 {
+                    "no-stream".to_owned()
+                } else {
+                    (n - 1).to_string()
+                })?),
+                events,
+            })
+            .await
+            .map_err(super::status_err)?
+            .into_inner();
+        times.push(r.commit_time_ns);
+        n = end;
+        build.set_position(n);
+    }
+    build.finish_and_clear();
+    let build_secs = started.elapsed().as_secs_f64();
+    let (first, last) = (times[0], *times.last().unwrap_or(&times[0]));
+
+    let mut rng = rand::rng();
+    let mut by_time = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut by_version = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let q = bar(printer, b.queries * 2, "queries")?;
+    for i in 0..b.queries * 2 {
+        let at = if i % 2 == 0 {
+            let t = rng.random_range(first..=last.max(first + 1));
+            pb::get_workflow_state_request::At::AtTime(format_timestamp(t))
+        } else {
+            pb::get_workflow_state_request::At::AtVersion(rng.random_range(0..b.events))
+        };
+        let t = Instant::now();
+        let r = c
+            .get_state(pb::GetWorkflowStateRequest {
+                workflow_id: id.clone(),
+                at: Some(at),
+                consistency: pb::Consistency::Local as i32,
+            })
+            .await
+            .map_err(super::status_err)?;
+        let us = t.elapsed().as_micros().max(1) as u64;
+        anyhow::ensure!(!r.get_ref().state_json.is_empty(), "empty state");
+        if i % 2 == 0 {
+            by_time.record(us.min(60_000_000))?;
+        } else {
+            by_version.record(us.min(60_000_000))?;
+        }
+        q.inc(1);
+    }
+    q.finish_and_clear();
+    let report = json!({
+        "bench": "workflow-state",
+        "workflow_id": id,
+        "events": b.events,
+        "steps": b.steps,
+        "build_secs": build_secs,
+        "build_events_per_sec": b.events as f64 / build_secs,
+        "queries": b.queries,
+        "state_at_time_ms": percentiles(&by_time),
+        "state_at_version_ms": percentiles(&by_version),
+    });
+    match printer.format {
+        Output::Json => printer.json(&report),
+        Output::Text => {
+            println!("workflow-state bench: one workflow of {} events ({} steps), built in {build_secs:.1}s", b.events, b.steps);
+            for (name, h) in [
+                ("state at time T", &by_time),
+                ("state at version V", &by_version),
+            ] {
+                println!(
+                    "  {name}: {} queries, latency ms p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3}",
+                    b.queries,
+                    h.value_at_quantile(0.5) as f64 / 1000.0,
+                    h.value_at_quantile(0.9) as f64 / 1000.0,
+                    h.value_at_quantile(0.99) as f64 / 1000.0,
+                    h.max() as f64 / 1000.0
+                );
             }
         }
     }

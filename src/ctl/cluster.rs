@@ -35,6 +35,10 @@ pub enum ClusterCmd {
         /// How long to wait for all members to reach the same applied index.
         #[arg(long, default_value_t = 30)]
         wait_secs: u64,
+        /// Also scan every member's whole state machine and compare those digests (catches
+        /// records changed or lost at rest, not only divergent writes).
+        #[arg(long)]
+        deep: bool,
     },
     /// Build a snapshot on the node at --addr now.
     Snapshot,
@@ -53,6 +57,7 @@ fn member(s: &pb::StatusResponse) -> pb::Member {
         node_id: s.node_id,
         grpc_addr: s.grpc_addr.clone(),
         http_addr: s.http_addr.clone(),
+        incarnation: s.incarnation.clone(),
     }
 }
 
@@ -157,8 +162,15 @@ pub async fn run(
                 }
             }
         }
-        ClusterCmd::Verify { wait_secs } => {
-            verify(first, timeout, Duration::from_secs(wait_secs), printer).await?
+        ClusterCmd::Verify { wait_secs, deep } => {
+            verify(
+                first,
+                timeout,
+                Duration::from_secs(wait_secs),
+                deep,
+                printer,
+            )
+            .await?
         }
         ClusterCmd::Snapshot => {
             let mut c = admin(first, Duration::from_secs(120)).await?;
@@ -199,45 +211,57 @@ async fn verify(
     addr: &str,
     timeout: Duration,
     wait: Duration,
+    deep: bool,
     printer: &Printer,
 ) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let statuses = member_statuses(addr, timeout).await?;
         let mut ok = Vec::new();
-        for s in statuses {
+        for s in member_statuses(addr, timeout).await? {
             ok.push(s.map_err(|(a, e)| anyhow!("node at {a} unreachable: {e}"))?);
         }
-        let same_index = ok
-            .windows(2)
-            .all(|w| w[0].applied_index == w[1].applied_index);
-        if same_index {
+        // Digests are comparable only at the same applied index.
+        let mut views: Vec<(u64, Option<u64>, String)> = ok
+            .iter()
+            .map(|s| (s.node_id, s.applied_index, s.state_digest.clone()))
+            .collect();
+        if deep && same_index(&views) {
+            views.clear();
+            for s in &ok {
+                let mut c = admin(&s.grpc_addr, timeout).await?;
+                let d = c
+                    .state_digest(pb::StateDigestRequest {})
+                    .await
+                    .map_err(status_err)?
+                    .into_inner();
+                views.push((
+                    s.node_id,
+                    d.applied_index,
+                    format!("{} scan {}", d.chained_digest, d.scan_digest),
+                ));
+            }
+        }
+        if same_index(&views) {
             let digests: std::collections::BTreeSet<&str> =
-                ok.iter().map(|s| s.state_digest.as_str()).collect();
-            let report: Vec<_> = ok.iter().map(status_json).collect();
+                views.iter().map(|v| v.2.as_str()).collect();
             if digests.len() == 1 {
+                let report: Vec<_> = ok.iter().map(status_json).collect();
                 match printer.format {
-                    Output::Json => printer.json(
-                        &json!({"verified": true, "applied_index": ok[0].applied_index,
-                        "digest": ok[0].state_digest, "nodes": report}),
-                    ),
+                    Output::Json => printer.json(&json!({"verified": true, "deep": deep,
+                        "applied_index": views[0].1, "digest": views[0].2, "nodes": report})),
                     Output::Text => println!(
-                        "verified: {} nodes agree at applied index {:?}, digest {}",
-                        ok.len(),
-                        ok[0].applied_index,
-                        ok[0].state_digest
+                        "verified{}: {} nodes agree at applied index {}, digest {}",
+                        if deep { " (deep)" } else { "" },
+                        views.len(),
+                        views[0].1.map_or("-".into(), |i| i.to_string()),
+                        views[0].2
                     ),
                 }
                 return Ok(());
             }
-            let lines: Vec<String> = ok
+            let lines: Vec<String> = views
                 .iter()
-                .map(|s| {
-                    format!(
-                        "node {} applied {:?} digest {}",
-                        s.node_id, s.applied_index, s.state_digest
-                    )
-                })
+                .map(|(id, idx, d)| format!("node {id} applied {idx:?} digest {d}"))
                 .collect();
             bail!(
                 "REPLICAS DIVERGE at the same applied index:\n  {}",
@@ -245,9 +269,9 @@ async fn verify(
             );
         }
         if tokio::time::Instant::now() >= deadline {
-            let lines: Vec<String> = ok
+            let lines: Vec<String> = views
                 .iter()
-                .map(|s| format!("node {} applied {:?}", s.node_id, s.applied_index))
+                .map(|(id, idx, _)| format!("node {id} applied {idx:?}"))
                 .collect();
             bail!(
                 "members did not reach the same applied index within {wait:?} (writes still running?):\n  {}",
@@ -256,6 +280,10 @@ async fn verify(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+fn same_index(views: &[(u64, Option<u64>, String)]) -> bool {
+    views.windows(2).all(|w| w[0].1 == w[1].1)
 }
 
 fn print_membership(printer: &Printer, what: &str, r: &pb::MembershipResponse) {

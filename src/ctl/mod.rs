@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod cluster;
 pub mod output;
+pub mod workflow;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -61,6 +62,9 @@ pub enum Cmd {
     /// Cluster administration.
     #[command(subcommand)]
     Cluster(cluster::ClusterCmd),
+    /// Event-sourced workflows.
+    #[command(subcommand)]
+    Workflow(workflow::WorkflowCmd),
     /// Load generators.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -167,6 +171,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Cluster(c) => cluster::run(&cli.addr, timeout, c, &printer).await,
+        Cmd::Workflow(w) => workflow::run(&cli.addr, timeout, w, &printer).await,
         Cmd::Bench(b) => bench::run(&cli.addr, b, &printer).await,
     }
 }

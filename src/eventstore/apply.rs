@@ -57,7 +57,8 @@ impl<'a> Applier<'a> {
         t
     }
 
-    fn head(&mut self, stream: &str) -> Result<Option<u64>> {
+    /// The stream's last version as this entry sees it.
+    pub fn head(&mut self, stream: &str) -> Result<Option<u64>> {
         if let Some(h) = self.heads.get(stream) {
             return Ok(*h);
         }
@@ -174,7 +175,7 @@ impl<'a> Applier<'a> {
     }
 
     /// A retry of an earlier append returns its positions; a partial overlap is refused.
-    fn check_duplicate(
+    pub fn check_duplicate(
         &self,
         cmd: &AppendCommand,
         oldest_live_ns: i64,

@@ -27,6 +27,7 @@ use crate::raft::network::NetworkFactory;
 use crate::raft::state_machine::{AppliedStatus, StateMachine};
 use crate::raft::{Command, CommandOutcome, NodeId, NodeInfo, Raft, RaftMetrics};
 use crate::storage::{LogDb, SmStore, StorageError};
+use crate::workflow::store::{WorkflowCommand, WorkflowOutcome};
 
 pub use metrics::Metrics;
 pub use proposer::{ProposeError, Proposer};
@@ -119,47 +120,84 @@ impl Listeners {
     }
 }
 
-/// Checks (or, on first start, records) which node id owns `data_dir`: a data directory
-/// never silently changes identity.
-fn check_identity(data_dir: &Path, node_id: NodeId) -> Result<(), NodeError> {
-    let path = data_dir.join("node_id");
-    match std::fs::read_to_string(&path) {
-        Ok(s) => {
-            let stored: NodeId = s.trim().parse().map_err(|_| {
-                NodeError::Internal(format!("{} does not hold a node id", path.display()))
+/// Who owns a data directory: the node id, and the directory's incarnation.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Identity {
+    node_id: NodeId,
+    incarnation: String,
+}
+
+/// Checks (or, on first start, records) which node owns `data_dir`, and returns the
+/// directory's incarnation. A data directory never silently changes identity.
+fn check_identity(data_dir: &Path, node_id: NodeId) -> Result<String, NodeError> {
+    let path = data_dir.join("identity.json");
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let stored: Identity = serde_json::from_slice(&bytes).map_err(|e| {
+                NodeError::Internal(format!("{} is unreadable: {e}", path.display()))
             })?;
-            if stored != node_id {
+            if stored.node_id != node_id {
                 return Err(NodeError::FailedPrecondition(format!(
-                    "data directory {} belongs to node {stored}, not node {node_id}",
-                    data_dir.display()
+                    "data directory {} belongs to node {}, not node {node_id}",
+                    data_dir.display(),
+                    stored.node_id
                 )));
             }
-            Ok(())
+            Ok(stored.incarnation)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::write(&path, format!("{node_id}\n")).map_err(StorageError::from)?;
-            crate::storage::fsync_dir(data_dir).map_err(StorageError::from)?;
-            Ok(())
+            let identity = Identity {
+                node_id,
+                incarnation: uuid::Uuid::new_v4().simple().to_string(),
+            };
+            let tmp = data_dir.join("identity.json.tmp");
+            let bytes =
+                serde_json::to_vec(&identity).map_err(|e| NodeError::Internal(e.to_string()))?;
+            (|| {
+                std::fs::write(&tmp, &bytes)?;
+                std::fs::File::open(&tmp)?.sync_all()?;
+                std::fs::rename(&tmp, &path)?;
+                crate::storage::fsync_dir(data_dir)
+            })()
+            .map_err(StorageError::from)?;
+            Ok(identity.incarnation)
         }
         Err(e) => Err(StorageError::from(e).into()),
     }
 }
 
 impl Node {
-    /// Opens the stores and starts Raft and the proposer. Servers are started by the caller.
-    pub async fn open(config: Config, info: NodeInfo) -> Result<Arc<Node>, NodeError> {
+    /// Opens the stores and starts Raft and the proposer. Servers are started by the caller;
+    /// `grpc_addr` and `http_addr` are the addresses peers and clients reach it at.
+    pub async fn open(
+        config: Config,
+        grpc_addr: String,
+        http_addr: String,
+    ) -> Result<Arc<Node>, NodeError> {
         config
             .validate()
             .map_err(|e| NodeError::BadRequest(e.to_string()))?;
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(StorageError::from)?;
-        check_identity(&data_dir, config.node_id)?;
+        let incarnation = check_identity(&data_dir, config.node_id)?;
+        let info = NodeInfo {
+            grpc_addr,
+            http_addr,
+            incarnation,
+        };
         let log_db = Arc::new(LogDb::open(&data_dir.join("raft"))?);
         let log_store = LogStore::new(log_db.clone());
         let sm = StateMachine::open(&data_dir)?;
         let store = sm.store();
         let applied = sm.status();
-        let network = NetworkFactory::default();
+        // Outgoing connections leave from the IP this node listens on.
+        let source_ip = config
+            .grpc_addr
+            .parse::<SocketAddr>()
+            .ok()
+            .map(|a| a.ip())
+            .filter(|ip| !ip.is_unspecified());
+        let network = NetworkFactory::new(source_ip);
         let raft_config = Arc::new(
             config
                 .openraft_config()
@@ -240,6 +278,32 @@ impl Node {
             .await?
         {
             CommandOutcome::Append(o) => Ok(o),
+            other => Err(NodeError::Internal(format!(
+                "append answered with {other:?}"
+            ))),
+        }
+    }
+
+    /// Validates, proposes and waits for a workflow command's outcome. The transition rules
+    /// are checked by the state machine, against the replicated projection, atomically with
+    /// the append.
+    pub async fn workflow(&self, mut cmd: WorkflowCommand) -> Result<WorkflowOutcome, NodeError> {
+        let append = cmd.as_append();
+        self.config
+            .limits
+            .validate_append(&append.stream, &append.events)?;
+        cmd.snapshot_every = self.config.workflow_snapshot_every;
+        let weight = append.events.iter().map(|e| e.weight_bytes()).sum();
+        let timeout = Duration::from_millis(self.config.write_timeout_ms);
+        match self
+            .proposer
+            .propose(Command::Workflow(cmd), weight, timeout)
+            .await?
+        {
+            CommandOutcome::Workflow(o) => Ok(o),
+            other => Err(NodeError::Internal(format!(
+                "workflow command answered with {other:?}"
+            ))),
         }
     }
 
@@ -479,18 +543,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let listeners = Listeners::bind(&config)
         .await
         .with_context(|| format!("binding {} and {}", config.grpc_addr, config.http_addr))?;
-    let info = NodeInfo {
-        grpc_addr: config
-            .advertise_grpc_addr
-            .clone()
-            .unwrap_or_else(|| listeners.grpc_addr.to_string()),
-        http_addr: config
-            .advertise_http_addr
-            .clone()
-            .unwrap_or_else(|| listeners.http_addr.to_string()),
-    };
+    let grpc_addr = config
+        .advertise_grpc_addr
+        .clone()
+        .unwrap_or_else(|| listeners.grpc_addr.to_string());
+    let http_addr = config
+        .advertise_http_addr
+        .clone()
+        .unwrap_or_else(|| listeners.http_addr.to_string());
     let data_dir = config.data_dir.clone();
-    let node = Node::open(config, info.clone()).await?;
+    let node = Node::open(config, grpc_addr, http_addr).await?;
+    let info = node.info.clone();
     // Tools and tests that started us with port 0 learn the real ports here.
     let listen = serde_json::json!({
         "node_id": node.id,

@@ -17,6 +17,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::eventstore::{AppendCommand, AppendOutcome};
+use crate::workflow::store::{WorkflowCommand, WorkflowOutcome};
 
 pub type NodeId = u64;
 
@@ -27,11 +28,19 @@ pub struct NodeInfo {
     pub grpc_addr: String,
     /// HTTP address: health and metrics.
     pub http_addr: String,
+    /// Random id of the node's data directory, made when the directory is created. A node
+    /// whose data was wiped comes back with another one, and its peers refuse to treat it
+    /// as the member they knew (it may have lost votes and log entries it acknowledged).
+    pub incarnation: String,
 }
 
 impl fmt::Display for NodeInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "grpc={} http={}", self.grpc_addr, self.http_addr)
+        write!(
+            f,
+            "grpc={} http={} incarnation={}",
+            self.grpc_addr, self.http_addr, self.incarnation
+        )
     }
 }
 
@@ -51,12 +60,14 @@ pub struct Request {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     Append(AppendCommand),
+    Workflow(WorkflowCommand),
 }
 
 /// The result of one command, in the order of [`Request::commands`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandOutcome {
     Append(AppendOutcome),
+    Workflow(WorkflowOutcome),
 }
 
 /// What applying one entry returned.

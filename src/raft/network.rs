@@ -5,6 +5,7 @@
 //! per-RPC time limit becomes the gRPC deadline.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,13 +29,26 @@ type RpcResult<T, E = openraft::error::Infallible> =
 /// Largest Raft message either side accepts (entries batches, snapshot chunks).
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 256 << 20;
 
+/// Metadata header naming the member a Raft RPC is meant for: `node_id:incarnation`.
+pub const TARGET_HEADER: &str = "x-aether-target";
+
 /// Hands out clients to peers, sharing one channel per address.
 #[derive(Clone, Default)]
 pub struct NetworkFactory {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Source address of outgoing connections: the node's own listen IP, so that peers
+    /// (and fault-injecting proxies in tests) see which node a connection comes from.
+    source_ip: Option<IpAddr>,
 }
 
 impl NetworkFactory {
+    pub fn new(source_ip: Option<IpAddr>) -> Self {
+        NetworkFactory {
+            channels: Arc::default(),
+            source_ip,
+        }
+    }
+
     pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = channels.get(addr) {
@@ -45,6 +59,7 @@ impl NetworkFactory {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
+            .local_address(self.source_ip)
             .connect_lazy();
         channels.insert(addr.to_owned(), channel.clone());
         Ok(channel)
@@ -62,6 +77,9 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
         });
         PeerClient {
             target,
+            target_header: format!("{target}:{}", node.incarnation)
+                .parse()
+                .map_err(|_| format!("node {target}'s incarnation is not a header value")),
             client: client.map_err(|e| e.to_string()),
         }
     }
@@ -69,6 +87,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 
 pub struct PeerClient {
     target: NodeId,
+    target_header: Result<tonic::metadata::AsciiMetadataValue, String>,
     /// An invalid address is reported on every RPC rather than panicking the factory.
     client: Result<RaftClient<Channel>, String>,
 }
@@ -99,17 +118,14 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let client = match &mut self.client {
-            Ok(c) => c,
-            Err(e) => {
-                return Err(RPCError::Unreachable(Unreachable::new(&TransportError(
-                    e.clone(),
-                ))))
-            }
-        };
+        let unreachable =
+            |e: &String| RPCError::Unreachable(Unreachable::new(&TransportError(e.clone())));
+        let header = self.target_header.clone().map_err(|e| unreachable(&e))?;
+        let client = self.client.as_mut().map_err(|e| unreachable(e))?;
         let msg = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut request = tonic::Request::new(msg);
         request.set_timeout(option.hard_ttl());
+        request.metadata_mut().insert(TARGET_HEADER, header);
         let reply = match kind {
             "append_entries" => client.append_entries(request).await,
             "install_snapshot" => client.install_snapshot(request).await,

@@ -3,16 +3,43 @@
 use serde::{de::DeserializeOwned, Serialize};
 use tonic::{Request, Response, Status};
 
-use super::Raft;
+use super::network::TARGET_HEADER;
+use super::{NodeId, Raft};
 use crate::proto::raft::v1::{raft_server, RaftMessage};
 
 pub struct RaftService {
     raft: Raft,
+    /// `node_id:incarnation` of this node: what peers must address.
+    me: String,
 }
 
 impl RaftService {
-    pub fn new(raft: Raft) -> Self {
-        RaftService { raft }
+    pub fn new(raft: Raft, id: NodeId, incarnation: &str) -> Self {
+        RaftService {
+            raft,
+            me: format!("{id}:{incarnation}"),
+        }
+    }
+
+    fn refuse(&self, msg: String) -> Status {
+        tracing::warn!("{msg}");
+        Status::failed_precondition(msg)
+    }
+
+    /// Refuses RPCs meant for another member, or for this member before its data was wiped.
+    #[allow(clippy::result_large_err)]
+    fn check_target<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        match req.metadata().get(TARGET_HEADER).map(|v| v.to_str()) {
+            Some(Ok(t)) if t == self.me => Ok(()),
+            Some(Ok(t)) => Err(self.refuse(format!(
+                "raft message for member {t} reached {}: this node's data directory is not the \
+                 one the cluster knows (wiped or replaced); remove the node and add it again",
+                self.me
+            ))),
+            _ => Err(Status::invalid_argument(format!(
+                "raft message without a valid {TARGET_HEADER} header"
+            ))),
+        }
     }
 }
 
@@ -33,6 +60,7 @@ impl raft_server::Raft for RaftService {
         &self,
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
+        self.check_target(&req)?;
         let rpc = decode(req.get_ref())?;
         encode(&self.raft.append_entries(rpc).await)
     }
@@ -41,11 +69,13 @@ impl raft_server::Raft for RaftService {
         &self,
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
+        self.check_target(&req)?;
         let rpc = decode(req.get_ref())?;
         encode(&self.raft.install_snapshot(rpc).await)
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.check_target(&req)?;
         let rpc = decode(req.get_ref())?;
         encode(&self.raft.vote(rpc).await)
     }

@@ -31,8 +31,22 @@ pub struct SyncStats {
 
 pub struct LogDb {
     db: Arc<DB>,
-    syncer: mpsc::Sender<SyncCallback>,
+    /// `None` only while dropping.
+    syncer: Option<mpsc::Sender<SyncCallback>>,
+    syncer_thread: Option<std::thread::JoinHandle<()>>,
     stats: Arc<SyncStats>,
+}
+
+impl Drop for LogDb {
+    /// Stops the syncer (it drains what is queued first) and waits for it, so that the
+    /// database is closed when this returns — never torn down by process exit while a
+    /// thread still uses it.
+    fn drop(&mut self) {
+        drop(self.syncer.take());
+        if let Some(t) = self.syncer_thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl LogDb {
@@ -51,12 +65,13 @@ impl LogDb {
         let (tx, rx) = mpsc::channel::<SyncCallback>();
         let sync_db = db.clone();
         let sync_stats = stats.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("raft-log-sync".into())
             .spawn(move || run_syncer(sync_db, rx, sync_stats))?;
         Ok(LogDb {
             db,
-            syncer: tx,
+            syncer: Some(tx),
+            syncer_thread: Some(thread),
             stats,
         })
     }
@@ -87,8 +102,13 @@ impl LogDb {
 
     /// Queues `cb` to run once everything written so far is synced to disk.
     pub fn sync_then(&self, cb: SyncCallback) {
-        if let Err(mpsc::SendError(cb)) = self.syncer.send(cb) {
-            cb(Err(std::io::Error::other("log syncer stopped")));
+        match &self.syncer {
+            Some(tx) => {
+                if let Err(mpsc::SendError(cb)) = tx.send(cb) {
+                    cb(Err(std::io::Error::other("log syncer stopped")));
+                }
+            }
+            None => cb(Err(std::io::Error::other("log syncer stopped"))),
         }
     }
 

@@ -30,6 +30,11 @@ pub const CF_DEDUPE: &str = "dedupe";
 /// `commit_time ++ event id` → (): lets the dedupe window expire entries in time order.
 pub const CF_DEDUPE_EXPIRY: &str = "dedupe_expiry";
 
+/// Workflow id → its current projection.
+pub const CF_WF_STATE: &str = "wf_state";
+/// `workflow id ++ 0x00 ++ version` → projection snapshot after that version.
+pub const CF_WF_SNAPSHOTS: &str = "wf_snapshots";
+
 /// Every column family of the state machine, in a fixed order: snapshots carry them all and
 /// refer to them by their index in this list.
 pub const SM_CFS: &[&str] = &[
@@ -39,6 +44,8 @@ pub const SM_CFS: &[&str] = &[
     CF_STREAMS,
     CF_DEDUPE,
     CF_DEDUPE_EXPIRY,
+    CF_WF_STATE,
+    CF_WF_SNAPSHOTS,
 ];
 
 const CURRENT: &str = "CURRENT";
@@ -56,7 +63,7 @@ impl SmDb {
     fn open(path: &Path, cache: &Cache) -> Result<SmDb> {
         let cfs = SM_CFS.iter().map(|name| {
             let opts = match *name {
-                CF_STREAMS | CF_DEDUPE | CF_META => point_lookup_cf_options(cache),
+                CF_STREAMS | CF_DEDUPE | CF_META | CF_WF_STATE => point_lookup_cf_options(cache),
                 _ => scan_cf_options(cache),
             };
             ColumnFamilyDescriptor::new(*name, opts)

@@ -7,6 +7,9 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod proxy;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -43,6 +46,7 @@ struct Listen {
 
 pub struct NodeBuilder {
     id: u64,
+    ip: String,
     dev: bool,
     dir: Option<PathBuf>,
     args: Vec<String>,
@@ -53,6 +57,7 @@ impl NodeBuilder {
     pub fn dev() -> Self {
         NodeBuilder {
             id: 1,
+            ip: "127.0.0.1".into(),
             dev: true,
             dir: None,
             args: Vec::new(),
@@ -64,11 +69,18 @@ impl NodeBuilder {
     pub fn member(id: u64, dir: PathBuf) -> Self {
         NodeBuilder {
             id,
+            ip: "127.0.0.1".into(),
             dev: false,
             dir: Some(dir),
             args: Vec::new(),
             env: Vec::new(),
         }
+    }
+
+    /// The loopback IP the node listens on and connects from.
+    pub fn ip(mut self, ip: impl Into<String>) -> Self {
+        self.ip = ip.into();
+        self
     }
 
     pub fn arg(mut self, a: impl Into<String>) -> Self {
@@ -92,8 +104,8 @@ impl NodeBuilder {
         let mut node = TestNode {
             id: self.id,
             dir,
-            grpc_addr: "127.0.0.1:0".into(),
-            http_addr: "127.0.0.1:0".into(),
+            grpc_addr: format!("{}:0", self.ip),
+            http_addr: format!("{}:0", self.ip),
             child: None,
             extra_args: self.args,
             env: self.env,
@@ -437,4 +449,120 @@ pub async fn read_all_events(
 
 pub fn data_dir_in(tmp: &Path, name: &str) -> PathBuf {
     tmp.join(name)
+}
+
+/// An appender that keeps retrying the same request (same event ids) against a rotating set
+/// of nodes until it is acknowledged — what a careful client does when outcomes are unknown.
+pub struct RetryingAppender {
+    addrs: Vec<String>,
+    next: usize,
+    clients: std::collections::HashMap<String, EventStoreClient<Channel>>,
+}
+
+impl RetryingAppender {
+    pub fn new(addrs: Vec<String>) -> Self {
+        RetryingAppender {
+            addrs,
+            next: 0,
+            clients: Default::default(),
+        }
+    }
+
+    async fn client(&mut self, addr: &str) -> Option<EventStoreClient<Channel>> {
+        if let Some(c) = self.clients.get(addr) {
+            return Some(c.clone());
+        }
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .ok()?
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .ok()?;
+        let c = EventStoreClient::new(ch);
+        self.clients.insert(addr.to_owned(), c.clone());
+        Some(c)
+    }
+
+    /// Appends until acknowledged, or panics after the deadline.
+    pub async fn append(&mut self, req: pb::AppendRequest) -> pb::AppendResponse {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let addr = self.addrs[self.next % self.addrs.len()].clone();
+            if let Some(mut c) = self.client(&addr).await {
+                match c.append(req.clone()).await {
+                    Ok(r) => return r.into_inner(),
+                    Err(s)
+                        if matches!(
+                            s.code(),
+                            tonic::Code::InvalidArgument
+                                | tonic::Code::FailedPrecondition
+                                | tonic::Code::AlreadyExists
+                        ) =>
+                    {
+                        panic!("append refused: {s:?}")
+                    }
+                    Err(_) => {
+                        self.clients.remove(&addr);
+                    }
+                }
+            }
+            self.next += 1;
+            assert!(Instant::now() < deadline, "append never acknowledged");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// (global position, event id, stream, stream version) of every event on a node, read
+/// locally (that node's own state).
+pub async fn local_log(node: &TestNode) -> Vec<(u64, String, String, u64)> {
+    let mut c = node.client().await;
+    read_all_events(&mut c, pb::Consistency::Local)
+        .await
+        .into_iter()
+        .map(|e| (e.global_position, e.event_id, e.stream, e.stream_version))
+        .collect()
+}
+
+/// Checks that every node holds the same log, every acknowledged event exactly once at
+/// the position it was acknowledged with, positions gap-free.
+pub async fn check_logs(nodes: &[&TestNode], acked: &[(String, u64)]) -> usize {
+    let reference = local_log(nodes[0]).await;
+    for n in &nodes[1..] {
+        let other = local_log(n).await;
+        assert_eq!(
+            other.len(),
+            reference.len(),
+            "node {} holds another number of events",
+            n.id
+        );
+        assert!(
+            other == reference,
+            "node {} holds another log than node {}",
+            n.id,
+            nodes[0].id
+        );
+    }
+    let positions: Vec<u64> = reference.iter().map(|e| e.0).collect();
+    assert_eq!(
+        positions,
+        (0..reference.len() as u64).collect::<Vec<_>>(),
+        "gap-free positions"
+    );
+    let mut by_id = std::collections::HashMap::new();
+    for e in &reference {
+        assert!(
+            by_id.insert(e.1.clone(), e.0).is_none(),
+            "event {} stored twice",
+            e.1
+        );
+    }
+    for (id, pos) in acked {
+        match by_id.get(id) {
+            Some(p) => assert_eq!(p, pos, "event {id} moved"),
+            None => panic!("acknowledged event {id} lost"),
+        }
+    }
+    reference.len()
 }

@@ -1,0 +1,484 @@
+//! `aetherctl workflow …`: drive workflows, query their state now / at a time / at a version,
+//! import workflows from an older system, and run the replay check on every member.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use tonic::transport::Channel;
+
+use super::output::{Output, Printer};
+use super::{channel, first_addr, parse_expected, status_err};
+use crate::proto::aetherops::v1 as pb;
+use crate::proto::aetherops::v1::workflows_client::WorkflowsClient;
+use crate::workflow::import::{parse_import, snapshot_event};
+use crate::workflow::store::import_event_id;
+
+#[derive(Subcommand, Debug)]
+pub enum WorkflowCmd {
+    /// Create a workflow with an ordered list of steps.
+    Create {
+        id: String,
+        #[arg(long)]
+        name: String,
+        /// Step ids, comma-separated (each step's name is its id).
+        #[arg(long, value_delimiter = ',')]
+        steps: Vec<String>,
+        /// Starts allowed per step.
+        #[arg(long, default_value_t = 1)]
+        max_attempts: u32,
+        #[command(flatten)]
+        w: WriteArgs,
+    },
+    /// Start a step (the next attempt).
+    StartStep {
+        id: String,
+        step: String,
+        #[arg(long, default_value = "")]
+        worker: String,
+        #[command(flatten)]
+        w: WriteArgs,
+    },
+    /// Complete the running step, with its output.
+    CompleteStep {
+        id: String,
+        step: String,
+        /// JSON output of the step.
+        #[arg(long, default_value = "null")]
+        output: String,
+        #[command(flatten)]
+        w: WriteArgs,
+    },
+    /// Fail the running step.
+    FailStep {
+        id: String,
+        step: String,
+        #[arg(long)]
+        error: String,
+        /// The step may be started again (attempts permitting).
+        #[arg(long)]
+        retryable: bool,
+        #[command(flatten)]
+        w: WriteArgs,
+    },
+    /// Complete the workflow: succeeded, failed or cancelled.
+    Complete {
+        id: String,
+        #[arg(long)]
+        status: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        w: WriteArgs,
+    },
+    /// The state now, at a time (--at, ISO 8601 with a zone) or after a version.
+    Get {
+        id: String,
+        #[arg(long, conflicts_with = "version")]
+        at: Option<String>,
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// List workflows.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Import workflows exported by an older system (JSON document or JSON Lines): one
+    /// WorkflowSnapshot event per workflow; re-running an import changes nothing.
+    Import {
+        file: std::path::PathBuf,
+        /// Imports in flight at once.
+        #[arg(long, default_value_t = 16)]
+        parallel: usize,
+    },
+    /// Rebuild projections from their streams on every member and compare (replay check).
+    Verify {
+        /// One workflow; default: all.
+        id: Option<String>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct WriteArgs {
+    /// any | no-stream | exists | N (the workflow's version you read).
+    #[arg(long, default_value = "any")]
+    expected_version: String,
+    /// Event id (UUID) for idempotent retries.
+    #[arg(long, default_value = "")]
+    event_id: String,
+}
+
+fn write(id: &str, w: &WriteArgs) -> anyhow::Result<Option<pb::WorkflowWrite>> {
+    Ok(Some(pb::WorkflowWrite {
+        workflow_id: id.to_owned(),
+        expected_version: Some(parse_expected(&w.expected_version)?),
+        event_id: w.event_id.clone(),
+    }))
+}
+
+async fn client(addr: &str, timeout: Duration) -> anyhow::Result<WorkflowsClient<Channel>> {
+    Ok(WorkflowsClient::new(channel(addr, timeout).await?).max_decoding_message_size(usize::MAX))
+}
+
+fn print_write(printer: &Printer, r: &pb::WorkflowWriteResponse) {
+    match printer.format {
+        Output::Json => printer.json(&json!({
+            "workflow_id": r.workflow_id, "version": r.version, "status": r.status,
+            "first_global_position": r.first_global_position, "last_global_position": r.last_global_position,
+            "commit_time_ns": r.commit_time_ns, "duplicate": r.duplicate,
+        })),
+        Output::Text => println!(
+            "{}workflow {} at version {} ({})",
+            if r.duplicate { "already applied: " } else { "" },
+            r.workflow_id,
+            r.version,
+            r.status
+        ),
+    }
+}
+
+pub async fn run(
+    addrs: &str,
+    timeout: Duration,
+    cmd: WorkflowCmd,
+    printer: &Printer,
+) -> anyhow::Result<()> {
+    let addr = first_addr(addrs);
+    let mut c = client(addr, timeout).await?;
+    let resp = match cmd {
+        WorkflowCmd::Create {
+            id,
+            name,
+            steps,
+            max_attempts,
+            w,
+        } => {
+            c.create(pb::CreateWorkflowRequest {
+                write: write(&id, &w)?,
+                name,
+                steps: steps
+                    .iter()
+                    .map(|s| pb::StepDefinition {
+                        id: s.clone(),
+                        name: s.clone(),
+                        max_attempts,
+                    })
+                    .collect(),
+                metadata: Default::default(),
+            })
+            .await
+        }
+        WorkflowCmd::StartStep {
+            id,
+            step,
+            worker,
+            w,
+        } => {
+            c.start_step(pb::StartStepRequest {
+                write: write(&id, &w)?,
+                step_id: step,
+                attempt: 0,
+                worker,
+            })
+            .await
+        }
+        WorkflowCmd::CompleteStep {
+            id,
+            step,
+            output,
+            w,
+        } => {
+            c.complete_step(pb::CompleteStepRequest {
+                write: write(&id, &w)?,
+                step_id: step,
+                output_json: output,
+            })
+            .await
+        }
+        WorkflowCmd::FailStep {
+            id,
+            step,
+            error,
+            retryable,
+            w,
+        } => {
+            c.fail_step(pb::FailStepRequest {
+                write: write(&id, &w)?,
+                step_id: step,
+                error,
+                attempt: 0,
+                retryable,
+            })
+            .await
+        }
+        WorkflowCmd::Complete {
+            id,
+            status,
+            reason,
+            w,
+        } => {
+            c.complete(pb::CompleteWorkflowRequest {
+                write: write(&id, &w)?,
+                status,
+                reason,
+            })
+            .await
+        }
+        WorkflowCmd::Get { id, at, version } => {
+            let at = match (at, version) {
+                (Some(t), _) => Some(pb::get_workflow_state_request::At::AtTime(t)),
+                (None, Some(v)) => Some(pb::get_workflow_state_request::At::AtVersion(v)),
+                (None, None) => None,
+            };
+            let s = c
+                .get_state(pb::GetWorkflowStateRequest {
+                    workflow_id: id,
+                    at,
+                    consistency: pb::Consistency::Linearizable as i32,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            let state: serde_json::Value =
+                serde_json::from_str(&s.state_json).context("state JSON")?;
+            match printer.format {
+                Output::Json => printer.json(&state),
+                Output::Text => println!("{}", serde_json::to_string_pretty(&state)?),
+            }
+            return Ok(());
+        }
+        WorkflowCmd::List { limit } => {
+            let mut after = String::new();
+            loop {
+                let r = c
+                    .list(pb::ListWorkflowsRequest {
+                        after: after.clone(),
+                        limit,
+                        consistency: pb::Consistency::Linearizable as i32,
+                    })
+                    .await
+                    .map_err(status_err)?
+                    .into_inner();
+                for w in &r.workflows {
+                    match printer.format {
+                        Output::Json => printer.json(&json!({
+                            "workflow_id": w.workflow_id, "name": w.name, "status": w.status,
+                            "version": w.version, "current_step": w.current_step, "updated_at_ns": w.updated_at_ns,
+                        })),
+                        Output::Text => println!(
+                            "{}  {}  {}  v{}  {}",
+                            w.workflow_id, w.name, w.status, w.version, w.current_step
+                        ),
+                    }
+                }
+                if r.next_after.is_empty() {
+                    return Ok(());
+                }
+                after = r.next_after;
+            }
+        }
+        WorkflowCmd::Import { file, parallel } => return import(c, &file, parallel, printer).await,
+        WorkflowCmd::Verify { id } => return verify(addr, timeout, c, id, printer).await,
+    };
+    print_write(printer, &resp.map_err(status_err)?.into_inner());
+    Ok(())
+}
+
+async fn import(
+    c: WorkflowsClient<Channel>,
+    file: &std::path::Path,
+    parallel: usize,
+    printer: &Printer,
+) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let states = parse_import(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let bar = if printer.format == Output::Text {
+        let b = ProgressBar::new(states.len() as u64);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:40}] {pos}/{len} workflows {msg}",
+            )?
+            .progress_chars("=> "),
+        );
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let results = futures::stream::iter(states.into_iter().map(|state| {
+        let mut c = c.clone();
+        let bar = bar.clone();
+        async move {
+            let id = state.workflow_id.clone();
+            let encoded = snapshot_event(state).encode()?;
+            let r = c
+                .append_events(pb::AppendWorkflowEventsRequest {
+                    workflow_id: id.clone(),
+                    expected_version: None,
+                    events: vec![pb::WorkflowEventInput {
+                        event_id: import_event_id(&id).to_string(),
+                        event_type: encoded.event_type.to_owned(),
+                        schema_version: encoded.schema_version,
+                        payload: encoded.payload.into(),
+                    }],
+                })
+                .await;
+            bar.inc(1);
+            let outcome = match r {
+                Ok(r) if r.get_ref().duplicate => "unchanged",
+                Ok(_) => "imported",
+                // Imported before, and the idempotency window has passed since: the
+                // transition rules refuse a second snapshot; nothing is written.
+                Err(s)
+                    if s.code() == tonic::Code::FailedPrecondition
+                        && s.message().contains("already exists") =>
+                {
+                    "unchanged"
+                }
+                Err(s) => {
+                    return Err(anyhow::anyhow!(
+                        "workflow {id}: {:?}: {}",
+                        s.code(),
+                        s.message()
+                    ))
+                }
+            };
+            anyhow::Ok((id, outcome))
+        }
+    }))
+    .buffer_unordered(parallel.max(1))
+    .collect::<Vec<_>>()
+    .await;
+    bar.finish_and_clear();
+    let (mut imported, mut unchanged, mut failed) = (0, 0, Vec::new());
+    for r in results {
+        match r {
+            Ok((_, "imported")) => imported += 1,
+            Ok(_) => unchanged += 1,
+            Err(e) => failed.push(e.to_string()),
+        }
+    }
+    match printer.format {
+        Output::Json => {
+            printer.json(&json!({"imported": imported, "unchanged": unchanged, "failed": failed}))
+        }
+        Output::Text => {
+            println!("imported {imported} workflows, {unchanged} already present");
+            for f in &failed {
+                println!("  failed: {f}");
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!("{} workflows failed to import", failed.len());
+    }
+    Ok(())
+}
+
+async fn verify(
+    addr: &str,
+    timeout: Duration,
+    mut c: WorkflowsClient<Channel>,
+    id: Option<String>,
+    printer: &Printer,
+) -> anyhow::Result<()> {
+    let ids = match id {
+        Some(id) => vec![id],
+        None => {
+            let mut ids = Vec::new();
+            let mut after = String::new();
+            loop {
+                let r = c
+                    .list(pb::ListWorkflowsRequest {
+                        after: after.clone(),
+                        limit: 1000,
+                        consistency: pb::Consistency::Linearizable as i32,
+                    })
+                    .await
+                    .map_err(status_err)?
+                    .into_inner();
+                ids.extend(r.workflows.into_iter().map(|w| w.workflow_id));
+                if r.next_after.is_empty() {
+                    break;
+                }
+                after = r.next_after;
+            }
+            ids
+        }
+    };
+    // Every member of the cluster (or just this node when it is alone).
+    let status = super::admin(addr, timeout)
+        .await?
+        .status(pb::StatusRequest {})
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    let mut members: Vec<String> = status
+        .voters
+        .iter()
+        .chain(status.learners.iter())
+        .map(|m| m.grpc_addr.clone())
+        .collect();
+    if members.is_empty() {
+        members.push(addr.to_owned());
+    }
+    let mut clients = Vec::new();
+    for m in &members {
+        clients.push((m.clone(), client(m, timeout).await?));
+    }
+    let mut problems = Vec::new();
+    for id in &ids {
+        let mut reports = Vec::new();
+        for (m, c) in clients.iter_mut() {
+            let r = c
+                .verify(pb::VerifyWorkflowRequest {
+                    workflow_id: id.clone(),
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("{m}: {:?}: {}", s.code(), s.message()))?
+                .into_inner();
+            reports.push((m.clone(), r));
+        }
+        for (m, r) in &reports {
+            if !r.converged {
+                problems.push(format!("workflow {id} on {m}: {}", r.divergence));
+            }
+        }
+        let prints: std::collections::BTreeSet<(&str, Option<u64>)> = reports
+            .iter()
+            .map(|(_, r)| (r.fingerprint.as_str(), r.version))
+            .collect();
+        if prints.len() > 1 {
+            problems.push(format!(
+                "workflow {id}: replicas disagree: {}",
+                reports
+                    .iter()
+                    .map(|(m, r)| format!("{m} v{:?} {}", r.version, r.fingerprint))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if printer.format == Output::Json {
+            let (_, r) = &reports[0];
+            printer.json(
+                &json!({"workflow_id": id, "events": r.events, "version": r.version,
+                "fingerprint": r.fingerprint, "members": reports.len(),
+                "converged": prints.len() == 1 && reports.iter().all(|(_, r)| r.converged)}),
+            );
+        }
+    }
+    if !problems.is_empty() {
+        bail!("replay check FAILED:\n  {}", problems.join("\n  "));
+    }
+    if printer.format == Output::Text {
+        println!(
+            "replay check passed: {} workflows rebuilt from scratch equal their projections on {} members",
+            ids.len(),
+            clients.len()
+        );
+    }
+    Ok(())
+}
