@@ -400,13 +400,7 @@ async fn temporal_queries_by_time_and_version_from_snapshots() {
     .expect_err("future version");
     assert_eq!(e.code(), Code::OutOfRange);
     // At times: exactly at, between, before the first, after the last; in several zones.
-    let expect_at = |t: i64| {
-        commits
-            .iter()
-            .filter(|(_, ct, _)| *ct <= t)
-            .last()
-            .map(|c| &c.2)
-    };
+    let expect_at = |t: i64| commits.iter().rfind(|(_, ct, _)| *ct <= t).map(|c| &c.2);
     for (i, (_, ct, _)) in commits.iter().enumerate() {
         let mut times = vec![*ct];
         if let Some((_, next, _)) = commits.get(i + 1) {

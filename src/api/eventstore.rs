@@ -30,7 +30,14 @@ impl EventStoreService {
         req: Request<pb::AppendRequest>,
     ) -> Result<pb::AppendResponse, Status> {
         let forwarded = super::is_forwarded(&req);
-        let req = req.into_inner();
+        let mut req = req.into_inner();
+        // Ids chosen once, here: every retry and forward below carries the same ones, so the
+        // store's idempotency makes them safe even when an outcome was unknown.
+        for e in &mut req.events {
+            if e.event_id.is_empty() {
+                e.event_id = uuid::Uuid::new_v4().to_string();
+            }
+        }
         let node = &self.node;
         super::on_leader(
             node,

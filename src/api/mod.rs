@@ -72,11 +72,13 @@ pub async fn serve(
                 node.raft.clone(),
                 node.id,
                 &node.info.incarnation,
+                node.proposer.clone(),
+                std::time::Duration::from_millis(node.config.write_timeout_ms),
             ))
             .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), async move {
+        .serve_with_incoming_shutdown(nodelay(listeners.grpc), async move {
             let _ = grpc_shutdown.recv().await;
         });
     let http = axum::serve(listeners.http, http::router(node.clone())).with_graceful_shutdown(
@@ -92,6 +94,19 @@ pub async fn serve(
     g?;
     h?;
     Ok(())
+}
+
+/// Accepted connections with Nagle's algorithm off: tonic sets TCP_NODELAY only on
+/// listeners it binds itself, and small gRPC replies otherwise wait out delayed ACKs (40 ms).
+fn nodelay(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        conn.set_nodelay(true)?;
+        Ok(conn)
+    })
 }
 
 /// Whether a request was already forwarded by another node (never forward twice).

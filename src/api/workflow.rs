@@ -27,6 +27,7 @@ impl WorkflowService {
     }
 
     /// Proposes a workflow command where the leader is, forwarding the original request.
+    /// Empty event ids are filled in once, first, so retries and forwards reuse them.
     async fn write<Req, Fut>(
         &self,
         req: Request<Req>,
@@ -34,11 +35,12 @@ impl WorkflowService {
         forward: impl Fn(WorkflowsClient<tonic::transport::Channel>, Request<Req>) -> Fut,
     ) -> Result<Response<pb::WorkflowWriteResponse>, Status>
     where
-        Req: Clone,
+        Req: Clone + WithEventIds,
         Fut: std::future::Future<Output = Result<Response<pb::WorkflowWriteResponse>, Status>>,
     {
         let forwarded = super::is_forwarded(&req);
-        let req = req.into_inner();
+        let mut req = req.into_inner();
+        req.fill_event_ids();
         let node = &self.node;
         super::on_leader(
             node,
@@ -414,5 +416,44 @@ impl Workflows for WorkflowService {
             divergence: report.divergence.unwrap_or_default(),
             applied_index,
         }))
+    }
+}
+
+/// Requests whose event ids the server fills in when the client left them empty.
+trait WithEventIds {
+    fn fill_event_ids(&mut self);
+}
+
+fn fill(id: &mut String) {
+    if id.is_empty() {
+        *id = uuid::Uuid::new_v4().to_string();
+    }
+}
+
+macro_rules! with_write_header {
+    ($($t:ty),*) => {$(
+        impl WithEventIds for $t {
+            fn fill_event_ids(&mut self) {
+                if let Some(w) = self.write.as_mut() {
+                    fill(&mut w.event_id);
+                }
+            }
+        }
+    )*};
+}
+
+with_write_header!(
+    pb::CreateWorkflowRequest,
+    pb::StartStepRequest,
+    pb::CompleteStepRequest,
+    pb::FailStepRequest,
+    pb::CompleteWorkflowRequest
+);
+
+impl WithEventIds for pb::AppendWorkflowEventsRequest {
+    fn fill_event_ids(&mut self) {
+        for e in &mut self.events {
+            fill(&mut e.event_id);
+        }
     }
 }

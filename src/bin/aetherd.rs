@@ -68,9 +68,11 @@ fn main() -> anyhow::Result<()> {
         config.advertise_http_addr = args.advertise_http_addr;
     }
     config.validate()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.worker_threads > 0 {
+        builder.worker_threads(config.worker_threads);
+    }
+    let rt = builder.enable_all().build()?;
     let result = rt.block_on(aetherops::node::run(config));
     // Drop every task (and with them the stores) before the process exits: RocksDB must be
     // closed, not torn down by exit while its threads still run.

@@ -65,7 +65,7 @@ impl From<ProposeError> for NodeError {
             ProposeError::NotLeader { leader } => NodeError::NotLeader { leader },
             ProposeError::Overloaded(_) => NodeError::Overloaded(e.to_string()),
             ProposeError::Timeout(_) => NodeError::OutcomeUnknown(e.to_string()),
-            ProposeError::Stopped(_) | ProposeError::Busy(_) => {
+            ProposeError::Stopped(_) | ProposeError::Busy(_) | ProposeError::Forward(_) => {
                 NodeError::Unavailable(e.to_string())
             }
         }
@@ -217,6 +217,12 @@ impl Node {
             raft.clone(),
             config.proposer.clone(),
             Duration::from_secs(config.dedupe_window_secs),
+            proposer::Route {
+                id: config.node_id,
+                network: network.clone(),
+                // Leave the caller time to hear back before its own deadline.
+                forward_timeout: Duration::from_millis(config.write_timeout_ms * 9 / 10),
+            },
         );
         let node = Arc::new(Node {
             id: config.node_id,
@@ -507,7 +513,7 @@ impl Node {
             .set(stats.syncs.load(std::sync::atomic::Ordering::Relaxed) as i64);
         m.log_sync_callbacks
             .set(stats.callbacks.load(std::sync::atomic::Ordering::Relaxed) as i64);
-        let (batches, commands) = self.proposer.batch_counts();
+        let (batches, commands, _forwarded) = self.proposer.batch_counts();
         m.proposer_batches.set(batches as i64);
         m.proposer_commands.set(commands as i64);
         for (queue, u) in self.queue_health() {

@@ -1,24 +1,32 @@
 //! The proposer: turns concurrent commands into Raft entries.
 //!
-//! Commands queue in a bounded channel. At most `max_inflight_batches` entries are in
-//! flight (proposed, not yet applied); while all are, new commands gather in the queue and
-//! the next entry carries up to `max_batch_commands` of them. Light load therefore costs no
-//! added latency (a lone command is proposed at once), and heavy load amortizes Raft's
-//! per-entry work and the log's fsync over many commands.
+//! Commands queue in a bounded channel. At most `max_inflight_batches` batches are in
+//! flight; while all are, new commands gather in the queue and the next batch carries up to
+//! `max_batch_commands` of them. Light load therefore costs no added latency (a lone command
+//! goes at once), and heavy load amortizes Raft's per-entry work — above all the log's fsync,
+//! which openraft 0.9 awaits entry by entry — over many commands.
+//!
+//! On the leader a batch becomes one Raft entry. On a follower the whole batch is sent to
+//! the leader in one node-to-node `Propose` call (which the leader's proposer takes as a
+//! unit), instead of one forwarded RPC per client request: on a cluster sharing two cores,
+//! per-request forwarding costs more CPU than the write itself.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openraft::error::ClientWriteError;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::ProposerSettings;
+use crate::proto::raft::v1::{raft_client::RaftClient, RaftMessage};
+use crate::raft::network::{NetworkFactory, MAX_RAFT_MESSAGE_BYTES, TARGET_HEADER};
 use crate::raft::{Command, CommandOutcome, NodeId, NodeInfo, Raft, Request};
 
-/// Why a command was not applied (its outcome is known: it was not written), or why its
-/// outcome is unknown (`Timeout`).
-#[derive(Debug, Clone, thiserror::Error)]
+/// Why commands were not applied (their outcome is known: not written), or why their
+/// outcome is unknown (`Timeout`). Travels between nodes, hence serializable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum ProposeError {
     #[error("not the leader (leader: {leader:?})")]
     NotLeader { leader: Option<(NodeId, NodeInfo)> },
@@ -30,12 +38,34 @@ pub enum ProposeError {
     Stopped(String),
     #[error("membership change in progress: {0}")]
     Busy(String),
+    /// The batch could not be handed to the leader: nothing was written.
+    #[error("forwarding to the leader failed: {0}")]
+    Forward(String),
 }
 
+type Outcomes = Result<Vec<CommandOutcome>, ProposeError>;
+
+/// An entry that carried at least this many commands means load: the next one lingers.
+const LINGER_AFTER_BATCH: usize = 8;
+/// Scheduler yields the proposer spends gathering commands under load.
+const MAX_LINGER_YIELDS: usize = 4;
+
+/// Commands proposed together by one caller; they share one reply.
 struct Pending {
-    cmd: Command,
+    cmds: Vec<Command>,
     weight: usize,
-    reply: oneshot::Sender<Result<CommandOutcome, ProposeError>>,
+    /// Batches forwarded by a follower are never forwarded again: if this node is no longer
+    /// the leader they are refused, so that two nodes with stale views cannot bounce them.
+    local_only: bool,
+    reply: oneshot::Sender<Outcomes>,
+}
+
+/// What the proposer needs to reach the leader from a follower.
+#[derive(Clone)]
+pub struct Route {
+    pub id: NodeId,
+    pub network: NetworkFactory,
+    pub forward_timeout: Duration,
 }
 
 /// Handle to the proposer task.
@@ -46,6 +76,7 @@ pub struct Proposer {
     settings: ProposerSettings,
     batches: Arc<AtomicUsize>,
     batched_commands: Arc<AtomicUsize>,
+    forwarded_batches: Arc<AtomicUsize>,
 }
 
 /// How full the proposer's queues are, 0.0..=1.0 each.
@@ -58,7 +89,12 @@ pub struct ProposerLoad {
 }
 
 impl Proposer {
-    pub fn start(raft: Raft, settings: ProposerSettings, dedupe_window: Duration) -> Proposer {
+    pub fn start(
+        raft: Raft,
+        settings: ProposerSettings,
+        dedupe_window: Duration,
+        route: Route,
+    ) -> Proposer {
         let (tx, rx) = mpsc::channel(settings.queue_capacity);
         let inflight = Arc::new(Semaphore::new(settings.max_inflight_batches));
         let p = Proposer {
@@ -67,9 +103,18 @@ impl Proposer {
             settings: settings.clone(),
             batches: Arc::default(),
             batched_commands: Arc::default(),
+            forwarded_batches: Arc::default(),
         };
         let window_ns = i64::try_from(dedupe_window.as_nanos()).unwrap_or(i64::MAX);
-        tokio::spawn(run(raft, rx, inflight, settings, window_ns, p.clone()));
+        tokio::spawn(run(
+            raft,
+            rx,
+            inflight,
+            settings,
+            window_ns,
+            route,
+            p.clone(),
+        ));
         p
     }
 
@@ -80,17 +125,55 @@ impl Proposer {
         weight: usize,
         timeout: Duration,
     ) -> Result<CommandOutcome, ProposeError> {
+        let mut outcomes = self.propose_many(vec![cmd], weight, timeout).await?;
+        outcomes
+            .pop()
+            .ok_or_else(|| ProposeError::Stopped("no outcome for the command".into()))
+    }
+
+    /// Proposes commands as a unit (they land in one entry) and waits for their outcomes,
+    /// in order, at most `timeout`.
+    pub async fn propose_many(
+        &self,
+        cmds: Vec<Command>,
+        weight: usize,
+        timeout: Duration,
+    ) -> Outcomes {
+        self.enqueue(cmds, weight, false, timeout).await
+    }
+
+    /// Proposes a batch a follower forwarded; refused if this node does not lead.
+    pub async fn propose_forwarded(
+        &self,
+        cmds: Vec<Command>,
+        weight: usize,
+        timeout: Duration,
+    ) -> Outcomes {
+        self.enqueue(cmds, weight, true, timeout).await
+    }
+
+    async fn enqueue(
+        &self,
+        cmds: Vec<Command>,
+        weight: usize,
+        local_only: bool,
+        timeout: Duration,
+    ) -> Outcomes {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .try_send(Pending { cmd, weight, reply })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => {
-                    ProposeError::Overloaded(self.settings.queue_capacity)
-                }
-                mpsc::error::TrySendError::Closed(_) => {
-                    ProposeError::Stopped("proposer stopped".into())
-                }
-            })?;
+        let pending = Pending {
+            cmds,
+            weight,
+            local_only,
+            reply,
+        };
+        self.tx.try_send(pending).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                ProposeError::Overloaded(self.settings.queue_capacity)
+            }
+            mpsc::error::TrySendError::Closed(_) => {
+                ProposeError::Stopped("proposer stopped".into())
+            }
+        })?;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(ProposeError::Stopped("proposal dropped".into())),
@@ -109,11 +192,12 @@ impl Proposer {
         }
     }
 
-    /// (entries proposed, commands they carried) since start.
-    pub fn batch_counts(&self) -> (usize, usize) {
+    /// (batches proposed, commands they carried, batches forwarded to the leader) since start.
+    pub fn batch_counts(&self) -> (usize, usize, usize) {
         (
             self.batches.load(Ordering::Relaxed),
             self.batched_commands.load(Ordering::Relaxed),
+            self.forwarded_batches.load(Ordering::Relaxed),
         )
     }
 }
@@ -125,15 +209,36 @@ fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
+/// Where a batch goes: this node's Raft, or the leader.
+enum Target {
+    Local,
+    Leader(NodeId, NodeInfo),
+}
+
+fn target(raft: &Raft, me: NodeId) -> Target {
+    let m = raft.metrics();
+    let m = m.borrow();
+    match m.current_leader {
+        Some(l) if l != me => match m.membership_config.membership().get_node(&l) {
+            Some(node) => Target::Leader(l, node.clone()),
+            None => Target::Local,
+        },
+        // Leader here, or none known: openraft answers (and says whom to ask).
+        _ => Target::Local,
+    }
+}
+
 async fn run(
     raft: Raft,
     mut rx: mpsc::Receiver<Pending>,
     inflight: Arc<Semaphore>,
     settings: ProposerSettings,
     dedupe_window_ns: i64,
+    route: Route,
     handle: Proposer,
 ) {
-    let mut commands = Vec::with_capacity(settings.max_batch_commands);
+    let mut last_batch = 0;
+    let forwarding = Arc::new(Semaphore::new(settings.max_forwarding_batches));
     loop {
         // Take a slot first: while none is free, commands gather in the queue.
         let Ok(permit) = inflight.clone().acquire_owned().await else {
@@ -143,67 +248,183 @@ async fn run(
             return;
         };
         let mut bytes = first.weight;
-        let mut replies = vec![first.reply];
-        commands.push(first.cmd);
-        while commands.len() < settings.max_batch_commands && bytes < settings.max_batch_bytes {
-            match rx.try_recv() {
-                Ok(p) => {
-                    bytes += p.weight;
-                    replies.push(p.reply);
-                    commands.push(p.cmd);
-                }
-                Err(_) => break,
-            }
-        }
-        handle.batches.fetch_add(1, Ordering::Relaxed);
-        handle
-            .batched_commands
-            .fetch_add(commands.len(), Ordering::Relaxed);
-        let request = Request {
-            // The leader's clock, stamped once per entry; the state machine keeps commit
-            // times monotonic whatever this clock does.
-            commit_time_ns: now_ns(),
-            dedupe_window_ns,
-            commands: std::mem::replace(
-                &mut commands,
-                Vec::with_capacity(settings.max_batch_commands),
-            ),
+        let mut batch = vec![first];
+        // Under load (the last batch carried many commands), let the request handlers that
+        // are already running enqueue theirs before this batch is cut: a few scheduler
+        // yields, no timer, so a lone command is never delayed.
+        let mut yields = if last_batch >= LINGER_AFTER_BATCH {
+            MAX_LINGER_YIELDS
+        } else {
+            0
         };
-        // `client_write_ff` only enqueues into openraft, in order; the outcome is awaited
-        // in a task of its own so that the next batch can be proposed meanwhile.
-        match raft.client_write_ff(request).await {
-            Ok(outcome) => {
-                tokio::spawn(async move {
-                    let res = outcome.await;
-                    drop(permit);
-                    match res {
-                        Ok(Ok(resp)) => {
-                            let mut outcomes = resp.data.outcomes.into_iter();
-                            for reply in replies {
-                                let r = outcomes.next().ok_or_else(|| {
-                                    ProposeError::Stopped(
-                                        "state machine returned too few outcomes".into(),
-                                    )
-                                });
-                                let _ = reply.send(r);
-                            }
-                        }
-                        Ok(Err(e)) => fail_all(replies, client_write_error(e)),
-                        Err(_) => fail_all(
-                            replies,
-                            ProposeError::Stopped("raft dropped the write".into()),
-                        ),
+        let mut count = batch[0].cmds.len();
+        loop {
+            while count < settings.max_batch_commands && bytes < settings.max_batch_bytes {
+                match rx.try_recv() {
+                    Ok(p) => {
+                        bytes += p.weight;
+                        count += p.cmds.len();
+                        batch.push(p);
                     }
-                });
+                    Err(_) => break,
+                }
             }
-            Err(fatal) => fail_all(replies, ProposeError::Stopped(fatal.to_string())),
+            let full = count >= settings.max_batch_commands || bytes >= settings.max_batch_bytes;
+            if yields == 0 || full {
+                break;
+            }
+            yields -= 1;
+            tokio::task::yield_now().await;
+        }
+        last_batch = count;
+        handle.batches.fetch_add(1, Ordering::Relaxed);
+        handle.batched_commands.fetch_add(count, Ordering::Relaxed);
+        match target(&raft, route.id) {
+            Target::Local => {
+                let (commands, replies) = flatten(batch);
+                propose_local(&raft, commands, replies, dedupe_window_ns, permit).await
+            }
+            Target::Leader(id, node) => {
+                // Batches other followers forwarded here are refused rather than bounced on.
+                let (forwarded, own): (Vec<Pending>, Vec<Pending>) =
+                    batch.into_iter().partition(|p| p.local_only);
+                for p in forwarded {
+                    let _ = p.reply.send(Err(ProposeError::NotLeader {
+                        leader: Some((id, node.clone())),
+                    }));
+                }
+                // Forwarded batches cost this node no log write: they do not hold the
+                // local slot, only one of the (more numerous) forwarding slots, so a
+                // follower's clients do not wait a full leader round trip per batch.
+                drop(permit);
+                if !own.is_empty() {
+                    handle.forwarded_batches.fetch_add(1, Ordering::Relaxed);
+                    let (commands, replies) = flatten(own);
+                    let Ok(slot) = forwarding.clone().acquire_owned().await else {
+                        return;
+                    };
+                    tokio::spawn(forward(route.clone(), id, node, commands, replies, slot));
+                }
+            }
         }
     }
 }
 
-fn fail_all(replies: Vec<oneshot::Sender<Result<CommandOutcome, ProposeError>>>, e: ProposeError) {
-    for r in replies {
-        let _ = r.send(Err(e.clone()));
+type Replies = Vec<(oneshot::Sender<Outcomes>, usize)>;
+
+fn flatten(batch: Vec<Pending>) -> (Vec<Command>, Replies) {
+    let mut commands = Vec::with_capacity(batch.iter().map(|p| p.cmds.len()).sum());
+    let mut replies = Vec::with_capacity(batch.len());
+    for p in batch {
+        replies.push((p.reply, p.cmds.len()));
+        commands.extend(p.cmds);
+    }
+    (commands, replies)
+}
+async fn propose_local(
+    raft: &Raft,
+    commands: Vec<Command>,
+    replies: Replies,
+    dedupe_window_ns: i64,
+    permit: OwnedSemaphorePermit,
+) {
+    let request = Request {
+        // The leader's clock, stamped once per entry; the state machine keeps commit
+        // times monotonic whatever this clock does.
+        commit_time_ns: now_ns(),
+        dedupe_window_ns,
+        commands,
+    };
+    // `client_write_ff` only enqueues into openraft, in order; the outcome is awaited in a
+    // task of its own so that the next batch can be proposed meanwhile.
+    match raft.client_write_ff(request).await {
+        Ok(outcome) => {
+            tokio::spawn(async move {
+                let res = outcome.await;
+                drop(permit);
+                let outcomes = match res {
+                    Ok(Ok(resp)) => Ok(resp.data.outcomes),
+                    Ok(Err(e)) => Err(client_write_error(e)),
+                    Err(_) => Err(ProposeError::Stopped("raft dropped the write".into())),
+                };
+                distribute(replies, outcomes);
+            });
+        }
+        Err(fatal) => distribute(replies, Err(ProposeError::Stopped(fatal.to_string()))),
+    }
+}
+
+/// Sends a batch to the leader as one `Propose` call.
+async fn forward(
+    route: Route,
+    leader: NodeId,
+    node: NodeInfo,
+    commands: Vec<Command>,
+    replies: Replies,
+    permit: OwnedSemaphorePermit,
+) {
+    let outcomes = async {
+        let channel = route.network.channel(&node.grpc_addr).map_err(|e| {
+            ProposeError::Forward(format!("leader address {}: {e}", node.grpc_addr))
+        })?;
+        let body =
+            postcard::to_allocvec(&commands).map_err(|e| ProposeError::Forward(e.to_string()))?;
+        let mut req = tonic::Request::new(RaftMessage { body: body.into() });
+        req.set_timeout(route.forward_timeout);
+        let target = format!("{leader}:{}", node.incarnation)
+            .parse()
+            .map_err(|_| ProposeError::Forward("bad incarnation".into()))?;
+        req.metadata_mut().insert(TARGET_HEADER, target);
+        let reply = RaftClient::new(channel)
+            .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+            .propose(req)
+            .await
+            .map_err(|s| match s.code() {
+                // Not connected: the leader never saw the batch; the caller may retry.
+                tonic::Code::Unavailable => ProposeError::NotLeader {
+                    leader: Some((leader, node.clone())),
+                },
+                // Sent but unanswered: the outcome is unknown.
+                tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                    ProposeError::Timeout(route.forward_timeout)
+                }
+                _ => ProposeError::Forward(format!("{}: {}", s.code(), s.message())),
+            })?;
+        let outcomes: Outcomes = postcard::from_bytes(&reply.get_ref().body)
+            .map_err(|e| ProposeError::Forward(format!("undecodable reply: {e}")))?;
+        outcomes
+    }
+    .await;
+    drop(permit);
+    distribute(replies, outcomes);
+}
+
+/// Hands each caller its share of the outcomes, in order.
+fn distribute(replies: Replies, outcomes: Outcomes) {
+    match outcomes {
+        Ok(all) => {
+            let expected: usize = replies.iter().map(|(_, n)| n).sum();
+            if all.len() != expected {
+                let e = ProposeError::Stopped(format!(
+                    "{} outcomes for {expected} commands",
+                    all.len()
+                ));
+                for (r, _) in replies {
+                    let _ = r.send(Err(e.clone()));
+                }
+                return;
+            }
+            let mut it = all.into_iter();
+            for (r, n) in replies {
+                let _ = r.send(Ok(it.by_ref().take(n).collect()));
+            }
+        }
+        Err(e) => {
+            for (r, _) in replies {
+                let _ = r.send(Err(e.clone()));
+            }
+        }
     }
 }
 

@@ -9,14 +9,24 @@ use crate::proto::raft::v1::{raft_server, RaftMessage};
 
 pub struct RaftService {
     raft: Raft,
+    proposer: crate::node::Proposer,
+    propose_timeout: std::time::Duration,
     /// `node_id:incarnation` of this node: what peers must address.
     me: String,
 }
 
 impl RaftService {
-    pub fn new(raft: Raft, id: NodeId, incarnation: &str) -> Self {
+    pub fn new(
+        raft: Raft,
+        id: NodeId,
+        incarnation: &str,
+        proposer: crate::node::Proposer,
+        propose_timeout: std::time::Duration,
+    ) -> Self {
         RaftService {
             raft,
+            proposer,
+            propose_timeout,
             me: format!("{id}:{incarnation}"),
         }
     }
@@ -78,5 +88,16 @@ impl raft_server::Raft for RaftService {
         self.check_target(&req)?;
         let rpc = decode(req.get_ref())?;
         encode(&self.raft.vote(rpc).await)
+    }
+
+    async fn propose(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.check_target(&req)?;
+        let weight = req.get_ref().body.len();
+        let cmds: Vec<super::Command> = decode(req.get_ref())?;
+        let outcomes = self
+            .proposer
+            .propose_forwarded(cmds, weight, self.propose_timeout)
+            .await;
+        encode(&outcomes)
     }
 }

@@ -64,6 +64,10 @@ pub(crate) fn point_lookup_cf_options(cache: &rocksdb::Cache) -> rocksdb::Option
     block.set_bloom_filter(10.0, false);
     block.set_cache_index_and_filter_blocks(true);
     opts.set_block_based_table_factory(&block);
+    // Most lookups here miss (a new event id, a new stream): a memtable bloom filter
+    // answers those without walking the skiplist.
+    opts.set_memtable_whole_key_filtering(true);
+    opts.set_memtable_prefix_bloom_ratio(0.1);
     opts
 }
 
