@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/aetherops/v1/eventstore.proto",
         "proto/aetherops/v1/admin.proto",
         "proto/aetherops/v1/workflow.proto",
+        "proto/aetherops/v1/telemetry.proto",
         "proto/raft/v1/raft.proto",
     ];
     for p in protos {

@@ -10,4 +10,5 @@ pub mod node;
 pub mod proto;
 pub mod raft;
 pub mod storage;
+pub mod telemetry;
 pub mod workflow;

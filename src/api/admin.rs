@@ -255,9 +255,9 @@ impl Admin for AdminService {
         &self,
         _: Request<pb::StateDigestRequest>,
     ) -> Result<Response<pb::StateDigestResponse>, Status> {
-        let db = self.node.store.db();
+        let store = self.node.store.clone();
         let scan =
-            tokio::task::spawn_blocking(move || crate::raft::state_machine::scan_digest(&db))
+            tokio::task::spawn_blocking(move || crate::raft::state_machine::scan_digest(&store))
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?
                 .map_err(|e| status(e.into()))?;

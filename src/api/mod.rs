@@ -6,6 +6,7 @@ pub mod admin;
 pub mod convert;
 pub mod eventstore;
 pub mod http;
+pub mod telemetry;
 pub mod workflow;
 
 use std::future::Future;
@@ -23,6 +24,7 @@ use tonic::transport::Server;
 use crate::node::{Listeners, Node};
 use crate::proto::aetherops::v1::admin_server::AdminServer;
 use crate::proto::aetherops::v1::event_store_server::EventStoreServer;
+use crate::proto::aetherops::v1::telemetry_server::TelemetryServer;
 use crate::proto::aetherops::v1::workflows_server::WorkflowsServer;
 use crate::proto::raft::v1::raft_server::RaftServer;
 use crate::raft::network::MAX_RAFT_MESSAGE_BYTES;
@@ -43,6 +45,9 @@ pub async fn serve(
         .await;
     health_reporter
         .set_serving::<WorkflowsServer<workflow::WorkflowService>>()
+        .await;
+    health_reporter
+        .set_serving::<TelemetryServer<telemetry::TelemetryService>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -66,6 +71,12 @@ pub async fn serve(
         .add_service(
             WorkflowsServer::new(workflow::WorkflowService::new(node.clone()))
                 .max_decoding_message_size(max_msg),
+        )
+        .add_service(
+            // 1M points per batch at most (~16 MiB on the wire, plus series names).
+            TelemetryServer::new(telemetry::TelemetryService::new(node.clone()))
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20),
         )
         .add_service(
             RaftServer::new(RaftService::new(

@@ -22,6 +22,10 @@ pub enum BenchCmd {
     /// Builds one workflow with many events, then times "state at time T" queries at random
     /// times over its life (and "state at version V").
     WorkflowState(WorkflowStateBench),
+    /// Ingests synthetic 1 kHz ADC-like series; acknowledged only when durable.
+    Ingest(super::telemetry::IngestBench),
+    /// Ingests one series, then times 1000-bucket queries served from rollups and from raw.
+    Query(super::telemetry::QueryBench),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -69,6 +73,8 @@ pub async fn run(addrs: &str, cmd: BenchCmd, printer: &Printer) -> anyhow::Resul
     match cmd {
         BenchCmd::Append(b) => append(addrs, b, printer).await,
         BenchCmd::WorkflowState(b) => workflow_state(addrs, b, printer).await,
+        BenchCmd::Ingest(b) => super::telemetry::bench_ingest(addrs, b, printer).await,
+        BenchCmd::Query(b) => super::telemetry::bench_query(addrs, b, printer).await,
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod cluster;
 pub mod output;
+pub mod telemetry;
 pub mod workflow;
 
 use std::io::Read;
@@ -65,6 +66,9 @@ pub enum Cmd {
     /// Event-sourced workflows.
     #[command(subcommand)]
     Workflow(workflow::WorkflowCmd),
+    /// Telemetry series: ingest, query, retention.
+    #[command(subcommand)]
+    Telemetry(telemetry::TelemetryCmd),
     /// Load generators.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -172,6 +176,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Cluster(c) => cluster::run(&cli.addr, timeout, c, &printer).await,
         Cmd::Workflow(w) => workflow::run(&cli.addr, timeout, w, &printer).await,
+        Cmd::Telemetry(t) => telemetry::run(&cli.addr, timeout, t, &printer).await,
         Cmd::Bench(b) => bench::run(&cli.addr, b, &printer).await,
     }
 }

@@ -27,6 +27,7 @@ use crate::raft::network::NetworkFactory;
 use crate::raft::state_machine::{AppliedStatus, StateMachine};
 use crate::raft::{Command, CommandOutcome, NodeId, NodeInfo, Raft, RaftMetrics};
 use crate::storage::{LogDb, SmStore, StorageError};
+use crate::telemetry::store::{TelemetryCommand, TelemetryOutcome};
 use crate::workflow::store::{WorkflowCommand, WorkflowOutcome};
 
 pub use metrics::Metrics;
@@ -309,6 +310,25 @@ impl Node {
             CommandOutcome::Workflow(o) => Ok(o),
             other => Err(NodeError::Internal(format!(
                 "workflow command answered with {other:?}"
+            ))),
+        }
+    }
+
+    /// Proposes a telemetry command (ingest or retention) and waits for its outcome.
+    pub async fn telemetry(&self, cmd: TelemetryCommand) -> Result<TelemetryOutcome, NodeError> {
+        let weight = match &cmd {
+            TelemetryCommand::Ingest(segs) => segs.iter().map(|s| s.segment.len()).sum(),
+            TelemetryCommand::SetRetention(_) => 0,
+        };
+        let timeout = Duration::from_millis(self.config.write_timeout_ms);
+        match self
+            .proposer
+            .propose(Command::Telemetry(cmd), weight, timeout)
+            .await?
+        {
+            CommandOutcome::Telemetry(o) => Ok(o),
+            other => Err(NodeError::Internal(format!(
+                "telemetry command answered with {other:?}"
             ))),
         }
     }

@@ -17,6 +17,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::eventstore::{AppendCommand, AppendOutcome};
+use crate::telemetry::store::{TelemetryCommand, TelemetryOutcome};
 use crate::workflow::store::{WorkflowCommand, WorkflowOutcome};
 
 pub type NodeId = u64;
@@ -61,6 +62,7 @@ pub struct Request {
 pub enum Command {
     Append(AppendCommand),
     Workflow(WorkflowCommand),
+    Telemetry(TelemetryCommand),
 }
 
 /// The result of one command, in the order of [`Request::commands`].
@@ -68,6 +70,7 @@ pub enum Command {
 pub enum CommandOutcome {
     Append(AppendOutcome),
     Workflow(WorkflowOutcome),
+    Telemetry(TelemetryOutcome),
 }
 
 /// What applying one entry returned.

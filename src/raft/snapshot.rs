@@ -32,6 +32,9 @@ const MAX_HEADER_BYTES: usize = 16 << 20;
 /// Records per write batch when loading, so a big snapshot never sits in one batch.
 const LOAD_BATCH_BYTES: usize = 8 << 20;
 
+/// Says whether a record (column family, key, value) has expired by retention.
+pub type DeadRule<'a> = dyn Fn(&str, &[u8], &[u8]) -> bool + 'a;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotHeader {
     pub meta: SnapshotMeta,
@@ -39,10 +42,13 @@ pub struct SnapshotHeader {
     pub cfs: Vec<String>,
 }
 
-/// Dumps `db` into `path` (created, written, synced). Returns the header it wrote.
+/// Dumps `db` into `path` (created, written, synced), leaving out records `dead` says have
+/// expired (compaction drops them on its own schedule; a snapshot must not depend on it).
+/// Returns the header it wrote.
 pub fn write(
     db: &SmDb,
     path: &Path,
+    dead: &DeadRule<'_>,
     snapshot_id: impl FnOnce(Option<LogId>) -> String,
 ) -> Result<SnapshotHeader> {
     let view = db.db().snapshot();
@@ -74,6 +80,9 @@ pub fn write(
         let cf = db.cf(name)?;
         for item in view.iterator_cf(cf, IteratorMode::Start) {
             let (k, v) = item?;
+            if dead(name, &k, &v) {
+                continue;
+            }
             block.push(idx as u8);
             block.extend_from_slice(&(k.len() as u32).to_le_bytes());
             block.extend_from_slice(&k);

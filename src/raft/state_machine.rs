@@ -24,6 +24,7 @@ use crate::eventstore::apply::Applier;
 use crate::eventstore::{StoreState, STATE_KEY};
 use crate::storage::sm_db::{SmDb, SmWriteBatch, CF_META};
 use crate::storage::{decode, encode, fsync_dir, SmStore, StorageError};
+use crate::telemetry::store::{RetentionView, TelemetryApplier};
 use crate::workflow::store::WorkflowApplier;
 
 pub const KEY_APPLIED: &[u8] = b"applied";
@@ -84,6 +85,7 @@ impl Cached {
 
 pub struct StateMachine {
     store: Arc<SmStore>,
+    retention: Arc<RetentionView>,
     snapshot_dir: PathBuf,
     cached: Cached,
     status_tx: watch::Sender<AppliedStatus>,
@@ -92,7 +94,8 @@ pub struct StateMachine {
 impl StateMachine {
     /// Opens the state machine under `dir` (`dir/sm` for the database, `dir/snapshots`).
     pub fn open(dir: &Path) -> Result<StateMachine, StorageError> {
-        let store = Arc::new(SmStore::open(&dir.join("sm"))?);
+        let retention = RetentionView::new();
+        let store = Arc::new(SmStore::open_with(&dir.join("sm"), retention.clone())?);
         let snapshot_dir = dir.join("snapshots");
         std::fs::create_dir_all(&snapshot_dir)?;
         // Leftovers of interrupted builds or installs.
@@ -103,9 +106,11 @@ impl StateMachine {
             }
         }
         let cached = Cached::load(&store.db())?;
+        retention.reload(&store.db(), cached.state.last_commit_time_ns)?;
         let (status_tx, _) = watch::channel(cached.status());
         Ok(StateMachine {
             store,
+            retention,
             snapshot_dir,
             cached,
             status_tx,
@@ -124,12 +129,14 @@ impl StateMachine {
     fn apply_one(&mut self, db: &SmDb, entry: Entry) -> Result<Response, StorageError> {
         let mut wb = SmWriteBatch::new(db, self.cached.digest, entry.log_id.index);
         let mut outcomes = Vec::new();
+        let mut new_series = None;
         let is_membership = matches!(entry.payload, EntryPayload::Membership(_));
         match entry.payload {
             EntryPayload::Blank => {}
             EntryPayload::Normal(req) => {
                 let mut applier = Applier::new(db, std::mem::take(&mut self.cached.state));
                 let mut workflows = WorkflowApplier::new(db);
+                let mut telemetry = TelemetryApplier::new(db, &self.retention, entry.log_id.index);
                 let commit_time = applier.commit_time(req.commit_time_ns);
                 let window = req.dedupe_window_ns;
                 outcomes.reserve(req.commands.len());
@@ -148,10 +155,14 @@ impl StateMachine {
                             window,
                             w,
                         )?),
+                        Command::Telemetry(t) => {
+                            CommandOutcome::Telemetry(telemetry.apply(&mut wb, commit_time, t)?)
+                        }
                     });
                 }
                 applier.expire_dedupe(&mut wb, commit_time.saturating_sub(req.dedupe_window_ns))?;
                 self.cached.state = applier.into_state();
+                new_series = Some(telemetry);
             }
             EntryPayload::Membership(m) => {
                 self.cached.membership = StoredMembership::new(Some(entry.log_id), m);
@@ -174,6 +185,12 @@ impl StateMachine {
         wb.put_meta(STATE_KEY, &self.cached.state.encode()?)?;
         wb.put_meta(KEY_DIGEST, &encode("digest", &self.cached.digest)?)?;
         wb.commit()?;
+        // Only now that the batch is written may retention see its series and time.
+        if let Some(t) = new_series {
+            t.finish();
+        }
+        self.retention
+            .advance(self.cached.state.last_commit_time_ns);
         Ok(Response { outcomes })
     }
 
@@ -259,6 +276,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .map_err(|e| err(StorageError::Io(std::io::Error::other(e))))?;
         installed.map_err(err)?;
         self.cached = Cached::load(&self.store.db()).map_err(err)?;
+        self.retention
+            .reload(&self.store.db(), self.cached.state.last_commit_time_ns)
+            .map_err(err)?;
         self.publish();
         Ok(())
     }
@@ -328,13 +348,15 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
+        let store = self.store.clone();
         let db = self.store.db();
         let dir = self.dir.clone();
         let err = |e: StorageError| sto_err(ErrorVerb::Write, ErrorSubject::Snapshot(None), e);
         let (header, file) = tokio::task::spawn_blocking(move || {
             let tmp = dir.join(format!("build-{}.tmp", uuid::Uuid::new_v4()));
             let built = (|| {
-                let header = snapshot::write(&db, &tmp, |last| {
+                let dead = |cf: &str, k: &[u8], v: &[u8]| store.is_dead(cf, k, v);
+                let header = snapshot::write(&db, &tmp, &dead, |last| {
                     let (term, index) = last.map_or((0, 0), |l| (l.leader_id.term, l.index));
                     format!("{term}-{index}-{}", uuid::Uuid::new_v4().simple())
                 })?;
@@ -378,8 +400,9 @@ pub struct ScanDigest {
 /// Digests the whole state machine. Unlike the chained digest, which vouches for the writes
 /// that were applied, this vouches for what is on disk now: a record changed or lost at
 /// rest shows up here.
-pub fn scan_digest(db: &SmDb) -> Result<ScanDigest, StorageError> {
+pub fn scan_digest(store: &SmStore) -> Result<ScanDigest, StorageError> {
     use xxhash_rust::xxh3::Xxh3;
+    let db = store.db();
     let view = db.db().snapshot();
     let meta = db.cf(CF_META)?;
     let applied: Option<LogId> = match view.get_cf(meta, KEY_APPLIED)? {
@@ -395,6 +418,10 @@ pub fn scan_digest(db: &SmDb) -> Result<ScanDigest, StorageError> {
     for (i, name) in crate::storage::sm_db::SM_CFS.iter().enumerate() {
         for item in view.iterator_cf(db.cf(name)?, rocksdb::IteratorMode::Start) {
             let (k, v) = item?;
+            // Expired records vanish at compaction, on each replica's own schedule.
+            if store.is_dead(name, &k, &v) {
+                continue;
+            }
             hasher.update(&[i as u8]);
             hasher.update(&(k.len() as u32).to_le_bytes());
             hasher.update(&k);

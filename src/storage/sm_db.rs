@@ -35,6 +35,15 @@ pub const CF_WF_STATE: &str = "wf_state";
 /// `workflow id ++ 0x00 ++ version` → projection snapshot after that version.
 pub const CF_WF_SNAPSHOTS: &str = "wf_snapshots";
 
+/// Telemetry series name → its id.
+pub const CF_TM_SERIES: &str = "tm_series";
+/// `series id ++ min ts ++ log index ++ seq` → a compressed columnar segment of raw points.
+pub const CF_TM_RAW: &str = "tm_raw";
+/// `series id ++ tier ++ bucket start` → a rollup bucket (mergeable statistics).
+pub const CF_TM_ROLLUP: &str = "tm_rollup";
+/// Series prefix → retention policy.
+pub const CF_TM_POLICY: &str = "tm_policy";
+
 /// Every column family of the state machine, in a fixed order: snapshots carry them all and
 /// refer to them by their index in this list.
 pub const SM_CFS: &[&str] = &[
@@ -46,7 +55,31 @@ pub const SM_CFS: &[&str] = &[
     CF_DEDUPE_EXPIRY,
     CF_WF_STATE,
     CF_WF_SNAPSHOTS,
+    CF_TM_SERIES,
+    CF_TM_RAW,
+    CF_TM_ROLLUP,
+    CF_TM_POLICY,
 ];
+
+/// Column families whose records may expire by retention: compaction drops what the
+/// replicated state declares dead.
+pub const EXPIRING_CFS: &[&str] = &[CF_TM_RAW, CF_TM_ROLLUP];
+
+/// Which records replicated state already declares dead (past retention). Compaction drops
+/// them on each replica's own schedule, so nothing may depend on their presence: queries
+/// filter by the same rule, and snapshots and state scans skip them.
+pub trait Retention: Send + Sync + 'static {
+    fn is_dead(&self, cf: &str, key: &[u8], value: &[u8]) -> bool;
+}
+
+/// No record ever expires.
+pub struct KeepAll;
+
+impl Retention for KeepAll {
+    fn is_dead(&self, _: &str, _: &[u8], _: &[u8]) -> bool {
+        false
+    }
+}
 
 const CURRENT: &str = "CURRENT";
 const BLOCK_CACHE_BYTES: usize = 256 << 20;
@@ -60,12 +93,28 @@ pub struct SmDb {
 }
 
 impl SmDb {
-    fn open(path: &Path, cache: &Cache) -> Result<SmDb> {
+    fn open(path: &Path, cache: &Cache, retention: &Arc<dyn Retention>) -> Result<SmDb> {
         let cfs = SM_CFS.iter().map(|name| {
-            let opts = match *name {
-                CF_STREAMS | CF_DEDUPE | CF_META | CF_WF_STATE => point_lookup_cf_options(cache),
+            let mut opts = match *name {
+                CF_STREAMS | CF_DEDUPE | CF_META | CF_WF_STATE | CF_TM_SERIES => {
+                    point_lookup_cf_options(cache)
+                }
                 _ => scan_cf_options(cache),
             };
+            if EXPIRING_CFS.contains(name) {
+                let retention = retention.clone();
+                let cf: &'static str = name;
+                opts.set_compaction_filter(
+                    &format!("aether-retention-{cf}"),
+                    move |_level: u32, k: &[u8], v: &[u8]| {
+                        if retention.is_dead(cf, k, v) {
+                            rocksdb::compaction_filter::Decision::Remove
+                        } else {
+                            rocksdb::compaction_filter::Decision::Keep
+                        }
+                    },
+                );
+            }
             ColumnFamilyDescriptor::new(*name, opts)
         });
         let db = DB::open_cf_descriptors(&base_options(), path, cfs)?;
@@ -183,11 +232,17 @@ impl<'a> SmWriteBatch<'a> {
 pub struct SmStore {
     root: PathBuf,
     cache: Cache,
+    retention: Arc<dyn Retention>,
     current: RwLock<Arc<SmDb>>,
 }
 
 impl SmStore {
     pub fn open(root: &Path) -> Result<SmStore> {
+        Self::open_with(root, Arc::new(KeepAll))
+    }
+
+    /// Opens the store with the rule that says which records have expired.
+    pub fn open_with(root: &Path, retention: Arc<dyn Retention>) -> Result<SmStore> {
         std::fs::create_dir_all(root)?;
         let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let name = match std::fs::read_to_string(root.join(CURRENT)) {
@@ -213,12 +268,18 @@ impl SmStore {
                 std::fs::remove_dir_all(entry.path())?;
             }
         }
-        let db = SmDb::open(&root.join(&name), &cache)?;
+        let db = SmDb::open(&root.join(&name), &cache, &retention)?;
         Ok(SmStore {
             root: root.to_owned(),
             cache,
+            retention,
             current: RwLock::new(Arc::new(db)),
         })
+    }
+
+    /// Whether a record has expired by retention (see [`Retention`]).
+    pub fn is_dead(&self, cf: &str, key: &[u8], value: &[u8]) -> bool {
+        self.retention.is_dead(cf, key, value)
     }
 
     /// The live database. Holders keep a replaced database open until they drop it.
@@ -243,7 +304,7 @@ impl SmStore {
         if path.exists() {
             std::fs::remove_dir_all(&path)?;
         }
-        let fresh = SmDb::open(&path, &self.cache)?;
+        let fresh = SmDb::open(&path, &self.cache, &self.retention)?;
         if let Err(e) = load(&fresh).and_then(|()| fresh.sync()) {
             fresh.remove_on_drop.store(true, Ordering::Release);
             return Err(e);

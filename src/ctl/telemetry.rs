@@ -1,0 +1,699 @@
+//! `aetherctl telemetry …`: load CSV files, query series, set retention, compact; and the
+//! ingest and query benchmarks.
+
+use std::io::{BufRead, BufReader};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Subcommand};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use tonic::transport::Channel;
+
+use super::output::{Output, Printer};
+use super::{channel, first_addr, status_err};
+use crate::proto::aetherops::v1 as pb;
+use crate::proto::aetherops::v1::telemetry_client::TelemetryClient;
+
+#[derive(Subcommand, Debug)]
+pub enum TelemetryCmd {
+    /// Load a CSV file: `timestamp,value` (with --series) or `series,timestamp,value`.
+    /// Timestamps: integer ns since the epoch, `YYYY-MM-DD HH:MM:SS` (UTC) or RFC 3339.
+    Ingest {
+        file: std::path::PathBuf,
+        #[arg(long)]
+        series: Option<String>,
+        /// Points per batch.
+        #[arg(long, default_value_t = 10_000)]
+        batch: usize,
+    },
+    /// Query a series over a time range.
+    Query(QueryArgs),
+    /// Set the retention of a series prefix (cluster-wide).
+    Retention {
+        prefix: String,
+        /// Raw points, e.g. 48h.
+        #[arg(long)]
+        raw: String,
+        /// 1-minute rollups, e.g. 30d.
+        #[arg(long)]
+        minute: String,
+        /// 1-hour rollups, e.g. 365d, or "forever".
+        #[arg(long, default_value = "forever")]
+        hour: String,
+        /// Refuse points older than this ("none": accept any age).
+        #[arg(long, default_value = "none")]
+        lateness: String,
+    },
+    /// Flush and compact this node's telemetry data now (expired data is reclaimed).
+    Compact,
+    /// Bytes on disk per tier on this node.
+    Stats,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct QueryArgs {
+    pub series: String,
+    /// Start (RFC 3339 with a zone, or ns since the epoch).
+    #[arg(long)]
+    pub from: String,
+    /// End, exclusive.
+    #[arg(long)]
+    pub to: String,
+    /// Bucket width, e.g. 10s, 1m, 1h.
+    #[arg(long, conflicts_with = "points")]
+    pub bucket: Option<String>,
+    /// Target number of points (the width is chosen, coarsest tier first).
+    #[arg(long)]
+    pub points: Option<u32>,
+    /// auto | raw | minute | hour
+    #[arg(long, default_value = "auto")]
+    pub tier: String,
+    /// Report points with |z| above this.
+    #[arg(long)]
+    pub anomalies: Option<f64>,
+    /// M4 pixel columns.
+    #[arg(long)]
+    pub m4: Option<u32>,
+    /// Exact medians of raw buckets.
+    #[arg(long)]
+    pub median: bool,
+}
+
+/// `500ms`, `10s`, `5m`, `48h`, `30d` → milliseconds.
+pub fn parse_duration_ms(s: &str) -> anyhow::Result<u64> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| anyhow!("bad duration {s:?}: use e.g. 500ms, 10s, 5m, 48h, 30d"))?;
+    let mult = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => bail!("bad duration {s:?}: use e.g. 500ms, 10s, 5m, 48h, 30d"),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| anyhow!("duration {s:?} too large"))
+}
+
+/// A timestamp: integer ns, RFC 3339 / ISO 8601 with a zone, or NAB's `YYYY-MM-DD HH:MM:SS` (UTC).
+pub fn parse_time_ns(s: &str) -> anyhow::Result<i64> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<i64>() {
+        return Ok(n);
+    }
+    if let Ok(ns) = crate::workflow::projection::parse_timestamp(s) {
+        return Ok(ns);
+    }
+    let fmt = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    let t = time::PrimitiveDateTime::parse(s, &fmt).map_err(|_| anyhow!("bad timestamp {s:?}"))?;
+    i64::try_from(t.assume_utc().unix_timestamp_nanos())
+        .map_err(|_| anyhow!("timestamp {s:?} out of range"))
+}
+
+async fn client(addr: &str, timeout: Duration) -> anyhow::Result<TelemetryClient<Channel>> {
+    Ok(TelemetryClient::new(channel(addr, timeout).await?)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20))
+}
+
+pub async fn run(
+    addrs: &str,
+    timeout: Duration,
+    cmd: TelemetryCmd,
+    printer: &Printer,
+) -> anyhow::Result<()> {
+    let addr = first_addr(addrs);
+    match cmd {
+        TelemetryCmd::Ingest {
+            file,
+            series,
+            batch,
+        } => ingest_csv(addr, &file, series, batch.max(1), printer).await,
+        TelemetryCmd::Query(q) => {
+            let mut c = client(addr, timeout).await?;
+            let (buckets, summary, anomalies, m4) = run_query(&mut c, &query_request(&q)?).await?;
+            print_query(printer, &buckets, &summary, &anomalies, &m4);
+            Ok(())
+        }
+        TelemetryCmd::Retention {
+            prefix,
+            raw,
+            minute,
+            hour,
+            lateness,
+        } => {
+            let mut c = client(addr, timeout).await?;
+            let req = pb::RetentionPolicyRequest {
+                prefix: prefix.clone(),
+                raw_ms: parse_duration_ms(&raw)?,
+                minute_ms: parse_duration_ms(&minute)?,
+                hour_ms: if hour == "forever" {
+                    0
+                } else {
+                    parse_duration_ms(&hour)?
+                },
+                lateness_ms: if lateness == "none" {
+                    0
+                } else {
+                    parse_duration_ms(&lateness)?
+                },
+            };
+            c.set_retention(req).await.map_err(status_err)?;
+            match printer.format {
+                Output::Json => printer.json(&json!({"prefix": prefix, "set": true})),
+                Output::Text => println!("retention set for series prefix {prefix:?}"),
+            }
+            Ok(())
+        }
+        TelemetryCmd::Compact => {
+            let mut c = client(addr, Duration::from_secs(600)).await?;
+            let r = c
+                .compact(pb::CompactRequest {})
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            match printer.format {
+                Output::Json => printer.json(&json!({
+                    "raw_bytes_before": r.raw_bytes_before, "raw_bytes_after": r.raw_bytes_after,
+                    "rollup_bytes_before": r.rollup_bytes_before, "rollup_bytes_after": r.rollup_bytes_after,
+                })),
+                Output::Text => println!(
+                    "compacted: raw {} -> {} bytes, rollups {} -> {} bytes",
+                    r.raw_bytes_before, r.raw_bytes_after, r.rollup_bytes_before, r.rollup_bytes_after
+                ),
+            }
+            Ok(())
+        }
+        TelemetryCmd::Stats => {
+            let mut c = client(addr, timeout).await?;
+            let r = c
+                .stats(pb::TelemetryStatsRequest {})
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            match printer.format {
+                Output::Json => {
+                    printer.json(&json!({"raw_bytes": r.raw_bytes, "rollup_bytes": r.rollup_bytes}))
+                }
+                Output::Text => println!(
+                    "raw {} bytes, rollups {} bytes",
+                    r.raw_bytes, r.rollup_bytes
+                ),
+            }
+            Ok(())
+        }
+    }
+}
+
+pub fn query_request(q: &QueryArgs) -> anyhow::Result<pb::TelemetryQuery> {
+    Ok(pb::TelemetryQuery {
+        series: q.series.clone(),
+        start_ns: parse_time_ns(&q.from)?,
+        end_ns: parse_time_ns(&q.to)?,
+        bucket_ns: match &q.bucket {
+            Some(b) => {
+                i64::try_from(parse_duration_ms(b)? * 1_000_000).context("bucket too wide")?
+            }
+            None => 0,
+        },
+        target_points: q
+            .points
+            .unwrap_or(if q.bucket.is_none() { 1000 } else { 0 }),
+        tier: q.tier.clone(),
+        anomaly_z: q.anomalies.unwrap_or(0.0),
+        m4_width: q.m4.unwrap_or(0),
+        median: q.median,
+        percentiles: vec![0.5, 0.9, 0.99],
+        consistency: pb::Consistency::Linearizable as i32,
+    })
+}
+
+type QueryParts = (
+    Vec<pb::TelemetryBucket>,
+    pb::TelemetrySummary,
+    Vec<pb::TelemetryAnomaly>,
+    Vec<pb::M4Column>,
+);
+
+pub async fn run_query(
+    c: &mut TelemetryClient<Channel>,
+    req: &pb::TelemetryQuery,
+) -> anyhow::Result<QueryParts> {
+    let mut stream = c.query(req.clone()).await.map_err(status_err)?.into_inner();
+    let (mut buckets, mut summary, mut anomalies, mut m4) =
+        (Vec::new(), None, Vec::new(), Vec::new());
+    while let Some(chunk) = stream.message().await.map_err(status_err)? {
+        buckets.extend(chunk.buckets);
+        anomalies.extend(chunk.anomalies);
+        m4.extend(chunk.m4);
+        if chunk.summary.is_some() {
+            summary = chunk.summary;
+        }
+    }
+    Ok((
+        buckets,
+        summary.ok_or_else(|| anyhow!("query ended without a summary"))?,
+        anomalies,
+        m4,
+    ))
+}
+
+fn print_query(
+    printer: &Printer,
+    buckets: &[pb::TelemetryBucket],
+    s: &pb::TelemetrySummary,
+    anomalies: &[pb::TelemetryAnomaly],
+    m4: &[pb::M4Column],
+) {
+    match printer.format {
+        Output::Json => {
+            for b in buckets {
+                printer.json(&json!({
+                    "start_ns": b.start_ns, "count": b.count, "mean": b.mean, "min": b.min, "max": b.max,
+                    "first": b.first, "last": b.last, "sum": b.sum, "stddev": b.stddev, "median": b.median,
+                    "p50": b.percentiles.first(), "p90": b.percentiles.get(1), "p99": b.percentiles.get(2),
+                    "tier": b.tier,
+                }));
+            }
+            printer.json(&json!({"summary": {
+                "count": s.count, "mean": s.mean, "variance": s.variance, "stddev": s.stddev, "min": s.min,
+                "max": s.max, "p50": s.percentiles.first(), "p90": s.percentiles.get(1), "p99": s.percentiles.get(2),
+                "bucket_ns": s.bucket_ns, "raw_points_read": s.raw_points_read,
+            }, "anomalies": anomalies.iter().map(|a| json!({"ts_ns": a.ts_ns, "value": a.value, "z": a.z})).collect::<Vec<_>>(),
+               "m4": m4.iter().map(|c| json!({"pixel": c.pixel, "first": [c.first_ts, c.first], "last": [c.last_ts, c.last],
+                    "min": [c.min_ts, c.min], "max": [c.max_ts, c.max]})).collect::<Vec<_>>()}));
+        }
+        Output::Text => {
+            for b in buckets {
+                println!(
+                    "{} n={} mean={:.6} min={:.6} max={:.6} sd={:.6} p99={:.6} [{}]",
+                    b.start_ns,
+                    b.count,
+                    b.mean,
+                    b.min,
+                    b.max,
+                    b.stddev,
+                    b.percentiles.get(2).copied().unwrap_or(f64::NAN),
+                    b.tier
+                );
+            }
+            println!(
+                "summary: n={} mean={:.6} sd={:.6} min={:.6} max={:.6} p50={:.6} p99={:.6} (bucket {} ns, {} raw points read)",
+                s.count,
+                s.mean,
+                s.stddev,
+                s.min,
+                s.max,
+                s.percentiles.first().copied().unwrap_or(f64::NAN),
+                s.percentiles.get(2).copied().unwrap_or(f64::NAN),
+                s.bucket_ns,
+                s.raw_points_read
+            );
+            for a in anomalies {
+                println!("anomaly at {}: {} (z = {:.2})", a.ts_ns, a.value, a.z);
+            }
+            if !m4.is_empty() {
+                println!("m4: {} columns", m4.len());
+            }
+        }
+    }
+}
+
+fn parse_line(line: &str, series: &Option<String>) -> anyhow::Result<Option<(String, i64, f64)>> {
+    let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+    let (name, t, v) = match (fields.as_slice(), series) {
+        ([t, v], Some(s)) => (s.clone(), *t, *v),
+        ([s, t, v], _) => (s.to_string(), *t, *v),
+        ([_, _], None) => bail!("two columns need --series"),
+        _ => bail!("expected timestamp,value or series,timestamp,value"),
+    };
+    let (Ok(t), Ok(v)) = (parse_time_ns(t), v.parse::<f64>()) else {
+        return Ok(None);
+    };
+    Ok(Some((name, t, v)))
+}
+
+async fn ingest_csv(
+    addr: &str,
+    file: &std::path::Path,
+    series: Option<String>,
+    batch: usize,
+    printer: &Printer,
+) -> anyhow::Result<()> {
+    let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    let size = f.metadata()?.len();
+    let bar = if printer.format == Output::Text {
+        let b = ProgressBar::new(size);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:40}] {bytes}/{total_bytes} {msg}",
+            )?
+            .progress_chars("=> "),
+        );
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::IngestBatch>(4);
+    let reader_bar = bar.clone();
+    let path = file.to_owned();
+    // Parse on a blocking thread; batches stream to the node as they fill.
+    let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, u64)> {
+        let mut lines = BufReader::new(std::fs::File::open(&path)?).lines();
+        let mut current: std::collections::BTreeMap<String, pb::SeriesPoints> = Default::default();
+        let (mut n, mut skipped, mut in_batch) = (0u64, 0u64, 0usize);
+        let mut line_no = 0u64;
+        let mut read_bytes = 0u64;
+        while let Some(line) = lines.next().transpose()? {
+            line_no += 1;
+            read_bytes += line.len() as u64 + 1;
+            if line.trim().is_empty() {
+                continue;
+            }
+            match parse_line(&line, &series).with_context(|| format!("line {line_no}"))? {
+                Some((name, t, v)) => {
+                    let e = current
+                        .entry(name.clone())
+                        .or_insert_with(|| pb::SeriesPoints {
+                            series: name,
+                            ..Default::default()
+                        });
+                    e.timestamps_ns.push(t);
+                    e.values.push(v);
+                    n += 1;
+                    in_batch += 1;
+                }
+                // A header line, or an unparseable value.
+                None => skipped += 1,
+            }
+            if in_batch >= batch {
+                let b = pb::IngestBatch {
+                    series: std::mem::take(&mut current).into_values().collect(),
+                };
+                if tx.blocking_send(b).is_err() {
+                    break;
+                }
+                in_batch = 0;
+                reader_bar.set_position(read_bytes);
+            }
+        }
+        if in_batch > 0 {
+            let _ = tx.blocking_send(pb::IngestBatch {
+                series: current.into_values().collect(),
+            });
+        }
+        reader_bar.set_position(read_bytes);
+        Ok((n, skipped))
+    });
+    let mut c = client(addr, Duration::from_secs(3600)).await?;
+    let started = Instant::now();
+    let summary = c
+        .ingest(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    let (n, skipped) = reader.await??;
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    match printer.format {
+        Output::Json => printer.json(
+            &json!({"points": summary.points, "batches": summary.batches,
+            "late_dropped": summary.late_dropped, "lines_skipped": skipped, "seconds": secs}),
+        ),
+        Output::Text => println!(
+            "ingested {} points in {} batches ({:.0} points/s){}{}",
+            summary.points,
+            summary.batches,
+            n as f64 / secs,
+            if skipped > 0 {
+                format!(", {skipped} lines skipped (header or unparseable)")
+            } else {
+                String::new()
+            },
+            if summary.late_dropped > 0 {
+                format!(", {} too late", summary.late_dropped)
+            } else {
+                String::new()
+            },
+        ),
+    }
+    Ok(())
+}
+
+/// A 16-bit ADC-like 1 kHz-ish signal: slow sine plus a few LSB of noise, quantized.
+fn adc_value(i: u64, seed: u64) -> f64 {
+    const LSB: f64 = 10.0 / 65536.0;
+    let x = i as f64 * 0.001;
+    let mut h = (i ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    h ^= h >> 29;
+    let noise = (h % 7) as f64 - 3.0;
+    ((2.5 + 1.5 * (x * 0.3).sin()) / LSB + noise).round() * LSB
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct IngestBench {
+    /// Points in total.
+    #[arg(long, default_value_t = 20_000_000)]
+    pub points: u64,
+    /// Points per batch.
+    #[arg(long, default_value_t = 10_000)]
+    pub batch: usize,
+    /// Concurrent ingest streams (each its own series).
+    #[arg(long, default_value_t = 4)]
+    pub streams: usize,
+    /// Sample interval of the synthetic series.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub interval_ns: i64,
+}
+
+pub async fn bench_ingest(addrs: &str, b: IngestBench, printer: &Printer) -> anyhow::Result<()> {
+    anyhow::ensure!(b.streams > 0 && b.batch > 0, "counts must be > 0");
+    let nodes: Vec<String> = addrs
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let per_stream = b.points / b.streams as u64;
+    let bar = if printer.format == Output::Text {
+        let bar = ProgressBar::new(per_stream * b.streams as u64);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:40}] {pos}/{len} points {per_sec}",
+            )?
+            .progress_chars("=> "),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    // Start at a recent minute so the data is within raw retention.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos() as i64;
+    let t0 = now - (per_stream as i64 * b.interval_ns) - 60_000_000_000;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for s in 0..b.streams {
+        let addr = nodes[s % nodes.len()].clone();
+        let bar = bar.clone();
+        let series = format!("bench-{run_id}/ch{s}");
+        let cfg = b.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = client(&addr, Duration::from_secs(3600)).await?;
+            let (tx, rx) = tokio::sync::mpsc::channel::<pb::IngestBatch>(4);
+            let producer = tokio::spawn(async move {
+                let mut i = 0u64;
+                while i < per_stream {
+                    let n = (cfg.batch as u64).min(per_stream - i);
+                    let ts: Vec<i64> = (i..i + n)
+                        .map(|k| t0 + k as i64 * cfg.interval_ns)
+                        .collect();
+                    let values: Vec<f64> = (i..i + n).map(|k| adc_value(k, s as u64)).collect();
+                    if tx
+                        .send(pb::IngestBatch {
+                            series: vec![pb::SeriesPoints {
+                                series: series.clone(),
+                                timestamps_ns: ts,
+                                values,
+                            }],
+                        })
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    bar.inc(n);
+                    i += n;
+                }
+            });
+            let summary = c
+                .ingest(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            producer.await?;
+            anyhow::Ok(summary.points)
+        }));
+    }
+    let mut acked = 0;
+    for t in tasks {
+        acked += t.await??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let report = json!({"bench": "ingest", "points": acked, "batch": b.batch, "streams": b.streams,
+        "seconds": secs, "points_per_sec": acked as f64 / secs});
+    match printer.format {
+        Output::Json => printer.json(&report),
+        Output::Text => println!(
+            "ingest bench: {acked} points acknowledged (durable) in {secs:.2}s over {} streams, batches of {}: {:.0} points/s",
+            b.streams,
+            b.batch,
+            acked as f64 / secs
+        ),
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct QueryBench {
+    /// Points in the series.
+    #[arg(long, default_value_t = 10_000_000)]
+    pub points: u64,
+    /// Buckets per query (the series spans this many minutes, so rollups serve them).
+    #[arg(long, default_value_t = 1000)]
+    pub buckets: u64,
+    /// Queries to time per tier.
+    #[arg(long, default_value_t = 100)]
+    pub queries: u64,
+    /// Query an existing series instead of ingesting one (its range is given by --from/--to).
+    #[arg(long)]
+    pub series: Option<String>,
+}
+
+pub async fn bench_query(addrs: &str, b: QueryBench, printer: &Printer) -> anyhow::Result<()> {
+    let addr = first_addr(addrs);
+    let span = b.buckets as i64 * 60_000_000_000;
+    let interval = (span / b.points.max(1) as i64).max(1);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos() as i64;
+    let start = (now - span - 120_000_000_000) / 60_000_000_000 * 60_000_000_000;
+    let series = match &b.series {
+        Some(s) => s.clone(),
+        None => {
+            let series = format!("qbench-{}/value", uuid::Uuid::new_v4().simple());
+            let mut c = client(addr, Duration::from_secs(3600)).await?;
+            let (tx, rx) = tokio::sync::mpsc::channel::<pb::IngestBatch>(4);
+            let name = series.clone();
+            let total = b.points;
+            let bar = if printer.format == Output::Text {
+                let bar = ProgressBar::new(total);
+                bar.set_style(
+                    ProgressStyle::with_template(
+                        "{elapsed_precise} [{bar:40}] {pos}/{len} points ingested",
+                    )?
+                    .progress_chars("=> "),
+                );
+                bar
+            } else {
+                ProgressBar::hidden()
+            };
+            let pbar = bar.clone();
+            let producer = tokio::spawn(async move {
+                let mut i = 0u64;
+                while i < total {
+                    let n = 50_000u64.min(total - i);
+                    let ts = (i..i + n).map(|k| start + k as i64 * interval).collect();
+                    let values = (i..i + n).map(|k| adc_value(k, 7)).collect();
+                    if tx
+                        .send(pb::IngestBatch {
+                            series: vec![pb::SeriesPoints {
+                                series: name.clone(),
+                                timestamps_ns: ts,
+                                values,
+                            }],
+                        })
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    pbar.inc(n);
+                    i += n;
+                }
+            });
+            c.ingest(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .map_err(status_err)?;
+            producer.await?;
+            bar.finish_and_clear();
+            series
+        }
+    };
+    let mut c = client(addr, Duration::from_secs(600)).await?;
+    let mut results = serde_json::Map::new();
+    for tier in ["auto", "raw"] {
+        let req = pb::TelemetryQuery {
+            series: series.clone(),
+            start_ns: start,
+            end_ns: start + span,
+            bucket_ns: 60_000_000_000,
+            target_points: 0,
+            tier: tier.into(),
+            anomaly_z: 0.0,
+            m4_width: 0,
+            median: false,
+            percentiles: vec![0.99],
+            consistency: pb::Consistency::Local as i32,
+        };
+        let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+        let mut served = String::new();
+        let mut count = 0;
+        let n = if tier == "raw" {
+            b.queries.div_ceil(10).max(5)
+        } else {
+            b.queries
+        };
+        for _ in 0..n {
+            let t = Instant::now();
+            let (buckets, summary, _, _) = run_query(&mut c, &req).await?;
+            h.record(t.elapsed().as_micros().max(1) as u64)?;
+            served = buckets.first().map(|b| b.tier.clone()).unwrap_or_default();
+            count = summary.count;
+            anyhow::ensure!(
+                buckets.len() as u64 >= b.buckets.saturating_sub(1),
+                "got {} buckets",
+                buckets.len()
+            );
+        }
+        results.insert(
+            tier.into(),
+            json!({"queries": n, "served_by": served, "points_covered": count,
+                "p50_ms": h.value_at_quantile(0.5) as f64 / 1000.0, "p99_ms": h.value_at_quantile(0.99) as f64 / 1000.0,
+                "max_ms": h.max() as f64 / 1000.0}),
+        );
+    }
+    let report = json!({"bench": "query", "series": series, "points": b.points, "buckets": b.buckets, "results": results});
+    match printer.format {
+        Output::Json => printer.json(&report),
+        Output::Text => {
+            println!(
+                "query bench: {} buckets (avg, min, max, stddev, p99) over {} points",
+                b.buckets, b.points
+            );
+            for (tier, r) in &results {
+                println!(
+                    "  tier {tier:>4} (served by {}): p50 {} ms  p99 {} ms  max {} ms over {} queries",
+                    r["served_by"], r["p50_ms"], r["p99_ms"], r["max_ms"], r["queries"]
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,497 @@
+//! Telemetry end to end on real nodes: ingest → compressed segments → rollup tiers →
+//! queries, exact against a recomputation from the deduplicated raw points; retention and
+//! compaction; anomalies and M4; bad input; replication.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aetherops::proto::aetherops::v1 as pb;
+use aetherops::proto::aetherops::v1::telemetry_client::TelemetryClient;
+use aetherops::telemetry::sketch::nearest_rank;
+use common::cluster::TestCluster;
+use common::*;
+use tonic::transport::Channel;
+use tonic::Code;
+
+const MIN: i64 = 60_000_000_000;
+const HOUR: i64 = 60 * MIN;
+
+async fn tm(node: &TestNode) -> TelemetryClient<Channel> {
+    TelemetryClient::new(node.channel().await)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64
+}
+
+fn batch(series: &str, pts: &[(i64, f64)]) -> pb::IngestBatch {
+    pb::IngestBatch {
+        series: vec![pb::SeriesPoints {
+            series: series.into(),
+            timestamps_ns: pts.iter().map(|p| p.0).collect(),
+            values: pts.iter().map(|p| p.1).collect(),
+        }],
+    }
+}
+
+async fn ingest(
+    c: &mut TelemetryClient<Channel>,
+    batches: Vec<pb::IngestBatch>,
+) -> pb::IngestSummary {
+    c.ingest(tokio_stream::iter(batches))
+        .await
+        .expect("ingest")
+        .into_inner()
+}
+
+struct Answer {
+    buckets: Vec<pb::TelemetryBucket>,
+    summary: pb::TelemetrySummary,
+    anomalies: Vec<pb::TelemetryAnomaly>,
+    m4: Vec<pb::M4Column>,
+}
+
+fn q(series: &str, start: i64, end: i64, bucket: i64, tier: &str) -> pb::TelemetryQuery {
+    pb::TelemetryQuery {
+        series: series.into(),
+        start_ns: start,
+        end_ns: end,
+        bucket_ns: bucket,
+        target_points: 0,
+        tier: tier.into(),
+        anomaly_z: 0.0,
+        m4_width: 0,
+        median: false,
+        percentiles: vec![0.5, 0.99],
+        consistency: 0,
+    }
+}
+
+async fn query(
+    c: &mut TelemetryClient<Channel>,
+    req: pb::TelemetryQuery,
+) -> Result<Answer, tonic::Status> {
+    let mut s = c.query(req).await?.into_inner();
+    let mut a = Answer {
+        buckets: vec![],
+        summary: Default::default(),
+        anomalies: vec![],
+        m4: vec![],
+    };
+    while let Some(chunk) = s.message().await? {
+        a.buckets.extend(chunk.buckets);
+        a.anomalies.extend(chunk.anomalies);
+        a.m4.extend(chunk.m4);
+        if let Some(sum) = chunk.summary {
+            a.summary = sum;
+        }
+    }
+    Ok(a)
+}
+
+/// The reference: last value per timestamp, grouped into `width` buckets, statistics
+/// computed plainly in f64 with two passes.
+fn reference(
+    points: &BTreeMap<i64, f64>,
+    start: i64,
+    end: i64,
+    width: i64,
+) -> Vec<(i64, Vec<f64>)> {
+    let mut out: Vec<(i64, Vec<f64>)> = Vec::new();
+    for (&t, &v) in points.range(start..end) {
+        let b = t - t.rem_euclid(width);
+        match out.last_mut() {
+            Some((s, vs)) if *s == b => vs.push(v),
+            _ => out.push((b, vec![v])),
+        }
+    }
+    out
+}
+
+fn close(a: f64, b: f64, rel: f64) -> bool {
+    (a - b).abs() <= rel * a.abs().max(b.abs()).max(1e-12)
+}
+
+fn check_bucket(got: &pb::TelemetryBucket, start: i64, vals: &[f64]) {
+    let n = vals.len() as f64;
+    let mean = vals.iter().sum::<f64>() / n;
+    let var = vals.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
+    assert_eq!(got.start_ns, start);
+    assert_eq!(got.count, vals.len() as u64, "count at {start}");
+    assert!(
+        close(got.mean, mean, 1e-12),
+        "mean at {start}: {} vs {mean}",
+        got.mean
+    );
+    assert!(
+        close(got.variance, var, 1e-9) || (var < 1e-18 && got.variance < 1e-18),
+        "variance at {start}: {} vs {var}",
+        got.variance
+    );
+    assert_eq!(got.min, vals.iter().cloned().fold(f64::INFINITY, f64::min));
+    assert_eq!(
+        got.max,
+        vals.iter().cloned().fold(f64::NEG_INFINITY, f64::max)
+    );
+    let mut sorted = vals.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let p99 = sorted[(nearest_rank(0.99, sorted.len() as u64) - 1) as usize];
+    assert!(
+        close(got.percentiles[1], p99, 0.01),
+        "p99 at {start}: {} vs {p99}",
+        got.percentiles[1]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_order_and_duplicate_points_roll_up_exactly() {
+    let node = NodeBuilder::dev().start();
+    node.wait_leader().await;
+    let mut c = tm(&node).await;
+    // Two hours of 10 Hz data ending a few minutes ago (inside raw retention).
+    let end = (now_ns() - 5 * MIN) / MIN * MIN;
+    let start = end - 2 * HOUR;
+    let mut truth = BTreeMap::new();
+    let mut all = Vec::new();
+    for i in 0..(2 * 3600 * 10) {
+        let t = start + i * 100_000_000;
+        let v = 20.0 + 5.0 * ((i as f64) * 0.001).sin() + ((i * 7919) % 13) as f64 * 0.01;
+        all.push((t, v));
+    }
+    // Sent out of order: batches shuffled, and some points sent twice with new values
+    // (the latest write of a timestamp wins).
+    let mut batches: Vec<Vec<(i64, f64)>> = all.chunks(5000).map(|c| c.to_vec()).collect();
+    batches.reverse();
+    batches.swap(1, 5);
+    let mut redo: Vec<(i64, f64)> = all
+        .iter()
+        .step_by(97)
+        .map(|(t, v)| (*t, v + 100.0))
+        .collect();
+    redo.reverse(); // out of order within a batch too
+    for b in &batches {
+        for (t, v) in b {
+            truth.insert(*t, *v);
+        }
+    }
+    for (t, v) in &redo {
+        truth.insert(*t, *v);
+    }
+    let mut sent: Vec<pb::IngestBatch> = batches
+        .iter()
+        .map(|b| batch("sat-7/battery_v", b))
+        .collect();
+    sent.push(batch("sat-7/battery_v", &redo));
+    let s = ingest(&mut c, sent).await;
+    assert_eq!(s.batches, 16);
+    assert_eq!(s.points, all.len() as u64 + redo.len() as u64);
+
+    // Every tier answers exactly what the deduplicated raw points say.
+    for (tier, width) in [
+        ("raw", MIN),
+        ("minute", MIN),
+        ("auto", MIN),
+        ("hour", HOUR),
+        ("raw", 10 * MIN),
+        ("auto", 7_000_000_000),
+    ] {
+        let a = query(&mut c, q("sat-7/battery_v", start, end, width, tier))
+            .await
+            .unwrap();
+        let expect = reference(&truth, start, end, width);
+        assert_eq!(a.buckets.len(), expect.len(), "{tier}/{width}");
+        for (got, (s, vals)) in a.buckets.iter().zip(&expect) {
+            check_bucket(got, *s, vals);
+        }
+        assert_eq!(a.summary.count, truth.len() as u64);
+        let served = if tier == "auto" {
+            if width == MIN {
+                "minute"
+            } else {
+                "raw"
+            }
+        } else {
+            tier
+        };
+        assert!(
+            a.buckets.iter().all(|b| b.tier == served),
+            "{tier}/{width} served by {:?}",
+            a.buckets[0].tier
+        );
+    }
+    // A target number of points picks the coarsest tier that serves it.
+    let mut req = q("sat-7/battery_v", start, end, 0, "auto");
+    req.target_points = 2;
+    let a = query(&mut c, req).await.unwrap();
+    assert_eq!(a.summary.bucket_ns, HOUR);
+    assert!(a.buckets.iter().all(|b| b.tier == "hour"));
+    let all_vals: Vec<f64> = truth.values().cloned().collect();
+    let mean = all_vals.iter().sum::<f64>() / all_vals.len() as f64;
+    assert!(close(a.summary.mean, mean, 1e-12));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_raw_data_is_reclaimed_at_compaction_and_rollups_still_answer() {
+    let node = NodeBuilder::dev().start();
+    node.wait_leader().await;
+    let mut c = tm(&node).await;
+    // Three days ago: older than the default raw retention (48 h), within minute (30 d).
+    let start = (now_ns() - 72 * HOUR) / HOUR * HOUR;
+    let end = start + 3 * HOUR;
+    let mut truth = BTreeMap::new();
+    let mut batches = Vec::new();
+    let mut pts = Vec::new();
+    for i in 0..(3 * 3600 * 20) {
+        let t = start + i * 50_000_000; // 20 Hz
+                                        // Large offset, tiny spread, noisy (so it does not compress to nothing).
+        let noise = ((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) % 1000;
+        let v = 1.0e9 + noise as f64 * 0.001;
+        truth.insert(t, v);
+        pts.push((t, v));
+        if pts.len() == 10_000 {
+            batches.push(batch("old/pressure", &pts));
+            pts.clear();
+        }
+    }
+    batches.push(batch("old/pressure", &pts));
+    ingest(&mut c, batches).await;
+
+    let r = c.compact(pb::CompactRequest {}).await.unwrap().into_inner();
+    assert!(
+        r.raw_bytes_before > 50_000,
+        "raw segments reached disk first: {r:?}"
+    );
+    assert_eq!(
+        r.raw_bytes_after, 0,
+        "expired raw data reclaimed at compaction: {r:?}"
+    );
+    assert!(r.rollup_bytes_after > 0);
+
+    // The range still answers, from the minute tier, exactly.
+    let a = query(&mut c, q("old/pressure", start, end, MIN, "auto"))
+        .await
+        .unwrap();
+    assert!(a.buckets.iter().all(|b| b.tier == "minute"));
+    let expect = reference(&truth, start, end, MIN);
+    assert_eq!(a.buckets.len(), expect.len());
+    for (got, (s, vals)) in a.buckets.iter().zip(&expect) {
+        check_bucket(got, *s, vals);
+    }
+    // Raw, forced, has nothing left for that range — on every replica alike.
+    let raw = query(&mut c, q("old/pressure", start, end, MIN, "raw"))
+        .await
+        .unwrap();
+    assert_eq!(raw.summary.count, 0);
+
+    // A retention policy is replicated state: a shorter one expires more.
+    c.set_retention(pb::RetentionPolicyRequest {
+        prefix: "old/".into(),
+        raw_ms: 3_600_000,
+        minute_ms: 2 * 3_600_000,
+        hour_ms: 0,
+        lateness_ms: 0,
+    })
+    .await
+    .unwrap();
+    let a = query(&mut c, q("old/pressure", start, end, MIN, "auto"))
+        .await
+        .unwrap();
+    assert!(
+        a.buckets.iter().all(|b| b.tier == "hour"),
+        "minute tier expired under the new policy"
+    );
+    assert_eq!(a.summary.count, truth.len() as u64);
+    let e = c
+        .set_retention(pb::RetentionPolicyRequest {
+            prefix: "x/".into(),
+            raw_ms: 3_600_000,
+            minute_ms: 3_600_000,
+            hour_ms: 0,
+            lateness_ms: 0,
+        })
+        .await
+        .expect_err("minute shorter than raw + 1h");
+    assert_eq!(e.code(), Code::InvalidArgument);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anomalies_m4_and_bad_input() {
+    let node = NodeBuilder::dev().start();
+    node.wait_leader().await;
+    let mut c = tm(&node).await;
+    let start = (now_ns() - 10 * MIN) / MIN * MIN;
+    let mut pts: Vec<(i64, f64)> = (0..6000)
+        .map(|i| (start + i * 50_000_000, 10.0 + ((i * 31) % 17) as f64 * 0.01))
+        .collect();
+    let spike_t = pts[4000].0;
+    pts[4000].1 = 55.0;
+    ingest(&mut c, vec![batch("sat-1/temp", &pts)]).await;
+    let end = start + 6000 * 50_000_000;
+    let mut req = q("sat-1/temp", start, end, 10_000_000_000, "raw");
+    req.anomaly_z = 6.0;
+    req.m4_width = 50;
+    req.median = true;
+    let a = query(&mut c, req).await.unwrap();
+    assert_eq!(a.anomalies.len(), 1, "{:?}", a.anomalies);
+    assert_eq!(
+        (a.anomalies[0].ts_ns, a.anomalies[0].value),
+        (spike_t, 55.0)
+    );
+    assert!(a.m4.len() <= 50 && !a.m4.is_empty());
+    let col =
+        a.m4.iter()
+            .find(|c| c.max == 55.0)
+            .expect("spike kept by M4");
+    assert_eq!(col.max_ts, spike_t);
+    assert!(a.buckets.iter().all(|b| b.median.is_some()));
+
+    let bad = |series: &str, ts: Vec<i64>, vals: Vec<f64>| pb::IngestBatch {
+        series: vec![pb::SeriesPoints {
+            series: series.into(),
+            timestamps_ns: ts,
+            values: vals,
+        }],
+    };
+    for (b, msg) in [
+        (bad("sat-1/temp", vec![start], vec![f64::NAN]), "not finite"),
+        (
+            bad("sat-1/temp", vec![start, start + 1], vec![1.0]),
+            "2 timestamps but 1 values",
+        ),
+        (bad("no-channel", vec![start], vec![1.0]), "source/channel"),
+        (
+            bad("bad name/x", vec![start], vec![1.0]),
+            "character outside",
+        ),
+        (bad("sat-1/temp", vec![i64::MAX], vec![1.0]), "out of range"),
+    ] {
+        let e = c.ingest(tokio_stream::iter(vec![b])).await.expect_err(msg);
+        assert_eq!(e.code(), Code::InvalidArgument, "{msg}: {e:?}");
+        assert!(e.message().contains(msg), "{msg}: {}", e.message());
+    }
+    for (req, msg) in [
+        (q("sat-1/temp", end, start, MIN, "auto"), "empty range"),
+        (q("sat-1/temp", start, end, 1, "auto"), "buckets requested"),
+        (q("sat-1/temp", start, end, MIN, "weekly"), "tier"),
+        (
+            q("sat-1/temp", start, end, 0, "auto"),
+            "bucket width or a target",
+        ),
+    ] {
+        let e = query(&mut c, req).await.err().expect(msg);
+        assert_eq!(e.code(), Code::InvalidArgument, "{msg}: {e:?}");
+        assert!(e.message().contains(msg), "{msg}: {}", e.message());
+    }
+    // Nothing of the refused batches was written.
+    let a = query(&mut c, q("sat-1/temp", start, end, MIN, "raw"))
+        .await
+        .unwrap();
+    assert_eq!(a.summary.count, 6000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn telemetry_is_replicated_and_answers_alike_on_every_node() {
+    let c = TestCluster::start(3, &[]).await;
+    let leader = c.wait_leader(&c.all()).await;
+    let follower = (leader + 1) % 3;
+    let mut fc = tm(&c.nodes[follower]).await;
+    let start = (now_ns() - 30 * MIN) / MIN * MIN;
+    let pts: Vec<(i64, f64)> = (0..20_000)
+        .map(|i| (start + i * 10_000_000, (i as f64 * 0.01).cos()))
+        .collect();
+    let batches = pts.chunks(4000).map(|p| batch("sat-3/gyro_x", p)).collect();
+    let s = ingest(&mut fc, batches).await;
+    assert_eq!(s.points, 20_000);
+    c.wait_converged(&c.all()).await;
+    let end = start + 20_000 * 10_000_000;
+    let mut answers = Vec::new();
+    for n in &c.nodes {
+        let mut cl = tm(n).await;
+        let mut req = q("sat-3/gyro_x", start, end, MIN, "auto");
+        req.consistency = pb::Consistency::Local as i32;
+        let a = query(&mut cl, req).await.unwrap();
+        answers.push(format!("{:?}", a.buckets));
+        assert_eq!(a.summary.count, 20_000);
+    }
+    assert!(
+        answers.windows(2).all(|w| w[0] == w[1]),
+        "replicas answer alike"
+    );
+    let out = c.nodes[0].ctl(&["cluster", "verify", "--deep"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_ingest_and_query_from_the_command_line() {
+    let Some(nab) = ["../shared/data/nab/machine_temperature_system_failure.csv"]
+        .iter()
+        .map(|p| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(p))
+        .find(|p| p.exists())
+    else {
+        panic!("NAB data missing: expected ../shared/data/nab/ next to the project (see ../shared/data/README.md)");
+    };
+    let node = NodeBuilder::dev().start();
+    node.wait_leader().await;
+    let out = node.ctl(&[
+        "--output",
+        "json",
+        "telemetry",
+        "ingest",
+        nab.to_str().unwrap(),
+        "--series",
+        "plant/machine_temp",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The file repeats some timestamps; a timestamp is a point's identity.
+    let text = std::fs::read_to_string(&nab).unwrap();
+    let rows: Vec<&str> = text
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    let unique: std::collections::BTreeSet<&str> =
+        rows.iter().map(|l| l.split(',').next().unwrap()).collect();
+    assert!(v["points"].as_u64().unwrap() >= unique.len() as u64);
+    assert_eq!(v["lines_skipped"], 1, "the header");
+    let out = node.ctl(&[
+        "--output",
+        "json",
+        "telemetry",
+        "query",
+        "plant/machine_temp",
+        "--from",
+        "2013-12-02T00:00:00Z",
+        "--to",
+        "2014-02-20T00:00:00Z",
+        "--points",
+        "80",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        last["summary"]["count"],
+        unique.len() as u64,
+        "every point of the file, deduplicated"
+    );
+}
