@@ -53,6 +53,8 @@ pub fn nab_dir() -> Option<PathBuf> {
     let candidates = [
         std::env::var("AETHER_NAB_DIR").ok().map(PathBuf::from),
         Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/nab")),
+        // Where this workplace keeps the shared data, for clones made elsewhere.
+        Some(PathBuf::from("/work/shared/data/nab")),
     ];
     candidates.into_iter().flatten().find(|p| p.is_dir())
 }
