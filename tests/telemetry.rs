@@ -122,9 +122,14 @@ fn close(a: f64, b: f64, rel: f64) -> bool {
 }
 
 fn check_bucket(got: &pb::TelemetryBucket, start: i64, vals: &[f64]) {
+    // Shift by the first value: the differences are exact (Sterbenz), so a plain two-pass
+    // over them is accurate to a few ulps even for large offsets with tiny spread.
     let n = vals.len() as f64;
-    let mean = vals.iter().sum::<f64>() / n;
-    let var = vals.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
+    let shift = vals[0];
+    let d: Vec<f64> = vals.iter().map(|v| v - shift).collect();
+    let dmean = d.iter().sum::<f64>() / n;
+    let mean = shift + dmean;
+    let var = d.iter().map(|x| (x - dmean) * (x - dmean)).sum::<f64>() / n;
     assert_eq!(got.start_ns, start);
     assert_eq!(got.count, vals.len() as u64, "count at {start}");
     assert!(
@@ -133,7 +138,7 @@ fn check_bucket(got: &pb::TelemetryBucket, start: i64, vals: &[f64]) {
         got.mean
     );
     assert!(
-        close(got.variance, var, 1e-9) || (var < 1e-18 && got.variance < 1e-18),
+        close(got.variance, var, 1e-12) || (var < 1e-18 && got.variance < 1e-18),
         "variance at {start}: {} vs {var}",
         got.variance
     );

@@ -605,3 +605,69 @@ async fn old_schema_versions_are_upcast_on_read() {
     assert!(e.message().contains("9"), "{}", e.message());
     assert_eq!(state(&mut c, "legacy", None).await.unwrap()["version"], 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_store_interface_reads_one_workflow_or_all_since_a_time() {
+    let node = NodeBuilder::dev().start();
+    node.wait_leader().await;
+    let mut c = wf(&node).await;
+    c.create(create("early", &["a"], 1)).await.unwrap();
+    c.start_step(start("early", "a")).await.unwrap();
+    // An ordinary stream in between: not a workflow event.
+    node.client()
+        .await
+        .append(append_req(
+            "orders-1",
+            None,
+            vec![new_event("Placed", "{}")],
+        ))
+        .await
+        .unwrap();
+    let cut = c
+        .create(create("late", &["x", "y"], 1))
+        .await
+        .unwrap()
+        .into_inner()
+        .commit_time_ns;
+    c.complete_step(done("early", "a", "{}")).await.unwrap();
+    c.start_step(start("late", "x")).await.unwrap();
+
+    let events = |r: pb::WorkflowEventsResponse| -> Vec<(String, String, u64)> {
+        r.events
+            .into_iter()
+            .map(|e| (e.workflow_id, e.event_type, e.stream_version))
+            .collect()
+    };
+    let since = c
+        .events(pb::WorkflowEventsRequest {
+            select: Some(pb::workflow_events_request::Select::Since(iso(cut, 3))),
+            limit: 100,
+            consistency: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        events(since),
+        vec![
+            ("late".into(), "WorkflowCreated".into(), 0),
+            ("early".into(), "StepCompleted".into(), 2),
+            ("late".into(), "StepStarted".into(), 1),
+        ]
+    );
+    let one = c
+        .events(pb::WorkflowEventsRequest {
+            select: Some(pb::workflow_events_request::Select::WorkflowId(
+                "early".into(),
+            )),
+            limit: 0,
+            consistency: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(one.events.len(), 3);
+    assert!(one.events.iter().all(|e| e.workflow_id == "early"));
+    let created: serde_json::Value = serde_json::from_slice(&one.events[0].payload).unwrap();
+    assert_eq!(created["steps"][0]["max_attempts"], 1);
+}

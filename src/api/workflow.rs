@@ -417,6 +417,53 @@ impl Workflows for WorkflowService {
             applied_index,
         }))
     }
+
+    async fn events(
+        &self,
+        req: Request<pb::WorkflowEventsRequest>,
+    ) -> Result<Response<pb::WorkflowEventsResponse>, Status> {
+        use crate::workflow::store::WorkflowEventStore;
+        let r = req.into_inner();
+        self.node
+            .read_barrier(consistency(r.consistency)?)
+            .await
+            .map_err(status)?;
+        let limit = self
+            .node
+            .config
+            .limits
+            .read_limit(r.limit)
+            .map_err(|e| Status::invalid_argument(e.to_string()))? as usize;
+        let store = crate::node::ReplicatedWorkflows { node: &self.node };
+        let events = match r.select {
+            Some(pb::workflow_events_request::Select::WorkflowId(id)) => store.get_events(&id),
+            Some(pb::workflow_events_request::Select::Since(t)) => {
+                let t_ns = parse_timestamp(&t)
+                    .map_err(|e| Status::invalid_argument(format!("since {t:?}: {e}")))?;
+                store.get_events_since(t_ns, limit)
+            }
+            None => return Err(Status::invalid_argument("give workflow_id or since")),
+        }
+        .map_err(status)?;
+        let mut out = Vec::with_capacity(events.len());
+        for e in events.into_iter().take(limit) {
+            let encoded = e
+                .event
+                .encode()
+                .map_err(|err| Status::internal(err.to_string()))?;
+            out.push(pb::WorkflowEventOutput {
+                workflow_id: e.workflow_id,
+                stream_version: e.stream_version,
+                global_position: e.global_position,
+                commit_time_ns: e.commit_time_ns,
+                event_type: encoded.event_type.to_owned(),
+                schema_version: encoded.schema_version,
+                stored_schema_version: e.stored_schema_version,
+                payload: encoded.payload.into(),
+            });
+        }
+        Ok(Response::new(pb::WorkflowEventsResponse { events: out }))
+    }
 }
 
 /// Requests whose event ids the server fills in when the client left them empty.

@@ -623,3 +623,61 @@ async fn shutdown_signal() {
     }
     tracing::info!("signal received");
 }
+
+/// The workflow code's view of the event store on this node ([`WorkflowEventStore`]):
+/// appends go through Raft (and the transition rules), reads come from the replicated state.
+pub struct ReplicatedWorkflows<'a> {
+    pub node: &'a Node,
+}
+
+impl crate::workflow::store::WorkflowEventStore for ReplicatedWorkflows<'_> {
+    type Error = NodeError;
+
+    async fn append(
+        &self,
+        workflow_id: &str,
+        expected: crate::model::ExpectedVersion,
+        event_id: uuid::Uuid,
+        event: &crate::workflow::events::WorkflowEvent,
+    ) -> Result<WorkflowOutcome, NodeError> {
+        let encoded = event
+            .encode()
+            .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+        self.node
+            .workflow(WorkflowCommand {
+                workflow_id: workflow_id.to_owned(),
+                expected,
+                events: vec![crate::workflow::store::WorkflowEventIn {
+                    event_id,
+                    event_type: encoded.event_type.to_owned(),
+                    schema_version: encoded.schema_version,
+                    payload: bytes::Bytes::from(encoded.payload),
+                }],
+                snapshot_every: 0,
+            })
+            .await
+    }
+
+    fn get_events(
+        &self,
+        workflow_id: &str,
+    ) -> Result<Vec<crate::workflow::store::WorkflowEventRecord>, NodeError> {
+        crate::workflow::store::events_of(&self.node.store.db(), workflow_id).map_err(query_error)
+    }
+
+    fn get_events_since(
+        &self,
+        t_ns: i64,
+        limit: usize,
+    ) -> Result<Vec<crate::workflow::store::WorkflowEventRecord>, NodeError> {
+        crate::workflow::store::events_since(&self.node.store.db(), t_ns, limit)
+            .map_err(query_error)
+    }
+}
+
+fn query_error(e: crate::workflow::store::QueryError) -> NodeError {
+    match e {
+        crate::workflow::store::QueryError::Storage(s) => NodeError::Storage(s),
+        other => NodeError::FailedPrecondition(other.to_string()),
+    }
+}

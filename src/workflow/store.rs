@@ -574,3 +574,123 @@ pub fn import_event_id(workflow_id: &str) -> Uuid {
     const NAMESPACE: Uuid = Uuid::from_u128(0x5c1e_7a2b_8f3d_4e6a_9b0c_1d2e_3f4a_5b6c);
     Uuid::new_v5(&NAMESPACE, workflow_id.as_bytes())
 }
+
+/// A workflow event as the workflow code reads it: upcast to the current schema.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkflowEventRecord {
+    pub workflow_id: String,
+    pub stream_version: u64,
+    pub global_position: u64,
+    pub commit_time_ns: i64,
+    /// The schema version it was stored with (the event itself is in the current shape).
+    pub stored_schema_version: u32,
+    pub event: WorkflowEvent,
+}
+
+/// The event store as the workflow code sees it — backed by the replicated store (the
+/// workflow's events are ordinary events of stream `workflow-{id}`), not by a copy.
+#[allow(async_fn_in_trait)]
+pub trait WorkflowEventStore {
+    type Error;
+    /// Appends one event, checked against the workflow's projection in the state machine.
+    async fn append(
+        &self,
+        workflow_id: &str,
+        expected: ExpectedVersion,
+        event_id: Uuid,
+        event: &WorkflowEvent,
+    ) -> std::result::Result<WorkflowOutcome, Self::Error>;
+    /// Every event of one workflow, in order.
+    fn get_events(
+        &self,
+        workflow_id: &str,
+    ) -> std::result::Result<Vec<WorkflowEventRecord>, Self::Error>;
+    /// Events of all workflows committed at or after `t_ns`, in commit order, at most `limit`.
+    fn get_events_since(
+        &self,
+        t_ns: i64,
+        limit: usize,
+    ) -> std::result::Result<Vec<WorkflowEventRecord>, Self::Error>;
+}
+
+fn event_record(e: RecordedEvent) -> std::result::Result<Option<WorkflowEventRecord>, QueryError> {
+    let Some(workflow_id) = super::events::workflow_id_from_stream(&e.stream).map(str::to_owned)
+    else {
+        return Ok(None);
+    };
+    let stored_schema_version = e.schema_version;
+    let global_position = e.global_position;
+    let record = record_of(e);
+    let event = WorkflowEvent::decode(&record).map_err(|err| QueryError::Replay {
+        id: workflow_id.clone(),
+        detail: err.to_string(),
+    })?;
+    Ok(Some(WorkflowEventRecord {
+        workflow_id,
+        stream_version: record.stream_version,
+        global_position,
+        commit_time_ns: record.commit_time_ns,
+        stored_schema_version,
+        event,
+    }))
+}
+
+/// Every event of one workflow, upcast to the current schema.
+pub fn events_of(
+    db: &SmDb,
+    workflow_id: &str,
+) -> std::result::Result<Vec<WorkflowEventRecord>, QueryError> {
+    let stream = stream_name(workflow_id);
+    let mut out = Vec::new();
+    let mut next = Some(0);
+    while let Some(f) = next {
+        let page = read_stream(db, &stream, Some(f), ReadDirection::Forwards, 1000)?;
+        next = page.next;
+        for e in page.events {
+            out.extend(event_record(e)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Workflow events committed at or after `t_ns`. Commit times never decrease along the
+/// global log, so the start is a binary search over positions; then the log is read forward.
+pub fn events_since(
+    db: &SmDb,
+    t_ns: i64,
+    limit: usize,
+) -> std::result::Result<Vec<WorkflowEventRecord>, QueryError> {
+    let end = crate::eventstore::StoreState::load(db)?.next_global_position;
+    let commit_time = |p: u64| -> std::result::Result<i64, QueryError> {
+        Ok(crate::eventstore::read::event_at(db, p)?
+            .ok_or_else(|| StorageError::corrupt("event", format!("position {p} missing")))?
+            .commit_time_ns)
+    };
+    // First position with commit time >= t.
+    let (mut lo, mut hi) = (0u64, end);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if commit_time(mid)? < t_ns {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    let mut out = Vec::new();
+    let mut from = lo;
+    while from < end && out.len() < limit {
+        let page =
+            crate::eventstore::read::read_all(db, Some(from), ReadDirection::Forwards, 1000, end)?;
+        let Some(last) = page.events.last().map(|e| e.global_position) else {
+            break;
+        };
+        for e in page.events {
+            if out.len() >= limit {
+                break;
+            }
+            out.extend(event_record(e)?);
+        }
+        from = last + 1;
+    }
+    Ok(out)
+}
