@@ -814,3 +814,63 @@ async fn restart_keeps_data_and_identity() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_is_bounded_and_holds_back_only_itself() {
+    let node = NodeBuilder::dev().start();
+    node.wait_leader().await;
+    let mut c = node.client().await;
+    // A subscriber that reads nothing for now.
+    let mut stalled = node
+        .client()
+        .await
+        .subscribe(pb::SubscribeRequest {
+            target: Some(pb::subscribe_request::Target::All(true)),
+            from: Some(0),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let payload = format!("{{\"pad\":\"{}\"}}", "x".repeat(2000));
+    for i in 0..50 {
+        let events = (0..40).map(|_| new_event("Tick", &payload)).collect();
+        c.append(append_req(&format!("s-{}", i % 4), None, events))
+            .await
+            .unwrap();
+    }
+    // Its server-side buffer fills up and stays full: bounded, not growing with the log.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (_, body) = node.http_get("/metrics").await;
+        if body.contains("aether_queue_utilization{queue=\"subscribers\"} 1.0") {
+            assert!(body.contains("aether_subscribers 1"), "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "subscriber buffer never filled:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Writers were not held back: more appends go through while it stalls.
+    let t = Instant::now();
+    for _ in 0..20 {
+        c.append(append_req("other", None, vec![new_event("A", "{}")]))
+            .await
+            .unwrap();
+    }
+    assert!(t.elapsed() < DEADLINE);
+    // When it reads again, it gets everything, in order, without gap.
+    let mut next = 0u64;
+    while next < 2020 {
+        let m = tokio::time::timeout(DEADLINE, stalled.message())
+            .await
+            .expect("stalled")
+            .unwrap()
+            .unwrap();
+        if let Some(pb::subscribe_response::Kind::Event(e)) = m.kind {
+            assert_eq!(e.global_position, next);
+            next += 1;
+        }
+    }
+}

@@ -98,6 +98,8 @@ pub struct Node {
     pub metrics: Metrics,
     pub log_db: Arc<LogDb>,
     log_store: LogStore,
+    /// Open subscriptions' buffers, for queue health (a slow subscriber fills its own).
+    subscribers: std::sync::Mutex<Vec<mpsc::WeakSender<Item>>>,
 }
 
 /// Listeners bound before anything else starts, so their real ports are known.
@@ -237,6 +239,7 @@ impl Node {
             metrics: Metrics::default(),
             log_db,
             log_store,
+            subscribers: std::sync::Mutex::new(Vec::new()),
         });
         if node.config.dev && !node.is_initialized().await? {
             tracing::info!(
@@ -448,6 +451,10 @@ impl Node {
             self.config.limits.validate_stream(s)?;
         }
         let (tx, rx) = mpsc::channel(self.config.subscriber_buffer);
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tx.downgrade());
         let store = self.store.clone();
         let (applied_tx, applied_rx) = watch::channel(0u64);
         // Translate the state machine's status into "next global position" changes.
@@ -552,6 +559,19 @@ impl Node {
             .unwrap_or(0)
             .saturating_sub(r.last_applied.map_or(0, |l| l.index));
         let backlog_limit = self.config.raft.max_payload_entries.max(1) * 16;
+        // The fullest subscriber buffer (forgetting closed subscriptions on the way).
+        let mut subscribers = 0.0f64;
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|w| match w.upgrade() {
+                Some(tx) => {
+                    let used = tx.max_capacity() - tx.capacity();
+                    subscribers = subscribers.max(used as f64 / tx.max_capacity() as f64);
+                    true
+                }
+                None => false,
+            });
         vec![
             ("proposals", load.queue_utilization),
             ("inflight_entries", load.inflight_utilization),
@@ -559,6 +579,7 @@ impl Node {
                 "apply_backlog",
                 (backlog as f64 / backlog_limit as f64).min(1.0),
             ),
+            ("subscribers", subscribers),
         ]
     }
 }
