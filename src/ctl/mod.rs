@@ -281,19 +281,20 @@ async fn append(
     Ok(())
 }
 
-async fn read(addr: &str, timeout: Duration, a: ReadArgs, printer: &Printer) -> anyhow::Result<()> {
-    let mut c = events_client(first_addr(addr), timeout).await?;
-    let mut from = a.from;
-    let mut left = a.limit.unwrap_or(u64::MAX);
+/// Prints pages from `fetch(from, page_size)` until `limit` events or the end.
+async fn print_pages<F, Fut>(
+    mut from: Option<u64>,
+    limit: Option<u64>,
+    printer: &Printer,
+    mut fetch: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut(Option<u64>, u32) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<pb::ReadResponse>, tonic::Status>>,
+{
+    let mut left = limit.unwrap_or(u64::MAX);
     while left > 0 {
-        let r = c
-            .read_stream(pb::ReadStreamRequest {
-                stream: a.stream.clone(),
-                from_version: from,
-                backwards: a.backwards,
-                limit: left.min(1000) as u32,
-                consistency: a.consistency.pb(),
-            })
+        let r = fetch(from, left.min(1000) as u32)
             .await
             .map_err(status_err)?
             .into_inner();
@@ -309,36 +310,40 @@ async fn read(addr: &str, timeout: Duration, a: ReadArgs, printer: &Printer) -> 
     Ok(())
 }
 
+async fn read(addr: &str, timeout: Duration, a: ReadArgs, printer: &Printer) -> anyhow::Result<()> {
+    let c = events_client(first_addr(addr), timeout).await?;
+    print_pages(a.from, a.limit, printer, |from, limit| {
+        let mut c = c.clone();
+        let req = pb::ReadStreamRequest {
+            stream: a.stream.clone(),
+            from_version: from,
+            backwards: a.backwards,
+            limit,
+            consistency: a.consistency.pb(),
+        };
+        async move { c.read_stream(req).await }
+    })
+    .await
+}
+
 async fn read_all(
     addr: &str,
     timeout: Duration,
     a: ReadAllArgs,
     printer: &Printer,
 ) -> anyhow::Result<()> {
-    let mut c = events_client(first_addr(addr), timeout).await?;
-    let mut from = a.from;
-    let mut left = a.limit.unwrap_or(u64::MAX);
-    while left > 0 {
-        let r = c
-            .read_all(pb::ReadAllRequest {
-                from_position: from,
-                backwards: a.backwards,
-                limit: left.min(1000) as u32,
-                consistency: a.consistency.pb(),
-            })
-            .await
-            .map_err(status_err)?
-            .into_inner();
-        left -= r.events.len() as u64;
-        for e in &r.events {
-            printer.event(e);
-        }
-        match r.next {
-            Some(n) if !r.events.is_empty() => from = Some(n),
-            _ => break,
-        }
-    }
-    Ok(())
+    let c = events_client(first_addr(addr), timeout).await?;
+    print_pages(a.from, a.limit, printer, |from, limit| {
+        let mut c = c.clone();
+        let req = pb::ReadAllRequest {
+            from_position: from,
+            backwards: a.backwards,
+            limit,
+            consistency: a.consistency.pb(),
+        };
+        async move { c.read_all(req).await }
+    })
+    .await
 }
 
 async fn tail(addr: &str, a: TailArgs, printer: &Printer) -> anyhow::Result<()> {
