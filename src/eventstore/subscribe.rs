@@ -44,11 +44,11 @@ pub enum SubscriptionEnd {
 
 /// Runs one subscription until the subscriber disconnects or the node stops.
 ///
-/// `applied` carries the state machine's next global position; it changes after every
-/// applied write (and after a snapshot install).
-pub async fn run(
+/// `applied` changes after every applied write (and after a snapshot install); only the
+/// change is used, not the value, so any watch of the state machine's progress will do.
+pub async fn run<T: Send + Sync>(
     store: Arc<SmStore>,
-    mut applied: watch::Receiver<u64>,
+    mut applied: watch::Receiver<T>,
     target: Target,
     from: Option<u64>,
     page_size: usize,

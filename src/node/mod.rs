@@ -456,24 +456,12 @@ impl Node {
             .unwrap_or_else(|p| p.into_inner())
             .push(tx.downgrade());
         let store = self.store.clone();
-        let (applied_tx, applied_rx) = watch::channel(0u64);
-        // Translate the state machine's status into "next global position" changes.
-        let mut status = self.applied.clone();
-        tokio::spawn(async move {
-            loop {
-                let next = status.borrow_and_update().next_global_position;
-                applied_tx.send_replace(next);
-                tokio::select! {
-                    changed = status.changed() => if changed.is_err() { return },
-                    _ = applied_tx.closed() => return,
-                }
-            }
-        });
+        let applied = self.applied.clone();
         let gauge = self.metrics.subscribers.clone();
         let page = (self.config.subscriber_buffer).clamp(16, 1024);
         gauge.inc();
         tokio::spawn(async move {
-            let res = subscribe::run(store, applied_rx, target, from, page, tx).await;
+            let res = subscribe::run(store, applied, target, from, page, tx).await;
             gauge.dec();
             if let Err(subscribe::SubscriptionEnd::Storage(e)) = res {
                 tracing::error!(error = %e, "subscription stopped by a storage error");
