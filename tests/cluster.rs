@@ -176,23 +176,49 @@ async fn snapshots_purge_the_log_and_late_or_lagging_nodes_install_them() {
     // A node that falls far behind (down while the log moves on and is purged) catches up
     // by snapshot too.
     let lagging = (leader + 1) % 3;
+    let lag_last = c.nodes[lagging].status().await.last_log_index.unwrap_or(0);
     c.nodes[lagging].kill9();
-    let before = c.nodes[leader].status().await.purged_index.unwrap_or(0);
     let rest: Vec<String> = c
         .all()
         .into_iter()
         .filter(|i| *i != lagging)
         .map(|i| c.nodes[i].grpc_addr.clone())
         .collect();
-    for w in writers(rest, 4, 200, "late", acked.clone()) {
+    for w in writers(rest.clone(), 4, 200, "late", acked.clone()) {
         w.await.unwrap();
     }
-    assert!(c.nodes[leader].status().await.purged_index.unwrap_or(0) > before + 200);
+    // The number of entries those writes made depends on how the proposer batched them:
+    // keep appending (one entry each) until the leader has purged past the lagging node's
+    // log, so that it can only catch up by snapshot.
+    let mut extra = 0u64;
+    let mut appender = RetryingAppender::new(rest);
+    let deadline = Instant::now() + DEADLINE;
+    while c.nodes[leader].status().await.purged_index.unwrap_or(0) <= lag_last {
+        assert!(
+            Instant::now() < deadline,
+            "the leader never purged past index {lag_last}"
+        );
+        let ev = new_event("Tick", "{}");
+        let id = ev.event_id.clone();
+        let r = appender
+            .append(append_req("late-extra", None, vec![ev]))
+            .await;
+        acked.lock().unwrap().push((id, r.first_global_position));
+        extra += 1;
+    }
     c.nodes[lagging].restart();
     let s = c.wait_converged(&c.all()).await;
-    assert_eq!(s.event_count, 2000);
+    assert_eq!(s.event_count, 2000 + extra);
     let nodes: Vec<&TestNode> = c.nodes.iter().collect();
-    assert_eq!(check_logs(&nodes, &taken(&acked)).await, 2000);
+    assert_eq!(
+        check_logs(&nodes, &taken(&acked)).await as u64,
+        2000 + extra
+    );
+    let caught_up = c.nodes[lagging].status().await;
+    assert!(
+        caught_up.snapshot_index.is_some_and(|i| i > lag_last),
+        "the lagging node caught up by installing a snapshot: {caught_up:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
