@@ -117,7 +117,11 @@ impl SmDb {
             }
             ColumnFamilyDescriptor::new(*name, opts)
         });
-        let db = DB::open_cf_descriptors(&base_options(), path, cfs)?;
+        let mut opts = base_options();
+        // Writes skip the WAL (see `commit`): column families must then reach disk together,
+        // or a crash could leave the applied index ahead of the data it stands for.
+        opts.set_atomic_flush(true);
+        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         Ok(SmDb {
             db: Some(db),
             path: path.to_owned(),
@@ -140,10 +144,18 @@ impl SmDb {
         &self.path
     }
 
-    /// Makes every write so far durable (the state machine writes without sync; the Raft
-    /// log is the durable record until a snapshot lets the log be purged).
+    /// Makes every write so far durable: flushes all memtables, atomically across column
+    /// families. The state machine writes without a WAL; the Raft log is the durable record
+    /// until a snapshot lets the log be purged, and this runs before that.
     pub fn sync(&self) -> Result<()> {
-        self.db().flush_wal(true)?;
+        let db = self.db();
+        let cfs = SM_CFS
+            .iter()
+            .map(|name| self.cf(name))
+            .collect::<Result<Vec<_>>>()?;
+        let mut opts = rocksdb::FlushOptions::default();
+        opts.set_wait(true);
+        db.flush_cfs_opt(&cfs, &opts)?;
         Ok(())
     }
 }
@@ -218,11 +230,13 @@ impl<'a> SmWriteBatch<'a> {
         Ok(())
     }
 
-    /// Writes the batch atomically. Not synced: the Raft log is the durable record, and the
-    /// state machine is synced before a snapshot lets the log be purged.
+    /// Writes the batch atomically, to the memtables only (no WAL): the Raft log is the
+    /// durable record. After a crash the state machine reopens at its last (atomic) flush and
+    /// openraft re-applies the log from the applied index stored there; [`SmDb::sync`] flushes
+    /// before a snapshot lets the log be purged, and a clean close flushes too.
     pub fn commit(self) -> Result<()> {
         let mut opts = WriteOptions::default();
-        opts.set_sync(false);
+        opts.disable_wal(true);
         self.db.db().write_opt(self.batch, &opts)?;
         Ok(())
     }
