@@ -773,6 +773,7 @@ async fn health_metrics_reflection_and_grpc_health() {
         "aether_queue_utilization{queue=\"proposals\"}",
         "aether_append_seconds_bucket",
         "aether_log_syncs",
+        "aether_log_sync_seconds",
     ] {
         assert!(body.contains(name), "{name} missing from /metrics:\n{body}");
     }

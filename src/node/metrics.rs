@@ -38,6 +38,7 @@ pub struct Metrics {
     pub events_stored: Gauge,
     pub log_syncs: Gauge,
     pub log_sync_callbacks: Gauge,
+    pub log_sync_seconds: FloatGauge,
     pub proposer_batches: Gauge,
     pub proposer_commands: Gauge,
     pub queue_utilization: Family<QueueLabel, FloatGauge>,
@@ -61,6 +62,7 @@ impl Default for Metrics {
             events_stored: Gauge::default(),
             log_syncs: Gauge::default(),
             log_sync_callbacks: Gauge::default(),
+            log_sync_seconds: FloatGauge::default(),
             proposer_batches: Gauge::default(),
             proposer_commands: Gauge::default(),
             queue_utilization: Family::default(),
@@ -123,6 +125,11 @@ impl Default for Metrics {
             "log_sync_callbacks",
             "Log appends acknowledged by those syncs",
             m.log_sync_callbacks.clone(),
+        );
+        registry.register(
+            "log_sync_seconds",
+            "Time spent in those syncs (divide by log_syncs for the mean fsync latency)",
+            m.log_sync_seconds.clone(),
         );
         registry.register(
             "proposer_batches",

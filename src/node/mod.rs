@@ -528,6 +528,8 @@ impl Node {
             .set(stats.syncs.load(std::sync::atomic::Ordering::Relaxed) as i64);
         m.log_sync_callbacks
             .set(stats.callbacks.load(std::sync::atomic::Ordering::Relaxed) as i64);
+        m.log_sync_seconds
+            .set(stats.sync_micros.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6);
         let (batches, commands, _forwarded) = self.proposer.batch_counts();
         m.proposer_batches.set(batches as i64);
         m.proposer_commands.set(commands as i64);
