@@ -35,7 +35,7 @@ impl EventStoreService {
         // store's idempotency makes them safe even when an outcome was unknown.
         for e in &mut req.events {
             if e.event_id.is_empty() {
-                e.event_id = uuid::Uuid::new_v4().to_string();
+                e.event_id = crate::model::new_event_id().to_string();
             }
         }
         let node = &self.node;

@@ -473,7 +473,7 @@ trait WithEventIds {
 
 fn fill(id: &mut String) {
     if id.is_empty() {
-        *id = uuid::Uuid::new_v4().to_string();
+        *id = crate::model::new_event_id().to_string();
     }
 }
 

@@ -153,7 +153,7 @@ async fn append(addrs: &str, b: AppendBench, printer: &Printer) -> anyhow::Resul
                 expected_version: Some(expected),
                 events: (0..cfg.batch_size)
                     .map(|_| pb::NewEvent {
-                        event_id: uuid::Uuid::new_v4().to_string(),
+                        event_id: crate::model::new_event_id().to_string(),
                         event_type: "BenchEvent".into(),
                         schema_version: 1,
                         event_time_ns: 0,

@@ -267,7 +267,9 @@ async fn append(
         stream: a.stream.clone(),
         expected_version: Some(parse_expected(&a.expected_version)?),
         events: vec![pb::NewEvent {
-            event_id: a.id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            event_id: a
+                .id
+                .unwrap_or_else(|| crate::model::new_event_id().to_string()),
             event_type: a.event_type,
             schema_version: a.schema_version,
             event_time_ns: 0,
