@@ -8,20 +8,28 @@
 #
 # Data and logs live under $AETHER_CLUSTER_DIR (default cluster/.local): node1/ … node3/
 # and node1.log … node3.log. gRPC on 127.0.0.1:50051-50053, HTTP on 127.0.0.1:8081-8083.
+# AETHER_PROFILE=release builds and runs optimized binaries (for benchmarks); the default
+# is the dev profile that `scripts/test` also builds.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 source "$root/scripts/lib.sh"
 state="${AETHER_CLUSTER_DIR:-$here/.local}"
 addrs="127.0.0.1:50051,127.0.0.1:50052,127.0.0.1:50053"
-aetherd="$CARGO_TARGET_DIR/debug/aetherd"
-aetherctl="$CARGO_TARGET_DIR/debug/aetherctl"
+profile="${AETHER_PROFILE:-dev}"
+case "$profile" in
+    dev) bindir="$CARGO_TARGET_DIR/debug" ;;
+    release) bindir="$CARGO_TARGET_DIR/release" ;;
+    *) echo "AETHER_PROFILE must be dev or release, not $profile" >&2; exit 2 ;;
+esac
+aetherd="$bindir/aetherd"
+aetherctl="$bindir/aetherctl"
 
 running() { [ -f "$state/node$1.pid" ] && kill -0 "$(cat "$state/node$1.pid")" 2>/dev/null; }
 
 up() {
     ensure_libclang
-    (cd "$root" && cargo build --locked --bin aetherd --bin aetherctl)
+    (cd "$root" && cargo build --locked --profile "$profile" --bin aetherd --bin aetherctl)
     mkdir -p "$state"
     for i in 1 2 3; do
         if running "$i"; then
