@@ -27,27 +27,54 @@ struct DedupeEntry {
 /// still outpacing any sustainable write rate.
 const MAX_EXPIRED_PER_APPLY: usize = 4096;
 
+/// Most stream heads a [`HeadCache`] keeps; past this it starts over (it is only a cache).
+const HEAD_CACHE_CAPACITY: usize = 100_000;
+
+/// The last version of streams recently read or written, as committed to the state machine.
+/// Spares the `streams` lookup of every append — a search among all the versions of that key
+/// still in the memtable, which perf showed costing more than the rest of the append's
+/// index work. Owned by the state machine; only committed heads go in
+/// ([`HeadCache::commit`]), and a new database (snapshot install) gets a new, empty cache.
+#[derive(Default)]
+pub struct HeadCache {
+    heads: HashMap<String, Option<u64>>,
+}
+
+impl HeadCache {
+    /// Records the heads an applier read or wrote, once its batch is committed.
+    pub fn commit(&mut self, heads: HashMap<String, Option<u64>>) {
+        if self.heads.len() + heads.len() > HEAD_CACHE_CAPACITY {
+            self.heads.clear();
+        }
+        self.heads.extend(heads);
+    }
+}
+
 /// Applies appends of one batch of log entries. Keeps what this batch wrote but RocksDB
 /// does not show yet (heads, dedupe entries), so later commands see earlier ones.
 pub struct Applier<'a> {
     db: &'a SmDb,
+    committed_heads: &'a HeadCache,
     state: StoreState,
     heads: HashMap<String, Option<u64>>,
     dedupe: HashMap<Uuid, DedupeEntry>,
 }
 
 impl<'a> Applier<'a> {
-    pub fn new(db: &'a SmDb, state: StoreState) -> Self {
+    pub fn new(db: &'a SmDb, committed_heads: &'a HeadCache, state: StoreState) -> Self {
         Applier {
             db,
+            committed_heads,
             state,
             heads: HashMap::new(),
             dedupe: HashMap::new(),
         }
     }
 
-    pub fn into_state(self) -> StoreState {
-        self.state
+    /// The store state after this batch, and the stream heads it read or wrote (for
+    /// [`HeadCache::commit`] once the batch is written).
+    pub fn into_parts(self) -> (StoreState, HashMap<String, Option<u64>>) {
+        (self.state, self.heads)
     }
 
     /// The commit time of an entry: the leader's stamp, never earlier than the last one.
@@ -60,6 +87,10 @@ impl<'a> Applier<'a> {
     /// The stream's last version as this entry sees it.
     pub fn head(&mut self, stream: &str) -> Result<Option<u64>> {
         if let Some(h) = self.heads.get(stream) {
+            return Ok(*h);
+        }
+        if let Some(h) = self.committed_heads.heads.get(stream) {
+            self.heads.insert(stream.to_owned(), *h);
             return Ok(*h);
         }
         let h = match self
@@ -270,4 +301,31 @@ fn expiry_key(commit_time_ns: i64, id: &Uuid) -> Vec<u8> {
     k.extend_from_slice(&i64_ordered(commit_time_ns));
     k.extend_from_slice(id.as_bytes());
     k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_cache_keeps_committed_heads_and_starts_over_when_full() {
+        let mut cache = HeadCache::default();
+        cache.commit(HashMap::from([
+            ("a".to_owned(), Some(3)),
+            ("b".to_owned(), None),
+        ]));
+        cache.commit(HashMap::from([("a".to_owned(), Some(4))]));
+        assert_eq!(cache.heads.get("a"), Some(&Some(4)));
+        assert_eq!(cache.heads.get("b"), Some(&None));
+        let many: HashMap<String, Option<u64>> = (0..HEAD_CACHE_CAPACITY as u64)
+            .map(|i| (format!("s{i}"), Some(i)))
+            .collect();
+        cache.commit(many);
+        assert_eq!(
+            cache.heads.len(),
+            HEAD_CACHE_CAPACITY,
+            "cleared, then refilled"
+        );
+        assert!(!cache.heads.contains_key("a"));
+    }
 }

@@ -6,6 +6,7 @@
 // openraft's `StorageError` is the error type its traits impose.
 #![allow(clippy::result_large_err)]
 
+use std::collections::HashMap;
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use super::{
     sto_err, Command, CommandOutcome, Entry, LogId, RaftStorageError, Response, SnapshotMeta,
     StoredMembership, TypeConfig,
 };
-use crate::eventstore::apply::Applier;
+use crate::eventstore::apply::{Applier, HeadCache};
 use crate::eventstore::{StoreState, STATE_KEY};
 use crate::storage::sm_db::{SmDb, SmWriteBatch, CF_META};
 use crate::storage::{decode, encode, fsync_dir, SmStore, StorageError};
@@ -45,12 +46,14 @@ pub struct AppliedStatus {
 }
 
 /// The state machine's bookkeeping, cached from its meta column family.
-#[derive(Debug, Clone, Default)]
+#[derive(Default)]
 struct Cached {
     applied: Option<LogId>,
     membership: StoredMembership,
     state: StoreState,
     digest: u128,
+    /// Stream heads as committed to this database.
+    heads: HeadCache,
 }
 
 impl Cached {
@@ -71,6 +74,7 @@ impl Cached {
                 Some(b) => decode("digest", &b)?,
                 None => 0,
             },
+            heads: HeadCache::default(),
         })
     }
 
@@ -130,11 +134,16 @@ impl StateMachine {
         let mut wb = SmWriteBatch::new(db, self.cached.digest, entry.log_id.index);
         let mut outcomes = Vec::new();
         let mut new_series = None;
+        let mut touched_heads = HashMap::new();
         let is_membership = matches!(entry.payload, EntryPayload::Membership(_));
         match entry.payload {
             EntryPayload::Blank => {}
             EntryPayload::Normal(req) => {
-                let mut applier = Applier::new(db, std::mem::take(&mut self.cached.state));
+                let mut applier = Applier::new(
+                    db,
+                    &self.cached.heads,
+                    std::mem::take(&mut self.cached.state),
+                );
                 let mut workflows = WorkflowApplier::new(db);
                 let mut telemetry = TelemetryApplier::new(db, &self.retention, entry.log_id.index);
                 let commit_time = applier.commit_time(req.commit_time_ns);
@@ -161,7 +170,9 @@ impl StateMachine {
                     });
                 }
                 applier.expire_dedupe(&mut wb, commit_time.saturating_sub(req.dedupe_window_ns))?;
-                self.cached.state = applier.into_state();
+                let (state, heads) = applier.into_parts();
+                self.cached.state = state;
+                touched_heads = heads;
                 new_series = Some(telemetry);
             }
             EntryPayload::Membership(m) => {
@@ -185,6 +196,7 @@ impl StateMachine {
         wb.put_meta(STATE_KEY, &self.cached.state.encode()?)?;
         wb.put_meta(KEY_DIGEST, &encode("digest", &self.cached.digest)?)?;
         wb.commit()?;
+        self.cached.heads.commit(touched_heads);
         // Only now that the batch is written may retention see its series and time.
         if let Some(t) = new_series {
             t.finish();
