@@ -23,8 +23,8 @@ struct DedupeEntry {
     commit_time_ns: i64,
 }
 
-/// Most expired dedupe entries removed per applied entry: bounds the work of one apply while
-/// still outpacing any sustainable write rate.
+/// Most expired event ids examined per applied entry (whole expiry records, so a little
+/// more): bounds the work of one apply while still outpacing any sustainable write rate.
 const MAX_EXPIRED_PER_APPLY: usize = 4096;
 
 /// Most stream heads a [`HeadCache`] keeps; past this it starts over (it is only a cache).
@@ -58,6 +58,8 @@ pub struct Applier<'a> {
     state: StoreState,
     heads: HashMap<String, Option<u64>>,
     dedupe: HashMap<Uuid, DedupeEntry>,
+    /// Ids of the events this entry stored, 16 bytes each: one expiry record per entry.
+    stored_ids: Vec<u8>,
 }
 
 impl<'a> Applier<'a> {
@@ -68,6 +70,7 @@ impl<'a> Applier<'a> {
             state,
             heads: HashMap::new(),
             dedupe: HashMap::new(),
+            stored_ids: Vec::new(),
         }
     }
 
@@ -181,11 +184,7 @@ impl<'a> Applier<'a> {
                 e.event_id.as_bytes(),
                 &encode("dedupe entry", &entry)?,
             )?;
-            wb.put(
-                CF_DEDUPE_EXPIRY,
-                &expiry_key(commit_time_ns, &e.event_id),
-                &[],
-            )?;
+            self.stored_ids.extend_from_slice(e.event_id.as_bytes());
             self.dedupe.insert(e.event_id, entry);
         }
         let last_version = first_version + cmd.events.len() as u64 - 1;
@@ -257,6 +256,25 @@ impl<'a> Applier<'a> {
         })))
     }
 
+    /// Records, under one expiry key for the whole log entry, the ids of the events it stored
+    /// (one write per entry rather than one per event).
+    pub fn record_expiry(
+        &mut self,
+        wb: &mut SmWriteBatch,
+        commit_time_ns: i64,
+        log_index: u64,
+    ) -> Result<()> {
+        if self.stored_ids.is_empty() {
+            return Ok(());
+        }
+        let ids = std::mem::take(&mut self.stored_ids);
+        wb.put(
+            CF_DEDUPE_EXPIRY,
+            &expiry_key(commit_time_ns, log_index),
+            &ids,
+        )
+    }
+
     /// Deletes idempotency records that fell out of the window, oldest first, a bounded
     /// number per call. Deterministic: driven by replicated commit times only. The sweep
     /// starts where the last one stopped, so it never wades through its own tombstones.
@@ -277,35 +295,128 @@ impl<'a> Applier<'a> {
             if removed >= MAX_EXPIRED_PER_APPLY {
                 break;
             }
-            let (key, _) = item?;
-            let id = Uuid::from_slice(key.get(8..).unwrap_or_default())
-                .map_err(|e| StorageError::corrupt("dedupe expiry key", e))?;
-            // The id may have been re-used after expiring: only drop the record it points to
-            // if that record is itself out of the window.
-            if let Some(entry) = self.dedupe_entry(&id, i64::MIN)? {
-                if entry.commit_time_ns < oldest_live_ns {
-                    wb.delete(CF_DEDUPE, id.as_bytes())?;
-                    self.dedupe.remove(&id);
+            let (key, ids) = item?;
+            if ids.len() % 16 != 0 {
+                return Err(StorageError::corrupt(
+                    "dedupe expiry record",
+                    format!("{} bytes is not a list of 16-byte ids", ids.len()),
+                ));
+            }
+            for raw in ids.chunks_exact(16) {
+                let id = Uuid::from_slice(raw)
+                    .map_err(|e| StorageError::corrupt("dedupe expiry record", e))?;
+                // The id may have been re-used after expiring: only drop the record it points
+                // to if that record is itself out of the window.
+                if let Some(entry) = self.dedupe_entry(&id, i64::MIN)? {
+                    if entry.commit_time_ns < oldest_live_ns {
+                        wb.delete(CF_DEDUPE, id.as_bytes())?;
+                        self.dedupe.remove(&id);
+                    }
                 }
+                removed += 1;
             }
             wb.delete(CF_DEDUPE_EXPIRY, &key)?;
             self.state.dedupe_swept_key = key.to_vec();
-            removed += 1;
         }
         Ok(removed)
     }
 }
 
-fn expiry_key(commit_time_ns: i64, id: &Uuid) -> Vec<u8> {
-    let mut k = Vec::with_capacity(24);
+/// `commit time ++ log index`: unique per entry, in time order.
+fn expiry_key(commit_time_ns: i64, log_index: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16);
     k.extend_from_slice(&i64_ordered(commit_time_ns));
-    k.extend_from_slice(id.as_bytes());
+    k.extend_from_slice(&u64_key(log_index));
     k
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{ExpectedVersion, NewEvent};
+    use crate::storage::SmStore;
+
+    const SEC: i64 = 1_000_000_000;
+
+    fn cmd(stream: &str, ids: &[Uuid]) -> AppendCommand {
+        AppendCommand {
+            stream: stream.into(),
+            expected: ExpectedVersion::Any,
+            events: ids
+                .iter()
+                .map(|id| NewEvent {
+                    event_id: *id,
+                    event_type: "T".into(),
+                    schema_version: 1,
+                    event_time_ns: 0,
+                    payload: bytes::Bytes::from_static(b"{}"),
+                    metadata: Default::default(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Applies one entry (one append at `time`, window `window`) like the state machine does.
+    fn apply_entry(
+        db: &SmDb,
+        heads: &HeadCache,
+        state: StoreState,
+        index: u64,
+        time: i64,
+        window: i64,
+        c: &AppendCommand,
+    ) -> (StoreState, AppendOutcome, usize) {
+        let mut wb = SmWriteBatch::new(db, 0, index);
+        let mut a = Applier::new(db, heads, state);
+        let out = a.append(&mut wb, time, window, c).unwrap();
+        a.record_expiry(&mut wb, time, index).unwrap();
+        let swept = a.expire_dedupe(&mut wb, time - window).unwrap();
+        wb.commit().unwrap();
+        (a.into_parts().0, out, swept)
+    }
+
+    fn dedupe_records(db: &SmDb) -> usize {
+        db.db()
+            .iterator_cf(db.cf(CF_DEDUPE).unwrap(), rocksdb::IteratorMode::Start)
+            .count()
+    }
+
+    #[test]
+    fn the_window_sweep_removes_expired_ids_per_entry_record_and_spares_reused_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SmStore::open(dir.path()).unwrap();
+        let db = store.db();
+        let heads = HeadCache::default();
+        let window = 10 * SEC;
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let st = StoreState::default();
+        let (st, out, _) = apply_entry(&db, &heads, st, 1, SEC, window, &cmd("s", &[a, b]));
+        assert!(matches!(out, AppendOutcome::Appended(_)));
+        // One expiry record for the entry, holding both ids.
+        let expiry: Vec<_> = db
+            .db()
+            .iterator_cf(
+                db.cf(CF_DEDUPE_EXPIRY).unwrap(),
+                rocksdb::IteratorMode::Start,
+            )
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(expiry.len(), 1);
+        assert_eq!(expiry[0].1.len(), 32);
+        // Inside the window: a retry is a duplicate, nothing is swept.
+        let (st, out, swept) = apply_entry(&db, &heads, st, 2, 5 * SEC, window, &cmd("s", &[a, b]));
+        assert!(matches!(out, AppendOutcome::Duplicate(_)));
+        assert_eq!(swept, 0);
+        // Past the window, `a` is reused (stored again) by the very entry whose sweep
+        // expires the old record: the old ids go, the fresh record of `a` stays.
+        let (st, out, swept) = apply_entry(&db, &heads, st, 3, 20 * SEC, window, &cmd("t", &[a]));
+        assert!(matches!(out, AppendOutcome::Appended(_)));
+        assert_eq!(swept, 2, "both ids of the expired record examined");
+        assert_eq!(dedupe_records(&db), 1, "b removed, the reused a kept");
+        // A retry of the reuse is still recognised.
+        let (_, out, _) = apply_entry(&db, &heads, st, 4, 21 * SEC, window, &cmd("t", &[a]));
+        assert!(matches!(out, AppendOutcome::Duplicate(_)));
+    }
 
     #[test]
     fn head_cache_keeps_committed_heads_and_starts_over_when_full() {

@@ -62,7 +62,7 @@ pub struct StoreState {
     pub next_global_position: u64,
     /// Commit times never go backwards, whatever the leaders' clocks do.
     pub last_commit_time_ns: i64,
-    /// The last expiry key swept (commit time ++ event id); sweeping resumes after it.
+    /// The last expiry key swept (commit time ++ log index); sweeping resumes after it.
     pub dedupe_swept_key: Vec<u8>,
 }
 

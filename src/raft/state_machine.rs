@@ -169,6 +169,7 @@ impl StateMachine {
                         }
                     });
                 }
+                applier.record_expiry(&mut wb, commit_time, entry.log_id.index)?;
                 applier.expire_dedupe(&mut wb, commit_time.saturating_sub(req.dedupe_window_ns))?;
                 let (state, heads) = applier.into_parts();
                 self.cached.state = state;

@@ -27,7 +27,8 @@ pub const CF_STREAM_INDEX: &str = "stream_index";
 pub const CF_STREAMS: &str = "streams";
 /// Event id → where it was stored (the idempotency index).
 pub const CF_DEDUPE: &str = "dedupe";
-/// `commit_time ++ event id` → (): lets the dedupe window expire entries in time order.
+/// `commit_time ++ log index` → the ids of the events that entry stored (16 bytes each):
+/// lets the dedupe window expire entries in time order, with one write per entry.
 pub const CF_DEDUPE_EXPIRY: &str = "dedupe_expiry";
 
 /// Workflow id → its current projection.
