@@ -334,12 +334,8 @@ async fn idempotent_retry_returns_original_positions_across_restarts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_window_expires_deterministically() {
     // A 1-second window: after it, the same id is a new event.
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("node.toml");
-    std::fs::write(&cfg, "dedupe_window_secs = 1\n").unwrap();
     let node = NodeBuilder::dev()
-        .arg("--config")
-        .arg(cfg.to_str().unwrap())
+        .config("dedupe_window_secs = 1\n")
         .start();
     node.wait_leader().await;
     let mut c = node.client().await;
@@ -580,16 +576,8 @@ async fn kill_9_after_the_log_was_purged_behind_a_snapshot_loses_nothing() {
     // The state machine writes no WAL of its own: the Raft log is its record until a snapshot
     // lets the log be purged, so the snapshot must have made the state machine durable. Kill
     // -9 right after purges and check that nothing applied before them is missing.
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = tmp.path().join("snap.toml");
-    std::fs::write(
-        &cfg,
-        "[raft]\nsnapshot_every_entries = 40\nmax_in_snapshot_log_to_keep = 0\n",
-    )
-    .unwrap();
     let mut node = NodeBuilder::dev()
-        .arg("--config")
-        .arg(cfg.to_string_lossy())
+        .config("[raft]\nsnapshot_every_entries = 40\nmax_in_snapshot_log_to_keep = 0\n")
         .start();
     node.wait_leader().await;
     let mut c = node.client().await;
@@ -624,16 +612,8 @@ async fn kill_9_after_the_log_was_purged_behind_a_snapshot_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_with_invalid_argument_and_writes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("node.toml");
-    std::fs::write(
-        &cfg,
-        "[limits]\nmax_event_bytes = 1024\nmax_request_bytes = 4096\nmax_events_per_append = 5\n",
-    )
-    .unwrap();
     let node = NodeBuilder::dev()
-        .arg("--config")
-        .arg(cfg.to_str().unwrap())
+        .config("[limits]\nmax_event_bytes = 1024\nmax_request_bytes = 4096\nmax_events_per_append = 5\n")
         .start();
     node.wait_leader().await;
     let mut c = node.client().await;

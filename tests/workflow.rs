@@ -336,12 +336,8 @@ fn iso(ns: i64, offset_hours: i8) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn temporal_queries_by_time_and_version_from_snapshots() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("n.toml");
-    std::fs::write(&cfg, "workflow_snapshot_every = 4\n").unwrap();
     let node = NodeBuilder::dev()
-        .arg("--config")
-        .arg(cfg.to_str().unwrap())
+        .config("workflow_snapshot_every = 4\n")
         .start();
     node.wait_leader().await;
     let mut c = wf(&node).await;

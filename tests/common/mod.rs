@@ -51,6 +51,7 @@ pub struct NodeBuilder {
     dir: Option<PathBuf>,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    config: Option<String>,
 }
 
 impl NodeBuilder {
@@ -62,6 +63,7 @@ impl NodeBuilder {
             dir: None,
             args: Vec::new(),
             env: Vec::new(),
+            config: None,
         }
     }
 
@@ -74,6 +76,7 @@ impl NodeBuilder {
             dir: Some(dir),
             args: Vec::new(),
             env: Vec::new(),
+            config: None,
         }
     }
 
@@ -85,6 +88,12 @@ impl NodeBuilder {
 
     pub fn arg(mut self, a: impl Into<String>) -> Self {
         self.args.push(a.into());
+        self
+    }
+
+    /// Starts the node with this TOML as its config file (written next to its data dir).
+    pub fn config(mut self, toml: &str) -> Self {
+        self.config = Some(toml.to_owned());
         self
     }
 
@@ -101,13 +110,21 @@ impl NodeBuilder {
                 (t.path().join("data"), Some(t))
             }
         };
+        let mut args = self.args;
+        if let Some(toml) = self.config {
+            let path = dir.with_extension("toml");
+            std::fs::create_dir_all(dir.parent().expect("data dir has a parent")).expect("dir");
+            std::fs::write(&path, toml).expect("config file");
+            args.push("--config".into());
+            args.push(path.to_string_lossy().into_owned());
+        }
         let mut node = TestNode {
             id: self.id,
             dir,
             grpc_addr: format!("{}:0", self.ip),
             http_addr: format!("{}:0", self.ip),
             child: None,
-            extra_args: self.args,
+            extra_args: args,
             env: self.env,
             dev: self.dev,
             _tmp: tmp,
