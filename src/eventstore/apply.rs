@@ -295,7 +295,14 @@ impl<'a> Applier<'a> {
             if removed >= MAX_EXPIRED_PER_APPLY {
                 break;
             }
-            let (key, ids) = item?;
+            let (key, value) = item?;
+            // Databases written before expiry records were per entry hold one key per event
+            // (`commit time ++ event id`, empty value): the id is in the key.
+            let ids: &[u8] = if value.is_empty() && key.len() == 24 {
+                &key[8..]
+            } else {
+                &value
+            };
             if ids.len() % 16 != 0 {
                 return Err(StorageError::corrupt(
                     "dedupe expiry record",
@@ -379,6 +386,38 @@ mod tests {
         db.db()
             .iterator_cf(db.cf(CF_DEDUPE).unwrap(), rocksdb::IteratorMode::Start)
             .count()
+    }
+
+    #[test]
+    fn the_sweep_also_expires_per_event_keys_of_older_databases() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SmStore::open(dir.path()).unwrap();
+        let db = store.db();
+        let heads = HeadCache::default();
+        let old = Uuid::now_v7();
+        let st = StoreState::default();
+        let (st, _, _) = apply_entry(&db, &heads, st, 1, SEC, 10 * SEC, &cmd("s", &[old]));
+        // Rewrite its expiry record the old way: one key per event, empty value.
+        let cf = db.cf(CF_DEDUPE_EXPIRY).unwrap();
+        let (key, _) = db
+            .db()
+            .iterator_cf(cf, rocksdb::IteratorMode::Start)
+            .next()
+            .unwrap()
+            .unwrap();
+        db.db().delete_cf(cf, &key).unwrap();
+        let mut legacy = i64_ordered(SEC).to_vec();
+        legacy.extend_from_slice(old.as_bytes());
+        db.db().put_cf(cf, &legacy, []).unwrap();
+        let fresh = Uuid::now_v7();
+        let (_, _, swept) =
+            apply_entry(&db, &heads, st, 2, 20 * SEC, 10 * SEC, &cmd("s", &[fresh]));
+        assert_eq!(swept, 1);
+        assert_eq!(
+            dedupe_records(&db),
+            1,
+            "the old id's record is gone, the fresh one stays"
+        );
     }
 
     #[test]
