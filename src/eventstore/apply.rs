@@ -303,7 +303,7 @@ impl<'a> Applier<'a> {
             } else {
                 &value
             };
-            if ids.len() % 16 != 0 {
+            if !ids.len().is_multiple_of(16) {
                 return Err(StorageError::corrupt(
                     "dedupe expiry record",
                     format!("{} bytes is not a list of 16-byte ids", ids.len()),
