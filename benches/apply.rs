@@ -2,7 +2,7 @@
 //! every replica of a cluster pays it. Run: `cargo bench --bench apply -j 1`.
 //!
 //! Each iteration applies one log entry the way the state machine does (an `Applier` over
-//! one `SmWriteBatch`, expiry record, dedupe sweep, commit) to a RocksDB database on disk
+//! one `SmWriteBatch`, `finish_entry`, commit) to a RocksDB database on disk
 //! that keeps growing across iterations. `thrpt` is events/s. The two id kinds show why
 //! generated ids are time-ordered (UUIDv7): the idempotency index is keyed by event id.
 
@@ -84,11 +84,8 @@ impl Replica {
             black_box(applier.append(&mut wb, t, WINDOW_NS, c).expect("append"));
         }
         applier
-            .record_expiry(&mut wb, t, self.index)
-            .expect("expiry record");
-        applier
-            .expire_dedupe(&mut wb, t - WINDOW_NS)
-            .expect("sweep");
+            .finish_entry(&mut wb, t, self.index, WINDOW_NS)
+            .expect("finish entry");
         let (state, heads) = applier.into_parts();
         wb.commit().expect("commit");
         self.heads.commit(heads);

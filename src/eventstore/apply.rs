@@ -256,9 +256,23 @@ impl<'a> Applier<'a> {
         })))
     }
 
+    /// Ends a log entry: records the ids of the events it stored under one expiry key, then
+    /// sweeps idempotency records that fell out of the window. Returns the ids the sweep
+    /// examined.
+    pub fn finish_entry(
+        &mut self,
+        wb: &mut SmWriteBatch,
+        commit_time_ns: i64,
+        log_index: u64,
+        dedupe_window_ns: i64,
+    ) -> Result<usize> {
+        self.record_expiry(wb, commit_time_ns, log_index)?;
+        self.expire_dedupe(wb, commit_time_ns.saturating_sub(dedupe_window_ns))
+    }
+
     /// Records, under one expiry key for the whole log entry, the ids of the events it stored
     /// (one write per entry rather than one per event).
-    pub fn record_expiry(
+    fn record_expiry(
         &mut self,
         wb: &mut SmWriteBatch,
         commit_time_ns: i64,
@@ -278,7 +292,7 @@ impl<'a> Applier<'a> {
     /// Deletes idempotency records that fell out of the window, oldest first, a bounded
     /// number per call. Deterministic: driven by replicated commit times only. The sweep
     /// starts where the last one stopped, so it never wades through its own tombstones.
-    pub fn expire_dedupe(&mut self, wb: &mut SmWriteBatch, oldest_live_ns: i64) -> Result<usize> {
+    fn expire_dedupe(&mut self, wb: &mut SmWriteBatch, oldest_live_ns: i64) -> Result<usize> {
         let expiry_cf = self.db.cf(CF_DEDUPE_EXPIRY)?;
         let mut opts = rocksdb::ReadOptions::default();
         // Strictly after the last swept key: that key plus a 0 byte is its successor.
@@ -376,8 +390,7 @@ mod tests {
         let mut wb = SmWriteBatch::new(db, 0, index);
         let mut a = Applier::new(db, heads, state);
         let out = a.append(&mut wb, time, window, c).unwrap();
-        a.record_expiry(&mut wb, time, index).unwrap();
-        let swept = a.expire_dedupe(&mut wb, time - window).unwrap();
+        let swept = a.finish_entry(&mut wb, time, index, window).unwrap();
         wb.commit().unwrap();
         (a.into_parts().0, out, swept)
     }

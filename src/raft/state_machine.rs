@@ -169,8 +169,12 @@ impl StateMachine {
                         }
                     });
                 }
-                applier.record_expiry(&mut wb, commit_time, entry.log_id.index)?;
-                applier.expire_dedupe(&mut wb, commit_time.saturating_sub(req.dedupe_window_ns))?;
+                applier.finish_entry(
+                    &mut wb,
+                    commit_time,
+                    entry.log_id.index,
+                    req.dedupe_window_ns,
+                )?;
                 let (state, heads) = applier.into_parts();
                 self.cached.state = state;
                 touched_heads = heads;
