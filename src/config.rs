@@ -37,6 +37,8 @@ pub struct Config {
     pub workflow_snapshot_every: u64,
     pub raft: RaftSettings,
     pub proposer: ProposerSettings,
+    /// Fault injection for tests: shifts this node's wall clock by this much. Keep 0.
+    pub clock_offset_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +90,7 @@ impl Default for Config {
             workflow_snapshot_every: 64,
             raft: RaftSettings::default(),
             proposer: ProposerSettings::default(),
+            clock_offset_ms: 0,
         }
     }
 }

@@ -59,6 +59,19 @@ pub struct NewEvent {
 }
 
 impl NewEvent {
+    /// An event of `event_type` with this id, schema version 1, no client time and no
+    /// metadata.
+    pub fn new(event_id: Uuid, event_type: &str, payload: &'static [u8]) -> NewEvent {
+        NewEvent {
+            event_id,
+            event_type: event_type.to_owned(),
+            schema_version: 1,
+            event_time_ns: 0,
+            payload: Bytes::from_static(payload),
+            metadata: BTreeMap::new(),
+        }
+    }
+
     /// Bytes this event weighs against `max_event_bytes`: payload, type and metadata.
     pub fn weight_bytes(&self) -> usize {
         self.payload.len()
@@ -169,6 +182,23 @@ pub enum ValidationError {
     RequestTooLarge { len: usize, max: usize },
     #[error("limit {limit} is above the maximum page size {max}")]
     ReadLimit { limit: u32, max: u32 },
+    #[error(
+        "stream {0:?} holds a workflow: write to it through the Workflows API (Create, \
+         StartStep, AppendEvents, …), which checks every event against the workflow's state"
+    )]
+    WorkflowStream(String),
+}
+
+/// Streams `workflow-{id}` hold workflows. Only workflow commands write them, so that the
+/// projection's transition rules hold whatever API a client uses.
+pub const WORKFLOW_STREAM_PREFIX: &str = "workflow-";
+
+/// A plain append (not a workflow command) may not write a workflow's stream.
+pub fn check_plain_append_target(stream: &str) -> Result<(), ValidationError> {
+    if stream.starts_with(WORKFLOW_STREAM_PREFIX) {
+        return Err(ValidationError::WorkflowStream(stream.to_owned()));
+    }
+    Ok(())
 }
 
 fn stream_char_ok(b: u8) -> bool {
@@ -300,6 +330,33 @@ impl Limits {
             n => Ok(n),
         }
     }
+}
+
+/// The rules an append must meet whatever the configured limits: what the state machine
+/// itself relies on (keys, gap-free positions). Checked when a command is applied, so that a
+/// command that reached the log without edge validation (a peer on older code, a bug, a forged
+/// node-to-node call) is refused by every replica alike instead of corrupting or halting it.
+/// Configured limits are not checked there: they may differ between nodes.
+pub fn check_append_structure(stream: &str, events: &[NewEvent]) -> Result<(), ValidationError> {
+    Limits {
+        max_stream_name_bytes: usize::MAX,
+        ..Limits::default()
+    }
+    .validate_stream(stream)?;
+    if events.is_empty() {
+        return Err(ValidationError::NoEvents);
+    }
+    // Not bounded by a configured count here: a set keeps a forged huge append linear.
+    let mut seen = std::collections::HashSet::with_capacity(events.len());
+    for (index, e) in events.iter().enumerate() {
+        if !seen.insert(e.event_id) {
+            return Err(ValidationError::DuplicateEventId {
+                index,
+                id: e.event_id,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Parses a client event id: empty gets a fresh id (not idempotent on retry).

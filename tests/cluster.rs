@@ -502,3 +502,59 @@ async fn a_wiped_node_is_refused_until_removed_and_added_again() {
     let s = c.wait_converged(&c.all()).await;
     assert_eq!(s.event_count, 21);
 }
+
+/// Issue 9.8: a leader whose wall clock runs a year ahead does not carry the cluster's time
+/// with it: it stamps the majority's time (so idempotency records and telemetry cutoffs stay
+/// put), and reports its skew as a metric.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_with_a_clock_a_year_ahead_stamps_the_majority_time() {
+    const YEAR_MS: i64 = 365 * 24 * 3600 * 1000;
+    let mut c = TestCluster::start_uninitialized(0, &[]).await;
+    c.spawn_node_with_config(Some(&format!("clock_offset_ms = {YEAR_MS}")))
+        .await;
+    c.spawn_node().await;
+    c.spawn_node().await;
+    c.init(&[1, 2, 3]).await; // node 1 campaigns first
+                              // Make the skewed node the leader: while another leads, pause it until one is elected
+                              // among the rest (bounded tries; each election is a fresh draw).
+    let mut leader = c.wait_leader(&c.all()).await;
+    for _ in 0..20 {
+        if leader == 0 {
+            break;
+        }
+        c.nodes[leader].pause();
+        let others: Vec<usize> = c.all().into_iter().filter(|i| *i != leader).collect();
+        c.wait_leader(&others).await;
+        c.nodes[leader].resume();
+        leader = c.wait_leader(&c.all()).await;
+    }
+    assert_eq!(leader, 0, "node 1 never won an election");
+    let r = c.nodes[0]
+        .client()
+        .await
+        .append(append_req("clock", None, vec![new_event("T", "{}")]))
+        .await
+        .expect("append on the skewed leader")
+        .into_inner();
+    let real_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    let off_secs = (r.commit_time_ns - real_now) as f64 / 1e9;
+    assert!(
+        off_secs.abs() < 600.0,
+        "commit time is {off_secs} s off the real time"
+    );
+    let (_, metrics) = c.nodes[0].http_get("/metrics").await;
+    let skew: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("aether_clock_skew_seconds "))
+        .expect("skew metric")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        (skew - YEAR_MS as f64 / 1e3).abs() < 600.0,
+        "skew metric {skew}"
+    );
+}

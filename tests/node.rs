@@ -902,3 +902,100 @@ async fn a_slow_subscriber_is_bounded_and_holds_back_only_itself() {
         }
     }
 }
+
+/// Issue 9.1, from outside: a forged node-to-node `Propose` (the target header is built from
+/// what `Admin.Status` tells anyone) carrying an append with no events, and one to a
+/// workflow's stream. Each is refused on its own — nothing written, the node keeps running,
+/// positions do not wrap — and a valid command in the same batch goes ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_propose_is_validated_like_a_client_request() {
+    use aetherops::eventstore::{AppendCommand, AppendOutcome};
+    use aetherops::model::{ExpectedVersion, NewEvent};
+    use aetherops::proto::raft::v1::{raft_client::RaftClient, RaftMessage};
+    use aetherops::raft::{Command, CommandOutcome};
+
+    let mut node = NodeBuilder::dev().start();
+    node.wait_leader().await;
+    let status = node
+        .admin()
+        .await
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let cmd = |stream: &str, events: usize| {
+        Command::Append(AppendCommand {
+            stream: stream.into(),
+            expected: ExpectedVersion::Any,
+            events: (0..events)
+                .map(|_| NewEvent::new(uuid::Uuid::now_v7(), "T", b"{}"))
+                .collect(),
+        })
+    };
+    let batch = vec![cmd("s", 0), cmd("workflow-wf-3", 1), cmd("s", 1)];
+    let mut req = tonic::Request::new(RaftMessage {
+        body: postcard::to_allocvec(&batch).unwrap().into(),
+    });
+    req.metadata_mut().insert(
+        "x-aether-target",
+        format!("{}:{}", status.node_id, status.incarnation)
+            .parse()
+            .unwrap(),
+    );
+    let reply = RaftClient::new(node.channel().await)
+        .propose(req)
+        .await
+        .expect("the call is answered")
+        .into_inner();
+    let outcomes: Result<Vec<CommandOutcome>, aetherops::node::ProposeError> =
+        postcard::from_bytes(&reply.body).unwrap();
+    let outcomes = outcomes.expect("the batch was proposed");
+    assert_eq!(outcomes.len(), 3);
+    for o in &outcomes[..2] {
+        assert!(
+            matches!(o, CommandOutcome::Append(AppendOutcome::Rejected { .. })),
+            "{o:?}"
+        );
+    }
+    match &outcomes[2] {
+        CommandOutcome::Append(AppendOutcome::Appended(p)) => {
+            assert_eq!((p.last_stream_version, p.last_global_position), (0, 0))
+        }
+        o => panic!("the valid command was not appended: {o:?}"),
+    }
+    // The node is alive and the stream's versions continue from 0.
+    let r = node
+        .client()
+        .await
+        .append(append_req("s", None, vec![new_event("T", "{}")]))
+        .await
+        .expect("append after the forged batch")
+        .into_inner();
+    assert_eq!((r.last_stream_version, r.last_global_position), (1, 1));
+    assert!(node.is_running());
+}
+
+/// Issue 9.12: a workflow's stream is written through the Workflows API only; a plain append
+/// is refused with an error that says where to go, and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_appends_to_a_workflow_stream_point_to_the_workflows_api() {
+    let node = NodeBuilder::dev().start();
+    node.wait_leader().await;
+    let mut c = node.client().await;
+    let e = c
+        .append(append_req(
+            "workflow-wf-3",
+            None,
+            vec![new_event("StepStarted", "{}")],
+        ))
+        .await
+        .expect_err("plain append to a workflow stream");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("Workflows API"), "{}", e.message());
+    let page = c
+        .read_all(pb::ReadAllRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(page.events.is_empty(), "nothing written");
+}

@@ -123,6 +123,11 @@ impl Admin for AdminService {
             learners: learners.into_iter().map(member).collect(),
             replication,
             event_count: applied.next_global_position,
+            dedupe_window_secs: self
+                .node
+                .dedupe_window()
+                .map_err(status)?
+                .map(|d| d.as_secs()),
             state_digest: format!("{:032x}", applied.digest),
             snapshot_index: m.snapshot.map(|l| l.index),
             purged_index: m.purged.map(|l| l.index),
@@ -223,6 +228,21 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ReadIndexResponse>, Status> {
         let read_index = self.node.read_index().await.map_err(status)?;
         Ok(Response::new(pb::ReadIndexResponse { read_index }))
+    }
+
+    async fn set_dedupe_window(
+        &self,
+        req: Request<pb::SetDedupeWindowRequest>,
+    ) -> Result<Response<pb::SetDedupeWindowResponse>, Status> {
+        let secs = req.into_inner().window_secs;
+        let set = self
+            .node
+            .set_dedupe_window(Duration::from_secs(secs))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::SetDedupeWindowResponse {
+            window_secs: set.as_secs(),
+        }))
     }
 
     async fn trigger_snapshot(

@@ -83,6 +83,9 @@ pub fn append_outcome(stream: &str, o: AppendOutcome) -> Result<pb::AppendRespon
         AppendOutcome::EventIdConflict { event_id, detail } => Err(Status::already_exists(
             format!("event id {event_id}: {detail}"),
         )),
+        AppendOutcome::Rejected { reason } => Err(Status::invalid_argument(format!(
+            "append to stream {stream:?} refused: {reason}"
+        ))),
     }
 }
 

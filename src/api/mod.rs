@@ -85,6 +85,8 @@ pub async fn serve(
                 &node.info.incarnation,
                 node.proposer.clone(),
                 std::time::Duration::from_millis(node.config.write_timeout_ms),
+                node.config.limits.clone(),
+                node.clock.clone(),
             ))
             .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),

@@ -42,6 +42,10 @@ pub enum ClusterCmd {
     },
     /// Build a snapshot on the node at --addr now.
     Snapshot,
+    /// Set the cluster's idempotency window (how long an event id is remembered), e.g. 24h.
+    /// One replicated value for every node; without it, a new cluster takes the
+    /// `dedupe_window_secs` of the node that leads its first write.
+    SetDedupeWindow { window: String },
 }
 
 async fn status_of(addr: &str, timeout: Duration) -> anyhow::Result<pb::StatusResponse> {
@@ -182,6 +186,21 @@ pub async fn run(
             match printer.format {
                 Output::Json => printer.json(&json!({"snapshot_index": r.snapshot_index})),
                 Output::Text => println!("snapshot at index {:?}", r.snapshot_index),
+            }
+        }
+        ClusterCmd::SetDedupeWindow { window } => {
+            let ms = super::telemetry::parse_duration_ms(&window)?;
+            let mut c = admin(first, timeout).await?;
+            let r = c
+                .set_dedupe_window(pb::SetDedupeWindowRequest {
+                    window_secs: ms / 1000,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            match printer.format {
+                Output::Json => printer.json(&json!({"dedupe_window_secs": r.window_secs})),
+                Output::Text => println!("idempotency window: {} s", r.window_secs),
             }
         }
     }

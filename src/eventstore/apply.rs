@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{AppendCommand, AppendOutcome, AppendPositions, StoreState, StreamHead};
-use crate::model::RecordedEvent;
+use crate::model::{check_append_structure, check_plain_append_target, RecordedEvent};
 use crate::storage::keys::{i64_ordered, stream_index_key, u64_key};
 use crate::storage::sm_db::{
     SmDb, SmWriteBatch, CF_DEDUPE, CF_DEDUPE_EXPIRY, CF_EVENTS, CF_STREAMS, CF_STREAM_INDEX,
@@ -126,8 +126,8 @@ impl<'a> Applier<'a> {
         Ok(entry.filter(|e| e.commit_time_ns >= oldest_live_ns))
     }
 
-    /// Applies one append. `dedupe_window_ns` comes from the log entry (the leader's
-    /// setting), so every replica expires idempotency records alike.
+    /// Applies one plain append (the event API's): workflow streams are refused, whatever
+    /// the edge checked, so that their transition rules cannot be bypassed.
     pub fn append(
         &mut self,
         wb: &mut SmWriteBatch,
@@ -135,6 +135,27 @@ impl<'a> Applier<'a> {
         dedupe_window_ns: i64,
         cmd: &AppendCommand,
     ) -> Result<AppendOutcome> {
+        if let Err(e) = check_plain_append_target(&cmd.stream) {
+            return Ok(rejected(e));
+        }
+        self.append_checked(wb, commit_time_ns, dedupe_window_ns, cmd)
+    }
+
+    /// Applies one append whose target the caller vouches for (the workflow applier, after
+    /// checking every event against the projection). `dedupe_window_ns` comes from the log
+    /// entry, so every replica expires idempotency records alike.
+    pub fn append_checked(
+        &mut self,
+        wb: &mut SmWriteBatch,
+        commit_time_ns: i64,
+        dedupe_window_ns: i64,
+        cmd: &AppendCommand,
+    ) -> Result<AppendOutcome> {
+        // Apply is total: what would break an invariant is a replicated refusal, never a
+        // panic or an error that halts the state machine.
+        if let Err(e) = check_append_structure(&cmd.stream, &cmd.events) {
+            return Ok(rejected(e));
+        }
         let oldest_live_ns = commit_time_ns.saturating_sub(dedupe_window_ns);
         if let Some(outcome) = self.check_duplicate(cmd, oldest_live_ns)? {
             return Ok(outcome);
@@ -146,8 +167,22 @@ impl<'a> Applier<'a> {
                 current,
             });
         }
-        let first_version = current.map_or(0, |v| v + 1);
+        let count = cmd.events.len() as u64;
+        let first_version = match current {
+            None => Some(0),
+            Some(v) => v.checked_add(1),
+        };
         let first_position = self.state.next_global_position;
+        let (Some(first_version), Some(last_version), Some(next_position)) = (
+            first_version,
+            first_version.and_then(|v| v.checked_add(count - 1)),
+            first_position.checked_add(count),
+        ) else {
+            return Ok(rejected(format!(
+                "stream {:?} or the global log would pass the largest position",
+                cmd.stream
+            )));
+        };
         for (i, e) in cmd.events.iter().enumerate() {
             let version = first_version + i as u64;
             let position = first_position + i as u64;
@@ -187,19 +222,19 @@ impl<'a> Applier<'a> {
             self.stored_ids.extend_from_slice(e.event_id.as_bytes());
             self.dedupe.insert(e.event_id, entry);
         }
-        let last_version = first_version + cmd.events.len() as u64 - 1;
+        debug_assert_eq!(last_version - first_version + 1, count);
         wb.put(
             CF_STREAMS,
             cmd.stream.as_bytes(),
             &encode("stream head", &StreamHead { last_version })?,
         )?;
         self.heads.insert(cmd.stream.clone(), Some(last_version));
-        self.state.next_global_position = first_position + cmd.events.len() as u64;
+        self.state.next_global_position = next_position;
         Ok(AppendOutcome::Appended(AppendPositions {
             first_stream_version: first_version,
             last_stream_version: last_version,
             first_global_position: first_position,
-            last_global_position: self.state.next_global_position - 1,
+            last_global_position: next_position - 1,
             commit_time_ns,
         }))
     }
@@ -343,6 +378,12 @@ impl<'a> Applier<'a> {
     }
 }
 
+fn rejected(reason: impl std::fmt::Display) -> AppendOutcome {
+    AppendOutcome::Rejected {
+        reason: reason.to_string(),
+    }
+}
+
 /// `commit time ++ log index`: unique per entry, in time order.
 fn expiry_key(commit_time_ns: i64, log_index: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(16);
@@ -365,14 +406,7 @@ mod tests {
             expected: ExpectedVersion::Any,
             events: ids
                 .iter()
-                .map(|id| NewEvent {
-                    event_id: *id,
-                    event_type: "T".into(),
-                    schema_version: 1,
-                    event_time_ns: 0,
-                    payload: bytes::Bytes::from_static(b"{}"),
-                    metadata: Default::default(),
-                })
+                .map(|id| NewEvent::new(*id, "T", b"{}"))
                 .collect(),
         }
     }

@@ -19,6 +19,31 @@ use crate::storage::{decode, encode, Result};
 /// The key of [`StoreState`] in the state machine's metadata.
 pub const STATE_KEY: &[u8] = b"store_state";
 
+/// The key of the idempotency window (ns, replicated) in the state machine's metadata.
+pub const WINDOW_KEY: &[u8] = b"dedupe_window";
+
+/// Longest idempotency window a cluster may set: a year.
+pub const MAX_DEDUPE_WINDOW_NS: i64 = 365 * 24 * 3600 * 1_000_000_000;
+
+/// The replicated idempotency window, if one was recorded yet.
+pub fn load_dedupe_window(db: &SmDb) -> Result<Option<i64>> {
+    match db.db().get_pinned_cf(db.cf(CF_META)?, WINDOW_KEY)? {
+        Some(bytes) => decode("dedupe window", &bytes).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Checks a window an operator asks for.
+pub fn check_dedupe_window(window_ns: i64) -> std::result::Result<(), String> {
+    if window_ns <= 0 || window_ns > MAX_DEDUPE_WINDOW_NS {
+        return Err(format!(
+            "the idempotency window must be more than 0 and at most 365 days, not {} s",
+            window_ns / 1_000_000_000
+        ));
+    }
+    Ok(())
+}
+
 /// An append, as it travels through the Raft log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppendCommand {
@@ -52,6 +77,11 @@ pub enum AppendOutcome {
     EventIdConflict {
         event_id: Uuid,
         detail: String,
+    },
+    /// The command breaks a rule the store relies on (no events, a malformed stream name,
+    /// positions that would overflow): refused by every replica alike, nothing written.
+    Rejected {
+        reason: String,
     },
 }
 

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub log_syncs: Gauge,
     pub log_sync_callbacks: Gauge,
     pub log_sync_seconds: FloatGauge,
+    pub clock_skew_seconds: FloatGauge,
+    pub commit_time_lag_seconds: FloatGauge,
     pub proposer_batches: Gauge,
     pub proposer_commands: Gauge,
     pub queue_utilization: Family<QueueLabel, FloatGauge>,
@@ -63,6 +65,8 @@ impl Default for Metrics {
             log_syncs: Gauge::default(),
             log_sync_callbacks: Gauge::default(),
             log_sync_seconds: FloatGauge::default(),
+            clock_skew_seconds: FloatGauge::default(),
+            commit_time_lag_seconds: FloatGauge::default(),
             proposer_batches: Gauge::default(),
             proposer_commands: Gauge::default(),
             queue_utilization: Family::default(),
@@ -130,6 +134,16 @@ impl Default for Metrics {
             "log_sync_seconds",
             "Time spent in those syncs (divide by log_syncs for the mean fsync latency)",
             m.log_sync_seconds.clone(),
+        );
+        registry.register(
+            "clock_skew_seconds",
+            "This node's wall clock minus the majority of the voters' (measured while leading)",
+            m.clock_skew_seconds.clone(),
+        );
+        registry.register(
+            "commit_time_lag_seconds",
+            "This node's wall clock minus the last applied commit time",
+            m.commit_time_lag_seconds.clone(),
         );
         registry.register(
             "proposer_batches",

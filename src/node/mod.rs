@@ -22,6 +22,7 @@ use crate::eventstore::subscribe::{self, Item, Target};
 use crate::eventstore::{AppendCommand, AppendOutcome};
 use crate::model::ValidationError;
 use crate::proto::aetherops::v1::admin_client::AdminClient;
+use crate::raft::clock::ClusterClock;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::NetworkFactory;
 use crate::raft::state_machine::{AppliedStatus, StateMachine};
@@ -96,6 +97,8 @@ pub struct Node {
     pub proposer: Proposer,
     pub network: NetworkFactory,
     pub metrics: Metrics,
+    /// The time this node stamps into entries when it leads.
+    pub clock: Arc<ClusterClock>,
     pub log_db: Arc<LogDb>,
     log_store: LogStore,
     /// Open subscriptions' buffers, for queue health (a slow subscriber fills its own).
@@ -216,6 +219,15 @@ impl Node {
         )
         .await
         .map_err(|e| NodeError::Internal(format!("starting raft: {e}")))?;
+        let clock = Arc::new(ClusterClock::new(
+            config.node_id,
+            config.clock_offset_ms.saturating_mul(1_000_000),
+        ));
+        tokio::spawn(crate::raft::clock::run_probes(
+            raft.clone(),
+            clock.clone(),
+            network.clone(),
+        ));
         let proposer = Proposer::start(
             raft.clone(),
             config.proposer.clone(),
@@ -225,6 +237,7 @@ impl Node {
                 network: network.clone(),
                 // Leave the caller time to hear back before its own deadline.
                 forward_timeout: Duration::from_millis(config.write_timeout_ms * 9 / 10),
+                clock: clock.clone(),
             },
         );
         let node = Arc::new(Node {
@@ -237,6 +250,7 @@ impl Node {
             proposer,
             network,
             metrics: Metrics::default(),
+            clock,
             log_db,
             log_store,
             subscribers: std::sync::Mutex::new(Vec::new()),
@@ -280,6 +294,7 @@ impl Node {
         self.config
             .limits
             .validate_append(&cmd.stream, &cmd.events)?;
+        crate::model::check_plain_append_target(&cmd.stream)?;
         let weight = cmd.events.iter().map(|e| e.weight_bytes()).sum();
         let timeout = Duration::from_millis(self.config.write_timeout_ms);
         match self
@@ -334,6 +349,32 @@ impl Node {
                 "telemetry command answered with {other:?}"
             ))),
         }
+    }
+
+    /// Sets the cluster's idempotency window (replicated, from the entry that carries it on).
+    pub async fn set_dedupe_window(&self, window: Duration) -> Result<Duration, NodeError> {
+        let window_ns = i64::try_from(window.as_nanos()).unwrap_or(i64::MAX);
+        crate::eventstore::check_dedupe_window(window_ns).map_err(NodeError::BadRequest)?;
+        let timeout = Duration::from_millis(self.config.write_timeout_ms);
+        match self
+            .proposer
+            .propose(Command::SetDedupeWindow { window_ns }, 0, timeout)
+            .await?
+        {
+            CommandOutcome::DedupeWindowSet { window_ns } => {
+                Ok(Duration::from_nanos(window_ns.max(0) as u64))
+            }
+            CommandOutcome::Refused { reason } => Err(NodeError::BadRequest(reason)),
+            other => Err(NodeError::Internal(format!(
+                "dedupe window answered with {other:?}"
+            ))),
+        }
+    }
+
+    /// The cluster's idempotency window as applied here.
+    pub fn dedupe_window(&self) -> Result<Option<Duration>, NodeError> {
+        Ok(crate::eventstore::load_dedupe_window(&self.store.db())?
+            .map(|ns| Duration::from_nanos(ns.max(0) as u64)))
     }
 
     /// Waits until this node's state reflects every write acknowledged before the call.
@@ -530,6 +571,12 @@ impl Node {
             .set(stats.callbacks.load(std::sync::atomic::Ordering::Relaxed) as i64);
         m.log_sync_seconds
             .set(stats.sync_micros.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6);
+        m.clock_skew_seconds.set(self.clock.skew_ns() as f64 / 1e9);
+        let last_commit = self.applied.borrow().last_commit_time_ns;
+        if last_commit > 0 {
+            m.commit_time_lag_seconds
+                .set(self.clock.local_now_ns().saturating_sub(last_commit) as f64 / 1e9);
+        }
         let (batches, commands, _forwarded) = self.proposer.batch_counts();
         m.proposer_batches.set(batches as i64);
         m.proposer_commands.set(commands as i64);

@@ -13,7 +13,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use openraft::error::ClientWriteError;
 use serde::{Deserialize, Serialize};
@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::ProposerSettings;
 use crate::proto::raft::v1::{raft_client::RaftClient, RaftMessage};
+use crate::raft::clock::ClusterClock;
 use crate::raft::network::{NetworkFactory, MAX_RAFT_MESSAGE_BYTES, TARGET_HEADER};
 use crate::raft::{Command, CommandOutcome, NodeId, NodeInfo, Raft, Request};
 
@@ -66,6 +67,8 @@ pub struct Route {
     pub id: NodeId,
     pub network: NetworkFactory,
     pub forward_timeout: Duration,
+    /// The time a leader stamps: its clock checked against a majority of the voters'.
+    pub clock: Arc<ClusterClock>,
 }
 
 /// Handle to the proposer task.
@@ -202,11 +205,32 @@ impl Proposer {
     }
 }
 
-fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+/// Longest a leader waits to measure a majority of the voters' clocks before it gives up on
+/// a batch (which could not commit without that majority either).
+const CLOCK_WAIT: Duration = Duration::from_secs(3);
+
+/// The commit time to stamp: the majority's clock (see [`ClusterClock`]).
+async fn stamp_time(raft: &Raft, clock: &ClusterClock) -> Result<i64, ProposeError> {
+    let deadline = tokio::time::Instant::now() + CLOCK_WAIT;
+    loop {
+        let voters: Vec<NodeId> = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        if let Some(t) = clock.cluster_now_ns(&voters) {
+            return Ok(t);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ProposeError::Stopped(format!(
+                "could not measure the clocks of a majority of voters {voters:?} within \
+                 {CLOCK_WAIT:?}; nothing was written"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Where a batch goes: this node's Raft, or the leader.
@@ -286,7 +310,12 @@ async fn run(
         match target(&raft, route.id) {
             Target::Local => {
                 let (commands, replies) = flatten(batch);
-                propose_local(&raft, commands, replies, dedupe_window_ns, permit).await
+                match stamp_time(&raft, &route.clock).await {
+                    Ok(now) => {
+                        propose_local(&raft, commands, replies, now, dedupe_window_ns, permit).await
+                    }
+                    Err(e) => distribute(replies, Err(e)),
+                }
             }
             Target::Leader(id, node) => {
                 // Batches other followers forwarded here are refused rather than bounced on.
@@ -329,13 +358,14 @@ async fn propose_local(
     raft: &Raft,
     commands: Vec<Command>,
     replies: Replies,
+    commit_time_ns: i64,
     dedupe_window_ns: i64,
     permit: OwnedSemaphorePermit,
 ) {
     let request = Request {
-        // The leader's clock, stamped once per entry; the state machine keeps commit
-        // times monotonic whatever this clock does.
-        commit_time_ns: now_ns(),
+        // Stamped once per entry; the state machine keeps commit times monotonic whatever
+        // the clocks do.
+        commit_time_ns,
         dedupe_window_ns,
         commands,
     };

@@ -6,6 +6,7 @@
 //! later move to openraft 0.10 touches this module only. The state machine applies commands
 //! by calling the domain modules (`eventstore`); it holds no business rule of its own.
 
+pub mod clock;
 pub mod log_store;
 pub mod network;
 pub mod service;
@@ -16,7 +17,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::eventstore::{AppendCommand, AppendOutcome};
+use crate::eventstore::{check_dedupe_window, AppendCommand, AppendOutcome};
+use crate::model::{check_plain_append_target, Limits};
 use crate::telemetry::store::{TelemetryCommand, TelemetryOutcome};
 use crate::workflow::store::{WorkflowCommand, WorkflowOutcome};
 
@@ -52,7 +54,10 @@ pub struct Request {
     /// Leader wall clock at proposal, ns since the Unix epoch. The state machine never
     /// lets commit time go backwards.
     pub commit_time_ns: i64,
-    /// Idempotency window in force for this entry (the leader's configuration).
+    /// The proposing leader's configured idempotency window. The window in force is
+    /// replicated state: this value only seeds it, at the first entry a state machine applies
+    /// (a cluster's first, or the first after an upgrade from versions that used each
+    /// entry's own); [`Command::SetDedupeWindow`] changes it.
     pub dedupe_window_ns: i64,
     pub commands: Vec<Command>,
 }
@@ -63,6 +68,48 @@ pub enum Command {
     Append(AppendCommand),
     Workflow(WorkflowCommand),
     Telemetry(TelemetryCommand),
+    /// Sets the replicated idempotency window (ns), from this entry on.
+    SetDedupeWindow {
+        window_ns: i64,
+    },
+}
+
+impl Command {
+    /// The checks a command must pass wherever it enters the cluster — a client API on any
+    /// node, or a peer's `Propose` — against this node's configured limits. (Apply checks
+    /// the structural rules again, as the last line: configured limits may differ by node.)
+    pub fn validate(&self, limits: &Limits) -> Result<(), String> {
+        match self {
+            Command::Append(a) => {
+                limits
+                    .validate_append(&a.stream, &a.events)
+                    .map_err(|e| e.to_string())?;
+                check_plain_append_target(&a.stream).map_err(|e| e.to_string())
+            }
+            Command::Workflow(w) => {
+                let a = w.as_append();
+                limits
+                    .validate_append(&a.stream, &a.events)
+                    .map_err(|e| e.to_string())
+            }
+            Command::Telemetry(t) => t.validate(limits),
+            Command::SetDedupeWindow { window_ns } => check_dedupe_window(*window_ns),
+        }
+    }
+
+    /// The outcome that refuses this command without writing anything.
+    pub fn rejected(&self, reason: String) -> CommandOutcome {
+        match self {
+            Command::Append(_) => CommandOutcome::Append(AppendOutcome::Rejected { reason }),
+            Command::Workflow(_) => {
+                CommandOutcome::Workflow(WorkflowOutcome::Rejected { index: 0, reason })
+            }
+            Command::Telemetry(_) => {
+                CommandOutcome::Telemetry(TelemetryOutcome::Rejected { reason })
+            }
+            Command::SetDedupeWindow { .. } => CommandOutcome::Refused { reason },
+        }
+    }
 }
 
 /// The result of one command, in the order of [`Request::commands`].
@@ -71,6 +118,13 @@ pub enum CommandOutcome {
     Append(AppendOutcome),
     Workflow(WorkflowOutcome),
     Telemetry(TelemetryOutcome),
+    DedupeWindowSet {
+        window_ns: i64,
+    },
+    /// A command without a kind-specific refusal was refused; nothing was written.
+    Refused {
+        reason: String,
+    },
 }
 
 /// What applying one entry returned.

@@ -1,16 +1,23 @@
 //! The Raft transport, server side: decodes peers' messages and hands them to openraft.
 
+use std::sync::Arc;
+
 use serde::{de::DeserializeOwned, Serialize};
 use tonic::{Request, Response, Status};
 
+use super::clock::ClusterClock;
 use super::network::TARGET_HEADER;
-use super::{NodeId, Raft};
+use super::{Command, CommandOutcome, NodeId, Raft};
+use crate::model::Limits;
 use crate::proto::raft::v1::{raft_server, RaftMessage};
 
 pub struct RaftService {
     raft: Raft,
     proposer: crate::node::Proposer,
     propose_timeout: std::time::Duration,
+    /// This node's limits: a peer's `Propose` is checked like a client's request.
+    limits: Limits,
+    clock: Arc<ClusterClock>,
     /// `node_id:incarnation` of this node: what peers must address.
     me: String,
 }
@@ -22,11 +29,15 @@ impl RaftService {
         incarnation: &str,
         proposer: crate::node::Proposer,
         propose_timeout: std::time::Duration,
+        limits: Limits,
+        clock: Arc<ClusterClock>,
     ) -> Self {
         RaftService {
             raft,
             proposer,
             propose_timeout,
+            limits,
+            clock,
             me: format!("{id}:{incarnation}"),
         }
     }
@@ -51,6 +62,20 @@ impl RaftService {
             ))),
         }
     }
+}
+
+/// Puts the outcomes of the proposed commands back between the refused ones, in order.
+fn merge_outcomes(
+    refused: Vec<Option<CommandOutcome>>,
+    proposed: Vec<CommandOutcome>,
+) -> Vec<CommandOutcome> {
+    let mut proposed = proposed.into_iter();
+    // If the leader answered fewer outcomes than commands, the follower's `distribute`
+    // reports the mismatch: nothing is invented here.
+    refused
+        .into_iter()
+        .filter_map(|r| r.or_else(|| proposed.next()))
+        .collect()
 }
 
 fn decode<T: DeserializeOwned>(m: &RaftMessage) -> Result<T, Status> {
@@ -90,14 +115,39 @@ impl raft_server::Raft for RaftService {
         encode(&self.raft.vote(rpc).await)
     }
 
+    async fn clock(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.check_target(&req)?;
+        encode(&self.clock.local_now_ns())
+    }
+
     async fn propose(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         self.check_target(&req)?;
         let weight = req.get_ref().body.len();
-        let cmds: Vec<super::Command> = decode(req.get_ref())?;
-        let outcomes = self
-            .proposer
-            .propose_forwarded(cmds, weight, self.propose_timeout)
-            .await;
-        encode(&outcomes)
+        let cmds: Vec<Command> = decode(req.get_ref())?;
+        // A peer's commands are as untrusted as a client's: each is validated here, and one
+        // that fails is refused on its own (its neighbours, other clients' commands that the
+        // follower batched with it, still go ahead).
+        let mut refused: Vec<Option<CommandOutcome>> = Vec::with_capacity(cmds.len());
+        let mut valid = Vec::with_capacity(cmds.len());
+        for cmd in cmds {
+            match cmd.validate(&self.limits) {
+                Ok(()) => {
+                    refused.push(None);
+                    valid.push(cmd);
+                }
+                Err(reason) => {
+                    tracing::warn!("refused a command a peer proposed: {reason}");
+                    refused.push(Some(cmd.rejected(reason)));
+                }
+            }
+        }
+        let outcomes = if valid.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.proposer
+                .propose_forwarded(valid, weight, self.propose_timeout)
+                .await
+        };
+        encode(&outcomes.map(|o| merge_outcomes(refused, o)))
     }
 }

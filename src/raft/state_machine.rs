@@ -22,7 +22,10 @@ use super::{
     StoredMembership, TypeConfig,
 };
 use crate::eventstore::apply::{Applier, HeadCache};
-use crate::eventstore::{StoreState, STATE_KEY};
+use crate::eventstore::{
+    check_dedupe_window, load_dedupe_window, StoreState, MAX_DEDUPE_WINDOW_NS, STATE_KEY,
+    WINDOW_KEY,
+};
 use crate::storage::sm_db::{SmDb, SmWriteBatch, CF_META};
 use crate::storage::{decode, encode, fsync_dir, SmStore, StorageError};
 use crate::telemetry::store::{RetentionView, TelemetryApplier};
@@ -43,6 +46,8 @@ pub struct AppliedStatus {
     pub next_global_position: u64,
     /// Chained digest of every write applied up to `applied`.
     pub digest: u128,
+    /// The replicated time of the last entry applied (ns since the Unix epoch; 0: none).
+    pub last_commit_time_ns: i64,
 }
 
 /// The state machine's bookkeeping, cached from its meta column family.
@@ -52,6 +57,8 @@ struct Cached {
     membership: StoredMembership,
     state: StoreState,
     digest: u128,
+    /// The replicated idempotency window (None until the first entry seeds it).
+    dedupe_window_ns: Option<i64>,
     /// Stream heads as committed to this database.
     heads: HeadCache,
 }
@@ -74,6 +81,7 @@ impl Cached {
                 Some(b) => decode("digest", &b)?,
                 None => 0,
             },
+            dedupe_window_ns: load_dedupe_window(db)?,
             heads: HeadCache::default(),
         })
     }
@@ -83,6 +91,7 @@ impl Cached {
             applied: self.applied,
             next_global_position: self.state.next_global_position,
             digest: self.digest,
+            last_commit_time_ns: self.state.last_commit_time_ns,
         }
     }
 }
@@ -90,9 +99,57 @@ impl Cached {
 pub struct StateMachine {
     store: Arc<SmStore>,
     retention: Arc<RetentionView>,
-    snapshot_dir: PathBuf,
+    snapshots: Arc<SnapshotSlot>,
     cached: Cached,
     status_tx: watch::Sender<AppliedStatus>,
+}
+
+/// The directory holding `current.snap`, and the lock under which builds and installs
+/// replace it. A snapshot build runs concurrently with apply and with installs: a slow build
+/// from an older view must not rename its file over a newer installed one, so `current.snap`
+/// is replaced only by a snapshot at least as new (compared under the lock).
+pub struct SnapshotSlot {
+    dir: PathBuf,
+    lock: std::sync::Mutex<()>,
+}
+
+impl SnapshotSlot {
+    pub fn new(dir: PathBuf) -> SnapshotSlot {
+        SnapshotSlot {
+            dir,
+            lock: std::sync::Mutex::new(()),
+        }
+    }
+
+    fn current_path(&self) -> PathBuf {
+        self.dir.join(CURRENT_SNAPSHOT)
+    }
+
+    /// The header of `current.snap`, if there is one.
+    pub fn current_header(&self) -> Result<Option<SnapshotHeader>, StorageError> {
+        match std::fs::File::open(self.current_path()) {
+            Ok(mut f) => Ok(Some(snapshot::read_header(&mut f)?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Makes the complete, synced snapshot file `tmp` (of `meta`) the current one, unless the
+    /// current one is newer; `tmp` is gone either way (an open handle still reads it).
+    /// Returns whether it became current.
+    pub fn publish(&self, tmp: &Path, meta: &SnapshotMeta) -> Result<bool, StorageError> {
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let newer_exists = self
+            .current_header()?
+            .is_some_and(|h| h.meta.last_log_id > meta.last_log_id);
+        if newer_exists {
+            std::fs::remove_file(tmp)?;
+            return Ok(false);
+        }
+        std::fs::rename(tmp, self.current_path())?;
+        fsync_dir(&self.dir)?;
+        Ok(true)
+    }
 }
 
 impl StateMachine {
@@ -109,13 +166,29 @@ impl StateMachine {
                 std::fs::remove_file(entry.path())?;
             }
         }
-        let cached = Cached::load(&store.db())?;
+        let snapshots = Arc::new(SnapshotSlot::new(snapshot_dir));
+        let mut cached = Cached::load(&store.db())?;
+        // An install publishes the snapshot file before it switches the database: a crash in
+        // between leaves a current snapshot newer than the state machine. Finish the install.
+        if let Some(header) = snapshots.current_header()? {
+            if header.meta.last_log_id > cached.applied {
+                tracing::warn!(
+                    "state machine at {:?} is behind its current snapshot {:?} (an install \
+                     was interrupted): loading the snapshot",
+                    cached.applied,
+                    header.meta.last_log_id
+                );
+                let path = snapshots.current_path();
+                store.replace_with(|fresh| snapshot::load(&path, fresh).map(|_| ()))?;
+                cached = Cached::load(&store.db())?;
+            }
+        }
         retention.reload(&store.db(), cached.state.last_commit_time_ns)?;
         let (status_tx, _) = watch::channel(cached.status());
         Ok(StateMachine {
             store,
             retention,
-            snapshot_dir,
+            snapshots,
             cached,
             status_tx,
         })
@@ -135,6 +208,7 @@ impl StateMachine {
         let mut outcomes = Vec::new();
         let mut new_series = None;
         let mut touched_heads = HashMap::new();
+        let mut new_window = None;
         let is_membership = matches!(entry.payload, EntryPayload::Membership(_));
         match entry.payload {
             EntryPayload::Blank => {}
@@ -147,7 +221,16 @@ impl StateMachine {
                 let mut workflows = WorkflowApplier::new(db);
                 let mut telemetry = TelemetryApplier::new(db, &self.retention, entry.log_id.index);
                 let commit_time = applier.commit_time(req.commit_time_ns);
-                let window = req.dedupe_window_ns;
+                // The window is replicated state, not the proposing leader's setting: the
+                // first entry seeds it, `SetDedupeWindow` changes it.
+                let mut window = match self.cached.dedupe_window_ns {
+                    Some(w) => w,
+                    None => {
+                        let w = req.dedupe_window_ns.clamp(1, MAX_DEDUPE_WINDOW_NS);
+                        wb.put(CF_META, WINDOW_KEY, &encode("dedupe window", &w)?)?;
+                        w
+                    }
+                };
                 outcomes.reserve(req.commands.len());
                 for cmd in &req.commands {
                     outcomes.push(match cmd {
@@ -167,14 +250,24 @@ impl StateMachine {
                         Command::Telemetry(t) => {
                             CommandOutcome::Telemetry(telemetry.apply(&mut wb, commit_time, t)?)
                         }
+                        Command::SetDedupeWindow { window_ns } => {
+                            match check_dedupe_window(*window_ns) {
+                                Ok(()) => {
+                                    window = *window_ns;
+                                    wb.put(
+                                        CF_META,
+                                        WINDOW_KEY,
+                                        &encode("dedupe window", &window)?,
+                                    )?;
+                                    CommandOutcome::DedupeWindowSet { window_ns: window }
+                                }
+                                Err(reason) => CommandOutcome::Refused { reason },
+                            }
+                        }
                     });
                 }
-                applier.finish_entry(
-                    &mut wb,
-                    commit_time,
-                    entry.log_id.index,
-                    req.dedupe_window_ns,
-                )?;
+                applier.finish_entry(&mut wb, commit_time, entry.log_id.index, window)?;
+                new_window = Some(window);
                 let (state, heads) = applier.into_parts();
                 self.cached.state = state;
                 touched_heads = heads;
@@ -202,6 +295,9 @@ impl StateMachine {
         wb.put_meta(KEY_DIGEST, &encode("digest", &self.cached.digest)?)?;
         wb.commit()?;
         self.cached.heads.commit(touched_heads);
+        if new_window.is_some() {
+            self.cached.dedupe_window_ns = new_window;
+        }
         // Only now that the batch is written may retention see its series and time.
         if let Some(t) = new_series {
             t.finish();
@@ -250,13 +346,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
             store: self.store.clone(),
-            dir: self.snapshot_dir.clone(),
+            slot: self.snapshots.clone(),
         }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, RaftStorageError> {
         let path = self
-            .snapshot_dir
+            .snapshots
+            .dir
             .join(format!("recv-{}.tmp", uuid::Uuid::new_v4()));
         let err = |e: std::io::Error| sto_err(ErrorVerb::Write, ErrorSubject::Snapshot(None), e);
         let file = tokio::fs::OpenOptions::new()
@@ -285,10 +382,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| err(e.into()))?;
         let std_file = file.into_std().await;
         let store = self.store.clone();
-        let dir = self.snapshot_dir.clone();
+        let slot = self.snapshots.clone();
         let want = meta.clone();
         let installed =
-            tokio::task::spawn_blocking(move || install_blocking(&store, &dir, std_file, &want))
+            tokio::task::spawn_blocking(move || install_blocking(&store, &slot, std_file, &want))
                 .await
                 .map_err(|e| err(StorageError::Io(std::io::Error::other(e))))?;
         installed.map_err(err)?;
@@ -303,19 +400,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
-        current_snapshot(&self.snapshot_dir).await
+        current_snapshot(&self.snapshots.dir).await
     }
 }
 
-/// Copies the received snapshot to disk, verifies it, loads it into a fresh database and
-/// switches to it; then makes it the current snapshot.
+/// Copies the received snapshot to disk, verifies it while loading it into a fresh
+/// database, makes it the current snapshot, then switches to the fresh database. The file
+/// is published first: a crash before the switch is finished at the next open (see
+/// [`StateMachine::open`]), so `current.snap` is never older than the state machine it
+/// produced.
 fn install_blocking(
     store: &SmStore,
-    dir: &Path,
+    slot: &SnapshotSlot,
     mut received: std::fs::File,
     want: &SnapshotMeta,
 ) -> Result<(), StorageError> {
-    let tmp = dir.join(format!("install-{}.tmp", uuid::Uuid::new_v4()));
+    let tmp = slot
+        .dir
+        .join(format!("install-{}.tmp", uuid::Uuid::new_v4()));
     let copy = (|| {
         let mut out = std::fs::File::create(&tmp)?;
         std::io::copy(&mut received, &mut out)?;
@@ -327,9 +429,11 @@ fn install_blocking(
                 format!("header {:?} does not match {:?}", header.meta, want),
             ));
         }
-        store.replace_with(|fresh| snapshot::load(&tmp, fresh).map(|_| ()))?;
-        std::fs::rename(&tmp, dir.join(CURRENT_SNAPSHOT))?;
-        fsync_dir(dir)?;
+        store.replace_with(|fresh| {
+            snapshot::load(&tmp, fresh)?;
+            fresh.sync()?;
+            slot.publish(&tmp, want).map(|_| ())
+        })?;
         Ok(())
     })();
     if copy.is_err() {
@@ -360,17 +464,17 @@ async fn current_snapshot(dir: &Path) -> Result<Option<Snapshot<TypeConfig>>, Ra
 /// Builds snapshots from a RocksDB point-in-time view while applies go on.
 pub struct SnapshotBuilder {
     store: Arc<SmStore>,
-    dir: PathBuf,
+    slot: Arc<SnapshotSlot>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
         let store = self.store.clone();
         let db = self.store.db();
-        let dir = self.dir.clone();
+        let slot = self.slot.clone();
         let err = |e: StorageError| sto_err(ErrorVerb::Write, ErrorSubject::Snapshot(None), e);
         let (header, file) = tokio::task::spawn_blocking(move || {
-            let tmp = dir.join(format!("build-{}.tmp", uuid::Uuid::new_v4()));
+            let tmp = slot.dir.join(format!("build-{}.tmp", uuid::Uuid::new_v4()));
             let built = (|| {
                 let dead = |cf: &str, k: &[u8], v: &[u8]| store.is_dead(cf, k, v);
                 let header = snapshot::write(&db, &tmp, &dead, |last| {
@@ -381,10 +485,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 // state machine durable at least up to the view the snapshot was taken from.
                 db.sync()?;
                 // Hold the file open across the rename: it is this build's snapshot that is
-                // returned, whatever replaces `current` later.
+                // returned, whatever replaces `current` later (or if a newer one, installed
+                // while this build ran, stays current).
                 let file = std::fs::File::open(&tmp)?;
-                std::fs::rename(&tmp, dir.join(CURRENT_SNAPSHOT))?;
-                fsync_dir(&dir)?;
+                slot.publish(&tmp, &header.meta)?;
                 Ok((header, file))
             })();
             if built.is_err() {
@@ -453,4 +557,239 @@ pub fn scan_digest(store: &SmStore) -> Result<ScanDigest, StorageError> {
         scan: hasher.digest128(),
         records,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eventstore::{AppendCommand, AppendOutcome};
+    use crate::model::{ExpectedVersion, NewEvent};
+    use crate::raft::Request;
+    use crate::workflow::store::{WorkflowCommand, WorkflowOutcome};
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn entry(index: u64, commands: Vec<Command>) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Request {
+                commit_time_ns: 1_000_000_000 * index as i64,
+                dedupe_window_ns: 60_000_000_000,
+                commands,
+            }),
+        }
+    }
+
+    fn append(stream: &str, n: usize) -> Command {
+        Command::Append(AppendCommand {
+            stream: stream.into(),
+            expected: ExpectedVersion::Any,
+            events: (0..n)
+                .map(|_| NewEvent::new(uuid::Uuid::now_v7(), "T", b"{}"))
+                .collect(),
+        })
+    }
+
+    async fn apply(sm: &mut StateMachine, e: Entry) -> Vec<CommandOutcome> {
+        let mut r = sm.apply([e]).await.expect("apply never fails on bad input");
+        r.pop().unwrap().outcomes
+    }
+
+    fn appended(o: &CommandOutcome) -> (u64, u64) {
+        match o {
+            CommandOutcome::Append(AppendOutcome::Appended(p)) => {
+                (p.last_stream_version, p.last_global_position)
+            }
+            other => panic!("expected an append, got {other:?}"),
+        }
+    }
+
+    /// Issue 9.1: commands that skipped edge validation reach apply. They are refused there,
+    /// per command, deterministically: no panic, no storage error halting the state
+    /// machine, no wrapped positions.
+    #[tokio::test]
+    async fn apply_refuses_malformed_commands_and_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        let empty_workflow = Command::Workflow(WorkflowCommand {
+            workflow_id: "wf-1".into(),
+            expected: ExpectedVersion::Any,
+            events: vec![],
+            snapshot_every: 100,
+        });
+        let bad_stream = append("has space\0nul", 1);
+        let out = apply(
+            &mut sm,
+            entry(
+                1,
+                vec![append("s", 0), empty_workflow, bad_stream, append("s", 2)],
+            ),
+        )
+        .await;
+        assert!(
+            matches!(&out[0], CommandOutcome::Append(AppendOutcome::Rejected { reason }) if reason.contains("no events")),
+            "{:?}",
+            out[0]
+        );
+        assert!(
+            matches!(
+                &out[1],
+                CommandOutcome::Workflow(WorkflowOutcome::Rejected { .. })
+            ),
+            "{:?}",
+            out[1]
+        );
+        assert!(
+            matches!(
+                &out[2],
+                CommandOutcome::Append(AppendOutcome::Rejected { .. })
+            ),
+            "{:?}",
+            out[2]
+        );
+        assert_eq!(appended(&out[3]), (1, 1), "positions start at 0, no wrap");
+        // The state machine goes on, and the stream's head is intact.
+        let out = apply(&mut sm, entry(2, vec![append("s", 1)])).await;
+        assert_eq!(appended(&out[0]), (2, 2));
+        assert_eq!(sm.status().borrow().next_global_position, 3);
+    }
+
+    /// Issue 9.12: a plain append cannot write a workflow's stream, whatever the edge did.
+    #[tokio::test]
+    async fn plain_appends_to_workflow_streams_are_refused_in_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        let out = apply(&mut sm, entry(1, vec![append("workflow-wf-3", 1)])).await;
+        assert!(
+            matches!(&out[0], CommandOutcome::Append(AppendOutcome::Rejected { reason }) if reason.contains("Workflows API")),
+            "{:?}",
+            out[0]
+        );
+        assert_eq!(sm.status().borrow().next_global_position, 0);
+    }
+
+    fn entry_at(index: u64, secs: i64, window_secs: i64, commands: Vec<Command>) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Request {
+                commit_time_ns: secs * 1_000_000_000,
+                dedupe_window_ns: window_secs * 1_000_000_000,
+                commands,
+            }),
+        }
+    }
+
+    /// Issue 9.9e: the idempotency window is replicated state. Leaders configured with
+    /// different windows do not change it; only `SetDedupeWindow` does.
+    #[tokio::test]
+    async fn the_idempotency_window_is_replicated_state_not_the_leaders_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        let cmd = append("s", 1);
+        // The first entry seeds the window: 10 s.
+        let out = apply(&mut sm, entry_at(1, 100, 10, vec![cmd.clone()])).await;
+        assert_eq!(appended(&out[0]), (0, 0));
+        // A leader configured with 1000 s: the id expired after 10 s all the same, so the
+        // retry at 120 s is a new append, not a duplicate.
+        let out = apply(&mut sm, entry_at(2, 120, 1000, vec![cmd.clone()])).await;
+        assert_eq!(
+            appended(&out[0]),
+            (1, 1),
+            "expired by the replicated window"
+        );
+        // The operator sets 1000 s: from then on a retry within it is a duplicate.
+        let out = apply(
+            &mut sm,
+            entry_at(
+                3,
+                121,
+                10,
+                vec![Command::SetDedupeWindow {
+                    window_ns: 1_000_000_000_000,
+                }],
+            ),
+        )
+        .await;
+        assert_eq!(
+            out[0],
+            CommandOutcome::DedupeWindowSet {
+                window_ns: 1_000_000_000_000
+            }
+        );
+        let out = apply(&mut sm, entry_at(4, 500, 10, vec![cmd.clone()])).await;
+        assert!(
+            matches!(out[0], CommandOutcome::Append(AppendOutcome::Duplicate(_))),
+            "{:?}",
+            out[0]
+        );
+        // A window out of range is refused, and the window stays.
+        let out = apply(
+            &mut sm,
+            entry_at(5, 501, 10, vec![Command::SetDedupeWindow { window_ns: 0 }]),
+        )
+        .await;
+        assert!(matches!(out[0], CommandOutcome::Refused { .. }));
+        // It survives a restart.
+        drop(sm);
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        let out = apply(&mut sm, entry_at(6, 900, 10, vec![cmd])).await;
+        assert!(matches!(
+            out[0],
+            CommandOutcome::Append(AppendOutcome::Duplicate(_))
+        ));
+    }
+
+    async fn build(sm: &mut StateMachine) -> SnapshotMeta {
+        let mut b = sm.get_snapshot_builder().await;
+        b.build_snapshot().await.unwrap().meta
+    }
+
+    /// Issue 9.6: a build that finishes after a newer snapshot became current (a slow build
+    /// racing an install) does not replace it.
+    #[tokio::test]
+    async fn an_older_snapshot_never_replaces_a_newer_current_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        apply(&mut sm, entry(1, vec![append("s", 1)])).await;
+        let old = build(&mut sm).await;
+        let old_copy = dir.path().join("old.snap");
+        std::fs::copy(sm.snapshots.current_path(), &old_copy).unwrap();
+        apply(&mut sm, entry(2, vec![append("s", 1)])).await;
+        let new = build(&mut sm).await;
+        assert!(new.last_log_id > old.last_log_id);
+        // The slow build publishes last.
+        assert!(!sm.snapshots.publish(&old_copy, &old).unwrap());
+        assert!(!old_copy.exists(), "the losing file is removed");
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta.last_log_id, new.last_log_id);
+    }
+
+    /// Issue 9.6: a crash between an install's publishing of the snapshot file and its
+    /// switch to the new database is finished at the next open: the state machine is never
+    /// behind its current snapshot.
+    #[tokio::test]
+    async fn an_interrupted_install_is_finished_at_open() {
+        let leader_dir = tempfile::tempdir().unwrap();
+        let mut leader = StateMachine::open(leader_dir.path()).unwrap();
+        for i in 1..=3 {
+            apply(&mut leader, entry(i, vec![append("s", 2)])).await;
+        }
+        let meta = build(&mut leader).await;
+        let want = leader.status().borrow().clone();
+
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut follower = StateMachine::open(dir.path()).unwrap();
+            apply(&mut follower, entry(1, vec![append("s", 2)])).await;
+        }
+        // The install published the file, then the process died.
+        std::fs::copy(
+            leader.snapshots.current_path(),
+            dir.path().join("snapshots").join(CURRENT_SNAPSHOT),
+        )
+        .unwrap();
+        let follower = StateMachine::open(dir.path()).unwrap();
+        let got = follower.status().borrow().clone();
+        assert_eq!(got.applied, meta.last_log_id);
+        assert_eq!(got, want, "same applied index, positions and digest");
+    }
 }

@@ -147,6 +147,27 @@ pub enum TelemetryCommand {
     SetRetention(RetentionPolicy),
 }
 
+impl TelemetryCommand {
+    /// The checks at every edge where a command enters (a client API or a peer's
+    /// `Propose`): series names and policies. Segment contents are checked on apply.
+    pub fn validate(&self, limits: &crate::model::Limits) -> std::result::Result<(), String> {
+        match self {
+            TelemetryCommand::Ingest(segments) => {
+                for s in segments {
+                    limits
+                        .validate_stream(&s.series)
+                        .map_err(|e| format!("series: {e}"))?;
+                    if !s.series.contains('/') {
+                        return Err(format!("series {:?} is not source/channel", s.series));
+                    }
+                }
+                Ok(())
+            }
+            TelemetryCommand::SetRetention(p) => p.validate(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TelemetryOutcome {
     Ingested { points: u64, late_dropped: u64 },

@@ -53,7 +53,7 @@ pub const EVENT_TYPES: [(&str, u32); 6] = [
 ];
 
 /// Prefix of a workflow's stream name.
-pub const STREAM_PREFIX: &str = "workflow-";
+pub const STREAM_PREFIX: &str = crate::model::WORKFLOW_STREAM_PREFIX;
 /// Most steps a workflow definition may have.
 pub const MAX_STEPS: usize = 1024;
 /// Longest workflow id, step id, name or worker, in bytes (UTF-8).

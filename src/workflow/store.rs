@@ -21,7 +21,7 @@ use super::projection::{
 use crate::eventstore::apply::Applier;
 use crate::eventstore::read::{read_stream, ReadDirection};
 use crate::eventstore::{AppendCommand, AppendOutcome, AppendPositions};
-use crate::model::{ExpectedVersion, NewEvent, RecordedEvent};
+use crate::model::{check_append_structure, ExpectedVersion, NewEvent, RecordedEvent};
 use crate::storage::keys::stream_index_key;
 use crate::storage::sm_db::{SmDb, SmWriteBatch, CF_WF_SNAPSHOTS, CF_WF_STATE};
 use crate::storage::{Result, StorageError};
@@ -126,6 +126,11 @@ impl<'a> WorkflowApplier<'a> {
         cmd: &WorkflowCommand,
     ) -> Result<WorkflowOutcome> {
         let mut append = cmd.as_append();
+        // Apply is total: a command without events (or otherwise malformed) is refused here,
+        // alike on every replica, before it can reach the projection.
+        if let Err(e) = check_append_structure(&append.stream, &append.events) {
+            return Ok(rejected(0, e));
+        }
         let oldest_live = commit_time_ns.saturating_sub(dedupe_window_ns);
         // A retry of a command that was applied is answered as such, before the transition
         // rules (which would now refuse it) are consulted.
@@ -187,16 +192,18 @@ impl<'a> WorkflowApplier<'a> {
                 }
             }
         }
-        let positions = match events.append(wb, commit_time_ns, dedupe_window_ns, &append)? {
-            AppendOutcome::Appended(p) => p,
-            // The checks above ran on the same state: any other outcome is a bug here.
-            other => {
-                return Err(StorageError::corrupt(
-                    "workflow apply",
-                    format!("append after checks returned {other:?}"),
-                ))
-            }
-        };
+        let positions =
+            match events.append_checked(wb, commit_time_ns, dedupe_window_ns, &append)? {
+                AppendOutcome::Appended(p) => p,
+                AppendOutcome::Rejected { reason } => return Ok(rejected(0, reason)),
+                // The checks above ran on the same state: any other outcome is a bug here.
+                other => {
+                    return Err(StorageError::corrupt(
+                        "workflow apply",
+                        format!("append after checks returned {other:?}"),
+                    ))
+                }
+            };
         let state = projection
             .into_state()
             .ok_or_else(|| StorageError::corrupt("workflow apply", "no state after events"))?;
@@ -239,6 +246,7 @@ impl<'a> WorkflowApplier<'a> {
             AppendOutcome::EventIdConflict { event_id, detail } => {
                 WorkflowOutcome::EventIdConflict { event_id, detail }
             }
+            AppendOutcome::Rejected { reason } => rejected(0, reason),
         })
     }
 }

@@ -44,6 +44,11 @@ impl TestCluster {
 
     /// Starts one more node (not a member yet); returns its index in `nodes`.
     pub async fn spawn_node(&mut self) -> usize {
+        self.spawn_node_with_config(None).await
+    }
+
+    /// Starts one more node with this TOML config file (not a member yet).
+    pub async fn spawn_node_with_config(&mut self, toml: Option<&str>) -> usize {
         let id = self.nodes.len() as u64 + 1;
         let proxy = Proxy::start().await;
         let mut b = NodeBuilder::member(id, self.tmp.path().join(format!("node{id}")))
@@ -52,6 +57,9 @@ impl TestCluster {
             .arg(proxy.addr.to_string());
         for a in &self.extra_args {
             b = b.arg(a.clone());
+        }
+        if let Some(toml) = toml {
+            b = b.config(toml);
         }
         let node = b.start();
         proxy.set_target(&node.grpc_addr);
