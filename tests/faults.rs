@@ -217,3 +217,65 @@ async fn a_partitioned_minority_cannot_commit_and_the_cluster_converges_after_he
     // most once (check_logs) and every acknowledged event is there.
     assert!(stored == 100 || stored == 101, "{stored} events");
 }
+
+/// Issue 9 (2, 3, 4): replicas agree, deep digests included, after a fault run that mixes
+/// backfills (points older than the raw retention), re-sent points, `Telemetry.Stats` and
+/// `Telemetry.Compact` on a follower (flushes and compactions on its own schedule), kill -9
+/// of that follower, and retention made shorter and then longer again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_agree_deeply_after_backfills_compactions_and_kill_9() {
+    use aetherops::proto::aetherops::v1::telemetry_client::TelemetryClient;
+
+    const MIN: i64 = 60_000_000_000;
+    const HOUR_MS: u64 = 3_600_000;
+    let mut c = TestCluster::start(3, &[]).await;
+    let leader = c.wait_leader(&c.all()).await;
+    let follower = (leader + 1) % 3;
+    let policy = |raw_hours: u64| pb::RetentionPolicyRequest {
+        prefix: "sat-".into(),
+        raw_ms: raw_hours * HOUR_MS,
+        minute_ms: (raw_hours + 2) * HOUR_MS,
+        hour_ms: 0,
+        ..Default::default()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    let now = now / MIN * MIN;
+    for (round, raw_hours) in [(0i64, 1u64), (1, 1), (2, 6)] {
+        let mut lc = TelemetryClient::new(c.nodes[leader].channel().await);
+        lc.set_retention(policy(raw_hours))
+            .await
+            .expect("set retention");
+        // A backfill 5 h old (older than a 1 h raw retention), overlapping the last round's
+        // so that points are re-sent, and a few recent points.
+        let old_start = now - 5 * 60 * MIN + round * 30 * MIN;
+        let mut ts: Vec<i64> = (0..90).map(|i| old_start + i * MIN).collect();
+        ts.extend((0..10).map(|i| now - 20 * MIN + i * MIN));
+        let values: Vec<f64> = ts.iter().map(|t| ((t / MIN) % 17) as f64).collect();
+        lc.ingest(tokio_stream::iter(vec![pb::IngestBatch {
+            series: vec![pb::SeriesPoints {
+                series: "sat-9/bus_v".into(),
+                timestamps_ns: ts,
+                values,
+            }],
+        }]))
+        .await
+        .expect("ingest");
+        c.wait_converged(&c.all()).await;
+        let mut fc = TelemetryClient::new(c.nodes[follower].channel().await);
+        fc.stats(pb::TelemetryStatsRequest {}).await.expect("stats");
+        fc.compact(pb::CompactRequest {}).await.expect("compact");
+        c.nodes[follower].kill9();
+        c.nodes[follower].restart();
+        c.wait_converged(&c.all()).await;
+    }
+    let out = c.nodes[0].ctl(&["cluster", "verify", "--deep"]);
+    assert!(
+        out.status.success(),
+        "deep digests differ:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
