@@ -999,3 +999,32 @@ async fn plain_appends_to_a_workflow_stream_point_to_the_workflows_api() {
         .into_inner();
     assert!(page.events.is_empty(), "nothing written");
 }
+
+/// Issue 9.9e: the idempotency window is one replicated setting, changed through the admin
+/// API (and the CLI), refused when out of range, and reported by every node's status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_idempotency_window_is_set_cluster_wide_from_the_cli() {
+    let node = NodeBuilder::dev().start();
+    node.wait_leader().await;
+    let mut c = node.client().await;
+    c.append(append_req("s", None, vec![new_event("T", "{}")]))
+        .await
+        .unwrap();
+    // Seeded by the first entry from the node's dedupe_window_secs (default 24 h).
+    assert_eq!(node.status().await.dedupe_window_secs, Some(24 * 3600));
+    let out = node.ctl(&["cluster", "set-dedupe-window", "2h"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(node.status().await.dedupe_window_secs, Some(7200));
+    let out = node.ctl(&["cluster", "set-dedupe-window", "0s"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("InvalidArgument"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(node.status().await.dedupe_window_secs, Some(7200));
+}
