@@ -199,12 +199,23 @@ pub async fn run_probes(
                     Ok((sent_at, rtt, peer_ns)) => {
                         clock.record(id, probe_offset(sent_at, rtt, peer_ns))
                     }
-                    Err(e) => tracing::debug!("clock probe of node {id}: {e}"),
+                    // A member on an older version, during a rolling upgrade: it cannot be
+                    // measured, and counts as agreeing, so that writes go on.
+                    Err(ProbeError::Unsupported) => clock.record(id, 0),
+                    Err(ProbeError::Failed(e)) => {
+                        tracing::debug!("clock probe of node {id}: {e}")
+                    }
                 }
             }
         });
         futures::future::join_all(probes).await;
     }
+}
+
+enum ProbeError {
+    /// The peer does not know `raft.v1.Clock`.
+    Unsupported,
+    Failed(String),
 }
 
 /// One `raft.v1.Clock` call: (our clock when sent, round trip, the peer's clock).
@@ -213,16 +224,17 @@ async fn probe(
     clock: &ClusterClock,
     id: NodeId,
     node: &super::NodeInfo,
-) -> Result<(i64, Duration, i64), String> {
+) -> Result<(i64, Duration, i64), ProbeError> {
+    let failed = ProbeError::Failed;
     use crate::proto::raft::v1::{raft_client::RaftClient, RaftMessage};
     let channel = network
         .channel(&node.grpc_addr)
-        .map_err(|e| format!("address {}: {e}", node.grpc_addr))?;
+        .map_err(|e| failed(format!("address {}: {e}", node.grpc_addr)))?;
     let mut req = tonic::Request::new(RaftMessage::default());
     req.set_timeout(PROBE_INTERVAL);
     let target = format!("{id}:{}", node.incarnation)
         .parse()
-        .map_err(|_| "incarnation is not a header value".to_owned())?;
+        .map_err(|_| failed("incarnation is not a header value".to_owned()))?;
     req.metadata_mut()
         .insert(super::network::TARGET_HEADER, target);
     let sent_at = clock.local_now_ns();
@@ -230,10 +242,13 @@ async fn probe(
     let reply = RaftClient::new(channel)
         .clock(req)
         .await
-        .map_err(|s| format!("{}: {}", s.code(), s.message()))?;
+        .map_err(|s| match s.code() {
+            tonic::Code::Unimplemented => ProbeError::Unsupported,
+            code => failed(format!("{code}: {}", s.message())),
+        })?;
     let rtt = started.elapsed();
-    let peer_ns: i64 =
-        postcard::from_bytes(&reply.get_ref().body).map_err(|e| format!("bad reply: {e}"))?;
+    let peer_ns: i64 = postcard::from_bytes(&reply.get_ref().body)
+        .map_err(|e| failed(format!("bad reply: {e}")))?;
     Ok((sent_at, rtt, peer_ns))
 }
 
