@@ -217,3 +217,24 @@ async fn errors_go_to_stderr_with_a_nonzero_exit() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("connecting to 127.0.0.1:1"));
 }
+
+/// A log written to a file (the harness sends aetherd's stderr to one) is plain text: colour
+/// escapes are for terminals only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_logging_to_a_file_writes_no_colour_escapes() {
+    let node = NodeBuilder::dev().start();
+    node.wait_leader().await;
+    ok(&node.ctl(&["append", "s", "--type", "A", "--data", "{}"]));
+    let log = std::fs::read_to_string(node.log_path()).expect("log");
+    assert!(
+        log.contains("aetherd serving"),
+        "the node logged its start: {log}"
+    );
+    assert!(
+        !log.contains("\x1b["),
+        "ANSI escapes in a log file: {:?}",
+        log.lines()
+            .find(|l| l.contains("\x1b["))
+            .unwrap_or_default()
+    );
+}
