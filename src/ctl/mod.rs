@@ -380,3 +380,58 @@ async fn tail(addr: &str, a: TailArgs, printer: &Printer) -> anyhow::Result<()> 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// The step output flag once shared its name with the global `--output` format flag,
+    /// and clap panicked on access ("Mismatch between definition and access of `output`").
+    #[test]
+    fn a_step_output_given_as_output_is_an_error_not_a_panic() {
+        let parsed = std::panic::catch_unwind(|| {
+            Cli::try_parse_from([
+                "aetherctl",
+                "workflow",
+                "complete-step",
+                "wf-1",
+                "plan",
+                "--output",
+                r#"{"dv":1.5}"#,
+            ])
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        });
+        assert!(parsed.is_ok(), "parsing panicked");
+    }
+
+    #[test]
+    fn complete_step_takes_its_output_json_next_to_the_output_format() {
+        let cli = Cli::try_parse_from([
+            "aetherctl",
+            "--output",
+            "json",
+            "workflow",
+            "complete-step",
+            "wf-1",
+            "plan",
+            "--result",
+            r#"{"dv":1.5}"#,
+        ])
+        .expect("parses");
+        assert_eq!(cli.output, Output::Json);
+        match cli.command {
+            Cmd::Workflow(workflow::WorkflowCmd::CompleteStep { result, .. }) => {
+                assert_eq!(result, r#"{"dv":1.5}"#)
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+}

@@ -42,13 +42,13 @@ pub enum WorkflowCmd {
         #[command(flatten)]
         w: WriteArgs,
     },
-    /// Complete the running step, with its output.
+    /// Complete the running step, with its result.
     CompleteStep {
         id: String,
         step: String,
-        /// JSON output of the step.
+        /// The step's output, as JSON (named `--result`: `--output` is the output format).
         #[arg(long, default_value = "null")]
-        output: String,
+        result: String,
         #[command(flatten)]
         w: WriteArgs,
     },
@@ -189,13 +189,13 @@ pub async fn run(
         WorkflowCmd::CompleteStep {
             id,
             step,
-            output,
+            result,
             w,
         } => {
             c.complete_step(pb::CompleteStepRequest {
                 write: write(&id, &w)?,
                 step_id: step,
-                output_json: output,
+                output_json: result,
             })
             .await
         }
