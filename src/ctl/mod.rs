@@ -17,6 +17,7 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::node::call::{self, CallFailure};
 use crate::proto::aetherops::v1 as pb;
 use crate::proto::aetherops::v1::admin_client::AdminClient;
 use crate::proto::aetherops::v1::event_store_client::EventStoreClient;
@@ -157,6 +158,20 @@ pub struct TailArgs {
 
 /// Runs a parsed command line; the binary's `main` is this and error printing.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let addr = first_addr(&cli.addr).to_owned();
+    run_command(cli).await.map_err(|mut e| {
+        // A transport failure names the node it happened with (an answer needs no address:
+        // it came from the node the user named).
+        if let Some(c) = e.downcast_mut::<CallError>() {
+            if c.failure != CallFailure::Answered {
+                c.addr.get_or_insert(addr);
+            }
+        }
+        e
+    })
+}
+
+async fn run_command(cli: Cli) -> anyhow::Result<()> {
     let printer = Printer::new(cli.output);
     let timeout = Duration::from_millis(cli.timeout_ms);
     match cli.command {
@@ -181,9 +196,94 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// A gRPC failure as the user should read it: the code and the server's message.
+/// A failed call as the user should read it: the server's answer (its code and message), or
+/// what failed in the transport, with which node, and whether a write may have happened.
+#[derive(Debug)]
+pub struct CallError {
+    pub code: tonic::Code,
+    pub failure: CallFailure,
+    /// The server's message, or the transport failure's causes.
+    pub detail: String,
+    /// The node called (filled in by [`run`] for the `--addr` node when not set).
+    pub addr: Option<String>,
+    /// For a write: how to retry it safely.
+    pub retry: Option<String>,
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let with = self
+            .addr
+            .as_deref()
+            .map_or_else(String::new, |a| format!(" to {a}"));
+        match self.failure {
+            CallFailure::Answered => match &self.addr {
+                Some(a) => write!(f, "{a} answered {:?}: {}", self.code, self.detail)?,
+                None => write!(f, "{:?}: {}", self.code, self.detail)?,
+            },
+            CallFailure::NotSent => {
+                write!(f, "cannot connect{with}: {}; nothing was sent", self.detail)?
+            }
+            CallFailure::MaybeSent => {
+                write!(
+                    f,
+                    "the connection{with} failed during the call ({})",
+                    self.detail
+                )?;
+                if self.retry.is_none() {
+                    write!(f, "; if it was a write, it may or may not have happened")?;
+                }
+            }
+        }
+        let unknown = self.failure == CallFailure::MaybeSent
+            || (self.failure == CallFailure::Answered
+                && self.code == tonic::Code::DeadlineExceeded);
+        match &self.retry {
+            Some(r) if unknown => write!(f, "; the write may or may not have happened: {r}"),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for CallError {}
+
+impl CallError {
+    pub fn from_status(s: &tonic::Status) -> CallError {
+        let failure = call::classify(s);
+        CallError {
+            code: s.code(),
+            failure,
+            detail: match failure {
+                CallFailure::Answered => s.message().to_owned(),
+                _ => call::status_detail(s),
+            },
+            addr: None,
+            retry: None,
+        }
+    }
+}
+
+/// A failed call (on the `--addr` node) as the user should read it.
 pub fn status_err(s: tonic::Status) -> anyhow::Error {
-    anyhow!("{:?}: {}", s.code(), s.message())
+    CallError::from_status(&s).into()
+}
+
+/// A failed call on the node at `addr`.
+pub fn status_err_at(addr: &str) -> impl FnOnce(tonic::Status) -> anyhow::Error + '_ {
+    move |s| {
+        let mut e = CallError::from_status(&s);
+        e.addr = Some(addr.to_owned());
+        e.into()
+    }
+}
+
+/// A failed write; `retry` says how to retry it safely when its outcome is unknown.
+pub fn write_err(retry: String) -> impl FnOnce(tonic::Status) -> anyhow::Error {
+    move |s| {
+        let mut e = CallError::from_status(&s);
+        e.retry = Some(retry);
+        e.into()
+    }
 }
 
 pub fn first_addr(addrs: &str) -> &str {
@@ -198,7 +298,16 @@ pub async fn channel(addr: &str, timeout: Duration) -> anyhow::Result<Channel> {
         .tcp_nodelay(true)
         .connect()
         .await
-        .with_context(|| format!("connecting to {addr}"))
+        .map_err(|e| {
+            CallError {
+                code: tonic::Code::Unavailable,
+                failure: CallFailure::NotSent,
+                detail: call::chain_detail(&e),
+                addr: Some(addr.to_owned()),
+                retry: None,
+            }
+            .into()
+        })
 }
 
 pub async fn events_client(
@@ -263,13 +372,16 @@ async fn append(
             .ok_or_else(|| anyhow!("--meta takes KEY=VALUE, not {m:?}"))?;
         metadata.insert(k.to_owned(), v.to_owned());
     }
+    // The id is chosen here, so that a failure with an unknown outcome can name it: a retry
+    // with the same id never writes twice.
+    let event_id =
+        a.id.unwrap_or_else(|| crate::model::new_event_id().to_string());
+    let retry = format!("retry with --id {event_id}");
     let req = pb::AppendRequest {
         stream: a.stream.clone(),
         expected_version: Some(parse_expected(&a.expected_version)?),
         events: vec![pb::NewEvent {
-            event_id: a
-                .id
-                .unwrap_or_else(|| crate::model::new_event_id().to_string()),
+            event_id,
             event_type: a.event_type,
             schema_version: a.schema_version,
             event_time_ns: 0,
@@ -278,7 +390,7 @@ async fn append(
         }],
     };
     let mut c = events_client(first_addr(addr), timeout).await?;
-    let r = c.append(req).await.map_err(status_err)?.into_inner();
+    let r = c.append(req).await.map_err(write_err(retry))?.into_inner();
     printer.appended(&a.stream, &r);
     Ok(())
 }

@@ -11,7 +11,7 @@ use serde_json::json;
 use tonic::transport::Channel;
 
 use super::output::{Output, Printer};
-use super::{channel, first_addr, parse_expected, status_err};
+use super::{channel, first_addr, parse_expected, status_err, status_err_at, write_err};
 use crate::proto::aetherops::v1 as pb;
 use crate::proto::aetherops::v1::workflows_client::WorkflowsClient;
 use crate::workflow::import::{parse_import, snapshot_event};
@@ -112,11 +112,19 @@ pub struct WriteArgs {
     event_id: String,
 }
 
-fn write(id: &str, w: &WriteArgs) -> anyhow::Result<Option<pb::WorkflowWrite>> {
+/// The write's header. The event id is chosen here when not given, so that a failure with
+/// an unknown outcome can name it in `retry`: a retry with the same id never writes twice.
+fn write(id: &str, w: &WriteArgs, retry: &mut String) -> anyhow::Result<Option<pb::WorkflowWrite>> {
+    let event_id = if w.event_id.is_empty() {
+        crate::model::new_event_id().to_string()
+    } else {
+        w.event_id.clone()
+    };
+    *retry = format!("retry with --event-id {event_id}");
     Ok(Some(pb::WorkflowWrite {
         workflow_id: id.to_owned(),
         expected_version: Some(parse_expected(&w.expected_version)?),
-        event_id: w.event_id.clone(),
+        event_id,
     }))
 }
 
@@ -149,6 +157,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let addr = first_addr(addrs);
     let mut c = client(addr, timeout).await?;
+    let mut retry = String::new();
     let resp = match cmd {
         WorkflowCmd::Create {
             id,
@@ -158,7 +167,7 @@ pub async fn run(
             w,
         } => {
             c.create(pb::CreateWorkflowRequest {
-                write: write(&id, &w)?,
+                write: write(&id, &w, &mut retry)?,
                 name,
                 steps: steps
                     .iter()
@@ -179,7 +188,7 @@ pub async fn run(
             w,
         } => {
             c.start_step(pb::StartStepRequest {
-                write: write(&id, &w)?,
+                write: write(&id, &w, &mut retry)?,
                 step_id: step,
                 attempt: 0,
                 worker,
@@ -193,7 +202,7 @@ pub async fn run(
             w,
         } => {
             c.complete_step(pb::CompleteStepRequest {
-                write: write(&id, &w)?,
+                write: write(&id, &w, &mut retry)?,
                 step_id: step,
                 output_json: result,
             })
@@ -207,7 +216,7 @@ pub async fn run(
             w,
         } => {
             c.fail_step(pb::FailStepRequest {
-                write: write(&id, &w)?,
+                write: write(&id, &w, &mut retry)?,
                 step_id: step,
                 error,
                 attempt: 0,
@@ -222,7 +231,7 @@ pub async fn run(
             w,
         } => {
             c.complete(pb::CompleteWorkflowRequest {
-                write: write(&id, &w)?,
+                write: write(&id, &w, &mut retry)?,
                 status,
                 reason,
             })
@@ -284,7 +293,7 @@ pub async fn run(
         WorkflowCmd::Import { file, parallel } => return import(c, &file, parallel, printer).await,
         WorkflowCmd::Verify { id } => return verify(addr, timeout, c, id, printer).await,
     };
-    print_write(printer, &resp.map_err(status_err)?.into_inner());
+    print_write(printer, &resp.map_err(write_err(retry))?.into_inner());
     Ok(())
 }
 
@@ -438,7 +447,7 @@ async fn verify(
                     workflow_id: id.clone(),
                 })
                 .await
-                .map_err(|s| anyhow::anyhow!("{m}: {:?}: {}", s.code(), s.message()))?
+                .map_err(status_err_at(m))?
                 .into_inner();
             reports.push((m.clone(), r));
         }
