@@ -184,7 +184,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             let s = c
                 .status(pb::StatusRequest {})
                 .await
-                .map_err(status_err)?
+                .map_err(read_err)?
                 .into_inner();
             printer.status(&s);
             Ok(())
@@ -194,6 +194,17 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
         Cmd::Telemetry(t) => telemetry::run(&cli.addr, timeout, t, &printer).await,
         Cmd::Bench(b) => bench::run(&cli.addr, b, &printer).await,
     }
+}
+
+/// What a call was for: what a failure mid-call may have done depends on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallKind {
+    /// Not said (a write, perhaps).
+    Unknown,
+    /// A read: it changed nothing.
+    Read,
+    /// A write, and how to retry it safely when its outcome is unknown.
+    Write { retry: String },
 }
 
 /// A failed call as the user should read it: the server's answer (its code and message), or
@@ -206,8 +217,7 @@ pub struct CallError {
     pub detail: String,
     /// The node called (filled in by [`run`] for the `--addr` node when not set).
     pub addr: Option<String>,
-    /// For a write: how to retry it safely.
-    pub retry: Option<String>,
+    pub kind: CallKind,
 }
 
 impl std::fmt::Display for CallError {
@@ -224,23 +234,23 @@ impl std::fmt::Display for CallError {
             CallFailure::NotSent => {
                 write!(f, "cannot connect{with}: {}; nothing was sent", self.detail)?
             }
-            CallFailure::MaybeSent => {
-                write!(
-                    f,
-                    "the connection{with} failed during the call ({})",
-                    self.detail
-                )?;
-                if self.retry.is_none() {
-                    write!(f, "; if it was a write, it may or may not have happened")?;
-                }
-            }
+            CallFailure::MaybeSent => write!(
+                f,
+                "the connection{with} failed during the call ({})",
+                self.detail
+            )?,
         }
-        let unknown = self.failure == CallFailure::MaybeSent
+        let unknown_outcome = self.failure == CallFailure::MaybeSent
             || (self.failure == CallFailure::Answered
                 && self.code == tonic::Code::DeadlineExceeded);
-        match &self.retry {
-            Some(r) if unknown => write!(f, "; the write may or may not have happened: {r}"),
-            _ => Ok(()),
+        match (&self.kind, unknown_outcome) {
+            (_, false) | (CallKind::Read, true) => Ok(()),
+            (CallKind::Unknown, true) => {
+                write!(f, "; if it was a write, it may or may not have happened")
+            }
+            (CallKind::Write { retry }, true) => {
+                write!(f, "; the write may or may not have happened: {retry}")
+            }
         }
     }
 }
@@ -248,7 +258,7 @@ impl std::fmt::Display for CallError {
 impl std::error::Error for CallError {}
 
 impl CallError {
-    pub fn from_status(s: &tonic::Status) -> CallError {
+    pub fn new(s: &tonic::Status, kind: CallKind) -> CallError {
         let failure = call::classify(s);
         CallError {
             code: s.code(),
@@ -258,20 +268,25 @@ impl CallError {
                 _ => call::status_detail(s),
             },
             addr: None,
-            retry: None,
+            kind,
         }
     }
 }
 
 /// A failed call (on the `--addr` node) as the user should read it.
 pub fn status_err(s: tonic::Status) -> anyhow::Error {
-    CallError::from_status(&s).into()
+    CallError::new(&s, CallKind::Unknown).into()
+}
+
+/// A failed read (on the `--addr` node).
+pub fn read_err(s: tonic::Status) -> anyhow::Error {
+    CallError::new(&s, CallKind::Read).into()
 }
 
 /// A failed call on the node at `addr`.
 pub fn status_err_at(addr: &str) -> impl FnOnce(tonic::Status) -> anyhow::Error + '_ {
     move |s| {
-        let mut e = CallError::from_status(&s);
+        let mut e = CallError::new(&s, CallKind::Unknown);
         e.addr = Some(addr.to_owned());
         e.into()
     }
@@ -279,11 +294,7 @@ pub fn status_err_at(addr: &str) -> impl FnOnce(tonic::Status) -> anyhow::Error 
 
 /// A failed write; `retry` says how to retry it safely when its outcome is unknown.
 pub fn write_err(retry: String) -> impl FnOnce(tonic::Status) -> anyhow::Error {
-    move |s| {
-        let mut e = CallError::from_status(&s);
-        e.retry = Some(retry);
-        e.into()
-    }
+    move |s| CallError::new(&s, CallKind::Write { retry }).into()
 }
 
 pub fn first_addr(addrs: &str) -> &str {
@@ -304,7 +315,7 @@ pub async fn channel(addr: &str, timeout: Duration) -> anyhow::Result<Channel> {
                 failure: CallFailure::NotSent,
                 detail: call::chain_detail(&e),
                 addr: Some(addr.to_owned()),
-                retry: None,
+                kind: CallKind::Unknown,
             }
             .into()
         })
@@ -410,7 +421,7 @@ where
     while left > 0 {
         let r = fetch(from, left.min(1000) as u32)
             .await
-            .map_err(status_err)?
+            .map_err(read_err)?
             .into_inner();
         left -= r.events.len() as u64;
         for e in &r.events {
@@ -474,11 +485,11 @@ async fn tail(addr: &str, a: TailArgs, printer: &Printer) -> anyhow::Result<()> 
             from: a.from,
         })
         .await
-        .map_err(status_err)?
+        .map_err(read_err)?
         .into_inner();
     let mut seen = 0u64;
     while a.count.is_none_or(|n| seen < n) {
-        let Some(msg) = stream.message().await.map_err(status_err)? else {
+        let Some(msg) = stream.message().await.map_err(read_err)? else {
             bail!("the server ended the subscription");
         };
         match msg.kind {
@@ -522,6 +533,33 @@ mod tests {
             .map_err(|e| e.to_string())
         });
         assert!(parsed.is_ok(), "parsing panicked");
+    }
+
+    /// A broken read changed nothing; a broken write names how to retry it safely.
+    #[test]
+    fn a_broken_call_says_what_it_means_for_a_write() {
+        let reset = tonic::Status::from_error(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        let mut read = CallError::new(&reset, CallKind::Read);
+        read.addr = Some("127.0.0.1:7".into());
+        assert_eq!(
+            read.to_string(),
+            "the connection to 127.0.0.1:7 failed during the call (connection reset)"
+        );
+        let retry = "retry with --id X".to_owned();
+        let write = CallError::new(&reset, CallKind::Write { retry });
+        assert_eq!(
+            write.to_string(),
+            "the connection failed during the call (connection reset); the write may or may \
+             not have happened: retry with --id X"
+        );
+        let answered = tonic::Status::failed_precondition("wrong expected version");
+        let refused = CallError::new(&answered, CallKind::Write { retry: "-".into() });
+        assert_eq!(
+            refused.to_string(),
+            "FailedPrecondition: wrong expected version"
+        );
     }
 
     #[test]

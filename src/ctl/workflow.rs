@@ -11,7 +11,9 @@ use serde_json::json;
 use tonic::transport::Channel;
 
 use super::output::{Output, Printer};
-use super::{channel, first_addr, parse_expected, status_err, status_err_at, write_err};
+use super::{
+    channel, first_addr, parse_expected, read_err, status_err_at, write_err, CallError, CallKind,
+};
 use crate::proto::aetherops::v1 as pb;
 use crate::proto::aetherops::v1::workflows_client::WorkflowsClient;
 use crate::workflow::import::{parse_import, snapshot_event};
@@ -250,7 +252,7 @@ pub async fn run(
                     consistency: pb::Consistency::Linearizable as i32,
                 })
                 .await
-                .map_err(status_err)?
+                .map_err(read_err)?
                 .into_inner();
             let state: serde_json::Value =
                 serde_json::from_str(&s.state_json).context("state JSON")?;
@@ -270,7 +272,7 @@ pub async fn run(
                         consistency: pb::Consistency::Linearizable as i32,
                     })
                     .await
-                    .map_err(status_err)?
+                    .map_err(read_err)?
                     .into_inner();
                 for w in &r.workflows {
                     match printer.format {
@@ -348,11 +350,9 @@ async fn import(
                     "unchanged"
                 }
                 Err(s) => {
-                    return Err(anyhow::anyhow!(
-                        "workflow {id}: {:?}: {}",
-                        s.code(),
-                        s.message()
-                    ))
+                    let retry = "run the import again (it is idempotent)".to_owned();
+                    let e = CallError::new(&s, CallKind::Write { retry });
+                    return Err(anyhow::anyhow!("workflow {id}: {e}"));
                 }
             };
             anyhow::Ok((id, outcome))
@@ -407,7 +407,7 @@ async fn verify(
                         consistency: pb::Consistency::Linearizable as i32,
                     })
                     .await
-                    .map_err(status_err)?
+                    .map_err(read_err)?
                     .into_inner();
                 ids.extend(r.workflows.into_iter().map(|w| w.workflow_id));
                 if r.next_after.is_empty() {
@@ -423,7 +423,7 @@ async fn verify(
         .await?
         .status(pb::StatusRequest {})
         .await
-        .map_err(status_err)?
+        .map_err(read_err)?
         .into_inner();
     let mut members: Vec<String> = status
         .voters
