@@ -209,11 +209,115 @@ async fn errors_go_to_stderr_with_a_nonzero_exit() {
         );
         assert!(out.stdout.is_empty(), "errors print nothing on stdout");
     }
-    // Unreachable node.
+}
+
+/// A port nothing listens on.
+fn closed_port() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    drop(l);
+    addr
+}
+
+/// The one line a failed aetherctl printed on stderr.
+fn error_line(out: &Output) -> String {
+    assert!(!out.status.success(), "should fail");
+    assert!(out.stdout.is_empty(), "errors print nothing on stdout");
+    let err = String::from_utf8_lossy(&out.stderr).trim_end().to_owned();
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    err
+}
+
+#[test]
+fn an_unreachable_node_is_named_in_one_line_that_says_nothing_was_sent() {
+    let addr = closed_port();
+    let commands: [&[&str]; 4] = [
+        &["status"],
+        &["append", "s", "--type", "A", "--data", "{}"],
+        &["read", "s"],
+        &["workflow", "get", "wf-1"],
+    ];
+    for args in commands {
+        let out = std::process::Command::new(AETHERCTL)
+            .arg("--addr")
+            .arg(&addr)
+            .args(args)
+            .output()
+            .unwrap();
+        let err = error_line(&out);
+        assert!(
+            err.starts_with(&format!("error: cannot connect to {addr}: ")),
+            "{args:?}: {err}"
+        );
+        assert!(
+            err.to_lowercase().contains("connection refused"),
+            "{args:?}: {err}"
+        );
+        assert!(err.ends_with("nothing was sent"), "{args:?}: {err}");
+        // No cause said twice ("tcp connect error: tcp connect error: …").
+        let parts: Vec<&str> = err.split(": ").collect();
+        let unique: std::collections::HashSet<&&str> = parts.iter().collect();
+        assert_eq!(unique.len(), parts.len(), "{args:?}: repeated: {err}");
+    }
+}
+
+/// The connection breaks after the append went out: aetherctl cannot know whether it was
+/// written, says so, and names the event id that makes a retry safe.
+#[test]
+fn a_connection_lost_during_a_write_says_the_write_may_have_happened() {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    const MARK: &[u8] = b"marker-7f3a";
+    // A server that reads the request and hangs up without answering.
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let (mut seen, mut buf) = (Vec::new(), [0u8; 4096]);
+        while !seen.windows(MARK.len()).any(|w| w == MARK) {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    });
+    let id = uuid::Uuid::new_v4().to_string();
     let out = std::process::Command::new(AETHERCTL)
-        .args(["--addr", "127.0.0.1:1", "status"])
+        .args(["--addr", &addr, "append", "s", "--type", "A", "--id", &id])
+        .args(["--data", r#"{"m":"marker-7f3a"}"#])
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("connecting to 127.0.0.1:1"));
+    server.join().unwrap();
+    let err = error_line(&out);
+    assert!(
+        err.starts_with(&format!(
+            "error: the connection to {addr} failed during the call"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("the write may or may not have happened"),
+        "{err}"
+    );
+    assert!(err.contains(&format!("--id {id}")), "{err}");
+}
+
+/// A log written to a file (the harness sends aetherd's stderr to one) is plain text: colour
+/// escapes are for terminals only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_logging_to_a_file_writes_no_colour_escapes() {
+    let node = NodeBuilder::dev().start();
+    node.wait_leader().await;
+    ok(&node.ctl(&["append", "s", "--type", "A", "--data", "{}"]));
+    let log = std::fs::read_to_string(node.log_path()).expect("log");
+    assert!(
+        log.contains("aetherd serving"),
+        "the node logged its start: {log}"
+    );
+    assert!(
+        !log.contains("\x1b["),
+        "ANSI escapes in a log file: {:?}",
+        log.lines()
+            .find(|l| l.contains("\x1b["))
+            .unwrap_or_default()
+    );
 }

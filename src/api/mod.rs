@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
+use crate::node::call::{self, CallFailure};
 use crate::node::{NodeError, FORWARDED_HEADER};
 
 use tokio_stream::wrappers::TcpListenerStream;
@@ -142,8 +143,10 @@ pub(crate) fn forwarded_request<T>(node: &Node, msg: T, timeout: Duration) -> Re
 /// routing failures, `Ok(Err(status))` for business refusals, which are final. On a
 /// follower, `remote` sends the original request to the leader (once: a forwarded request
 /// is never forwarded again) and its reply is returned as is. While no leader is known, or
-/// the leader moves during a forward, it retries with backoff until the write deadline;
-/// refused writes were not written, so retrying them is safe.
+/// the leader moves or cannot be reached, it retries with backoff until the write deadline:
+/// those attempts were not written, so retrying them is safe. A forward that fails after the
+/// request may have reached the leader ends the write with "outcome unknown"
+/// (`DEADLINE_EXCEEDED`): only a retry with the same ids may follow it.
 pub(crate) async fn on_leader<T, LF, RF>(
     node: &Node,
     forwarded: bool,
@@ -156,33 +159,62 @@ where
 {
     let deadline = Instant::now() + Duration::from_millis(node.config.write_timeout_ms);
     let mut backoff = Duration::from_millis(20);
+    // Why the last attempt was not written, for the reply if the deadline passes.
+    let mut last: String;
     loop {
         match local().await {
             Ok(result) => return result,
             Err(NodeError::NotLeader {
-                leader: Some((_, info)),
+                leader: Some((id, info)),
             }) if !forwarded => {
                 let channel = node.network.channel(&info.grpc_addr).map_err(|e| {
-                    Status::unavailable(format!("leader address {}: {e}", info.grpc_addr))
+                    Status::unavailable(format!(
+                        "leader node {id} has a bad address {}: {e}; nothing was written",
+                        info.grpc_addr
+                    ))
                 })?;
                 let left = deadline.saturating_duration_since(Instant::now());
                 node.metrics.forwarded_appends.inc();
                 match remote(channel, left).await {
-                    // The leader moved on while we forwarded: find the new one and retry.
-                    Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
-                    }
-                    other => return other,
+                    Ok(v) => return Ok(v),
+                    Err(s) => match call::classify(&s) {
+                        // The leader moved on while we forwarded: find the new one, retry.
+                        CallFailure::Answered if s.code() == tonic::Code::Unavailable => {
+                            last =
+                                format!("leader node {id} at {}: {}", info.grpc_addr, s.message());
+                        }
+                        CallFailure::Answered => return Err(s),
+                        CallFailure::NotSent => {
+                            last = format!(
+                                "leader node {id} at {} is unreachable ({})",
+                                info.grpc_addr,
+                                call::status_detail(&s)
+                            );
+                        }
+                        CallFailure::MaybeSent => {
+                            return Err(convert::status(NodeError::OutcomeUnknown(format!(
+                                "write outcome unknown: the connection to leader node {id} at {} \
+                                 failed after the request was sent ({}); retry with the same \
+                                 event ids",
+                                info.grpc_addr,
+                                call::status_detail(&s)
+                            ))))
+                        }
+                    },
                 }
             }
-            Err(NodeError::NotLeader { .. }) if !forwarded && Instant::now() < deadline => {}
+            Err(NodeError::NotLeader { leader: None }) if !forwarded => {
+                last = "no leader is known (election in progress)".into();
+            }
             Err(e) => return Err(convert::status(e)),
+        }
+        if Instant::now() >= deadline {
+            return Err(convert::status(NodeError::Unavailable(format!(
+                "no leader took the write within {} ms; nothing was written (last attempt: {last})",
+                node.config.write_timeout_ms
+            ))));
         }
         tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now()))).await;
         backoff = (backoff * 2).min(Duration::from_millis(500));
-        if Instant::now() >= deadline {
-            return Err(convert::status(NodeError::Unavailable(
-                "no leader could take the write before the deadline".into(),
-            )));
-        }
     }
 }

@@ -1,5 +1,6 @@
 //! `aetherd`: one AetherOps node. Parses flags, environment and config file, then runs.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::Parser;
@@ -45,9 +46,11 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Colour escapes only on a terminal: in a log file or a pipe they are noise.
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log)?)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let mut config = match &args.config {
         Some(path) => Config::from_file(path)?,

@@ -5,12 +5,12 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, bail};
+use anyhow::bail;
 use clap::Subcommand;
 use serde_json::json;
 
 use super::output::{status_json, Output, Printer};
-use super::{admin, first_addr, status_err};
+use super::{admin, first_addr, status_err, status_err_at};
 use crate::proto::aetherops::v1 as pb;
 
 #[derive(Subcommand, Debug)]
@@ -52,7 +52,7 @@ async fn status_of(addr: &str, timeout: Duration) -> anyhow::Result<pb::StatusRe
     let mut c = admin(addr, timeout).await?;
     Ok(c.status(pb::StatusRequest {})
         .await
-        .map_err(status_err)?
+        .map_err(status_err_at(addr))?
         .into_inner())
 }
 
@@ -110,14 +110,15 @@ pub async fn run(
         }
         ClusterCmd::AddLearner { node_addr, no_wait } => {
             let m = member(&status_of(&node_addr, timeout).await?);
-            let mut c = admin(&leader_addr(first, timeout).await?, timeout).await?;
+            let leader = leader_addr(first, timeout).await?;
+            let mut c = admin(&leader, timeout).await?;
             let r = c
                 .add_learner(pb::AddLearnerRequest {
                     member: Some(m.clone()),
                     blocking: !no_wait,
                 })
                 .await
-                .map_err(status_err)?
+                .map_err(status_err_at(&leader))?
                 .into_inner();
             print_membership(printer, &format!("added learner {}", m.node_id), &r);
         }
@@ -140,16 +141,17 @@ pub async fn run(
                     retain: false,
                 })
                 .await
-                .map_err(status_err)?
+                .map_err(status_err_at(&leader))?
                 .into_inner();
             print_membership(printer, &format!("promoted {node_ids:?}"), &r);
         }
         ClusterCmd::Remove { node_id } => {
-            let mut c = admin(&leader_addr(first, timeout).await?, timeout).await?;
+            let leader = leader_addr(first, timeout).await?;
+            let mut c = admin(&leader, timeout).await?;
             let r = c
                 .remove_node(pb::RemoveNodeRequest { node_id })
                 .await
-                .map_err(status_err)?
+                .map_err(status_err_at(&leader))?
                 .into_inner();
             print_membership(printer, &format!("removed {node_id}"), &r);
         }
@@ -161,7 +163,7 @@ pub async fn run(
                         Output::Json => {
                             printer.json(&json!({"grpc_addr": addr, "error": e.to_string()}))
                         }
-                        Output::Text => println!("node at {addr}: unreachable: {e}"),
+                        Output::Text => println!("{e}"),
                     },
                 }
             }
@@ -237,7 +239,7 @@ async fn verify(
     loop {
         let mut ok = Vec::new();
         for s in member_statuses(addr, timeout).await? {
-            ok.push(s.map_err(|(a, e)| anyhow!("node at {a} unreachable: {e}"))?);
+            ok.push(s.map_err(|(_, e)| e.context("cannot read every member's status"))?);
         }
         // Digests are comparable only at the same applied index.
         let mut views: Vec<(u64, Option<u64>, String)> = ok
@@ -251,7 +253,7 @@ async fn verify(
                 let d = c
                     .state_digest(pb::StateDigestRequest {})
                     .await
-                    .map_err(status_err)?
+                    .map_err(status_err_at(&s.grpc_addr))?
                     .into_inner();
                 views.push((
                     s.node_id,

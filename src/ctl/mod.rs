@@ -17,6 +17,7 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::node::call::{self, CallFailure};
 use crate::proto::aetherops::v1 as pb;
 use crate::proto::aetherops::v1::admin_client::AdminClient;
 use crate::proto::aetherops::v1::event_store_client::EventStoreClient;
@@ -157,6 +158,20 @@ pub struct TailArgs {
 
 /// Runs a parsed command line; the binary's `main` is this and error printing.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let addr = first_addr(&cli.addr).to_owned();
+    run_command(cli).await.map_err(|mut e| {
+        // A transport failure names the node it happened with (an answer needs no address:
+        // it came from the node the user named).
+        if let Some(c) = e.downcast_mut::<CallError>() {
+            if c.failure != CallFailure::Answered {
+                c.addr.get_or_insert(addr);
+            }
+        }
+        e
+    })
+}
+
+async fn run_command(cli: Cli) -> anyhow::Result<()> {
     let printer = Printer::new(cli.output);
     let timeout = Duration::from_millis(cli.timeout_ms);
     match cli.command {
@@ -169,7 +184,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let s = c
                 .status(pb::StatusRequest {})
                 .await
-                .map_err(status_err)?
+                .map_err(read_err)?
                 .into_inner();
             printer.status(&s);
             Ok(())
@@ -181,9 +196,105 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// A gRPC failure as the user should read it: the code and the server's message.
+/// What a call was for: what a failure mid-call may have done depends on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallKind {
+    /// Not said (a write, perhaps).
+    Unknown,
+    /// A read: it changed nothing.
+    Read,
+    /// A write, and how to retry it safely when its outcome is unknown.
+    Write { retry: String },
+}
+
+/// A failed call as the user should read it: the server's answer (its code and message), or
+/// what failed in the transport, with which node, and whether a write may have happened.
+#[derive(Debug)]
+pub struct CallError {
+    pub code: tonic::Code,
+    pub failure: CallFailure,
+    /// The server's message, or the transport failure's causes.
+    pub detail: String,
+    /// The node called (filled in by [`run`] for the `--addr` node when not set).
+    pub addr: Option<String>,
+    pub kind: CallKind,
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let with = self
+            .addr
+            .as_deref()
+            .map_or_else(String::new, |a| format!(" to {a}"));
+        match self.failure {
+            CallFailure::Answered => match &self.addr {
+                Some(a) => write!(f, "{a} answered {:?}: {}", self.code, self.detail)?,
+                None => write!(f, "{:?}: {}", self.code, self.detail)?,
+            },
+            CallFailure::NotSent => {
+                write!(f, "cannot connect{with}: {}; nothing was sent", self.detail)?
+            }
+            CallFailure::MaybeSent => write!(
+                f,
+                "the connection{with} failed during the call ({})",
+                self.detail
+            )?,
+        }
+        let unknown_outcome = self.failure == CallFailure::MaybeSent
+            || (self.failure == CallFailure::Answered
+                && self.code == tonic::Code::DeadlineExceeded);
+        match (&self.kind, unknown_outcome) {
+            (_, false) | (CallKind::Read, true) => Ok(()),
+            (CallKind::Unknown, true) => {
+                write!(f, "; if it was a write, it may or may not have happened")
+            }
+            (CallKind::Write { retry }, true) => {
+                write!(f, "; the write may or may not have happened: {retry}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for CallError {}
+
+impl CallError {
+    pub fn new(s: &tonic::Status, kind: CallKind) -> CallError {
+        let failure = call::classify(s);
+        CallError {
+            code: s.code(),
+            failure,
+            detail: match failure {
+                CallFailure::Answered => s.message().to_owned(),
+                _ => call::status_detail(s),
+            },
+            addr: None,
+            kind,
+        }
+    }
+}
+
+/// A failed call (on the `--addr` node) as the user should read it.
 pub fn status_err(s: tonic::Status) -> anyhow::Error {
-    anyhow!("{:?}: {}", s.code(), s.message())
+    CallError::new(&s, CallKind::Unknown).into()
+}
+
+/// A failed read (on the `--addr` node).
+pub fn read_err(s: tonic::Status) -> anyhow::Error {
+    CallError::new(&s, CallKind::Read).into()
+}
+
+/// A failed call on the node at `addr`.
+pub fn status_err_at(addr: &str) -> impl FnOnce(tonic::Status) -> anyhow::Error + '_ {
+    move |s| {
+        let mut e = CallError::new(&s, CallKind::Unknown);
+        e.addr = Some(addr.to_owned());
+        e.into()
+    }
+}
+
+/// A failed write; `retry` says how to retry it safely when its outcome is unknown.
+pub fn write_err(retry: String) -> impl FnOnce(tonic::Status) -> anyhow::Error {
+    move |s| CallError::new(&s, CallKind::Write { retry }).into()
 }
 
 pub fn first_addr(addrs: &str) -> &str {
@@ -198,7 +309,16 @@ pub async fn channel(addr: &str, timeout: Duration) -> anyhow::Result<Channel> {
         .tcp_nodelay(true)
         .connect()
         .await
-        .with_context(|| format!("connecting to {addr}"))
+        .map_err(|e| {
+            CallError {
+                code: tonic::Code::Unavailable,
+                failure: CallFailure::NotSent,
+                detail: call::chain_detail(&e),
+                addr: Some(addr.to_owned()),
+                kind: CallKind::Unknown,
+            }
+            .into()
+        })
 }
 
 pub async fn events_client(
@@ -263,13 +383,16 @@ async fn append(
             .ok_or_else(|| anyhow!("--meta takes KEY=VALUE, not {m:?}"))?;
         metadata.insert(k.to_owned(), v.to_owned());
     }
+    // The id is chosen here, so that a failure with an unknown outcome can name it: a retry
+    // with the same id never writes twice.
+    let event_id =
+        a.id.unwrap_or_else(|| crate::model::new_event_id().to_string());
+    let retry = format!("retry with --id {event_id}");
     let req = pb::AppendRequest {
         stream: a.stream.clone(),
         expected_version: Some(parse_expected(&a.expected_version)?),
         events: vec![pb::NewEvent {
-            event_id: a
-                .id
-                .unwrap_or_else(|| crate::model::new_event_id().to_string()),
+            event_id,
             event_type: a.event_type,
             schema_version: a.schema_version,
             event_time_ns: 0,
@@ -278,7 +401,7 @@ async fn append(
         }],
     };
     let mut c = events_client(first_addr(addr), timeout).await?;
-    let r = c.append(req).await.map_err(status_err)?.into_inner();
+    let r = c.append(req).await.map_err(write_err(retry))?.into_inner();
     printer.appended(&a.stream, &r);
     Ok(())
 }
@@ -298,7 +421,7 @@ where
     while left > 0 {
         let r = fetch(from, left.min(1000) as u32)
             .await
-            .map_err(status_err)?
+            .map_err(read_err)?
             .into_inner();
         left -= r.events.len() as u64;
         for e in &r.events {
@@ -362,11 +485,11 @@ async fn tail(addr: &str, a: TailArgs, printer: &Printer) -> anyhow::Result<()> 
             from: a.from,
         })
         .await
-        .map_err(status_err)?
+        .map_err(read_err)?
         .into_inner();
     let mut seen = 0u64;
     while a.count.is_none_or(|n| seen < n) {
-        let Some(msg) = stream.message().await.map_err(status_err)? else {
+        let Some(msg) = stream.message().await.map_err(read_err)? else {
             bail!("the server ended the subscription");
         };
         match msg.kind {
@@ -379,4 +502,86 @@ async fn tail(addr: &str, a: TailArgs, printer: &Printer) -> anyhow::Result<()> 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// The step output flag once shared its name with the global `--output` format flag,
+    /// and clap panicked on access ("Mismatch between definition and access of `output`").
+    #[test]
+    fn a_step_output_given_as_output_is_an_error_not_a_panic() {
+        let parsed = std::panic::catch_unwind(|| {
+            Cli::try_parse_from([
+                "aetherctl",
+                "workflow",
+                "complete-step",
+                "wf-1",
+                "plan",
+                "--output",
+                r#"{"dv":1.5}"#,
+            ])
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        });
+        assert!(parsed.is_ok(), "parsing panicked");
+    }
+
+    /// A broken read changed nothing; a broken write names how to retry it safely.
+    #[test]
+    fn a_broken_call_says_what_it_means_for_a_write() {
+        let reset = tonic::Status::from_error(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        let mut read = CallError::new(&reset, CallKind::Read);
+        read.addr = Some("127.0.0.1:7".into());
+        assert_eq!(
+            read.to_string(),
+            "the connection to 127.0.0.1:7 failed during the call (connection reset)"
+        );
+        let retry = "retry with --id X".to_owned();
+        let write = CallError::new(&reset, CallKind::Write { retry });
+        assert_eq!(
+            write.to_string(),
+            "the connection failed during the call (connection reset); the write may or may \
+             not have happened: retry with --id X"
+        );
+        let answered = tonic::Status::failed_precondition("wrong expected version");
+        let refused = CallError::new(&answered, CallKind::Write { retry: "-".into() });
+        assert_eq!(
+            refused.to_string(),
+            "FailedPrecondition: wrong expected version"
+        );
+    }
+
+    #[test]
+    fn complete_step_takes_its_output_json_next_to_the_output_format() {
+        let cli = Cli::try_parse_from([
+            "aetherctl",
+            "--output",
+            "json",
+            "workflow",
+            "complete-step",
+            "wf-1",
+            "plan",
+            "--result",
+            r#"{"dv":1.5}"#,
+        ])
+        .expect("parses");
+        assert_eq!(cli.output, Output::Json);
+        match cli.command {
+            Cmd::Workflow(workflow::WorkflowCmd::CompleteStep { result, .. }) => {
+                assert_eq!(result, r#"{"dv":1.5}"#)
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
 }

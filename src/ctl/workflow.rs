@@ -11,7 +11,9 @@ use serde_json::json;
 use tonic::transport::Channel;
 
 use super::output::{Output, Printer};
-use super::{channel, first_addr, parse_expected, status_err};
+use super::{
+    channel, first_addr, parse_expected, read_err, status_err_at, write_err, CallError, CallKind,
+};
 use crate::proto::aetherops::v1 as pb;
 use crate::proto::aetherops::v1::workflows_client::WorkflowsClient;
 use crate::workflow::import::{parse_import, snapshot_event};
@@ -42,13 +44,13 @@ pub enum WorkflowCmd {
         #[command(flatten)]
         w: WriteArgs,
     },
-    /// Complete the running step, with its output.
+    /// Complete the running step, with its result.
     CompleteStep {
         id: String,
         step: String,
-        /// JSON output of the step.
+        /// The step's output, as JSON (named `--result`: `--output` is the output format).
         #[arg(long, default_value = "null")]
-        output: String,
+        result: String,
         #[command(flatten)]
         w: WriteArgs,
     },
@@ -112,11 +114,19 @@ pub struct WriteArgs {
     event_id: String,
 }
 
-fn write(id: &str, w: &WriteArgs) -> anyhow::Result<Option<pb::WorkflowWrite>> {
+/// The write's header. The event id is chosen here when not given, so that a failure with
+/// an unknown outcome can name it in `retry`: a retry with the same id never writes twice.
+fn write(id: &str, w: &WriteArgs, retry: &mut String) -> anyhow::Result<Option<pb::WorkflowWrite>> {
+    let event_id = if w.event_id.is_empty() {
+        crate::model::new_event_id().to_string()
+    } else {
+        w.event_id.clone()
+    };
+    *retry = format!("retry with --event-id {event_id}");
     Ok(Some(pb::WorkflowWrite {
         workflow_id: id.to_owned(),
         expected_version: Some(parse_expected(&w.expected_version)?),
-        event_id: w.event_id.clone(),
+        event_id,
     }))
 }
 
@@ -149,6 +159,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let addr = first_addr(addrs);
     let mut c = client(addr, timeout).await?;
+    let mut retry = String::new();
     let resp = match cmd {
         WorkflowCmd::Create {
             id,
@@ -158,7 +169,7 @@ pub async fn run(
             w,
         } => {
             c.create(pb::CreateWorkflowRequest {
-                write: write(&id, &w)?,
+                write: write(&id, &w, &mut retry)?,
                 name,
                 steps: steps
                     .iter()
@@ -179,7 +190,7 @@ pub async fn run(
             w,
         } => {
             c.start_step(pb::StartStepRequest {
-                write: write(&id, &w)?,
+                write: write(&id, &w, &mut retry)?,
                 step_id: step,
                 attempt: 0,
                 worker,
@@ -189,13 +200,13 @@ pub async fn run(
         WorkflowCmd::CompleteStep {
             id,
             step,
-            output,
+            result,
             w,
         } => {
             c.complete_step(pb::CompleteStepRequest {
-                write: write(&id, &w)?,
+                write: write(&id, &w, &mut retry)?,
                 step_id: step,
-                output_json: output,
+                output_json: result,
             })
             .await
         }
@@ -207,7 +218,7 @@ pub async fn run(
             w,
         } => {
             c.fail_step(pb::FailStepRequest {
-                write: write(&id, &w)?,
+                write: write(&id, &w, &mut retry)?,
                 step_id: step,
                 error,
                 attempt: 0,
@@ -222,7 +233,7 @@ pub async fn run(
             w,
         } => {
             c.complete(pb::CompleteWorkflowRequest {
-                write: write(&id, &w)?,
+                write: write(&id, &w, &mut retry)?,
                 status,
                 reason,
             })
@@ -241,7 +252,7 @@ pub async fn run(
                     consistency: pb::Consistency::Linearizable as i32,
                 })
                 .await
-                .map_err(status_err)?
+                .map_err(read_err)?
                 .into_inner();
             let state: serde_json::Value =
                 serde_json::from_str(&s.state_json).context("state JSON")?;
@@ -261,7 +272,7 @@ pub async fn run(
                         consistency: pb::Consistency::Linearizable as i32,
                     })
                     .await
-                    .map_err(status_err)?
+                    .map_err(read_err)?
                     .into_inner();
                 for w in &r.workflows {
                     match printer.format {
@@ -284,7 +295,7 @@ pub async fn run(
         WorkflowCmd::Import { file, parallel } => return import(c, &file, parallel, printer).await,
         WorkflowCmd::Verify { id } => return verify(addr, timeout, c, id, printer).await,
     };
-    print_write(printer, &resp.map_err(status_err)?.into_inner());
+    print_write(printer, &resp.map_err(write_err(retry))?.into_inner());
     Ok(())
 }
 
@@ -339,11 +350,9 @@ async fn import(
                     "unchanged"
                 }
                 Err(s) => {
-                    return Err(anyhow::anyhow!(
-                        "workflow {id}: {:?}: {}",
-                        s.code(),
-                        s.message()
-                    ))
+                    let retry = "run the import again (it is idempotent)".to_owned();
+                    let e = CallError::new(&s, CallKind::Write { retry });
+                    return Err(anyhow::anyhow!("workflow {id}: {e}"));
                 }
             };
             anyhow::Ok((id, outcome))
@@ -398,7 +407,7 @@ async fn verify(
                         consistency: pb::Consistency::Linearizable as i32,
                     })
                     .await
-                    .map_err(status_err)?
+                    .map_err(read_err)?
                     .into_inner();
                 ids.extend(r.workflows.into_iter().map(|w| w.workflow_id));
                 if r.next_after.is_empty() {
@@ -414,7 +423,7 @@ async fn verify(
         .await?
         .status(pb::StatusRequest {})
         .await
-        .map_err(status_err)?
+        .map_err(read_err)?
         .into_inner();
     let mut members: Vec<String> = status
         .voters
@@ -438,7 +447,7 @@ async fn verify(
                     workflow_id: id.clone(),
                 })
                 .await
-                .map_err(|s| anyhow::anyhow!("{m}: {:?}: {}", s.code(), s.message()))?
+                .map_err(status_err_at(m))?
                 .into_inner();
             reports.push((m.clone(), r));
         }

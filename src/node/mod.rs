@@ -2,6 +2,7 @@
 //! operations (append, reads with a consistency level, subscriptions, admin) that the API
 //! layer converts to and from protobuf.
 
+pub mod call;
 pub mod metrics;
 pub mod proposer;
 
@@ -66,7 +67,9 @@ impl From<ProposeError> for NodeError {
         match e {
             ProposeError::NotLeader { leader } => NodeError::NotLeader { leader },
             ProposeError::Overloaded(_) => NodeError::Overloaded(e.to_string()),
-            ProposeError::Timeout(_) => NodeError::OutcomeUnknown(e.to_string()),
+            ProposeError::Timeout(_) | ProposeError::Unknown(_) => {
+                NodeError::OutcomeUnknown(e.to_string())
+            }
             ProposeError::Stopped(_) | ProposeError::Busy(_) | ProposeError::Forward(_) => {
                 NodeError::Unavailable(e.to_string())
             }
@@ -391,11 +394,14 @@ impl Node {
                 self.leader_read_index(&leader).await?
             }
             Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
-                return Err(NodeError::Unavailable(format!(
-                    "leader cannot reach a quorum: {e}"
-                )));
+                return Err(self.no_quorum(&e.got));
             }
-            Err(RaftError::Fatal(e)) => return Err(NodeError::Unavailable(e.to_string())),
+            Err(RaftError::Fatal(e)) => {
+                return Err(NodeError::Unavailable(format!(
+                    "raft is not running on node {}: {e}",
+                    self.id
+                )))
+            }
         };
         if let Some(index) = index {
             self.wait_applied(index, Duration::from_millis(self.config.write_timeout_ms))
@@ -420,7 +426,30 @@ impl Node {
             .read_index(req)
             .await
             .map(|r| r.into_inner().read_index)
-            .map_err(|s| NodeError::Unavailable(format!("read index from leader: {}", s.message())))
+            .map_err(|s| {
+                NodeError::Unavailable(format!(
+                    "no read index from the leader at {}: {}",
+                    leader.grpc_addr,
+                    call::status_detail(&s)
+                ))
+            })
+    }
+
+    /// A leader that could not confirm its leadership: which voters did not answer, in words
+    /// (openraft's error would print its whole membership).
+    fn no_quorum(&self, answered: &BTreeSet<NodeId>) -> NodeError {
+        let (voters, _) = self.members();
+        let silent: Vec<String> = voters
+            .iter()
+            .filter(|(id, _)| !answered.contains(id))
+            .map(|(id, info)| format!("node {id} at {}", info.grpc_addr))
+            .collect();
+        NodeError::Unavailable(format!(
+            "node {} leads but could not confirm it with a quorum of voters: no answer from {} \
+             (down or partitioned); nothing was read, retry later",
+            self.id,
+            silent.join(", ")
+        ))
     }
 
     /// Waits until the state machine has applied `index`.
@@ -445,7 +474,13 @@ impl Node {
                     leader: f.leader_id.zip(f.leader_node),
                 })
             }
-            Err(e) => Err(NodeError::Unavailable(e.to_string())),
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                Err(self.no_quorum(&e.got))
+            }
+            Err(RaftError::Fatal(e)) => Err(NodeError::Unavailable(format!(
+                "raft is not running on node {}: {e}",
+                self.id
+            ))),
         }
     }
 

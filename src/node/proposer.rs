@@ -19,29 +19,41 @@ use openraft::error::ClientWriteError;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
+use super::call::{self, CallFailure};
 use crate::config::ProposerSettings;
 use crate::proto::raft::v1::{raft_client::RaftClient, RaftMessage};
 use crate::raft::clock::ClusterClock;
 use crate::raft::network::{NetworkFactory, MAX_RAFT_MESSAGE_BYTES, TARGET_HEADER};
 use crate::raft::{Command, CommandOutcome, NodeId, NodeInfo, Raft, Request};
 
-/// Why commands were not applied (their outcome is known: not written), or why their
-/// outcome is unknown (`Timeout`). Travels between nodes, hence serializable.
+/// Why commands were not applied — their outcome is known: not written — or why their
+/// outcome is unknown (`Timeout`, `Unknown`: they may have been written; only a retry with the
+/// same ids settles it). Travels between nodes, hence serializable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum ProposeError {
+    /// Not written: this node does not lead (the leader, when known).
     #[error("not the leader (leader: {leader:?})")]
     NotLeader { leader: Option<(NodeId, NodeInfo)> },
+    /// Not written: the proposal queue is full.
     #[error("proposal queue is full ({0} waiting)")]
     Overloaded(usize),
+    /// Outcome unknown: no answer within the write deadline.
     #[error("write outcome unknown after {0:?}: retry with the same event ids")]
     Timeout(Duration),
+    /// Not written: Raft is not running here.
     #[error("raft is not running: {0}")]
     Stopped(String),
+    /// Not written: a membership change is in progress.
     #[error("membership change in progress: {0}")]
     Busy(String),
-    /// The batch could not be handed to the leader: nothing was written.
-    #[error("forwarding to the leader failed: {0}")]
+    /// Not written: the batch could not be handed to the leader, or the leader refused it
+    /// before proposing it.
+    #[error("forwarding to the leader failed: {0}; nothing was written")]
     Forward(String),
+    /// Outcome unknown: the batch may have reached the log (e.g. the connection to the
+    /// leader broke after the batch was sent). Last: variants travel by index (postcard).
+    #[error("write outcome unknown: {0}; retry with the same event ids")]
+    Unknown(String),
 }
 
 type Outcomes = Result<Vec<CommandOutcome>, ProposeError>;
@@ -131,7 +143,7 @@ impl Proposer {
         let mut outcomes = self.propose_many(vec![cmd], weight, timeout).await?;
         outcomes
             .pop()
-            .ok_or_else(|| ProposeError::Stopped("no outcome for the command".into()))
+            .ok_or_else(|| ProposeError::Unknown("no outcome for the command".into()))
     }
 
     /// Proposes commands as a unit (they land in one entry) and waits for their outcomes,
@@ -179,7 +191,8 @@ impl Proposer {
         })?;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(ProposeError::Stopped("proposal dropped".into())),
+            // The proposer let go of the command; it may have been proposed already.
+            Ok(Err(_)) => Err(ProposeError::Unknown("the proposal was dropped".into())),
             Err(_) => Err(ProposeError::Timeout(timeout)),
         }
     }
@@ -379,7 +392,9 @@ async fn propose_local(
                 let outcomes = match res {
                     Ok(Ok(resp)) => Ok(resp.data.outcomes),
                     Ok(Err(e)) => Err(client_write_error(e)),
-                    Err(_) => Err(ProposeError::Stopped("raft dropped the write".into())),
+                    Err(_) => Err(ProposeError::Unknown(
+                        "raft stopped before the write's outcome was known".into(),
+                    )),
                 };
                 distribute(replies, outcomes);
             });
@@ -414,24 +429,63 @@ async fn forward(
             .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
             .propose(req)
             .await
-            .map_err(|s| match s.code() {
-                // Not connected: the leader never saw the batch; the caller may retry.
-                tonic::Code::Unavailable => ProposeError::NotLeader {
-                    leader: Some((leader, node.clone())),
-                },
-                // Sent but unanswered: the outcome is unknown.
-                tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-                    ProposeError::Timeout(route.forward_timeout)
-                }
-                _ => ProposeError::Forward(format!("{}: {}", s.code(), s.message())),
-            })?;
-        let outcomes: Outcomes = postcard::from_bytes(&reply.get_ref().body)
-            .map_err(|e| ProposeError::Forward(format!("undecodable reply: {e}")))?;
+            .map_err(|s| forward_error(&s, leader, &node, route.forward_timeout))?;
+        let outcomes: Outcomes = postcard::from_bytes(&reply.get_ref().body).map_err(|e| {
+            ProposeError::Unknown(format!(
+                "the reply of leader node {leader} at {} is undecodable: {e}",
+                node.grpc_addr
+            ))
+        })?;
         outcomes
     }
     .await;
     drop(permit);
     distribute(replies, outcomes);
+}
+
+/// What a failed `Propose` call to the leader means for the batch. Only a failure that proves
+/// the leader never proposed it may say "not written"; after the batch may have left, a reset,
+/// a keep-alive timeout or a deadline leaves its outcome unknown.
+fn forward_error(
+    s: &tonic::Status,
+    leader: NodeId,
+    node: &NodeInfo,
+    timeout: Duration,
+) -> ProposeError {
+    use tonic::Code;
+    let at = format!("leader node {leader} at {}", node.grpc_addr);
+    match call::classify(s) {
+        // Never connected: the leader never saw the batch. Saying `NotLeader` with the same
+        // leader lets the caller retry (it finds the leader again, or a new one).
+        CallFailure::NotSent => {
+            tracing::debug!(leader, addr = %node.grpc_addr, error = %call::status_detail(s),
+                "cannot reach the leader; nothing was sent");
+            ProposeError::NotLeader {
+                leader: Some((leader, node.clone())),
+            }
+        }
+        CallFailure::MaybeSent => ProposeError::Unknown(format!(
+            "the connection to {at} failed after the batch was sent ({})",
+            call::status_detail(s)
+        )),
+        CallFailure::Answered => match s.code() {
+            Code::DeadlineExceeded | Code::Cancelled => ProposeError::Timeout(timeout),
+            // Refusals the leader answers before proposing anything.
+            Code::InvalidArgument
+            | Code::FailedPrecondition
+            | Code::Unavailable
+            | Code::ResourceExhausted
+            | Code::OutOfRange
+            | Code::Unauthenticated
+            | Code::PermissionDenied
+            | Code::Unimplemented => ProposeError::Forward(format!(
+                "{at} refused the batch: {:?}: {}",
+                s.code(),
+                s.message()
+            )),
+            _ => ProposeError::Unknown(format!("{at} answered {:?}: {}", s.code(), s.message())),
+        },
+    }
 }
 
 /// Hands each caller its share of the outcomes, in order.
@@ -440,7 +494,7 @@ fn distribute(replies: Replies, outcomes: Outcomes) {
         Ok(all) => {
             let expected: usize = replies.iter().map(|(_, n)| n).sum();
             if all.len() != expected {
-                let e = ProposeError::Stopped(format!(
+                let e = ProposeError::Unknown(format!(
                     "{} outcomes for {expected} commands",
                     all.len()
                 ));
@@ -468,5 +522,96 @@ fn client_write_error(e: ClientWriteError<NodeId, NodeInfo>) -> ProposeError {
             leader: f.leader_id.zip(f.leader_node),
         },
         ClientWriteError::ChangeMembershipError(c) => ProposeError::Busy(c.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tonic::{Code, Status};
+
+    use super::*;
+    use crate::node::NodeError;
+
+    fn leader() -> NodeInfo {
+        NodeInfo {
+            grpc_addr: "127.0.0.1:7002".into(),
+            http_addr: "127.0.0.1:8002".into(),
+            incarnation: "abc".into(),
+        }
+    }
+
+    /// The status code a client sees when forwarding a batch failed with `s`.
+    fn client_code(s: Status) -> Code {
+        let e = forward_error(&s, 2, &leader(), Duration::from_secs(9));
+        crate::api::convert::status(NodeError::from(e)).code()
+    }
+
+    fn with_source(mut s: Status, e: impl std::error::Error + Send + Sync + 'static) -> Status {
+        s.set_source(Arc::new(e));
+        s
+    }
+
+    /// Only a failure that proves the leader never got the batch may say "not written"
+    /// (`UNAVAILABLE`, retried); anything that can happen after the request left is "outcome
+    /// unknown" (`DEADLINE_EXCEEDED`), whatever code tonic gave it.
+    #[test]
+    fn forwarding_failures_say_not_written_only_when_nothing_was_sent() {
+        use std::io::{Error, ErrorKind};
+        let refused = || Error::from(ErrorKind::ConnectionRefused);
+        let cases: Vec<(&str, Status, Code)> = vec![
+            (
+                "connection refused (tonic's connect error)",
+                Status::from_error(Box::new(tonic::ConnectError(Box::new(refused())))),
+                Code::Unavailable,
+            ),
+            (
+                "HTTP/2 keep-alive timeout on a call in flight",
+                with_source(
+                    Status::unavailable("keep-alive timed out"),
+                    Error::new(ErrorKind::TimedOut, "keep-alive timed out"),
+                ),
+                Code::DeadlineExceeded,
+            ),
+            (
+                "connection reset after the request was written",
+                Status::from_error(Box::new(Error::from(ErrorKind::ConnectionReset))),
+                Code::DeadlineExceeded,
+            ),
+            (
+                "HTTP/2 stream reset",
+                Status::from_error(Box::new(h2::Error::from(h2::Reason::CANCEL))),
+                Code::DeadlineExceeded,
+            ),
+            (
+                "HTTP/2 internal error",
+                Status::from_error(Box::new(h2::Error::from(h2::Reason::INTERNAL_ERROR))),
+                Code::DeadlineExceeded,
+            ),
+            (
+                "the leader's deadline passed",
+                Status::deadline_exceeded("Timeout expired"),
+                Code::DeadlineExceeded,
+            ),
+            (
+                "the leader refused the message before proposing it",
+                Status::failed_precondition("raft message for member 2:old reached 2:new"),
+                Code::Unavailable,
+            ),
+            (
+                "the leader failed after proposing",
+                Status::internal("encoding raft reply: ..."),
+                Code::DeadlineExceeded,
+            ),
+        ];
+        let mut wrong = Vec::new();
+        for (what, status, want) in cases {
+            let got = client_code(status);
+            if got != want {
+                wrong.push(format!("{what}: {got:?}, want {want:?}"));
+            }
+        }
+        assert!(wrong.is_empty(), "misclassified:\n{}", wrong.join("\n"));
     }
 }

@@ -1,11 +1,14 @@
 //! A fault-injecting TCP proxy in front of one node: peers reach the node through it, and
 //! a test cuts links by source IP (every node connects from its own 127.0.0.x address).
-//! Cutting a link also severs the connections already open over it.
+//! Cutting a link also severs the connections already open over it. The proxy counts the
+//! bytes each source sent through it, so a test can cut a link once a request has passed.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
@@ -14,6 +17,30 @@ struct State {
     target: Option<SocketAddr>,
     blocked: HashSet<IpAddr>,
     conns: Vec<(IpAddr, AbortHandle)>,
+    /// Bytes forwarded to the target, by source IP.
+    sent: HashMap<IpAddr, Arc<AtomicU64>>,
+}
+
+/// Copies one direction of a connection, counting what was handed on.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    counter: Option<Arc<AtomicU64>>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+        if let Some(c) = &counter {
+            c.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 pub struct Proxy {
@@ -33,22 +60,27 @@ impl Proxy {
                 let Ok((inbound, peer)) = listener.accept().await else {
                     continue;
                 };
-                let (target, blocked) = {
-                    let s = st.lock().unwrap();
-                    (s.target, s.blocked.contains(&peer.ip()))
+                let (target, blocked, counter) = {
+                    let mut s = st.lock().unwrap();
+                    let counter = s.sent.entry(peer.ip()).or_default().clone();
+                    (s.target, s.blocked.contains(&peer.ip()), counter)
                 };
                 let Some(target) = target.filter(|_| !blocked) else {
                     drop(inbound);
                     continue;
                 };
                 let task = tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                    let Ok(outbound) = TcpStream::connect(target).await else {
                         return;
                     };
                     let _ = outbound.set_nodelay(true);
-                    let mut inbound = inbound;
                     let _ = inbound.set_nodelay(true);
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    let (in_read, in_write) = inbound.into_split();
+                    let (out_read, out_write) = outbound.into_split();
+                    tokio::join!(
+                        pump(in_read, out_write, Some(counter)),
+                        pump(out_read, in_write, None)
+                    );
                 });
                 let mut s = st.lock().unwrap();
                 s.conns.retain(|(_, h)| !h.is_finished());
@@ -76,6 +108,16 @@ impl Proxy {
                 h.abort();
             }
         }
+    }
+
+    /// Bytes `src` has sent through this proxy to its node so far.
+    pub fn bytes_from(&self, src: IpAddr) -> u64 {
+        self.state
+            .lock()
+            .unwrap()
+            .sent
+            .get(&src)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     pub fn unblock_all(&self) {
