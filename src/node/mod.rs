@@ -241,6 +241,7 @@ impl Node {
                 // Leave the caller time to hear back before its own deadline.
                 forward_timeout: Duration::from_millis(config.write_timeout_ms * 9 / 10),
                 clock: clock.clone(),
+                applied: applied.clone(),
             },
         );
         let node = Arc::new(Node {

@@ -24,6 +24,7 @@ use crate::config::ProposerSettings;
 use crate::proto::raft::v1::{raft_client::RaftClient, RaftMessage};
 use crate::raft::clock::ClusterClock;
 use crate::raft::network::{NetworkFactory, MAX_RAFT_MESSAGE_BYTES, TARGET_HEADER};
+use crate::raft::state_machine::AppliedStatus;
 use crate::raft::{Command, CommandOutcome, NodeId, NodeInfo, Raft, Request};
 
 /// Why commands were not applied — their outcome is known: not written — or why their
@@ -81,6 +82,8 @@ pub struct Route {
     pub forward_timeout: Duration,
     /// The time a leader stamps: its clock checked against a majority of the voters'.
     pub clock: Arc<ClusterClock>,
+    /// What the state machine applied (its last commit time anchors the clock's fallback).
+    pub applied: tokio::sync::watch::Receiver<AppliedStatus>,
 }
 
 /// Handle to the proposer task.
@@ -222,18 +225,24 @@ impl Proposer {
 /// a batch (which could not commit without that majority either).
 const CLOCK_WAIT: Duration = Duration::from_secs(3);
 
-/// The commit time to stamp: the majority's clock (see [`ClusterClock`]).
-async fn stamp_time(raft: &Raft, clock: &ClusterClock) -> Result<i64, ProposeError> {
+/// The commit time to stamp: the time the voters agree on (see [`ClusterClock`]).
+async fn stamp_time(route: &Route, raft: &Raft) -> Result<i64, ProposeError> {
     let deadline = tokio::time::Instant::now() + CLOCK_WAIT;
     loop {
-        let voters: Vec<NodeId> = raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
-        if let Some(t) = clock.cluster_now_ns(&voters) {
+        let (leads, voters) = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            let leads =
+                m.state == openraft::ServerState::Leader && m.current_leader == Some(route.id);
+            let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+            (leads, voters)
+        };
+        if !leads {
+            // openraft refuses the write (ForwardToLeader): the stamp is never used.
+            return Ok(route.clock.local_now_ns());
+        }
+        let last_commit = route.applied.borrow().last_commit_time_ns;
+        if let Some(t) = route.clock.stamp_ns(&voters, last_commit) {
             return Ok(t);
         }
         if tokio::time::Instant::now() >= deadline {
@@ -323,7 +332,7 @@ async fn run(
         match target(&raft, route.id) {
             Target::Local => {
                 let (commands, replies) = flatten(batch);
-                match stamp_time(&raft, &route.clock).await {
+                match stamp_time(&route, &raft).await {
                     Ok(now) => {
                         propose_local(&raft, commands, replies, now, dedupe_window_ns, permit).await
                     }
