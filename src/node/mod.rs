@@ -189,7 +189,8 @@ impl Node {
             incarnation,
         };
         let log_db = Arc::new(LogDb::open(&data_dir.join("raft"))?);
-        let log_store = LogStore::new(log_db.clone());
+        let log_store =
+            LogStore::new(log_db.clone()).with_read_bytes(config.raft.max_payload_bytes);
         let sm = StateMachine::open(&data_dir)?;
         let store = sm.store();
         let applied = sm.status();
@@ -200,7 +201,7 @@ impl Node {
             .ok()
             .map(|a| a.ip())
             .filter(|ip| !ip.is_unspecified());
-        let network = NetworkFactory::new(source_ip);
+        let network = NetworkFactory::new(source_ip, config.raft.max_payload_bytes);
         let raft_config = Arc::new(
             config
                 .openraft_config()
@@ -280,13 +281,10 @@ impl Node {
         self.config
             .limits
             .validate_append(&cmd.stream, &cmd.events)?;
-        let weight = cmd.events.iter().map(|e| e.weight_bytes()).sum();
+        let cmd = Command::Append(cmd);
+        let weight = self.entry_weight(&cmd)?;
         let timeout = Duration::from_millis(self.config.write_timeout_ms);
-        match self
-            .proposer
-            .propose(Command::Append(cmd), weight, timeout)
-            .await?
-        {
+        match self.proposer.propose(cmd, weight, timeout).await? {
             CommandOutcome::Append(o) => Ok(o),
             other => Err(NodeError::Internal(format!(
                 "append answered with {other:?}"
@@ -303,13 +301,10 @@ impl Node {
             .limits
             .validate_append(&append.stream, &append.events)?;
         cmd.snapshot_every = self.config.workflow_snapshot_every;
-        let weight = append.events.iter().map(|e| e.weight_bytes()).sum();
+        let cmd = Command::Workflow(cmd);
+        let weight = self.entry_weight(&cmd)?;
         let timeout = Duration::from_millis(self.config.write_timeout_ms);
-        match self
-            .proposer
-            .propose(Command::Workflow(cmd), weight, timeout)
-            .await?
-        {
+        match self.proposer.propose(cmd, weight, timeout).await? {
             CommandOutcome::Workflow(o) => Ok(o),
             other => Err(NodeError::Internal(format!(
                 "workflow command answered with {other:?}"
@@ -319,21 +314,31 @@ impl Node {
 
     /// Proposes a telemetry command (ingest or retention) and waits for its outcome.
     pub async fn telemetry(&self, cmd: TelemetryCommand) -> Result<TelemetryOutcome, NodeError> {
-        let weight = match &cmd {
-            TelemetryCommand::Ingest(segs) => segs.iter().map(|s| s.segment.len()).sum(),
-            TelemetryCommand::SetRetention(_) => 0,
-        };
+        let cmd = Command::Telemetry(cmd);
+        let weight = self.entry_weight(&cmd)?;
         let timeout = Duration::from_millis(self.config.write_timeout_ms);
-        match self
-            .proposer
-            .propose(Command::Telemetry(cmd), weight, timeout)
-            .await?
-        {
+        match self.proposer.propose(cmd, weight, timeout).await? {
             CommandOutcome::Telemetry(o) => Ok(o),
             other => Err(NodeError::Internal(format!(
                 "telemetry command answered with {other:?}"
             ))),
         }
+    }
+
+    /// The bytes a command takes in a Raft entry (its encoding), which the proposer batches
+    /// by. A command that cannot fit one entry is refused here: every entry must stay
+    /// shippable to a follower in one AppendEntries message (see `Config::validate`).
+    fn entry_weight(&self, cmd: &Command) -> Result<usize, NodeError> {
+        let len = postcard::serialize_with_flavor(cmd, postcard::ser_flavors::Size::default())
+            .map_err(|e| NodeError::Internal(format!("sizing a command: {e}")))?;
+        let max = self.config.proposer.max_batch_bytes;
+        if len > max {
+            return Err(NodeError::BadRequest(format!(
+                "the request takes {len} bytes in the replicated log, more than one entry \
+                 carries (proposer.max_batch_bytes = {max}): send it in smaller parts"
+            )));
+        }
+        Ok(len)
     }
 
     /// Waits until this node's state reflects every write acknowledged before the call.
