@@ -36,6 +36,18 @@ pub struct Config {
     pub write_timeout_ms: u64,
     /// Events buffered per subscriber before the subscriber's reader waits.
     pub subscriber_buffer: usize,
+    /// Bytes of events buffered per subscriber before its reader waits (an event larger
+    /// than this is buffered alone). A subscription holds at most this plus one read page
+    /// (`limits.max_read_bytes`).
+    pub subscriber_buffer_bytes: u32,
+    /// Subscriptions this node serves at once; more are refused with RESOURCE_EXHAUSTED.
+    /// With the buffers above, subscriptions hold at most
+    /// `max_subscriptions * (subscriber_buffer_bytes + limits.max_read_bytes)` bytes.
+    pub max_subscriptions: usize,
+    /// Reads of the store (pages of streams, of the log, of workflow events, subscription
+    /// pages) running at once, each on the blocking pool with at most one page
+    /// (`limits.max_read_bytes`) in memory; more wait for a slot.
+    pub max_concurrent_reads: usize,
     /// A workflow projection snapshot is stored every this many events of a workflow, so a
     /// temporal query replays at most this many events.
     pub workflow_snapshot_every: u64,
@@ -97,6 +109,9 @@ impl Default for Config {
             dedupe_window_secs: 24 * 3600,
             write_timeout_ms: 10_000,
             subscriber_buffer: 256,
+            subscriber_buffer_bytes: 2 << 20,
+            max_subscriptions: 512,
+            max_concurrent_reads: 16,
             workflow_snapshot_every: 64,
             raft: RaftSettings::default(),
             proposer: ProposerSettings::default(),
@@ -182,8 +197,12 @@ impl Config {
         {
             return bad("proposer.queue_capacity, max_batch_commands, max_inflight_batches and max_forwarding_batches must be > 0");
         }
-        if self.subscriber_buffer == 0 {
-            return bad("subscriber_buffer must be > 0");
+        if self.subscriber_buffer == 0
+            || self.subscriber_buffer_bytes == 0
+            || self.max_subscriptions == 0
+            || self.max_concurrent_reads == 0
+        {
+            return bad("subscriber_buffer, subscriber_buffer_bytes, max_subscriptions and max_concurrent_reads must be > 0");
         }
         let l = &self.limits;
         if l.max_event_bytes == 0 || l.max_request_bytes < l.max_event_bytes {

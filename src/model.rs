@@ -86,6 +86,26 @@ pub struct RecordedEvent {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// Fixed part of [`RecordedEvent::size_bytes`]: the id as text, positions, times, and the
+/// protobuf tags and lengths around them.
+const RECORDED_EVENT_FIXED_BYTES: usize = 96;
+
+impl RecordedEvent {
+    /// What this event weighs in a read page — in memory and in its protobuf reply — as
+    /// counted against `max_read_bytes`: its variable parts plus a fixed allowance.
+    pub fn size_bytes(&self) -> usize {
+        RECORDED_EVENT_FIXED_BYTES
+            + self.stream.len()
+            + self.event_type.len()
+            + self.payload.len()
+            + self
+                .metadata
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 8)
+                .sum::<usize>()
+    }
+}
+
 /// Limits on what one request may carry. Every one is configurable.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]

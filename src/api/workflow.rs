@@ -428,25 +428,22 @@ impl Workflows for WorkflowService {
             .read_barrier(consistency(r.consistency)?)
             .await
             .map_err(status)?;
-        let limit = self
-            .node
-            .config
-            .limits
-            .read_limit(r.limit)
-            .map_err(|e| Status::invalid_argument(e.to_string()))? as usize;
+        let limit = self.node.page_limit(r.limit).map_err(status)?;
         let store = crate::node::ReplicatedWorkflows { node: &self.node };
-        let events = match r.select {
-            Some(pb::workflow_events_request::Select::WorkflowId(id)) => store.get_events(&id),
+        let page = match r.select {
+            Some(pb::workflow_events_request::Select::WorkflowId(id)) => {
+                store.get_events(&id, r.from.unwrap_or(0), limit).await
+            }
             Some(pb::workflow_events_request::Select::Since(t)) => {
                 let t_ns = parse_timestamp(&t)
                     .map_err(|e| Status::invalid_argument(format!("since {t:?}: {e}")))?;
-                store.get_events_since(t_ns, limit)
+                store.get_events_since(t_ns, r.from, limit).await
             }
             None => return Err(Status::invalid_argument("give workflow_id or since")),
         }
         .map_err(status)?;
-        let mut out = Vec::with_capacity(events.len());
-        for e in events.into_iter().take(limit) {
+        let mut out = Vec::with_capacity(page.events.len());
+        for e in page.events {
             let encoded = e
                 .event
                 .encode()
@@ -462,7 +459,10 @@ impl Workflows for WorkflowService {
                 payload: encoded.payload.into(),
             });
         }
-        Ok(Response::new(pb::WorkflowEventsResponse { events: out }))
+        Ok(Response::new(pb::WorkflowEventsResponse {
+            events: out,
+            next: page.next,
+        }))
     }
 }
 
