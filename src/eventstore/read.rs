@@ -53,6 +53,7 @@ impl PageLimit {
 #[derive(Clone)]
 pub struct ReadPool {
     slots: Arc<Semaphore>,
+    max: usize,
 }
 
 /// A read task ended without an answer (it panicked, or the runtime is shutting down).
@@ -62,9 +63,17 @@ pub struct ReadTaskFailed(String);
 
 impl ReadPool {
     pub fn new(max_concurrent: usize) -> Self {
+        let max = max_concurrent.max(1);
         ReadPool {
-            slots: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            slots: Arc::new(Semaphore::new(max)),
+            max,
         }
+    }
+
+    /// Share of the slots in use, 0.0..=1.0 (part of the node's queue health).
+    pub fn utilization(&self) -> f64 {
+        let in_use = self.max.saturating_sub(self.slots.available_permits());
+        in_use as f64 / self.max as f64
     }
 
     /// Runs `read` on the blocking pool once a slot is free.
@@ -428,6 +437,7 @@ mod pool_tests {
         };
         let (got, ()) = tokio::join!(read, signal);
         assert!(got.unwrap(), "the read held the runtime's only worker");
+        assert_eq!(pool.utilization(), 0.0, "the slot is back");
     }
 
     /// With one slot, a second read starts only after the first has finished.

@@ -628,6 +628,7 @@ impl Node {
                 (backlog as f64 / backlog_limit as f64).min(1.0),
             ),
             ("subscribers", subscribers),
+            ("reads", self.reads.utilization()),
         ]
     }
 }
