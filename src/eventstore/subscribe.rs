@@ -11,9 +11,8 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
-use super::read::{
-    read_all, read_stream, stream_head, PageLimit, ReadDirection, ReadPool, ReadTaskFailed,
-};
+use super::read::{read_all, read_stream, stream_head, PageLimit, ReadDirection};
+use super::read_pool::{ReadPool, ReadTaskFailed};
 use super::StoreState;
 use crate::model::RecordedEvent;
 use crate::storage::{SmStore, StorageError};

@@ -17,7 +17,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
-use crate::eventstore::read::{read_all, read_stream, Page, PageLimit, ReadDirection, ReadPool};
+use crate::eventstore::read::{read_all, read_stream, Page, PageLimit, ReadDirection};
+use crate::eventstore::read_pool::ReadPool;
 use crate::eventstore::subscribe::{self, Item, Target};
 use crate::eventstore::{AppendCommand, AppendOutcome};
 use crate::model::ValidationError;
