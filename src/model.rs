@@ -99,6 +99,26 @@ pub struct RecordedEvent {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// Fixed part of [`RecordedEvent::size_bytes`]: the id as text, positions, times, and the
+/// protobuf tags and lengths around them.
+const RECORDED_EVENT_FIXED_BYTES: usize = 96;
+
+impl RecordedEvent {
+    /// What this event weighs in a read page — in memory and in its protobuf reply — as
+    /// counted against `max_read_bytes`: its variable parts plus a fixed allowance.
+    pub fn size_bytes(&self) -> usize {
+        RECORDED_EVENT_FIXED_BYTES
+            + self.stream.len()
+            + self.event_type.len()
+            + self.payload.len()
+            + self
+                .metadata
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 8)
+                .sum::<usize>()
+    }
+}
+
 /// Limits on what one request may carry. Every one is configurable.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
@@ -112,8 +132,13 @@ pub struct Limits {
     pub max_events_per_append: usize,
     pub max_metadata_entries: usize,
     pub max_metadata_key_bytes: usize,
-    /// Largest page a read returns.
+    /// Largest page a read returns, in events.
     pub max_read_limit: u32,
+    /// Largest page a read returns, in bytes ([`RecordedEvent::size_bytes`] summed): a page
+    /// ends before the event that would pass it, but always holds at least one event, so
+    /// paging makes progress whatever the events weigh. The default stays under the 4 MiB
+    /// that gRPC clients accept by default.
+    pub max_read_bytes: usize,
 }
 
 impl Default for Limits {
@@ -127,6 +152,7 @@ impl Default for Limits {
             max_metadata_entries: 64,
             max_metadata_key_bytes: 128,
             max_read_limit: 10_000,
+            max_read_bytes: 3 << 20,
         }
     }
 }
@@ -317,6 +343,17 @@ impl Limits {
             });
         }
         Ok(())
+    }
+
+    /// The most bytes an append (or a workflow command) these limits admit can take encoded
+    /// in a Raft entry: its weighed bytes (`max_request_bytes`) plus, at their widest, what
+    /// the encoding adds per event (id, lengths, schema version, event time: 48 bytes, and
+    /// 10 per metadata entry) and per command (stream name, expected version, counts).
+    pub fn max_append_encoded_bytes(&self) -> usize {
+        let per_event = 48 + 10 * self.max_metadata_entries;
+        self.max_request_bytes
+            .saturating_add(self.max_events_per_append.saturating_mul(per_event))
+            .saturating_add(self.max_stream_name_bytes + 48)
     }
 
     /// A read page size: 0 means the default page, anything above the maximum is refused.

@@ -906,7 +906,8 @@ async fn a_slow_subscriber_is_bounded_and_holds_back_only_itself() {
 /// Issue 9.1, from outside: a forged node-to-node `Propose` (the target header is built from
 /// what `Admin.Status` tells anyone) carrying an append with no events, and one to a
 /// workflow's stream. Each is refused on its own — nothing written, the node keeps running,
-/// positions do not wrap — and a valid command in the same batch goes ahead.
+/// positions do not wrap — and a valid command in the same batch goes ahead. A batch larger
+/// than one entry is refused whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_propose_is_validated_like_a_client_request() {
     use aetherops::eventstore::{AppendCommand, AppendOutcome};
@@ -914,7 +915,14 @@ async fn forged_propose_is_validated_like_a_client_request() {
     use aetherops::proto::raft::v1::{raft_client::RaftClient, RaftMessage};
     use aetherops::raft::{Command, CommandOutcome};
 
-    let mut node = NodeBuilder::dev().start();
+    // Entries of at most 64 KiB (and limits to match).
+    let mut node = NodeBuilder::dev()
+        .config(
+            "[limits]\nmax_request_bytes = 16384\nmax_event_bytes = 16384\n\
+             max_events_per_append = 10\nmax_metadata_entries = 4\n\
+             [proposer]\nmax_batch_bytes = 65536\n",
+        )
+        .start();
     node.wait_leader().await;
     let status = node
         .admin()
@@ -932,24 +940,47 @@ async fn forged_propose_is_validated_like_a_client_request() {
                 .collect(),
         })
     };
-    let batch = vec![cmd("s", 0), cmd("workflow-wf-3", 1), cmd("s", 1)];
-    let mut req = tonic::Request::new(RaftMessage {
-        body: postcard::to_allocvec(&batch).unwrap().into(),
-    });
-    req.metadata_mut().insert(
-        "x-aether-target",
-        format!("{}:{}", status.node_id, status.incarnation)
-            .parse()
-            .unwrap(),
+    let target = format!("{}:{}", status.node_id, status.incarnation);
+    let channel = node.channel().await;
+    let propose = |batch: Vec<Command>| {
+        let mut req = tonic::Request::new(RaftMessage {
+            body: postcard::to_allocvec(&batch).unwrap().into(),
+        });
+        req.metadata_mut()
+            .insert("x-aether-target", target.parse().unwrap());
+        let mut client = RaftClient::new(channel.clone());
+        async move {
+            let reply = client
+                .propose(req)
+                .await
+                .expect("the call is answered")
+                .into_inner();
+            let outcomes: Result<Vec<CommandOutcome>, aetherops::node::ProposeError> =
+                postcard::from_bytes(&reply.body).unwrap();
+            outcomes.expect("the batch was taken")
+        }
+    };
+    // A batch larger than one entry of this node: every command refused, nothing written.
+    let big: Vec<Command> = (0..8)
+        .map(|i| {
+            let mut c = cmd(&format!("big-{i}"), 1);
+            if let Command::Append(a) = &mut c {
+                a.events[0].payload = bytes::Bytes::from(vec![b'x'; 12_000]);
+            }
+            c
+        })
+        .collect();
+    let outcomes = propose(big).await;
+    assert_eq!(outcomes.len(), 8);
+    assert!(
+        outcomes.iter().all(|o| matches!(
+            o,
+            CommandOutcome::Append(AppendOutcome::Rejected { reason }) if reason.contains("larger than one entry")
+        )),
+        "{outcomes:?}"
     );
-    let reply = RaftClient::new(node.channel().await)
-        .propose(req)
-        .await
-        .expect("the call is answered")
-        .into_inner();
-    let outcomes: Result<Vec<CommandOutcome>, aetherops::node::ProposeError> =
-        postcard::from_bytes(&reply.body).unwrap();
-    let outcomes = outcomes.expect("the batch was proposed");
+    let batch = vec![cmd("s", 0), cmd("workflow-wf-3", 1), cmd("s", 1)];
+    let outcomes = propose(batch).await;
     assert_eq!(outcomes.len(), 3);
     for o in &outcomes[..2] {
         assert!(

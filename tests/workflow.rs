@@ -639,6 +639,7 @@ async fn the_event_store_interface_reads_one_workflow_or_all_since_a_time() {
             select: Some(pb::workflow_events_request::Select::Since(iso(cut, 3))),
             limit: 100,
             consistency: 0,
+            from: None,
         })
         .await
         .unwrap()
@@ -658,6 +659,7 @@ async fn the_event_store_interface_reads_one_workflow_or_all_since_a_time() {
             )),
             limit: 0,
             consistency: 0,
+            from: None,
         })
         .await
         .unwrap()
@@ -666,4 +668,63 @@ async fn the_event_store_interface_reads_one_workflow_or_all_since_a_time() {
     assert!(one.events.iter().all(|e| e.workflow_id == "early"));
     let created: serde_json::Value = serde_json::from_slice(&one.events[0].payload).unwrap();
     assert_eq!(created["steps"][0]["max_attempts"], 1);
+}
+
+/// Workflow events come in pages bounded by bytes (the node's `max_read_bytes`, 3 MiB by
+/// default), each page saying where the next starts; paging reaches every event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflow_events_come_in_pages_bounded_by_bytes() {
+    let node = NodeBuilder::dev().start();
+    node.wait_leader().await;
+    let mut c = wf(&node).await;
+    let steps: Vec<String> = (0..8).map(|i| format!("s{i}")).collect();
+    let step_ids: Vec<&str> = steps.iter().map(String::as_str).collect();
+    let before = c
+        .create(create("big", &step_ids, 1))
+        .await
+        .unwrap()
+        .into_inner()
+        .commit_time_ns;
+    // Eight step outputs of 700 KB: 5.6 MB, more than a gRPC client takes in one reply.
+    let output = format!("{{\"blob\":\"{}\"}}", "x".repeat(700_000));
+    for s in &step_ids {
+        c.start_step(start("big", s)).await.unwrap();
+        c.complete_step(done("big", s, &output)).await.unwrap();
+    }
+    let all = 1 + 2 * step_ids.len() as u64;
+    for select in [
+        pb::workflow_events_request::Select::WorkflowId("big".into()),
+        pb::workflow_events_request::Select::Since(iso(before, 0)),
+    ] {
+        let mut versions = Vec::new();
+        let mut from = None;
+        let mut pages = 0;
+        loop {
+            let page = c
+                .events(pb::WorkflowEventsRequest {
+                    select: Some(select.clone()),
+                    limit: 0,
+                    consistency: 0,
+                    from,
+                })
+                .await
+                .expect("events page")
+                .into_inner();
+            pages += 1;
+            let bytes: usize = page.events.iter().map(|e| e.payload.len()).sum();
+            assert!(
+                page.events.len() <= 1 || bytes <= 3 << 20,
+                "{select:?}: a page of {} events carries {bytes} bytes",
+                page.events.len()
+            );
+            versions.extend(page.events.iter().map(|e| e.stream_version));
+            match page.next {
+                Some(n) => from = Some(n),
+                None => break,
+            }
+            assert!(pages < 100, "{select:?}: paging did not end");
+        }
+        assert_eq!(versions, (0..all).collect::<Vec<_>>(), "{select:?}");
+        assert!(pages >= 2, "{select:?}: 5.6 MB came in one page");
+    }
 }

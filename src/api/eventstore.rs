@@ -118,6 +118,7 @@ impl EventStore for EventStoreService {
         let p = self
             .node
             .read_stream(&r.stream, r.from_version, direction(r.backwards), r.limit)
+            .await
             .map_err(status)?;
         Ok(Response::new(page(p)))
     }
@@ -134,6 +135,7 @@ impl EventStore for EventStoreService {
         let p = self
             .node
             .read_all(r.from_position, direction(r.backwards), r.limit)
+            .await
             .map_err(status)?;
         Ok(Response::new(page(p)))
     }
@@ -158,7 +160,8 @@ impl EventStore for EventStoreService {
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|item| {
             Ok(pb::SubscribeResponse {
                 kind: Some(match item {
-                    Item::Event(e) => pb::subscribe_response::Kind::Event(recorded(*e)),
+                    // The delivery (and its share of the subscriber's buffer) ends here.
+                    Item::Event(d) => pb::subscribe_response::Kind::Event(recorded(d.event)),
                     Item::CaughtUp { next } => {
                         pb::subscribe_response::Kind::CaughtUp(pb::CaughtUp { next })
                     }

@@ -85,8 +85,12 @@ pub async fn serve(
                 node.id,
                 &node.info.incarnation,
                 node.proposer.clone(),
-                std::time::Duration::from_millis(node.config.write_timeout_ms),
-                node.config.limits.clone(),
+                crate::raft::service::ProposeRules {
+                    timeout: std::time::Duration::from_millis(node.config.write_timeout_ms),
+                    limits: node.config.limits.clone(),
+                    max_entry_bytes: node.config.proposer.max_batch_bytes
+                        + crate::config::ENTRY_OVERHEAD_BYTES,
+                },
                 node.clock.clone(),
             ))
             .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)

@@ -131,6 +131,13 @@ fn single(w: &pb::WorkflowWrite, event: WorkflowEvent) -> Result<WorkflowCommand
     })
 }
 
+/// Which state `GetState` asks for.
+enum At {
+    Now,
+    Version(u64),
+    Time(i64),
+}
+
 fn query_status(e: QueryError) -> Status {
     match e {
         QueryError::NotFound(_) | QueryError::BeforeCreation { .. } => {
@@ -332,21 +339,33 @@ impl Workflows for WorkflowService {
             .read_barrier(consistency(r.consistency)?)
             .await
             .map_err(status)?;
-        let db = self.node.store.db();
         let id = r.workflow_id;
-        let state = match r.at {
-            None => store::load_state(&db, &id)
-                .map_err(|e| status(e.into()))?
-                .ok_or_else(|| Status::not_found(format!("workflow {id:?} does not exist")))?,
-            Some(pb::get_workflow_state_request::At::AtVersion(v)) => {
-                store::state_at_version(&db, &id, v).map_err(query_status)?
-            }
-            Some(pb::get_workflow_state_request::At::AtTime(t)) => {
-                let t_ns = parse_timestamp(&t)
-                    .map_err(|e| Status::invalid_argument(format!("at_time {t:?}: {e}")))?;
-                store::state_at_time(&db, &id, t_ns).map_err(query_status)?
-            }
+        let at = match r.at {
+            None => At::Now,
+            Some(pb::get_workflow_state_request::At::AtVersion(v)) => At::Version(v),
+            Some(pb::get_workflow_state_request::At::AtTime(t)) => At::Time(
+                parse_timestamp(&t)
+                    .map_err(|e| Status::invalid_argument(format!("at_time {t:?}: {e}")))?,
+            ),
         };
+        // A temporal query replays up to `workflow_snapshot_every` events: off the runtime.
+        let state = self
+            .node
+            .read_store(move |db| {
+                Ok(match at {
+                    At::Now => store::load_state(db, &id)
+                        .map_err(|e| status(e.into()))
+                        .and_then(|s| {
+                            s.ok_or_else(|| {
+                                Status::not_found(format!("workflow {id:?} does not exist"))
+                            })
+                        }),
+                    At::Version(v) => store::state_at_version(db, &id, v).map_err(query_status),
+                    At::Time(t_ns) => store::state_at_time(db, &id, t_ns).map_err(query_status),
+                })
+            })
+            .await
+            .map_err(status)??;
         Ok(Response::new(state_response(&state)?))
     }
 
@@ -365,9 +384,15 @@ impl Workflows for WorkflowService {
             .limits
             .read_limit(r.limit)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let after = (!r.after.is_empty()).then_some(r.after.as_str());
-        let states = store::list(&self.node.store.db(), after, limit as usize)
-            .map_err(|e| status(e.into()))?;
+        let after = r.after;
+        let states = self
+            .node
+            .read_store(move |db| {
+                let after = (!after.is_empty()).then_some(after.as_str());
+                Ok(store::list(db, after, limit as usize)?)
+            })
+            .await
+            .map_err(status)?;
         let next_after = if states.len() == limit as usize {
             states
                 .last()
@@ -428,25 +453,22 @@ impl Workflows for WorkflowService {
             .read_barrier(consistency(r.consistency)?)
             .await
             .map_err(status)?;
-        let limit = self
-            .node
-            .config
-            .limits
-            .read_limit(r.limit)
-            .map_err(|e| Status::invalid_argument(e.to_string()))? as usize;
+        let limit = self.node.page_limit(r.limit).map_err(status)?;
         let store = crate::node::ReplicatedWorkflows { node: &self.node };
-        let events = match r.select {
-            Some(pb::workflow_events_request::Select::WorkflowId(id)) => store.get_events(&id),
+        let page = match r.select {
+            Some(pb::workflow_events_request::Select::WorkflowId(id)) => {
+                store.get_events(&id, r.from.unwrap_or(0), limit).await
+            }
             Some(pb::workflow_events_request::Select::Since(t)) => {
                 let t_ns = parse_timestamp(&t)
                     .map_err(|e| Status::invalid_argument(format!("since {t:?}: {e}")))?;
-                store.get_events_since(t_ns, limit)
+                store.get_events_since(t_ns, r.from, limit).await
             }
             None => return Err(Status::invalid_argument("give workflow_id or since")),
         }
         .map_err(status)?;
-        let mut out = Vec::with_capacity(events.len());
-        for e in events.into_iter().take(limit) {
+        let mut out = Vec::with_capacity(page.events.len());
+        for e in page.events {
             let encoded = e
                 .event
                 .encode()
@@ -462,7 +484,10 @@ impl Workflows for WorkflowService {
                 payload: encoded.payload.into(),
             });
         }
-        Ok(Response::new(pb::WorkflowEventsResponse { events: out }))
+        Ok(Response::new(pb::WorkflowEventsResponse {
+            events: out,
+            next: page.next,
+        }))
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod apply;
 pub mod read;
+pub mod read_pool;
 pub mod subscribe;
 
 use serde::{Deserialize, Serialize};

@@ -18,7 +18,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
-use crate::eventstore::read::{read_all, read_stream, Page, ReadDirection};
+use crate::eventstore::read::{read_all, read_stream, Page, PageLimit, ReadDirection};
+use crate::eventstore::read_pool::ReadPool;
 use crate::eventstore::subscribe::{self, Item, Target};
 use crate::eventstore::{AppendCommand, AppendOutcome};
 use crate::model::ValidationError;
@@ -106,6 +107,11 @@ pub struct Node {
     log_store: LogStore,
     /// Open subscriptions' buffers, for queue health (a slow subscriber fills its own).
     subscribers: std::sync::Mutex<Vec<mpsc::WeakSender<Item>>>,
+    /// One permit per open subscription (`max_subscriptions`).
+    subscription_slots: Arc<tokio::sync::Semaphore>,
+    /// Where reads of the store run: off the runtime's workers, `max_concurrent_reads` at
+    /// a time.
+    pub reads: ReadPool,
 }
 
 /// Listeners bound before anything else starts, so their real ports are known.
@@ -195,7 +201,8 @@ impl Node {
             incarnation,
         };
         let log_db = Arc::new(LogDb::open(&data_dir.join("raft"))?);
-        let log_store = LogStore::new(log_db.clone());
+        let log_store =
+            LogStore::new(log_db.clone()).with_read_bytes(config.raft.max_payload_bytes);
         let sm = StateMachine::open(&data_dir)?;
         let store = sm.store();
         let applied = sm.status();
@@ -206,7 +213,7 @@ impl Node {
             .ok()
             .map(|a| a.ip())
             .filter(|ip| !ip.is_unspecified());
-        let network = NetworkFactory::new(source_ip);
+        let network = NetworkFactory::new(source_ip, config.raft.max_payload_bytes);
         let raft_config = Arc::new(
             config
                 .openraft_config()
@@ -244,6 +251,8 @@ impl Node {
                 applied: applied.clone(),
             },
         );
+        let subscription_slots = Arc::new(tokio::sync::Semaphore::new(config.max_subscriptions));
+        let reads = ReadPool::new(config.max_concurrent_reads);
         let node = Arc::new(Node {
             id: config.node_id,
             info,
@@ -258,6 +267,8 @@ impl Node {
             log_db,
             log_store,
             subscribers: std::sync::Mutex::new(Vec::new()),
+            subscription_slots,
+            reads,
         });
         if node.config.dev && !node.is_initialized().await? {
             tracing::info!(
@@ -299,13 +310,10 @@ impl Node {
             .limits
             .validate_append(&cmd.stream, &cmd.events)?;
         crate::model::check_plain_append_target(&cmd.stream)?;
-        let weight = cmd.events.iter().map(|e| e.weight_bytes()).sum();
+        let cmd = Command::Append(cmd);
+        let weight = self.entry_weight(&cmd)?;
         let timeout = Duration::from_millis(self.config.write_timeout_ms);
-        match self
-            .proposer
-            .propose(Command::Append(cmd), weight, timeout)
-            .await?
-        {
+        match self.proposer.propose(cmd, weight, timeout).await? {
             CommandOutcome::Append(o) => Ok(o),
             other => Err(NodeError::Internal(format!(
                 "append answered with {other:?}"
@@ -322,13 +330,10 @@ impl Node {
             .limits
             .validate_append(&append.stream, &append.events)?;
         cmd.snapshot_every = self.config.workflow_snapshot_every;
-        let weight = append.events.iter().map(|e| e.weight_bytes()).sum();
+        let cmd = Command::Workflow(cmd);
+        let weight = self.entry_weight(&cmd)?;
         let timeout = Duration::from_millis(self.config.write_timeout_ms);
-        match self
-            .proposer
-            .propose(Command::Workflow(cmd), weight, timeout)
-            .await?
-        {
+        match self.proposer.propose(cmd, weight, timeout).await? {
             CommandOutcome::Workflow(o) => Ok(o),
             other => Err(NodeError::Internal(format!(
                 "workflow command answered with {other:?}"
@@ -338,16 +343,10 @@ impl Node {
 
     /// Proposes a telemetry command (ingest or retention) and waits for its outcome.
     pub async fn telemetry(&self, cmd: TelemetryCommand) -> Result<TelemetryOutcome, NodeError> {
-        let weight = match &cmd {
-            TelemetryCommand::Ingest(segs) => segs.iter().map(|s| s.segment.len()).sum(),
-            TelemetryCommand::SetRetention(_) => 0,
-        };
+        let cmd = Command::Telemetry(cmd);
+        let weight = self.entry_weight(&cmd)?;
         let timeout = Duration::from_millis(self.config.write_timeout_ms);
-        match self
-            .proposer
-            .propose(Command::Telemetry(cmd), weight, timeout)
-            .await?
-        {
+        match self.proposer.propose(cmd, weight, timeout).await? {
             CommandOutcome::Telemetry(o) => Ok(o),
             other => Err(NodeError::Internal(format!(
                 "telemetry command answered with {other:?}"
@@ -379,6 +378,22 @@ impl Node {
     pub fn dedupe_window(&self) -> Result<Option<Duration>, NodeError> {
         Ok(crate::eventstore::load_dedupe_window(&self.store.db())?
             .map(|ns| Duration::from_nanos(ns.max(0) as u64)))
+    }
+
+    /// The bytes a command takes in a Raft entry (its encoding), which the proposer batches
+    /// by. A command that cannot fit one entry is refused here: every entry must stay
+    /// shippable to a follower in one AppendEntries message (see `Config::validate`).
+    fn entry_weight(&self, cmd: &Command) -> Result<usize, NodeError> {
+        let len = postcard::serialize_with_flavor(cmd, postcard::ser_flavors::Size::default())
+            .map_err(|e| NodeError::Internal(format!("sizing a command: {e}")))?;
+        let max = self.config.proposer.max_batch_bytes;
+        if len > max {
+            return Err(NodeError::BadRequest(format!(
+                "the request takes {len} bytes in the replicated log, more than one entry \
+                 carries (proposer.max_batch_bytes = {max}): send it in smaller parts"
+            )));
+        }
+        Ok(len)
     }
 
     /// Waits until this node's state reflects every write acknowledged before the call.
@@ -485,7 +500,27 @@ impl Node {
         }
     }
 
-    pub fn read_stream(
+    /// A read page: `requested` events (0: the default), bounded by `max_read_bytes`.
+    pub fn page_limit(&self, requested: u32) -> Result<PageLimit, NodeError> {
+        let limits = &self.config.limits;
+        let events = limits.read_limit(requested)?;
+        Ok(PageLimit::new(events as usize, limits.max_read_bytes))
+    }
+
+    /// Runs a read of the store on the read pool (off the runtime's workers).
+    pub async fn read_store<R, F>(&self, read: F) -> Result<R, NodeError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&crate::storage::SmDb) -> Result<R, NodeError> + Send + 'static,
+    {
+        let store = self.store.clone();
+        self.reads
+            .run(move || read(&store.db()))
+            .await
+            .map_err(|e| NodeError::Internal(e.to_string()))?
+    }
+
+    pub async fn read_stream(
         &self,
         stream: &str,
         from: Option<u64>,
@@ -493,32 +528,31 @@ impl Node {
         limit: u32,
     ) -> Result<Page, NodeError> {
         self.config.limits.validate_stream(stream)?;
-        let limit = self.config.limits.read_limit(limit)?;
+        let limit = self.page_limit(limit)?;
         self.metrics.reads.inc();
-        Ok(read_stream(
-            &self.store.db(),
-            stream,
-            from,
-            dir,
-            limit as usize,
-        )?)
+        let stream = stream.to_owned();
+        self.read_store(move |db| Ok(read_stream(db, &stream, from, dir, limit)?))
+            .await
     }
 
-    pub fn read_all(
+    pub async fn read_all(
         &self,
         from: Option<u64>,
         dir: ReadDirection,
         limit: u32,
     ) -> Result<Page, NodeError> {
-        let limit = self.config.limits.read_limit(limit)?;
+        let limit = self.page_limit(limit)?;
         self.metrics.reads.inc();
-        let db = self.store.db();
-        let end = crate::eventstore::StoreState::load(&db)?.next_global_position;
-        Ok(read_all(&db, from, dir, limit as usize, end)?)
+        self.read_store(move |db| {
+            let end = crate::eventstore::StoreState::load(db)?.next_global_position;
+            Ok(read_all(db, from, dir, limit, end)?)
+        })
+        .await
     }
 
-    /// Starts a subscription; events arrive on the returned channel (bounded: a slow
-    /// subscriber holds back only its own reader).
+    /// Starts a subscription; events arrive on the returned channel (bounded in events and
+    /// bytes: a slow subscriber holds back only its own reader). At most
+    /// `max_subscriptions` are open at once; beyond, `Overloaded`.
     pub fn subscribe(
         &self,
         target: Target,
@@ -527,21 +561,46 @@ impl Node {
         if let Target::Stream(s) = &target {
             self.config.limits.validate_stream(s)?;
         }
+        let slot = self
+            .subscription_slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                NodeError::Overloaded(format!(
+                    "this node serves {} subscriptions, its limit (max_subscriptions): \
+                     subscribe elsewhere or retry later",
+                    self.config.max_subscriptions
+                ))
+            })?;
         let (tx, rx) = mpsc::channel(self.config.subscriber_buffer);
         self.subscribers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(tx.downgrade());
         let store = self.store.clone();
+        let reads = self.reads.clone();
         let applied = self.applied.clone();
         let gauge = self.metrics.subscribers.clone();
-        let page = (self.config.subscriber_buffer).clamp(16, 1024);
+        let bounds = subscribe::Bounds {
+            page: PageLimit::new(
+                self.config.subscriber_buffer.clamp(16, 1024),
+                self.config.limits.max_read_bytes,
+            ),
+            buffer_bytes: self.config.subscriber_buffer_bytes,
+        };
         gauge.inc();
         tokio::spawn(async move {
-            let res = subscribe::run(store, applied, target, from, page, tx).await;
+            let res = subscribe::run(store, reads, applied, target, from, bounds, tx).await;
             gauge.dec();
-            if let Err(subscribe::SubscriptionEnd::Storage(e)) = res {
-                tracing::error!(error = %e, "subscription stopped by a storage error");
+            drop(slot);
+            match res {
+                Err(subscribe::SubscriptionEnd::Storage(e)) => {
+                    tracing::error!(error = %e, "subscription stopped by a storage error");
+                }
+                Err(subscribe::SubscriptionEnd::Read(e)) => {
+                    tracing::error!(error = %e, "subscription stopped: its read failed");
+                }
+                _ => {}
             }
         });
         Ok(rx)
@@ -653,6 +712,7 @@ impl Node {
                 (backlog as f64 / backlog_limit as f64).min(1.0),
             ),
             ("subscribers", subscribers),
+            ("reads", self.reads.utilization()),
         ]
     }
 }
@@ -752,20 +812,31 @@ impl crate::workflow::store::WorkflowEventStore for ReplicatedWorkflows<'_> {
             .await
     }
 
-    fn get_events(
+    async fn get_events(
         &self,
         workflow_id: &str,
-    ) -> Result<Vec<crate::workflow::store::WorkflowEventRecord>, NodeError> {
-        crate::workflow::store::events_of(&self.node.store.db(), workflow_id).map_err(query_error)
+        from: u64,
+        limit: PageLimit,
+    ) -> Result<crate::workflow::store::WorkflowEventsPage, NodeError> {
+        let id = workflow_id.to_owned();
+        self.node
+            .read_store(move |db| {
+                crate::workflow::store::events_of(db, &id, from, limit).map_err(query_error)
+            })
+            .await
     }
 
-    fn get_events_since(
+    async fn get_events_since(
         &self,
         t_ns: i64,
-        limit: usize,
-    ) -> Result<Vec<crate::workflow::store::WorkflowEventRecord>, NodeError> {
-        crate::workflow::store::events_since(&self.node.store.db(), t_ns, limit)
-            .map_err(query_error)
+        from: Option<u64>,
+        limit: PageLimit,
+    ) -> Result<crate::workflow::store::WorkflowEventsPage, NodeError> {
+        self.node
+            .read_store(move |db| {
+                crate::workflow::store::events_since(db, t_ns, from, limit).map_err(query_error)
+            })
+            .await
     }
 }
 

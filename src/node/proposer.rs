@@ -67,6 +67,7 @@ const MAX_LINGER_YIELDS: usize = 4;
 /// Commands proposed together by one caller; they share one reply.
 struct Pending {
     cmds: Vec<Command>,
+    /// Bytes the commands take in an entry (their encoding), for `max_batch_bytes`.
     weight: usize,
     /// Batches forwarded by a follower are never forwarded again: if this node is no longer
     /// the leader they are refused, so that two nodes with stale views cannot bounce them.
@@ -285,13 +286,20 @@ async fn run(
 ) {
     let mut last_batch = 0;
     let forwarding = Arc::new(Semaphore::new(settings.max_forwarding_batches));
+    // Commands that would have taken the last batch past `max_batch_bytes`: they start the
+    // next one, so that an entry stays within what one AppendEntries message carries.
+    let mut carried: Option<Pending> = None;
     loop {
         // Take a slot first: while none is free, commands gather in the queue.
         let Ok(permit) = inflight.clone().acquire_owned().await else {
             return;
         };
-        let Some(first) = rx.recv().await else {
-            return;
+        let first = match carried.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
         };
         let mut bytes = first.weight;
         let mut batch = vec![first];
@@ -311,6 +319,10 @@ async fn run(
         loop {
             while count < settings.max_batch_commands && bytes < settings.max_batch_bytes {
                 match rx.try_recv() {
+                    Ok(p) if bytes.saturating_add(p.weight) > settings.max_batch_bytes => {
+                        carried = Some(p);
+                        break;
+                    }
                     Ok(p) => {
                         bytes += p.weight;
                         count += p.cmds.len();
@@ -319,7 +331,9 @@ async fn run(
                     Err(_) => break,
                 }
             }
-            let full = count >= settings.max_batch_commands || bytes >= settings.max_batch_bytes;
+            let full = carried.is_some()
+                || count >= settings.max_batch_commands
+                || bytes >= settings.max_batch_bytes;
             if yields == 0 || full {
                 break;
             }

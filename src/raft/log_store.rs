@@ -26,11 +26,24 @@ const MAX_ENTRIES_PER_READ: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<LogDb>,
+    /// Bytes of entries one replication read returns at most (one entry always).
+    read_bytes: usize,
 }
 
 impl LogStore {
     pub fn new(db: Arc<LogDb>) -> Self {
-        LogStore { db }
+        LogStore {
+            db,
+            read_bytes: usize::MAX,
+        }
+    }
+
+    /// Bounds the entries replication reads for one AppendEntries message by bytes
+    /// (`raft.max_payload_bytes`): a follower far behind is sent messages of about this
+    /// size, and the leader never loads more than that of the log per message.
+    pub fn with_read_bytes(mut self, bytes: usize) -> Self {
+        self.read_bytes = bytes;
+        self
     }
 
     pub fn db(&self) -> &Arc<LogDb> {
@@ -105,6 +118,21 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let raw = self
             .db
             .entries(start, end, MAX_ENTRIES_PER_READ)
+            .map_err(|e| sto_err(ErrorVerb::Read, ErrorSubject::Logs, e))?;
+        raw.iter().map(|(i, b)| decode_entry(*i, b)).collect()
+    }
+
+    /// What replication sends in one AppendEntries message: at most `read_bytes` of
+    /// entries, and at least one (openraft requires a non-empty answer for a non-empty
+    /// range; config validation keeps one entry within the budget).
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, RaftStorageError> {
+        let raw = self
+            .db
+            .entries_within(start, end, MAX_ENTRIES_PER_READ, self.read_bytes)
             .map_err(|e| sto_err(ErrorVerb::Read, ErrorSubject::Logs, e))?;
         raw.iter().map(|(i, b)| decode_entry(*i, b)).collect()
     }

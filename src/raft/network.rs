@@ -3,6 +3,21 @@
 //! One lazily-connected `Channel` per peer address, reused by every RPC and replication
 //! stream to that peer (reconnecting per RPC costs tens of milliseconds). openraft's
 //! per-RPC time limit becomes the gRPC deadline.
+//!
+//! openraft 0.9 makes an AppendEntries batch smaller only when the network answers
+//! `PayloadTooLarge` (with a hint: how many entries to send); after any other error it
+//! sends the same range again. So every failure that a smaller batch would avoid must be
+//! reported as `PayloadTooLarge`, or a follower that fell behind by large entries is sent
+//! the same oversized batch forever: a batch over the byte budget (`max_payload_bytes`,
+//! checked before encoding), a message over either side's size limit, and a message not
+//! delivered within openraft's time limit (one heartbeat interval). A single entry is
+//! always sent; config validation keeps every entry within the budget.
+//!
+//! The deadline rule matters in practice: in `tests/large_entries.rs` (a follower 800 MB
+//! behind in 4 MB entries, 2 loaded cores, 100 ms heartbeats) the leader logged about 700
+//! `PayloadTooLarge` answers (over the budget or past the deadline) and the follower caught
+//! up in about two minutes. Before, every attempt resent the same growing range, and not
+//! even the live follower acknowledged the large entries in time.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -10,7 +25,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -20,7 +36,7 @@ use openraft::raft::{
 use serde::{de::DeserializeOwned, Serialize};
 use tonic::transport::{Channel, Endpoint};
 
-use super::{NodeId, NodeInfo, TypeConfig};
+use super::{Entry, NodeId, NodeInfo, TypeConfig};
 use crate::proto::raft::v1::{raft_client::RaftClient, RaftMessage};
 
 type RpcResult<T, E = openraft::error::Infallible> =
@@ -33,19 +49,23 @@ pub const MAX_RAFT_MESSAGE_BYTES: usize = 256 << 20;
 pub const TARGET_HEADER: &str = "x-aether-target";
 
 /// Hands out clients to peers, sharing one channel per address.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct NetworkFactory {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// Source address of outgoing connections: the node's own listen IP, so that peers
     /// (and fault-injecting proxies in tests) see which node a connection comes from.
     source_ip: Option<IpAddr>,
+    /// Bytes of entries per AppendEntries message at most (one entry is always sent).
+    max_payload_bytes: usize,
 }
 
 impl NetworkFactory {
-    pub fn new(source_ip: Option<IpAddr>) -> Self {
+    /// A factory whose AppendEntries messages carry at most `max_payload_bytes` of entries.
+    pub fn new(source_ip: Option<IpAddr>, max_payload_bytes: usize) -> Self {
         NetworkFactory {
             channels: Arc::default(),
             source_ip,
+            max_payload_bytes,
         }
     }
 
@@ -77,6 +97,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
         });
         PeerClient {
             target,
+            max_payload_bytes: self.max_payload_bytes,
             target_header: format!("{target}:{}", node.incarnation)
                 .parse()
                 .map_err(|_| format!("node {target}'s incarnation is not a header value")),
@@ -87,6 +108,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 
 pub struct PeerClient {
     target: NodeId,
+    max_payload_bytes: usize,
     target_header: Result<tonic::metadata::AsciiMetadataValue, String>,
     /// An invalid address is reported on every RPC rather than panicking the factory.
     client: Result<RaftClient<Channel>, String>,
@@ -106,12 +128,57 @@ fn decode<T: DeserializeOwned>(m: &RaftMessage) -> Result<T, TransportError> {
     postcard::from_bytes(&m.body).map_err(|e| TransportError(format!("decoding raft message: {e}")))
 }
 
+/// How many leading entries fit `budget` bytes (encoded), at least one; `None` when all do.
+fn entries_within(entries: &[Entry], budget: usize) -> Option<usize> {
+    let mut total = 0usize;
+    for (i, e) in entries.iter().enumerate() {
+        // Sizing walks the entry without copying its payloads.
+        let size =
+            postcard::serialize_with_flavor(e, postcard::ser_flavors::Size::default()).ok()?;
+        total = total.saturating_add(size);
+        if total > budget {
+            return Some(i.max(1));
+        }
+    }
+    None
+}
+
+/// Asks openraft to send at most `entries` entries next time.
+fn too_large(entries: usize, why: &TransportError) -> PayloadTooLarge {
+    PayloadTooLarge::new_entries_hint(entries.max(1) as u64).with_source_error(why)
+}
+
+/// What a failed call means to openraft. `entries` is the number of entries the message
+/// carried (0 but for AppendEntries).
+fn call_error<E: std::error::Error>(
+    status: &tonic::Status,
+    entries: usize,
+    e: TransportError,
+) -> RPCError<NodeId, NodeInfo, RaftError<NodeId, E>> {
+    use tonic::Code;
+    match status.code() {
+        Code::Unavailable => RPCError::Unreachable(Unreachable::new(&e)),
+        // Over a size limit on either side (tonic says OUT_OF_RANGE), or not delivered
+        // within the time limit: half as many entries may pass. A single entry can only
+        // be retried as it is.
+        Code::OutOfRange | Code::ResourceExhausted | Code::DeadlineExceeded | Code::Cancelled
+            if entries > 1 =>
+        {
+            RPCError::PayloadTooLarge(too_large(entries / 2, &e))
+        }
+        _ => RPCError::Network(NetworkError::new(&e)),
+    }
+}
+
 impl PeerClient {
+    /// One RPC. `entries` is the number of entries it carries (AppendEntries), for the
+    /// classification of failures; `ttl` its deadline.
     async fn call<Req, Resp, E>(
         &mut self,
         kind: &'static str,
         req: &Req,
-        option: &RPCOption,
+        entries: usize,
+        ttl: Duration,
     ) -> RpcResult<Resp, E>
     where
         Req: Serialize,
@@ -124,7 +191,7 @@ impl PeerClient {
         let client = self.client.as_mut().map_err(|e| unreachable(e))?;
         let msg = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut request = tonic::Request::new(msg);
-        request.set_timeout(option.hard_ttl());
+        request.set_timeout(ttl);
         request.metadata_mut().insert(TARGET_HEADER, header);
         let reply = match kind {
             "append_entries" => client.append_entries(request).await,
@@ -135,10 +202,7 @@ impl PeerClient {
             Ok(r) => r.into_inner(),
             Err(status) => {
                 let e = TransportError(format!("{kind} to node {}: {status}", self.target));
-                return Err(match status.code() {
-                    tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&e)),
-                    _ => RPCError::Network(NetworkError::new(&e)),
-                });
+                return Err(call_error(&status, entries, e));
             }
         };
         let result: Result<Resp, RaftError<NodeId, E>> =
@@ -153,7 +217,20 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        self.call("append_entries", &rpc, &option).await
+        let n = rpc.entries.len();
+        if n > 1 {
+            if let Some(fit) = entries_within(&rpc.entries, self.max_payload_bytes) {
+                let why = TransportError(format!(
+                    "{n} entries to node {} take more than {} bytes",
+                    self.target, self.max_payload_bytes
+                ));
+                return Err(RPCError::PayloadTooLarge(too_large(fit, &why)));
+            }
+        }
+        // The soft limit: our deadline must fire before openraft drops the call at the hard
+        // one, or openraft sees a bare timeout and sends the same batch again.
+        self.call("append_entries", &rpc, n, option.soft_ttl())
+            .await
     }
 
     async fn install_snapshot(
@@ -161,7 +238,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        self.call("install_snapshot", &rpc, &option).await
+        self.call("install_snapshot", &rpc, 0, option.hard_ttl())
+            .await
     }
 
     async fn vote(
@@ -169,6 +247,6 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>> {
-        self.call("vote", &rpc, &option).await
+        self.call("vote", &rpc, 0, option.hard_ttl()).await
     }
 }

@@ -14,12 +14,19 @@ use crate::proto::raft::v1::{raft_server, RaftMessage};
 pub struct RaftService {
     raft: Raft,
     proposer: crate::node::Proposer,
-    propose_timeout: std::time::Duration,
-    /// This node's limits: a peer's `Propose` is checked like a client's request.
-    limits: Limits,
+    rules: ProposeRules,
     clock: Arc<ClusterClock>,
     /// `node_id:incarnation` of this node: what peers must address.
     me: String,
+}
+
+/// How this node takes a peer's `Propose`: checked like a client's request.
+pub struct ProposeRules {
+    pub timeout: std::time::Duration,
+    /// This node's limits.
+    pub limits: Limits,
+    /// Largest forwarded batch taken (one entry's payload and its envelope).
+    pub max_entry_bytes: usize,
 }
 
 impl RaftService {
@@ -28,15 +35,13 @@ impl RaftService {
         id: NodeId,
         incarnation: &str,
         proposer: crate::node::Proposer,
-        propose_timeout: std::time::Duration,
-        limits: Limits,
+        rules: ProposeRules,
         clock: Arc<ClusterClock>,
     ) -> Self {
         RaftService {
             raft,
             proposer,
-            propose_timeout,
-            limits,
+            rules,
             clock,
             me: format!("{id}:{incarnation}"),
         }
@@ -124,13 +129,26 @@ impl raft_server::Raft for RaftService {
         self.check_target(&req)?;
         let weight = req.get_ref().body.len();
         let cmds: Vec<Command> = decode(req.get_ref())?;
+        // A batch must fit one entry (every entry stays shippable to a follower): a peer
+        // configured with larger batches than this leader gets its commands refused.
+        if weight > self.rules.max_entry_bytes {
+            let reason = format!(
+                "a forwarded batch of {weight} bytes is larger than one entry of this leader \
+                 ({} bytes): check proposer.max_batch_bytes on every node",
+                self.rules.max_entry_bytes
+            );
+            tracing::warn!("{reason}");
+            let refused: Vec<CommandOutcome> =
+                cmds.iter().map(|c| c.rejected(reason.clone())).collect();
+            return encode(&Ok::<_, crate::node::ProposeError>(refused));
+        }
         // A peer's commands are as untrusted as a client's: each is validated here, and one
         // that fails is refused on its own (its neighbours, other clients' commands that the
         // follower batched with it, still go ahead).
         let mut refused: Vec<Option<CommandOutcome>> = Vec::with_capacity(cmds.len());
         let mut valid = Vec::with_capacity(cmds.len());
         for cmd in cmds {
-            match cmd.validate(&self.limits) {
+            match cmd.validate(&self.rules.limits) {
                 Ok(()) => {
                     refused.push(None);
                     valid.push(cmd);
@@ -145,7 +163,7 @@ impl raft_server::Raft for RaftService {
             Ok(Vec::new())
         } else {
             self.proposer
-                .propose_forwarded(valid, weight, self.propose_timeout)
+                .propose_forwarded(valid, weight, self.rules.timeout)
                 .await
         };
         encode(&outcomes.map(|o| merge_outcomes(refused, o)))

@@ -114,8 +114,21 @@ impl LogDb {
 
     /// Entries with index in `[start, end)`, at most `max` of them, in order.
     pub fn entries(&self, start: u64, end: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+        self.entries_within(start, end, max, usize::MAX)
+    }
+
+    /// Like [`LogDb::entries`], and ending before the entry that would take the stored
+    /// bytes past `max_bytes` (the first entry is always returned).
+    pub fn entries_within(
+        &self,
+        start: u64,
+        end: u64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>> {
         let cf = self.cf(CF_LOGS)?;
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         let from = u64_key(start);
         for item in self
             .db
@@ -125,6 +138,10 @@ impl LogDb {
             let index =
                 read_u64(&k).ok_or_else(|| StorageError::corrupt("log key", "not 8 bytes"))?;
             if index >= end || out.len() >= max {
+                break;
+            }
+            bytes = bytes.saturating_add(v.len());
+            if !out.is_empty() && bytes > max_bytes {
                 break;
             }
             out.push((index, v.into_vec()));
@@ -233,6 +250,10 @@ mod tests {
         let got = db.entries(3, 6, 100).unwrap();
         assert_eq!(got.iter().map(|e| e.0).collect::<Vec<_>>(), vec![3, 4, 5]);
         assert_eq!(db.entries(1, 100, 2).unwrap().len(), 2);
+        // A byte budget ends the read early, but never before its first entry.
+        let one = db.entries(3, 4, 1).unwrap()[0].1.len();
+        assert_eq!(db.entries_within(3, 6, 100, 2 * one).unwrap().len(), 2);
+        assert_eq!(db.entries_within(3, 6, 100, 0).unwrap().len(), 1);
         db.truncate_from(8).unwrap();
         assert_eq!(db.last_entry().unwrap().map(|e| e.0), Some(7));
         db.purge_upto(4, "purged", b"4").unwrap();

@@ -19,7 +19,7 @@ use super::projection::{
     state_after_replay, state_difference, state_fingerprint, WorkflowProjection, WorkflowState,
 };
 use crate::eventstore::apply::Applier;
-use crate::eventstore::read::{read_stream, ReadDirection};
+use crate::eventstore::read::{read_stream, PageLimit, ReadDirection};
 use crate::eventstore::{AppendCommand, AppendOutcome, AppendPositions};
 use crate::model::{check_append_structure, ExpectedVersion, NewEvent, RecordedEvent};
 use crate::storage::keys::stream_index_key;
@@ -341,6 +341,9 @@ fn record_of(e: RecordedEvent) -> WorkflowRecord {
     }
 }
 
+/// Bytes per page when a query replays a workflow's stream.
+const REPLAY_PAGE_BYTES: usize = 4 << 20;
+
 /// The state after the event at `version`: the nearest projection snapshot at or below it,
 /// plus the events after that snapshot.
 pub fn state_at_version(
@@ -371,7 +374,7 @@ pub fn state_at_version(
             &stream,
             Some(f),
             ReadDirection::Forwards,
-            (version + 1 - f).min(1000) as usize,
+            PageLimit::new((version + 1 - f).min(1000) as usize, REPLAY_PAGE_BYTES),
         )?;
         if page.events.is_empty() {
             break;
@@ -505,7 +508,13 @@ pub fn verify(db: &SmDb, workflow_id: &str) -> Result<VerifyReport, QueryError> 
     let mut records = Vec::new();
     let mut next = Some(0);
     while let Some(f) = next {
-        let page = read_stream(db, &stream, Some(f), ReadDirection::Forwards, 1000)?;
+        let page = read_stream(
+            db,
+            &stream,
+            Some(f),
+            ReadDirection::Forwards,
+            PageLimit::new(1000, REPLAY_PAGE_BYTES),
+        )?;
         next = page.next;
         records.extend(page.events.into_iter().map(record_of));
     }
@@ -595,8 +604,17 @@ pub struct WorkflowEventRecord {
     pub event: WorkflowEvent,
 }
 
+/// A page of workflow events, and where the next page starts (a stream version for one
+/// workflow's events, a global position for events since a time), if there may be more.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct WorkflowEventsPage {
+    pub events: Vec<WorkflowEventRecord>,
+    pub next: Option<u64>,
+}
+
 /// The event store as the workflow code sees it — backed by the replicated store (the
 /// workflow's events are ordinary events of stream `workflow-{id}`), not by a copy.
+/// Reads come in pages bounded in events and bytes, like every read of the store.
 #[allow(async_fn_in_trait)]
 pub trait WorkflowEventStore {
     type Error;
@@ -608,17 +626,21 @@ pub trait WorkflowEventStore {
         event_id: Uuid,
         event: &WorkflowEvent,
     ) -> std::result::Result<WorkflowOutcome, Self::Error>;
-    /// Every event of one workflow, in order.
-    fn get_events(
+    /// One workflow's events in order, from stream version `from`.
+    async fn get_events(
         &self,
         workflow_id: &str,
-    ) -> std::result::Result<Vec<WorkflowEventRecord>, Self::Error>;
-    /// Events of all workflows committed at or after `t_ns`, in commit order, at most `limit`.
-    fn get_events_since(
+        from: u64,
+        limit: PageLimit,
+    ) -> std::result::Result<WorkflowEventsPage, Self::Error>;
+    /// Events of all workflows committed at or after `t_ns`, in commit order; `from` (a
+    /// global position, the `next` of a previous page) continues a listing.
+    async fn get_events_since(
         &self,
         t_ns: i64,
-        limit: usize,
-    ) -> std::result::Result<Vec<WorkflowEventRecord>, Self::Error>;
+        from: Option<u64>,
+        limit: PageLimit,
+    ) -> std::result::Result<WorkflowEventsPage, Self::Error>;
 }
 
 fn event_record(e: RecordedEvent) -> std::result::Result<Option<WorkflowEventRecord>, QueryError> {
@@ -643,62 +665,93 @@ fn event_record(e: RecordedEvent) -> std::result::Result<Option<WorkflowEventRec
     }))
 }
 
-/// Every event of one workflow, upcast to the current schema.
+/// A page of one workflow's events from stream version `from`, upcast to the current
+/// schema. A workflow that does not exist has no events.
 pub fn events_of(
     db: &SmDb,
     workflow_id: &str,
-) -> std::result::Result<Vec<WorkflowEventRecord>, QueryError> {
+    from: u64,
+    limit: PageLimit,
+) -> std::result::Result<WorkflowEventsPage, QueryError> {
     let stream = stream_name(workflow_id);
-    let mut out = Vec::new();
-    let mut next = Some(0);
-    while let Some(f) = next {
-        let page = read_stream(db, &stream, Some(f), ReadDirection::Forwards, 1000)?;
-        next = page.next;
-        for e in page.events {
-            out.extend(event_record(e)?);
-        }
+    let page = read_stream(db, &stream, Some(from), ReadDirection::Forwards, limit)?;
+    let mut events = Vec::with_capacity(page.events.len());
+    for e in page.events {
+        events.extend(event_record(e)?);
     }
-    Ok(out)
+    Ok(WorkflowEventsPage {
+        events,
+        next: page.next,
+    })
 }
 
-/// Workflow events committed at or after `t_ns`. Commit times never decrease along the
-/// global log, so the start is a binary search over positions; then the log is read forward.
+/// Pages of the global log one `events_since` call scans at most: between workflow events
+/// there may be any number of others, and one call must stay bounded in time, not only in
+/// memory. A page that stops there is returned with `next` set (possibly empty).
+const SINCE_SCAN_PAGES: usize = 16;
+
+/// A page of the workflow events committed at or after `t_ns`, starting at global position
+/// `from` if given (a previous page's `next`). Commit times never decrease along the
+/// global log, so without `from` the start is a binary search over positions; then the log
+/// is read forward, page by page, keeping the workflow events within `limit`.
 pub fn events_since(
     db: &SmDb,
     t_ns: i64,
-    limit: usize,
-) -> std::result::Result<Vec<WorkflowEventRecord>, QueryError> {
+    from: Option<u64>,
+    limit: PageLimit,
+) -> std::result::Result<WorkflowEventsPage, QueryError> {
     let end = crate::eventstore::StoreState::load(db)?.next_global_position;
     let commit_time = |p: u64| -> std::result::Result<i64, QueryError> {
         Ok(crate::eventstore::read::event_at(db, p)?
             .ok_or_else(|| StorageError::corrupt("event", format!("position {p} missing")))?
             .commit_time_ns)
     };
-    // First position with commit time >= t.
-    let (mut lo, mut hi) = (0u64, end);
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        if commit_time(mid)? < t_ns {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
-    }
-    let mut out = Vec::new();
-    let mut from = lo;
-    while from < end && out.len() < limit {
-        let page =
-            crate::eventstore::read::read_all(db, Some(from), ReadDirection::Forwards, 1000, end)?;
-        let Some(last) = page.events.last().map(|e| e.global_position) else {
-            break;
-        };
-        for e in page.events {
-            if out.len() >= limit {
-                break;
+    let mut next = match from {
+        Some(p) => p,
+        None => {
+            // First position with commit time >= t.
+            let (mut lo, mut hi) = (0u64, end);
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                if commit_time(mid)? < t_ns {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
             }
-            out.extend(event_record(e)?);
+            lo
         }
-        from = last + 1;
+    };
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    'pages: for _ in 0..SINCE_SCAN_PAGES {
+        if next >= end || out.len() >= limit.events {
+            break;
+        }
+        let left = PageLimit::new(limit.events - out.len(), limit.bytes);
+        let page =
+            crate::eventstore::read::read_all(db, Some(next), ReadDirection::Forwards, left, end)?;
+        if page.events.is_empty() {
+            break;
+        }
+        for e in page.events {
+            let position = e.global_position;
+            if super::events::workflow_id_from_stream(&e.stream).is_some() {
+                let size = e.size_bytes();
+                if !out.is_empty() && bytes.saturating_add(size) > limit.bytes {
+                    break 'pages;
+                }
+                bytes = bytes.saturating_add(size);
+                out.extend(event_record(e)?);
+            }
+            next = position + 1;
+            if out.len() >= limit.events {
+                break 'pages;
+            }
+        }
     }
-    Ok(out)
+    Ok(WorkflowEventsPage {
+        events: out,
+        next: (next < end).then_some(next),
+    })
 }
