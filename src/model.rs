@@ -171,7 +171,7 @@ pub enum ValidationError {
     ReadLimit { limit: u32, max: u32 },
 }
 
-fn stream_char_ok(b: u8) -> bool {
+pub fn stream_char_ok(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'/' | b'@' | b'+' | b'=')
 }
 
