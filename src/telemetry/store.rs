@@ -399,6 +399,14 @@ impl<'a> TelemetryApplier<'a> {
             });
         }
 
+        // Every retained raw point of the minutes this segment touches, read at once (one
+        // range read per segment, not one per minute).
+        let retained_from = floor(first, MINUTE_NS).max(cut.raw);
+        let (rts, rvals) = if last >= retained_from {
+            self.raw_points(series, retained_from, floor(last, MINUTE_NS) + MINUTE_NS)?
+        } else {
+            (Vec::new(), Vec::new())
+        };
         // Hours whose minutes changed: recomputed from their minutes at the end.
         let mut hours: Vec<i64> = Vec::new();
         let mut i = 0;
@@ -409,8 +417,9 @@ impl<'a> TelemetryApplier<'a> {
             if minute >= cut.raw {
                 // Raw retained: the minute is recomputed from every retained raw point.
                 j = ts.partition_point(|t| *t < minute + MINUTE_NS);
-                let (mts, mvals) = self.raw_points(series, minute, minute + MINUTE_NS)?;
-                let bucket = bucket_of(&mts, &mvals, minute)?;
+                let lo = rts.partition_point(|t| *t < minute);
+                let hi = rts.partition_point(|t| *t < minute + MINUTE_NS);
+                let bucket = bucket_of(&rts[lo..hi], &rvals[lo..hi], minute)?;
                 self.put_rollup(wb, rollup_key(series, TIER_MINUTE, minute), bucket)?;
                 counts.points += (j - i) as u64;
                 if hours.last() != Some(&hour) {
