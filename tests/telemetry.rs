@@ -698,3 +698,80 @@ async fn summaries_cover_exactly_the_range_asked() {
     assert_eq!(e.code(), Code::NotFound);
     assert!(e.message().contains("fine/nope"), "{}", e.message());
 }
+
+/// Issue 9 (closing request): a fault run mixing kill -9 with `Telemetry.Compact` /
+/// `Telemetry.Stats` calls, backfills, retried batches and retention changes on a 3-node
+/// cluster ends with replicas that agree (`cluster verify --deep`) and answer alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_agree_after_crashes_between_compactions_and_backfills() {
+    let mut c = TestCluster::start(3, &[]).await;
+    let leader = c.wait_leader(&c.all()).await;
+    let follower = (leader + 1) % 3;
+    let mut lc = tm(&c.nodes[leader]).await;
+    let day = (now_ns() - 5 * 24 * HOUR) / HOUR * HOUR;
+    let recent = (now_ns() - 6 * HOUR) / HOUR * HOUR;
+    let series = |i: i64| format!("fault/s{}", i % 2);
+    let batches = |round: i64| -> Vec<pb::IngestBatch> {
+        (0..6)
+            .map(|k| {
+                let base = if k % 2 == 0 { day } else { recent };
+                let pts: Vec<(i64, f64)> = (0..200)
+                    .map(|i| {
+                        (
+                            base + (round * 6 + k) * 20 * MIN + i * 5_000_000_000,
+                            i as f64,
+                        )
+                    })
+                    .collect();
+                batch(&series(k), &pts)
+            })
+            .collect()
+    };
+    for round in 0..3 {
+        ingest(&mut lc, batches(round)).await;
+        let mut fc = tm(&c.nodes[follower]).await;
+        fc.compact(pb::CompactRequest {}).await.unwrap();
+        // Retries of this round's batches and of the previous one's.
+        ingest(&mut lc, batches(round)).await;
+        if round > 0 {
+            ingest(&mut lc, batches(round - 1)).await;
+        }
+        lc.set_retention(pb::RetentionPolicyRequest {
+            prefix: "fault/".into(),
+            raw_ms: if round % 2 == 0 {
+                3 * 3_600_000
+            } else {
+                96 * 3_600_000
+            },
+            minute_ms: 40 * 24 * 3_600_000,
+            hour_ms: 0,
+            lateness_ms: 0,
+        })
+        .await
+        .unwrap();
+        fc.stats(pb::TelemetryStatsRequest {}).await.unwrap();
+        ingest(&mut lc, batches(round)).await;
+        c.nodes[follower].kill9();
+        ingest(&mut lc, batches(round)).await;
+        c.nodes[follower].restart();
+        c.wait_converged(&c.all()).await;
+    }
+    let out = c.nodes[leader].ctl(&["cluster", "verify", "--deep"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for s in ["fault/s0", "fault/s1"] {
+        let mut answers = Vec::new();
+        for n in &c.nodes {
+            let mut cl = tm(n).await;
+            let mut req = q(s, day, recent + 12 * HOUR, HOUR, "auto");
+            req.consistency = pb::Consistency::Local as i32;
+            let a = query(&mut cl, req).await.unwrap();
+            answers.push(format!("{:?} {}", a.buckets, a.summary.count));
+        }
+        assert!(answers.windows(2).all(|w| w[0] == w[1]), "{s}: {answers:?}");
+    }
+}
