@@ -227,7 +227,7 @@ pub fn check_plain_append_target(stream: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
-fn stream_char_ok(b: u8) -> bool {
+pub fn stream_char_ok(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'/' | b'@' | b'+' | b'=')
 }
 

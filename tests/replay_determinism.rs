@@ -10,14 +10,14 @@
 //! the log from its applied index, as openraft would. At the end both must report the same
 //! outcomes for every entry, the same chained digest and the same deep (whole-state) digest.
 
-use std::path::Path;
-use std::time::{Duration, Instant};
+mod common;
 
 use aetherops::eventstore::AppendCommand;
 use aetherops::model::{ExpectedVersion, NewEvent};
 use aetherops::raft::state_machine::{scan_digest, StateMachine};
 use aetherops::raft::{Command, Entry, LogId, Request, Response};
 use aetherops::telemetry::store::{segments_of, RetentionPolicy, TelemetryCommand};
+use common::crash::crash;
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, EntryPayload};
 use proptest::prelude::*;
@@ -155,40 +155,6 @@ async fn apply(sm: &mut StateMachine, e: &Entry) -> Response {
     r.pop().expect("one response")
 }
 
-/// Waits until RocksDB runs no flush or compaction in the state machine's database.
-fn quiesce(sm: &StateMachine) {
-    let store = sm.store();
-    let db = store.db();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let busy = [
-            "rocksdb.num-running-flushes",
-            "rocksdb.num-running-compactions",
-        ]
-        .iter()
-        .map(|p| db.db().property_int_value(*p).ok().flatten().unwrap_or(0))
-        .sum::<u64>();
-        if busy == 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "background work never settled");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else if entry.file_name() != "LOCK" {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 async fn check(steps: Vec<Step>) -> Result<(), TestCaseError> {
     let log = entries(&steps);
     let tmp = tempfile::tempdir().unwrap();
@@ -209,13 +175,10 @@ async fn check(steps: Vec<Step>) -> Result<(), TestCaseError> {
             Chaos::Compact => aetherops::telemetry::store::compact(&b.store().db()).unwrap(),
             Chaos::Crash => {
                 // What survives a kill -9: the files as they are, memtables lost.
-                quiesce(&b);
                 crashes += 1;
                 let copy = tmp.path().join(format!("b{crashes}"));
-                copy_dir(&b_dir, &copy);
-                drop(b);
+                b = crash(b, &b_dir, &copy);
                 b_dir = copy;
-                b = StateMachine::open(&b_dir).unwrap();
                 let applied = b.status().borrow().applied.map_or(0, |l| l.index);
                 // openraft re-applies the committed entries after the state machine's index.
                 for (j, e) in log.iter().enumerate().take(i + 1).skip(applied as usize) {

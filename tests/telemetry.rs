@@ -233,12 +233,16 @@ async fn out_of_order_and_duplicate_points_roll_up_exactly() {
             a.buckets[0].tier
         );
     }
-    // A target number of points picks the coarsest tier that serves it.
+    // A target number of points picks the coarsest tier that serves it, never more
+    // buckets than asked; the range's unaligned edges come from finer tiers, exactly.
     let mut req = q("sat-7/battery_v", start, end, 0, "auto");
     req.target_points = 2;
     let a = query(&mut c, req).await.unwrap();
-    assert_eq!(a.summary.bucket_ns, HOUR);
-    assert!(a.buckets.iter().all(|b| b.tier == "hour"));
+    assert_eq!(a.summary.bucket_ns % HOUR, 0);
+    assert!(a.buckets.len() <= 2, "{} buckets", a.buckets.len());
+    assert!(a.buckets.iter().any(|b| b.tier == "hour"));
+    assert_eq!(a.summary.count, truth.len() as u64);
+    assert!(a.summary.notes.is_empty(), "{:?}", a.summary.notes);
     let all_vals: Vec<f64> = truth.values().cloned().collect();
     let mean = all_vals.iter().sum::<f64>() / all_vals.len() as f64;
     assert!(close(a.summary.mean, mean, 1e-12));
@@ -250,6 +254,17 @@ async fn expired_raw_data_is_reclaimed_at_compaction_and_rollups_still_answer() 
     node.wait_leader().await;
     let mut c = tm(&node).await;
     // Three days ago: older than the default raw retention (48 h), within minute (30 d).
+    // Imported under a longer policy first (set before the series exists: it holds fully).
+    let policy = |raw_ms: u64, minute_ms: u64| pb::RetentionPolicyRequest {
+        prefix: "old/".into(),
+        raw_ms,
+        minute_ms,
+        hour_ms: 0,
+        lateness_ms: 0,
+    };
+    c.set_retention(policy(96 * 3_600_000, 30 * 24 * 3_600_000))
+        .await
+        .unwrap();
     let start = (now_ns() - 72 * HOUR) / HOUR * HOUR;
     let end = start + 3 * HOUR;
     let mut truth = BTreeMap::new();
@@ -269,6 +284,10 @@ async fn expired_raw_data_is_reclaimed_at_compaction_and_rollups_still_answer() 
     }
     batches.push(batch("old/pressure", &pts));
     ingest(&mut c, batches).await;
+    // The default retention again: the raw points have expired.
+    c.set_retention(policy(48 * 3_600_000, 30 * 24 * 3_600_000))
+        .await
+        .unwrap();
 
     let r = c.compact(pb::CompactRequest {}).await.unwrap().into_inner();
     assert!(
@@ -298,15 +317,9 @@ async fn expired_raw_data_is_reclaimed_at_compaction_and_rollups_still_answer() 
     assert_eq!(raw.summary.count, 0);
 
     // A retention policy is replicated state: a shorter one expires more.
-    c.set_retention(pb::RetentionPolicyRequest {
-        prefix: "old/".into(),
-        raw_ms: 3_600_000,
-        minute_ms: 2 * 3_600_000,
-        hour_ms: 0,
-        lateness_ms: 0,
-    })
-    .await
-    .unwrap();
+    c.set_retention(policy(3_600_000, 2 * 3_600_000))
+        .await
+        .unwrap();
     let a = query(&mut c, q("old/pressure", start, end, MIN, "auto"))
         .await
         .unwrap();
@@ -453,21 +466,29 @@ async fn csv_ingest_and_query_from_the_command_line() {
     };
     let node = NodeBuilder::dev().start();
     node.wait_leader().await;
-    let out = node.ctl(&[
-        "--output",
-        "json",
-        "telemetry",
-        "ingest",
-        nab.to_str().unwrap(),
-        "--series",
-        "plant/machine_temp",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ok = |out: &std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The README's flow (issue 9, point 11c): keep the imported history raw, by a policy
+    // set before the import.
+    ok(&node.ctl(&["telemetry", "retention", "plant/", "--raw", "forever"]));
+    let ingest_json = || {
+        node.ctl(&[
+            "--output",
+            "json",
+            "telemetry",
+            "ingest",
+            nab.to_str().unwrap(),
+            "--series",
+            "plant/machine_temp",
+        ])
+    };
+    let v: serde_json::Value = serde_json::from_str(&ok(&ingest_json())).unwrap();
     // The file repeats some timestamps; a timestamp is a point's identity.
     let text = std::fs::read_to_string(&nab).unwrap();
     let rows: Vec<&str> = text
@@ -479,29 +500,278 @@ async fn csv_ingest_and_query_from_the_command_line() {
         rows.iter().map(|l| l.split(',').next().unwrap()).collect();
     assert!(v["points"].as_u64().unwrap() >= unique.len() as u64);
     assert_eq!(v["lines_skipped"], 1, "the header");
-    let out = node.ctl(&[
+    // Issue 9, point 11a: the same file twice changes no count.
+    ok(&ingest_json());
+    let query = |extra: &[&str]| {
+        let mut args = vec![
+            "telemetry",
+            "query",
+            "plant/machine_temp",
+            "--from",
+            "2013-12-02T00:00:00Z",
+            "--to",
+            "2014-02-20T00:00:00Z",
+        ];
+        args.extend_from_slice(extra);
+        node.ctl(&args)
+    };
+    let out = ok(&query(&["--output", "json", "--points", "80"]));
+    let last: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        last["summary"]["count"],
+        unique.len() as u64,
+        "every point of the file, deduplicated, once"
+    );
+    assert!(
+        out.lines().count() <= 81,
+        "at most 80 buckets and the summary"
+    );
+    // The README's anomaly query finds anomalies (from raw points, although hourly
+    // rollups serve its buckets).
+    let out = ok(&query(&[
         "--output",
         "json",
+        "--points",
+        "100",
+        "--anomalies",
+        "4",
+    ]));
+    let last: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let anomalies = last["anomalies"].as_array().unwrap();
+    assert!(!anomalies.is_empty(), "{last}");
+    // Text output (issue 9, point 10): RFC 3339 bucket times, not raw nanoseconds.
+    let out = ok(&query(&["--points", "4", "--anomalies", "4"]));
+    let first = out.lines().next().unwrap();
+    let stamp = first.split(' ').next().unwrap();
+    assert!(
+        stamp.starts_with("2013-") && stamp.ends_with('Z'),
+        "{first}"
+    );
+    assert!(out.contains("anomaly at 201"), "{out}");
+    // A time without a zone is explained (point 11e).
+    let e = node.ctl(&[
         "telemetry",
         "query",
         "plant/machine_temp",
         "--from",
-        "2013-12-02T00:00:00Z",
+        "2013-12-02T00:00:00",
         "--to",
         "2014-02-20T00:00:00Z",
-        "--points",
-        "80",
     ]);
+    assert!(!e.status.success());
+    let msg = String::from_utf8_lossy(&e.stderr);
+    assert!(msg.contains("zone"), "{msg}");
+    // An unparseable value fails, naming its line, unless asked to skip (point 11e).
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(
+        &bad,
+        "timestamp,value\n2014-01-01 00:00:00,1.5\n2014-01-01 00:05:00,oops\n2014-01-01 00:10:00,2\n",
+    )
+    .unwrap();
+    let e = node.ctl(&[
+        "telemetry",
+        "ingest",
+        bad.to_str().unwrap(),
+        "--series",
+        "plant/bad",
+    ]);
+    assert!(!e.status.success());
+    let msg = String::from_utf8_lossy(&e.stderr);
+    assert!(msg.contains("line 3") && msg.contains("oops"), "{msg}");
+    let out = ok(&node.ctl(&[
+        "--output",
+        "json",
+        "telemetry",
+        "ingest",
+        bad.to_str().unwrap(),
+        "--series",
+        "plant/bad",
+        "--skip-invalid",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["lines_skipped"], 2, "{v}");
+}
+
+/// Issue 9, point 11a: a point is identified by (series, timestamp) on every path, backfill
+/// included: re-sending batches (history older than the raw retention, and recent data)
+/// never changes what queries count. Also the telemetry part of point 5: a retried batch
+/// whose first attempt was applied is harmless by construction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resending_batches_never_double_counts() {
+    let node = NodeBuilder::dev().start();
+    node.wait_leader().await;
+    let mut c = tm(&node).await;
+    for (series, age) in [("hist/temp", 5 * 24 * HOUR), ("hist/recent", 12 * HOUR)] {
+        let start = (now_ns() - age) / HOUR * HOUR;
+        // 5-minute samples over 10 hours, in batches that cut hours in the middle.
+        let pts: Vec<(i64, f64)> = (0..120)
+            .map(|i| (start + i * 5 * MIN, 20.0 + (i % 7) as f64))
+            .collect();
+        let batches = || pts.chunks(17).map(|p| batch(series, p)).collect::<Vec<_>>();
+        let first = ingest(&mut c, batches()).await;
+        assert_eq!(first.points, 120, "{series}");
+        let again = ingest(&mut c, batches()).await;
+        let end = start + 10 * HOUR;
+        for (width, tier) in [(HOUR, "auto"), (MIN, "auto"), (HOUR, "hour")] {
+            let a = query(&mut c, q(series, start, end, width, tier))
+                .await
+                .unwrap();
+            assert_eq!(
+                a.summary.count, 120,
+                "{series} {tier}/{width} after {again:?}"
+            );
+            let mean = pts.iter().map(|p| p.1).sum::<f64>() / 120.0;
+            assert!(close(a.summary.mean, mean, 1e-12));
+        }
+        if series == "hist/temp" {
+            assert_eq!(
+                (again.points, again.skipped),
+                (0, 120),
+                "re-sent history is skipped"
+            );
+        }
+    }
+}
+
+/// Issue 9, point 11b: a summary covers exactly [start, end): 00:30–07:30 with hourly
+/// buckets counts the 84 points inside, not the 96 of the hours it touches; where only the
+/// hour tier is retained the answer widens and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn summaries_cover_exactly_the_range_asked() {
+    let node = NodeBuilder::dev().start();
+    node.wait_leader().await;
+    let mut c = tm(&node).await;
+    // Hourly-only history: a policy set before the series exists.
+    c.set_retention(pb::RetentionPolicyRequest {
+        prefix: "coarse/".into(),
+        raw_ms: 3_600_000,
+        minute_ms: 2 * 3_600_000,
+        hour_ms: 0,
+        lateness_ms: 0,
+    })
+    .await
+    .unwrap();
+    for (series, age) in [("fine/temp", 12 * HOUR), ("coarse/temp", 3 * 24 * HOUR)] {
+        let day = (now_ns() - age) / HOUR * HOUR;
+        // One point every 5 minutes over 8 hours: 12 per hour.
+        let pts: Vec<(i64, f64)> = (0..96).map(|i| (day + i * 5 * MIN, i as f64)).collect();
+        ingest(&mut c, vec![batch(series, &pts)]).await;
+        let (start, end) = (day + 30 * MIN, day + 7 * HOUR + 30 * MIN);
+        let a = query(&mut c, q(series, start, end, HOUR, "auto"))
+            .await
+            .unwrap();
+        let total: u64 = a.buckets.iter().map(|b| b.count).sum();
+        if series == "fine/temp" {
+            assert_eq!(a.summary.count, 84, "{series}");
+            assert_eq!(total, 84);
+            assert_eq!(
+                (a.summary.effective_start_ns, a.summary.effective_end_ns),
+                (start, end)
+            );
+            assert!(a.summary.notes.is_empty(), "{:?}", a.summary.notes);
+            let inside: Vec<f64> = (6..90).map(|i| i as f64).collect();
+            let mean = inside.iter().sum::<f64>() / 84.0;
+            assert!(close(a.summary.mean, mean, 1e-12));
+        } else {
+            // Only hours are retained: the whole first and last hours, said so.
+            assert_eq!(a.summary.count, 96, "{series}");
+            assert_eq!(
+                (a.summary.effective_start_ns, a.summary.effective_end_ns),
+                (day, day + 8 * HOUR)
+            );
+            assert!(!a.summary.notes.is_empty());
+        }
+        // Never more buckets than asked.
+        for p in [1u32, 3, 7, 8] {
+            let mut req = q(series, start, end, 0, "auto");
+            req.target_points = p;
+            let a = query(&mut c, req).await.unwrap();
+            assert!(a.buckets.len() <= p as usize, "{p}: {}", a.buckets.len());
+        }
+    }
+    // Issue 9, point 11d: a series that does not exist is NotFound, naming it.
+    let e = query(&mut c, q("fine/nope", 0, HOUR, MIN, "auto"))
+        .await
+        .err()
+        .expect("unknown series");
+    assert_eq!(e.code(), Code::NotFound);
+    assert!(e.message().contains("fine/nope"), "{}", e.message());
+}
+
+/// Issue 9 (closing request): a fault run mixing kill -9 with `Telemetry.Compact` /
+/// `Telemetry.Stats` calls, backfills, retried batches and retention changes on a 3-node
+/// cluster ends with replicas that agree (`cluster verify --deep`) and answer alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_agree_after_crashes_between_compactions_and_backfills() {
+    let mut c = TestCluster::start(3, &[]).await;
+    let leader = c.wait_leader(&c.all()).await;
+    let follower = (leader + 1) % 3;
+    let mut lc = tm(&c.nodes[leader]).await;
+    let day = (now_ns() - 5 * 24 * HOUR) / HOUR * HOUR;
+    let recent = (now_ns() - 6 * HOUR) / HOUR * HOUR;
+    let series = |i: i64| format!("fault/s{}", i % 2);
+    let batches = |round: i64| -> Vec<pb::IngestBatch> {
+        (0..6)
+            .map(|k| {
+                let base = if k % 2 == 0 { day } else { recent };
+                let pts: Vec<(i64, f64)> = (0..200)
+                    .map(|i| {
+                        (
+                            base + (round * 6 + k) * 20 * MIN + i * 5_000_000_000,
+                            i as f64,
+                        )
+                    })
+                    .collect();
+                batch(&series(k), &pts)
+            })
+            .collect()
+    };
+    for round in 0..3 {
+        ingest(&mut lc, batches(round)).await;
+        let mut fc = tm(&c.nodes[follower]).await;
+        fc.compact(pb::CompactRequest {}).await.unwrap();
+        // Retries of this round's batches and of the previous one's.
+        ingest(&mut lc, batches(round)).await;
+        if round > 0 {
+            ingest(&mut lc, batches(round - 1)).await;
+        }
+        lc.set_retention(pb::RetentionPolicyRequest {
+            prefix: "fault/".into(),
+            raw_ms: if round % 2 == 0 {
+                3 * 3_600_000
+            } else {
+                96 * 3_600_000
+            },
+            minute_ms: 40 * 24 * 3_600_000,
+            hour_ms: 0,
+            lateness_ms: 0,
+        })
+        .await
+        .unwrap();
+        fc.stats(pb::TelemetryStatsRequest {}).await.unwrap();
+        ingest(&mut lc, batches(round)).await;
+        c.nodes[follower].kill9();
+        ingest(&mut lc, batches(round)).await;
+        c.nodes[follower].restart();
+        c.wait_converged(&c.all()).await;
+    }
+    let out = c.nodes[leader].ctl(&["cluster", "verify", "--deep"]);
     assert!(
         out.status.success(),
-        "{}",
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
-    assert_eq!(
-        last["summary"]["count"],
-        unique.len() as u64,
-        "every point of the file, deduplicated"
-    );
+    for s in ["fault/s0", "fault/s1"] {
+        let mut answers = Vec::new();
+        for n in &c.nodes {
+            let mut cl = tm(n).await;
+            let mut req = q(s, day, recent + 12 * HOUR, HOUR, "auto");
+            req.consistency = pb::Consistency::Local as i32;
+            let a = query(&mut cl, req).await.unwrap();
+            answers.push(format!("{:?} {}", a.buckets, a.summary.count));
+        }
+        assert!(answers.windows(2).all(|w| w[0] == w[1]), "{s}: {answers:?}");
+    }
 }

@@ -44,12 +44,7 @@ fn ingest_command(node: &Node, batch: pb::IngestBatch) -> Result<(TelemetryComma
             .limits
             .validate_stream(&s.series)
             .map_err(|e| Status::invalid_argument(format!("series: {e}")))?;
-        if !s.series.contains('/') {
-            return Err(Status::invalid_argument(format!(
-                "series {:?} is not source/channel",
-                s.series
-            )));
-        }
+        store::check_name(&s.series, false).map_err(Status::invalid_argument)?;
         if s.timestamps_ns.len() != s.values.len() {
             return Err(Status::invalid_argument(format!(
                 "series {}: {} timestamps but {} values",
@@ -116,6 +111,7 @@ async fn propose(node: &Node, cmd: TelemetryCommand) -> Result<TelemetryOutcome,
 fn query_status(e: QueryError) -> Status {
     match e {
         QueryError::Invalid(m) => Status::invalid_argument(m),
+        e @ QueryError::NotFound(_) => Status::not_found(e.to_string()),
         QueryError::Storage(s) => status(s.into()),
     }
 }
@@ -136,11 +132,13 @@ impl Telemetry for TelemetryService {
             if let TelemetryOutcome::Ingested {
                 points,
                 late_dropped,
+                skipped,
             } = o
             {
                 summary.batches += 1;
                 summary.points += points;
                 summary.late_dropped += late_dropped;
+                summary.skipped += skipped;
             }
         };
         while let Some(batch) = input.message().await? {
@@ -213,10 +211,7 @@ impl Telemetry for TelemetryService {
             median: q.median,
         };
         let db = self.node.store.db();
-        let now = crate::eventstore::StoreState::load(&db)
-            .map_err(|e| status(e.into()))?
-            .last_commit_time_ns;
-        let result = tokio::task::spawn_blocking(move || store::query(&db, now, &spec))
+        let result = tokio::task::spawn_blocking(move || store::query(&db, &spec))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(query_status)?;
@@ -243,6 +238,8 @@ impl Telemetry for TelemetryService {
                         last: b.moments.last().map_or(f64::NAN, |x| x.1),
                         variance: b.moments.variance().unwrap_or(f64::NAN),
                         stddev: b.moments.stddev().unwrap_or(f64::NAN),
+                        sample_variance: b.moments.sample_variance().unwrap_or(f64::NAN),
+                        sample_stddev: b.moments.sample_variance().map_or(f64::NAN, f64::sqrt),
                         median: b.median,
                         percentiles: quantiles(&b.sketch),
                         tier: b.tier.to_owned(),
@@ -264,6 +261,11 @@ impl Telemetry for TelemetryService {
                 percentiles: quantiles(&result.summary_sketch),
                 raw_points_read: result.raw_points,
                 bucket_ns: result.bucket_ns,
+                sample_variance: s.sample_variance().unwrap_or(f64::NAN),
+                sample_stddev: s.sample_variance().map_or(f64::NAN, f64::sqrt),
+                effective_start_ns: result.effective_start_ns,
+                effective_end_ns: result.effective_end_ns,
+                notes: result.notes.clone(),
             }),
             anomalies: result
                 .anomalies
@@ -308,7 +310,9 @@ impl Telemetry for TelemetryService {
             hour_ms: r.hour_ms,
             lateness_ms: r.lateness_ms,
         };
-        policy.validate().map_err(Status::invalid_argument)?;
+        store::check_name(&policy.prefix, true)
+            .and_then(|()| policy.validate())
+            .map_err(Status::invalid_argument)?;
         propose(&self.node, TelemetryCommand::SetRetention(policy)).await?;
         Ok(Response::new(pb::RetentionPolicyResponse {}))
     }

@@ -15,11 +15,14 @@ use super::output::{Output, Printer};
 use super::{channel, first_addr, status_err};
 use crate::proto::aetherops::v1 as pb;
 use crate::proto::aetherops::v1::telemetry_client::TelemetryClient;
+use crate::telemetry::query::fmt_ns as fmt_time_ns;
 
 #[derive(Subcommand, Debug)]
 pub enum TelemetryCmd {
     /// Load a CSV file: `timestamp,value` (with --series) or `series,timestamp,value`.
     /// Timestamps: integer ns since the epoch, `YYYY-MM-DD HH:MM:SS` (UTC) or RFC 3339.
+    /// A first line that does not parse is a header; any other such line fails the command
+    /// (naming it) unless --skip-invalid. Re-sending a file is harmless.
     Ingest {
         file: std::path::PathBuf,
         #[arg(long)]
@@ -27,18 +30,23 @@ pub enum TelemetryCmd {
         /// Points per batch.
         #[arg(long, default_value_t = 10_000)]
         batch: usize,
+        /// Skip (and report) lines whose timestamp or value does not parse.
+        #[arg(long)]
+        skip_invalid: bool,
     },
     /// Query a series over a time range.
     Query(QueryArgs),
-    /// Set the retention of a series prefix (cluster-wide).
+    /// Set the retention of a series prefix (cluster-wide). Cutoffs never move backwards:
+    /// series that exist keep at least the retention they had; series created later get
+    /// the policy in full (set it before importing history).
     Retention {
         prefix: String,
-        /// Raw points, e.g. 48h.
+        /// Raw points, e.g. 48h, or "forever" (then every tier is kept forever).
         #[arg(long)]
         raw: String,
-        /// 1-minute rollups, e.g. 30d.
+        /// 1-minute rollups, e.g. 30d, or "forever" (default: forever when raw is).
         #[arg(long)]
-        minute: String,
+        minute: Option<String>,
         /// 1-hour rollups, e.g. 365d, or "forever".
         #[arg(long, default_value = "forever")]
         hour: String,
@@ -99,17 +107,32 @@ pub fn parse_duration_ms(s: &str) -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow!("duration {s:?} too large"))
 }
 
+/// A duration flag in ms; "forever" is 0.
+fn parse_retention_ms(s: &str) -> anyhow::Result<u64> {
+    if s == "forever" {
+        Ok(0)
+    } else {
+        parse_duration_ms(s)
+    }
+}
+
 /// A timestamp: integer ns, RFC 3339 / ISO 8601 with a zone, or NAB's `YYYY-MM-DD HH:MM:SS` (UTC).
 pub fn parse_time_ns(s: &str) -> anyhow::Result<i64> {
     let s = s.trim();
     if let Ok(n) = s.parse::<i64>() {
         return Ok(n);
     }
-    if let Ok(ns) = crate::workflow::projection::parse_timestamp(s) {
-        return Ok(ns);
-    }
+    let err = match crate::workflow::projection::parse_timestamp(s) {
+        Ok(ns) => return Ok(ns),
+        Err(e) => e,
+    };
     let fmt = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
-    let t = time::PrimitiveDateTime::parse(s, &fmt).map_err(|_| anyhow!("bad timestamp {s:?}"))?;
+    let t = time::PrimitiveDateTime::parse(s, &fmt).map_err(|_| {
+        anyhow!(
+            "{err}; a time is ns since the epoch, RFC 3339 with a zone (e.g. 2014-02-20T00:00:00Z \
+             or 2014-02-20T01:00:00+01:00), or `YYYY-MM-DD HH:MM:SS` read as UTC"
+        )
+    })?;
     i64::try_from(t.assume_utc().unix_timestamp_nanos())
         .map_err(|_| anyhow!("timestamp {s:?} out of range"))
 }
@@ -132,7 +155,8 @@ pub async fn run(
             file,
             series,
             batch,
-        } => ingest_csv(addr, &file, series, batch.max(1), printer).await,
+            skip_invalid,
+        } => ingest_csv(addr, &file, series, batch.max(1), skip_invalid, printer).await,
         TelemetryCmd::Query(q) => {
             let mut c = client(addr, timeout).await?;
             let (buckets, summary, anomalies, m4) = run_query(&mut c, &query_request(&q)?).await?;
@@ -147,15 +171,17 @@ pub async fn run(
             lateness,
         } => {
             let mut c = client(addr, timeout).await?;
+            let raw_ms = parse_retention_ms(&raw)?;
+            let minute_ms = match &minute {
+                Some(m) => parse_retention_ms(m)?,
+                None if raw_ms == 0 => 0,
+                None => bail!("--minute is required unless --raw forever"),
+            };
             let req = pb::RetentionPolicyRequest {
                 prefix: prefix.clone(),
-                raw_ms: parse_duration_ms(&raw)?,
-                minute_ms: parse_duration_ms(&minute)?,
-                hour_ms: if hour == "forever" {
-                    0
-                } else {
-                    parse_duration_ms(&hour)?
-                },
+                raw_ms,
+                minute_ms,
+                hour_ms: parse_retention_ms(&hour)?,
                 lateness_ms: if lateness == "none" {
                     0
                 } else {
@@ -274,7 +300,8 @@ fn print_query(
             for b in buckets {
                 printer.json(&json!({
                     "start_ns": b.start_ns, "count": b.count, "mean": b.mean, "min": b.min, "max": b.max,
-                    "first": b.first, "last": b.last, "sum": b.sum, "stddev": b.stddev, "median": b.median,
+                    "first": b.first, "last": b.last, "sum": b.sum, "variance": b.variance, "stddev": b.stddev,
+                    "sample_variance": b.sample_variance, "sample_stddev": b.sample_stddev, "median": b.median,
                     "p50": b.percentiles.first(), "p90": b.percentiles.get(1), "p99": b.percentiles.get(2),
                     "tier": b.tier,
                 }));
@@ -283,6 +310,9 @@ fn print_query(
                 "count": s.count, "mean": s.mean, "variance": s.variance, "stddev": s.stddev, "min": s.min,
                 "max": s.max, "p50": s.percentiles.first(), "p90": s.percentiles.get(1), "p99": s.percentiles.get(2),
                 "bucket_ns": s.bucket_ns, "raw_points_read": s.raw_points_read,
+                "sample_variance": s.sample_variance, "sample_stddev": s.sample_stddev,
+                "effective_start_ns": s.effective_start_ns, "effective_end_ns": s.effective_end_ns,
+                "notes": s.notes,
             }, "anomalies": anomalies.iter().map(|a| json!({"ts_ns": a.ts_ns, "value": a.value, "z": a.z})).collect::<Vec<_>>(),
                "m4": m4.iter().map(|c| json!({"pixel": c.pixel, "first": [c.first_ts, c.first], "last": [c.last_ts, c.last],
                     "min": [c.min_ts, c.min], "max": [c.max_ts, c.max]})).collect::<Vec<_>>()}));
@@ -291,7 +321,7 @@ fn print_query(
             for b in buckets {
                 println!(
                     "{} n={} mean={:.6} min={:.6} max={:.6} sd={:.6} p99={:.6} [{}]",
-                    b.start_ns,
+                    fmt_time_ns(b.start_ns),
                     b.count,
                     b.mean,
                     b.min,
@@ -313,8 +343,27 @@ fn print_query(
                 s.bucket_ns,
                 s.raw_points_read
             );
+            println!(
+                "(sd is the population standard deviation; sample: {:.6}; --output json has both variances)",
+                s.sample_stddev
+            );
+            if (s.effective_start_ns, s.effective_end_ns) != (0, 0) {
+                println!(
+                    "covers [{}, {})",
+                    fmt_time_ns(s.effective_start_ns),
+                    fmt_time_ns(s.effective_end_ns)
+                );
+            }
+            for n in &s.notes {
+                println!("note: {n}");
+            }
             for a in anomalies {
-                println!("anomaly at {}: {} (z = {:.2})", a.ts_ns, a.value, a.z);
+                println!(
+                    "anomaly at {}: {} (z = {:.2})",
+                    fmt_time_ns(a.ts_ns),
+                    a.value,
+                    a.z
+                );
             }
             if !m4.is_empty() {
                 println!("m4: {} columns", m4.len());
@@ -323,7 +372,10 @@ fn print_query(
     }
 }
 
-fn parse_line(line: &str, series: &Option<String>) -> anyhow::Result<Option<(String, i64, f64)>> {
+/// One CSV line: `Ok(Err(why))` when its timestamp or value does not parse.
+type Parsed = std::result::Result<(String, i64, f64), String>;
+
+fn parse_line(line: &str, series: &Option<String>) -> anyhow::Result<Parsed> {
     let fields: Vec<&str> = line.split(',').map(str::trim).collect();
     let (name, t, v) = match (fields.as_slice(), series) {
         ([t, v], Some(s)) => (s.clone(), *t, *v),
@@ -331,10 +383,14 @@ fn parse_line(line: &str, series: &Option<String>) -> anyhow::Result<Option<(Str
         ([_, _], None) => bail!("two columns need --series"),
         _ => bail!("expected timestamp,value or series,timestamp,value"),
     };
-    let (Ok(t), Ok(v)) = (parse_time_ns(t), v.parse::<f64>()) else {
-        return Ok(None);
+    let t = match parse_time_ns(t) {
+        Ok(t) => t,
+        Err(e) => return Ok(Err(format!("timestamp {t:?}: {e}"))),
     };
-    Ok(Some((name, t, v)))
+    match v.parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(Ok((name, t, v))),
+        _ => Ok(Err(format!("value {v:?} is not a finite number"))),
+    }
 }
 
 async fn ingest_csv(
@@ -342,6 +398,7 @@ async fn ingest_csv(
     file: &std::path::Path,
     series: Option<String>,
     batch: usize,
+    skip_invalid: bool,
     printer: &Printer,
 ) -> anyhow::Result<()> {
     let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
@@ -362,10 +419,12 @@ async fn ingest_csv(
     let reader_bar = bar.clone();
     let path = file.to_owned();
     // Parse on a blocking thread; batches stream to the node as they fill.
-    let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, u64)> {
+    let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, Vec<u64>)> {
         let mut lines = BufReader::new(std::fs::File::open(&path)?).lines();
         let mut current: std::collections::BTreeMap<String, pb::SeriesPoints> = Default::default();
-        let (mut n, mut skipped, mut in_batch) = (0u64, 0u64, 0usize);
+        let (mut n, mut in_batch) = (0u64, 0usize);
+        // Lines skipped (the header, and bad lines with --skip-invalid).
+        let mut skipped: Vec<u64> = Vec::new();
         let mut line_no = 0u64;
         let mut read_bytes = 0u64;
         while let Some(line) = lines.next().transpose()? {
@@ -375,7 +434,7 @@ async fn ingest_csv(
                 continue;
             }
             match parse_line(&line, &series).with_context(|| format!("line {line_no}"))? {
-                Some((name, t, v)) => {
+                Ok((name, t, v)) => {
                     let e = current
                         .entry(name.clone())
                         .or_insert_with(|| pb::SeriesPoints {
@@ -387,8 +446,13 @@ async fn ingest_csv(
                     n += 1;
                     in_batch += 1;
                 }
-                // A header line, or an unparseable value.
-                None => skipped += 1,
+                // The first line may be a header.
+                Err(_) if line_no == 1 => skipped.push(line_no),
+                Err(_) if skip_invalid => skipped.push(line_no),
+                Err(why) => bail!(
+                    "line {line_no}: {why} (pass --skip-invalid to skip such lines); \
+                     the points before it were sent: re-sending the file once fixed is harmless"
+                ),
             }
             if in_batch >= batch {
                 let b = pb::IngestBatch {
@@ -416,26 +480,51 @@ async fn ingest_csv(
         .await
         .map_err(status_err)?
         .into_inner();
-    let (n, skipped) = reader.await??;
+    let (n, skipped) = reader.await?.with_context(|| {
+        format!(
+            "ingesting {}: {} points stored before the error",
+            file.display(),
+            summary.points
+        )
+    })?;
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
+    let shown: Vec<String> = skipped.iter().take(20).map(|l| l.to_string()).collect();
     match printer.format {
         Output::Json => printer.json(
             &json!({"points": summary.points, "batches": summary.batches,
-            "late_dropped": summary.late_dropped, "lines_skipped": skipped, "seconds": secs}),
+            "late_dropped": summary.late_dropped, "skipped_points": summary.skipped,
+            "lines_skipped": skipped.len(), "skipped_lines": shown, "seconds": secs}),
         ),
         Output::Text => println!(
-            "ingested {} points in {} batches ({:.0} points/s){}{}",
+            "ingested {} points in {} batches ({:.0} points/s){}{}{}",
             summary.points,
             summary.batches,
             n as f64 / secs,
-            if skipped > 0 {
-                format!(", {skipped} lines skipped (header or unparseable)")
-            } else {
+            if skipped.is_empty() {
                 String::new()
+            } else {
+                format!(
+                    ", {} lines skipped (header or unparseable: line {}{})",
+                    skipped.len(),
+                    shown.join(", "),
+                    if skipped.len() > shown.len() {
+                        ", …"
+                    } else {
+                        ""
+                    }
+                )
             },
             if summary.late_dropped > 0 {
                 format!(", {} too late", summary.late_dropped)
+            } else {
+                String::new()
+            },
+            if summary.skipped > 0 {
+                format!(
+                    ", {} not stored (already summarized by rollups, or past retention)",
+                    summary.skipped
+                )
             } else {
                 String::new()
             },

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use super::state_machine::{KEY_APPLIED, KEY_MEMBERSHIP};
 use super::{LogId, SnapshotMeta, StoredMembership};
-use crate::storage::sm_db::{SmDb, CF_META, SM_CFS};
+use crate::storage::sm_db::{DeadRule, SmDb, CF_META, SM_CFS};
 use crate::storage::{decode, encode, Result, StorageError};
 
 const MAGIC: &[u8; 8] = b"AOSNAP02";
@@ -39,8 +39,9 @@ const MAX_HEADER_BYTES: usize = 16 << 20;
 /// Records per write batch when loading, so a big snapshot never sits in one batch.
 const LOAD_BATCH_BYTES: usize = 8 << 20;
 
-/// Says whether a record (column family, key, value) has expired by retention.
-pub type DeadRule<'a> = dyn Fn(&str, &[u8], &[u8]) -> bool + 'a;
+/// Derives, from the point-in-time view being dumped, which of its records have expired:
+/// by the state at the snapshot's own index, not by today's.
+pub type DeadRuleAt<'a> = dyn Fn(&SmDb, &rocksdb::Snapshot<'_>) -> Result<Box<DeadRule>> + 'a;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotHeader {
@@ -49,13 +50,14 @@ pub struct SnapshotHeader {
     pub cfs: Vec<String>,
 }
 
-/// Dumps `db` into `path` (created, written, synced), leaving out records `dead` says have
-/// expired (compaction drops them on its own schedule; a snapshot must not depend on it).
+/// Dumps `db` into `path` (created, written, synced), leaving out records that the rule
+/// `dead` derives from the dumped view says have expired (compaction drops them on its own
+/// schedule; a snapshot must not depend on it).
 /// Returns the header it wrote.
 pub fn write(
     db: &SmDb,
     path: &Path,
-    dead: &DeadRule<'_>,
+    dead: &DeadRuleAt<'_>,
     snapshot_id: impl FnOnce(Option<LogId>) -> String,
 ) -> Result<SnapshotHeader> {
     write_format(db, path, dead, snapshot_id, true)
@@ -64,11 +66,12 @@ pub fn write(
 fn write_format(
     db: &SmDb,
     path: &Path,
-    dead: &DeadRule<'_>,
+    dead: &DeadRuleAt<'_>,
     snapshot_id: impl FnOnce(Option<LogId>) -> String,
     compress: bool,
 ) -> Result<SnapshotHeader> {
     let view = db.db().snapshot();
+    let dead = dead(db, &view)?;
     let meta_cf = db.cf(CF_META)?;
     let last_log_id: Option<LogId> = match view.get_cf(meta_cf, KEY_APPLIED)? {
         Some(b) => decode("applied log id", &b)?,
@@ -319,7 +322,9 @@ mod tests {
     }
 
     fn dump(store: &SmStore, path: &Path, compress: bool) -> SnapshotHeader {
-        let dead = |_: &str, k: &[u8], _: &[u8]| k == b"dead-one";
+        let dead = |_: &SmDb, _: &rocksdb::Snapshot<'_>| -> Result<Box<DeadRule>> {
+            Ok(Box::new(|_: &str, k: &[u8], _: &[u8]| k == b"dead-one"))
+        };
         write_format(&store.db(), path, &dead, |_| "id-1".into(), compress).unwrap()
     }
 

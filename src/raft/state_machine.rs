@@ -183,7 +183,7 @@ impl StateMachine {
                 cached = Cached::load(&store.db())?;
             }
         }
-        retention.reload(&store.db(), cached.state.last_commit_time_ns)?;
+        retention.reload(&store.db())?;
         let (status_tx, _) = watch::channel(cached.status());
         Ok(StateMachine {
             store,
@@ -206,7 +206,6 @@ impl StateMachine {
     fn apply_one(&mut self, db: &SmDb, entry: Entry) -> Result<Response, StorageError> {
         let mut wb = SmWriteBatch::new(db, self.cached.digest, entry.log_id.index);
         let mut outcomes = Vec::new();
-        let mut new_series = None;
         let mut touched_heads = HashMap::new();
         let mut new_window = None;
         let is_membership = matches!(entry.payload, EntryPayload::Membership(_));
@@ -219,7 +218,7 @@ impl StateMachine {
                     std::mem::take(&mut self.cached.state),
                 );
                 let mut workflows = WorkflowApplier::new(db);
-                let mut telemetry = TelemetryApplier::new(db, &self.retention, entry.log_id.index);
+                let mut telemetry = TelemetryApplier::new(db, entry.log_id.index);
                 let commit_time = applier.commit_time(req.commit_time_ns);
                 // The window is replicated state, not the proposing leader's setting: the
                 // first entry seeds it, `SetDedupeWindow` changes it.
@@ -271,7 +270,6 @@ impl StateMachine {
                 let (state, heads) = applier.into_parts();
                 self.cached.state = state;
                 touched_heads = heads;
-                new_series = Some(telemetry);
             }
             EntryPayload::Membership(m) => {
                 self.cached.membership = StoredMembership::new(Some(entry.log_id), m);
@@ -298,12 +296,8 @@ impl StateMachine {
         if new_window.is_some() {
             self.cached.dedupe_window_ns = new_window;
         }
-        // Only now that the batch is written may retention see its series and time.
-        if let Some(t) = new_series {
-            t.finish();
-        }
-        self.retention
-            .advance(self.cached.state.last_commit_time_ns);
+        // The compaction filter's retention state moves only at durable points
+        // (`SmDb::sync`), never here: see `telemetry::retention`.
         Ok(Response { outcomes })
     }
 
@@ -390,9 +384,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .map_err(|e| err(StorageError::Io(std::io::Error::other(e))))?;
         installed.map_err(err)?;
         self.cached = Cached::load(&self.store.db()).map_err(err)?;
-        self.retention
-            .reload(&self.store.db(), self.cached.state.last_commit_time_ns)
-            .map_err(err)?;
+        self.retention.reload(&self.store.db()).map_err(err)?;
         self.publish();
         Ok(())
     }
@@ -476,7 +468,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let (header, file) = tokio::task::spawn_blocking(move || {
             let tmp = slot.dir.join(format!("build-{}.tmp", uuid::Uuid::new_v4()));
             let built = (|| {
-                let dead = |cf: &str, k: &[u8], v: &[u8]| store.is_dead(cf, k, v);
+                let dead = |db: &SmDb, view: &rocksdb::Snapshot<'_>| store.dead_rule(db, view);
                 let header = snapshot::write(&db, &tmp, &dead, |last| {
                     let (term, index) = last.map_or((0, 0), |l| (l.leader_id.term, l.index));
                     format!("{term}-{index}-{}", uuid::Uuid::new_v4().simple())
@@ -534,13 +526,15 @@ pub fn scan_digest(store: &SmStore) -> Result<ScanDigest, StorageError> {
         Some(b) => decode("digest", &b)?,
         None => 0,
     };
+    // Expired records vanish at compaction, on each replica's own schedule: skip what the
+    // state in this same view declares dead.
+    let dead = store.dead_rule(&db, &view)?;
     let mut hasher = Xxh3::new();
     let mut records = 0u64;
     for (i, name) in crate::storage::sm_db::SM_CFS.iter().enumerate() {
         for item in view.iterator_cf(db.cf(name)?, rocksdb::IteratorMode::Start) {
             let (k, v) = item?;
-            // Expired records vanish at compaction, on each replica's own schedule.
-            if store.is_dead(name, &k, &v) {
+            if dead(name, &k, &v) {
                 continue;
             }
             hasher.update(&[i as u8]);

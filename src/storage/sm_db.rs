@@ -66,11 +66,23 @@ pub const SM_CFS: &[&str] = &[
 /// replicated state declares dead.
 pub const EXPIRING_CFS: &[&str] = &[CF_TM_RAW, CF_TM_ROLLUP];
 
+/// Says whether a record (column family, key, value) has expired by retention.
+pub type DeadRule = dyn Fn(&str, &[u8], &[u8]) -> bool + Send + Sync;
+
 /// Which records replicated state already declares dead (past retention). Compaction drops
 /// them on each replica's own schedule, so nothing may depend on their presence: queries
 /// filter by the same rule, and snapshots and state scans skip them.
 pub trait Retention: Send + Sync + 'static {
+    /// The compaction filter's rule. It must never run ahead of the durable state: what it
+    /// drops must be dead in the state a crash would leave (the last flush), since the
+    /// replay from there must read the same records the first apply read.
     fn is_dead(&self, cf: &str, key: &[u8], value: &[u8]) -> bool;
+    /// The rule for a reader of the point-in-time `view`: dead by the state that same view
+    /// holds (a snapshot dump, a state scan), whatever the compaction filter's state is.
+    fn rule_at(&self, db: &SmDb, view: &rocksdb::Snapshot<'_>) -> Result<Box<DeadRule>>;
+    /// Called before `db`'s memtables are all flushed; the returned action runs once the
+    /// flush succeeded (the state read before it is then durable).
+    fn before_flush(self: Arc<Self>, db: &SmDb) -> Result<Box<dyn FnOnce() + Send>>;
 }
 
 /// No record ever expires.
@@ -79,6 +91,14 @@ pub struct KeepAll;
 impl Retention for KeepAll {
     fn is_dead(&self, _: &str, _: &[u8], _: &[u8]) -> bool {
         false
+    }
+
+    fn rule_at(&self, _: &SmDb, _: &rocksdb::Snapshot<'_>) -> Result<Box<DeadRule>> {
+        Ok(Box::new(|_: &str, _: &[u8], _: &[u8]| false))
+    }
+
+    fn before_flush(self: Arc<Self>, _: &SmDb) -> Result<Box<dyn FnOnce() + Send>> {
+        Ok(Box::new(|| ()))
     }
 }
 
@@ -91,6 +111,7 @@ pub struct SmDb {
     db: Option<DB>,
     path: PathBuf,
     remove_on_drop: AtomicBool,
+    retention: Arc<dyn Retention>,
 }
 
 impl SmDb {
@@ -127,6 +148,7 @@ impl SmDb {
             db: Some(db),
             path: path.to_owned(),
             remove_on_drop: AtomicBool::new(false),
+            retention: retention.clone(),
         })
     }
 
@@ -147,8 +169,24 @@ impl SmDb {
 
     /// Makes every write so far durable: flushes all memtables, atomically across column
     /// families. The state machine writes without a WAL; the Raft log is the durable record
-    /// until a snapshot lets the log be purged, and this runs before that.
+    /// until a snapshot lets the log be purged, and this runs before that. Then the
+    /// compaction filter may go by the state that is now durable (see [`Retention`]).
+    ///
+    /// Never flush one column family alone: with `atomic_flush`, RocksDB 11.8's
+    /// `DBImpl::Flush(FlushOptions, ColumnFamilyHandle*)` (db/db_impl/
+    /// db_impl_compaction_flush.cc) calls `AtomicFlushMemTables` with just that family as
+    /// the candidate, and `SelectColumnFamiliesForAtomicFlush` (db_impl_write.cc) keeps only
+    /// the candidates given: that family alone reaches disk, ahead of `meta` and its applied
+    /// index, and a crash then replays entries over data that already holds them.
     pub fn sync(&self) -> Result<()> {
+        let installed = self.retention.clone().before_flush(self)?;
+        self.flush_all()?;
+        installed();
+        Ok(())
+    }
+
+    /// Flushes every column family's memtable together (one atomic flush).
+    fn flush_all(&self) -> Result<()> {
         let db = self.db();
         let cfs = SM_CFS
             .iter()
@@ -292,9 +330,10 @@ impl SmStore {
         })
     }
 
-    /// Whether a record has expired by retention (see [`Retention`]).
-    pub fn is_dead(&self, cf: &str, key: &[u8], value: &[u8]) -> bool {
-        self.retention.is_dead(cf, key, value)
+    /// Which records of the point-in-time `view` of `db` have expired, by the state that
+    /// view holds (see [`Retention::rule_at`]).
+    pub fn dead_rule(&self, db: &SmDb, view: &rocksdb::Snapshot<'_>) -> Result<Box<DeadRule>> {
+        self.retention.rule_at(db, view)
     }
 
     /// The live database. Holders keep a replaced database open until they drop it.
@@ -320,7 +359,9 @@ impl SmStore {
             std::fs::remove_dir_all(&path)?;
         }
         let fresh = SmDb::open(&path, &self.cache, &self.retention)?;
-        if let Err(e) = load(&fresh).and_then(|()| fresh.sync()) {
+        // Not `sync`: the fresh database is not live yet, so the compaction filter's state
+        // must not move to it; the owner reloads that state after the switch.
+        if let Err(e) = load(&fresh).and_then(|()| fresh.flush_all()) {
             fresh.remove_on_drop.store(true, Ordering::Release);
             return Err(e);
         }

@@ -4,7 +4,8 @@
 //! (`moments`, Welford/Chan) and quantile sketches (`sketch`, DDSketch), rollup buckets
 //! (`rollup`), the single-pass streaming aggregator (`agg`, with its multi-pass `reference`
 //! for property tests), M4/LTTB downsampling and drift detection. `store` applies ingests
-//! inside the replicated state machine and answers queries across tiers.
+//! inside the replicated state machine; `retention` says what is dead, from replicated state
+//! only; `query` answers queries across tiers.
 
 pub mod agg;
 mod codec;
@@ -12,7 +13,9 @@ pub mod drift;
 pub mod lttb;
 pub mod m4;
 pub mod moments;
+pub mod query;
 pub mod reference;
+pub mod retention;
 pub mod rollup;
 pub mod segment;
 pub mod sketch;

@@ -21,6 +21,15 @@
 //! magnitude within one sign. The collapsed result is still independent of the
 //! insertion/merge order.
 //!
+//! # Bit-exact bins
+//! Bins are computed inside the replicated state machine (rollup buckets), so every
+//! machine must compute the same key for the same value. `f64::ln` calls the platform's
+//! libm, whose last-bit rounding differs between implementations (glibc, musl, macOS), and
+//! a value near a bin boundary could then land in different bins on different replicas.
+//! Keys therefore use [`portable_ln`]: fdlibm's `__ieee754_log` algorithm written with
+//! IEEE-754 basic operations only (+, -, *, / are correctly rounded everywhere, and Rust
+//! never contracts them into FMAs), so it gives the same bits on every platform.
+//!
 //! # Non-finite values
 //! `insert` ignores NaN and infinities (they have no meaningful bin) and
 //! reports that through its return value.
@@ -216,6 +225,68 @@ impl Store {
     }
 }
 
+/// Natural logarithm of a positive finite `x`, bit-identical on every platform (see the
+/// module documentation): fdlibm's `e_log.c` (error < 1 ulp), with basic operations only.
+/// Returns NaN for `x <= 0` or non-finite `x`.
+pub fn portable_ln(x: f64) -> f64 {
+    // fdlibm's constants, by their bits.
+    const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
+    const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
+    const TWO54: f64 = f64::from_bits(0x4350_0000_0000_0000);
+    const LG1: f64 = f64::from_bits(0x3fe5_5555_5555_5593);
+    const LG2: f64 = f64::from_bits(0x3fd9_9999_9997_fa04);
+    const LG3: f64 = f64::from_bits(0x3fd2_4924_9422_9359);
+    const LG4: f64 = f64::from_bits(0x3fcc_71c5_1d8e_78af);
+    const LG5: f64 = f64::from_bits(0x3fc7_4664_96cb_03de);
+    const LG6: f64 = f64::from_bits(0x3fc3_9a09_d078_c69f);
+    const LG7: f64 = f64::from_bits(0x3fc2_f112_df3e_5244);
+    const THIRD: f64 = f64::from_bits(0x3fd5_5555_5555_5555);
+    if x.is_nan() || x <= 0.0 || x.is_infinite() {
+        return f64::NAN;
+    }
+    let mut x = x;
+    let mut k: i32 = 0;
+    let mut hx = (x.to_bits() >> 32) as i32;
+    if hx < 0x0010_0000 {
+        // Subnormal: scale up.
+        k -= 54;
+        x *= TWO54;
+        hx = (x.to_bits() >> 32) as i32;
+    }
+    k += (hx >> 20) - 1023;
+    hx &= 0x000f_ffff;
+    let i = (hx + 0x9_5f64) & 0x10_0000;
+    // Normalize x or x/2 into [sqrt(2)/2, sqrt(2)).
+    let lo = x.to_bits() & 0xffff_ffff;
+    x = f64::from_bits((((hx | (i ^ 0x3ff0_0000)) as u32 as u64) << 32) | lo);
+    k += i >> 20;
+    let f = x - 1.0;
+    let dk = f64::from(k);
+    if (0x000f_ffff & (2 + hx)) < 3 {
+        // -2^-20 <= f < 2^-20.
+        if f == 0.0 {
+            return dk * LN2_HI + dk * LN2_LO;
+        }
+        let r = f * f * (0.5 - THIRD * f);
+        return dk * LN2_HI - ((r - dk * LN2_LO) - f);
+    }
+    let s = f / (2.0 + f);
+    let z = s * s;
+    let mut i = hx - 0x6_147a;
+    let w = z * z;
+    let j = 0x6_b851 - hx;
+    let t1 = w * (LG2 + w * (LG4 + w * LG6));
+    let t2 = z * (LG1 + w * (LG3 + w * (LG5 + w * LG7)));
+    i |= j;
+    let r = t2 + t1;
+    if i > 0 {
+        let hfsq = 0.5 * f * f;
+        dk * LN2_HI - ((hfsq - (s * (hfsq + r) + dk * LN2_LO)) - f)
+    } else {
+        dk * LN2_HI - ((s * (f - r) - dk * LN2_LO) - f)
+    }
+}
+
 /// Mergeable relative-error quantile sketch. See the module documentation.
 #[derive(Clone, Debug)]
 pub struct DDSketch {
@@ -262,7 +333,7 @@ impl DDSketch {
             return Err(SketchError::InvalidMaxBins(max_bins));
         }
         let gamma = (1.0 + alpha) / (1.0 - alpha);
-        let ln_gamma = gamma.ln();
+        let ln_gamma = portable_ln(gamma);
         Ok(Self {
             alpha,
             ln_gamma,
@@ -306,12 +377,12 @@ impl DDSketch {
     /// Largest absolute bin key for this alpha: keys of all finite normal
     /// values lie within `+-key_limit`.
     fn key_limit(&self) -> i64 {
-        (f64::MAX.ln() * self.inv_ln_gamma).ceil() as i64 + 1
+        (portable_ln(f64::MAX) * self.inv_ln_gamma).ceil() as i64 + 1
     }
 
     #[inline]
     fn key(&self, magnitude: f64) -> i32 {
-        (magnitude.ln() * self.inv_ln_gamma).ceil() as i32
+        (portable_ln(magnitude) * self.inv_ln_gamma).ceil() as i32
     }
 
     fn representative(&self, key: i32) -> f64 {
@@ -480,6 +551,52 @@ mod tests {
     fn exact(sorted: &[f64], q: f64) -> f64 {
         sorted[(nearest_rank(q, sorted.len() as u64) - 1) as usize]
     }
+
+    /// Issue 9, point 9b: the bin function uses basic IEEE operations only. It agrees with
+    /// the platform's `ln` to within an ulp, and its bits are pinned here: a build whose
+    /// arithmetic differed would fail this test rather than split replicas.
+    #[test]
+    fn portable_ln_is_accurate_and_pinned() {
+        let mut x = f64::MIN_POSITIVE;
+        let mut checked = 0;
+        while x < f64::MAX / 1.37 {
+            for v in [x, x * 1.000_000_1, x * 0.999_999_9, 1.0 + x.fract()] {
+                let (a, b) = (portable_ln(v), v.ln());
+                let ulps = (a.to_bits() as i64 - b.to_bits() as i64).abs();
+                assert!(ulps <= 1, "ln({v:e}) = {a:e} vs platform {b:e}");
+                checked += 1;
+            }
+            x *= 1.37;
+        }
+        assert!(checked > 4000);
+        assert!(portable_ln(0.0).is_nan() && portable_ln(-1.0).is_nan());
+        assert!(portable_ln(f64::INFINITY).is_nan() && portable_ln(f64::NAN).is_nan());
+        assert_eq!(portable_ln(1.0), 0.0);
+        // Golden bits (fdlibm's results): any platform must reproduce them exactly.
+        for (v, bits) in PINNED_LN {
+            assert_eq!(portable_ln(*v).to_bits(), *bits, "ln({v:e})");
+        }
+        // And the sketch's keys of values around bin boundaries.
+        let s = DDSketch::new();
+        let gamma: f64 = 1.01 / 0.99;
+        for k in [-700, -3, 1, 2, 57, 700] {
+            let edge = gamma.powi(k);
+            for v in [edge, edge * (1.0 + 1e-15), edge * (1.0 - 1e-15)] {
+                let key = s.key(v);
+                assert!((key - k).abs() <= 1, "key({v:e}) = {key}, edge {k}");
+            }
+        }
+    }
+
+    const PINNED_LN: &[(f64, u64)] = &[
+        (2.0, 0x3fe6_2e42_fefa_39ef),
+        (10.0, 0x4002_6bb1_bbb5_5516),
+        (0.5, 0xbfe6_2e42_fefa_39ef),
+        (1.5, 0x3fd9_f323_ecbf_984c),
+        (1e300, 0x4085_9634_47f8_7fb5),
+        (1e-300, 0xc085_9634_47f8_7fb5),
+        (1.01 / 0.99, 0x3f94_7b0e_059d_057d),
+    ];
 
     #[test]
     fn basic_quantiles_mixed_signs() {

@@ -1,6 +1,5 @@
 //! Telemetry in the replicated store: ingest applied by the state machine (raw columnar
-//! segments plus mergeable rollup tiers), retention policies, the rule that says which
-//! records have expired, and queries that stitch tiers together.
+//! segments plus mergeable rollup tiers), and the storage helpers queries share.
 //!
 //! ## Data
 //!
@@ -9,51 +8,56 @@
 //!   points) as the ingesting node encoded it; nothing is re-encoded on apply.
 //! * `tm_rollup`: `series id ++ tier ++ bucket start` → [`RollupBucket`] (count, sum, min,
 //!   max, first, last, M2, DDSketch) for the 1-minute and 1-hour tiers.
-//! * `tm_policy`: series prefix → [`RetentionPolicy`] (longest prefix wins).
+//! * `tm_policy`: series prefix → [`PolicyRecord`] (policy and floors; longest prefix wins;
+//!   see [`super::retention`]).
 //!
-//! ## Out-of-order and duplicate points
+//! ## A point is identified by (series, timestamp) on every path
 //!
-//! Points may arrive in any order and more than once. A point's timestamp is its identity:
-//! the latest write of a timestamp wins (by log order), in queries and in rollups. Every
-//! ingest recomputes the minute buckets it touches from all retained raw points of those
-//! minutes (deduplicated), and their hours from the minutes — so rollups always equal a
-//! recomputation from the deduplicated raw data. Points older than the series' raw
-//! retention (a backfill of old data) are merged into the rollups directly, as their raw
-//! neighbours may already be gone: such late points cannot be deduplicated. Points older
-//! than the policy's `lateness_ms` (if set) are refused and counted.
+//! Points may arrive in any order and more than once; re-sending anything is harmless.
+//! * Where raw points are retained, every ingest recomputes the minute buckets it touches
+//!   from all retained raw points of those minutes (deduplicated: the latest write of a
+//!   timestamp wins, by log order), and their hours from the minutes — so rollups always
+//!   equal a recomputation from the deduplicated raw data.
+//! * Where raw has expired (a backfill of history older than the raw retention), points go
+//!   to the finest tier still retained for their time, and a bucket there cannot tell which
+//!   timestamps it already holds. So a backfill adds to an existing bucket only the points
+//!   outside the time span it already covers (before its first or after its last point);
+//!   points inside that span are skipped and counted (`skipped`): a re-sent point always
+//!   lies inside it. A bucket whose tier has expired is never written (every replica would
+//!   otherwise write bytes that depend on whether it compacted); its points are skipped
+//!   too. Points older than the policy's `lateness_ms` (if set) are refused and counted.
 //!
-//! ## Time and determinism
+//! ## Apply is total
 //!
-//! "Now" is the replicated commit time (the leader's clock, stamped into each entry, never
-//! decreasing), never a replica's clock. Retention cutoffs derive from it and the
-//! replicated policies; [`RetentionView`] holds that state for RocksDB's compaction filter,
-//! which may drop only records already dead by it, and queries apply the same cutoffs — so
-//! every replica answers alike whatever its compactions did.
+//! Whatever a command holds (a series name, a segment, a policy), apply answers
+//! [`TelemetryOutcome::Rejected`] for what breaks the rules — fixed structural rules, never
+//! a node's configuration — and writes nothing for it; only a storage failure is an error.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::agg::{AggConfig, Aggregator, AnomalyConfig};
-use super::m4::m4;
 use super::moments::Moments;
+use super::retention::{floor, Policies, PolicyRecord};
 use super::rollup::RollupBucket;
 use super::segment;
-use super::sketch::{DDSketch, DEFAULT_ALPHA, DEFAULT_MAX_BINS};
+use super::sketch::{DEFAULT_ALPHA, DEFAULT_MAX_BINS};
 
-use crate::storage::keys::{i64_ordered, read_i64_ordered, read_u64};
+pub use super::query::{
+    query, BucketOut, M4Out, QueryError, QueryResult, QuerySpec, TierChoice, MAX_QUERY_BUCKETS,
+    MAX_QUERY_RAW_POINTS,
+};
+pub use super::retention::{
+    Cutoffs, RetentionPolicy, RetentionView, HOUR_NS, MINUTE_NS, TIER_HOUR, TIER_MINUTE,
+};
+
+use crate::storage::keys::{i64_ordered, read_u64};
 use crate::storage::sm_db::{
-    Retention, SmDb, SmWriteBatch, CF_META, CF_TM_POLICY, CF_TM_RAW, CF_TM_ROLLUP, CF_TM_SERIES,
+    SmDb, SmWriteBatch, CF_META, CF_TM_POLICY, CF_TM_RAW, CF_TM_ROLLUP, CF_TM_SERIES,
 };
 use crate::storage::{decode, encode, Result, StorageError};
 
-pub const MINUTE_NS: i64 = 60_000_000_000;
-pub const HOUR_NS: i64 = 60 * MINUTE_NS;
-/// Tier ids in rollup keys.
-pub const TIER_MINUTE: u8 = 1;
-pub const TIER_HOUR: u8 = 2;
 /// Longest time span of one raw segment; a range read starts this much earlier.
 pub const MAX_SEGMENT_SPAN_NS: i64 = HOUR_NS;
 /// Most points in one raw segment.
@@ -61,78 +65,11 @@ pub const MAX_SEGMENT_POINTS: usize = 65_536;
 /// Timestamps must leave room for bucket arithmetic.
 pub const MIN_TS: i64 = i64::MIN / 2;
 pub const MAX_TS: i64 = i64::MAX / 2;
+/// Longest series name (or retention prefix) apply accepts: a fixed structural bound, the
+/// same on every node (the configured, usually smaller, limit is checked at the edge).
+pub const MAX_SERIES_NAME_BYTES: usize = 1024;
 
 const STATE_KEY: &[u8] = b"tm_state";
-
-/// Retention of one series prefix. Durations in milliseconds; `hour_ms = 0` keeps the
-/// hour tier forever; `lateness_ms = 0` accepts points of any age.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RetentionPolicy {
-    pub prefix: String,
-    pub raw_ms: u64,
-    pub minute_ms: u64,
-    pub hour_ms: u64,
-    pub lateness_ms: u64,
-}
-
-impl RetentionPolicy {
-    /// raw 48 h → 1 minute for 30 days → 1 hour forever.
-    pub fn default_for(prefix: &str) -> Self {
-        RetentionPolicy {
-            prefix: prefix.to_owned(),
-            raw_ms: 48 * 3_600_000,
-            minute_ms: 30 * 24 * 3_600_000,
-            hour_ms: 0,
-            lateness_ms: 0,
-        }
-    }
-
-    /// Each tier must outlive the finer one by at least one of its buckets, so that every
-    /// range is served by some tier.
-    pub fn validate(&self) -> std::result::Result<(), String> {
-        if self.raw_ms == 0 {
-            return Err("raw retention must be > 0".into());
-        }
-        if self.minute_ms < self.raw_ms + 3_600_000 {
-            return Err("minute retention must exceed raw retention by at least an hour".into());
-        }
-        if self.hour_ms != 0 && self.hour_ms < self.minute_ms + 24 * 3_600_000 {
-            return Err(
-                "hour retention must be 0 (forever) or exceed minute retention by a day".into(),
-            );
-        }
-        Ok(())
-    }
-
-    /// The tier cutoffs at replicated time `now_ns`, aligned to the tier's buckets: raw
-    /// points older than `raw`, minute buckets older than `minute`, hour buckets older than
-    /// `hour` are dead.
-    pub fn cutoffs(&self, now_ns: i64) -> Cutoffs {
-        let ago = |ms: u64| {
-            now_ns.saturating_sub(i64::try_from(ms.saturating_mul(1_000_000)).unwrap_or(i64::MAX))
-        };
-        Cutoffs {
-            raw: floor(ago(self.raw_ms), MINUTE_NS),
-            minute: floor(ago(self.minute_ms), HOUR_NS),
-            hour: if self.hour_ms == 0 {
-                i64::MIN
-            } else {
-                floor(ago(self.hour_ms), HOUR_NS)
-            },
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cutoffs {
-    pub raw: i64,
-    pub minute: i64,
-    pub hour: i64,
-}
-
-fn floor(t: i64, width: i64) -> i64 {
-    t.saturating_sub(t.rem_euclid(width))
-}
 
 /// Raw points of one series, as the ingesting node encoded them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,9 +107,18 @@ impl TelemetryCommand {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TelemetryOutcome {
-    Ingested { points: u64, late_dropped: u64 },
+    /// `points` were written; `late_dropped` were older than the lateness bound; `skipped`
+    /// were not stored because their time is past every tier's retention, or inside the
+    /// span of a rollup-only bucket that already exists (a re-sent point always is).
+    Ingested {
+        points: u64,
+        late_dropped: u64,
+        skipped: u64,
+    },
     RetentionSet,
-    Rejected { reason: String },
+    Rejected {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,7 +131,34 @@ struct SeriesMeta {
     id: u64,
 }
 
-fn raw_key(series: u64, min_ts: i64, log_index: u64, seq: u32) -> [u8; 28] {
+/// The id in a `tm_series` record.
+pub fn decode_series_id(bytes: &[u8]) -> Result<u64> {
+    Ok(decode::<SeriesMeta>("series", bytes)?.id)
+}
+
+/// A series name (or a retention prefix, which may be empty) by the fixed rules apply
+/// checks: at most [`MAX_SERIES_NAME_BYTES`] of the stream charset; a series is
+/// `source/channel`.
+pub fn check_name(name: &str, prefix: bool) -> std::result::Result<(), String> {
+    if name.len() > MAX_SERIES_NAME_BYTES {
+        return Err(format!(
+            "series name of {} bytes: at most {MAX_SERIES_NAME_BYTES}",
+            name.len()
+        ));
+    }
+    if let Some(at) = name.bytes().position(|b| !crate::model::stream_char_ok(b)) {
+        return Err(format!(
+            "series name {:?}: character outside [A-Za-z0-9_.:/@+=-] at byte {at}",
+            name.chars().take(64).collect::<String>()
+        ));
+    }
+    if !prefix && !name.contains('/') {
+        return Err(format!("series {name:?} is not source/channel"));
+    }
+    Ok(())
+}
+
+pub(crate) fn raw_key(series: u64, min_ts: i64, log_index: u64, seq: u32) -> [u8; 28] {
     let mut k = [0u8; 28];
     k[..8].copy_from_slice(&series.to_be_bytes());
     k[8..16].copy_from_slice(&i64_ordered(min_ts));
@@ -194,7 +167,7 @@ fn raw_key(series: u64, min_ts: i64, log_index: u64, seq: u32) -> [u8; 28] {
     k
 }
 
-fn rollup_key(series: u64, tier: u8, start: i64) -> [u8; 17] {
+pub(crate) fn rollup_key(series: u64, tier: u8, start: i64) -> [u8; 17] {
     let mut k = [0u8; 17];
     k[..8].copy_from_slice(&series.to_be_bytes());
     k[8] = tier;
@@ -207,7 +180,7 @@ fn new_bucket(start: i64) -> Result<RollupBucket> {
         .map_err(|e| StorageError::corrupt("rollup", e))
 }
 
-fn decode_bucket(bytes: &[u8]) -> Result<RollupBucket> {
+pub(crate) fn decode_bucket(bytes: &[u8]) -> Result<RollupBucket> {
     RollupBucket::decode(bytes).map_err(|e| StorageError::corrupt("rollup bucket", e))
 }
 
@@ -220,147 +193,9 @@ fn bucket_of(ts: &[i64], vals: &[f64], start: i64) -> Result<RollupBucket> {
     Ok(b)
 }
 
-/// The replicated facts retention depends on — commit time, series ids, policies — kept in
-/// memory for the compaction filter and the query path. Updated by the state machine after
-/// it applies; always at or behind the applied state, and since cutoffs only move forward,
-/// anything it declares dead is dead in every later state too.
-#[derive(Default)]
-pub struct RetentionView {
-    inner: RwLock<ViewInner>,
-}
-
-#[derive(Default)]
-struct ViewInner {
-    now_ns: i64,
-    policies: Vec<RetentionPolicy>,
-    /// Series id → its policy's cutoffs at `now_ns`.
-    series: HashMap<u64, (String, Cutoffs)>,
-}
-
-impl ViewInner {
-    fn policy_for(&self, series: &str) -> RetentionPolicy {
-        policy_for(&self.policies, series)
-    }
-
-    fn recompute(&mut self) {
-        let now = self.now_ns;
-        let policies = self.policies.clone();
-        for (name, cut) in self.series.values_mut() {
-            *cut = policy_for(&policies, name).cutoffs(now);
-        }
-    }
-}
-
-fn policy_for(policies: &[RetentionPolicy], series: &str) -> RetentionPolicy {
-    policies
-        .iter()
-        .filter(|p| series.starts_with(&p.prefix))
-        .max_by_key(|p| p.prefix.len())
-        .cloned()
-        .unwrap_or_else(|| RetentionPolicy::default_for(""))
-}
-
-impl RetentionView {
-    pub fn new() -> Arc<Self> {
-        Arc::new(RetentionView::default())
-    }
-
-    /// Reloads everything from a state-machine database (at open, after a snapshot install).
-    pub fn reload(&self, db: &SmDb, now_ns: i64) -> Result<()> {
-        let mut policies = Vec::new();
-        for item in db
-            .db()
-            .iterator_cf(db.cf(CF_TM_POLICY)?, rocksdb::IteratorMode::Start)
-        {
-            let (_, v) = item?;
-            policies.push(decode::<RetentionPolicy>("retention policy", &v)?);
-        }
-        let mut names = Vec::new();
-        for item in db
-            .db()
-            .iterator_cf(db.cf(CF_TM_SERIES)?, rocksdb::IteratorMode::Start)
-        {
-            let (k, v) = item?;
-            let meta: SeriesMeta = decode("series", &v)?;
-            names.push((meta.id, String::from_utf8_lossy(&k).into_owned()));
-        }
-        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        inner.now_ns = now_ns;
-        inner.policies = policies;
-        inner.series = names
-            .into_iter()
-            .map(|(id, name)| {
-                (
-                    id,
-                    (
-                        name,
-                        Cutoffs {
-                            raw: i64::MIN,
-                            minute: i64::MIN,
-                            hour: i64::MIN,
-                        },
-                    ),
-                )
-            })
-            .collect();
-        inner.recompute();
-        Ok(())
-    }
-
-    /// The state machine applied entries up to replicated time `now_ns`.
-    pub fn advance(&self, now_ns: i64) {
-        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        if now_ns > inner.now_ns {
-            inner.now_ns = now_ns;
-            inner.recompute();
-        }
-    }
-
-    fn add_series(&self, id: u64, name: &str) {
-        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        let cut = inner.policy_for(name).cutoffs(inner.now_ns);
-        inner.series.insert(id, (name.to_owned(), cut));
-    }
-
-    fn set_policy(&self, policy: RetentionPolicy) {
-        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        inner.policies.retain(|p| p.prefix != policy.prefix);
-        inner.policies.push(policy);
-        inner.recompute();
-    }
-
-    fn cutoffs(&self, series: u64) -> Option<Cutoffs> {
-        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        inner.series.get(&series).map(|(_, c)| *c)
-    }
-}
-
-impl Retention for RetentionView {
-    fn is_dead(&self, cf: &str, key: &[u8], value: &[u8]) -> bool {
-        let Some(series) = read_u64(key) else {
-            return false;
-        };
-        let Some(cut) = self.cutoffs(series) else {
-            return false;
-        };
-        match cf {
-            // A segment dies when its newest point is older than the raw cutoff.
-            CF_TM_RAW => segment::info(value).is_ok_and(|i| i.max_ts < cut.raw),
-            CF_TM_ROLLUP => {
-                let (Some(&tier), Some(start)) =
-                    (key.get(8), key.get(9..).and_then(read_i64_ordered))
-                else {
-                    return false;
-                };
-                match tier {
-                    TIER_MINUTE => start + MINUTE_NS <= cut.minute,
-                    TIER_HOUR => start + HOUR_NS <= cut.hour,
-                    _ => false,
-                }
-            }
-            _ => false,
-        }
-    }
+fn merge_into(b: &mut RollupBucket, delta: &RollupBucket) -> Result<()> {
+    b.merge(delta)
+        .map_err(|e| StorageError::corrupt("rollup merge", e))
 }
 
 /// A segment written by the entry being applied (not yet visible in RocksDB).
@@ -375,32 +210,37 @@ struct EntrySegment {
 /// A raw point with its write order (log index, seq): the latest write of a timestamp wins.
 type OrderedPoint = (i64, (u64, u32), f64);
 
+/// What one segment's ingest did.
+#[derive(Default)]
+struct Counts {
+    points: u64,
+    late: u64,
+    skipped: u64,
+}
+
 /// Applies the telemetry commands of one log entry. Keeps what the entry wrote but
-/// RocksDB does not show yet (series ids, segments, rollups) for later commands of it.
+/// RocksDB does not show yet (series ids, segments, rollups, policies) for later commands
+/// of it.
 pub struct TelemetryApplier<'a> {
     db: &'a SmDb,
-    view: &'a RetentionView,
     log_index: u64,
     seq: u32,
     state: Option<TelemetryState>,
     series: HashMap<String, u64>,
-    new_series: Vec<(u64, String)>,
     /// Segments written by this entry.
     segments: Vec<EntrySegment>,
     rollups: BTreeMap<[u8; 17], RollupBucket>,
-    policies: Option<Vec<RetentionPolicy>>,
+    policies: Option<Policies>,
 }
 
 impl<'a> TelemetryApplier<'a> {
-    pub fn new(db: &'a SmDb, view: &'a RetentionView, log_index: u64) -> Self {
+    pub fn new(db: &'a SmDb, log_index: u64) -> Self {
         TelemetryApplier {
             db,
-            view,
             log_index,
             seq: 0,
             state: None,
             series: HashMap::new(),
-            new_series: Vec::new(),
             segments: Vec::new(),
             rollups: BTreeMap::new(),
             policies: None,
@@ -413,35 +253,38 @@ impl<'a> TelemetryApplier<'a> {
         commit_time_ns: i64,
         cmd: &TelemetryCommand,
     ) -> Result<TelemetryOutcome> {
+        let rejected = |reason: String| Ok(TelemetryOutcome::Rejected { reason });
         match cmd {
             TelemetryCommand::SetRetention(p) => {
-                if let Err(reason) = p.validate() {
-                    return Ok(TelemetryOutcome::Rejected { reason });
+                if let Err(reason) = check_name(&p.prefix, true).and_then(|()| p.validate()) {
+                    return rejected(reason);
                 }
+                let next = self.state()?.next_series_id;
+                let record = self.policies()?.record_for(p.clone(), commit_time_ns, next);
                 wb.put(
                     CF_TM_POLICY,
                     p.prefix.as_bytes(),
-                    &encode("retention policy", p)?,
+                    &encode("retention policy", &record)?,
                 )?;
-                let policies = self.policies()?;
-                policies.retain(|q| q.prefix != p.prefix);
-                policies.push(p.clone());
-                self.view.set_policy(p.clone());
+                self.policies()?.set(record);
                 Ok(TelemetryOutcome::RetentionSet)
             }
             TelemetryCommand::Ingest(segments) => {
+                if segments.is_empty() {
+                    return rejected("an ingest carries at least one segment".into());
+                }
                 // Decode and check everything before writing anything: all or nothing.
                 let mut decoded = Vec::with_capacity(segments.len());
                 for s in segments {
+                    if let Err(reason) = check_name(&s.series, false) {
+                        return rejected(reason);
+                    }
                     let (ts, vals) = match segment::decode(&s.segment) {
                         Ok(x) => x,
-                        Err(e) => {
-                            return Ok(TelemetryOutcome::Rejected {
-                                reason: format!("series {}: {e}", s.series),
-                            })
-                        }
+                        Err(e) => return rejected(format!("series {}: {e}", s.series)),
                     };
-                    if ts.len() > MAX_SEGMENT_POINTS
+                    if ts.is_empty()
+                        || ts.len() > MAX_SEGMENT_POINTS
                         || ts.windows(2).any(|w| w[1] <= w[0])
                         || vals.iter().any(|v| !v.is_finite())
                         || ts.first().is_some_and(|t| *t < MIN_TS)
@@ -451,58 +294,62 @@ impl<'a> TelemetryApplier<'a> {
                             .zip(ts.first())
                             .is_some_and(|(l, f)| l - f > MAX_SEGMENT_SPAN_NS)
                     {
-                        return Ok(TelemetryOutcome::Rejected {
-                            reason: format!("series {}: segment breaks the ingest rules", s.series),
-                        });
+                        return rejected(format!(
+                            "series {}: segment breaks the ingest rules",
+                            s.series
+                        ));
                     }
                     decoded.push((s, ts, vals));
                 }
-                let mut points = 0;
-                let mut late = 0;
+                let mut total = Counts::default();
                 for (s, ts, vals) in decoded {
-                    let (p, l) = self.ingest(wb, commit_time_ns, s, ts, vals)?;
-                    points += p;
-                    late += l;
+                    let c = self.ingest(wb, commit_time_ns, s, ts, vals)?;
+                    total.points += c.points;
+                    total.late += c.late;
+                    total.skipped += c.skipped;
                 }
                 Ok(TelemetryOutcome::Ingested {
-                    points,
-                    late_dropped: late,
+                    points: total.points,
+                    late_dropped: total.late,
+                    skipped: total.skipped,
                 })
             }
         }
     }
 
-    fn policies(&mut self) -> Result<&mut Vec<RetentionPolicy>> {
+    fn policies(&mut self) -> Result<&mut Policies> {
         if self.policies.is_none() {
-            let mut v = Vec::new();
+            let mut records = Vec::new();
             for item in self
                 .db
                 .db()
                 .iterator_cf(self.db.cf(CF_TM_POLICY)?, rocksdb::IteratorMode::Start)
             {
                 let (_, b) = item?;
-                v.push(decode::<RetentionPolicy>("retention policy", &b)?);
+                records.push(PolicyRecord::decode(&b)?);
             }
-            self.policies = Some(v);
+            self.policies = Some(Policies::from_records(records));
         }
-        Ok(self.policies.get_or_insert_with(Vec::new))
+        Ok(self.policies.get_or_insert_with(Policies::default))
+    }
+
+    fn state(&mut self) -> Result<TelemetryState> {
+        if let Some(s) = self.state {
+            return Ok(s);
+        }
+        let s = load_state(self.db)?;
+        self.state = Some(s);
+        Ok(s)
     }
 
     fn series_id(&mut self, wb: &mut SmWriteBatch, name: &str) -> Result<u64> {
         if let Some(id) = self.series.get(name) {
             return Ok(*id);
         }
-        let id = match self
-            .db
-            .db()
-            .get_pinned_cf(self.db.cf(CF_TM_SERIES)?, name.as_bytes())?
-        {
-            Some(b) => decode::<SeriesMeta>("series", &b)?.id,
+        let id = match series_id(self.db, name)? {
+            Some(id) => id,
             None => {
-                let mut state = match self.state {
-                    Some(s) => s,
-                    None => load_state(self.db)?,
-                };
+                let mut state = self.state()?;
                 let id = state.next_series_id;
                 state.next_series_id += 1;
                 self.state = Some(state);
@@ -514,19 +361,11 @@ impl<'a> TelemetryApplier<'a> {
                 wb.put_meta(STATE_KEY, &encode("telemetry state", &state)?)?;
                 // Part of the state, so part of the digest too.
                 wb.fold_bytes(name.as_bytes());
-                self.new_series.push((id, name.to_owned()));
                 id
             }
         };
         self.series.insert(name.to_owned(), id);
         Ok(id)
-    }
-
-    /// Registers the series this entry created with the retention view (after commit).
-    pub fn finish(self) {
-        for (id, name) in &self.new_series {
-            self.view.add_series(*id, name);
-        }
     }
 
     fn ingest(
@@ -536,90 +375,148 @@ impl<'a> TelemetryApplier<'a> {
         s: &SeriesSegment,
         ts: Vec<i64>,
         vals: Vec<f64>,
-    ) -> Result<(u64, u64)> {
-        let policy = policy_for(self.policies()?, &s.series);
-        let cut = policy.cutoffs(now_ns);
+    ) -> Result<Counts> {
+        let oldest = self
+            .policies()?
+            .policy_for(&s.series)
+            .oldest_accepted(now_ns);
         // Points older than the lateness bound are refused (counted, not stored).
-        let (ts, vals, late) = if policy.lateness_ms > 0 {
-            let oldest = now_ns.saturating_sub(
-                i64::try_from(policy.lateness_ms.saturating_mul(1_000_000)).unwrap_or(i64::MAX),
-            );
-            let keep = ts.partition_point(|t| *t < oldest);
-            (ts[keep..].to_vec(), vals[keep..].to_vec(), keep as u64)
+        let keep = ts.partition_point(|t| *t < oldest);
+        let (ts, vals) = if keep > 0 {
+            (ts[keep..].to_vec(), vals[keep..].to_vec())
         } else {
-            (ts, vals, 0)
+            (ts, vals)
         };
-        if ts.is_empty() {
-            return Ok((0, late));
-        }
+        let mut counts = Counts {
+            late: keep as u64,
+            ..Counts::default()
+        };
+        let (Some(&first), Some(&last)) = (ts.first(), ts.last()) else {
+            return Ok(counts);
+        };
         let series = self.series_id(wb, &s.series)?;
-        let seq = self.seq;
-        self.seq += 1;
-        let bytes: Vec<u8> = if late == 0 {
-            s.segment.to_vec()
-        } else {
-            segment::encode(&ts, &vals).map_err(|e| StorageError::corrupt("segment", e))?
-        };
-        wb.put(
-            CF_TM_RAW,
-            &raw_key(series, ts[0], self.log_index, seq),
-            &bytes,
-        )?;
-        self.segments.push(EntrySegment {
-            series,
-            min_ts: ts[0],
-            seq,
-            ts: ts.clone(),
-            vals: vals.clone(),
-        });
+        let cut = self.policies()?.cutoffs(series, &s.series, now_ns);
+        // A segment none of whose points is retained raw is not written: it would be dead
+        // on arrival.
+        if last >= cut.raw {
+            let seq = self.seq;
+            self.seq += 1;
+            let bytes: Vec<u8> = if keep == 0 {
+                s.segment.to_vec()
+            } else {
+                segment::encode(&ts, &vals).map_err(|e| StorageError::corrupt("segment", e))?
+            };
+            wb.put(
+                CF_TM_RAW,
+                &raw_key(series, first, self.log_index, seq),
+                &bytes,
+            )?;
+            self.segments.push(EntrySegment {
+                series,
+                min_ts: first,
+                seq,
+                ts: ts.clone(),
+                vals: vals.clone(),
+            });
+        }
 
-        // Minute buckets touched by this segment, then their hours.
-        let mut hours = Vec::new();
+        // Every retained raw point of the minutes this segment touches, read at once (one
+        // range read per segment, not one per minute).
+        let retained_from = floor(first, MINUTE_NS).max(cut.raw);
+        let (rts, rvals) = if last >= retained_from {
+            self.raw_points(series, retained_from, floor(last, MINUTE_NS) + MINUTE_NS)?
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        // Hours whose minutes changed: recomputed from their minutes at the end.
+        let mut hours: Vec<i64> = Vec::new();
         let mut i = 0;
         while i < ts.len() {
-            let b = floor(ts[i], MINUTE_NS);
-            let j = ts.partition_point(|t| *t < b + MINUTE_NS);
-            let minute_key = rollup_key(series, TIER_MINUTE, b);
-            let hour = floor(b, HOUR_NS);
-            if b >= cut.raw {
+            let minute = floor(ts[i], MINUTE_NS);
+            let hour = floor(minute, HOUR_NS);
+            let j;
+            if minute >= cut.raw {
                 // Raw retained: the minute is recomputed from every retained raw point.
-                let (mts, mvals) = self.raw_points(series, b, b + MINUTE_NS)?;
-                let bucket = bucket_of(&mts, &mvals, b)?;
-                self.put_rollup(wb, minute_key, bucket)?;
+                j = ts.partition_point(|t| *t < minute + MINUTE_NS);
+                let lo = rts.partition_point(|t| *t < minute);
+                let hi = rts.partition_point(|t| *t < minute + MINUTE_NS);
+                let bucket = bucket_of(&rts[lo..hi], &rvals[lo..hi], minute)?;
+                self.put_rollup(wb, rollup_key(series, TIER_MINUTE, minute), bucket)?;
+                counts.points += (j - i) as u64;
                 if hours.last() != Some(&hour) {
                     hours.push(hour);
                 }
-            } else {
-                // Raw already expired here (a backfill): merge into the tiers directly.
-                let delta = bucket_of(&ts[i..j], &vals[i..j], b)?;
-                if b + MINUTE_NS > cut.minute {
-                    let mut m = self.rollup(minute_key)?.unwrap_or(new_bucket(b)?);
-                    m.merge(&delta)
-                        .map_err(|e| StorageError::corrupt("rollup merge", e))?;
-                    self.put_rollup(wb, minute_key, m)?;
+            } else if minute >= cut.minute {
+                // Raw expired, the minute retained (then its whole hour is: the minute
+                // cutoff is hour-aligned).
+                j = ts.partition_point(|t| *t < minute + MINUTE_NS);
+                let key = rollup_key(series, TIER_MINUTE, minute);
+                let stored = self.backfill(wb, key, minute, &ts[i..j], &vals[i..j])?;
+                counts.points += stored;
+                counts.skipped += (j - i) as u64 - stored;
+                if stored > 0 && hours.last() != Some(&hour) {
+                    hours.push(hour);
                 }
-                let hour_key = rollup_key(series, TIER_HOUR, hour);
-                let mut h = self.rollup(hour_key)?.unwrap_or(new_bucket(hour)?);
-                let mut d = delta.clone();
-                d.start_ns = hour;
-                h.merge(&d)
-                    .map_err(|e| StorageError::corrupt("rollup merge", e))?;
-                self.put_rollup(wb, hour_key, h)?;
+            } else {
+                // Only the hour tier may be retained for this whole hour.
+                j = ts.partition_point(|t| *t < hour + HOUR_NS);
+                let stored = if hour >= cut.hour {
+                    let key = rollup_key(series, TIER_HOUR, hour);
+                    self.backfill(wb, key, hour, &ts[i..j], &vals[i..j])?
+                } else {
+                    0
+                };
+                counts.points += stored;
+                counts.skipped += (j - i) as u64 - stored;
             }
             i = j;
         }
-        // An hour whose minutes are all retained is the merge of its minutes.
+        // An hour whose minutes are retained is the merge of its minutes.
         for hour in hours {
             let mut h = new_bucket(hour)?;
             let from = rollup_key(series, TIER_MINUTE, hour);
             let to = rollup_key(series, TIER_MINUTE, hour + HOUR_NS);
             for (_, m) in self.rollups_in(from, to)? {
-                h.merge(&m)
-                    .map_err(|e| StorageError::corrupt("rollup merge", e))?;
+                merge_into(&mut h, &m)?;
             }
             self.put_rollup(wb, rollup_key(series, TIER_HOUR, hour), h)?;
         }
-        Ok((ts.len() as u64, late))
+        Ok(counts)
+    }
+
+    /// Adds to the rollup bucket at `key` the points outside the span it already covers;
+    /// returns how many it added.
+    fn backfill(
+        &mut self,
+        wb: &mut SmWriteBatch,
+        key: [u8; 17],
+        start: i64,
+        ts: &[i64],
+        vals: &[f64],
+    ) -> Result<u64> {
+        let existing = self.rollup(key)?;
+        let span = existing
+            .as_ref()
+            .and_then(|b| Some((b.moments.first()?.0, b.moments.last()?.0)));
+        let (new_ts, new_vals): (Vec<i64>, Vec<f64>) = match span {
+            None => (ts.to_vec(), vals.to_vec()),
+            Some((lo, hi)) => ts
+                .iter()
+                .zip(vals)
+                .filter(|(t, _)| **t < lo || **t > hi)
+                .map(|(t, v)| (*t, *v))
+                .unzip(),
+        };
+        if new_ts.is_empty() {
+            return Ok(0);
+        }
+        let mut b = match existing {
+            Some(b) => b,
+            None => new_bucket(start)?,
+        };
+        merge_into(&mut b, &bucket_of(&new_ts, &new_vals, start)?)?;
+        self.put_rollup(wb, key, b)?;
+        Ok(new_ts.len() as u64)
     }
 
     fn put_rollup(&mut self, wb: &mut SmWriteBatch, key: [u8; 17], b: RollupBucket) -> Result<()> {
@@ -662,7 +559,7 @@ impl<'a> TelemetryApplier<'a> {
     /// Every retained raw point of `series` in `[from, to)`, deduplicated by timestamp (the
     /// latest write wins), sorted: the database's segments plus this entry's.
     fn raw_points(&self, series: u64, from: i64, to: i64) -> Result<(Vec<i64>, Vec<f64>)> {
-        let mut pts = read_raw(self.db, series, from, to)?;
+        let mut pts = read_raw(self.db, None, series, from, to)?;
         for s in &self.segments {
             if s.series != series || s.min_ts >= to {
                 continue;
@@ -677,7 +574,7 @@ impl<'a> TelemetryApplier<'a> {
 }
 
 /// Sorts by (timestamp, write order) and keeps the latest write of each timestamp.
-fn dedupe(mut pts: Vec<OrderedPoint>) -> (Vec<i64>, Vec<f64>) {
+pub(crate) fn dedupe(mut pts: Vec<OrderedPoint>) -> (Vec<i64>, Vec<f64>) {
     pts.sort_by_key(|p| (p.0, p.1));
     let mut ts = Vec::with_capacity(pts.len());
     let mut vals: Vec<f64> = Vec::with_capacity(pts.len());
@@ -694,11 +591,26 @@ fn dedupe(mut pts: Vec<OrderedPoint>) -> (Vec<i64>, Vec<f64>) {
     (ts, vals)
 }
 
+/// Read options on the live database, or on a point-in-time view of it.
+pub(crate) fn read_opts(view: Option<&rocksdb::Snapshot<'_>>) -> rocksdb::ReadOptions {
+    let mut opts = rocksdb::ReadOptions::default();
+    if let Some(v) = view {
+        opts.set_snapshot(v);
+    }
+    opts
+}
+
 /// Raw points of a series in `[from, to)` from the database, with their write order.
-fn read_raw(db: &SmDb, series: u64, from: i64, to: i64) -> Result<Vec<OrderedPoint>> {
+pub(crate) fn read_raw(
+    db: &SmDb,
+    view: Option<&rocksdb::Snapshot<'_>>,
+    series: u64,
+    from: i64,
+    to: i64,
+) -> Result<Vec<OrderedPoint>> {
     let start = raw_key(series, from.saturating_sub(MAX_SEGMENT_SPAN_NS), 0, 0);
     let end = raw_key(series, to, 0, 0);
-    let mut opts = rocksdb::ReadOptions::default();
+    let mut opts = read_opts(view);
     opts.set_iterate_upper_bound(end.to_vec());
     let mut out = Vec::new();
     let (mut ts, mut vals) = (Vec::new(), Vec::new());
@@ -715,7 +627,7 @@ fn read_raw(db: &SmDb, series: u64, from: i64, to: i64) -> Result<Vec<OrderedPoi
         segment::decode_into(&v, &mut ts, &mut vals)
             .map_err(|e| StorageError::corrupt("segment", e))?;
         let order = (
-            read_u64(&k[16..]).unwrap_or(0),
+            k.get(16..).and_then(read_u64).unwrap_or(0),
             k.get(24..28)
                 .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])),
         );
@@ -738,361 +650,9 @@ pub fn series_id(db: &SmDb, name: &str) -> Result<Option<u64>> {
         .db()
         .get_pinned_cf(db.cf(CF_TM_SERIES)?, name.as_bytes())?
     {
-        Some(b) => Ok(Some(decode::<SeriesMeta>("series", &b)?.id)),
+        Some(b) => Ok(Some(decode_series_id(&b)?)),
         None => Ok(None),
     }
-}
-
-pub fn policy(db: &SmDb, series: &str) -> Result<RetentionPolicy> {
-    let mut v = Vec::new();
-    for item in db
-        .db()
-        .iterator_cf(db.cf(CF_TM_POLICY)?, rocksdb::IteratorMode::Start)
-    {
-        let (_, b) = item?;
-        v.push(decode::<RetentionPolicy>("retention policy", &b)?);
-    }
-    Ok(policy_for(&v, series))
-}
-
-/// Which tier serves a query.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TierChoice {
-    /// The coarsest tier that serves the bucket width, where it is retained.
-    Auto,
-    Raw,
-    Minute,
-    Hour,
-}
-
-#[derive(Debug, Clone)]
-pub struct QuerySpec {
-    pub series: String,
-    pub start_ns: i64,
-    pub end_ns: i64,
-    /// Bucket width; 0 with `target_points` set derives it.
-    pub bucket_ns: i64,
-    pub target_points: u32,
-    pub tier: TierChoice,
-    /// z-score threshold for anomalies over raw points (None: no anomaly detection).
-    pub anomaly_z: Option<f64>,
-    /// Pixel columns for M4 (0: none).
-    pub m4_width: u32,
-    /// Exact per-bucket medians for raw buckets.
-    pub median: bool,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct BucketOut {
-    pub start_ns: i64,
-    pub moments: Moments,
-    pub sketch: DDSketch,
-    pub median: Option<f64>,
-    /// "raw", "minute" or "hour".
-    pub tier: &'static str,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct M4Out {
-    pub pixel: u32,
-    pub first: (i64, f64),
-    pub last: (i64, f64),
-    pub min: (i64, f64),
-    pub max: (i64, f64),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct QueryResult {
-    pub bucket_ns: i64,
-    pub buckets: Vec<BucketOut>,
-    pub summary: Moments,
-    pub summary_sketch: DDSketch,
-    pub anomalies: Vec<super::agg::Anomaly>,
-    pub m4: Vec<M4Out>,
-    /// Raw points read.
-    pub raw_points: u64,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum QueryError {
-    #[error("{0}")]
-    Invalid(String),
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-}
-
-/// Most buckets one query returns.
-pub const MAX_QUERY_BUCKETS: i64 = 100_000;
-/// Most raw points one query reads (bounds memory and time).
-pub const MAX_QUERY_RAW_POINTS: usize = 50_000_000;
-
-fn nice_width(w: i64) -> i64 {
-    if w >= HOUR_NS {
-        (w + HOUR_NS - 1) / HOUR_NS * HOUR_NS
-    } else if w >= MINUTE_NS {
-        (w + MINUTE_NS - 1) / MINUTE_NS * MINUTE_NS
-    } else {
-        w.max(1)
-    }
-}
-
-/// Answers a query at replicated time `now_ns`.
-pub fn query(db: &SmDb, now_ns: i64, q: &QuerySpec) -> Result<QueryResult, QueryError> {
-    if q.end_ns <= q.start_ns {
-        return Err(QueryError::Invalid(format!(
-            "empty range: end {} <= start {}",
-            q.end_ns, q.start_ns
-        )));
-    }
-    if q.start_ns < MIN_TS || q.end_ns > MAX_TS {
-        return Err(QueryError::Invalid(
-            "range outside the supported timestamps".into(),
-        ));
-    }
-    let span = q.end_ns - q.start_ns;
-    let width = match (q.bucket_ns, q.target_points) {
-        (w, _) if w > 0 => w,
-        (_, p) if p > 0 => nice_width((span + i64::from(p) - 1) / i64::from(p)),
-        _ => {
-            return Err(QueryError::Invalid(
-                "give a bucket width or a target number of points".into(),
-            ))
-        }
-    };
-    if span / width > MAX_QUERY_BUCKETS {
-        return Err(QueryError::Invalid(format!(
-            "{} buckets requested, the limit is {MAX_QUERY_BUCKETS}",
-            span / width
-        )));
-    }
-    let mut result = QueryResult {
-        bucket_ns: width,
-        buckets: Vec::new(),
-        summary: Moments::new(),
-        summary_sketch: DDSketch::new(),
-        anomalies: Vec::new(),
-        m4: Vec::new(),
-        raw_points: 0,
-    };
-    let Some(series) = series_id(db, &q.series)? else {
-        return Ok(result);
-    };
-    let cut = policy(db, &q.series)?.cutoffs(now_ns);
-    // Output buckets are aligned to multiples of the width since the epoch.
-    let first = floor(q.start_ns, width);
-    // Which tier serves a bucket starting at `s`.
-    let tier_of = |s: i64| -> &'static str {
-        match q.tier {
-            TierChoice::Raw => "raw",
-            TierChoice::Minute => "minute",
-            TierChoice::Hour => "hour",
-            TierChoice::Auto => {
-                if width % HOUR_NS == 0 {
-                    "hour"
-                } else if width % MINUTE_NS == 0 && s >= cut.minute {
-                    "minute"
-                } else if s >= cut.raw {
-                    "raw"
-                } else if s >= cut.minute {
-                    "minute"
-                } else {
-                    "hour"
-                }
-            }
-        }
-    };
-    // Group consecutive output buckets by tier and read each run at once.
-    let mut s = first;
-    while s < q.end_ns {
-        let tier = tier_of(s);
-        let mut e = s + width;
-        while e < q.end_ns && tier_of(e) == tier {
-            e += width;
-        }
-        let (lo, hi) = (s.max(q.start_ns), e.min(q.end_ns));
-        match tier {
-            "raw" => read_raw_run(db, series, cut, lo, hi, width, q, &mut result)?,
-            t => {
-                let (tier_id, tier_width, dead_before) = if t == "minute" {
-                    (TIER_MINUTE, MINUTE_NS, cut.minute)
-                } else {
-                    (TIER_HOUR, HOUR_NS, cut.hour)
-                };
-                read_rollup_run(
-                    db,
-                    series,
-                    tier_id,
-                    tier_width,
-                    dead_before,
-                    lo,
-                    hi,
-                    width,
-                    t,
-                    q,
-                    &mut result,
-                )?;
-            }
-        }
-        s = e;
-    }
-    for b in &result.buckets {
-        result.summary.merge(&b.moments);
-        let _ = result.summary_sketch.merge(&b.sketch);
-    }
-    Ok(result)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn read_rollup_run(
-    db: &SmDb,
-    series: u64,
-    tier: u8,
-    tier_width: i64,
-    dead_before: i64,
-    lo: i64,
-    hi: i64,
-    width: i64,
-    name: &'static str,
-    q: &QuerySpec,
-    out: &mut QueryResult,
-) -> Result<(), QueryError> {
-    let from = rollup_key(series, tier, floor(lo, tier_width));
-    let to = rollup_key(series, tier, hi);
-    let mut opts = rocksdb::ReadOptions::default();
-    opts.set_iterate_upper_bound(to.to_vec());
-    for item in db.db().iterator_cf_opt(
-        db.cf(CF_TM_ROLLUP)?,
-        opts,
-        rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward),
-    ) {
-        let (_, v) = item.map_err(StorageError::from)?;
-        let b = decode_bucket(&v)?;
-        // Dead by retention, whether or not compaction removed it here yet.
-        if b.start_ns + tier_width <= dead_before || b.start_ns < floor(lo, tier_width) {
-            continue;
-        }
-        let start = floor(b.start_ns, width);
-        match out.buckets.last_mut() {
-            Some(last) if last.start_ns == start && last.tier == name => {
-                last.moments.merge(&b.moments);
-                let _ = last.sketch.merge(&b.sketch);
-            }
-            _ => out.buckets.push(BucketOut {
-                start_ns: start,
-                moments: b.moments,
-                sketch: b.sketch.clone(),
-                median: None,
-                tier: name,
-            }),
-        }
-        rollup_m4(q, &b, out);
-    }
-    Ok(())
-}
-
-/// M4 over a range served by rollups: each bucket contributes its first and last points
-/// and its extremes (placed at the bucket's start: rollups keep no argmin/argmax).
-fn rollup_m4(q: &QuerySpec, b: &RollupBucket, out: &mut QueryResult) {
-    if q.m4_width == 0 || b.start_ns < q.start_ns || b.start_ns >= q.end_ns {
-        return;
-    }
-    let (Some(first), Some(last), Some(min), Some(max)) = (
-        b.moments.first(),
-        b.moments.last(),
-        b.moments.min(),
-        b.moments.max(),
-    ) else {
-        return;
-    };
-    let span = (q.end_ns - q.start_ns) as i128;
-    let pixel = ((b.start_ns - q.start_ns) as i128 * i128::from(q.m4_width) / span) as u32;
-    match out.m4.last_mut() {
-        Some(c) if c.pixel == pixel => {
-            c.last = last;
-            if min < c.min.1 {
-                c.min = (b.start_ns, min);
-            }
-            if max > c.max.1 {
-                c.max = (b.start_ns, max);
-            }
-        }
-        _ => out.m4.push(M4Out {
-            pixel,
-            first,
-            last,
-            min: (b.start_ns, min),
-            max: (b.start_ns, max),
-        }),
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn read_raw_run(
-    db: &SmDb,
-    series: u64,
-    cut: Cutoffs,
-    lo: i64,
-    hi: i64,
-    width: i64,
-    q: &QuerySpec,
-    out: &mut QueryResult,
-) -> Result<(), QueryError> {
-    // Points older than the raw cutoff are dead whether or not compaction removed them.
-    let lo = lo.max(cut.raw);
-    if lo >= hi {
-        return Ok(());
-    }
-    let pts = read_raw(db, series, lo, hi)?;
-    if pts.len() > MAX_QUERY_RAW_POINTS {
-        return Err(QueryError::Invalid(format!(
-            "the range holds more than {MAX_QUERY_RAW_POINTS} raw points: narrow it or use a coarser bucket"
-        )));
-    }
-    let (ts, vals) = dedupe(pts);
-    out.raw_points += ts.len() as u64;
-    if ts.is_empty() {
-        return Ok(());
-    }
-    let cfg = AggConfig::time_width(width)
-        .with_median(q.median)
-        .with_anomaly(q.anomaly_z.map(|z| AnomalyConfig {
-            threshold: z,
-            ..AnomalyConfig::default()
-        }));
-    let mut agg = Aggregator::new(cfg).map_err(|e| QueryError::Invalid(e.to_string()))?;
-    agg.push(&ts, &vals)
-        .map_err(|e| QueryError::Invalid(e.to_string()))?;
-    agg.flush();
-    // Percentiles per bucket: a sketch over each bucket's slice.
-    let mut i = 0;
-    for b in agg.closed() {
-        let j = ts.partition_point(|t| *t < b.start_ns.saturating_add(width));
-        let mut sketch = DDSketch::new();
-        for &v in &vals[i..j] {
-            sketch.insert(v);
-        }
-        i = j;
-        out.buckets.push(BucketOut {
-            start_ns: b.start_ns,
-            moments: b.moments,
-            sketch,
-            median: b.median,
-            tier: "raw",
-        });
-    }
-    out.anomalies.extend_from_slice(agg.anomalies());
-    if q.m4_width > 0 {
-        let cols = m4(&ts, &vals, q.start_ns, q.end_ns, q.m4_width)
-            .map_err(|e| QueryError::Invalid(e.to_string()))?;
-        out.m4.extend(cols.iter().map(|c| M4Out {
-            pixel: c.pixel,
-            first: (c.first.ts, c.first.value),
-            last: (c.last.ts, c.last.value),
-            min: (c.min.ts, c.min.value),
-            max: (c.max.ts, c.max.value),
-        }));
-    }
-    Ok(())
 }
 
 /// Splits sorted, deduplicated points of one series into segments within the limits.
@@ -1148,12 +708,11 @@ pub fn disk_usage(db: &SmDb) -> Result<(u64, u64)> {
     Ok((prop(CF_TM_RAW)?, prop(CF_TM_ROLLUP)?))
 }
 
-/// Flushes the telemetry column families to disk (so their size shows in SST files).
+/// Flushes to disk (so the telemetry data's size shows in SST files). Every column family
+/// goes together, never the telemetry ones alone (see [`SmDb::sync`]): that also lets the
+/// compaction filter go by the state now durable.
 pub fn flush(db: &SmDb) -> Result<()> {
-    for cf in [CF_TM_RAW, CF_TM_ROLLUP] {
-        db.db().flush_cf(db.cf(cf)?)?;
-    }
-    Ok(())
+    db.sync()
 }
 
 /// Flushes and compacts the telemetry column families: expired records go now.
@@ -1172,32 +731,6 @@ pub fn compact(db: &SmDb) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn policy_cutoffs_and_validation() {
-        let p = RetentionPolicy::default_for("sat-");
-        assert!(p.validate().is_ok());
-        let now = 10 * 24 * HOUR_NS + 17 * MINUTE_NS + 5;
-        let c = p.cutoffs(now);
-        assert_eq!(c.raw, floor(now - 48 * HOUR_NS, MINUTE_NS));
-        assert_eq!(c.raw % MINUTE_NS, 0);
-        assert_eq!(c.hour, i64::MIN);
-        let bad = RetentionPolicy {
-            minute_ms: p.raw_ms,
-            ..p.clone()
-        };
-        assert!(bad.validate().is_err());
-        let policies = vec![
-            RetentionPolicy::default_for("sat-"),
-            RetentionPolicy {
-                raw_ms: 1,
-                ..RetentionPolicy::default_for("sat-7/")
-            },
-        ];
-        assert_eq!(policy_for(&policies, "sat-7/battery_v").raw_ms, 1);
-        assert_eq!(policy_for(&policies, "sat-8/x").prefix, "sat-");
-        assert_eq!(policy_for(&policies, "ground/x").prefix, "");
-    }
 
     #[test]
     fn dedupe_keeps_latest_write() {
@@ -1227,5 +760,185 @@ mod tests {
             total += info.count;
         }
         assert_eq!(total, ts.len());
+    }
+
+    type Records = Vec<(Box<[u8]>, Box<[u8]>)>;
+
+    fn records(db: &SmDb, cf: &'static str) -> Records {
+        db.db()
+            .iterator_cf(db.cf(cf).unwrap(), rocksdb::IteratorMode::Start)
+            .map(|r| r.unwrap())
+            .collect()
+    }
+
+    fn fresh_store() -> (tempfile::TempDir, crate::storage::SmStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::storage::SmStore::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    fn apply_entry(db: &SmDb, index: u64, now: i64, cmd: &TelemetryCommand) -> TelemetryOutcome {
+        let mut wb = SmWriteBatch::new(db, 0, index);
+        let outcome = TelemetryApplier::new(db, index)
+            .apply(&mut wb, now, cmd)
+            .unwrap();
+        let state = crate::eventstore::StoreState {
+            last_commit_time_ns: now,
+            ..Default::default()
+        };
+        wb.put_meta(crate::eventstore::STATE_KEY, &state.encode().unwrap())
+            .unwrap();
+        wb.commit().unwrap();
+        outcome
+    }
+
+    fn points(series: &str, start: i64, n: i64) -> TelemetryCommand {
+        let ts: Vec<i64> = (0..n).map(|i| start + i * 1_000_000_000).collect();
+        let vals: Vec<f64> = ts.iter().map(|t| (t % 7) as f64).collect();
+        TelemetryCommand::Ingest(segments_of(series, &ts, &vals).unwrap())
+    }
+
+    /// Issue 9, points 3b, 3c and 9d: the compaction filter goes by the state at the last
+    /// durable point (moved by `sync` only, never by apply, never by a batch not written);
+    /// a point-in-time reader (snapshot dump, state scan) goes by the state of its view.
+    #[test]
+    fn compaction_view_lags_durable_state_and_readers_use_their_own() {
+        use crate::storage::sm_db::{Retention, SmStore};
+        let dir = tempfile::tempdir().unwrap();
+        let view = RetentionView::new();
+        let store = SmStore::open_with(dir.path(), view.clone()).unwrap();
+        let db = store.db();
+        let t0 = 1_700_000_000_000_000_000i64;
+        apply_entry(&db, 1, t0, &points("s/a", t0 - 10 * MINUTE_NS, 30));
+        db.sync().unwrap();
+        let raw = records(&db, CF_TM_RAW);
+        assert_eq!(raw.len(), 1);
+        let (k, v) = &raw[0];
+        let dead_now = |store: &SmStore| {
+            let snap = db.db().snapshot();
+            store.dead_rule(&db, &snap).unwrap()(CF_TM_RAW, k, v)
+        };
+        // Three days later (raw retention is 48 h), and a policy in a batch never written.
+        apply_entry(
+            &db,
+            2,
+            t0 + 72 * HOUR_NS,
+            &points("s/b", t0 + 72 * HOUR_NS, 3),
+        );
+        let mut wb = SmWriteBatch::new(&db, 0, 3);
+        let short = RetentionPolicy {
+            raw_ms: 1,
+            ..RetentionPolicy::default_for("s/")
+        };
+        TelemetryApplier::new(&db, 3)
+            .apply(
+                &mut wb,
+                t0 + 72 * HOUR_NS,
+                &TelemetryCommand::SetRetention(short),
+            )
+            .unwrap();
+        drop(wb);
+        assert!(!view.is_dead(CF_TM_RAW, k, v), "not durable yet: kept");
+        assert!(
+            dead_now(&store),
+            "a reader of the current state sees it dead"
+        );
+        db.sync().unwrap();
+        assert!(
+            view.is_dead(CF_TM_RAW, k, v),
+            "durable now: compaction may drop it"
+        );
+    }
+
+    /// Issue 9, points 4 and 11a: a backfill never writes a bucket whose tier has expired,
+    /// and re-sending it changes nothing.
+    #[test]
+    fn backfill_is_idempotent_and_leaves_expired_tiers_alone() {
+        let (_dir, store) = fresh_store();
+        let db = store.db();
+        let now = 1_700_000_000_000_000_000i64;
+        let finite = RetentionPolicy {
+            hour_ms: 40 * 24 * 3_600_000,
+            ..RetentionPolicy::default_for("h/")
+        };
+        apply_entry(&db, 1, now, &TelemetryCommand::SetRetention(finite));
+        let old = floor(now - 60 * 24 * HOUR_NS, HOUR_NS);
+        let mid = floor(now - 10 * 24 * HOUR_NS, HOUR_NS);
+        let cmd = points("h/x", mid, 200);
+        let first = apply_entry(&db, 2, now, &cmd);
+        assert!(matches!(
+            first,
+            TelemetryOutcome::Ingested {
+                points: 200,
+                skipped: 0,
+                ..
+            }
+        ));
+        let rollups = |db: &SmDb| records(db, CF_TM_ROLLUP);
+        let before = rollups(&db);
+        let again = apply_entry(&db, 3, now, &cmd);
+        assert!(matches!(
+            again,
+            TelemetryOutcome::Ingested {
+                points: 0,
+                skipped: 200,
+                ..
+            }
+        ));
+        assert_eq!(rollups(&db), before, "a re-sent backfill writes nothing");
+        let expired = apply_entry(&db, 4, now, &points("h/x", old, 10));
+        assert!(matches!(
+            expired,
+            TelemetryOutcome::Ingested {
+                points: 0,
+                skipped: 10,
+                ..
+            }
+        ));
+        assert_eq!(
+            rollups(&db),
+            before,
+            "no bucket of an expired tier is written"
+        );
+    }
+
+    #[test]
+    fn bad_commands_are_rejected_not_errors() {
+        let (_dir, store) = fresh_store();
+        let db = store.db();
+        let seg = |series: &str| SeriesSegment {
+            series: series.into(),
+            segment: Bytes::from(segment::encode(&[1], &[1.0]).unwrap()),
+        };
+        for cmd in [
+            TelemetryCommand::Ingest(vec![]),
+            TelemetryCommand::Ingest(vec![seg("no-channel")]),
+            TelemetryCommand::Ingest(vec![seg("bad name/x")]),
+            TelemetryCommand::Ingest(vec![SeriesSegment {
+                series: "a/b".into(),
+                segment: Bytes::from_static(b"garbage"),
+            }]),
+            TelemetryCommand::SetRetention(RetentionPolicy {
+                raw_ms: u64::MAX,
+                ..RetentionPolicy::default_for("a/")
+            }),
+            TelemetryCommand::SetRetention(RetentionPolicy::default_for("bad prefix")),
+        ] {
+            let out = apply_entry(&db, 1, 0, &cmd);
+            assert!(
+                matches!(out, TelemetryOutcome::Rejected { .. }),
+                "{cmd:?}: {out:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn names_follow_fixed_rules() {
+        assert!(check_name("sat-7/battery_v", false).is_ok());
+        assert!(check_name("", true).is_ok());
+        assert!(check_name("sat-", true).is_ok());
+        assert!(check_name("no-channel", false).is_err());
+        assert!(check_name("bad name/x", false).is_err());
+        assert!(check_name(&"a/".repeat(MAX_SERIES_NAME_BYTES), false).is_err());
     }
 }

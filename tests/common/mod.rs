@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod crash;
 pub mod proxy;
 
 use std::path::{Path, PathBuf};
