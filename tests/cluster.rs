@@ -545,6 +545,20 @@ async fn a_leader_with_a_clock_a_year_ahead_stamps_the_majority_time() {
         off_secs.abs() < 600.0,
         "commit time is {off_secs} s off the real time"
     );
+    // Every voter answers the clock probe: the leader adopts this version's rules, which
+    // seeds the replicated idempotency window on every node.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let mut windows = Vec::new();
+        for i in c.all() {
+            windows.push(c.nodes[i].status().await.dedupe_window_secs);
+        }
+        if windows.iter().all(|w| *w == Some(24 * 3600)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "windows {windows:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (_, metrics) = c.nodes[0].http_get("/metrics").await;
     let skew: f64 = metrics
         .lines()

@@ -1041,7 +1041,13 @@ async fn the_idempotency_window_is_set_cluster_wide_from_the_cli() {
     c.append(append_req("s", None, vec![new_event("T", "{}")]))
         .await
         .unwrap();
-    // Seeded by the first entry from the node's dedupe_window_secs (default 24 h).
+    // Seeded, when the leader adopts this version's rules, from its dedupe_window_secs
+    // (default 24 h).
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while node.status().await.dedupe_window_secs.is_none() {
+        assert!(std::time::Instant::now() < deadline, "rules never adopted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(node.status().await.dedupe_window_secs, Some(24 * 3600));
     let out = node.ctl(&["cluster", "set-dedupe-window", "2h"]);
     assert!(

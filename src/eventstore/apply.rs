@@ -60,6 +60,8 @@ pub struct Applier<'a> {
     dedupe: HashMap<Uuid, DedupeEntry>,
     /// Ids of the events this entry stored, 16 bytes each: one expiry record per entry.
     stored_ids: Vec<u8>,
+    /// The apply rules in force (replicated; see `APPLY_RULES_VERSION`).
+    rules_version: u32,
 }
 
 impl<'a> Applier<'a> {
@@ -71,7 +73,36 @@ impl<'a> Applier<'a> {
             heads: HashMap::new(),
             dedupe: HashMap::new(),
             stored_ids: Vec::new(),
+            rules_version: super::APPLY_RULES_VERSION,
         }
+    }
+
+    /// Applies under these rules (the replicated version; the newest by default).
+    pub fn with_rules(mut self, rules_version: u32) -> Self {
+        self.set_rules(rules_version);
+        self
+    }
+
+    pub fn set_rules(&mut self, rules_version: u32) {
+        self.rules_version = rules_version;
+    }
+
+    pub fn rules_version(&self) -> u32 {
+        self.rules_version
+    }
+
+    /// Refuses what the rules in force refuse of an append's shape: no events (always), and
+    /// from version 2 malformed stream names and repeated event ids.
+    pub fn check_shape(&self, stream: &str, events: &[crate::model::NewEvent]) -> Option<String> {
+        if events.is_empty() {
+            return Some(crate::model::ValidationError::NoEvents.to_string());
+        }
+        if self.rules_version >= 2 {
+            if let Err(e) = check_append_structure(stream, events) {
+                return Some(e.to_string());
+            }
+        }
+        None
     }
 
     /// The store state after this batch, and the stream heads it read or wrote (for
@@ -135,8 +166,10 @@ impl<'a> Applier<'a> {
         dedupe_window_ns: i64,
         cmd: &AppendCommand,
     ) -> Result<AppendOutcome> {
-        if let Err(e) = check_plain_append_target(&cmd.stream) {
-            return Ok(rejected(e));
+        if self.rules_version >= 2 {
+            if let Err(e) = check_plain_append_target(&cmd.stream) {
+                return Ok(rejected(e));
+            }
         }
         self.append_checked(wb, commit_time_ns, dedupe_window_ns, cmd)
     }
@@ -153,8 +186,8 @@ impl<'a> Applier<'a> {
     ) -> Result<AppendOutcome> {
         // Apply is total: what would break an invariant is a replicated refusal, never a
         // panic or an error that halts the state machine.
-        if let Err(e) = check_append_structure(&cmd.stream, &cmd.events) {
-            return Ok(rejected(e));
+        if let Some(reason) = self.check_shape(&cmd.stream, &cmd.events) {
+            return Ok(rejected(reason));
         }
         let oldest_live_ns = commit_time_ns.saturating_sub(dedupe_window_ns);
         if let Some(outcome) = self.check_duplicate(cmd, oldest_live_ns)? {

@@ -23,6 +23,27 @@ pub const STATE_KEY: &[u8] = b"store_state";
 /// The key of the idempotency window (ns, replicated) in the state machine's metadata.
 pub const WINDOW_KEY: &[u8] = b"dedupe_window";
 
+/// The key of the apply-rules version (replicated) in the state machine's metadata.
+pub const RULES_KEY: &[u8] = b"apply_rules";
+
+/// The apply rules this code knows. Rules are replicated state: a rule that refuses what an
+/// older version accepted may only apply from a log position every replica agrees on, or a
+/// replica replaying older entries after an upgrade would refuse what the others accepted.
+/// Version 1: the original rules. Version 2 adds, in apply: well-formed stream names, unique
+/// event ids within an append, and no plain append to a workflow's stream. (Appends without
+/// events and positions past `u64::MAX` are refused under every version: older code panicked
+/// or halted on them, so no healthy log holds one.) A leader adopts the newest version once
+/// every voter runs code that knows it (`Command::AdoptRules`).
+pub const APPLY_RULES_VERSION: u32 = 2;
+
+/// The apply-rules version in force (1 until a cluster adopts a newer one).
+pub fn load_rules_version(db: &SmDb) -> Result<u32> {
+    match db.db().get_pinned_cf(db.cf(CF_META)?, RULES_KEY)? {
+        Some(bytes) => decode("apply rules version", &bytes),
+        None => Ok(1),
+    }
+}
+
 /// Longest idempotency window a cluster may set: a year.
 pub const MAX_DEDUPE_WINDOW_NS: i64 = 365 * 24 * 3600 * 1_000_000_000;
 

@@ -270,6 +270,7 @@ impl Node {
             subscription_slots,
             reads,
         });
+        tokio::spawn(node.clone().adopt_rules_when_ready());
         if node.config.dev && !node.is_initialized().await? {
             tracing::info!(
                 node_id = node.id,
@@ -354,10 +355,71 @@ impl Node {
         }
     }
 
+    /// While this node leads a cluster that applies older rules than this code knows, and
+    /// every voter runs code that knows them, proposes adopting them (which also seeds the
+    /// replicated idempotency window from this node's setting). Runs until shutdown.
+    pub async fn adopt_rules_when_ready(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(crate::raft::clock::PROBE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let (leads, voters, running) = {
+                let m = self.raft.metrics();
+                let m = m.borrow();
+                (
+                    m.state == openraft::ServerState::Leader && m.current_leader == Some(self.id),
+                    m.membership_config
+                        .membership()
+                        .voter_ids()
+                        .collect::<Vec<_>>(),
+                    m.running_state.is_ok(),
+                )
+            };
+            if !running {
+                return;
+            }
+            let current = match crate::eventstore::load_rules_version(&self.store.db()) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::error!("reading the apply rules version: {e}");
+                    continue;
+                }
+            };
+            if !leads
+                || current >= crate::eventstore::APPLY_RULES_VERSION
+                || !self.clock.all_voters_current(&voters)
+            {
+                continue;
+            }
+            let cmd = Command::AdoptRules {
+                version: crate::eventstore::APPLY_RULES_VERSION,
+                dedupe_window_ns: i64::try_from(
+                    Duration::from_secs(self.config.dedupe_window_secs).as_nanos(),
+                )
+                .unwrap_or(i64::MAX),
+            };
+            let timeout = Duration::from_millis(self.config.write_timeout_ms);
+            match self.proposer.propose(cmd, 0, timeout).await {
+                Ok(CommandOutcome::RulesAdopted { version }) => {
+                    tracing::info!("the cluster applies rules version {version} from now on")
+                }
+                Ok(other) => tracing::warn!("adopting apply rules answered {other:?}"),
+                Err(e) => tracing::debug!("adopting apply rules: {e}"),
+            }
+        }
+    }
+
     /// Sets the cluster's idempotency window (replicated, from the entry that carries it on).
     pub async fn set_dedupe_window(&self, window: Duration) -> Result<Duration, NodeError> {
         let window_ns = i64::try_from(window.as_nanos()).unwrap_or(i64::MAX);
         crate::eventstore::check_dedupe_window(window_ns).map_err(NodeError::BadRequest)?;
+        if crate::eventstore::load_rules_version(&self.store.db())? < 2 {
+            return Err(NodeError::FailedPrecondition(
+                "the cluster has not adopted this version's rules yet (every voter must run it, \
+                 and a leader adopts them within seconds): try again shortly"
+                    .into(),
+            ));
+        }
         let timeout = Duration::from_millis(self.config.write_timeout_ms);
         match self
             .proposer

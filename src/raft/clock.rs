@@ -132,6 +132,15 @@ impl ClusterClock {
             .insert(peer, Reading::Unsupported { at: Instant::now() });
     }
 
+    /// Whether every voter but this node answered a clock probe lately: they all run code
+    /// at least as new as the `raft.v1.Clock` RPC (what adopting new apply rules waits for).
+    pub fn all_voters_current(&self, voters: &[NodeId]) -> bool {
+        let readings = self.readings.lock().unwrap_or_else(|p| p.into_inner());
+        voters.iter().filter(|v| **v != self.me).all(|v| {
+            matches!(readings.get(v), Some(r @ Reading::Clock { .. }) if r.at().elapsed() <= READING_FRESH_FOR)
+        })
+    }
+
     /// The time to stamp for a cluster of `voters` whose last commit time is
     /// `last_commit_ns`; `None` while neither a majority of readings nor the fallback can
     /// decide (see the module's documentation).

@@ -17,7 +17,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::eventstore::{check_dedupe_window, AppendCommand, AppendOutcome};
+use crate::eventstore::{check_dedupe_window, AppendCommand, AppendOutcome, APPLY_RULES_VERSION};
 use crate::model::{check_plain_append_target, Limits};
 use crate::telemetry::store::{TelemetryCommand, TelemetryOutcome};
 use crate::workflow::store::{WorkflowCommand, WorkflowOutcome};
@@ -54,10 +54,9 @@ pub struct Request {
     /// Leader wall clock at proposal, ns since the Unix epoch. The state machine never
     /// lets commit time go backwards.
     pub commit_time_ns: i64,
-    /// The proposing leader's configured idempotency window. The window in force is
-    /// replicated state: this value only seeds it, at the first entry a state machine applies
-    /// (a cluster's first, or the first after an upgrade from versions that used each
-    /// entry's own); [`Command::SetDedupeWindow`] changes it.
+    /// The proposing leader's configured idempotency window: in force only until the
+    /// replicated window is set ([`Command::AdoptRules`] seeds it, [`Command::SetDedupeWindow`]
+    /// changes it), as older versions used each entry's own.
     pub dedupe_window_ns: i64,
     pub commands: Vec<Command>,
 }
@@ -71,6 +70,13 @@ pub enum Command {
     /// Sets the replicated idempotency window (ns), from this entry on.
     SetDedupeWindow {
         window_ns: i64,
+    },
+    /// Adopts apply-rules `version` from this entry on (never goes back), and seeds the
+    /// replicated idempotency window with `dedupe_window_ns` if none is set yet. A leader
+    /// proposes it once every voter runs code that knows the version.
+    AdoptRules {
+        version: u32,
+        dedupe_window_ns: i64,
     },
 }
 
@@ -94,6 +100,17 @@ impl Command {
             }
             Command::Telemetry(t) => t.validate(limits),
             Command::SetDedupeWindow { window_ns } => check_dedupe_window(*window_ns),
+            Command::AdoptRules {
+                version,
+                dedupe_window_ns,
+            } => {
+                if *version > APPLY_RULES_VERSION {
+                    return Err(format!(
+                        "apply rules {version} are newer than this node's ({APPLY_RULES_VERSION})"
+                    ));
+                }
+                check_dedupe_window(*dedupe_window_ns)
+            }
         }
     }
 
@@ -107,7 +124,9 @@ impl Command {
             Command::Telemetry(_) => {
                 CommandOutcome::Telemetry(TelemetryOutcome::Rejected { reason })
             }
-            Command::SetDedupeWindow { .. } => CommandOutcome::Refused { reason },
+            Command::SetDedupeWindow { .. } | Command::AdoptRules { .. } => {
+                CommandOutcome::Refused { reason }
+            }
         }
     }
 }
@@ -120,6 +139,9 @@ pub enum CommandOutcome {
     Telemetry(TelemetryOutcome),
     DedupeWindowSet {
         window_ns: i64,
+    },
+    RulesAdopted {
+        version: u32,
     },
     /// A command without a kind-specific refusal was refused; nothing was written.
     Refused {

@@ -23,8 +23,8 @@ use super::{
 };
 use crate::eventstore::apply::{Applier, HeadCache};
 use crate::eventstore::{
-    check_dedupe_window, load_dedupe_window, StoreState, MAX_DEDUPE_WINDOW_NS, STATE_KEY,
-    WINDOW_KEY,
+    check_dedupe_window, load_dedupe_window, load_rules_version, StoreState, APPLY_RULES_VERSION,
+    MAX_DEDUPE_WINDOW_NS, RULES_KEY, STATE_KEY, WINDOW_KEY,
 };
 use crate::storage::sm_db::{SmDb, SmWriteBatch, CF_META};
 use crate::storage::{decode, encode, fsync_dir, SmStore, StorageError};
@@ -57,8 +57,10 @@ struct Cached {
     membership: StoredMembership,
     state: StoreState,
     digest: u128,
-    /// The replicated idempotency window (None until the first entry seeds it).
+    /// The replicated idempotency window (None until set: each entry's own is used).
     dedupe_window_ns: Option<i64>,
+    /// The apply rules in force (replicated).
+    rules_version: u32,
     /// Stream heads as committed to this database.
     heads: HeadCache,
 }
@@ -82,6 +84,7 @@ impl Cached {
                 None => 0,
             },
             dedupe_window_ns: load_dedupe_window(db)?,
+            rules_version: load_rules_version(db)?,
             heads: HeadCache::default(),
         })
     }
@@ -208,6 +211,7 @@ impl StateMachine {
         let mut outcomes = Vec::new();
         let mut touched_heads = HashMap::new();
         let mut new_window = None;
+        let mut new_rules = None;
         let is_membership = matches!(entry.payload, EntryPayload::Membership(_));
         match entry.payload {
             EntryPayload::Blank => {}
@@ -216,20 +220,18 @@ impl StateMachine {
                     db,
                     &self.cached.heads,
                     std::mem::take(&mut self.cached.state),
-                );
+                )
+                .with_rules(self.cached.rules_version);
                 let mut workflows = WorkflowApplier::new(db);
                 let mut telemetry = TelemetryApplier::new(db, entry.log_id.index);
                 let commit_time = applier.commit_time(req.commit_time_ns);
-                // The window is replicated state, not the proposing leader's setting: the
-                // first entry seeds it, `SetDedupeWindow` changes it.
-                let mut window = match self.cached.dedupe_window_ns {
-                    Some(w) => w,
-                    None => {
-                        let w = req.dedupe_window_ns.clamp(1, MAX_DEDUPE_WINDOW_NS);
-                        wb.put(CF_META, WINDOW_KEY, &encode("dedupe window", &w)?)?;
-                        w
-                    }
-                };
+                // The window is replicated state once set (`AdoptRules` seeds it,
+                // `SetDedupeWindow` changes it); until then each entry's own, as before.
+                let mut window = self
+                    .cached
+                    .dedupe_window_ns
+                    .unwrap_or_else(|| req.dedupe_window_ns.clamp(1, MAX_DEDUPE_WINDOW_NS));
+                let mut window_set = self.cached.dedupe_window_ns.is_some();
                 outcomes.reserve(req.commands.len());
                 for cmd in &req.commands {
                     outcomes.push(match cmd {
@@ -253,20 +255,53 @@ impl StateMachine {
                             match check_dedupe_window(*window_ns) {
                                 Ok(()) => {
                                     window = *window_ns;
+                                    window_set = true;
                                     wb.put(
                                         CF_META,
                                         WINDOW_KEY,
                                         &encode("dedupe window", &window)?,
                                     )?;
+                                    new_window = Some(window);
                                     CommandOutcome::DedupeWindowSet { window_ns: window }
                                 }
                                 Err(reason) => CommandOutcome::Refused { reason },
                             }
                         }
+                        Command::AdoptRules {
+                            version,
+                            dedupe_window_ns,
+                        } => {
+                            if *version > APPLY_RULES_VERSION {
+                                CommandOutcome::Refused {
+                                    reason: format!("unknown apply rules {version}"),
+                                }
+                            } else {
+                                let adopted = applier.rules_version().max(*version);
+                                if adopted != applier.rules_version() {
+                                    wb.put(
+                                        CF_META,
+                                        RULES_KEY,
+                                        &encode("apply rules version", &adopted)?,
+                                    )?;
+                                    applier.set_rules(adopted);
+                                    new_rules = Some(adopted);
+                                }
+                                if !window_set && check_dedupe_window(*dedupe_window_ns).is_ok() {
+                                    window = *dedupe_window_ns;
+                                    window_set = true;
+                                    wb.put(
+                                        CF_META,
+                                        WINDOW_KEY,
+                                        &encode("dedupe window", &window)?,
+                                    )?;
+                                    new_window = Some(window);
+                                }
+                                CommandOutcome::RulesAdopted { version: adopted }
+                            }
+                        }
                     });
                 }
                 applier.finish_entry(&mut wb, commit_time, entry.log_id.index, window)?;
-                new_window = Some(window);
                 let (state, heads) = applier.into_parts();
                 self.cached.state = state;
                 touched_heads = heads;
@@ -295,6 +330,9 @@ impl StateMachine {
         self.cached.heads.commit(touched_heads);
         if new_window.is_some() {
             self.cached.dedupe_window_ns = new_window;
+        }
+        if let Some(r) = new_rules {
+            self.cached.rules_version = r;
         }
         // The compaction filter's retention state moves only at durable points
         // (`SmDb::sync`), never here: see `telemetry::retention`.
@@ -583,6 +621,13 @@ mod tests {
         })
     }
 
+    fn adopt(window_secs: i64) -> Command {
+        Command::AdoptRules {
+            version: APPLY_RULES_VERSION,
+            dedupe_window_ns: window_secs * 1_000_000_000,
+        }
+    }
+
     async fn apply(sm: &mut StateMachine, e: Entry) -> Vec<CommandOutcome> {
         let mut r = sm.apply([e]).await.expect("apply never fails on bad input");
         r.pop().unwrap().outcomes
@@ -611,14 +656,21 @@ mod tests {
             snapshot_every: 100,
         });
         let bad_stream = append("has space\0nul", 1);
-        let out = apply(
+        let mut out = apply(
             &mut sm,
             entry(
                 1,
-                vec![append("s", 0), empty_workflow, bad_stream, append("s", 2)],
+                vec![
+                    adopt(60),
+                    append("s", 0),
+                    empty_workflow,
+                    bad_stream,
+                    append("s", 2),
+                ],
             ),
         )
         .await;
+        assert_eq!(out.remove(0), CommandOutcome::RulesAdopted { version: 2 });
         assert!(
             matches!(&out[0], CommandOutcome::Append(AppendOutcome::Rejected { reason }) if reason.contains("no events")),
             "{:?}",
@@ -647,18 +699,35 @@ mod tests {
         assert_eq!(sm.status().borrow().next_global_position, 3);
     }
 
-    /// Issue 9.12: a plain append cannot write a workflow's stream, whatever the edge did.
+    /// Issue 9.12: a plain append cannot write a workflow's stream, whatever the edge did —
+    /// from the log position where the cluster adopted the rules that say so. Before it,
+    /// entries apply as older versions applied them, so that a replica replaying them after
+    /// an upgrade agrees with the replicas that applied them before.
     #[tokio::test]
-    async fn plain_appends_to_workflow_streams_are_refused_in_apply() {
+    async fn plain_appends_to_workflow_streams_are_refused_in_apply_once_the_rules_say_so() {
         let dir = tempfile::tempdir().unwrap();
         let mut sm = StateMachine::open(dir.path()).unwrap();
         let out = apply(&mut sm, entry(1, vec![append("workflow-wf-3", 1)])).await;
+        assert_eq!(appended(&out[0]), (0, 0), "version 1 rules, as before");
+        let out = apply(
+            &mut sm,
+            entry(2, vec![adopt(60), append("workflow-wf-3", 1)]),
+        )
+        .await;
         assert!(
-            matches!(&out[0], CommandOutcome::Append(AppendOutcome::Rejected { reason }) if reason.contains("Workflows API")),
+            matches!(&out[1], CommandOutcome::Append(AppendOutcome::Rejected { reason }) if reason.contains("Workflows API")),
             "{:?}",
-            out[0]
+            out[1]
         );
-        assert_eq!(sm.status().borrow().next_global_position, 0);
+        assert_eq!(sm.status().borrow().next_global_position, 1);
+        // Adopted for good: a restart keeps the rules.
+        drop(sm);
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        let out = apply(&mut sm, entry(3, vec![append("workflow-wf-3", 1)])).await;
+        assert!(matches!(
+            &out[0],
+            CommandOutcome::Append(AppendOutcome::Rejected { .. })
+        ));
     }
 
     fn entry_at(index: u64, secs: i64, window_secs: i64, commands: Vec<Command>) -> Entry {
@@ -679,9 +748,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut sm = StateMachine::open(dir.path()).unwrap();
         let cmd = append("s", 1);
-        // The first entry seeds the window: 10 s.
-        let out = apply(&mut sm, entry_at(1, 100, 10, vec![cmd.clone()])).await;
-        assert_eq!(appended(&out[0]), (0, 0));
+        // Adopting the rules seeds the window: 10 s (the proposing leader's setting).
+        let out = apply(&mut sm, entry_at(1, 100, 10, vec![adopt(10), cmd.clone()])).await;
+        assert_eq!(appended(&out[1]), (0, 0));
         // A leader configured with 1000 s: the id expired after 10 s all the same, so the
         // retry at 120 s is a new append, not a duplicate.
         let out = apply(&mut sm, entry_at(2, 120, 1000, vec![cmd.clone()])).await;

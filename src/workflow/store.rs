@@ -21,7 +21,7 @@ use super::projection::{
 use crate::eventstore::apply::Applier;
 use crate::eventstore::read::{read_stream, PageLimit, ReadDirection};
 use crate::eventstore::{AppendCommand, AppendOutcome, AppendPositions};
-use crate::model::{check_append_structure, ExpectedVersion, NewEvent, RecordedEvent};
+use crate::model::{ExpectedVersion, NewEvent, RecordedEvent};
 use crate::storage::keys::stream_index_key;
 use crate::storage::sm_db::{SmDb, SmWriteBatch, CF_WF_SNAPSHOTS, CF_WF_STATE};
 use crate::storage::{Result, StorageError};
@@ -128,8 +128,8 @@ impl<'a> WorkflowApplier<'a> {
         let mut append = cmd.as_append();
         // Apply is total: a command without events (or otherwise malformed) is refused here,
         // alike on every replica, before it can reach the projection.
-        if let Err(e) = check_append_structure(&append.stream, &append.events) {
-            return Ok(rejected(0, e));
+        if let Some(reason) = events.check_shape(&append.stream, &append.events) {
+            return Ok(rejected(0, reason));
         }
         let oldest_live = commit_time_ns.saturating_sub(dedupe_window_ns);
         // A retry of a command that was applied is answered as such, before the transition
