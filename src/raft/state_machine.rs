@@ -99,6 +99,24 @@ impl Cached {
     }
 }
 
+/// The idempotency window while an entry applies.
+struct Window {
+    ns: i64,
+    /// Set in replicated state (else the entry's own, as older versions did).
+    replicated: bool,
+    /// Set by this entry.
+    changed: bool,
+}
+
+impl Window {
+    fn set(&mut self, wb: &mut SmWriteBatch, ns: i64) -> Result<(), StorageError> {
+        self.ns = ns;
+        self.replicated = true;
+        self.changed = true;
+        wb.put(CF_META, WINDOW_KEY, &encode("dedupe window", &ns)?)
+    }
+}
+
 pub struct StateMachine {
     store: Arc<SmStore>,
     retention: Arc<RetentionView>,
@@ -227,25 +245,28 @@ impl StateMachine {
                 let commit_time = applier.commit_time(req.commit_time_ns);
                 // The window is replicated state once set (`AdoptRules` seeds it,
                 // `SetDedupeWindow` changes it); until then each entry's own, as before.
-                let mut window = self
-                    .cached
-                    .dedupe_window_ns
-                    .unwrap_or_else(|| req.dedupe_window_ns.clamp(1, MAX_DEDUPE_WINDOW_NS));
-                let mut window_set = self.cached.dedupe_window_ns.is_some();
+                let mut window = Window {
+                    ns: self
+                        .cached
+                        .dedupe_window_ns
+                        .unwrap_or_else(|| req.dedupe_window_ns.clamp(1, MAX_DEDUPE_WINDOW_NS)),
+                    replicated: self.cached.dedupe_window_ns.is_some(),
+                    changed: false,
+                };
                 outcomes.reserve(req.commands.len());
                 for cmd in &req.commands {
                     outcomes.push(match cmd {
                         Command::Append(a) => CommandOutcome::Append(applier.append(
                             &mut wb,
                             commit_time,
-                            window,
+                            window.ns,
                             a,
                         )?),
                         Command::Workflow(w) => CommandOutcome::Workflow(workflows.apply(
                             &mut applier,
                             &mut wb,
                             commit_time,
-                            window,
+                            window.ns,
                             w,
                         )?),
                         Command::Telemetry(t) => {
@@ -254,15 +275,10 @@ impl StateMachine {
                         Command::SetDedupeWindow { window_ns } => {
                             match check_dedupe_window(*window_ns) {
                                 Ok(()) => {
-                                    window = *window_ns;
-                                    window_set = true;
-                                    wb.put(
-                                        CF_META,
-                                        WINDOW_KEY,
-                                        &encode("dedupe window", &window)?,
-                                    )?;
-                                    new_window = Some(window);
-                                    CommandOutcome::DedupeWindowSet { window_ns: window }
+                                    window.set(&mut wb, *window_ns)?;
+                                    CommandOutcome::DedupeWindowSet {
+                                        window_ns: *window_ns,
+                                    }
                                 }
                                 Err(reason) => CommandOutcome::Refused { reason },
                             }
@@ -286,22 +302,18 @@ impl StateMachine {
                                     applier.set_rules(adopted);
                                     new_rules = Some(adopted);
                                 }
-                                if !window_set && check_dedupe_window(*dedupe_window_ns).is_ok() {
-                                    window = *dedupe_window_ns;
-                                    window_set = true;
-                                    wb.put(
-                                        CF_META,
-                                        WINDOW_KEY,
-                                        &encode("dedupe window", &window)?,
-                                    )?;
-                                    new_window = Some(window);
+                                if !window.replicated
+                                    && check_dedupe_window(*dedupe_window_ns).is_ok()
+                                {
+                                    window.set(&mut wb, *dedupe_window_ns)?;
                                 }
                                 CommandOutcome::RulesAdopted { version: adopted }
                             }
                         }
                     });
                 }
-                applier.finish_entry(&mut wb, commit_time, entry.log_id.index, window)?;
+                applier.finish_entry(&mut wb, commit_time, entry.log_id.index, window.ns)?;
+                new_window = window.changed.then_some(window.ns);
                 let (state, heads) = applier.into_parts();
                 self.cached.state = state;
                 touched_heads = heads;
