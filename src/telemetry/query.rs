@@ -436,7 +436,7 @@ pub fn query(db: &SmDb, q: &QuerySpec) -> Result<QueryResult, QueryError> {
             ) {
                 let (_, v) = item.map_err(StorageError::from)?;
                 let b = decode_bucket(&v)?;
-                add_bucket(&mut out, slot(b.start_ns), &b, tier_name(tier));
+                add_bucket(&mut out, slot(b.start_ns), &b, tier_name(tier))?;
                 if let Some(c) = rollup_m4(q, &b) {
                     result.m4.push(c);
                 }
@@ -458,7 +458,7 @@ pub fn query(db: &SmDb, q: &QuerySpec) -> Result<QueryResult, QueryError> {
     result.buckets = out.into_values().collect();
     for b in &result.buckets {
         result.summary.merge(&b.moments);
-        let _ = result.summary_sketch.merge(&b.sketch);
+        merge_sketch(&mut result.summary_sketch, &b.sketch)?;
     }
     result.m4 = merge_m4(std::mem::take(&mut result.m4));
     result.notes = notes;
@@ -492,11 +492,24 @@ fn plan(q: &QuerySpec, width: i64, cut: &Cutoffs, notes: &mut Vec<String>) -> Pl
     p
 }
 
-fn add_bucket(out: &mut BTreeMap<i64, BucketOut>, slot: i64, b: &RollupBucket, tier: &'static str) {
+/// Merges two sketches of one answer. They were all made with the store's accuracy: one that
+/// cannot be merged was read off disk wrong, and is reported as corruption rather than left
+/// out of the percentiles.
+fn merge_sketch(into: &mut DDSketch, from: &DDSketch) -> Result<(), QueryError> {
+    into.merge(from)
+        .map_err(|e| QueryError::Storage(StorageError::corrupt("rollup sketch", e)))
+}
+
+fn add_bucket(
+    out: &mut BTreeMap<i64, BucketOut>,
+    slot: i64,
+    b: &RollupBucket,
+    tier: &'static str,
+) -> Result<(), QueryError> {
     match out.get_mut(&slot) {
         Some(o) => {
             o.moments.merge(&b.moments);
-            let _ = o.sketch.merge(&b.sketch);
+            merge_sketch(&mut o.sketch, &b.sketch)?;
             if coarseness(tier) > coarseness(o.tier) {
                 o.tier = tier;
             }
@@ -515,6 +528,7 @@ fn add_bucket(out: &mut BTreeMap<i64, BucketOut>, slot: i64, b: &RollupBucket, t
             );
         }
     }
+    Ok(())
 }
 
 fn coarseness(tier: &str) -> u8 {
@@ -568,7 +582,7 @@ fn raw_buckets(
         match out.get_mut(&b.start_ns) {
             Some(o) => {
                 o.moments.merge(&b.moments);
-                let _ = o.sketch.merge(&sketch);
+                merge_sketch(&mut o.sketch, &sketch)?;
                 o.median = None;
             }
             None => {
@@ -753,5 +767,75 @@ mod tests {
             p.widened(30 * MINUTE_NS, 7 * HOUR_NS + 30 * MINUTE_NS),
             Some((0, 8 * HOUR_NS))
         );
+    }
+}
+
+#[cfg(test)]
+mod corruption_tests {
+    use super::*;
+    use crate::raft::state_machine::StateMachine;
+    use crate::raft::{Command, Entry, LogId, Request};
+    use crate::storage::sm_db::CF_TM_ROLLUP;
+    use crate::telemetry::rollup::RollupBucket;
+    use crate::telemetry::store::{segments_of, TelemetryCommand};
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    /// Issue 10: a rollup whose sketch cannot be merged (another accuracy, read off disk) is
+    /// corruption, reported — not a percentile silently left out of the answer.
+    #[tokio::test]
+    async fn an_unmergeable_stored_sketch_is_a_corruption_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        let now: i64 = 1_767_225_600_000_000_000; // 2026-01-01T00:00:00Z
+        let start = now - 30 * MINUTE_NS;
+        let ts: Vec<i64> = (0..20).map(|i| start + i * MINUTE_NS / 2).collect();
+        let vals: Vec<f64> = (0..20).map(f64::from).collect();
+        let cmd = Command::Telemetry(TelemetryCommand::Ingest(
+            segments_of("sat-1/v", &ts, &vals).unwrap(),
+        ));
+        sm.apply([Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
+            payload: EntryPayload::Normal(Request {
+                commit_time_ns: now,
+                dedupe_window_ns: 1,
+                commands: vec![cmd],
+            }),
+        }])
+        .await
+        .unwrap();
+        let db = sm.store().db();
+        let spec = QuerySpec {
+            series: "sat-1/v".into(),
+            start_ns: start,
+            end_ns: start + 10 * MINUTE_NS,
+            bucket_ns: 10 * MINUTE_NS,
+            target_points: 0,
+            tier: TierChoice::Minute,
+            anomaly_z: None,
+            m4_width: 0,
+            median: false,
+        };
+        assert!(query(&db, &spec).is_ok());
+        // Rewrite one minute bucket with a sketch of another accuracy (a valid record).
+        let cf = db.cf(CF_TM_ROLLUP).unwrap();
+        let (key, value) = db
+            .db()
+            .iterator_cf(cf, rocksdb::IteratorMode::Start)
+            .next()
+            .unwrap()
+            .unwrap();
+        let stored = RollupBucket::decode(&value).unwrap();
+        let mut odd = RollupBucket::new(stored.start_ns, 0.05, 512).unwrap();
+        odd.moments = stored.moments;
+        for _ in 0..stored.sketch.count() {
+            odd.sketch.insert(1.0);
+        }
+        db.db().put_cf(cf, &key, odd.encode()).unwrap();
+        match query(&db, &spec) {
+            Err(QueryError::Storage(e)) => assert!(e.to_string().contains("sketch"), "{e}"),
+            Err(e) => panic!("other error: {e}"),
+            other => panic!("expected a corruption error, got {other:?}"),
+        }
     }
 }
