@@ -22,6 +22,7 @@ use super::{
     StoredMembership, TypeConfig,
 };
 use crate::eventstore::apply::{Applier, HeadCache};
+use crate::eventstore::AppendOutcome;
 use crate::eventstore::{
     check_dedupe_window, load_dedupe_window, load_rules_version, StoreState, APPLY_RULES_VERSION,
     MAX_DEDUPE_WINDOW_NS, RULES_KEY, STATE_KEY, WINDOW_KEY,
@@ -30,6 +31,7 @@ use crate::storage::sm_db::{SmDb, SmWriteBatch, CF_META};
 use crate::storage::{decode, encode, fsync_dir, SmStore, StorageError};
 use crate::telemetry::store::{RetentionView, TelemetryApplier};
 use crate::workflow::store::WorkflowApplier;
+use crate::workflow::store::WorkflowOutcome;
 
 pub const KEY_APPLIED: &[u8] = b"applied";
 pub const KEY_MEMBERSHIP: &[u8] = b"membership";
@@ -97,6 +99,50 @@ impl Cached {
             last_commit_time_ns: self.state.last_commit_time_ns,
         }
     }
+}
+
+/// The invariants one entry's apply must keep, checked after the fact (cheap: the outcomes
+/// are in memory): commit time never goes back, and the events it stored took the global
+/// positions right after the previous entry's, consecutively, in command order. A breach is
+/// a bug that would make this replica diverge: stop here, loudly, instead.
+fn check_positions(
+    before: &StoreState,
+    after: &StoreState,
+    commit_time_ns: i64,
+    outcomes: &[CommandOutcome],
+) -> Result<(), StorageError> {
+    let breach = |what: String| Err(StorageError::corrupt("apply invariant", what));
+    if commit_time_ns < before.last_commit_time_ns || after.last_commit_time_ns != commit_time_ns {
+        return breach(format!(
+            "commit time {commit_time_ns} after {}",
+            before.last_commit_time_ns
+        ));
+    }
+    let mut next = before.next_global_position;
+    for o in outcomes {
+        let p = match o {
+            CommandOutcome::Append(AppendOutcome::Appended(p)) => p,
+            CommandOutcome::Workflow(WorkflowOutcome::Applied {
+                positions,
+                duplicate: false,
+                ..
+            }) => positions,
+            _ => continue,
+        };
+        let versions = p.last_stream_version.checked_sub(p.first_stream_version);
+        let positions = p.last_global_position.checked_sub(p.first_global_position);
+        if p.first_global_position != next || versions.is_none() || versions != positions {
+            return breach(format!("positions {p:?} where {next} was next"));
+        }
+        next = p.last_global_position + 1;
+    }
+    if next != after.next_global_position {
+        return breach(format!(
+            "next position {} after storing up to {next}",
+            after.next_global_position
+        ));
+    }
+    Ok(())
 }
 
 /// The idempotency window while an entry applies.
@@ -225,6 +271,18 @@ impl StateMachine {
     }
 
     fn apply_one(&mut self, db: &SmDb, entry: Entry) -> Result<Response, StorageError> {
+        // Entries apply once each, in log order: anything else would fork this replica.
+        if let Some(prev) = self.cached.applied {
+            if entry.log_id.index <= prev.index {
+                return Err(StorageError::corrupt(
+                    "apply order",
+                    format!(
+                        "entry {} after entry {} was applied",
+                        entry.log_id.index, prev.index
+                    ),
+                ));
+            }
+        }
         let mut wb = SmWriteBatch::new(db, self.cached.digest, entry.log_id.index);
         let mut outcomes = Vec::new();
         let mut touched_heads = HashMap::new();
@@ -234,6 +292,7 @@ impl StateMachine {
         match entry.payload {
             EntryPayload::Blank => {}
             EntryPayload::Normal(req) => {
+                let before = self.cached.state.clone();
                 let mut applier = Applier::new(
                     db,
                     &self.cached.heads,
@@ -315,6 +374,7 @@ impl StateMachine {
                 applier.finish_entry(&mut wb, commit_time, entry.log_id.index, window.ns)?;
                 new_window = window.changed.then_some(window.ns);
                 let (state, heads) = applier.into_parts();
+                check_positions(&before, &state, commit_time, &outcomes)?;
                 self.cached.state = state;
                 touched_heads = heads;
             }
@@ -709,6 +769,20 @@ mod tests {
         let out = apply(&mut sm, entry(2, vec![append("s", 1)])).await;
         assert_eq!(appended(&out[0]), (2, 2));
         assert_eq!(sm.status().borrow().next_global_position, 3);
+    }
+
+    /// Issue 10.6: an entry applied twice or out of order stops the state machine with an
+    /// error (a loud stop) instead of forking this replica.
+    #[tokio::test]
+    async fn entries_apply_once_and_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        apply(&mut sm, entry(2, vec![append("s", 1)])).await;
+        for index in [2, 1] {
+            let e = sm.apply([entry(index, vec![append("s", 1)])]).await;
+            assert!(e.is_err(), "entry {index} applied again");
+        }
+        assert_eq!(sm.status().borrow().next_global_position, 1);
     }
 
     /// Issue 9.12: a plain append cannot write a workflow's stream, whatever the edge did —
