@@ -99,6 +99,14 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// `src/…` of a file of the crate.
+fn relative(f: &Path) -> String {
+    f.strip_prefix(root())
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
@@ -195,11 +203,7 @@ fn modules_keep_their_must_nots() {
         let files = module_files(module);
         assert!(!files.is_empty(), "module {module} has no files");
         for f in files {
-            let rel = f
-                .strip_prefix(root())
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
+            let rel = relative(&f);
             for (line, code) in shipped_code(&f) {
                 for name in *forbidden {
                     if !code.contains(name) {
@@ -240,11 +244,7 @@ fn only_the_cli_binary_uses_the_cli() {
     rust_files(&root().join("src"), &mut files);
     let mut users = Vec::new();
     for f in files {
-        let rel = f
-            .strip_prefix(root())
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
+        let rel = relative(&f);
         if rel.starts_with("src/ctl") || rel == "src/bin/aetherctl.rs" || rel == "src/lib.rs" {
             continue;
         }
