@@ -84,7 +84,7 @@ pub async fn serve(
                 node.raft.clone(),
                 node.id,
                 &node.info.incarnation,
-                node.proposer.clone(),
+                Arc::new(node.proposer.clone()),
                 crate::raft::service::ProposeRules {
                     timeout: std::time::Duration::from_millis(node.config.write_timeout_ms),
                     limits: node.config.limits.clone(),

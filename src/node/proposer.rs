@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::ClientWriteError;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::call::{self, CallFailure};
@@ -25,37 +24,8 @@ use crate::proto::raft::v1::{raft_client::RaftClient, RaftMessage};
 use crate::raft::clock::ClusterClock;
 use crate::raft::network::{NetworkFactory, MAX_RAFT_MESSAGE_BYTES, TARGET_HEADER};
 use crate::raft::state_machine::AppliedStatus;
+pub use crate::raft::ProposeError;
 use crate::raft::{Command, CommandOutcome, NodeId, NodeInfo, Raft, Request};
-
-/// Why commands were not applied — their outcome is known: not written — or why their
-/// outcome is unknown (`Timeout`, `Unknown`: they may have been written; only a retry with the
-/// same ids settles it). Travels between nodes, hence serializable.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-pub enum ProposeError {
-    /// Not written: this node does not lead (the leader, when known).
-    #[error("not the leader (leader: {leader:?})")]
-    NotLeader { leader: Option<(NodeId, NodeInfo)> },
-    /// Not written: the proposal queue is full.
-    #[error("proposal queue is full ({0} waiting)")]
-    Overloaded(usize),
-    /// Outcome unknown: no answer within the write deadline.
-    #[error("write outcome unknown after {0:?}: retry with the same event ids")]
-    Timeout(Duration),
-    /// Not written: Raft is not running here.
-    #[error("raft is not running: {0}")]
-    Stopped(String),
-    /// Not written: a membership change is in progress.
-    #[error("membership change in progress: {0}")]
-    Busy(String),
-    /// Not written: the batch could not be handed to the leader, or the leader refused it
-    /// before proposing it.
-    #[error("forwarding to the leader failed: {0}; nothing was written")]
-    Forward(String),
-    /// Outcome unknown: the batch may have reached the log (e.g. the connection to the
-    /// leader broke after the batch was sent). Last: variants travel by index (postcard).
-    #[error("write outcome unknown: {0}; retry with the same event ids")]
-    Unknown(String),
-}
 
 type Outcomes = Result<Vec<CommandOutcome>, ProposeError>;
 
@@ -162,7 +132,7 @@ impl Proposer {
     }
 
     /// Proposes a batch a follower forwarded; refused if this node does not lead.
-    pub async fn propose_forwarded(
+    pub async fn propose_forwarded_batch(
         &self,
         cmds: Vec<Command>,
         weight: usize,
@@ -545,6 +515,17 @@ fn client_write_error(e: ClientWriteError<NodeId, NodeInfo>) -> ProposeError {
             leader: f.leader_id.zip(f.leader_node),
         },
         ClientWriteError::ChangeMembershipError(c) => ProposeError::Busy(c.to_string()),
+    }
+}
+
+impl crate::raft::service::ForwardedBatches for Proposer {
+    fn propose_forwarded(
+        &self,
+        cmds: Vec<Command>,
+        weight: usize,
+        timeout: Duration,
+    ) -> futures::future::BoxFuture<'_, Outcomes> {
+        Box::pin(self.propose_forwarded_batch(cmds, weight, timeout))
     }
 }
 

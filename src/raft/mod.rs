@@ -14,6 +14,7 @@ pub mod snapshot;
 pub mod state_machine;
 
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -129,6 +130,36 @@ impl Command {
             }
         }
     }
+}
+
+/// Why commands were not applied — their outcome is known: not written — or why their
+/// outcome is unknown (`Timeout`, `Unknown`: they may have been written; only a retry with the
+/// same ids settles it). Travels between nodes, hence serializable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ProposeError {
+    /// Not written: this node does not lead (the leader, when known).
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<(NodeId, NodeInfo)> },
+    /// Not written: the proposal queue is full.
+    #[error("proposal queue is full ({0} waiting)")]
+    Overloaded(usize),
+    /// Outcome unknown: no answer within the write deadline.
+    #[error("write outcome unknown after {0:?}: retry with the same event ids")]
+    Timeout(Duration),
+    /// Not written: Raft is not running here.
+    #[error("raft is not running: {0}")]
+    Stopped(String),
+    /// Not written: a membership change is in progress.
+    #[error("membership change in progress: {0}")]
+    Busy(String),
+    /// Not written: the batch could not be handed to the leader, or the leader refused it
+    /// before proposing it.
+    #[error("forwarding to the leader failed: {0}; nothing was written")]
+    Forward(String),
+    /// Outcome unknown: the batch may have reached the log (e.g. the connection to the
+    /// leader broke after the batch was sent). Last: variants travel by index (postcard).
+    #[error("write outcome unknown: {0}; retry with the same event ids")]
+    Unknown(String),
 }
 
 /// The result of one command, in the order of [`Request::commands`].

@@ -2,22 +2,36 @@
 
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
 use serde::{de::DeserializeOwned, Serialize};
 use tonic::{Request, Response, Status};
 
 use super::clock::ClusterClock;
 use super::network::TARGET_HEADER;
-use super::{Command, CommandOutcome, NodeId, Raft};
+use super::{Command, CommandOutcome, NodeId, ProposeError, Raft};
 use crate::model::Limits;
 use crate::proto::raft::v1::{raft_server, RaftMessage};
 
 pub struct RaftService {
     raft: Raft,
-    proposer: crate::node::Proposer,
+    proposer: Arc<dyn ForwardedBatches>,
     rules: ProposeRules,
     clock: Arc<ClusterClock>,
     /// `node_id:incarnation` of this node: what peers must address.
     me: String,
+}
+
+/// Where a peer's `Propose` goes once validated: the leader's proposer, behind a trait so
+/// that `raft` does not depend on the node that wires it.
+pub trait ForwardedBatches: Send + Sync {
+    /// Proposes commands a follower forwarded as one unit; refused if this node does not
+    /// lead (never forwarded again).
+    fn propose_forwarded(
+        &self,
+        cmds: Vec<Command>,
+        weight: usize,
+        timeout: std::time::Duration,
+    ) -> BoxFuture<'_, Result<Vec<CommandOutcome>, ProposeError>>;
 }
 
 /// How this node takes a peer's `Propose`: checked like a client's request.
@@ -34,7 +48,7 @@ impl RaftService {
         raft: Raft,
         id: NodeId,
         incarnation: &str,
-        proposer: crate::node::Proposer,
+        proposer: Arc<dyn ForwardedBatches>,
         rules: ProposeRules,
         clock: Arc<ClusterClock>,
     ) -> Self {
@@ -140,7 +154,7 @@ impl raft_server::Raft for RaftService {
             tracing::warn!("{reason}");
             let refused: Vec<CommandOutcome> =
                 cmds.iter().map(|c| c.rejected(reason.clone())).collect();
-            return encode(&Ok::<_, crate::node::ProposeError>(refused));
+            return encode(&Ok::<_, ProposeError>(refused));
         }
         // A peer's commands are as untrusted as a client's: each is validated here, and one
         // that fails is refused on its own (its neighbours, other clients' commands that the
