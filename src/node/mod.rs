@@ -307,14 +307,7 @@ impl Node {
 
     /// Validates, proposes and waits for an append's outcome.
     pub async fn append(&self, cmd: AppendCommand) -> Result<AppendOutcome, NodeError> {
-        self.config
-            .limits
-            .validate_append(&cmd.stream, &cmd.events)?;
-        crate::model::check_plain_append_target(&cmd.stream)?;
-        let cmd = Command::Append(cmd);
-        let weight = self.entry_weight(&cmd)?;
-        let timeout = Duration::from_millis(self.config.write_timeout_ms);
-        match self.proposer.propose(cmd, weight, timeout).await? {
+        match self.propose_checked(Command::Append(cmd)).await? {
             CommandOutcome::Append(o) => Ok(o),
             other => Err(NodeError::Internal(format!(
                 "append answered with {other:?}"
@@ -326,15 +319,8 @@ impl Node {
     /// are checked by the state machine, against the replicated projection, atomically with
     /// the append.
     pub async fn workflow(&self, mut cmd: WorkflowCommand) -> Result<WorkflowOutcome, NodeError> {
-        let append = cmd.as_append();
-        self.config
-            .limits
-            .validate_append(&append.stream, &append.events)?;
         cmd.snapshot_every = self.config.workflow_snapshot_every;
-        let cmd = Command::Workflow(cmd);
-        let weight = self.entry_weight(&cmd)?;
-        let timeout = Duration::from_millis(self.config.write_timeout_ms);
-        match self.proposer.propose(cmd, weight, timeout).await? {
+        match self.propose_checked(Command::Workflow(cmd)).await? {
             CommandOutcome::Workflow(o) => Ok(o),
             other => Err(NodeError::Internal(format!(
                 "workflow command answered with {other:?}"
@@ -344,15 +330,22 @@ impl Node {
 
     /// Proposes a telemetry command (ingest or retention) and waits for its outcome.
     pub async fn telemetry(&self, cmd: TelemetryCommand) -> Result<TelemetryOutcome, NodeError> {
-        let cmd = Command::Telemetry(cmd);
-        let weight = self.entry_weight(&cmd)?;
-        let timeout = Duration::from_millis(self.config.write_timeout_ms);
-        match self.proposer.propose(cmd, weight, timeout).await? {
+        match self.propose_checked(Command::Telemetry(cmd)).await? {
             CommandOutcome::Telemetry(o) => Ok(o),
             other => Err(NodeError::Internal(format!(
                 "telemetry command answered with {other:?}"
             ))),
         }
+    }
+
+    /// A client's command: checked by the same rules as a peer's `Propose`
+    /// (`Command::validate`), weighed, proposed, and its outcome awaited.
+    async fn propose_checked(&self, cmd: Command) -> Result<CommandOutcome, NodeError> {
+        cmd.validate(&self.config.limits)
+            .map_err(NodeError::BadRequest)?;
+        let weight = self.entry_weight(&cmd)?;
+        let timeout = Duration::from_millis(self.config.write_timeout_ms);
+        Ok(self.proposer.propose(cmd, weight, timeout).await?)
     }
 
     /// While this node leads a cluster that applies older rules than this code knows, and
@@ -420,10 +413,8 @@ impl Node {
                     .into(),
             ));
         }
-        let timeout = Duration::from_millis(self.config.write_timeout_ms);
         match self
-            .proposer
-            .propose(Command::SetDedupeWindow { window_ns }, 0, timeout)
+            .propose_checked(Command::SetDedupeWindow { window_ns })
             .await?
         {
             CommandOutcome::DedupeWindowSet { window_ns } => {

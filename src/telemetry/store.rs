@@ -94,9 +94,7 @@ impl TelemetryCommand {
                     limits
                         .validate_stream(&s.series)
                         .map_err(|e| format!("series: {e}"))?;
-                    if !s.series.contains('/') {
-                        return Err(format!("series {:?} is not source/channel", s.series));
-                    }
+                    check_name(&s.series, false)?;
                 }
                 Ok(())
             }
