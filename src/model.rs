@@ -383,17 +383,21 @@ pub fn check_append_structure(stream: &str, events: &[NewEvent]) -> Result<(), V
     if events.is_empty() {
         return Err(ValidationError::NoEvents);
     }
-    // Not bounded by a configured count here: a set keeps a forged huge append linear.
-    let mut seen = std::collections::HashSet::with_capacity(events.len());
-    for (index, e) in events.iter().enumerate() {
-        if !seen.insert(e.event_id) {
-            return Err(ValidationError::DuplicateEventId {
-                index,
-                id: e.event_id,
-            });
-        }
+    // Runs for every append in apply: small appends (nearly all) scan without allocating;
+    // not bounded by a configured count here, a set keeps a forged huge append linear.
+    let duplicate = if events.len() <= 32 {
+        (1..events.len()).find(|&i| events[..i].iter().any(|p| p.event_id == events[i].event_id))
+    } else {
+        let mut seen = std::collections::HashSet::with_capacity(events.len());
+        events.iter().position(|e| !seen.insert(e.event_id))
+    };
+    match duplicate {
+        Some(index) => Err(ValidationError::DuplicateEventId {
+            index,
+            id: events[index].event_id,
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Parses a client event id: empty gets a fresh id (not idempotent on retry).
@@ -498,6 +502,23 @@ mod tests {
             l.validate_append("s", &[a.clone(), a]),
             Err(ValidationError::DuplicateEventId { index: 1, .. })
         ));
+    }
+
+    #[test]
+    fn structural_checks_find_repeated_ids_in_small_and_large_appends() {
+        for n in [3usize, 40] {
+            let mut events: Vec<NewEvent> = (0..n).map(|_| ev("T", 1)).collect();
+            assert_eq!(check_append_structure("s", &events), Ok(()));
+            events[n - 1].event_id = events[1].event_id;
+            assert!(matches!(
+                check_append_structure("s", &events),
+                Err(ValidationError::DuplicateEventId { index, .. }) if index == n - 1
+            ));
+        }
+        assert_eq!(
+            check_append_structure("s", &[]),
+            Err(ValidationError::NoEvents)
+        );
     }
 
     #[test]
