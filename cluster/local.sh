@@ -9,7 +9,8 @@
 # Data and logs live under $AETHER_CLUSTER_DIR (default cluster/.local): node1/ … node3/
 # and node1.log … node3.log. gRPC on 127.0.0.1:50051-50053, HTTP on 127.0.0.1:8081-8083.
 # AETHER_PROFILE=release builds and runs optimized binaries (for benchmarks); the default
-# is the dev profile that `scripts/test` also builds.
+# is the dev profile that `scripts/test` also builds. AETHER_BIN_DIR=DIR runs the aetherd and
+# aetherctl found in DIR instead, without building (to compare two builds side by side).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/.." && pwd)"
@@ -22,14 +23,19 @@ case "$profile" in
     release) bindir="$CARGO_TARGET_DIR/release" ;;
     *) echo "AETHER_PROFILE must be dev or release, not $profile" >&2; exit 2 ;;
 esac
+if [ -n "${AETHER_BIN_DIR:-}" ]; then
+    bindir="$AETHER_BIN_DIR"
+fi
 aetherd="$bindir/aetherd"
 aetherctl="$bindir/aetherctl"
 
 running() { [ -f "$state/node$1.pid" ] && kill -0 "$(cat "$state/node$1.pid")" 2>/dev/null; }
 
 up() {
-    ensure_libclang
-    (cd "$root" && cargo build --locked --profile "$profile" --bin aetherd --bin aetherctl)
+    if [ -z "${AETHER_BIN_DIR:-}" ]; then
+        ensure_libclang
+        (cd "$root" && cargo build --locked --profile "$profile" --bin aetherd --bin aetherctl)
+    fi
     mkdir -p "$state"
     for i in 1 2 3; do
         if running "$i"; then
