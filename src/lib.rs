@@ -9,6 +9,8 @@ pub mod model;
 pub mod node;
 pub mod proto;
 pub mod raft;
+pub mod server;
+pub mod service;
 pub mod storage;
 pub mod telemetry;
 pub mod workflow;

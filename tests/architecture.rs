@@ -1,8 +1,8 @@
 //! ARCHITECTURE.md's module table, enforced: every module of the library has its row, and
 //! what a row says a module must not do is checked against the module's source (its `use`
-//! paths and qualified names, comments and test modules left out). The known drift that
-//! issue 10 is to remove is listed explicitly, and must still be there: fixing it means
-//! deleting its line here, so the list can only shrink.
+//! paths and qualified names, comments and test modules left out). Known drift, if any, is
+//! listed explicitly and must still be there: fixing it means deleting its line here, so
+//! the list can only shrink.
 
 use std::path::{Path, PathBuf};
 
@@ -18,7 +18,9 @@ const RULES: &[(&str, &[&str], &str)] = &[
             "crate::storage",
             "crate::raft",
             "crate::node",
+            "crate::service",
             "crate::api",
+            "crate::server",
         ],
         "touch IO",
     ),
@@ -28,8 +30,10 @@ const RULES: &[(&str, &[&str], &str)] = &[
             "tonic",
             "openraft",
             "crate::raft",
-            "crate::api",
             "crate::node",
+            "crate::service",
+            "crate::api",
+            "crate::server",
             "crate::proto",
         ],
         "know about gRPC or Raft",
@@ -40,8 +44,10 @@ const RULES: &[(&str, &[&str], &str)] = &[
             "tonic",
             "openraft",
             "crate::proto",
-            "crate::api",
             "crate::node",
+            "crate::service",
+            "crate::api",
+            "crate::server",
         ],
         "know transports or openraft (writes go through the state machine)",
     ),
@@ -51,8 +57,10 @@ const RULES: &[(&str, &[&str], &str)] = &[
             "tonic",
             "openraft",
             "crate::proto",
-            "crate::api",
             "crate::node",
+            "crate::service",
+            "crate::api",
+            "crate::server",
         ],
         "know transports or openraft",
     ),
@@ -62,36 +70,77 @@ const RULES: &[(&str, &[&str], &str)] = &[
             "tonic",
             "openraft",
             "crate::proto",
-            "crate::api",
             "crate::node",
+            "crate::service",
+            "crate::api",
+            "crate::server",
             "SystemTime::now",
         ],
         "know transports, or read the wall clock (time is the replicated commit time)",
     ),
     (
         "raft",
-        &["crate::api", "crate::ctl", "crate::node"],
+        &[
+            "crate::node",
+            "crate::service",
+            "crate::api",
+            "crate::server",
+            "crate::ctl",
+        ],
         "depend on the layers above it",
     ),
     (
         "node",
-        &["crate::proto::aetherops", "crate::ctl"],
-        "hold protobuf conversions of the public API",
+        &[
+            "crate::proto",
+            "crate::service",
+            "crate::api",
+            "crate::server",
+            "crate::ctl",
+        ],
+        "hold protobuf conversions, or depend on the layers above it",
     ),
-    ("api", &["crate::ctl"], "use the CLI"),
+    (
+        "service",
+        &[
+            "tonic",
+            "axum",
+            "crate::proto",
+            "crate::api",
+            "crate::server",
+            "crate::ctl",
+            ".store.db()",
+        ],
+        "know a transport (every adapter calls the same operations)",
+    ),
+    (
+        "api",
+        &[
+            "crate::node",
+            "crate::storage",
+            "crate::server",
+            "crate::ctl",
+            "openraft",
+            "rocksdb",
+        ],
+        "reach past the service layer",
+    ),
+    ("server", &["crate::ctl"], "use the CLI"),
     (
         "config",
-        &["crate::api", "crate::node", "crate::ctl"],
+        &[
+            "crate::node",
+            "crate::service",
+            "crate::api",
+            "crate::server",
+            "crate::ctl",
+        ],
         "depend on the layers that read it",
     ),
 ];
 
-/// Drift known and tracked by issue 10 (module, name, file): each must still occur.
-const KNOWN_DRIFT: &[(&str, &str, &str)] = &[
-    // The read barrier asks the leader through the public Admin client (issue 10, item 2:
-    // one outgoing peer client).
-    ("node", "crate::proto::aetherops", "src/node/mod.rs"),
-];
+/// Drift known and tracked by an open issue (module, name, file): each must still occur.
+const KNOWN_DRIFT: &[(&str, &str, &str)] = &[];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -253,4 +302,40 @@ fn only_the_cli_binary_uses_the_cli() {
         }
     }
     assert!(users.is_empty(), "the server uses the CLI: {users:?}");
+}
+
+/// Every call to another node goes through the one outgoing-peer client
+/// (`raft::network::Peer::call`): no other module of the server builds a gRPC client or a
+/// channel, so a credential, a deadline or a breaker is added in one place.
+#[test]
+fn only_the_peer_client_calls_other_nodes() {
+    let mut files = Vec::new();
+    rust_files(&root().join("src"), &mut files);
+    let mut callers = Vec::new();
+    for f in files {
+        let rel = relative(&f);
+        // The CLI is a client of the public API, not a node.
+        if rel == "src/raft/network.rs" || rel.starts_with("src/ctl") || rel.starts_with("src/bin")
+        {
+            continue;
+        }
+        for (line, code) in shipped_code(&f) {
+            for name in [
+                "Client::new",
+                "Client<",
+                "Endpoint",
+                "transport::Channel",
+                "connect_lazy",
+            ] {
+                if code.contains(name) {
+                    callers.push(format!("{rel}:{line}: {}", code.trim()));
+                }
+            }
+        }
+    }
+    assert!(
+        callers.is_empty(),
+        "calls to other nodes outside raft::network:\n{}",
+        callers.join("\n")
+    );
 }

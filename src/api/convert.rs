@@ -1,16 +1,14 @@
-//! Protobuf ⇄ core conversions and the one mapping of core errors to gRPC status codes.
+//! Protobuf ⇄ core conversions shared by the gRPC services. Decoding fails with
+//! `INVALID_ARGUMENT` on what the wire cannot express in core types; every other check is
+//! the service layer's.
 
-use tonic::{Code, Status};
+use tonic::Status;
 
-use crate::eventstore::{AppendCommand, AppendOutcome, AppendPositions};
+use crate::eventstore::AppendCommand;
 use crate::model::{parse_event_id, ExpectedVersion, NewEvent, RecordedEvent};
-use crate::node::{Consistency, NodeError};
 use crate::proto::aetherops::v1 as pb;
-
-/// Header carrying the leader's gRPC address on `UNAVAILABLE` "not the leader" replies.
-pub const LEADER_HEADER: &str = "x-aether-leader";
-/// Header carrying the stream's current version on expected-version conflicts.
-pub const CURRENT_VERSION_HEADER: &str = "x-aether-current-version";
+use crate::service::events::Appended;
+use crate::service::Consistency;
 
 /// An expected version from the wire; unset means any.
 pub fn expected_version(ev: Option<pb::ExpectedVersion>) -> Result<ExpectedVersion, Status> {
@@ -29,6 +27,8 @@ pub fn expected_version(ev: Option<pb::ExpectedVersion>) -> Result<ExpectedVersi
     }
 }
 
+/// An append from the wire. Event ids left empty are chosen here, once: every retry the
+/// service makes carries the same ones, so the store's idempotency makes retries safe.
 pub fn append_command(req: pb::AppendRequest) -> Result<AppendCommand, Status> {
     let expected = expected_version(req.expected_version)?;
     let mut events = Vec::with_capacity(req.events.len());
@@ -51,41 +51,16 @@ pub fn append_command(req: pb::AppendRequest) -> Result<AppendCommand, Status> {
     })
 }
 
-fn positions(p: AppendPositions, duplicate: bool) -> pb::AppendResponse {
+/// Where an append landed, for the wire.
+pub fn appended(a: Appended) -> pb::AppendResponse {
+    let p = a.positions;
     pb::AppendResponse {
         first_stream_version: p.first_stream_version,
         last_stream_version: p.last_stream_version,
         first_global_position: p.first_global_position,
         last_global_position: p.last_global_position,
         commit_time_ns: p.commit_time_ns,
-        duplicate,
-    }
-}
-
-pub fn append_outcome(stream: &str, o: AppendOutcome) -> Result<pb::AppendResponse, Status> {
-    match o {
-        AppendOutcome::Appended(p) => Ok(positions(p, false)),
-        AppendOutcome::Duplicate(p) => Ok(positions(p, true)),
-        AppendOutcome::WrongExpectedVersion { expected, current } => {
-            let now = match current {
-                Some(v) => format!("its current version is {v}"),
-                None => "the stream does not exist".to_owned(),
-            };
-            let mut status = Status::failed_precondition(format!(
-                "wrong expected version for stream {stream:?}: expected {expected}, but {now}"
-            ));
-            let value = current.map_or("none".to_owned(), |v| v.to_string());
-            if let Ok(v) = value.parse() {
-                status.metadata_mut().insert(CURRENT_VERSION_HEADER, v);
-            }
-            Err(status)
-        }
-        AppendOutcome::EventIdConflict { event_id, detail } => Err(Status::already_exists(
-            format!("event id {event_id}: {detail}"),
-        )),
-        AppendOutcome::Rejected { reason } => Err(Status::invalid_argument(format!(
-            "append to stream {stream:?} refused: {reason}"
-        ))),
+        duplicate: a.duplicate,
     }
 }
 
@@ -104,67 +79,10 @@ pub fn recorded(e: RecordedEvent) -> pb::RecordedEvent {
     }
 }
 
-/// Back to the core type, for clients of the library that read through gRPC.
-pub fn from_recorded(e: pb::RecordedEvent) -> Result<RecordedEvent, String> {
-    Ok(RecordedEvent {
-        event_id: uuid::Uuid::parse_str(&e.event_id)
-            .map_err(|err| format!("event id {:?}: {err}", e.event_id))?,
-        stream: e.stream,
-        stream_version: e.stream_version,
-        global_position: e.global_position,
-        event_type: e.event_type,
-        schema_version: e.schema_version,
-        event_time_ns: e.event_time_ns,
-        commit_time_ns: e.commit_time_ns,
-        payload: e.payload,
-        metadata: e.metadata.into_iter().collect(),
-    })
-}
-
 pub fn consistency(c: i32) -> Result<Consistency, Status> {
     match pb::Consistency::try_from(c) {
         Ok(pb::Consistency::Linearizable) => Ok(Consistency::Linearizable),
         Ok(pb::Consistency::Local) => Ok(Consistency::Local),
         Err(_) => Err(Status::invalid_argument(format!("unknown consistency {c}"))),
     }
-}
-
-/// The one place core errors become status codes.
-pub fn status(e: NodeError) -> Status {
-    let code = match &e {
-        NodeError::Invalid(_) | NodeError::BadRequest(_) => Code::InvalidArgument,
-        NodeError::NotLeader { .. } | NodeError::Unavailable(_) => Code::Unavailable,
-        NodeError::Overloaded(_) => Code::ResourceExhausted,
-        NodeError::OutcomeUnknown(_) => Code::DeadlineExceeded,
-        NodeError::FailedPrecondition(_) => Code::FailedPrecondition,
-        NodeError::Storage(_) | NodeError::Internal(_) => Code::Internal,
-    };
-    if let NodeError::Storage(err) = &e {
-        tracing::error!(error = %err, "storage error served as INTERNAL");
-    }
-    let mut status = match &e {
-        NodeError::NotLeader {
-            leader: Some((id, info)),
-        } => Status::new(
-            code,
-            format!(
-                "not the leader; the leader is node {id} at {}",
-                info.grpc_addr
-            ),
-        ),
-        NodeError::NotLeader { leader: None } => Status::new(
-            code,
-            "not the leader, and no leader is known yet: retry shortly",
-        ),
-        _ => Status::new(code, e.to_string()),
-    };
-    if let NodeError::NotLeader {
-        leader: Some((_, info)),
-    } = &e
-    {
-        if let Ok(v) = info.grpc_addr.parse() {
-            status.metadata_mut().insert(LEADER_HEADER, v);
-        }
-    }
-    status
 }

@@ -1,119 +1,44 @@
 //! gRPC `aetherops.v1.Telemetry`.
 
-use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert::{consistency, status};
-use crate::node::{Node, NodeError};
+use super::convert::consistency;
+use super::{caller, status};
 use crate::proto::aetherops::v1 as pb;
 use crate::proto::aetherops::v1::telemetry_server::Telemetry;
-use crate::telemetry::store::{
-    self, segments_of, sort_dedupe, QueryError, QuerySpec, RetentionPolicy, TelemetryCommand,
-    TelemetryOutcome, TierChoice, MAX_TS, MIN_TS,
-};
+use crate::service::telemetry::{Ingested, SeriesPoints, TelemetryAnswer, TelemetryQuery};
+use crate::service::Service;
+use crate::telemetry::query::{QuerySpec, TierChoice};
+use crate::telemetry::retention::RetentionPolicy;
 
-/// Points one ingest batch may carry.
-pub const MAX_POINTS_PER_BATCH: usize = 1_000_000;
 /// Batches of one ingest stream proposed and not yet acknowledged, at most.
 const INGEST_PIPELINE: usize = 4;
 /// Buckets per streamed query chunk.
 const CHUNK_BUCKETS: usize = 1000;
 
 pub struct TelemetryService {
-    node: Arc<Node>,
+    service: Service,
 }
 
 impl TelemetryService {
-    pub fn new(node: Arc<Node>) -> Self {
-        TelemetryService { node }
+    pub fn new(service: Service) -> Self {
+        TelemetryService { service }
     }
 }
 
-/// Validates a batch and turns it into one ingest command: per series, points sorted by
-/// time (the last value given for a timestamp wins), cut into segments.
-fn ingest_command(node: &Node, batch: pb::IngestBatch) -> Result<(TelemetryCommand, u64), Status> {
-    let mut by_series: BTreeMap<String, Vec<(i64, f64)>> = BTreeMap::new();
-    let mut total = 0usize;
-    for s in batch.series {
-        node.config
-            .limits
-            .validate_stream(&s.series)
-            .map_err(|e| Status::invalid_argument(format!("series: {e}")))?;
-        store::check_name(&s.series, false).map_err(Status::invalid_argument)?;
-        if s.timestamps_ns.len() != s.values.len() {
-            return Err(Status::invalid_argument(format!(
-                "series {}: {} timestamps but {} values",
-                s.series,
-                s.timestamps_ns.len(),
-                s.values.len()
-            )));
-        }
-        total += s.values.len();
-        if total > MAX_POINTS_PER_BATCH {
-            return Err(Status::invalid_argument(format!(
-                "batch carries more than {MAX_POINTS_PER_BATCH} points"
-            )));
-        }
-        if let Some(v) = s.values.iter().find(|v| !v.is_finite()) {
-            return Err(Status::invalid_argument(format!(
-                "series {}: value {v} is not finite",
-                s.series
-            )));
-        }
-        if let Some(t) = s
-            .timestamps_ns
-            .iter()
-            .find(|t| !(MIN_TS..=MAX_TS).contains(*t))
-        {
-            return Err(Status::invalid_argument(format!(
-                "series {}: timestamp {t} is out of range",
-                s.series
-            )));
-        }
-        by_series
-            .entry(s.series)
-            .or_default()
-            .extend(s.timestamps_ns.into_iter().zip(s.values));
-    }
-    let mut segments = Vec::new();
-    for (series, points) in by_series {
-        let (ts, vals) = sort_dedupe(points);
-        segments.extend(segments_of(&series, &ts, &vals).map_err(Status::internal)?);
-    }
-    Ok((TelemetryCommand::Ingest(segments), total as u64))
-}
-
-/// Proposes a telemetry command, retrying while no leader is known (followers hand their
-/// batches to the leader through the proposer).
-async fn propose(node: &Node, cmd: TelemetryCommand) -> Result<TelemetryOutcome, Status> {
-    let deadline = Instant::now() + Duration::from_millis(node.config.write_timeout_ms);
-    let mut backoff = Duration::from_millis(20);
-    loop {
-        match node.telemetry(cmd.clone()).await {
-            Ok(TelemetryOutcome::Rejected { reason }) => {
-                return Err(Status::invalid_argument(reason))
-            }
-            Ok(o) => return Ok(o),
-            Err(NodeError::NotLeader { .. }) if Instant::now() + backoff < deadline => {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(500));
-            }
-            Err(e) => return Err(status(e)),
-        }
-    }
-}
-
-fn query_status(e: QueryError) -> Status {
-    match e {
-        QueryError::Invalid(m) => Status::invalid_argument(m),
-        e @ QueryError::NotFound(_) => Status::not_found(e.to_string()),
-        QueryError::Storage(s) => status(s.into()),
-    }
+fn series_points(batch: pb::IngestBatch) -> Vec<SeriesPoints> {
+    batch
+        .series
+        .into_iter()
+        .map(|s| SeriesPoints {
+            series: s.series,
+            timestamps_ns: s.timestamps_ns,
+            values: s.values,
+        })
+        .collect()
 }
 
 type QueryStream = Pin<Box<dyn Stream<Item = Result<pb::TelemetryQueryChunk, Status>> + Send>>;
@@ -124,37 +49,31 @@ impl Telemetry for TelemetryService {
         &self,
         req: Request<Streaming<pb::IngestBatch>>,
     ) -> Result<Response<pb::IngestSummary>, Status> {
+        let caller = caller(&req);
         let mut input = req.into_inner();
         let mut pending = futures::stream::FuturesOrdered::new();
         let mut summary = pb::IngestSummary::default();
-        let node = self.node.clone();
-        let settle = |summary: &mut pb::IngestSummary, o: TelemetryOutcome| {
-            if let TelemetryOutcome::Ingested {
-                points,
-                late_dropped,
-                skipped,
-            } = o
-            {
-                summary.batches += 1;
-                summary.points += points;
-                summary.late_dropped += late_dropped;
-                summary.skipped += skipped;
-            }
+        let settle = |summary: &mut pb::IngestSummary, i: Ingested| {
+            summary.batches += 1;
+            summary.points += i.points;
+            summary.late_dropped += i.late_dropped;
+            summary.skipped += i.skipped;
         };
         while let Some(batch) = input.message().await? {
-            let (cmd, _) = ingest_command(&node, batch)?;
-            let node = node.clone();
-            pending.push_back(async move { propose(&node, cmd).await });
+            let service = self.service.clone();
+            let caller = caller.clone();
+            let batch = series_points(batch);
+            pending.push_back(async move { service.ingest(&caller, batch).await });
             // Keep a few batches in flight: the next is read and encoded while earlier
             // ones replicate.
             if pending.len() >= INGEST_PIPELINE {
                 if let Some(r) = pending.next().await {
-                    settle(&mut summary, r?);
+                    settle(&mut summary, r.map_err(status)?);
                 }
             }
         }
         while let Some(r) = pending.next().await {
-            settle(&mut summary, r?);
+            settle(&mut summary, r.map_err(status)?);
         }
         Ok(Response::new(summary))
     }
@@ -165,11 +84,8 @@ impl Telemetry for TelemetryService {
         &self,
         req: Request<pb::TelemetryQuery>,
     ) -> Result<Response<Self::QueryStream>, Status> {
+        let caller = caller(&req);
         let q = req.into_inner();
-        self.node
-            .read_barrier(consistency(q.consistency)?)
-            .await
-            .map_err(status)?;
         let tier = match q.tier.as_str() {
             "" | "auto" => TierChoice::Auto,
             "raw" => TierChoice::Raw,
@@ -181,40 +97,30 @@ impl Telemetry for TelemetryService {
                 )))
             }
         };
-        let percentiles = if q.percentiles.is_empty() {
-            vec![0.5, 0.9, 0.99]
-        } else {
-            q.percentiles.clone()
+        let query = TelemetryQuery {
+            spec: QuerySpec {
+                series: q.series,
+                start_ns: q.start_ns,
+                end_ns: q.end_ns,
+                bucket_ns: q.bucket_ns,
+                target_points: q.target_points,
+                tier,
+                // 0 is "off" on the wire.
+                anomaly_z: (q.anomaly_z != 0.0).then_some(q.anomaly_z),
+                m4_width: q.m4_width,
+                median: q.median,
+            },
+            quantiles: q.percentiles,
+            consistency: consistency(q.consistency)?,
         };
-        if percentiles.iter().any(|p| !(0.0..=1.0).contains(p)) || percentiles.len() > 32 {
-            return Err(Status::invalid_argument(
-                "percentiles are up to 32 quantiles in 0..1",
-            ));
-        }
-        if !(q.anomaly_z == 0.0 || q.anomaly_z.is_finite() && q.anomaly_z > 0.0) {
-            return Err(Status::invalid_argument(
-                "anomaly_z must be 0 (off) or positive",
-            ));
-        }
-        if q.m4_width > 100_000 {
-            return Err(Status::invalid_argument("m4_width is at most 100000"));
-        }
-        let spec = QuerySpec {
-            series: q.series.clone(),
-            start_ns: q.start_ns,
-            end_ns: q.end_ns,
-            bucket_ns: q.bucket_ns,
-            target_points: q.target_points,
-            tier,
-            anomaly_z: (q.anomaly_z > 0.0).then_some(q.anomaly_z),
-            m4_width: q.m4_width,
-            median: q.median,
-        };
-        let db = self.node.store.db();
-        let result = tokio::task::spawn_blocking(move || store::query(&db, &spec))
+        let TelemetryAnswer {
+            result,
+            quantiles: percentiles,
+        } = self
+            .service
+            .telemetry_query(&caller, query)
             .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(query_status)?;
+            .map_err(status)?;
         let quantiles = |s: &crate::telemetry::sketch::DDSketch| -> Vec<f64> {
             percentiles
                 .iter()
@@ -302,6 +208,7 @@ impl Telemetry for TelemetryService {
         &self,
         req: Request<pb::RetentionPolicyRequest>,
     ) -> Result<Response<pb::RetentionPolicyResponse>, Status> {
+        let caller = caller(&req);
         let r = req.into_inner();
         let policy = RetentionPolicy {
             prefix: r.prefix,
@@ -310,53 +217,42 @@ impl Telemetry for TelemetryService {
             hour_ms: r.hour_ms,
             lateness_ms: r.lateness_ms,
         };
-        store::check_name(&policy.prefix, true)
-            .and_then(|()| policy.validate())
-            .map_err(Status::invalid_argument)?;
-        propose(&self.node, TelemetryCommand::SetRetention(policy)).await?;
+        self.service
+            .set_retention(&caller, policy)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::RetentionPolicyResponse {}))
     }
 
     async fn compact(
         &self,
-        _: Request<pb::CompactRequest>,
+        req: Request<pb::CompactRequest>,
     ) -> Result<Response<pb::CompactResponse>, Status> {
-        let db = self.node.store.db();
-        let r = tokio::task::spawn_blocking(
-            move || -> Result<pb::CompactResponse, crate::storage::StorageError> {
-                store::flush(&db)?;
-                let (raw0, roll0) = store::disk_usage(&db)?;
-                store::compact(&db)?;
-                let (raw1, roll1) = store::disk_usage(&db)?;
-                Ok(pb::CompactResponse {
-                    raw_bytes_before: raw0,
-                    raw_bytes_after: raw1,
-                    rollup_bytes_before: roll0,
-                    rollup_bytes_after: roll1,
-                })
-            },
-        )
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| status(e.into()))?;
-        Ok(Response::new(r))
+        let (before, after) = self
+            .service
+            .compact_telemetry(&caller(&req))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::CompactResponse {
+            raw_bytes_before: before.raw_bytes,
+            raw_bytes_after: after.raw_bytes,
+            rollup_bytes_before: before.rollup_bytes,
+            rollup_bytes_after: after.rollup_bytes,
+        }))
     }
 
     async fn stats(
         &self,
-        _: Request<pb::TelemetryStatsRequest>,
+        req: Request<pb::TelemetryStatsRequest>,
     ) -> Result<Response<pb::TelemetryStatsResponse>, Status> {
-        let db = self.node.store.db();
-        let (raw, rollup) = tokio::task::spawn_blocking(move || {
-            store::flush(&db)?;
-            store::disk_usage(&db)
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| status(e.into()))?;
+        let usage = self
+            .service
+            .telemetry_disk_usage(&caller(&req))
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::TelemetryStatsResponse {
-            raw_bytes: raw,
-            rollup_bytes: rollup,
+            raw_bytes: usage.raw_bytes,
+            rollup_bytes: usage.rollup_bytes,
         }))
     }
 }

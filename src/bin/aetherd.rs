@@ -81,7 +81,7 @@ fn main() -> anyhow::Result<()> {
         builder.worker_threads(config.worker_threads);
     }
     let rt = builder.enable_all().build()?;
-    let result = rt.block_on(aetherops::node::run(config));
+    let result = rt.block_on(aetherops::server::run(config));
     // Drop every task (and with them the stores) before the process exits: RocksDB must be
     // closed, not torn down by exit while its threads still run.
     drop(rt);

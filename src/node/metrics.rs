@@ -89,7 +89,7 @@ impl Default for Metrics {
         );
         registry.register(
             "forwarded_appends",
-            "Appends forwarded to the leader",
+            "Client commands (appends, workflow commands, telemetry writes) this node handed to the leader",
             m.forwarded_appends.clone(),
         );
         registry.register("reads", "Read requests served", m.reads.clone());

@@ -12,9 +12,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, RaftError};
+use openraft::error::RaftError;
 use openraft::ServerState;
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
@@ -23,10 +22,10 @@ use crate::eventstore::read_pool::ReadPool;
 use crate::eventstore::subscribe::{self, Item, Target};
 use crate::eventstore::{AppendCommand, AppendOutcome};
 use crate::model::ValidationError;
-use crate::proto::aetherops::v1::admin_client::AdminClient;
 use crate::raft::clock::ClusterClock;
 use crate::raft::log_store::LogStore;
-use crate::raft::network::NetworkFactory;
+use crate::raft::network::{NetworkFactory, PeerRpc};
+use crate::raft::read_index::{self, ReadIndexError};
 use crate::raft::state_machine::{AppliedStatus, StateMachine};
 use crate::raft::{Command, CommandOutcome, NodeId, NodeInfo, Raft, RaftMetrics};
 use crate::storage::{LogDb, SmStore, StorageError};
@@ -35,10 +34,6 @@ use crate::workflow::store::{WorkflowCommand, WorkflowOutcome};
 
 pub use metrics::Metrics;
 pub use proposer::{ProposeError, Proposer};
-
-/// Metadata header marking a request one node forwarded to another, so it is never
-/// forwarded twice.
-pub const FORWARDED_HEADER: &str = "x-aether-forwarded";
 
 /// Errors of the core operations; the API layer maps each to one status code.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +50,9 @@ pub enum NodeError {
     Overloaded(String),
     #[error("{0}")]
     OutcomeUnknown(String),
+    /// A wait (not a write) ran past its deadline.
+    #[error("{0}")]
+    Timeout(String),
     #[error("{0}")]
     FailedPrecondition(String),
     #[error("storage: {0}")]
@@ -78,6 +76,24 @@ impl From<ProposeError> for NodeError {
     }
 }
 
+/// A membership change refused: by a node that does not lead, while another change is in
+/// progress, or by the change's own rules.
+fn membership_error(
+    e: RaftError<NodeId, openraft::error::ClientWriteError<NodeId, NodeInfo>>,
+) -> NodeError {
+    use openraft::error::{ChangeMembershipError, ClientWriteError};
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => NodeError::NotLeader {
+            leader: f.leader_id.zip(f.leader_node),
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => match c {
+            ChangeMembershipError::InProgress(_) => NodeError::Unavailable(c.to_string()),
+            _ => NodeError::FailedPrecondition(c.to_string()),
+        },
+        RaftError::Fatal(f) => NodeError::Unavailable(f.to_string()),
+    }
+}
+
 /// Members of the cluster with their addresses.
 pub type Members = Vec<(NodeId, NodeInfo)>;
 
@@ -92,18 +108,18 @@ pub enum Consistency {
 
 /// A running node's core.
 pub struct Node {
-    pub id: NodeId,
-    pub info: NodeInfo,
-    pub config: Arc<Config>,
-    pub raft: Raft,
-    pub store: Arc<SmStore>,
-    pub applied: watch::Receiver<AppliedStatus>,
-    pub proposer: Proposer,
-    pub network: NetworkFactory,
-    pub metrics: Metrics,
+    id: NodeId,
+    info: NodeInfo,
+    config: Arc<Config>,
+    raft: Raft,
+    store: Arc<SmStore>,
+    applied: watch::Receiver<AppliedStatus>,
+    proposer: Proposer,
+    network: NetworkFactory,
+    metrics: Metrics,
     /// The time this node stamps into entries when it leads.
-    pub clock: Arc<ClusterClock>,
-    pub log_db: Arc<LogDb>,
+    clock: Arc<ClusterClock>,
+    log_db: Arc<LogDb>,
     log_store: LogStore,
     /// Open subscriptions' buffers, for queue health (a slow subscriber fills its own).
     subscribers: std::sync::Mutex<Vec<mpsc::WeakSender<Item>>>,
@@ -111,28 +127,7 @@ pub struct Node {
     subscription_slots: Arc<tokio::sync::Semaphore>,
     /// Where reads of the store run: off the runtime's workers, `max_concurrent_reads` at
     /// a time.
-    pub reads: ReadPool,
-}
-
-/// Listeners bound before anything else starts, so their real ports are known.
-pub struct Listeners {
-    pub grpc: TcpListener,
-    pub http: TcpListener,
-    pub grpc_addr: SocketAddr,
-    pub http_addr: SocketAddr,
-}
-
-impl Listeners {
-    pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
-        let grpc = TcpListener::bind(&config.grpc_addr).await?;
-        let http = TcpListener::bind(&config.http_addr).await?;
-        Ok(Listeners {
-            grpc_addr: grpc.local_addr()?,
-            http_addr: http.local_addr()?,
-            grpc,
-            http,
-        })
-    }
+    reads: ReadPool,
 }
 
 /// Who owns a data directory: the node id, and the directory's incarnation.
@@ -238,6 +233,7 @@ impl Node {
             clock.clone(),
             network.clone(),
         ));
+        let metrics = Metrics::default();
         let proposer = Proposer::start(
             raft.clone(),
             config.proposer.clone(),
@@ -249,6 +245,7 @@ impl Node {
                 forward_timeout: Duration::from_millis(config.write_timeout_ms * 9 / 10),
                 clock: clock.clone(),
                 applied: applied.clone(),
+                forwarded: metrics.forwarded_appends.clone(),
             },
         );
         let subscription_slots = Arc::new(tokio::sync::Semaphore::new(config.max_subscriptions));
@@ -262,7 +259,7 @@ impl Node {
             applied,
             proposer,
             network,
-            metrics: Metrics::default(),
+            metrics,
             clock,
             log_db,
             log_store,
@@ -280,6 +277,109 @@ impl Node {
                 .await?;
         }
         Ok(node)
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// What the cluster knows of this node (its addresses and incarnation).
+    pub fn info(&self) -> &NodeInfo {
+        &self.info
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The node-to-node service this node answers (Raft, proposals forwarded by followers,
+    /// clock probes, read index), for the server to mount.
+    pub fn raft_service(&self) -> crate::raft::service::RaftService {
+        crate::raft::service::RaftService::new(
+            self.raft.clone(),
+            self.id,
+            &self.info.incarnation,
+            Arc::new(self.proposer.clone()),
+            crate::raft::service::ProposeRules {
+                timeout: Duration::from_millis(self.config.write_timeout_ms),
+                limits: self.config.limits.clone(),
+                max_entry_bytes: self.config.proposer.max_batch_bytes
+                    + crate::config::ENTRY_OVERHEAD_BYTES,
+            },
+            self.clock.clone(),
+        )
+    }
+
+    /// Stops Raft (on shutdown, after the servers stopped).
+    pub async fn shutdown(&self) -> Result<(), NodeError> {
+        self.raft
+            .shutdown()
+            .await
+            .map_err(|e| NodeError::Internal(format!("raft shutdown: {e}")))
+    }
+
+    /// Adds a learner; the log index of the membership change.
+    pub async fn add_learner(
+        &self,
+        id: NodeId,
+        info: NodeInfo,
+        blocking: bool,
+    ) -> Result<u64, NodeError> {
+        let resp = self
+            .raft
+            .add_learner(id, info, blocking)
+            .await
+            .map_err(membership_error)?;
+        Ok(resp.log_id.index)
+    }
+
+    /// Changes the voters or removes nodes; the log index of the membership change.
+    pub async fn change_membership(
+        &self,
+        change: openraft::ChangeMembers<NodeId, NodeInfo>,
+        retain: bool,
+    ) -> Result<u64, NodeError> {
+        let resp = self
+            .raft
+            .change_membership(change, retain)
+            .await
+            .map_err(membership_error)?;
+        Ok(resp.log_id.index)
+    }
+
+    /// Builds a snapshot of everything applied so far and waits (up to `timeout`) until it
+    /// is in place; its index.
+    pub async fn snapshot_now(&self, timeout: Duration) -> Result<Option<u64>, NodeError> {
+        let target = self.applied_status().applied.map_or(0, |l| l.index);
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| NodeError::Unavailable(e.to_string()))?;
+        let m = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= target),
+                "snapshot built",
+            )
+            .await
+            .map_err(|e| NodeError::Timeout(e.to_string()))?;
+        Ok(m.snapshot.map(|l| l.index))
+    }
+
+    /// Scans the whole state machine: its chained digest and a digest of what is stored.
+    pub async fn scan_digest(&self) -> Result<crate::raft::state_machine::ScanDigest, NodeError> {
+        let store = self.store.clone();
+        Ok(self
+            .reads
+            .run(move || crate::raft::state_machine::scan_digest(&store))
+            .await
+            .map_err(|e| NodeError::Internal(e.to_string()))??)
     }
 
     pub async fn is_initialized(&self) -> Result<bool, NodeError> {
@@ -454,23 +554,17 @@ impl Node {
         if consistency == Consistency::Local {
             return Ok(());
         }
-        let index = match self.raft.get_read_log_id().await {
-            Ok((read_log_id, _)) => read_log_id.map(|l| l.index),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                let leader = f.leader_node.ok_or_else(|| {
-                    NodeError::Unavailable("no leader known: election in progress, retry".into())
-                })?;
-                self.leader_read_index(&leader).await?
+        let index = match read_index::confirmed(&self.raft, self.id).await {
+            Ok(index) => index,
+            Err(ReadIndexError::NotLeader {
+                leader: Some((id, Some(leader))),
+            }) => self.leader_read_index(id, &leader).await?,
+            Err(ReadIndexError::NotLeader { .. }) => {
+                return Err(NodeError::Unavailable(
+                    "no leader known: election in progress, retry".into(),
+                ))
             }
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
-                return Err(self.no_quorum(&e.got));
-            }
-            Err(RaftError::Fatal(e)) => {
-                return Err(NodeError::Unavailable(format!(
-                    "raft is not running on node {}: {e}",
-                    self.id
-                )))
-            }
+            Err(e) => return Err(NodeError::Unavailable(e.to_string())),
         };
         if let Some(index) = index {
             self.wait_applied(index, Duration::from_millis(self.config.write_timeout_ms))
@@ -480,45 +574,35 @@ impl Node {
     }
 
     /// Asks the leader for its read index (it confirms its leadership with a quorum).
-    async fn leader_read_index(&self, leader: &NodeInfo) -> Result<Option<u64>, NodeError> {
-        let channel = self
+    async fn leader_read_index(
+        &self,
+        id: NodeId,
+        leader: &NodeInfo,
+    ) -> Result<Option<u64>, NodeError> {
+        let failed = |detail: String| {
+            NodeError::Unavailable(format!(
+                "no read index from the leader at {}: {detail}",
+                leader.grpc_addr
+            ))
+        };
+        let reply = self
             .network
-            .channel(&leader.grpc_addr)
-            .map_err(|e| NodeError::Unavailable(format!("leader address: {e}")))?;
-        let mut req = tonic::Request::new(crate::proto::aetherops::v1::ReadIndexRequest {});
-        req.set_timeout(Duration::from_millis(self.config.write_timeout_ms));
-        req.metadata_mut().insert(
-            FORWARDED_HEADER,
-            tonic::metadata::MetadataValue::from(self.id),
-        );
-        AdminClient::new(channel)
-            .read_index(req)
+            .peer(id, leader)
+            .call(
+                PeerRpc::ReadIndex,
+                bytes::Bytes::new(),
+                Duration::from_millis(self.config.write_timeout_ms),
+            )
             .await
-            .map(|r| r.into_inner().read_index)
-            .map_err(|s| {
-                NodeError::Unavailable(format!(
-                    "no read index from the leader at {}: {}",
-                    leader.grpc_addr,
-                    call::status_detail(&s)
-                ))
-            })
-    }
-
-    /// A leader that could not confirm its leadership: which voters did not answer, in words
-    /// (openraft's error would print its whole membership).
-    fn no_quorum(&self, answered: &BTreeSet<NodeId>) -> NodeError {
-        let (voters, _) = self.members();
-        let silent: Vec<String> = voters
-            .iter()
-            .filter(|(id, _)| !answered.contains(id))
-            .map(|(id, info)| format!("node {id} at {}", info.grpc_addr))
-            .collect();
-        NodeError::Unavailable(format!(
-            "node {} leads but could not confirm it with a quorum of voters: no answer from {} \
-             (down or partitioned); nothing was read, retry later",
-            self.id,
-            silent.join(", ")
-        ))
+            .map_err(|s| match s.code() {
+                tonic::Code::Unimplemented => failed(
+                    "the leader runs an older version without raft.v1.ReadIndex: upgrade it, \
+                     or read with consistency LOCAL meanwhile"
+                        .into(),
+                ),
+                _ => failed(call::status_detail(&s)),
+            })?;
+        postcard::from_bytes(&reply).map_err(|e| failed(format!("undecodable reply: {e}")))
     }
 
     /// Waits until the state machine has applied `index`.
@@ -536,21 +620,14 @@ impl Node {
 
     /// Leader only: the read index, after confirming leadership with a quorum.
     pub async fn read_index(&self) -> Result<Option<u64>, NodeError> {
-        match self.raft.get_read_log_id().await {
-            Ok((read_log_id, _)) => Ok(read_log_id.map(|l| l.index)),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(NodeError::NotLeader {
-                    leader: f.leader_id.zip(f.leader_node),
-                })
-            }
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
-                Err(self.no_quorum(&e.got))
-            }
-            Err(RaftError::Fatal(e)) => Err(NodeError::Unavailable(format!(
-                "raft is not running on node {}: {e}",
-                self.id
-            ))),
-        }
+        read_index::confirmed(&self.raft, self.id)
+            .await
+            .map_err(|e| match e {
+                ReadIndexError::NotLeader { leader } => NodeError::NotLeader {
+                    leader: leader.and_then(|(id, info)| info.map(|i| (id, i))),
+                },
+                other => NodeError::Unavailable(other.to_string()),
+            })
     }
 
     /// A read page: `requested` events (0: the default), bounded by `max_read_bytes`.
@@ -767,135 +844,5 @@ impl Node {
             ("subscribers", subscribers),
             ("reads", self.reads.utilization()),
         ]
-    }
-}
-
-/// Runs a node until SIGINT or SIGTERM: binds, opens, serves, shuts down cleanly.
-pub async fn run(config: Config) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let listeners = Listeners::bind(&config)
-        .await
-        .with_context(|| format!("binding {} and {}", config.grpc_addr, config.http_addr))?;
-    let grpc_addr = config
-        .advertise_grpc_addr
-        .clone()
-        .unwrap_or_else(|| listeners.grpc_addr.to_string());
-    let http_addr = config
-        .advertise_http_addr
-        .clone()
-        .unwrap_or_else(|| listeners.http_addr.to_string());
-    let data_dir = config.data_dir.clone();
-    let node = Node::open(config, grpc_addr, http_addr).await?;
-    let info = node.info.clone();
-    // Tools and tests that started us with port 0 learn the real ports here.
-    let listen = serde_json::json!({
-        "node_id": node.id,
-        "grpc_addr": listeners.grpc_addr.to_string(),
-        "http_addr": listeners.http_addr.to_string(),
-        "pid": std::process::id(),
-    });
-    let tmp = data_dir.join("listen.json.tmp");
-    std::fs::write(&tmp, listen.to_string())?;
-    std::fs::rename(&tmp, data_dir.join("listen.json"))?;
-    tracing::info!(node_id = node.id, grpc = %info.grpc_addr, http = %info.http_addr, "aetherd serving");
-    println!(
-        "aetherd node {} serving gRPC on {} and HTTP on {} (data in {})",
-        node.id,
-        listeners.grpc_addr,
-        listeners.http_addr,
-        data_dir.display()
-    );
-    crate::api::serve(node.clone(), listeners, shutdown_signal()).await?;
-    tracing::info!("shutting down raft");
-    node.raft
-        .shutdown()
-        .await
-        .map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
-    Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM; stopping on SIGINT only");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("signal received");
-}
-
-/// The workflow code's view of the event store on this node ([`WorkflowEventStore`]):
-/// appends go through Raft (and the transition rules), reads come from the replicated state.
-pub struct ReplicatedWorkflows<'a> {
-    pub node: &'a Node,
-}
-
-impl crate::workflow::store::WorkflowEventStore for ReplicatedWorkflows<'_> {
-    type Error = NodeError;
-
-    async fn append(
-        &self,
-        workflow_id: &str,
-        expected: crate::model::ExpectedVersion,
-        event_id: uuid::Uuid,
-        event: &crate::workflow::events::WorkflowEvent,
-    ) -> Result<WorkflowOutcome, NodeError> {
-        let encoded = event
-            .encode()
-            .map_err(|e| NodeError::BadRequest(e.to_string()))?;
-        self.node
-            .workflow(WorkflowCommand {
-                workflow_id: workflow_id.to_owned(),
-                expected,
-                events: vec![crate::workflow::store::WorkflowEventIn {
-                    event_id,
-                    event_type: encoded.event_type.to_owned(),
-                    schema_version: encoded.schema_version,
-                    payload: bytes::Bytes::from(encoded.payload),
-                }],
-                snapshot_every: 0,
-            })
-            .await
-    }
-
-    async fn get_events(
-        &self,
-        workflow_id: &str,
-        from: u64,
-        limit: PageLimit,
-    ) -> Result<crate::workflow::store::WorkflowEventsPage, NodeError> {
-        let id = workflow_id.to_owned();
-        self.node
-            .read_store(move |db| {
-                crate::workflow::store::events_of(db, &id, from, limit).map_err(query_error)
-            })
-            .await
-    }
-
-    async fn get_events_since(
-        &self,
-        t_ns: i64,
-        from: Option<u64>,
-        limit: PageLimit,
-    ) -> Result<crate::workflow::store::WorkflowEventsPage, NodeError> {
-        self.node
-            .read_store(move |db| {
-                crate::workflow::store::events_since(db, t_ns, from, limit).map_err(query_error)
-            })
-            .await
-    }
-}
-
-fn query_error(e: crate::workflow::store::QueryError) -> NodeError {
-    match e {
-        crate::workflow::store::QueryError::Storage(s) => NodeError::Storage(s),
-        other => NodeError::FailedPrecondition(other.to_string()),
     }
 }

@@ -20,9 +20,8 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::call::{self, CallFailure};
 use crate::config::ProposerSettings;
-use crate::proto::raft::v1::{raft_client::RaftClient, RaftMessage};
 use crate::raft::clock::ClusterClock;
-use crate::raft::network::{NetworkFactory, MAX_RAFT_MESSAGE_BYTES, TARGET_HEADER};
+use crate::raft::network::{NetworkFactory, PeerRpc};
 use crate::raft::state_machine::AppliedStatus;
 pub use crate::raft::ProposeError;
 use crate::raft::{Command, CommandOutcome, NodeId, NodeInfo, Raft, Request};
@@ -55,6 +54,8 @@ pub struct Route {
     pub clock: Arc<ClusterClock>,
     /// What the state machine applied (its last commit time anchors the clock's fallback).
     pub applied: tokio::sync::watch::Receiver<AppliedStatus>,
+    /// Counts the commands handed to the leader (metric `aether_forwarded_appends`).
+    pub forwarded: prometheus_client::metrics::counter::Counter,
 }
 
 /// Handle to the proposer task.
@@ -338,6 +339,7 @@ async fn run(
                 drop(permit);
                 if !own.is_empty() {
                     handle.forwarded_batches.fetch_add(1, Ordering::Relaxed);
+                    route.forwarded.inc_by(own.len() as u64);
                     let (commands, replies) = flatten(own);
                     let Ok(slot) = forwarding.clone().acquire_owned().await else {
                         return;
@@ -406,24 +408,15 @@ async fn forward(
     permit: OwnedSemaphorePermit,
 ) {
     let outcomes = async {
-        let channel = route.network.channel(&node.grpc_addr).map_err(|e| {
-            ProposeError::Forward(format!("leader address {}: {e}", node.grpc_addr))
-        })?;
         let body =
             postcard::to_allocvec(&commands).map_err(|e| ProposeError::Forward(e.to_string()))?;
-        let mut req = tonic::Request::new(RaftMessage { body: body.into() });
-        req.set_timeout(route.forward_timeout);
-        let target = format!("{leader}:{}", node.incarnation)
-            .parse()
-            .map_err(|_| ProposeError::Forward("bad incarnation".into()))?;
-        req.metadata_mut().insert(TARGET_HEADER, target);
-        let reply = RaftClient::new(channel)
-            .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
-            .propose(req)
+        let reply = route
+            .network
+            .peer(leader, &node)
+            .call(PeerRpc::Propose, body.into(), route.forward_timeout)
             .await
             .map_err(|s| forward_error(&s, leader, &node, route.forward_timeout))?;
-        let outcomes: Outcomes = postcard::from_bytes(&reply.get_ref().body).map_err(|e| {
+        let outcomes: Outcomes = postcard::from_bytes(&reply).map_err(|e| {
             ProposeError::Unknown(format!(
                 "the reply of leader node {leader} at {} is undecodable: {e}",
                 node.grpc_addr
@@ -546,10 +539,14 @@ mod tests {
         }
     }
 
-    /// The status code a client sees when forwarding a batch failed with `s`.
+    /// The status code a client sees when forwarding a batch failed with `s` (the codes
+    /// `api::status` gives these node errors; its own test pins that map).
     fn client_code(s: Status) -> Code {
-        let e = forward_error(&s, 2, &leader(), Duration::from_secs(9));
-        crate::api::convert::status(NodeError::from(e)).code()
+        match NodeError::from(forward_error(&s, 2, &leader(), Duration::from_secs(9))) {
+            NodeError::NotLeader { .. } | NodeError::Unavailable(_) => Code::Unavailable,
+            NodeError::OutcomeUnknown(_) | NodeError::Timeout(_) => Code::DeadlineExceeded,
+            other => panic!("forwarding answered {other:?}"),
+        }
     }
 
     fn with_source(mut s: Status, e: impl std::error::Error + Send + Sync + 'static) -> Status {

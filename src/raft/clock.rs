@@ -309,28 +309,22 @@ async fn probe(
     node: &super::NodeInfo,
 ) -> Result<(i64, Instant), ProbeError> {
     let failed = ProbeError::Failed;
-    use crate::proto::raft::v1::{raft_client::RaftClient, RaftMessage};
-    let channel = network
-        .channel(&node.grpc_addr)
-        .map_err(|e| failed(format!("address {}: {e}", node.grpc_addr)))?;
-    let mut req = tonic::Request::new(RaftMessage::default());
-    req.set_timeout(PROBE_INTERVAL);
-    let target = format!("{id}:{}", node.incarnation)
-        .parse()
-        .map_err(|_| failed("incarnation is not a header value".to_owned()))?;
-    req.metadata_mut()
-        .insert(super::network::TARGET_HEADER, target);
     let started = Instant::now();
-    let reply = RaftClient::new(channel)
-        .clock(req)
+    let reply = network
+        .peer(id, node)
+        .call(
+            super::network::PeerRpc::Clock,
+            bytes::Bytes::new(),
+            PROBE_INTERVAL,
+        )
         .await
         .map_err(|s| match s.code() {
             tonic::Code::Unimplemented => ProbeError::Unsupported,
             code => failed(format!("{code}: {}", s.message())),
         })?;
     let midpoint = started + started.elapsed() / 2;
-    let peer_ns: i64 = postcard::from_bytes(&reply.get_ref().body)
-        .map_err(|e| failed(format!("bad reply: {e}")))?;
+    let peer_ns: i64 =
+        postcard::from_bytes(&reply).map_err(|e| failed(format!("bad reply: {e}")))?;
     Ok((peer_ns, midpoint))
 }
 

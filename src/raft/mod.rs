@@ -9,6 +9,7 @@
 pub mod clock;
 pub mod log_store;
 pub mod network;
+pub mod read_index;
 pub mod service;
 pub mod snapshot;
 pub mod state_machine;

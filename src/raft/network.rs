@@ -1,4 +1,7 @@
-//! The Raft transport, client side: openraft's RPCs to peers over tonic gRPC.
+//! The one outgoing-peer client: every call this node makes to another node — openraft's
+//! RPCs, a follower's batches proposed to the leader, clock probes, read-index requests —
+//! goes through [`Peer::call`], so that a credential, a deadline or a breaker is added in
+//! one place (`tests/architecture.rs` checks that no other module builds a client).
 //!
 //! One lazily-connected `Channel` per peer address, reused by every RPC and replication
 //! stream to that peer (reconnecting per RPC costs tens of milliseconds). openraft's
@@ -84,48 +87,112 @@ impl NetworkFactory {
         channels.insert(addr.to_owned(), channel.clone());
         Ok(channel)
     }
+
+    /// A client for member `target`, known by the membership as `node`. An address or an
+    /// incarnation that cannot be used is reported by every call, never by a panic.
+    pub fn peer(&self, target: NodeId, node: &NodeInfo) -> Peer {
+        let target_header = format!("{target}:{}", node.incarnation)
+            .parse()
+            .map_err(|_| format!("node {target}'s incarnation is not a header value"));
+        let client = self
+            .channel(&node.grpc_addr)
+            .map(|ch| {
+                RaftClient::new(ch)
+                    .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+            })
+            .map_err(|e| format!("node {target}'s address {:?}: {e}", node.grpc_addr));
+        Peer {
+            target,
+            client: target_header.and_then(|h| client.map(|c| (c, h))),
+        }
+    }
+}
+
+/// The node-to-node RPCs (all on `raft.v1.Raft`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerRpc {
+    AppendEntries,
+    InstallSnapshot,
+    Vote,
+    /// A follower's batch of client commands, for the leader to propose.
+    Propose,
+    /// The peer's wall clock.
+    Clock,
+    /// The leader's read index, after it confirmed its leadership with a quorum.
+    ReadIndex,
+}
+
+/// A client for one member.
+#[derive(Clone)]
+pub struct Peer {
+    target: NodeId,
+    client: Result<(RaftClient<Channel>, tonic::metadata::AsciiMetadataValue), String>,
+}
+
+impl Peer {
+    pub fn id(&self) -> NodeId {
+        self.target
+    }
+
+    /// One call: `body` (the postcard-encoded message) to the member, within `timeout`,
+    /// addressed to the member's incarnation (a wiped node refuses messages meant for its
+    /// former self). A peer whose address is unusable answers `UNAVAILABLE` with the reason.
+    pub async fn call(
+        &self,
+        rpc: PeerRpc,
+        body: bytes::Bytes,
+        timeout: Duration,
+    ) -> Result<bytes::Bytes, tonic::Status> {
+        let (client, header) = self
+            .client
+            .as_ref()
+            .map_err(|e| tonic::Status::unavailable(e.clone()))?;
+        let mut client = client.clone();
+        let mut request = tonic::Request::new(RaftMessage { body });
+        request.set_timeout(timeout);
+        request.metadata_mut().insert(TARGET_HEADER, header.clone());
+        let reply = match rpc {
+            PeerRpc::AppendEntries => client.append_entries(request).await,
+            PeerRpc::InstallSnapshot => client.install_snapshot(request).await,
+            PeerRpc::Vote => client.vote(request).await,
+            PeerRpc::Propose => client.propose(request).await,
+            PeerRpc::Clock => client.clock(request).await,
+            PeerRpc::ReadIndex => client.read_index(request).await,
+        };
+        reply.map(|r| r.into_inner().body)
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerClient {
-        let client = self.channel(&node.grpc_addr).map(|ch| {
-            RaftClient::new(ch)
-                .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
-        });
         PeerClient {
-            target,
+            peer: self.peer(target, node),
             max_payload_bytes: self.max_payload_bytes,
-            target_header: format!("{target}:{}", node.incarnation)
-                .parse()
-                .map_err(|_| format!("node {target}'s incarnation is not a header value")),
-            client: client.map_err(|e| e.to_string()),
         }
     }
 }
 
+/// openraft's view of a peer.
 pub struct PeerClient {
-    target: NodeId,
+    peer: Peer,
     max_payload_bytes: usize,
-    target_header: Result<tonic::metadata::AsciiMetadataValue, String>,
-    /// An invalid address is reported on every RPC rather than panicking the factory.
-    client: Result<RaftClient<Channel>, String>,
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct TransportError(String);
 
-fn encode<T: Serialize>(v: &T) -> Result<RaftMessage, TransportError> {
+fn encode<T: Serialize>(v: &T) -> Result<bytes::Bytes, TransportError> {
     postcard::to_allocvec(v)
-        .map(|body| RaftMessage { body: body.into() })
+        .map(bytes::Bytes::from)
         .map_err(|e| TransportError(format!("encoding raft message: {e}")))
 }
 
-fn decode<T: DeserializeOwned>(m: &RaftMessage) -> Result<T, TransportError> {
-    postcard::from_bytes(&m.body).map_err(|e| TransportError(format!("decoding raft message: {e}")))
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, TransportError> {
+    postcard::from_bytes(body).map_err(|e| TransportError(format!("decoding raft message: {e}")))
 }
 
 /// How many leading entries fit `budget` bytes (encoded), at least one; `None` when all do.
@@ -175,7 +242,7 @@ impl PeerClient {
     /// classification of failures; `ttl` its deadline.
     async fn call<Req, Resp, E>(
         &mut self,
-        kind: &'static str,
+        rpc: PeerRpc,
         req: &Req,
         entries: usize,
         ttl: Duration,
@@ -185,29 +252,17 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let unreachable =
-            |e: &String| RPCError::Unreachable(Unreachable::new(&TransportError(e.clone())));
-        let header = self.target_header.clone().map_err(|e| unreachable(&e))?;
-        let client = self.client.as_mut().map_err(|e| unreachable(e))?;
         let msg = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let mut request = tonic::Request::new(msg);
-        request.set_timeout(ttl);
-        request.metadata_mut().insert(TARGET_HEADER, header);
-        let reply = match kind {
-            "append_entries" => client.append_entries(request).await,
-            "install_snapshot" => client.install_snapshot(request).await,
-            _ => client.vote(request).await,
-        };
-        let reply = match reply {
-            Ok(r) => r.into_inner(),
+        let reply = match self.peer.call(rpc, msg, ttl).await {
+            Ok(body) => body,
             Err(status) => {
-                let e = TransportError(format!("{kind} to node {}: {status}", self.target));
+                let e = TransportError(format!("{rpc:?} to node {}: {status}", self.peer.id()));
                 return Err(call_error(&status, entries, e));
             }
         };
         let result: Result<Resp, RaftError<NodeId, E>> =
             decode(&reply).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.peer.id(), e)))
     }
 }
 
@@ -222,14 +277,15 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             if let Some(fit) = entries_within(&rpc.entries, self.max_payload_bytes) {
                 let why = TransportError(format!(
                     "{n} entries to node {} take more than {} bytes",
-                    self.target, self.max_payload_bytes
+                    self.peer.id(),
+                    self.max_payload_bytes
                 ));
                 return Err(RPCError::PayloadTooLarge(too_large(fit, &why)));
             }
         }
         // The soft limit: our deadline must fire before openraft drops the call at the hard
         // one, or openraft sees a bare timeout and sends the same batch again.
-        self.call("append_entries", &rpc, n, option.soft_ttl())
+        self.call(PeerRpc::AppendEntries, &rpc, n, option.soft_ttl())
             .await
     }
 
@@ -238,7 +294,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        self.call("install_snapshot", &rpc, 0, option.hard_ttl())
+        self.call(PeerRpc::InstallSnapshot, &rpc, 0, option.hard_ttl())
             .await
     }
 
@@ -247,6 +303,6 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>> {
-        self.call("vote", &rpc, 0, option.hard_ttl()).await
+        self.call(PeerRpc::Vote, &rpc, 0, option.hard_ttl()).await
     }
 }

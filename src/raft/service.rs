@@ -17,6 +17,7 @@ pub struct RaftService {
     proposer: Arc<dyn ForwardedBatches>,
     rules: ProposeRules,
     clock: Arc<ClusterClock>,
+    id: NodeId,
     /// `node_id:incarnation` of this node: what peers must address.
     me: String,
 }
@@ -57,6 +58,7 @@ impl RaftService {
             proposer,
             rules,
             clock,
+            id,
             me: format!("{id}:{incarnation}"),
         }
     }
@@ -137,6 +139,19 @@ impl raft_server::Raft for RaftService {
     async fn clock(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         self.check_target(&req)?;
         encode(&self.clock.local_now_ns())
+    }
+
+    async fn read_index(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        use super::read_index::{confirmed, ReadIndexError};
+        self.check_target(&req)?;
+        match confirmed(&self.raft, self.id).await {
+            Ok(index) => encode(&index),
+            Err(ReadIndexError::NotLeader { leader }) => Err(Status::unavailable(match leader {
+                Some((id, _)) => format!("node {} does not lead; node {id} does", self.id),
+                None => format!("node {} does not lead, and no leader is known", self.id),
+            })),
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        }
     }
 
     async fn propose(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {

@@ -1,0 +1,188 @@
+//! The process: binds the listeners, opens the node, serves the client APIs (over the
+//! service layer) and the node-to-node service, and shuts down cleanly on a signal. The
+//! one module that sees both the node and the API adapters.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::api::{admin, eventstore, http, telemetry, workflow};
+use crate::config::Config;
+use crate::node::Node;
+use crate::proto::aetherops::v1::admin_server::AdminServer;
+use crate::proto::aetherops::v1::event_store_server::EventStoreServer;
+use crate::proto::aetherops::v1::telemetry_server::TelemetryServer;
+use crate::proto::aetherops::v1::workflows_server::WorkflowsServer;
+use crate::proto::raft::v1::raft_server::RaftServer;
+use crate::raft::network::MAX_RAFT_MESSAGE_BYTES;
+use crate::service::Service;
+
+/// Listeners bound before anything else starts, so their real ports are known.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: TcpListener,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
+        let grpc = TcpListener::bind(&config.grpc_addr).await?;
+        let http = TcpListener::bind(&config.http_addr).await?;
+        Ok(Listeners {
+            grpc_addr: grpc.local_addr()?,
+            http_addr: http.local_addr()?,
+            grpc,
+            http,
+        })
+    }
+}
+
+/// Runs a node until SIGINT or SIGTERM: binds, opens, serves, shuts down cleanly.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let listeners = Listeners::bind(&config)
+        .await
+        .with_context(|| format!("binding {} and {}", config.grpc_addr, config.http_addr))?;
+    let grpc_addr = config
+        .advertise_grpc_addr
+        .clone()
+        .unwrap_or_else(|| listeners.grpc_addr.to_string());
+    let http_addr = config
+        .advertise_http_addr
+        .clone()
+        .unwrap_or_else(|| listeners.http_addr.to_string());
+    let data_dir = config.data_dir.clone();
+    let node = Node::open(config, grpc_addr, http_addr).await?;
+    let info = node.info().clone();
+    // Tools and tests that started us with port 0 learn the real ports here.
+    let listen = serde_json::json!({
+        "node_id": node.id(),
+        "grpc_addr": listeners.grpc_addr.to_string(),
+        "http_addr": listeners.http_addr.to_string(),
+        "pid": std::process::id(),
+    });
+    let tmp = data_dir.join("listen.json.tmp");
+    std::fs::write(&tmp, listen.to_string())?;
+    std::fs::rename(&tmp, data_dir.join("listen.json"))?;
+    tracing::info!(node_id = node.id(), grpc = %info.grpc_addr, http = %info.http_addr, "aetherd serving");
+    println!(
+        "aetherd node {} serving gRPC on {} and HTTP on {} (data in {})",
+        node.id(),
+        listeners.grpc_addr,
+        listeners.http_addr,
+        data_dir.display()
+    );
+    serve(node.clone(), listeners, shutdown_signal()).await?;
+    tracing::info!("shutting down raft");
+    node.shutdown().await?;
+    Ok(())
+}
+
+/// Serves gRPC and HTTP until `shutdown` resolves.
+pub async fn serve(
+    node: Arc<Node>,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let service = Service::new(node.clone());
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<EventStoreServer<eventstore::EventStoreService>>()
+        .await;
+    health_reporter
+        .set_serving::<AdminServer<admin::AdminService>>()
+        .await;
+    health_reporter
+        .set_serving::<WorkflowsServer<workflow::WorkflowService>>()
+        .await;
+    health_reporter
+        .set_serving::<TelemetryServer<telemetry::TelemetryService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    // Oversized requests up to twice the configured limit reach our validation, which says
+    // precisely what is wrong; beyond that the transport refuses them itself.
+    let max_msg = node.config().limits.max_request_bytes * 2 + (1 << 20);
+    let (shutdown_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut grpc_shutdown = shutdown_tx.subscribe();
+    let mut http_shutdown = shutdown_tx.subscribe();
+    let grpc = Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(
+            EventStoreServer::new(eventstore::EventStoreService::new(service.clone()))
+                .max_decoding_message_size(max_msg),
+        )
+        .add_service(AdminServer::new(admin::AdminService::new(service.clone())))
+        .add_service(
+            WorkflowsServer::new(workflow::WorkflowService::new(service.clone()))
+                .max_decoding_message_size(max_msg),
+        )
+        .add_service(
+            // 1M points per batch at most (~16 MiB on the wire, plus series names).
+            TelemetryServer::new(telemetry::TelemetryService::new(service.clone()))
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20),
+        )
+        .add_service(
+            RaftServer::new(node.raft_service())
+                .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(nodelay(listeners.grpc), async move {
+            let _ = grpc_shutdown.recv().await;
+        });
+    let http = axum::serve(
+        listeners.http,
+        http::router(service).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = http_shutdown.recv().await;
+    });
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = shutdown_tx.send(());
+    });
+    let (g, h) = tokio::join!(grpc, http);
+    g?;
+    h?;
+    Ok(())
+}
+
+/// Accepted connections with Nagle's algorithm off: tonic sets TCP_NODELAY only on
+/// listeners it binds itself, and small gRPC replies otherwise wait out delayed ACKs (40 ms).
+fn nodelay(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        conn.set_nodelay(true)?;
+        Ok(conn)
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; stopping on SIGINT only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("signal received");
+}
