@@ -5,6 +5,7 @@ pub mod api;
 pub mod config;
 pub mod ctl;
 pub mod eventstore;
+pub mod limits;
 pub mod model;
 pub mod node;
 pub mod proto;

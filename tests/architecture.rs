@@ -79,6 +79,20 @@ const RULES: &[(&str, &[&str], &str)] = &[
         "know transports, or read the wall clock (time is the replicated commit time)",
     ),
     (
+        "limits",
+        &[
+            "tonic",
+            "openraft",
+            "crate::proto",
+            "crate::node",
+            "crate::service",
+            "crate::api",
+            "crate::server",
+            "SystemTime::now",
+        ],
+        "know transports or openraft, or read the wall clock",
+    ),
+    (
         "raft",
         &[
             "crate::node",

@@ -572,3 +572,150 @@ async fn a_leader_with_a_clock_a_year_ahead_stamps_the_majority_time() {
         "skew metric {skew}"
     );
 }
+
+/// Issue 11.2: rate-limit policies are replicated state. Set through a follower, every
+/// member holds the same policy; a member that joins after the log was purged gets it from
+/// the snapshot; a member killed and restarted keeps it; a deletion reaches every member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn limit_policies_are_cluster_state_that_snapshots_carry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = snapshot_config(tmp.path(), 50, 10);
+    let mut c = TestCluster::start(3, &["--config", &cfg]).await;
+    let leader = c.wait_leader(&c.all()).await;
+    let follower = (leader + 1) % 3;
+    let policy = pb::LimitPolicy {
+        name: "writes".into(),
+        methods: vec!["Append".into(), "Ingest".into()],
+        key: "caller".into(),
+        algorithm: Some(pb::limit_policy::Algorithm::TokenBucket(pb::TokenBucket {
+            burst: 100,
+            refill_millis: 270,
+        })),
+        shadow: true,
+    };
+    // A new cluster adopts the rules that know policies once every voter answered the
+    // clock probe; until then the node says so.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let r = c.nodes[follower]
+            .admin()
+            .await
+            .set_limit(pb::SetLimitRequest {
+                policy: Some(policy.clone()),
+            })
+            .await;
+        match r {
+            Ok(r) => {
+                assert!(!r.into_inner().replaced);
+                break;
+            }
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                assert!(s.message().contains("rules"), "{s:?}");
+                assert!(Instant::now() < deadline, "rules 3 never adopted: {s:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(s) => panic!("set limit: {s:?}"),
+        }
+    }
+    for i in c.all() {
+        assert_eq!(
+            list_limits(&c, i, pb::Consistency::Linearizable).await,
+            vec![policy.clone()]
+        );
+    }
+    // A bad policy is refused with the reason, and changes nothing.
+    let mut bad = policy.clone();
+    bad.name = "no spaces".into();
+    let e = c.nodes[leader]
+        .admin()
+        .await
+        .set_limit(pb::SetLimitRequest { policy: Some(bad) })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+
+    // Enough writes that every node snapshots and purges the entry that set the policy.
+    let acked: Acked = Arc::default();
+    for w in writers(
+        vec![c.nodes[leader].grpc_addr.clone()],
+        2,
+        60,
+        "p",
+        acked.clone(),
+    ) {
+        w.await.unwrap();
+    }
+    let deadline = Instant::now() + DEADLINE;
+    while c.nodes[leader].status().await.purged_index.unwrap_or(0) < 20 {
+        assert!(Instant::now() < deadline, "the leader never purged its log");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let four = c.spawn_node().await;
+    let incarnation = c.nodes[four].status().await.incarnation;
+    c.nodes[leader]
+        .admin()
+        .await
+        .add_learner(pb::AddLearnerRequest {
+            member: Some(pb::Member {
+                incarnation,
+                ..c.member(four)
+            }),
+            blocking: true,
+        })
+        .await
+        .expect("add learner");
+    c.wait_converged(&c.all()).await;
+    assert!(c.nodes[four].status().await.snapshot_index.is_some());
+    assert_eq!(
+        list_limits(&c, four, pb::Consistency::Local).await,
+        vec![policy.clone()],
+        "the late joiner got the policy from the snapshot"
+    );
+
+    c.nodes[follower].kill9();
+    c.nodes[follower].restart();
+    assert_eq!(
+        list_limits(&c, follower, pb::Consistency::Linearizable).await,
+        vec![policy]
+    );
+
+    c.nodes[four]
+        .admin()
+        .await
+        .delete_limit(pb::DeleteLimitRequest {
+            name: "writes".into(),
+        })
+        .await
+        .expect("delete through a learner");
+    let e = c.nodes[leader]
+        .admin()
+        .await
+        .delete_limit(pb::DeleteLimitRequest {
+            name: "writes".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    for i in c.all() {
+        assert!(list_limits(&c, i, pb::Consistency::Linearizable)
+            .await
+            .is_empty());
+    }
+}
+
+async fn list_limits(
+    c: &TestCluster,
+    i: usize,
+    consistency: pb::Consistency,
+) -> Vec<pb::LimitPolicy> {
+    c.nodes[i]
+        .admin()
+        .await
+        .list_limits(pb::ListLimitsRequest {
+            consistency: consistency as i32,
+        })
+        .await
+        .expect("list limits")
+        .into_inner()
+        .policies
+}

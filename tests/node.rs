@@ -1065,3 +1065,106 @@ async fn the_idempotency_window_is_set_cluster_wide_from_the_cli() {
     );
     assert_eq!(node.status().await.dedupe_window_secs, Some(7200));
 }
+
+/// Issue 11.2: `aetherctl limits set/list/delete` on a node; a policy survives a restart;
+/// a bad spec is refused before anything is sent, a bad policy by the node.
+#[tokio::test]
+async fn limit_policies_from_the_cli_survive_a_restart() {
+    let mut node = NodeBuilder::dev().start();
+    node.wait_leader().await;
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The node adopts the rules that know policies within seconds of starting.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let out = node.ctl(&[
+            "limits",
+            "set",
+            "ingest",
+            "--methods",
+            "Ingest,Append",
+            "--key",
+            "stream-prefix",
+            "--sliding-window",
+            "1000,10s,10",
+        ]);
+        if out.status.success() {
+            assert!(String::from_utf8_lossy(&out.stdout).contains("set policy ingest"));
+            break;
+        }
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(err.contains("FailedPrecondition"), "{err}");
+        assert!(std::time::Instant::now() < deadline, "rules never adopted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ok(node.ctl(&[
+        "limits",
+        "set",
+        "all",
+        "--token-bucket",
+        "50,0.27",
+        "--shadow",
+    ]));
+    let listed = ok(node.ctl(&["--output", "json", "limits", "list"]));
+    let policies: Vec<serde_json::Value> = listed
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(policies.len(), 2, "{listed}");
+    assert_eq!(policies[0]["name"], "all");
+    assert_eq!(policies[0]["shadow"], true);
+    assert_eq!(policies[0]["algorithm"]["token_bucket"]["burst"], 50);
+    assert_eq!(
+        policies[0]["algorithm"]["token_bucket"]["rate_per_sec"],
+        0.27
+    );
+    assert_eq!(policies[1]["name"], "ingest");
+    assert_eq!(policies[1]["key"], "stream-prefix");
+    assert_eq!(
+        policies[1]["methods"],
+        serde_json::json!(["Ingest", "Append"])
+    );
+    assert_eq!(
+        policies[1]["algorithm"]["sliding_window"],
+        serde_json::json!({"limit": 1000, "window_ms": 10000, "window_count": 10})
+    );
+
+    // Refused before sending: a spec that does not parse, or neither algorithm.
+    for args in [
+        &["limits", "set", "x", "--token-bucket", "50"][..],
+        &["limits", "set", "x"][..],
+        &[
+            "limits",
+            "set",
+            "x",
+            "--methods",
+            "Bogus",
+            "--token-bucket",
+            "1,1",
+        ][..],
+    ] {
+        let out = node.ctl(args);
+        assert!(!out.status.success(), "{args:?}");
+    }
+    // Refused by the node: the name of a policy that does not exist.
+    let out = node.ctl(&["limits", "delete", "nope"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NotFound"));
+
+    node.stop();
+    node.restart();
+    node.wait_leader().await;
+    let listed = ok(node.ctl(&["limits", "list"]));
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    ok(node.ctl(&["limits", "delete", "all"]));
+    let listed = ok(node.ctl(&["limits", "list"]));
+    assert!(
+        listed.starts_with("ingest\tIngest,Append\tkey=stream-prefix"),
+        "{listed}"
+    );
+}

@@ -5,6 +5,7 @@ use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 use super::{caller, status};
+use crate::limits::{Algorithm, KeyBy, LimitPolicy, Method};
 use crate::proto::aetherops::v1 as pb;
 use crate::proto::aetherops::v1::admin_server::Admin;
 use crate::raft::{NodeId, NodeInfo};
@@ -204,5 +205,115 @@ impl Admin for AdminService {
             scan_digest: format!("{:032x}", scan.scan),
             records: scan.records,
         }))
+    }
+
+    async fn set_limit(
+        &self,
+        req: Request<pb::SetLimitRequest>,
+    ) -> Result<Response<pb::SetLimitResponse>, Status> {
+        let caller = caller(&req);
+        let policy = req
+            .into_inner()
+            .policy
+            .ok_or_else(|| Status::invalid_argument("policy is required"))?;
+        let replaced = self
+            .service
+            .set_limit(&caller, limit_policy(policy)?)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::SetLimitResponse { replaced }))
+    }
+
+    async fn delete_limit(
+        &self,
+        req: Request<pb::DeleteLimitRequest>,
+    ) -> Result<Response<pb::DeleteLimitResponse>, Status> {
+        let caller = caller(&req);
+        self.service
+            .delete_limit(&caller, &req.into_inner().name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::DeleteLimitResponse {}))
+    }
+
+    async fn list_limits(
+        &self,
+        req: Request<pb::ListLimitsRequest>,
+    ) -> Result<Response<pb::ListLimitsResponse>, Status> {
+        let caller = caller(&req);
+        let consistency = super::convert::consistency(req.into_inner().consistency)?;
+        let policies = self
+            .service
+            .list_limits(&caller, consistency)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ListLimitsResponse {
+            policies: policies.into_iter().map(limit_policy_out).collect(),
+        }))
+    }
+}
+
+fn limit_policy(p: pb::LimitPolicy) -> Result<LimitPolicy, Status> {
+    let bad = |e: String| Status::invalid_argument(e);
+    let methods = p
+        .methods
+        .iter()
+        .map(|m| m.parse::<Method>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(bad)?;
+    let key = if p.key.is_empty() {
+        KeyBy::Shared
+    } else {
+        p.key.parse().map_err(bad)?
+    };
+    let algorithm = match p.algorithm {
+        Some(pb::limit_policy::Algorithm::TokenBucket(t)) => Algorithm::TokenBucket {
+            burst: t.burst,
+            refill_millis: t.refill_millis,
+        },
+        Some(pb::limit_policy::Algorithm::SlidingWindow(w)) => Algorithm::SlidingWindow {
+            limit: w.limit,
+            window_ms: w.window_ms,
+            window_count: w.window_count,
+        },
+        None => {
+            return Err(Status::invalid_argument(
+                "a policy needs a token bucket or a sliding window",
+            ))
+        }
+    };
+    Ok(LimitPolicy {
+        name: p.name,
+        methods,
+        key,
+        algorithm,
+        shadow: p.shadow,
+    })
+}
+
+pub(crate) fn limit_policy_out(p: LimitPolicy) -> pb::LimitPolicy {
+    pb::LimitPolicy {
+        name: p.name,
+        methods: p.methods.iter().map(|m| m.as_str().to_owned()).collect(),
+        key: p.key.as_str().to_owned(),
+        algorithm: Some(match p.algorithm {
+            Algorithm::TokenBucket {
+                burst,
+                refill_millis,
+            } => pb::limit_policy::Algorithm::TokenBucket(pb::TokenBucket {
+                burst,
+                refill_millis,
+            }),
+            Algorithm::SlidingWindow {
+                limit,
+                window_ms,
+                window_count,
+            } => pb::limit_policy::Algorithm::SlidingWindow(pb::SlidingWindow {
+                limit,
+                window_ms,
+                window_count,
+            }),
+        }),
+        shadow: p.shadow,
     }
 }

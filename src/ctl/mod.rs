@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod cluster;
+pub mod limits;
 pub mod output;
 pub mod telemetry;
 pub mod workflow;
@@ -70,6 +71,9 @@ pub enum Cmd {
     /// Telemetry series: ingest, query, retention.
     #[command(subcommand)]
     Telemetry(telemetry::TelemetryCmd),
+    /// Rate-limit policies, cluster-wide.
+    #[command(subcommand)]
+    Limits(limits::LimitsCmd),
     /// Load generators.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -192,6 +196,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
         Cmd::Cluster(c) => cluster::run(&cli.addr, timeout, c, &printer).await,
         Cmd::Workflow(w) => workflow::run(&cli.addr, timeout, w, &printer).await,
         Cmd::Telemetry(t) => telemetry::run(&cli.addr, timeout, t, &printer).await,
+        Cmd::Limits(l) => limits::run(&cli.addr, timeout, l, &printer).await,
         Cmd::Bench(b) => bench::run(&cli.addr, b, &printer).await,
     }
 }

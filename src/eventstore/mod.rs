@@ -32,9 +32,11 @@ pub const RULES_KEY: &[u8] = b"apply_rules";
 /// Version 1: the original rules. Version 2 adds, in apply: well-formed stream names, unique
 /// event ids within an append, and no plain append to a workflow's stream. (Appends without
 /// events and positions past `u64::MAX` are refused under every version: older code panicked
-/// or halted on them, so no healthy log holds one.) A leader adopts the newest version once
-/// every voter runs code that knows it (`Command::AdoptRules`).
-pub const APPLY_RULES_VERSION: u32 = 2;
+/// or halted on them, so no healthy log holds one.) Version 3 adds rate-limit policies
+/// (`Command::SetLimit`, `Command::DeleteLimit`; refused before). A leader adopts the newest
+/// version once every voter runs code that knows it (`Command::AdoptRules`; each voter says
+/// which rules it knows in its answer to the clock probe).
+pub const APPLY_RULES_VERSION: u32 = 3;
 
 /// The apply-rules version in force (1 until a cluster adopts a newer one).
 pub fn load_rules_version(db: &SmDb) -> Result<u32> {

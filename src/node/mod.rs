@@ -21,6 +21,7 @@ use crate::eventstore::read::{read_all, read_stream, Page, PageLimit, ReadDirect
 use crate::eventstore::read_pool::ReadPool;
 use crate::eventstore::subscribe::{self, Item, Target};
 use crate::eventstore::{AppendCommand, AppendOutcome};
+use crate::limits::{LimitPolicy, PolicyOutcome};
 use crate::model::ValidationError;
 use crate::raft::clock::ClusterClock;
 use crate::raft::log_store::LogStore;
@@ -480,7 +481,9 @@ impl Node {
             };
             if !leads
                 || current >= crate::eventstore::APPLY_RULES_VERSION
-                || !self.clock.all_voters_current(&voters)
+                || !self
+                    .clock
+                    .all_voters_know(&voters, crate::eventstore::APPLY_RULES_VERSION)
             {
                 continue;
             }
@@ -525,6 +528,39 @@ impl Node {
                 "dedupe window answered with {other:?}"
             ))),
         }
+    }
+
+    /// Sets (or replaces) a rate-limit policy, once the cluster applies the rules that know
+    /// policies.
+    pub async fn set_limit(&self, policy: LimitPolicy) -> Result<PolicyOutcome, NodeError> {
+        self.policy_command(Command::SetLimit(policy)).await
+    }
+
+    pub async fn delete_limit(&self, name: String) -> Result<PolicyOutcome, NodeError> {
+        self.policy_command(Command::DeleteLimit { name }).await
+    }
+
+    async fn policy_command(&self, cmd: Command) -> Result<PolicyOutcome, NodeError> {
+        let rules = crate::eventstore::load_rules_version(&self.store.db())?;
+        if rules < crate::limits::POLICY_RULES_VERSION {
+            return Err(NodeError::FailedPrecondition(format!(
+                "the cluster applies rules {rules} and rate-limit policies need {}: every voter \
+                 must run this version, then a leader adopts them within seconds; try again \
+                 shortly",
+                crate::limits::POLICY_RULES_VERSION
+            )));
+        }
+        match self.propose_checked(cmd).await? {
+            CommandOutcome::Limit(o) => Ok(o),
+            other => Err(NodeError::Internal(format!(
+                "a policy change answered with {other:?}"
+            ))),
+        }
+    }
+
+    /// The rate-limit policies as applied here.
+    pub async fn limit_policies(&self) -> Result<Vec<LimitPolicy>, NodeError> {
+        self.read_store(|db| Ok(crate::limits::load_all(db)?)).await
     }
 
     /// The cluster's idempotency window as applied here.

@@ -67,8 +67,13 @@ pub fn majority_time(mut clocks: Vec<i64>) -> Option<i64> {
 /// One reading of a peer's clock.
 #[derive(Debug, Clone, Copy)]
 enum Reading {
-    /// The peer's clock at `at` (our monotonic clock at the probe's midpoint).
-    Clock { peer_ns: i64, at: Instant },
+    /// The peer's clock at `at` (our monotonic clock at the probe's midpoint), and the
+    /// newest apply rules its code knows.
+    Clock {
+        peer_ns: i64,
+        at: Instant,
+        rules_version: u32,
+    },
     /// The peer does not know `raft.v1.Clock` (an older version, in a rolling upgrade).
     Unsupported { at: Instant },
 }
@@ -116,12 +121,20 @@ impl ClusterClock {
         self.injected_offset_ns.store(offset_ns, Ordering::Relaxed);
     }
 
-    /// Records a reading of a peer's clock, taken at `at` (the probe's midpoint).
-    pub fn record(&self, peer: NodeId, peer_ns: i64, at: Instant) {
+    /// Records a reading of a peer's clock, taken at `at` (the probe's midpoint), from a
+    /// peer whose code knows apply rules up to `rules_version`.
+    pub fn record(&self, peer: NodeId, peer_ns: i64, at: Instant, rules_version: u32) {
         self.readings
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(peer, Reading::Clock { peer_ns, at });
+            .insert(
+                peer,
+                Reading::Clock {
+                    peer_ns,
+                    at,
+                    rules_version,
+                },
+            );
     }
 
     /// Records that a peer cannot be read (it does not know `raft.v1.Clock`).
@@ -132,12 +145,13 @@ impl ClusterClock {
             .insert(peer, Reading::Unsupported { at: Instant::now() });
     }
 
-    /// Whether every voter but this node answered a clock probe lately: they all run code
-    /// at least as new as the `raft.v1.Clock` RPC (what adopting new apply rules waits for).
-    pub fn all_voters_current(&self, voters: &[NodeId]) -> bool {
+    /// Whether every voter but this node answered a clock probe lately from code that knows
+    /// apply rules `version` (what adopting those rules waits for).
+    pub fn all_voters_know(&self, voters: &[NodeId], version: u32) -> bool {
         let readings = self.readings.lock().unwrap_or_else(|p| p.into_inner());
         voters.iter().filter(|v| **v != self.me).all(|v| {
-            matches!(readings.get(v), Some(r @ Reading::Clock { .. }) if r.at().elapsed() <= READING_FRESH_FOR)
+            matches!(readings.get(v), Some(r @ Reading::Clock { rules_version, .. })
+                if *rules_version >= version && r.at().elapsed() <= READING_FRESH_FOR)
         })
     }
 
@@ -165,7 +179,7 @@ impl ClusterClock {
                     .filter(|r| r.at().elapsed() <= READING_FRESH_FOR)
                 {
                     // The reading carried forward on our monotonic clock.
-                    Some(Reading::Clock { peer_ns, at }) => {
+                    Some(Reading::Clock { peer_ns, at, .. }) => {
                         clocks.push(peer_ns.saturating_add(nanos(at.elapsed())))
                     }
                     Some(Reading::Unsupported { .. }) => unsupported += 1,
@@ -281,7 +295,7 @@ pub async fn run_probes(
             let network = network.clone();
             async move {
                 match probe(&network, id, &node).await {
-                    Ok((peer_ns, at)) => clock.record(id, peer_ns, at),
+                    Ok((reply, at)) => clock.record(id, reply.now_ns, at, reply.rules_version),
                     // A member on an older version, during a rolling upgrade: it cannot be
                     // read; the leader falls back to its monotonic clock (see `stamp_ns`).
                     Err(ProbeError::Unsupported) => clock.record_unsupported(id),
@@ -292,6 +306,34 @@ pub async fn run_probes(
             }
         });
         futures::future::join_all(probes).await;
+    }
+}
+
+/// A member's answer to `raft.v1.Clock`: its wall clock, and the newest apply rules its
+/// code knows (so a leader adopts new rules only once every voter can apply them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClockReply {
+    pub now_ns: i64,
+    pub rules_version: u32,
+}
+
+impl ClockReply {
+    /// Rules version 2 introduced `raft.v1.Clock`, whose first replies carried the clock
+    /// alone.
+    const BARE_CLOCK_RULES: u32 = 2;
+
+    pub fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
+        // Fields in order: a member on older code reads the clock and ignores the rest.
+        postcard::to_allocvec(self)
+    }
+
+    pub fn decode(body: &[u8]) -> Result<ClockReply, postcard::Error> {
+        postcard::from_bytes(body).or_else(|_| {
+            postcard::from_bytes::<i64>(body).map(|now_ns| ClockReply {
+                now_ns,
+                rules_version: Self::BARE_CLOCK_RULES,
+            })
+        })
     }
 }
 
@@ -307,7 +349,7 @@ async fn probe(
     network: &super::network::NetworkFactory,
     id: NodeId,
     node: &super::NodeInfo,
-) -> Result<(i64, Instant), ProbeError> {
+) -> Result<(ClockReply, Instant), ProbeError> {
     let failed = ProbeError::Failed;
     let started = Instant::now();
     let reply = network
@@ -323,9 +365,8 @@ async fn probe(
             code => failed(format!("{code}: {}", s.message())),
         })?;
     let midpoint = started + started.elapsed() / 2;
-    let peer_ns: i64 =
-        postcard::from_bytes(&reply).map_err(|e| failed(format!("bad reply: {e}")))?;
-    Ok((peer_ns, midpoint))
+    let reply = ClockReply::decode(&reply).map_err(|e| failed(format!("bad reply: {e}")))?;
+    Ok((reply, midpoint))
 }
 
 #[cfg(test)]
@@ -368,12 +409,12 @@ mod tests {
         );
         let clock = ClusterClock::new(1, YEAR);
         assert_eq!(clock.stamp_ns(&[1, 2, 3], 0), None, "no reading yet");
-        clock.record(2, system_now_ns(), Instant::now());
+        clock.record(2, system_now_ns(), Instant::now(), 2);
         // Self (a year ahead) and one peer disagree: the fallback, from the last commit time.
         let last = system_now_ns() - MINUTE / 2;
         let t = clock.stamp_ns(&[1, 2, 3], last).unwrap();
         assert!(t >= last && near_real(t), "{t}");
-        clock.record(3, system_now_ns(), Instant::now());
+        clock.record(3, system_now_ns(), Instant::now(), 2);
         let t = clock.stamp_ns(&[1, 2, 3], last).unwrap();
         assert!(near_real(t), "two peers outvote the leader");
         assert!((clock.skew_ns() - YEAR).abs() < MINUTE);
@@ -382,8 +423,8 @@ mod tests {
     #[test]
     fn a_jump_of_the_leaders_clock_after_its_readings_is_outvoted() {
         let clock = ClusterClock::new(1, 0);
-        clock.record(2, system_now_ns(), Instant::now());
-        clock.record(3, system_now_ns(), Instant::now());
+        clock.record(2, system_now_ns(), Instant::now(), 2);
+        clock.record(3, system_now_ns(), Instant::now(), 2);
         assert!(near_real(clock.stamp_ns(&[1, 2, 3], 0).unwrap()));
         clock.set_injected_offset_ns(YEAR);
         let t = clock.stamp_ns(&[1, 2, 3], 0).unwrap();
@@ -404,5 +445,45 @@ mod tests {
             second > first && near_real(second),
             "advances on the monotonic clock"
         );
+    }
+
+    #[test]
+    fn clock_replies_read_across_versions() {
+        let new = ClockReply {
+            now_ns: 1_700_000_000_000_000_000,
+            rules_version: 3,
+        };
+        let bytes = new.encode().unwrap();
+        assert_eq!(ClockReply::decode(&bytes).unwrap(), new);
+        // Older code reads the clock off a newer reply.
+        assert_eq!(postcard::from_bytes::<i64>(&bytes).unwrap(), new.now_ns);
+        // A reply from older code: the clock alone, rules version 2.
+        let old = postcard::to_allocvec(&new.now_ns).unwrap();
+        assert_eq!(
+            ClockReply::decode(&old).unwrap(),
+            ClockReply {
+                now_ns: new.now_ns,
+                rules_version: 2
+            }
+        );
+        assert!(ClockReply::decode(&[]).is_err());
+    }
+
+    #[test]
+    fn rules_are_known_once_every_other_voter_answered_with_them() {
+        let clock = ClusterClock::new(1, 0);
+        assert!(clock.all_voters_know(&[1], 3), "alone");
+        assert!(!clock.all_voters_know(&[1, 2, 3], 3), "no readings");
+        clock.record(2, system_now_ns(), Instant::now(), 3);
+        clock.record_unsupported(3);
+        assert!(!clock.all_voters_know(&[1, 2, 3], 2), "3 has no clock RPC");
+        clock.record(3, system_now_ns(), Instant::now(), 2);
+        assert!(clock.all_voters_know(&[1, 2, 3], 2));
+        assert!(
+            !clock.all_voters_know(&[1, 2, 3], 3),
+            "3 knows rules 2 only"
+        );
+        clock.record(3, system_now_ns(), Instant::now(), 3);
+        assert!(clock.all_voters_know(&[1, 2, 3], 3));
     }
 }

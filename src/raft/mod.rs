@@ -20,6 +20,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::eventstore::{check_dedupe_window, AppendCommand, AppendOutcome, APPLY_RULES_VERSION};
+use crate::limits::{LimitPolicy, PolicyOutcome};
 use crate::model::{check_plain_append_target, Limits};
 use crate::telemetry::store::{TelemetryCommand, TelemetryOutcome};
 use crate::workflow::store::{WorkflowCommand, WorkflowOutcome};
@@ -80,6 +81,12 @@ pub enum Command {
         version: u32,
         dedupe_window_ns: i64,
     },
+    /// Sets (or replaces) a rate-limit policy (rules version 3 on).
+    SetLimit(LimitPolicy),
+    /// Deletes a rate-limit policy (rules version 3 on).
+    DeleteLimit {
+        name: String,
+    },
 }
 
 impl Command {
@@ -113,6 +120,8 @@ impl Command {
                 }
                 check_dedupe_window(*dedupe_window_ns)
             }
+            Command::SetLimit(p) => p.validate(),
+            Command::DeleteLimit { name } => crate::limits::check_name(name),
         }
     }
 
@@ -128,6 +137,9 @@ impl Command {
             }
             Command::SetDedupeWindow { .. } | Command::AdoptRules { .. } => {
                 CommandOutcome::Refused { reason }
+            }
+            Command::SetLimit(_) | Command::DeleteLimit { .. } => {
+                CommandOutcome::Limit(PolicyOutcome::Refused { reason })
             }
         }
     }
@@ -179,6 +191,7 @@ pub enum CommandOutcome {
     Refused {
         reason: String,
     },
+    Limit(PolicyOutcome),
 }
 
 /// What applying one entry returned.

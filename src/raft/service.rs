@@ -138,7 +138,10 @@ impl raft_server::Raft for RaftService {
 
     async fn clock(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         self.check_target(&req)?;
-        encode(&self.clock.local_now_ns())
+        encode(&super::clock::ClockReply {
+            now_ns: self.clock.local_now_ns(),
+            rules_version: crate::eventstore::APPLY_RULES_VERSION,
+        })
     }
 
     async fn read_index(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {

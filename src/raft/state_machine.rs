@@ -301,6 +301,7 @@ impl StateMachine {
                 .with_rules(self.cached.rules_version);
                 let mut workflows = WorkflowApplier::new(db);
                 let mut telemetry = TelemetryApplier::new(db, entry.log_id.index);
+                let mut policies = crate::limits::PolicyApplier::new(db);
                 let commit_time = applier.commit_time(req.commit_time_ns);
                 // The window is replicated state once set (`AdoptRules` seeds it,
                 // `SetDedupeWindow` changes it); until then each entry's own, as before.
@@ -342,6 +343,20 @@ impl StateMachine {
                                 Err(reason) => CommandOutcome::Refused { reason },
                             }
                         }
+                        Command::SetLimit(policy) => CommandOutcome::Limit(
+                            if applier.rules_version() < crate::limits::POLICY_RULES_VERSION {
+                                no_policies_yet()
+                            } else {
+                                policies.set(&mut wb, policy)?
+                            },
+                        ),
+                        Command::DeleteLimit { name } => CommandOutcome::Limit(
+                            if applier.rules_version() < crate::limits::POLICY_RULES_VERSION {
+                                no_policies_yet()
+                            } else {
+                                policies.delete(&mut wb, name)?
+                            },
+                        ),
                         Command::AdoptRules {
                             version,
                             dedupe_window_ns,
@@ -663,6 +678,18 @@ pub fn scan_digest(store: &SmStore) -> Result<ScanDigest, StorageError> {
     })
 }
 
+/// A policy change before the cluster adopted the rules that know policies: refused on
+/// every replica alike.
+fn no_policies_yet() -> crate::limits::PolicyOutcome {
+    crate::limits::PolicyOutcome::Refused {
+        reason: format!(
+            "the cluster has not adopted apply rules {} (rate-limit policies) yet: every voter \
+             must run this version, then a leader adopts them within seconds",
+            crate::limits::POLICY_RULES_VERSION
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -885,6 +912,73 @@ mod tests {
             out[0],
             CommandOutcome::Append(AppendOutcome::Duplicate(_))
         ));
+    }
+
+    /// Rate-limit policies are replicated state from rules version 3 on: refused alike on
+    /// every replica before; within one entry a later change sees an earlier one; kept
+    /// across a restart.
+    #[tokio::test]
+    async fn limit_policies_apply_from_rules_3_and_see_their_entry() {
+        use crate::limits::{Algorithm, KeyBy, LimitPolicy, PolicyOutcome};
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        let policy = |name: &str, burst| {
+            Command::SetLimit(LimitPolicy {
+                name: name.into(),
+                methods: vec![],
+                key: KeyBy::Shared,
+                algorithm: Algorithm::TokenBucket {
+                    burst,
+                    refill_millis: 1000,
+                },
+                shadow: false,
+            })
+        };
+        let out = apply(&mut sm, entry_at(1, 100, 10, vec![policy("a", 5)])).await;
+        assert!(
+            matches!(&out[0], CommandOutcome::Limit(PolicyOutcome::Refused { reason }) if reason.contains("rules 3")),
+            "{out:?}"
+        );
+        assert!(crate::limits::load_all(&sm.store().db())
+            .unwrap()
+            .is_empty());
+        apply(&mut sm, entry_at(2, 101, 10, vec![adopt(10)])).await;
+        let out = apply(
+            &mut sm,
+            entry_at(
+                3,
+                102,
+                10,
+                vec![
+                    policy("a", 5),
+                    policy("a", 6),
+                    policy("b", 7),
+                    Command::DeleteLimit { name: "b".into() },
+                    Command::DeleteLimit { name: "b".into() },
+                    policy("bad name", 1),
+                ],
+            ),
+        )
+        .await;
+        assert_eq!(
+            out[..5],
+            [
+                CommandOutcome::Limit(PolicyOutcome::Set { replaced: false }),
+                CommandOutcome::Limit(PolicyOutcome::Set { replaced: true }),
+                CommandOutcome::Limit(PolicyOutcome::Set { replaced: false }),
+                CommandOutcome::Limit(PolicyOutcome::Deleted { existed: true }),
+                CommandOutcome::Limit(PolicyOutcome::Deleted { existed: false }),
+            ]
+        );
+        assert!(matches!(
+            out[5],
+            CommandOutcome::Limit(PolicyOutcome::Refused { .. })
+        ));
+        drop(sm);
+        let sm = StateMachine::open(dir.path()).unwrap();
+        let all = crate::limits::load_all(&sm.store().db()).unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(Command::SetLimit(all[0].clone()), policy("a", 6));
     }
 
     async fn build(sm: &mut StateMachine) -> SnapshotMeta {

@@ -10,6 +10,7 @@ pub mod admin;
 mod caller;
 mod error;
 pub mod events;
+pub mod limits;
 pub mod telemetry;
 pub mod workflows;
 

@@ -1,0 +1,149 @@
+//! `aetherctl limits`: the cluster's rate-limit policies (replicated).
+
+use std::time::Duration;
+
+use clap::Subcommand;
+use serde_json::json;
+
+use super::output::{Output, Printer};
+use super::{admin, first_addr, read_err, status_err};
+use crate::limits::{Algorithm, KeyBy, LimitPolicy, Method};
+use crate::proto::aetherops::v1 as pb;
+
+#[derive(Subcommand, Debug)]
+pub enum LimitsCmd {
+    /// Set (or replace) a policy: the same on every node, kept across restarts.
+    Set {
+        name: String,
+        /// Methods it covers, comma-separated (Append, Read, Subscribe, WorkflowWrite,
+        /// WorkflowRead, Ingest, TelemetryQuery, Admin); all by default.
+        #[arg(long, value_delimiter = ',')]
+        methods: Vec<Method>,
+        /// What it counts separately: shared (one count), caller, stream-prefix, method.
+        #[arg(long, default_value = "shared")]
+        key: KeyBy,
+        /// BURST,RATE: a burst of BURST, refilled at RATE per second (e.g. 100,0.27).
+        #[arg(
+            long,
+            conflicts_with = "sliding_window",
+            required_unless_present = "sliding_window"
+        )]
+        token_bucket: Option<String>,
+        /// LIMIT,WINDOW,COUNT: LIMIT per WINDOW (10s, 1m, …) over COUNT sub-windows.
+        #[arg(long)]
+        sliding_window: Option<String>,
+        /// Count and report what it would refuse, without refusing.
+        #[arg(long)]
+        shadow: bool,
+    },
+    /// The policies in force.
+    List,
+    /// Delete a policy.
+    Delete { name: String },
+}
+
+pub async fn run(
+    addrs: &str,
+    timeout: Duration,
+    cmd: LimitsCmd,
+    printer: &Printer,
+) -> anyhow::Result<()> {
+    let mut c = admin(first_addr(addrs), timeout).await?;
+    match cmd {
+        LimitsCmd::Set {
+            name,
+            methods,
+            key,
+            token_bucket,
+            sliding_window,
+            shadow,
+        } => {
+            let algorithm = match (token_bucket, sliding_window) {
+                (Some(tb), _) => Algorithm::token_bucket(&tb),
+                (None, Some(sw)) => Algorithm::sliding_window(&sw),
+                (None, None) => Err("give --token-bucket or --sliding-window".to_owned()),
+            }
+            .map_err(anyhow::Error::msg)?;
+            let policy = LimitPolicy {
+                name,
+                methods,
+                key,
+                algorithm,
+                shadow,
+            };
+            policy.validate().map_err(anyhow::Error::msg)?;
+            let r = c
+                .set_limit(pb::SetLimitRequest {
+                    policy: Some(crate::api::admin::limit_policy_out(policy.clone())),
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            match printer.format {
+                Output::Json => printer.json(&json!({"name": policy.name, "replaced": r.replaced})),
+                Output::Text => println!(
+                    "{} policy {}: {}",
+                    if r.replaced { "replaced" } else { "set" },
+                    policy.name,
+                    policy.algorithm
+                ),
+            }
+        }
+        LimitsCmd::List => {
+            let r = c
+                .list_limits(pb::ListLimitsRequest::default())
+                .await
+                .map_err(read_err)?
+                .into_inner();
+            for p in r.policies {
+                print_policy(printer, &p);
+            }
+        }
+        LimitsCmd::Delete { name } => {
+            c.delete_limit(pb::DeleteLimitRequest { name: name.clone() })
+                .await
+                .map_err(status_err)?;
+            match printer.format {
+                Output::Json => printer.json(&json!({"name": name, "deleted": true})),
+                Output::Text => println!("deleted policy {name}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_policy(printer: &Printer, p: &pb::LimitPolicy) {
+    let algorithm = match &p.algorithm {
+        Some(pb::limit_policy::Algorithm::TokenBucket(t)) => json!({
+            "token_bucket": {"burst": t.burst, "rate_per_sec": t.refill_millis as f64 / 1000.0}
+        }),
+        Some(pb::limit_policy::Algorithm::SlidingWindow(w)) => json!({
+            "sliding_window": {"limit": w.limit, "window_ms": w.window_ms, "window_count": w.window_count}
+        }),
+        None => json!(null),
+    };
+    match printer.format {
+        Output::Json => printer.json(&json!({
+            "name": p.name,
+            "methods": p.methods,
+            "key": p.key,
+            "algorithm": algorithm,
+            "shadow": p.shadow,
+        })),
+        Output::Text => {
+            let methods = if p.methods.is_empty() {
+                "all methods".to_owned()
+            } else {
+                p.methods.join(",")
+            };
+            println!(
+                "{}\t{}\tkey={}\t{}{}",
+                p.name,
+                methods,
+                p.key,
+                algorithm,
+                if p.shadow { "\tshadow" } else { "" }
+            );
+        }
+    }
+}

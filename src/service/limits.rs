@@ -1,0 +1,50 @@
+//! Rate-limit policies: replicated, the same on every node.
+
+use super::{Caller, Consistency, Service, ServiceError};
+use crate::limits::{LimitPolicy, PolicyOutcome};
+
+impl Service {
+    /// Sets (or replaces) a policy; whether one of that name was replaced.
+    pub async fn set_limit(
+        &self,
+        _caller: &Caller,
+        policy: LimitPolicy,
+    ) -> Result<bool, ServiceError> {
+        policy.validate().map_err(ServiceError::Invalid)?;
+        let node = &self.node;
+        match self.on_leader(|| node.set_limit(policy.clone())).await? {
+            PolicyOutcome::Set { replaced } => Ok(replaced),
+            PolicyOutcome::Refused { reason } => Err(ServiceError::Invalid(reason)),
+            other => Err(ServiceError::Internal(format!(
+                "setting a policy answered {other:?}"
+            ))),
+        }
+    }
+
+    pub async fn delete_limit(&self, _caller: &Caller, name: &str) -> Result<(), ServiceError> {
+        crate::limits::check_name(name).map_err(ServiceError::Invalid)?;
+        let node = &self.node;
+        match self
+            .on_leader(|| node.delete_limit(name.to_owned()))
+            .await?
+        {
+            PolicyOutcome::Deleted { existed: true } => Ok(()),
+            PolicyOutcome::Deleted { existed: false } => Err(ServiceError::NotFound(format!(
+                "no rate-limit policy is named {name:?}"
+            ))),
+            PolicyOutcome::Refused { reason } => Err(ServiceError::Invalid(reason)),
+            other => Err(ServiceError::Internal(format!(
+                "deleting a policy answered {other:?}"
+            ))),
+        }
+    }
+
+    pub async fn list_limits(
+        &self,
+        _caller: &Caller,
+        consistency: Consistency,
+    ) -> Result<Vec<LimitPolicy>, ServiceError> {
+        self.node.read_barrier(consistency).await?;
+        Ok(self.node.limit_policies().await?)
+    }
+}
