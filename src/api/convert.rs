@@ -104,23 +104,6 @@ pub fn recorded(e: RecordedEvent) -> pb::RecordedEvent {
     }
 }
 
-/// Back to the core type, for clients of the library that read through gRPC.
-pub fn from_recorded(e: pb::RecordedEvent) -> Result<RecordedEvent, String> {
-    Ok(RecordedEvent {
-        event_id: uuid::Uuid::parse_str(&e.event_id)
-            .map_err(|err| format!("event id {:?}: {err}", e.event_id))?,
-        stream: e.stream,
-        stream_version: e.stream_version,
-        global_position: e.global_position,
-        event_type: e.event_type,
-        schema_version: e.schema_version,
-        event_time_ns: e.event_time_ns,
-        commit_time_ns: e.commit_time_ns,
-        payload: e.payload,
-        metadata: e.metadata.into_iter().collect(),
-    })
-}
-
 pub fn consistency(c: i32) -> Result<Consistency, Status> {
     match pb::Consistency::try_from(c) {
         Ok(pb::Consistency::Linearizable) => Ok(Consistency::Linearizable),
