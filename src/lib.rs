@@ -11,4 +11,5 @@ pub mod proto;
 pub mod raft;
 pub mod storage;
 pub mod telemetry;
+pub mod time;
 pub mod workflow;

@@ -69,6 +69,20 @@ const RULES: &[(&str, &[&str], &str)] = &[
         "know transports, or read the wall clock (time is the replicated commit time)",
     ),
     (
+        "time",
+        &[
+            "SystemTime",
+            "Instant",
+            "now_utc",
+            "now_local",
+            "std::fs",
+            "std::net",
+            "tokio",
+            "rocksdb",
+        ],
+        "read a clock (every time is an argument) or do IO",
+    ),
+    (
         "raft",
         &["crate::api", "crate::ctl", "crate::node"],
         "depend on the layers above it",

@@ -10,11 +10,12 @@ use crate::node::Node;
 use crate::proto::aetherops::v1 as pb;
 use crate::proto::aetherops::v1::workflows_client::WorkflowsClient;
 use crate::proto::aetherops::v1::workflows_server::Workflows;
+use crate::time::parse_timestamp;
 use crate::workflow::events::{
     CompletionStatus, StepCompleted, StepDef, StepFailed, StepStarted, WorkflowCompleted,
     WorkflowCreated, WorkflowEvent,
 };
-use crate::workflow::projection::{parse_timestamp, WorkflowState};
+use crate::workflow::projection::WorkflowState;
 use crate::workflow::store::{self, QueryError, WorkflowCommand, WorkflowEventIn, WorkflowOutcome};
 
 pub struct WorkflowService {

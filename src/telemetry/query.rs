@@ -25,6 +25,7 @@ use super::store::{decode_bucket, decode_series_id, dedupe, read_opts, read_raw,
 use super::store::{MAX_TS, MIN_TS};
 use crate::storage::sm_db::{SmDb, CF_TM_ROLLUP, CF_TM_SERIES};
 use crate::storage::StorageError;
+use crate::time::format_timestamp;
 
 /// Which tier serves a query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,17 +148,6 @@ fn width_for_points(start: i64, end: i64, target: u32) -> i64 {
         w = nice_width(w.saturating_add((w / p).max(unit).saturating_mul(need.min(4))));
     }
     w
-}
-
-/// Nanoseconds since the epoch as RFC 3339 (UTC), or the number when out of range.
-pub fn fmt_ns(ns: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns))
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| format!("{ns} ns"))
 }
 
 fn tier_name(tier: u8) -> &'static str {
@@ -372,15 +362,15 @@ pub fn query(db: &SmDb, q: &QuerySpec) -> Result<QueryResult, QueryError> {
         result.effective_end_ns = hi.max(q.end_ns);
         notes.push(format!(
             "the answer covers [{}, {}): only coarser rollups are retained at the range's edges",
-            fmt_ns(result.effective_start_ns),
-            fmt_ns(result.effective_end_ns)
+            format_timestamp(result.effective_start_ns),
+            format_timestamp(result.effective_end_ns)
         ));
     }
     for (lo, hi, tier) in &plan.expired {
         notes.push(format!(
             "nothing of tier {tier} is retained in [{}, {})",
-            fmt_ns(*lo),
-            fmt_ns(*hi)
+            format_timestamp(*lo),
+            format_timestamp(*hi)
         ));
     }
     let mut out: BTreeMap<i64, BucketOut> = BTreeMap::new();
@@ -395,7 +385,7 @@ pub fn query(db: &SmDb, q: &QuerySpec) -> Result<QueryResult, QueryError> {
     if q.anomaly_z.is_some() && cut.raw > q.start_ns {
         notes.push(format!(
             "no anomalies before {}: raw points there have expired (rollups keep no points)",
-            fmt_ns(cut.raw.min(q.end_ns))
+            format_timestamp(cut.raw.min(q.end_ns))
         ));
     }
     let hull = plan

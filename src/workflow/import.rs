@@ -125,10 +125,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::events::{WorkflowEvent, WorkflowSnapshot};
-use super::projection::{
-    parse_timestamp, StateError, StepState, StepStatus, TimestampError, WorkflowState,
-    WorkflowStatus,
-};
+use super::projection::{StateError, StepState, StepStatus, WorkflowState, WorkflowStatus};
+use crate::time::{parse_timestamp, TimestampError};
 
 /// Longest JSON Lines line accepted, in bytes (without the line end).
 pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;

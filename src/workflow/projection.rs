@@ -11,7 +11,7 @@
 //!   snapshots gives the same state as a rebuild from scratch.
 //! * Temporal queries: [`plan_at_version`] and [`plan_at_time`] pick the snapshot to start
 //!   from and the events to fold for "state at version V" and "state at time T" (the last
-//!   event committed at or before T); [`parse_timestamp`] reads T from RFC 3339 / ISO 8601.
+//!   event committed at or before T; [`crate::time::parse_timestamp`] reads T from text).
 //!
 //! Transition rules (anything else is rejected):
 //!
@@ -33,8 +33,6 @@ use std::ops::RangeInclusive;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use time::format_description::well_known::{Iso8601, Rfc3339};
-use time::{Date, OffsetDateTime, PrimitiveDateTime};
 
 use super::events::{
     validate_definition, validate_step_def, CompletionStatus, DefinitionError, EventError,
@@ -1261,79 +1259,6 @@ fn run_plan(
         requested: plan.target_version,
         last: records.last().map(|r| r.stream_version),
     }))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Timestamps
-// ---------------------------------------------------------------------------------------------
-
-/// Why a timestamp string was rejected.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TimestampError {
-    #[error(
-        "timestamp {input:?} has no time zone; add \"Z\" for UTC or an offset such as \
-         \"+01:00\" (e.g. \"2026-11-26T21:08:55Z\")"
-    )]
-    MissingZone { input: String },
-    #[error(
-        "timestamp {input:?} is not an RFC 3339 / ISO 8601 date-time with a time zone \
-         (e.g. \"2026-11-26T21:08:55Z\" or \"2026-11-26T22:08:55.5+01:00\"): {reason}"
-    )]
-    Invalid { input: String, reason: String },
-    #[error("timestamp {input:?} is outside the range of i64 nanoseconds since the epoch (years 1677 to 2262)")]
-    OutOfRange { input: String },
-}
-
-/// Parses an RFC 3339 or ISO 8601 date-time that carries a time zone (`Z` or `±hh:mm`, with
-/// optional fractional seconds down to nanoseconds) into nanoseconds since the Unix epoch.
-/// Strings without a zone are rejected: a local time is ambiguous.
-pub fn parse_timestamp(input: &str) -> Result<i64, TimestampError> {
-    let s = input.trim();
-    let parsed = OffsetDateTime::parse(s, &Rfc3339)
-        .or_else(|rfc_err| OffsetDateTime::parse(s, &Iso8601::PARSING).map_err(|_| rfc_err));
-    match parsed {
-        Ok(dt) if dt.offset().whole_hours().abs() > 23 => Err(TimestampError::Invalid {
-            input: input.to_owned(),
-            reason: "the zone offset must be less than 24 hours".to_owned(),
-        }),
-        Ok(dt) => {
-            i64::try_from(dt.unix_timestamp_nanos()).map_err(|_| TimestampError::OutOfRange {
-                input: input.to_owned(),
-            })
-        }
-        Err(err) => {
-            let parses_without_zone = PrimitiveDateTime::parse(s, &Iso8601::PARSING).is_ok()
-                || Date::parse(s, &Iso8601::PARSING).is_ok();
-            if !has_zone(s) && parses_without_zone {
-                Err(TimestampError::MissingZone {
-                    input: input.to_owned(),
-                })
-            } else {
-                Err(TimestampError::Invalid {
-                    input: input.to_owned(),
-                    reason: err.to_string(),
-                })
-            }
-        }
-    }
-}
-
-/// Whether the time part of a date-time string ends in a zone designator (`Z`) or carries an
-/// offset (`+hh…`/`-hh…`). A string without a time part has no zone.
-fn has_zone(s: &str) -> bool {
-    match s.split_once(['T', 't', ' ']) {
-        None => false,
-        Some((_, time)) => time.ends_with(['Z', 'z']) || time.contains(['+', '-']),
-    }
-}
-
-/// Formats nanoseconds since the epoch as RFC 3339 in UTC, e.g. `2026-11-26T21:08:55.5Z`.
-pub fn format_timestamp(ns: i64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns))
-        .ok()
-        .and_then(|dt| dt.format(&Rfc3339).ok())
-        // Every i64 is within the years time supports; this fallback is never used.
-        .unwrap_or_else(|| format!("{ns}ns since the epoch"))
 }
 
 #[cfg(test)]
