@@ -15,7 +15,7 @@ use crate::workflow::events::{
     CompletionStatus, StepCompleted, StepDef, StepFailed, StepStarted, WorkflowCompleted,
     WorkflowCreated, WorkflowEvent,
 };
-use crate::workflow::projection::WorkflowState;
+use crate::workflow::state::WorkflowState;
 use crate::workflow::store::{self, QueryError, WorkflowCommand, WorkflowEventIn, WorkflowOutcome};
 
 pub struct WorkflowService {

@@ -1,11 +1,18 @@
 //! Tests of the projection: every transition (legal and illegal), the fold, projection
 //! snapshots and resume, convergence and temporal queries.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use super::super::events::{
-    CompletionStatus, StepCompleted, StepDef, StepFailed, StepStarted, WorkflowCompleted,
-    WorkflowCreated, WorkflowEvent, WorkflowRecord, WorkflowSnapshot, MAX_NAME_BYTES,
-    MAX_OUTPUT_DEPTH,
+    CompletionStatus, DefinitionError, StepCompleted, StepDef, StepFailed, StepStarted,
+    WorkflowCompleted, WorkflowCreated, WorkflowEvent, WorkflowRecord, WorkflowSnapshot,
+    MAX_NAME_BYTES, MAX_OUTPUT_DEPTH,
 };
+use super::super::replay::*;
+use super::super::rules::*;
+use super::super::snapshot::*;
+use super::super::state::*;
+use super::super::temporal::*;
 use super::*;
 use serde_json::json;
 
