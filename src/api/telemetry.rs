@@ -12,10 +12,11 @@ use super::convert::{consistency, status};
 use crate::node::{Node, NodeError};
 use crate::proto::aetherops::v1 as pb;
 use crate::proto::aetherops::v1::telemetry_server::Telemetry;
-use crate::telemetry::store::{
-    self, segments_of, sort_dedupe, QueryError, QuerySpec, RetentionPolicy, TelemetryCommand,
-    TelemetryOutcome, TierChoice, MAX_TS, MIN_TS,
-};
+use crate::telemetry::command::{check_name, TelemetryCommand, TelemetryOutcome, MAX_TS, MIN_TS};
+use crate::telemetry::maintenance;
+use crate::telemetry::points::{segments_of, sort_dedupe};
+use crate::telemetry::query::{self, QueryError, QuerySpec, TierChoice};
+use crate::telemetry::retention::RetentionPolicy;
 
 /// Points one ingest batch may carry.
 pub const MAX_POINTS_PER_BATCH: usize = 1_000_000;
@@ -44,7 +45,7 @@ fn ingest_command(node: &Node, batch: pb::IngestBatch) -> Result<(TelemetryComma
             .limits
             .validate_stream(&s.series)
             .map_err(|e| Status::invalid_argument(format!("series: {e}")))?;
-        store::check_name(&s.series, false).map_err(Status::invalid_argument)?;
+        check_name(&s.series, false).map_err(Status::invalid_argument)?;
         if s.timestamps_ns.len() != s.values.len() {
             return Err(Status::invalid_argument(format!(
                 "series {}: {} timestamps but {} values",
@@ -211,7 +212,7 @@ impl Telemetry for TelemetryService {
             median: q.median,
         };
         let db = self.node.store.db();
-        let result = tokio::task::spawn_blocking(move || store::query(&db, &spec))
+        let result = tokio::task::spawn_blocking(move || query::query(&db, &spec))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(query_status)?;
@@ -310,7 +311,7 @@ impl Telemetry for TelemetryService {
             hour_ms: r.hour_ms,
             lateness_ms: r.lateness_ms,
         };
-        store::check_name(&policy.prefix, true)
+        check_name(&policy.prefix, true)
             .and_then(|()| policy.validate())
             .map_err(Status::invalid_argument)?;
         propose(&self.node, TelemetryCommand::SetRetention(policy)).await?;
@@ -324,10 +325,10 @@ impl Telemetry for TelemetryService {
         let db = self.node.store.db();
         let r = tokio::task::spawn_blocking(
             move || -> Result<pb::CompactResponse, crate::storage::StorageError> {
-                store::flush(&db)?;
-                let (raw0, roll0) = store::disk_usage(&db)?;
-                store::compact(&db)?;
-                let (raw1, roll1) = store::disk_usage(&db)?;
+                maintenance::flush(&db)?;
+                let (raw0, roll0) = maintenance::disk_usage(&db)?;
+                maintenance::compact(&db)?;
+                let (raw1, roll1) = maintenance::disk_usage(&db)?;
                 Ok(pb::CompactResponse {
                     raw_bytes_before: raw0,
                     raw_bytes_after: raw1,
@@ -348,8 +349,8 @@ impl Telemetry for TelemetryService {
     ) -> Result<Response<pb::TelemetryStatsResponse>, Status> {
         let db = self.node.store.db();
         let (raw, rollup) = tokio::task::spawn_blocking(move || {
-            store::flush(&db)?;
-            store::disk_usage(&db)
+            maintenance::flush(&db)?;
+            maintenance::disk_usage(&db)
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?

@@ -29,7 +29,8 @@ use crate::eventstore::{
 };
 use crate::storage::sm_db::{SmDb, SmWriteBatch, CF_META};
 use crate::storage::{decode, encode, fsync_dir, SmStore, StorageError};
-use crate::telemetry::store::{RetentionView, TelemetryApplier};
+use crate::telemetry::ingest::TelemetryApplier;
+use crate::telemetry::retention::RetentionView;
 use crate::workflow::store::WorkflowApplier;
 use crate::workflow::store::WorkflowOutcome;
 

@@ -15,14 +15,16 @@
 use std::collections::BTreeMap;
 
 use super::agg::{AggConfig, Aggregator, Anomaly, AnomalyConfig};
+use super::command::{MAX_TS, MIN_TS};
+use super::keys::{decode_bucket, decode_series_id, rollup_key};
 use super::m4::m4;
 use super::moments::Moments;
+use super::points::dedupe;
+use super::read::{read_opts, read_raw};
 use super::retention::{floor, load_policies, Cutoffs, HOUR_NS, MINUTE_NS};
 use super::retention::{TIER_HOUR, TIER_MINUTE};
 use super::rollup::RollupBucket;
 use super::sketch::DDSketch;
-use super::store::{decode_bucket, decode_series_id, dedupe, read_opts, read_raw, rollup_key};
-use super::store::{MAX_TS, MIN_TS};
 use crate::storage::sm_db::{SmDb, CF_TM_ROLLUP, CF_TM_SERIES};
 use crate::storage::StorageError;
 use crate::time::format_timestamp;
@@ -766,8 +768,9 @@ mod corruption_tests {
     use crate::raft::state_machine::StateMachine;
     use crate::raft::{Command, Entry, LogId, Request};
     use crate::storage::sm_db::CF_TM_ROLLUP;
+    use crate::telemetry::command::TelemetryCommand;
+    use crate::telemetry::points::segments_of;
     use crate::telemetry::rollup::RollupBucket;
-    use crate::telemetry::store::{segments_of, TelemetryCommand};
     use openraft::storage::RaftStateMachine;
     use openraft::{CommittedLeaderId, EntryPayload};
 
