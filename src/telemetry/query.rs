@@ -39,6 +39,40 @@ pub enum TierChoice {
     Hour,
 }
 
+/// A tier of stored data, finest first: raw points, then the 1-minute and 1-hour rollups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Tier {
+    Raw,
+    Minute,
+    Hour,
+}
+
+impl Tier {
+    /// The name on the wire and in messages: `raw`, `minute` or `hour`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Raw => "raw",
+            Tier::Minute => "minute",
+            Tier::Hour => "hour",
+        }
+    }
+
+    /// The rollup tier with id `tier` in rollup keys.
+    fn of_rollup(tier: u8) -> Tier {
+        if tier == TIER_HOUR {
+            Tier::Hour
+        } else {
+            Tier::Minute
+        }
+    }
+}
+
+impl std::fmt::Display for Tier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct QuerySpec {
     pub series: String,
@@ -62,8 +96,8 @@ pub struct BucketOut {
     pub moments: Moments,
     pub sketch: DDSketch,
     pub median: Option<f64>,
-    /// "raw", "minute" or "hour": the coarsest tier that contributed.
-    pub tier: &'static str,
+    /// The coarsest tier that contributed.
+    pub tier: Tier,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -152,14 +186,6 @@ fn width_for_points(start: i64, end: i64, target: u32) -> i64 {
     w
 }
 
-fn tier_name(tier: u8) -> &'static str {
-    if tier == TIER_HOUR {
-        "hour"
-    } else {
-        "minute"
-    }
-}
-
 fn ceil(t: i64, width: i64) -> i64 {
     let f = floor(t, width);
     if f == t {
@@ -177,7 +203,7 @@ struct Plan {
     minutes: Vec<(i64, i64)>,
     hours: Vec<(i64, i64)>,
     /// Parts with nothing retained in the tier asked for.
-    expired: Vec<(i64, i64, &'static str)>,
+    expired: Vec<(i64, i64, Tier)>,
 }
 
 /// Adds `[lo, hi)` to a list of ranges.
@@ -220,7 +246,7 @@ impl Plan {
         &mut self,
         lo: i64,
         dead_hi: i64,
-        tier: &'static str,
+        tier: Tier,
         coarser: Option<impl FnOnce(&mut Plan, i64, i64)>,
     ) {
         if lo >= dead_hi {
@@ -240,7 +266,7 @@ impl Plan {
         let coarser = |p: &mut Plan, lo, hi| {
             p.minute_range(floor(lo, MINUTE_NS), ceil(hi, MINUTE_NS), cut, true)
         };
-        self.expired_part(lo, hi.min(cut.raw), "raw", fallback.then_some(coarser));
+        self.expired_part(lo, hi.min(cut.raw), Tier::Raw, fallback.then_some(coarser));
         add_range(&mut self.raw, lo.max(cut.raw), hi);
     }
 
@@ -274,7 +300,12 @@ impl Plan {
         // Dead minutes lie in whole dead hours (the minute cutoff is hour-aligned).
         let coarser =
             |p: &mut Plan, lo, hi| p.hour_range(floor(lo, HOUR_NS), ceil(hi, HOUR_NS), cut, false);
-        self.expired_part(a, b.min(cut.minute), "minute", fallback.then_some(coarser));
+        self.expired_part(
+            a,
+            b.min(cut.minute),
+            Tier::Minute,
+            fallback.then_some(coarser),
+        );
         add_range(&mut self.minutes, a.max(cut.minute), b);
     }
 
@@ -303,7 +334,12 @@ impl Plan {
         } else {
             (floor(lo, HOUR_NS), ceil(hi, HOUR_NS))
         };
-        self.expired_part(a, b.min(cut.hour), "hour", None::<fn(&mut Plan, i64, i64)>);
+        self.expired_part(
+            a,
+            b.min(cut.hour),
+            Tier::Hour,
+            None::<fn(&mut Plan, i64, i64)>,
+        );
         add_range(&mut self.hours, a.max(cut.hour), b);
     }
 }
@@ -428,7 +464,7 @@ pub fn query(db: &SmDb, q: &QuerySpec) -> Result<QueryResult, QueryError> {
             ) {
                 let (_, v) = item.map_err(StorageError::from)?;
                 let b = decode_bucket(&v)?;
-                add_bucket(&mut out, slot(b.start_ns), &b, tier_name(tier))?;
+                add_bucket(&mut out, slot(b.start_ns), &b, Tier::of_rollup(tier))?;
                 if let Some(c) = rollup_m4(q, &b) {
                     result.m4.push(c);
                 }
@@ -442,7 +478,7 @@ pub fn query(db: &SmDb, q: &QuerySpec) -> Result<QueryResult, QueryError> {
             "some buckets come from a tier coarser than the {width} ns width (raw points expired there): they hold whole tier buckets"
         ));
     }
-    if q.median && out.values().any(|b| b.tier != "raw") {
+    if q.median && out.values().any(|b| b.tier != Tier::Raw) {
         notes.push(
             "exact medians only where raw points are retained: rollup buckets carry none (p50 is the sketch's estimate)".into(),
         );
@@ -496,15 +532,13 @@ fn add_bucket(
     out: &mut BTreeMap<i64, BucketOut>,
     slot: i64,
     b: &RollupBucket,
-    tier: &'static str,
+    tier: Tier,
 ) -> Result<(), QueryError> {
     match out.get_mut(&slot) {
         Some(o) => {
             o.moments.merge(&b.moments);
             merge_sketch(&mut o.sketch, &b.sketch)?;
-            if coarseness(tier) > coarseness(o.tier) {
-                o.tier = tier;
-            }
+            o.tier = o.tier.max(tier);
             o.median = None;
         }
         None => {
@@ -521,14 +555,6 @@ fn add_bucket(
         }
     }
     Ok(())
-}
-
-fn coarseness(tier: &str) -> u8 {
-    match tier {
-        "hour" => 2,
-        "minute" => 1,
-        _ => 0,
-    }
 }
 
 fn anomalies(ts: &[i64], vals: &[f64], z: f64) -> Result<Vec<Anomaly>, QueryError> {
@@ -585,7 +611,7 @@ fn raw_buckets(
                         moments: b.moments,
                         sketch,
                         median: b.median,
-                        tier: "raw",
+                        tier: Tier::Raw,
                     },
                 );
             }
