@@ -93,6 +93,20 @@ const RULES: &[(&str, &[&str], &str)] = &[
         "know transports or openraft, or read the wall clock",
     ),
     (
+        "time",
+        &[
+            "SystemTime",
+            "Instant",
+            "now_utc",
+            "now_local",
+            "std::fs",
+            "std::net",
+            "tokio",
+            "rocksdb",
+        ],
+        "read a clock (every time is an argument) or do IO",
+    ),
+    (
         "raft",
         &[
             "crate::node",

@@ -16,7 +16,9 @@ use aetherops::eventstore::AppendCommand;
 use aetherops::model::{ExpectedVersion, NewEvent};
 use aetherops::raft::state_machine::{scan_digest, StateMachine};
 use aetherops::raft::{Command, Entry, LogId, Request, Response};
-use aetherops::telemetry::store::{segments_of, RetentionPolicy, TelemetryCommand};
+use aetherops::telemetry::command::TelemetryCommand;
+use aetherops::telemetry::points::segments_of;
+use aetherops::telemetry::retention::RetentionPolicy;
 use common::crash::crash;
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, EntryPayload};
@@ -172,7 +174,7 @@ async fn check(steps: Vec<Step>) -> Result<(), TestCaseError> {
         match steps[i].2 {
             Chaos::Nothing => {}
             Chaos::Flush => b.store().db().sync().unwrap(),
-            Chaos::Compact => aetherops::telemetry::store::compact(&b.store().db()).unwrap(),
+            Chaos::Compact => aetherops::telemetry::maintenance::compact(&b.store().db()).unwrap(),
             Chaos::Crash => {
                 // What survives a kill -9: the files as they are, memtables lost.
                 crashes += 1;

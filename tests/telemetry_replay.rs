@@ -15,7 +15,10 @@ use aetherops::raft::state_machine::{scan_digest, ScanDigest, StateMachine};
 use aetherops::raft::{Command, Entry, LogId, Request};
 use aetherops::storage::sm_db::{SmWriteBatch, CF_META, CF_TM_ROLLUP};
 use aetherops::storage::SmStore;
-use aetherops::telemetry::store::{self, flush, segments_of, RetentionPolicy, TelemetryCommand};
+use aetherops::telemetry::command::TelemetryCommand;
+use aetherops::telemetry::maintenance::{self, flush};
+use aetherops::telemetry::points::segments_of;
+use aetherops::telemetry::retention::RetentionPolicy;
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, EntryPayload, RaftSnapshotBuilder};
 use rand::rngs::StdRng;
@@ -122,10 +125,10 @@ async fn run(seed: u64, len: u64) {
         let r = rng.random_range(0..100);
         let db = b.store().db();
         if r < 15 {
-            store::flush(&db).unwrap();
+            maintenance::flush(&db).unwrap();
             events.push(format!("{}: flush", next + 1));
         } else if r < 25 {
-            store::compact(&db).unwrap();
+            maintenance::compact(&db).unwrap();
             events.push(format!("{}: compact", next + 1));
         } else if r < 35 {
             drop(db);

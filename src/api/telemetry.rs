@@ -148,7 +148,7 @@ impl Telemetry for TelemetryService {
                         sample_stddev: b.moments.sample_variance().map_or(f64::NAN, f64::sqrt),
                         median: b.median,
                         percentiles: quantiles(&b.sketch),
-                        tier: b.tier.to_owned(),
+                        tier: b.tier.as_str().to_owned(),
                     })
                     .collect(),
                 ..Default::default()

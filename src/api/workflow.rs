@@ -8,11 +8,12 @@ use crate::proto::aetherops::v1 as pb;
 use crate::proto::aetherops::v1::workflows_server::Workflows;
 use crate::service::workflows::{At, EventsOf, WorkflowTarget, WorkflowWritten};
 use crate::service::Service;
+use crate::time::parse_timestamp;
 use crate::workflow::events::{
     CompletionStatus, StepCompleted, StepDef, StepFailed, StepStarted, WorkflowCompleted,
     WorkflowCreated, WorkflowEvent,
 };
-use crate::workflow::projection::{parse_timestamp, WorkflowState};
+use crate::workflow::state::WorkflowState;
 use crate::workflow::store::WorkflowEventIn;
 
 pub struct WorkflowService {

@@ -316,10 +316,10 @@ async fn workflow_state(
     printer: &Printer,
 ) -> anyhow::Result<()> {
     use crate::proto::aetherops::v1::workflows_client::WorkflowsClient;
+    use crate::time::format_timestamp;
     use crate::workflow::events::{
         StepDef, StepFailed, StepStarted, WorkflowCreated, WorkflowEvent,
     };
-    use crate::workflow::projection::format_timestamp;
     use rand::Rng;
 
     anyhow::ensure!(

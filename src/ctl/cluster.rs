@@ -191,7 +191,7 @@ pub async fn run(
             }
         }
         ClusterCmd::SetDedupeWindow { window } => {
-            let ms = super::telemetry::parse_duration_ms(&window)?;
+            let ms = crate::time::parse_duration_ms(&window)?;
             let mut c = admin(first, timeout).await?;
             let r = c
                 .set_dedupe_window(pb::SetDedupeWindowRequest {

@@ -15,7 +15,7 @@ use super::output::{Output, Printer};
 use super::{channel, first_addr, status_err};
 use crate::proto::aetherops::v1 as pb;
 use crate::proto::aetherops::v1::telemetry_client::TelemetryClient;
-use crate::telemetry::query::fmt_ns as fmt_time_ns;
+use crate::time::{format_timestamp, parse_duration_ms, parse_time_ns};
 
 #[derive(Subcommand, Debug)]
 pub enum TelemetryCmd {
@@ -89,52 +89,13 @@ pub struct QueryArgs {
     pub median: bool,
 }
 
-/// `500ms`, `10s`, `5m`, `48h`, `30d` → milliseconds.
-pub fn parse_duration_ms(s: &str) -> anyhow::Result<u64> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| anyhow!("bad duration {s:?}: use e.g. 500ms, 10s, 5m, 48h, 30d"))?;
-    let mult = match unit {
-        "ms" => 1,
-        "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => bail!("bad duration {s:?}: use e.g. 500ms, 10s, 5m, 48h, 30d"),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| anyhow!("duration {s:?} too large"))
-}
-
 /// A duration flag in ms; "forever" is 0.
 fn parse_retention_ms(s: &str) -> anyhow::Result<u64> {
     if s == "forever" {
         Ok(0)
     } else {
-        parse_duration_ms(s)
+        Ok(parse_duration_ms(s)?)
     }
-}
-
-/// A timestamp: integer ns, RFC 3339 / ISO 8601 with a zone, or NAB's `YYYY-MM-DD HH:MM:SS` (UTC).
-pub fn parse_time_ns(s: &str) -> anyhow::Result<i64> {
-    let s = s.trim();
-    if let Ok(n) = s.parse::<i64>() {
-        return Ok(n);
-    }
-    let err = match crate::workflow::projection::parse_timestamp(s) {
-        Ok(ns) => return Ok(ns),
-        Err(e) => e,
-    };
-    let fmt = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
-    let t = time::PrimitiveDateTime::parse(s, &fmt).map_err(|_| {
-        anyhow!(
-            "{err}; a time is ns since the epoch, RFC 3339 with a zone (e.g. 2014-02-20T00:00:00Z \
-             or 2014-02-20T01:00:00+01:00), or `YYYY-MM-DD HH:MM:SS` read as UTC"
-        )
-    })?;
-    i64::try_from(t.assume_utc().unix_timestamp_nanos())
-        .map_err(|_| anyhow!("timestamp {s:?} out of range"))
 }
 
 async fn client(addr: &str, timeout: Duration) -> anyhow::Result<TelemetryClient<Channel>> {
@@ -321,7 +282,7 @@ fn print_query(
             for b in buckets {
                 println!(
                     "{} n={} mean={:.6} min={:.6} max={:.6} sd={:.6} p99={:.6} [{}]",
-                    fmt_time_ns(b.start_ns),
+                    format_timestamp(b.start_ns),
                     b.count,
                     b.mean,
                     b.min,
@@ -350,8 +311,8 @@ fn print_query(
             if (s.effective_start_ns, s.effective_end_ns) != (0, 0) {
                 println!(
                     "covers [{}, {})",
-                    fmt_time_ns(s.effective_start_ns),
-                    fmt_time_ns(s.effective_end_ns)
+                    format_timestamp(s.effective_start_ns),
+                    format_timestamp(s.effective_end_ns)
                 );
             }
             for n in &s.notes {
@@ -360,7 +321,7 @@ fn print_query(
             for a in anomalies {
                 println!(
                     "anomaly at {}: {} (z = {:.2})",
-                    fmt_time_ns(a.ts_ns),
+                    format_timestamp(a.ts_ns),
                     a.value,
                     a.z
                 );

@@ -30,7 +30,7 @@ use crate::raft::read_index::{self, ReadIndexError};
 use crate::raft::state_machine::{AppliedStatus, StateMachine};
 use crate::raft::{Command, CommandOutcome, NodeId, NodeInfo, Raft, RaftMetrics};
 use crate::storage::{LogDb, SmStore, StorageError};
-use crate::telemetry::store::{TelemetryCommand, TelemetryOutcome};
+use crate::telemetry::command::{TelemetryCommand, TelemetryOutcome};
 use crate::workflow::store::{WorkflowCommand, WorkflowOutcome};
 
 pub use metrics::Metrics;

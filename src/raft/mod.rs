@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::eventstore::{check_dedupe_window, AppendCommand, AppendOutcome, APPLY_RULES_VERSION};
 use crate::limits::{LimitPolicy, PolicyOutcome};
 use crate::model::{check_plain_append_target, Limits};
-use crate::telemetry::store::{TelemetryCommand, TelemetryOutcome};
+use crate::telemetry::command::{TelemetryCommand, TelemetryOutcome};
 use crate::workflow::store::{WorkflowCommand, WorkflowOutcome};
 
 pub type NodeId = u64;

@@ -29,7 +29,8 @@ use crate::eventstore::{
 };
 use crate::storage::sm_db::{SmDb, SmWriteBatch, CF_META};
 use crate::storage::{decode, encode, fsync_dir, SmStore, StorageError};
-use crate::telemetry::store::{RetentionView, TelemetryApplier};
+use crate::telemetry::ingest::TelemetryApplier;
+use crate::telemetry::retention::RetentionView;
 use crate::workflow::store::WorkflowApplier;
 use crate::workflow::store::WorkflowOutcome;
 
@@ -769,7 +770,12 @@ mod tests {
             ),
         )
         .await;
-        assert_eq!(out.remove(0), CommandOutcome::RulesAdopted { version: 2 });
+        assert_eq!(
+            out.remove(0),
+            CommandOutcome::RulesAdopted {
+                version: APPLY_RULES_VERSION
+            }
+        );
         assert!(
             matches!(&out[0], CommandOutcome::Append(AppendOutcome::Rejected { reason }) if reason.contains("no events")),
             "{:?}",

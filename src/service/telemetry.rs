@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 
 use super::{Caller, Consistency, Service, ServiceError};
+use crate::telemetry::command::{check_name, TelemetryCommand, TelemetryOutcome, MAX_TS, MIN_TS};
+use crate::telemetry::maintenance;
+use crate::telemetry::points::{segments_of, sort_dedupe};
 use crate::telemetry::query::{QueryError, QueryResult, QuerySpec};
 use crate::telemetry::retention::RetentionPolicy;
-use crate::telemetry::store::{
-    self, segments_of, sort_dedupe, TelemetryCommand, TelemetryOutcome, MAX_TS, MIN_TS,
-};
 
 /// Points one ingest batch may carry.
 pub const MAX_POINTS_PER_BATCH: usize = 1_000_000;
@@ -91,7 +91,7 @@ impl Service {
             limits
                 .validate_stream(&s.series)
                 .map_err(|e| ServiceError::invalid(format!("series: {e}")))?;
-            store::check_name(&s.series, false).map_err(ServiceError::Invalid)?;
+            check_name(&s.series, false).map_err(ServiceError::Invalid)?;
             if s.timestamps_ns.len() != s.values.len() {
                 return Err(ServiceError::invalid(format!(
                     "series {}: {} timestamps but {} values",
@@ -194,7 +194,7 @@ impl Service {
         _caller: &Caller,
         policy: RetentionPolicy,
     ) -> Result<(), ServiceError> {
-        store::check_name(&policy.prefix, true)
+        check_name(&policy.prefix, true)
             .and_then(|()| policy.validate())
             .map_err(ServiceError::Invalid)?;
         self.telemetry_write(TelemetryCommand::SetRetention(policy))
@@ -212,7 +212,7 @@ impl Service {
             .node
             .read_store(|db| {
                 let before = usage(db)?;
-                store::compact(db)?;
+                maintenance::compact(db)?;
                 Ok((before, usage(db)?))
             })
             .await?)
@@ -224,8 +224,8 @@ impl Service {
 }
 
 fn usage(db: &crate::storage::SmDb) -> Result<DiskUsage, crate::node::NodeError> {
-    store::flush(db)?;
-    let (raw_bytes, rollup_bytes) = store::disk_usage(db)?;
+    maintenance::flush(db)?;
+    let (raw_bytes, rollup_bytes) = maintenance::disk_usage(db)?;
     Ok(DiskUsage {
         raw_bytes,
         rollup_bytes,

@@ -9,7 +9,7 @@ use crate::eventstore::AppendPositions;
 use crate::model::ExpectedVersion;
 use crate::node::Node;
 use crate::workflow::events::WorkflowEvent;
-use crate::workflow::projection::WorkflowState;
+use crate::workflow::state::WorkflowState;
 use crate::workflow::store::{
     self, QueryError, VerifyReport, WorkflowCommand, WorkflowEventIn, WorkflowEventStore,
     WorkflowEventsPage, WorkflowOutcome,

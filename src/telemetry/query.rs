@@ -15,16 +15,19 @@
 use std::collections::BTreeMap;
 
 use super::agg::{AggConfig, Aggregator, Anomaly, AnomalyConfig};
+use super::command::{MAX_TS, MIN_TS};
+use super::keys::{decode_bucket, decode_series_id, rollup_key};
 use super::m4::m4;
 use super::moments::Moments;
+use super::points::dedupe;
+use super::read::{read_opts, read_raw};
 use super::retention::{floor, load_policies, Cutoffs, HOUR_NS, MINUTE_NS};
 use super::retention::{TIER_HOUR, TIER_MINUTE};
 use super::rollup::RollupBucket;
 use super::sketch::DDSketch;
-use super::store::{decode_bucket, decode_series_id, dedupe, read_opts, read_raw, rollup_key};
-use super::store::{MAX_TS, MIN_TS};
 use crate::storage::sm_db::{SmDb, CF_TM_ROLLUP, CF_TM_SERIES};
 use crate::storage::StorageError;
+use crate::time::format_timestamp;
 
 /// Which tier serves a query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +37,40 @@ pub enum TierChoice {
     Raw,
     Minute,
     Hour,
+}
+
+/// A tier of stored data, finest first: raw points, then the 1-minute and 1-hour rollups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Tier {
+    Raw,
+    Minute,
+    Hour,
+}
+
+impl Tier {
+    /// The name on the wire and in messages: `raw`, `minute` or `hour`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Raw => "raw",
+            Tier::Minute => "minute",
+            Tier::Hour => "hour",
+        }
+    }
+
+    /// The rollup tier with id `tier` in rollup keys.
+    fn of_rollup(tier: u8) -> Tier {
+        if tier == TIER_HOUR {
+            Tier::Hour
+        } else {
+            Tier::Minute
+        }
+    }
+}
+
+impl std::fmt::Display for Tier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -59,8 +96,8 @@ pub struct BucketOut {
     pub moments: Moments,
     pub sketch: DDSketch,
     pub median: Option<f64>,
-    /// "raw", "minute" or "hour": the coarsest tier that contributed.
-    pub tier: &'static str,
+    /// The coarsest tier that contributed.
+    pub tier: Tier,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -149,25 +186,6 @@ fn width_for_points(start: i64, end: i64, target: u32) -> i64 {
     w
 }
 
-/// Nanoseconds since the epoch as RFC 3339 (UTC), or the number when out of range.
-pub fn fmt_ns(ns: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns))
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| format!("{ns} ns"))
-}
-
-fn tier_name(tier: u8) -> &'static str {
-    if tier == TIER_HOUR {
-        "hour"
-    } else {
-        "minute"
-    }
-}
-
 fn ceil(t: i64, width: i64) -> i64 {
     let f = floor(t, width);
     if f == t {
@@ -185,7 +203,7 @@ struct Plan {
     minutes: Vec<(i64, i64)>,
     hours: Vec<(i64, i64)>,
     /// Parts with nothing retained in the tier asked for.
-    expired: Vec<(i64, i64, &'static str)>,
+    expired: Vec<(i64, i64, Tier)>,
 }
 
 /// Adds `[lo, hi)` to a list of ranges.
@@ -228,7 +246,7 @@ impl Plan {
         &mut self,
         lo: i64,
         dead_hi: i64,
-        tier: &'static str,
+        tier: Tier,
         coarser: Option<impl FnOnce(&mut Plan, i64, i64)>,
     ) {
         if lo >= dead_hi {
@@ -248,7 +266,7 @@ impl Plan {
         let coarser = |p: &mut Plan, lo, hi| {
             p.minute_range(floor(lo, MINUTE_NS), ceil(hi, MINUTE_NS), cut, true)
         };
-        self.expired_part(lo, hi.min(cut.raw), "raw", fallback.then_some(coarser));
+        self.expired_part(lo, hi.min(cut.raw), Tier::Raw, fallback.then_some(coarser));
         add_range(&mut self.raw, lo.max(cut.raw), hi);
     }
 
@@ -282,7 +300,12 @@ impl Plan {
         // Dead minutes lie in whole dead hours (the minute cutoff is hour-aligned).
         let coarser =
             |p: &mut Plan, lo, hi| p.hour_range(floor(lo, HOUR_NS), ceil(hi, HOUR_NS), cut, false);
-        self.expired_part(a, b.min(cut.minute), "minute", fallback.then_some(coarser));
+        self.expired_part(
+            a,
+            b.min(cut.minute),
+            Tier::Minute,
+            fallback.then_some(coarser),
+        );
         add_range(&mut self.minutes, a.max(cut.minute), b);
     }
 
@@ -311,7 +334,12 @@ impl Plan {
         } else {
             (floor(lo, HOUR_NS), ceil(hi, HOUR_NS))
         };
-        self.expired_part(a, b.min(cut.hour), "hour", None::<fn(&mut Plan, i64, i64)>);
+        self.expired_part(
+            a,
+            b.min(cut.hour),
+            Tier::Hour,
+            None::<fn(&mut Plan, i64, i64)>,
+        );
         add_range(&mut self.hours, a.max(cut.hour), b);
     }
 }
@@ -372,15 +400,15 @@ pub fn query(db: &SmDb, q: &QuerySpec) -> Result<QueryResult, QueryError> {
         result.effective_end_ns = hi.max(q.end_ns);
         notes.push(format!(
             "the answer covers [{}, {}): only coarser rollups are retained at the range's edges",
-            fmt_ns(result.effective_start_ns),
-            fmt_ns(result.effective_end_ns)
+            format_timestamp(result.effective_start_ns),
+            format_timestamp(result.effective_end_ns)
         ));
     }
     for (lo, hi, tier) in &plan.expired {
         notes.push(format!(
             "nothing of tier {tier} is retained in [{}, {})",
-            fmt_ns(*lo),
-            fmt_ns(*hi)
+            format_timestamp(*lo),
+            format_timestamp(*hi)
         ));
     }
     let mut out: BTreeMap<i64, BucketOut> = BTreeMap::new();
@@ -395,7 +423,7 @@ pub fn query(db: &SmDb, q: &QuerySpec) -> Result<QueryResult, QueryError> {
     if q.anomaly_z.is_some() && cut.raw > q.start_ns {
         notes.push(format!(
             "no anomalies before {}: raw points there have expired (rollups keep no points)",
-            fmt_ns(cut.raw.min(q.end_ns))
+            format_timestamp(cut.raw.min(q.end_ns))
         ));
     }
     let hull = plan
@@ -436,7 +464,7 @@ pub fn query(db: &SmDb, q: &QuerySpec) -> Result<QueryResult, QueryError> {
             ) {
                 let (_, v) = item.map_err(StorageError::from)?;
                 let b = decode_bucket(&v)?;
-                add_bucket(&mut out, slot(b.start_ns), &b, tier_name(tier))?;
+                add_bucket(&mut out, slot(b.start_ns), &b, Tier::of_rollup(tier))?;
                 if let Some(c) = rollup_m4(q, &b) {
                     result.m4.push(c);
                 }
@@ -450,7 +478,7 @@ pub fn query(db: &SmDb, q: &QuerySpec) -> Result<QueryResult, QueryError> {
             "some buckets come from a tier coarser than the {width} ns width (raw points expired there): they hold whole tier buckets"
         ));
     }
-    if q.median && out.values().any(|b| b.tier != "raw") {
+    if q.median && out.values().any(|b| b.tier != Tier::Raw) {
         notes.push(
             "exact medians only where raw points are retained: rollup buckets carry none (p50 is the sketch's estimate)".into(),
         );
@@ -504,15 +532,13 @@ fn add_bucket(
     out: &mut BTreeMap<i64, BucketOut>,
     slot: i64,
     b: &RollupBucket,
-    tier: &'static str,
+    tier: Tier,
 ) -> Result<(), QueryError> {
     match out.get_mut(&slot) {
         Some(o) => {
             o.moments.merge(&b.moments);
             merge_sketch(&mut o.sketch, &b.sketch)?;
-            if coarseness(tier) > coarseness(o.tier) {
-                o.tier = tier;
-            }
+            o.tier = o.tier.max(tier);
             o.median = None;
         }
         None => {
@@ -529,14 +555,6 @@ fn add_bucket(
         }
     }
     Ok(())
-}
-
-fn coarseness(tier: &str) -> u8 {
-    match tier {
-        "hour" => 2,
-        "minute" => 1,
-        _ => 0,
-    }
 }
 
 fn anomalies(ts: &[i64], vals: &[f64], z: f64) -> Result<Vec<Anomaly>, QueryError> {
@@ -593,7 +611,7 @@ fn raw_buckets(
                         moments: b.moments,
                         sketch,
                         median: b.median,
-                        tier: "raw",
+                        tier: Tier::Raw,
                     },
                 );
             }
@@ -776,8 +794,9 @@ mod corruption_tests {
     use crate::raft::state_machine::StateMachine;
     use crate::raft::{Command, Entry, LogId, Request};
     use crate::storage::sm_db::CF_TM_ROLLUP;
+    use crate::telemetry::command::TelemetryCommand;
+    use crate::telemetry::points::segments_of;
     use crate::telemetry::rollup::RollupBucket;
-    use crate::telemetry::store::{segments_of, TelemetryCommand};
     use openraft::storage::RaftStateMachine;
     use openraft::{CommittedLeaderId, EntryPayload};
 

@@ -355,7 +355,7 @@ fn load_series(db: &SmDb, view: &ReadView<'_>) -> Result<HashMap<u64, String>> {
     let mut out = HashMap::new();
     for item in view.iterator_cf(db.cf(CF_TM_SERIES)?, rocksdb::IteratorMode::Start) {
         let (k, v) = item?;
-        let id = super::store::decode_series_id(&v)?;
+        let id = super::keys::decode_series_id(&v)?;
         let name =
             String::from_utf8(k.to_vec()).map_err(|e| StorageError::corrupt("series name", e))?;
         out.insert(id, name);

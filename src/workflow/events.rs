@@ -15,7 +15,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::projection::WorkflowState;
+use super::state::WorkflowState;
 use super::upcast::{UpcastError, UpcasterRegistry};
 
 /// Current schema version of `WorkflowCreated` payloads (v1: steps as strings, v2: steps as

@@ -125,10 +125,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::events::{WorkflowEvent, WorkflowSnapshot};
-use super::projection::{
-    parse_timestamp, StateError, StepState, StepStatus, TimestampError, WorkflowState,
-    WorkflowStatus,
-};
+use super::state::{StateError, StepState, StepStatus, WorkflowState, WorkflowStatus};
+use crate::time::{parse_timestamp, TimestampError};
 
 /// Longest JSON Lines line accepted, in bytes (without the line end).
 pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
@@ -598,7 +596,8 @@ impl<R: BufRead> Iterator for JsonLinesReader<R> {
 #[cfg(test)]
 mod tests {
     use super::super::events::WorkflowRecord;
-    use super::super::projection::{validate, WorkflowProjection};
+    use super::super::projection::WorkflowProjection;
+    use super::super::rules::validate;
     use super::*;
     use serde_json::json;
 

@@ -4,11 +4,19 @@
 //! at time T / at version V"), replay checks, and the import of workflows from an older
 //! system.
 //!
-//! The pure parts (`events`, `upcast`, `projection`, `import`) do no IO. `store` applies
-//! workflow commands inside the replicated state machine and answers queries from it.
+//! The pure parts do no IO: `events` and `upcast` (the events and their versions), `state`
+//! (the folded state), `rules` (the transition rules), `projection` (the fold), `snapshot`
+//! (the stored form of projection snapshots), `replay` (the convergence check), `temporal`
+//! (planning "state at version V / at time T"), `import`. `store` applies workflow commands
+//! inside the replicated state machine and answers queries from it.
 
 pub mod events;
 pub mod import;
 pub mod projection;
+pub mod replay;
+pub mod rules;
+pub mod snapshot;
+pub mod state;
 pub mod store;
+pub mod temporal;
 pub mod upcast;

@@ -14,10 +14,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::events::{stream_name, WorkflowEvent, WorkflowRecord};
-use super::projection::{
-    decode_projection_snapshot, encode_projection_snapshot, replay_converges, snapshot_due,
-    state_after_replay, state_difference, state_fingerprint, WorkflowProjection, WorkflowState,
-};
+use super::projection::{state_after_replay, WorkflowProjection};
+use super::replay::{replay_converges, state_difference, state_fingerprint};
+use super::snapshot::{decode_projection_snapshot, encode_projection_snapshot, snapshot_due};
+use super::state::WorkflowState;
 use crate::eventstore::apply::Applier;
 use crate::eventstore::read::{read_stream, PageLimit, ReadDirection};
 use crate::eventstore::{AppendCommand, AppendOutcome, AppendPositions};
