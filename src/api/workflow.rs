@@ -50,7 +50,7 @@ fn write_response(w: WorkflowWritten) -> pb::WorkflowWriteResponse {
     pb::WorkflowWriteResponse {
         workflow_id: w.workflow_id,
         version: w.version,
-        status: w.status,
+        status: w.status.map(|s| s.as_str().to_owned()).unwrap_or_default(),
         first_global_position: w.positions.first_global_position,
         last_global_position: w.positions.last_global_position,
         commit_time_ns: w.positions.commit_time_ns,

@@ -9,7 +9,7 @@ use crate::eventstore::AppendPositions;
 use crate::model::ExpectedVersion;
 use crate::node::Node;
 use crate::workflow::events::WorkflowEvent;
-use crate::workflow::state::WorkflowState;
+use crate::workflow::state::{WorkflowState, WorkflowStatus};
 use crate::workflow::store::{
     self, QueryError, VerifyReport, WorkflowCommand, WorkflowEventIn, WorkflowEventStore,
     WorkflowEventsPage, WorkflowOutcome,
@@ -28,7 +28,9 @@ pub struct WorkflowTarget {
 pub struct WorkflowWritten {
     pub workflow_id: String,
     pub version: u64,
-    pub status: String,
+    /// The workflow's status after the command (none if the leader named none this code
+    /// knows).
+    pub status: Option<WorkflowStatus>,
     pub positions: AppendPositions,
     pub duplicate: bool,
 }
@@ -202,7 +204,9 @@ fn written(workflow_id: &str, o: WorkflowOutcome) -> Result<WorkflowWritten, Ser
         } => Ok(WorkflowWritten {
             workflow_id: workflow_id.to_owned(),
             version,
-            status,
+            // The outcome carries the status as text (it travels between nodes, and its
+            // encoding must stay readable by every version in a rolling upgrade).
+            status: WorkflowStatus::parse(&status),
             positions,
             duplicate,
         }),

@@ -58,6 +58,21 @@ impl From<CompletionStatus> for WorkflowStatus {
     }
 }
 
+impl WorkflowStatus {
+    /// The status named by [`WorkflowStatus::as_str`].
+    pub fn parse(s: &str) -> Option<WorkflowStatus> {
+        [
+            WorkflowStatus::Pending,
+            WorkflowStatus::Running,
+            WorkflowStatus::Succeeded,
+            WorkflowStatus::Failed,
+            WorkflowStatus::Cancelled,
+        ]
+        .into_iter()
+        .find(|w| w.as_str() == s)
+    }
+}
+
 impl fmt::Display for WorkflowStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -356,4 +371,25 @@ pub fn json_depth(value: &Value) -> usize {
         }
     }
     max
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::WorkflowStatus;
+
+    #[test]
+    fn statuses_parse_back_from_their_names() {
+        for s in [
+            WorkflowStatus::Pending,
+            WorkflowStatus::Running,
+            WorkflowStatus::Succeeded,
+            WorkflowStatus::Failed,
+            WorkflowStatus::Cancelled,
+        ] {
+            assert_eq!(WorkflowStatus::parse(s.as_str()), Some(s));
+        }
+        for bad in ["", "Running", "done"] {
+            assert_eq!(WorkflowStatus::parse(bad), None, "{bad:?}");
+        }
+    }
 }
