@@ -22,7 +22,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::limiter::{clamp_ns, Algorithm, Decision, RETRY_WHEN_RELAXED};
+use crate::limiter::{clamp_ns, small_quotient, Algorithm, Decision, RETRY_WHEN_RELAXED};
 use crate::{Factor, GuardError};
 
 /// Atto-tokens (10⁻¹⁸) in a token: nano-tokens per second × nanoseconds.
@@ -144,7 +144,7 @@ impl TokenBucket {
 
 /// Whole tokens in a level (a level is at most the capacity, ≤ 10¹² tokens).
 fn whole_tokens(level_atto: u128) -> u64 {
-    (level_atto / ATTO_PER_TOKEN) as u64
+    small_quotient(level_atto, ATTO_PER_TOKEN as u64)
 }
 
 impl Algorithm for TokenBucket {

@@ -90,6 +90,18 @@ fn restore_refuses_what_it_cannot_hold() {
         .to_string();
     assert!(err.contains("stored twice"), "{err}");
 
+    let err = Keyed::restore(policy, 0, state.clone(), 0).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            GuardError::InvalidPolicy {
+                field: "max_keys",
+                ..
+            }
+        ),
+        "{err}"
+    );
+
     let back = Keyed::restore(policy, 10, state, 0).unwrap();
     assert_eq!((back.remaining(&"a", 0), back.remaining(&"b", 0)), (2, 4));
 
@@ -100,4 +112,24 @@ fn restore_refuses_what_it_cannot_hold() {
     let other = SlidingWindow::new(10, SEC, 5).unwrap();
     let err = Keyed::restore(other, 10, wl.export(), 0).unwrap_err();
     assert!(matches!(err, GuardError::InvalidState(_)), "{err}");
+}
+
+#[test]
+fn small_quotients_are_exact_floors() {
+    let atto = 1_000_000_000_000_000_000u64;
+    let mut cases = vec![(0u128, 1u64), (5, 7), (u128::from(u64::MAX), u64::MAX)];
+    // Around every multiple the float quotient could misjudge, up to the largest (10¹²).
+    for q in [1u128, 3, 17, 999_999, 123_456_789_012, 1_000_000_000_000] {
+        for d in [atto, 3, 1_000_000_007, 604_800_000_000_000] {
+            let m = q * u128::from(d);
+            cases.extend([(m - 1, d), (m, d), (m + 1, d)]);
+        }
+    }
+    for (x, d) in cases {
+        assert_eq!(
+            u128::from(small_quotient(x, d)),
+            x / u128::from(d),
+            "{x} / {d}"
+        );
+    }
 }

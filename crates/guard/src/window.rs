@@ -32,7 +32,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::limiter::{clamp_ns, Algorithm, Decision, RETRY_WHEN_RELAXED};
+use crate::limiter::{clamp_ns, small_quotient, Algorithm, Decision, RETRY_WHEN_RELAXED};
 use crate::{Factor, GuardError};
 
 /// A sliding window policy (also the algorithm: see [`Algorithm`]).
@@ -90,7 +90,7 @@ impl SlidingWindow {
         if !(1..=Self::MAX_WINDOW_NS).contains(&window_ns) {
             return Err(GuardError::policy("window", "between 1 ns and 7 days"));
         }
-        if window_ns % u64::from(window_count) != 0 {
+        if !window_ns.is_multiple_of(u64::from(window_count)) {
             return Err(GuardError::policy(
                 "window",
                 "a whole multiple of window_count nanoseconds",
@@ -127,8 +127,14 @@ impl SlidingWindow {
         t
     }
 
-    /// The estimate at `now_ns`, times `s` (so it is an integer), without changing `st`.
-    fn estimate_scaled(&self, st: &WindowState, now_ns: u64) -> u128 {
+    /// The sub-window length `s`, ns.
+    pub fn sub_window_ns(&self) -> u64 {
+        self.sub_ns
+    }
+
+    /// The estimated count of the window ending at `now_ns`, times `s` (so it is an exact
+    /// integer: divide by [`Self::sub_window_ns`] for the count), without changing `st`.
+    pub fn estimate_scaled(&self, st: &WindowState, now_ns: u64) -> u128 {
         let t = now_ns.max(st.last_ns);
         let k = self.window_count as usize;
         let moved = (t / self.sub_ns - st.last_ns / self.sub_ns).min(k as u64 + 1) as usize;
@@ -201,9 +207,9 @@ impl Algorithm for SlidingWindow {
         let with = estimate + u128::from(n) * sub;
         if with <= budget {
             st.counts[0] += n;
-            return Decision::allowed(((budget - with) / sub) as u64);
+            return Decision::allowed(small_quotient(budget - with, self.sub_ns));
         }
-        let remaining = (budget.saturating_sub(estimate) / sub) as u64;
+        let remaining = small_quotient(budget.saturating_sub(estimate), self.sub_ns);
         let retry_after_ns = if u128::from(n) > limit {
             RETRY_WHEN_RELAXED
         } else {
@@ -215,7 +221,10 @@ impl Algorithm for SlidingWindow {
 
     fn remaining(&self, st: &WindowState, now_ns: u64, factor: Factor) -> u64 {
         let budget = self.limit_scaled(factor) * u128::from(self.sub_ns);
-        (budget.saturating_sub(self.estimate_scaled(st, now_ns)) / u128::from(self.sub_ns)) as u64
+        small_quotient(
+            budget.saturating_sub(self.estimate_scaled(st, now_ns)),
+            self.sub_ns,
+        )
     }
 
     fn idle_at(&self, st: &WindowState, _factor: Factor) -> u64 {

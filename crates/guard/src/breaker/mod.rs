@@ -364,7 +364,7 @@ impl CircuitBreaker {
         match self.state {
             State::Closed => {
                 self.window
-                    .push(u8::from(failed) * FAILED | u8::from(slow) * SLOW);
+                    .push((u8::from(failed) * FAILED) | (u8::from(slow) * SLOW));
                 let w = &self.window;
                 let p = &self.policy;
                 if w.calls < p.minimum_calls {
