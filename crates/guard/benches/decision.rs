@@ -9,9 +9,13 @@
 use std::hint::black_box;
 
 use aether_guard::{
-    BreakerPolicy, CircuitBreaker, Keyed, Limiter, SlidingWindow, TokenBucket, NANOS_PER_SEC,
+    Algorithm, BreakerPolicy, CircuitBreaker, Keyed, Limiter, SlidingWindow, TokenBucket,
+    NANOS_PER_SEC,
 };
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
+};
 
 const T0: u64 = 1_790_000_000 * NANOS_PER_SEC;
 const KEYS: usize = 10_000;
@@ -24,28 +28,25 @@ fn window() -> SlidingWindow {
     SlidingWindow::new(1_000_000, NANOS_PER_SEC, 10).unwrap()
 }
 
+/// One decision per iteration on `l`, cycling through `keys` keys.
+fn keyed<A: Algorithm>(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, algo: A, keys: u64) {
+    let mut l = Keyed::new(algo, KEYS).unwrap();
+    let (mut now, mut i) = (T0, 0u64);
+    g.bench_function(BenchmarkId::new(name, keys), |b| {
+        b.iter(|| {
+            now += 1_000;
+            i = (i + 1) % keys;
+            black_box(l.try_acquire(black_box(&i), 1, now).unwrap())
+        })
+    });
+}
+
 fn limiters(c: &mut Criterion) {
     let mut g = c.benchmark_group("decision");
     g.throughput(Throughput::Elements(1));
-    for keys in [1usize, KEYS] {
-        let mut l = Keyed::new(bucket(), KEYS).unwrap();
-        let (mut now, mut i) = (T0, 0u64);
-        g.bench_function(BenchmarkId::new("token_bucket", keys), |b| {
-            b.iter(|| {
-                now += 1_000;
-                i = (i + 1) % keys as u64;
-                black_box(l.try_acquire(black_box(&i), 1, now).unwrap())
-            })
-        });
-        let mut l = Keyed::new(window(), KEYS).unwrap();
-        let (mut now, mut i) = (T0, 0u64);
-        g.bench_function(BenchmarkId::new("sliding_window", keys), |b| {
-            b.iter(|| {
-                now += 1_000;
-                i = (i + 1) % keys as u64;
-                black_box(l.try_acquire(black_box(&i), 1, now).unwrap())
-            })
-        });
+    for keys in [1, KEYS as u64] {
+        keyed(&mut g, "token_bucket", bucket(), keys);
+        keyed(&mut g, "sliding_window", window(), keys);
     }
     let names: Vec<String> = (0..KEYS).map(|i| format!("tenant-{i}/orders")).collect();
     let mut l = Keyed::new(bucket(), KEYS).unwrap();

@@ -1,4 +1,6 @@
 use super::*;
+// Expected decisions in the tables below.
+use crate::Decision as D;
 use crate::NANOS_PER_SEC as SEC;
 
 fn bucket(burst: u64, rate_per_sec: f64) -> TokenBucket {
@@ -101,40 +103,24 @@ fn check(b: TokenBucket, factor: Factor, script: &[(u64, u64, Decision)]) {
     }
 }
 
-const fn ok(remaining: u64) -> Decision {
-    Decision {
-        allowed: true,
-        remaining,
-        retry_after_ns: 0,
-    }
-}
-
-const fn no(remaining: u64, retry_after_ns: u64) -> Decision {
-    Decision {
-        allowed: false,
-        remaining,
-        retry_after_ns,
-    }
-}
-
 #[test]
 fn burst_then_rate_with_exact_retry_times() {
     check(
         bucket(3, 1.0),
         Factor::ONE,
         &[
-            (0, 1, ok(2)),
-            (0, 2, ok(0)),
-            (0, 1, no(0, SEC)),
-            (500, 1, no(0, SEC / 2)),
-            (1_000, 1, ok(0)),
-            (1_000, 0, ok(0)),
+            (0, 1, D::allowed(2)),
+            (0, 2, D::allowed(0)),
+            (0, 1, D::refused(0, SEC)),
+            (500, 1, D::refused(0, SEC / 2)),
+            (1_000, 1, D::allowed(0)),
+            (1_000, 0, D::allowed(0)),
             // 2.5 tokens after 2.5 s: a request for 3 waits half a second.
-            (3_500, 3, no(2, SEC / 2)),
-            (10_000, 3, ok(0)),
+            (3_500, 3, D::refused(2, SEC / 2)),
+            (10_000, 3, D::allowed(0)),
             // A clock stepped back refills nothing until it is past 10 s again.
-            (5_000, 1, no(0, 6 * SEC)),
-            (11_000, 1, ok(0)),
+            (5_000, 1, D::refused(0, 6 * SEC)),
+            (11_000, 1, D::allowed(0)),
         ],
     );
 }
@@ -145,12 +131,12 @@ fn the_factor_scales_capacity_and_rate() {
         bucket(4, 1.0),
         half(),
         &[
-            (0, 2, ok(0)),
+            (0, 2, D::allowed(0)),
             // Half the rate: a token takes 2 s.
-            (0, 1, no(0, 2 * SEC)),
-            (2_000, 1, ok(0)),
+            (0, 1, D::refused(0, 2 * SEC)),
+            (2_000, 1, D::allowed(0)),
             // More than the tightened capacity (2): only once the factor relaxes.
-            (60_000, 3, no(2, RETRY_WHEN_RELAXED)),
+            (60_000, 3, D::refused(2, RETRY_WHEN_RELAXED)),
         ],
     );
     // Never below one token.
@@ -159,7 +145,7 @@ fn the_factor_scales_capacity_and_rate() {
     check(
         tiny,
         Factor::MIN,
-        &[(0, 1, ok(0)), (0, 1, no(0, 1_000 * SEC))],
+        &[(0, 1, D::allowed(0)), (0, 1, D::refused(0, 1_000 * SEC))],
     );
 }
 
@@ -173,7 +159,7 @@ fn a_wait_longer_than_u64_is_clamped_below_the_relax_marker() {
             .allowed
     );
     let d = b.acquire(&mut st, TokenBucket::MAX_BURST, 0, Factor::ONE);
-    assert_eq!(d, no(0, RETRY_WHEN_RELAXED - 1));
+    assert_eq!(d, D::refused(0, RETRY_WHEN_RELAXED - 1));
     assert_eq!(b.idle_at(&st, Factor::ONE), RETRY_WHEN_RELAXED - 1);
 }
 

@@ -1,26 +1,12 @@
 use super::*;
+// Expected decisions in the tables below.
+use crate::Decision as D;
 use crate::NANOS_PER_SEC as SEC;
 
 const MS: u64 = 1_000_000;
 
 fn window(limit: u64, window_ns: u64, count: u32) -> SlidingWindow {
     SlidingWindow::new(limit, window_ns, count).unwrap()
-}
-
-const fn ok(remaining: u64) -> Decision {
-    Decision {
-        allowed: true,
-        remaining,
-        retry_after_ns: 0,
-    }
-}
-
-const fn no(remaining: u64, retry_after_ns: u64) -> Decision {
-    Decision {
-        allowed: false,
-        remaining,
-        retry_after_ns,
-    }
 }
 
 /// A scripted window: (ms, requests asked, expected decision).
@@ -62,23 +48,23 @@ fn one_sub_window_weights_the_previous_window() {
         window(10, SEC, 1),
         Factor::ONE,
         &[
-            (0, 10, ok(0)),
+            (0, 10, D::allowed(0)),
             // est 10: one more waits until 1.1 s, when the previous 10 weigh 9.
-            (500, 1, no(0, 600 * MS)),
-            (1_100, 1, ok(0)),
+            (500, 1, D::refused(0, 600 * MS)),
+            (1_100, 1, D::allowed(0)),
             // est 1 + 10 × 0.5 = 6.
-            (1_500, 1, ok(3)),
+            (1_500, 1, D::allowed(3)),
             // est 7: four more fit at 1.6 s (2 + 10 × 0.4 = 6).
-            (1_500, 4, no(3, 100 * MS)),
+            (1_500, 4, D::refused(3, 100 * MS)),
             // est 2 (last second's, whole): ten fit only once it has slid out, at 3 s.
-            (2_000, 10, no(8, SEC)),
-            (3_000, 3, ok(7)),
+            (2_000, 10, D::refused(8, SEC)),
+            (3_000, 3, D::allowed(7)),
             // Nothing in this second slides out before 4 s, and what it holds weighs on
             // until 5 s: ten fit at 5 s.
-            (3_000, 10, no(7, 2 * SEC)),
+            (3_000, 10, D::refused(7, 2 * SEC)),
             // A clock stepped back counts from the latest time seen (3 s).
-            (2_500, 10, no(7, 2_500 * MS)),
-            (5_000, 10, ok(0)),
+            (2_500, 10, D::refused(7, 2_500 * MS)),
+            (5_000, 10, D::allowed(0)),
         ],
     );
 }
@@ -90,15 +76,15 @@ fn sub_windows_slide_out_one_by_one() {
         window(6, 3 * SEC, 3),
         Factor::ONE,
         &[
-            (0, 2, ok(4)),
-            (1_000, 2, ok(2)),
-            (2_000, 2, ok(0)),
-            (2_999, 1, no(0, 501 * MS)),
+            (0, 2, D::allowed(4)),
+            (1_000, 2, D::allowed(2)),
+            (2_000, 2, D::allowed(0)),
+            (2_999, 1, D::refused(0, 501 * MS)),
             // At 3.5 s the first two weigh 1: one fits; two more at 4.5 s (3 + 2 × 0.5).
-            (3_500, 1, ok(0)),
-            (3_500, 2, no(0, SEC)),
+            (3_500, 1, D::allowed(0)),
+            (3_500, 2, D::refused(0, SEC)),
             // Long idle: everything has left.
-            (60_000, 6, ok(0)),
+            (60_000, 6, D::allowed(0)),
         ],
     );
 }
@@ -110,10 +96,10 @@ fn the_factor_scales_the_limit() {
         window(4, SEC, 2),
         half,
         &[
-            (0, 2, ok(0)),
-            (0, 3, no(0, RETRY_WHEN_RELAXED)),
+            (0, 2, D::allowed(0)),
+            (0, 3, D::refused(0, RETRY_WHEN_RELAXED)),
             // The two slide out of a 1 s window from 1 s on: one fits at 1.25 s.
-            (100, 1, no(0, 1_150 * MS)),
+            (100, 1, D::refused(0, 1_150 * MS)),
         ],
     );
     let w = window(1, SEC, 1);

@@ -102,7 +102,7 @@ pub fn is_legal(from: State, to: State, reason: Reason) -> bool {
 }
 
 /// One transition: what changed, why, and the counts it was decided on (the window's in
-/// Closed and Open, the probes' in HalfOpen).
+/// Closed and Open; the probes' in HalfOpen, where a slow probe is among the `failures`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transition {
     pub from: State,
