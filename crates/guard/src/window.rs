@@ -116,15 +116,18 @@ impl SlidingWindow {
         factor.scale(u128::from(self.limit)).max(1)
     }
 
-    /// Brings `st` to `now_ns` (never backwards): sub-windows that ended shift out.
-    fn advance(&self, st: &mut WindowState, now_ns: u64) -> u64 {
+    /// Brings `st` to `now_ns` (never backwards): sub-windows that ended shift out. Returns
+    /// the time it is at and that time's offset in its sub-window (divisions cost: two here,
+    /// none more on the way to a decision).
+    fn advance(&self, st: &mut WindowState, now_ns: u64) -> (u64, u64) {
         let t = now_ns.max(st.last_ns);
-        let moved = t / self.sub_ns - st.last_ns / self.sub_ns;
+        let index = t / self.sub_ns;
+        let moved = index - st.last_ns / self.sub_ns;
         let shift = moved.min(st.counts.len() as u64) as usize;
         st.counts.rotate_right(shift);
         st.counts[..shift].fill(0);
         st.last_ns = t;
-        t
+        (t, t - index * self.sub_ns)
     }
 
     /// The sub-window length `s`, ns.
@@ -136,17 +139,23 @@ impl SlidingWindow {
     /// integer: divide by [`Self::sub_window_ns`] for the count), without changing `st`.
     pub fn estimate_scaled(&self, st: &WindowState, now_ns: u64) -> u128 {
         let t = now_ns.max(st.last_ns);
+        let moved = t / self.sub_ns - st.last_ns / self.sub_ns;
+        self.estimate_shifted(&st.counts, moved, t % self.sub_ns)
+    }
+
+    /// The estimate times `s` from `counts` shifted by `moved` sub-windows, at offset `r` in
+    /// the current one.
+    fn estimate_shifted(&self, counts: &[u64], moved: u64, r: u64) -> u128 {
         let k = self.window_count as usize;
-        let moved = (t / self.sub_ns - st.last_ns / self.sub_ns).min(k as u64 + 1) as usize;
+        let moved = moved.min(k as u64 + 1) as usize;
         // Shifted by `moved`, the counts still in the window are counts[..k + 1 − moved],
         // newest first: the last of them straddles the window's start, the others are full.
-        let (old, full) = match st.counts[..k + 1 - moved].split_last() {
+        let (old, full) = match counts[..k + 1 - moved].split_last() {
             Some((old, full)) => (u128::from(*old), full.iter().map(|&c| u128::from(c)).sum()),
             None => (0, 0),
         };
         let sub = u128::from(self.sub_ns);
-        let r = u128::from(t % self.sub_ns);
-        full * sub + old * (sub - r)
+        full * sub + old * (sub - u128::from(r))
     }
 
     /// Nanoseconds from `t` (≥ `st.last_ns`, `st` advanced to it) until a request of `n`
@@ -199,11 +208,11 @@ impl Algorithm for SlidingWindow {
     }
 
     fn acquire(&self, st: &mut WindowState, n: u64, now_ns: u64, factor: Factor) -> Decision {
-        let t = self.advance(st, now_ns);
+        let (t, r) = self.advance(st, now_ns);
         let limit = self.limit_scaled(factor);
         let sub = u128::from(self.sub_ns);
         let budget = limit * sub;
-        let estimate = self.estimate_scaled(st, t);
+        let estimate = self.estimate_shifted(&st.counts, 0, r);
         let with = estimate + u128::from(n) * sub;
         if with <= budget {
             st.counts[0] += n;
