@@ -76,8 +76,9 @@ pub struct FactorChange {
     pub at_ns: u64,
 }
 
-/// The controller: feed it utilizations, read the factor.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// The controller: feed it utilizations, read the factor. (Serialize only, for status output:
+/// a controller is built from a validated policy, never read back.)
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AdaptiveController {
     policy: AdaptivePolicy,
     factor: Factor,
