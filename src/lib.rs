@@ -5,6 +5,9 @@ pub mod api;
 pub mod config;
 pub mod ctl;
 pub mod eventstore;
+/// The guards' pure cores (rate limiters, adaptive factor, circuit breaker): the crate
+/// `crates/guard`, kept apart so that it builds and is measured without RocksDB.
+pub use aether_guard as guard;
 pub mod limits;
 pub mod model;
 pub mod node;
