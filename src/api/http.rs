@@ -25,30 +25,22 @@ async fn healthz(
     State(service): State<Service>,
     peer: ConnectInfo<std::net::SocketAddr>,
 ) -> impl IntoResponse {
-    let (code, body) = match service.node_status(&caller(peer)) {
-        Ok(s) => {
-            let ok = s.raft_error.is_none();
-            let body = serde_json::json!({
-                "status": if ok { "ok" } else { "failed" },
-                "node_id": s.node_id,
-                "role": s.role,
-                "leader_id": s.leader_id,
-                "term": s.term,
-                "applied_index": s.applied_index,
-                "event_count": s.event_count,
-                "error": s.raft_error,
-            });
-            let code = if ok {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            (code, body)
-        }
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({ "status": "failed", "error": e.to_string() }),
-        ),
+    let h = service.health(&caller(peer));
+    let ok = h.raft_error.is_none();
+    let body = serde_json::json!({
+        "status": if ok { "ok" } else { "failed" },
+        "node_id": h.node_id,
+        "role": h.role,
+        "leader_id": h.leader_id,
+        "term": h.term,
+        "applied_index": h.applied_index,
+        "event_count": h.event_count,
+        "error": h.raft_error,
+    });
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(body))
 }

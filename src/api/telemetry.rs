@@ -62,7 +62,9 @@ impl Telemetry for TelemetryService {
         while let Some(batch) = input.message().await? {
             let service = self.service.clone();
             let caller = caller.clone();
-            let batch = series_points(batch);
+            let batch = service
+                .prepare_ingest(&caller, series_points(batch))
+                .map_err(status)?;
             pending.push_back(async move { service.ingest(&caller, batch).await });
             // Keep a few batches in flight: the next is read and encoded while earlier
             // ones replicate.

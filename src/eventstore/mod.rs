@@ -38,6 +38,10 @@ pub const RULES_KEY: &[u8] = b"apply_rules";
 /// which rules it knows in its answer to the clock probe).
 pub const APPLY_RULES_VERSION: u32 = 3;
 
+/// The apply rules from which the idempotency window is replicated state
+/// (`Command::SetDedupeWindow`).
+pub const DEDUPE_WINDOW_RULES_VERSION: u32 = 2;
+
 /// The apply-rules version in force (1 until a cluster adopts a newer one).
 pub fn load_rules_version(db: &SmDb) -> Result<u32> {
     match db.db().get_pinned_cf(db.cf(CF_META)?, RULES_KEY)? {

@@ -25,7 +25,7 @@ use crate::limits::{LimitPolicy, PolicyOutcome};
 use crate::model::ValidationError;
 use crate::raft::clock::ClusterClock;
 use crate::raft::log_store::LogStore;
-use crate::raft::network::{NetworkFactory, PeerRpc};
+use crate::raft::network::NetworkFactory;
 use crate::raft::read_index::{self, ReadIndexError};
 use crate::raft::state_machine::{AppliedStatus, StateMachine};
 use crate::raft::{Command, CommandOutcome, NodeId, NodeInfo, Raft, RaftMetrics};
@@ -93,6 +93,17 @@ fn membership_error(
         },
         RaftError::Fatal(f) => NodeError::Unavailable(f.to_string()),
     }
+}
+
+/// A change of the cluster's members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MembershipChange {
+    /// These voters, and only these (learners among them are promoted).
+    ReplaceVoters(BTreeSet<NodeId>),
+    /// Voters to demote (to learners, or out with `retain: false`).
+    RemoveVoters(BTreeSet<NodeId>),
+    /// Members to remove.
+    RemoveNodes(BTreeSet<NodeId>),
 }
 
 /// Members of the cluster with their addresses.
@@ -323,13 +334,29 @@ impl Node {
             .map_err(|e| NodeError::Internal(format!("raft shutdown: {e}")))
     }
 
-    /// Adds a learner; the log index of the membership change.
+    /// Adds a learner; the log index of the membership change. A node whose code cannot
+    /// apply the rules the cluster adopted is refused (it would stop, or fork, at the first
+    /// entry it cannot apply).
     pub async fn add_learner(
         &self,
         id: NodeId,
         info: NodeInfo,
         blocking: bool,
     ) -> Result<u64, NodeError> {
+        let adopted = crate::eventstore::load_rules_version(&self.store.db())?;
+        let known = crate::raft::clock::rules_known_by(&self.network, id, &info)
+            .await
+            .map_err(|e| {
+                NodeError::FailedPrecondition(format!(
+                    "{e}: a node joins only once it answers (start it first)"
+                ))
+            })?;
+        if known < adopted {
+            return Err(NodeError::FailedPrecondition(format!(
+                "node {id} runs code that knows apply rules up to {known}, but the cluster \
+                 applies rules {adopted}: upgrade it before it joins"
+            )));
+        }
         let resp = self
             .raft
             .add_learner(id, info, blocking)
@@ -341,9 +368,14 @@ impl Node {
     /// Changes the voters or removes nodes; the log index of the membership change.
     pub async fn change_membership(
         &self,
-        change: openraft::ChangeMembers<NodeId, NodeInfo>,
+        change: MembershipChange,
         retain: bool,
     ) -> Result<u64, NodeError> {
+        let change = match change {
+            MembershipChange::ReplaceVoters(v) => openraft::ChangeMembers::ReplaceAllVoters(v),
+            MembershipChange::RemoveVoters(v) => openraft::ChangeMembers::RemoveVoters(v),
+            MembershipChange::RemoveNodes(v) => openraft::ChangeMembers::RemoveNodes(v),
+        };
         let resp = self
             .raft
             .change_membership(change, retain)
@@ -376,11 +408,11 @@ impl Node {
     /// Scans the whole state machine: its chained digest and a digest of what is stored.
     pub async fn scan_digest(&self) -> Result<crate::raft::state_machine::ScanDigest, NodeError> {
         let store = self.store.clone();
-        Ok(self
-            .reads
-            .run(move || crate::raft::state_machine::scan_digest(&store))
-            .await
-            .map_err(|e| NodeError::Internal(e.to_string()))??)
+        Ok(
+            tokio::task::spawn_blocking(move || crate::raft::state_machine::scan_digest(&store))
+                .await
+                .map_err(|e| NodeError::Internal(e.to_string()))??,
+        )
     }
 
     pub async fn is_initialized(&self) -> Result<bool, NodeError> {
@@ -487,6 +519,22 @@ impl Node {
             {
                 continue;
             }
+            // The voters' last readings say they know the rules; a fresh round of every
+            // member, learners included, makes sure (a member rolled back since, or a learner
+            // on an older binary, would fork at the adopting entry).
+            let (voters_now, learners_now) = self.members();
+            let members: Vec<_> = voters_now.into_iter().chain(learners_now).collect();
+            if let Err(e) = crate::raft::clock::all_members_know(
+                &self.network,
+                self.id,
+                &members,
+                crate::eventstore::APPLY_RULES_VERSION,
+            )
+            .await
+            {
+                tracing::debug!("not adopting apply rules yet: {e}");
+                continue;
+            }
             let cmd = Command::AdoptRules {
                 version: crate::eventstore::APPLY_RULES_VERSION,
                 dedupe_window_ns: i64::try_from(
@@ -509,13 +557,10 @@ impl Node {
     pub async fn set_dedupe_window(&self, window: Duration) -> Result<Duration, NodeError> {
         let window_ns = i64::try_from(window.as_nanos()).unwrap_or(i64::MAX);
         crate::eventstore::check_dedupe_window(window_ns).map_err(NodeError::BadRequest)?;
-        if crate::eventstore::load_rules_version(&self.store.db())? < 2 {
-            return Err(NodeError::FailedPrecondition(
-                "the cluster has not adopted this version's rules yet (every voter must run it, \
-                 and a leader adopts them within seconds): try again shortly"
-                    .into(),
-            ));
-        }
+        self.require_rules(
+            crate::eventstore::DEDUPE_WINDOW_RULES_VERSION,
+            "a replicated idempotency window",
+        )?;
         match self
             .propose_checked(Command::SetDedupeWindow { window_ns })
             .await?
@@ -540,16 +585,21 @@ impl Node {
         self.policy_command(Command::DeleteLimit { name }).await
     }
 
-    async fn policy_command(&self, cmd: Command) -> Result<PolicyOutcome, NodeError> {
+    /// Refuses a command that needs apply rules `version` before the cluster adopted them.
+    fn require_rules(&self, version: u32, what: &str) -> Result<(), NodeError> {
         let rules = crate::eventstore::load_rules_version(&self.store.db())?;
-        if rules < crate::limits::POLICY_RULES_VERSION {
+        if rules < version {
             return Err(NodeError::FailedPrecondition(format!(
-                "the cluster applies rules {rules} and rate-limit policies need {}: every voter \
+                "the cluster applies rules {rules} and {what} need rules {version}: every member \
                  must run this version, then a leader adopts them within seconds; try again \
-                 shortly",
-                crate::limits::POLICY_RULES_VERSION
+                 shortly"
             )));
         }
+        Ok(())
+    }
+
+    async fn policy_command(&self, cmd: Command) -> Result<PolicyOutcome, NodeError> {
+        self.require_rules(crate::limits::POLICY_RULES_VERSION, "rate-limit policies")?;
         match self.propose_checked(cmd).await? {
             CommandOutcome::Limit(o) => Ok(o),
             other => Err(NodeError::Internal(format!(
@@ -621,24 +671,11 @@ impl Node {
                 leader.grpc_addr
             ))
         };
-        let reply = self
-            .network
+        self.network
             .peer(id, leader)
-            .call(
-                PeerRpc::ReadIndex,
-                bytes::Bytes::new(),
-                Duration::from_millis(self.config.write_timeout_ms),
-            )
+            .read_index(Duration::from_millis(self.config.write_timeout_ms))
             .await
-            .map_err(|s| match s.code() {
-                tonic::Code::Unimplemented => failed(
-                    "the leader runs an older version without raft.v1.ReadIndex: upgrade it, \
-                     or read with consistency LOCAL meanwhile"
-                        .into(),
-                ),
-                _ => failed(call::status_detail(&s)),
-            })?;
-        postcard::from_bytes(&reply).map_err(|e| failed(format!("undecodable reply: {e}")))
+            .map_err(|s| failed(call::status_detail(&s)))
     }
 
     /// Waits until the state machine has applied `index`.
@@ -671,6 +708,20 @@ impl Node {
         let limits = &self.config.limits;
         let events = limits.read_limit(requested)?;
         Ok(PageLimit::new(events as usize, limits.max_read_bytes))
+    }
+
+    /// Runs long maintenance of the store (compaction, a full scan) on the blocking pool,
+    /// not in a read slot: reads keep their slots, and the read queue's utilization (which
+    /// adaptive limits follow) measures reads.
+    pub async fn maintain_store<R, F>(&self, work: F) -> Result<R, NodeError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&crate::storage::SmDb) -> Result<R, NodeError> + Send + 'static,
+    {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || work(&store.db()))
+            .await
+            .map_err(|e| NodeError::Internal(e.to_string()))?
     }
 
     /// Runs a read of the store on the read pool (off the runtime's workers).

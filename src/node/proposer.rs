@@ -456,10 +456,15 @@ fn forward_error(
         )),
         CallFailure::Answered => match s.code() {
             Code::DeadlineExceeded | Code::Cancelled => ProposeError::Timeout(timeout),
+            // The leader answered that it cannot take the batch now (stepping down,
+            // shutting down) before proposing it: as if it were not the leader, so that the
+            // write is tried again (and finds the next leader) until its deadline.
+            Code::Unavailable => ProposeError::NotLeader {
+                leader: Some((leader, node.clone())),
+            },
             // Refusals the leader answers before proposing anything.
             Code::InvalidArgument
             | Code::FailedPrecondition
-            | Code::Unavailable
             | Code::ResourceExhausted
             | Code::OutOfRange
             | Code::Unauthenticated
@@ -601,6 +606,11 @@ mod tests {
                 Code::Unavailable,
             ),
             (
+                "the leader answered that it cannot take the batch now",
+                Status::unavailable("shutting down"),
+                Code::Unavailable,
+            ),
+            (
                 "the leader failed after proposing",
                 Status::internal("encoding raft reply: ..."),
                 Code::DeadlineExceeded,
@@ -614,5 +624,17 @@ mod tests {
             }
         }
         assert!(wrong.is_empty(), "misclassified:\n{}", wrong.join("\n"));
+        // An answered UNAVAILABLE is "not the leader": the service tries the write again.
+        assert!(matches!(
+            forward_error(
+                &Status::unavailable("shutting down"),
+                2,
+                &leader(),
+                Duration::from_secs(9)
+            ),
+            ProposeError::NotLeader {
+                leader: Some((2, _))
+            }
+        ));
     }
 }

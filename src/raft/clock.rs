@@ -309,6 +309,47 @@ pub async fn run_probes(
     }
 }
 
+/// The apply rules member `id` runs code for, asked now (`raft.v1.Clock`): a member that
+/// does not know the RPC runs code older than rules 2.
+pub async fn rules_known_by(
+    network: &super::network::NetworkFactory,
+    id: NodeId,
+    node: &super::NodeInfo,
+) -> Result<u32, String> {
+    match probe(network, id, node).await {
+        Ok((reply, _)) => Ok(reply.rules_version),
+        Err(ProbeError::Unsupported) => Ok(1),
+        Err(ProbeError::Failed(e)) => Err(format!(
+            "node {id} at {} did not say which rules it knows: {e}",
+            node.grpc_addr
+        )),
+    }
+}
+
+/// Checks, with a fresh probe of each, that every member but `me` (voters and learners)
+/// runs code that knows apply rules `version`: what adopting them waits for, since a
+/// member that cannot apply an entry must never be asked to.
+pub async fn all_members_know(
+    network: &super::network::NetworkFactory,
+    me: NodeId,
+    members: &[(NodeId, super::NodeInfo)],
+    version: u32,
+) -> Result<(), String> {
+    let asks = members
+        .iter()
+        .filter(|(id, _)| *id != me)
+        .map(|(id, node)| async move { (*id, rules_known_by(network, *id, node).await) });
+    for (id, known) in futures::future::join_all(asks).await {
+        let known = known?;
+        if known < version {
+            return Err(format!(
+                "node {id} runs code that knows apply rules up to {known}, not {version}"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A member's answer to `raft.v1.Clock`: its wall clock, and the newest apply rules its
 /// code knows (so a leader adopts new rules only once every voter can apply them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

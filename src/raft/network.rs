@@ -40,6 +40,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use tonic::transport::{Channel, Endpoint};
 
 use super::{Entry, NodeId, NodeInfo, TypeConfig};
+use crate::proto::aetherops::v1::{admin_client::AdminClient, ReadIndexRequest};
 use crate::proto::raft::v1::{raft_client::RaftClient, RaftMessage};
 
 type RpcResult<T, E = openraft::error::Infallible> =
@@ -96,11 +97,6 @@ impl NetworkFactory {
             .map_err(|_| format!("node {target}'s incarnation is not a header value"));
         let client = self
             .channel(&node.grpc_addr)
-            .map(|ch| {
-                RaftClient::new(ch)
-                    .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
-            })
             .map_err(|e| format!("node {target}'s address {:?}: {e}", node.grpc_addr));
         Peer {
             target,
@@ -127,7 +123,7 @@ pub enum PeerRpc {
 #[derive(Clone)]
 pub struct Peer {
     target: NodeId,
-    client: Result<(RaftClient<Channel>, tonic::metadata::AsciiMetadataValue), String>,
+    client: Result<(Channel, tonic::metadata::AsciiMetadataValue), String>,
 }
 
 impl Peer {
@@ -144,11 +140,13 @@ impl Peer {
         body: bytes::Bytes,
         timeout: Duration,
     ) -> Result<bytes::Bytes, tonic::Status> {
-        let (client, header) = self
+        let (channel, header) = self
             .client
             .as_ref()
             .map_err(|e| tonic::Status::unavailable(e.clone()))?;
-        let mut client = client.clone();
+        let mut client = RaftClient::new(channel.clone())
+            .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
         let mut request = tonic::Request::new(RaftMessage { body });
         request.set_timeout(timeout);
         request.metadata_mut().insert(TARGET_HEADER, header.clone());
@@ -161,6 +159,30 @@ impl Peer {
             PeerRpc::ReadIndex => client.read_index(request).await,
         };
         reply.map(|r| r.into_inner().body)
+    }
+
+    /// The member's read index (it must lead). A leader on a version without
+    /// `raft.v1.ReadIndex` (a rolling upgrade that started with the followers) is asked
+    /// through its public `Admin.ReadIndex`, which every version serves.
+    pub async fn read_index(&self, timeout: Duration) -> Result<Option<u64>, tonic::Status> {
+        match self
+            .call(PeerRpc::ReadIndex, bytes::Bytes::new(), timeout)
+            .await
+        {
+            Ok(body) => postcard::from_bytes(&body)
+                .map_err(|e| tonic::Status::internal(format!("undecodable read index reply: {e}"))),
+            Err(s) if s.code() == tonic::Code::Unimplemented => {
+                let (channel, _) = self
+                    .client
+                    .as_ref()
+                    .map_err(|e| tonic::Status::unavailable(e.clone()))?;
+                let mut admin = AdminClient::new(channel.clone());
+                let mut request = tonic::Request::new(ReadIndexRequest {});
+                request.set_timeout(timeout);
+                Ok(admin.read_index(request).await?.into_inner().read_index)
+            }
+            Err(s) => Err(s),
+        }
     }
 }
 

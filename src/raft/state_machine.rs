@@ -363,9 +363,19 @@ impl StateMachine {
                             dedupe_window_ns,
                         } => {
                             if *version > APPLY_RULES_VERSION {
-                                CommandOutcome::Refused {
-                                    reason: format!("unknown apply rules {version}"),
-                                }
+                                // The cluster adopted rules this code cannot apply (it was
+                                // rolled back, or joined with an older binary). Refusing
+                                // and going on would fork this replica from those that
+                                // apply them: stop here, loudly, until it is upgraded.
+                                return Err(StorageError::corrupt(
+                                    "apply rules",
+                                    format!(
+                                        "entry {} adopts apply rules {version}, but this \
+                                         node's code knows rules up to {APPLY_RULES_VERSION}: \
+                                         upgrade this node to the cluster's version",
+                                        entry.log_id.index
+                                    ),
+                                ));
                             } else {
                                 let adopted = applier.rules_version().max(*version);
                                 if adopted != applier.rules_version() {
@@ -918,6 +928,30 @@ mod tests {
             out[0],
             CommandOutcome::Append(AppendOutcome::Duplicate(_))
         ));
+    }
+
+    /// Review of issue 10: an entry adopting rules this code does not know stops the state
+    /// machine (it used to be refused and skipped, which forks this replica from those that
+    /// apply them).
+    #[tokio::test]
+    async fn rules_this_code_does_not_know_stop_the_state_machine() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        apply(&mut sm, entry(1, vec![append("s", 1)])).await;
+        let newer = Command::AdoptRules {
+            version: APPLY_RULES_VERSION + 1,
+            dedupe_window_ns: 60_000_000_000,
+        };
+        let err = sm
+            .apply([entry(2, vec![newer])])
+            .await
+            .expect_err("an entry this code cannot apply");
+        assert!(err.to_string().contains("upgrade this node"), "{err}");
+        assert_eq!(
+            sm.status().borrow().applied.map(|l| l.index),
+            Some(1),
+            "nothing of the entry was applied"
+        );
     }
 
     /// Rate-limit policies are replicated state from rules version 3 on: refused alike on

@@ -4,10 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use openraft::ChangeMembers;
-
 use super::{Caller, Service, ServiceError};
-use crate::node::Members;
+use crate::node::{Members, MembershipChange};
 use crate::raft::state_machine::ScanDigest;
 use crate::raft::{NodeId, NodeInfo};
 
@@ -41,7 +39,18 @@ pub struct NodeStatus {
     pub event_count: u64,
     pub dedupe_window: Option<Duration>,
     pub state_digest: u128,
-    /// Why Raft stopped on this node, if it did (the node then serves nothing).
+}
+
+/// Liveness: what `/healthz` shows (read without touching the store).
+#[derive(Debug, Clone)]
+pub struct Health {
+    pub node_id: NodeId,
+    pub role: &'static str,
+    pub leader_id: Option<NodeId>,
+    pub term: u64,
+    pub applied_index: Option<u64>,
+    pub event_count: u64,
+    /// Why Raft stopped on this node, if it did.
     pub raft_error: Option<String>,
 }
 
@@ -98,8 +107,22 @@ impl Service {
             event_count: applied.next_global_position,
             dedupe_window: n.dedupe_window()?,
             state_digest: applied.digest,
-            raft_error: m.running_state.as_ref().err().map(|e| e.to_string()),
         })
+    }
+
+    pub fn health(&self, _caller: &Caller) -> Health {
+        let n = &self.node;
+        let m = n.raft_metrics();
+        let applied = n.applied_status();
+        Health {
+            node_id: n.id(),
+            role: n.role(),
+            leader_id: m.current_leader,
+            term: m.current_term,
+            applied_index: applied.applied.map(|l| l.index),
+            event_count: applied.next_global_position,
+            raft_error: m.running_state.as_ref().err().map(|e| e.to_string()),
+        }
     }
 
     /// Initializes a new cluster with these voters (this node among them).
@@ -150,7 +173,7 @@ impl Service {
         }
         let index = self
             .node
-            .change_membership(ChangeMembers::ReplaceAllVoters(voters), retain)
+            .change_membership(MembershipChange::ReplaceVoters(voters), retain)
             .await?;
         Ok(self.membership(index))
     }
@@ -168,9 +191,9 @@ impl Service {
                     "cannot remove the last voter".into(),
                 ));
             }
-            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+            MembershipChange::RemoveVoters(BTreeSet::from([id]))
         } else if learners.iter().any(|(l, _)| *l == id) {
-            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+            MembershipChange::RemoveNodes(BTreeSet::from([id]))
         } else {
             return Err(ServiceError::NotFound(format!("node {id} is not a member")));
         };
@@ -198,7 +221,8 @@ impl Service {
         _caller: &Caller,
         window: Duration,
     ) -> Result<Duration, ServiceError> {
-        Ok(self.node.set_dedupe_window(window).await?)
+        let node = &self.node;
+        self.on_leader(|| node.set_dedupe_window(window)).await
     }
 
     /// Builds a snapshot of everything applied so far; the snapshot's index.

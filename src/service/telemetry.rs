@@ -58,16 +58,29 @@ pub struct DiskUsage {
     pub rollup_bytes: u64,
 }
 
+/// An ingest batch validated and cut into segments, ready to be written.
+#[derive(Debug, Clone)]
+pub struct PreparedIngest(TelemetryCommand);
+
 impl Service {
-    /// Validates a batch, cuts it into segments (per series sorted by time; the last value
-    /// given for a timestamp wins) and writes it as one replicated command.
-    pub async fn ingest(
+    /// Validates a batch and cuts it into segments (per series sorted by time; the last
+    /// value given for a timestamp wins). A stream of batches prepares each before it sends
+    /// it, so that a bad batch stops the stream before anything after it is written.
+    pub fn prepare_ingest(
         &self,
         _caller: &Caller,
         batch: Vec<SeriesPoints>,
+    ) -> Result<PreparedIngest, ServiceError> {
+        self.ingest_command(batch).map(PreparedIngest)
+    }
+
+    /// Writes a prepared batch as one replicated command.
+    pub async fn ingest(
+        &self,
+        _caller: &Caller,
+        batch: PreparedIngest,
     ) -> Result<Ingested, ServiceError> {
-        let cmd = self.ingest_command(batch)?;
-        match self.telemetry_write(cmd).await? {
+        match self.telemetry_write(batch.0).await? {
             TelemetryOutcome::Ingested {
                 points,
                 late_dropped,
@@ -210,7 +223,7 @@ impl Service {
     ) -> Result<(DiskUsage, DiskUsage), ServiceError> {
         Ok(self
             .node
-            .read_store(|db| {
+            .maintain_store(|db| {
                 let before = usage(db)?;
                 maintenance::compact(db)?;
                 Ok((before, usage(db)?))
@@ -219,7 +232,7 @@ impl Service {
     }
 
     pub async fn telemetry_disk_usage(&self, _caller: &Caller) -> Result<DiskUsage, ServiceError> {
-        Ok(self.node.read_store(usage).await?)
+        Ok(self.node.maintain_store(usage).await?)
     }
 }
 
