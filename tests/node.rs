@@ -1168,3 +1168,133 @@ async fn limit_policies_from_the_cli_survive_a_restart() {
         "{listed}"
     );
 }
+
+/// Issue 11.3 (first slice): a node enforces the cluster's policies on its API. Past a
+/// policy's burst an append is refused with RESOURCE_EXHAUSTED and a `retry-after-ms`
+/// trailer, writing nothing; methods the policy does not cover pass; a shadow policy only
+/// counts; deleting the policy lifts it.
+#[tokio::test]
+async fn a_policy_refuses_past_its_burst_with_retry_after_and_a_shadow_only_counts() {
+    let node = NodeBuilder::dev().start();
+    node.wait_leader().await;
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while node.status().await.dedupe_window_secs.is_none() {
+        assert!(std::time::Instant::now() < deadline, "rules never adopted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Three appends, then one every 1000 s.
+    ok(node.ctl(&[
+        "limits",
+        "set",
+        "appends",
+        "--methods",
+        "Append",
+        "--token-bucket",
+        "3,0.001",
+    ]));
+    let mut c = node.client().await;
+    let refusal = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the policy was never enforced"
+        );
+        match c
+            .append(append_req("limited-1", None, vec![new_event("T", "{}")]))
+            .await
+        {
+            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(s) => break s,
+        }
+    };
+    assert_eq!(
+        refusal.code(),
+        tonic::Code::ResourceExhausted,
+        "{refusal:?}"
+    );
+    assert!(refusal.message().contains("\"appends\""), "{refusal:?}");
+    let retry_ms: u64 = refusal
+        .metadata()
+        .get("retry-after-ms")
+        .expect("retry-after-ms")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (900_000..=1_000_000).contains(&retry_ms),
+        "one token per 1000 s: {retry_ms}"
+    );
+    // Refused appends wrote nothing: the stream holds what was admitted, and stays so.
+    let before = node.status().await.event_count;
+    for _ in 0..5 {
+        let e = c
+            .append(append_req("limited-1", None, vec![new_event("T", "{}")]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+    }
+    assert_eq!(node.status().await.event_count, before);
+    // Reads are not covered by the policy.
+    c.read_stream(pb::ReadStreamRequest {
+        stream: "limited-1".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("reads pass");
+    let (_, metrics) = node.http_get("/metrics").await;
+    assert!(
+        metrics.contains("aether_limit_refused{policy=\"appends\"} 6"),
+        "{metrics}"
+    );
+
+    // A shadow policy on reads refuses nothing and counts what it would refuse.
+    ok(node.ctl(&[
+        "limits",
+        "set",
+        "reads",
+        "--methods",
+        "Read",
+        "--token-bucket",
+        "1,0.001",
+        "--shadow",
+    ]));
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        c.read_stream(pb::ReadStreamRequest {
+            stream: "limited-1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("a shadow policy refuses nothing");
+        let (_, metrics) = node.http_get("/metrics").await;
+        if metrics.contains("aether_limit_shadow_refused{policy=\"reads\"} 1") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the shadow policy never counted: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    ok(node.ctl(&["limits", "delete", "appends"]));
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while c
+        .append(append_req("limited-1", None, vec![new_event("T", "{}")]))
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deleted policy still refuses"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -15,6 +15,9 @@ use crate::service::{Caller, ServiceError};
 
 /// Header carrying the leader's gRPC address on `UNAVAILABLE` "not the leader" replies.
 pub const LEADER_HEADER: &str = "x-aether-leader";
+/// Trailer carrying, on `RESOURCE_EXHAUSTED` from a rate limit, the milliseconds to wait
+/// before retrying.
+pub const RETRY_AFTER_HEADER: &str = "retry-after-ms";
 /// Header carrying the stream's current version on expected-version conflicts ("none": no
 /// stream).
 pub const CURRENT_VERSION_HEADER: &str = "x-aether-current-version";
@@ -36,7 +39,7 @@ pub fn status(e: ServiceError) -> Status {
             Code::FailedPrecondition
         }
         ServiceError::NotLeader { .. } | ServiceError::Unavailable(_) => Code::Unavailable,
-        ServiceError::Overloaded(_) => Code::ResourceExhausted,
+        ServiceError::Overloaded(_) | ServiceError::RateLimited { .. } => Code::ResourceExhausted,
         ServiceError::OutcomeUnknown(_) | ServiceError::Timeout(_) => Code::DeadlineExceeded,
         ServiceError::Internal(_) => Code::Internal,
     };
@@ -53,6 +56,11 @@ pub fn status(e: ServiceError) -> Status {
             let value = current.map_or("none".to_owned(), |v| v.to_string());
             if let Ok(v) = value.parse() {
                 status.metadata_mut().insert(CURRENT_VERSION_HEADER, v);
+            }
+        }
+        ServiceError::RateLimited { retry_after_ms, .. } => {
+            if let Ok(v) = retry_after_ms.to_string().parse() {
+                status.metadata_mut().insert(RETRY_AFTER_HEADER, v);
             }
         }
         _ => {}
@@ -153,6 +161,7 @@ mod tests {
                 None => {
                     assert!(s.metadata().get(LEADER_HEADER).is_none());
                     assert!(s.metadata().get(CURRENT_VERSION_HEADER).is_none());
+                    assert!(s.metadata().get(RETRY_AFTER_HEADER).is_none());
                 }
             }
         }

@@ -90,8 +90,9 @@ pub enum KeyBy {
     Shared,
     /// One per caller (the authenticated subject, else the peer address).
     Caller,
-    /// One per stream or series prefix: the name up to and including its first `-` or `/`
-    /// (`orders-17` → `orders-`, `sat-7/battery` → `sat-`), or the whole name.
+    /// One per stream or series prefix: a series up to and including its first `/`
+    /// (`sat-7/battery` → `sat-7/`), a stream up to and including its first `-`
+    /// (`orders-17` → `orders-`), or the whole name.
     StreamPrefix,
     /// One per method.
     Method,

@@ -20,6 +20,11 @@ pub struct QueueLabel {
     pub queue: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabel {
+    pub policy: String,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 pub struct Metrics {
@@ -44,6 +49,9 @@ pub struct Metrics {
     pub proposer_batches: Gauge,
     pub proposer_commands: Gauge,
     pub queue_utilization: Family<QueueLabel, FloatGauge>,
+    pub limit_refused: Family<PolicyLabel, Gauge>,
+    pub limit_shadow_refused: Family<PolicyLabel, Gauge>,
+    pub limit_share: Family<PolicyLabel, FloatGauge>,
 }
 
 impl Default for Metrics {
@@ -70,6 +78,9 @@ impl Default for Metrics {
             proposer_batches: Gauge::default(),
             proposer_commands: Gauge::default(),
             queue_utilization: Family::default(),
+            limit_refused: Family::default(),
+            limit_shadow_refused: Family::default(),
+            limit_share: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -160,11 +171,38 @@ impl Default for Metrics {
             "Fill of each bounded queue on the write path, 0..1 (the node's queue health)",
             m.queue_utilization.clone(),
         );
+        registry.register(
+            "limit_refused",
+            "Requests a rate-limit policy refused on this node",
+            m.limit_refused.clone(),
+        );
+        registry.register(
+            "limit_shadow_refused",
+            "Requests a shadow rate-limit policy would have refused on this node",
+            m.limit_shadow_refused.clone(),
+        );
+        registry.register(
+            "limit_share",
+            "This node's share of each rate-limit policy (1 = the whole policy)",
+            m.limit_share.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
 
 impl Metrics {
+    /// What one rate-limit policy did on this node since it started enforcing it.
+    pub fn set_limit(&self, policy: &str, share: f64, refused: u64, shadow_refused: u64) {
+        let label = PolicyLabel {
+            policy: policy.to_owned(),
+        };
+        self.limit_share.get_or_create(&label).set(share);
+        self.limit_refused.get_or_create(&label).set(refused as i64);
+        self.limit_shadow_refused
+            .get_or_create(&label)
+            .set(shadow_refused as i64);
+    }
+
     pub fn set_queue(&self, queue: &str, utilization: f64) {
         self.queue_utilization
             .get_or_create(&QueueLabel {

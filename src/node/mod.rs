@@ -439,8 +439,12 @@ impl Node {
     }
 
     /// Validates, proposes and waits for an append's outcome.
-    pub async fn append(&self, cmd: AppendCommand) -> Result<AppendOutcome, NodeError> {
-        match self.propose_checked(Command::Append(cmd)).await? {
+    pub async fn append(
+        &self,
+        cmd: AppendCommand,
+        timeout: Duration,
+    ) -> Result<AppendOutcome, NodeError> {
+        match self.propose_checked(Command::Append(cmd), timeout).await? {
             CommandOutcome::Append(o) => Ok(o),
             other => Err(NodeError::Internal(format!(
                 "append answered with {other:?}"
@@ -451,9 +455,16 @@ impl Node {
     /// Validates, proposes and waits for a workflow command's outcome. The transition rules
     /// are checked by the state machine, against the replicated projection, atomically with
     /// the append.
-    pub async fn workflow(&self, mut cmd: WorkflowCommand) -> Result<WorkflowOutcome, NodeError> {
+    pub async fn workflow(
+        &self,
+        mut cmd: WorkflowCommand,
+        timeout: Duration,
+    ) -> Result<WorkflowOutcome, NodeError> {
         cmd.snapshot_every = self.config.workflow_snapshot_every;
-        match self.propose_checked(Command::Workflow(cmd)).await? {
+        match self
+            .propose_checked(Command::Workflow(cmd), timeout)
+            .await?
+        {
             CommandOutcome::Workflow(o) => Ok(o),
             other => Err(NodeError::Internal(format!(
                 "workflow command answered with {other:?}"
@@ -462,8 +473,15 @@ impl Node {
     }
 
     /// Proposes a telemetry command (ingest or retention) and waits for its outcome.
-    pub async fn telemetry(&self, cmd: TelemetryCommand) -> Result<TelemetryOutcome, NodeError> {
-        match self.propose_checked(Command::Telemetry(cmd)).await? {
+    pub async fn telemetry(
+        &self,
+        cmd: TelemetryCommand,
+        timeout: Duration,
+    ) -> Result<TelemetryOutcome, NodeError> {
+        match self
+            .propose_checked(Command::Telemetry(cmd), timeout)
+            .await?
+        {
             CommandOutcome::Telemetry(o) => Ok(o),
             other => Err(NodeError::Internal(format!(
                 "telemetry command answered with {other:?}"
@@ -473,11 +491,14 @@ impl Node {
 
     /// A client's command: checked by the same rules as a peer's `Propose`
     /// (`Command::validate`), weighed, proposed, and its outcome awaited.
-    async fn propose_checked(&self, cmd: Command) -> Result<CommandOutcome, NodeError> {
+    async fn propose_checked(
+        &self,
+        cmd: Command,
+        timeout: Duration,
+    ) -> Result<CommandOutcome, NodeError> {
         cmd.validate(&self.config.limits)
             .map_err(NodeError::BadRequest)?;
         let weight = self.entry_weight(&cmd)?;
-        let timeout = Duration::from_millis(self.config.write_timeout_ms);
         Ok(self.proposer.propose(cmd, weight, timeout).await?)
     }
 
@@ -554,7 +575,11 @@ impl Node {
     }
 
     /// Sets the cluster's idempotency window (replicated, from the entry that carries it on).
-    pub async fn set_dedupe_window(&self, window: Duration) -> Result<Duration, NodeError> {
+    pub async fn set_dedupe_window(
+        &self,
+        window: Duration,
+        timeout: Duration,
+    ) -> Result<Duration, NodeError> {
         let window_ns = i64::try_from(window.as_nanos()).unwrap_or(i64::MAX);
         crate::eventstore::check_dedupe_window(window_ns).map_err(NodeError::BadRequest)?;
         self.require_rules(
@@ -562,7 +587,7 @@ impl Node {
             "a replicated idempotency window",
         )?;
         match self
-            .propose_checked(Command::SetDedupeWindow { window_ns })
+            .propose_checked(Command::SetDedupeWindow { window_ns }, timeout)
             .await?
         {
             CommandOutcome::DedupeWindowSet { window_ns } => {
@@ -577,12 +602,22 @@ impl Node {
 
     /// Sets (or replaces) a rate-limit policy, once the cluster applies the rules that know
     /// policies.
-    pub async fn set_limit(&self, policy: LimitPolicy) -> Result<PolicyOutcome, NodeError> {
-        self.policy_command(Command::SetLimit(policy)).await
+    pub async fn set_limit(
+        &self,
+        policy: LimitPolicy,
+        timeout: Duration,
+    ) -> Result<PolicyOutcome, NodeError> {
+        self.policy_command(Command::SetLimit(policy), timeout)
+            .await
     }
 
-    pub async fn delete_limit(&self, name: String) -> Result<PolicyOutcome, NodeError> {
-        self.policy_command(Command::DeleteLimit { name }).await
+    pub async fn delete_limit(
+        &self,
+        name: String,
+        timeout: Duration,
+    ) -> Result<PolicyOutcome, NodeError> {
+        self.policy_command(Command::DeleteLimit { name }, timeout)
+            .await
     }
 
     /// Refuses a command that needs apply rules `version` before the cluster adopted them.
@@ -598,9 +633,13 @@ impl Node {
         Ok(())
     }
 
-    async fn policy_command(&self, cmd: Command) -> Result<PolicyOutcome, NodeError> {
+    async fn policy_command(
+        &self,
+        cmd: Command,
+        timeout: Duration,
+    ) -> Result<PolicyOutcome, NodeError> {
         self.require_rules(crate::limits::POLICY_RULES_VERSION, "rate-limit policies")?;
-        match self.propose_checked(cmd).await? {
+        match self.propose_checked(cmd, timeout).await? {
             CommandOutcome::Limit(o) => Ok(o),
             other => Err(NodeError::Internal(format!(
                 "a policy change answered with {other:?}"

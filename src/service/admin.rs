@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use super::{Caller, Service, ServiceError};
+use crate::limits::Method;
 use crate::node::{Members, MembershipChange};
 use crate::raft::state_machine::ScanDigest;
 use crate::raft::{NodeId, NodeInfo};
@@ -128,9 +129,10 @@ impl Service {
     /// Initializes a new cluster with these voters (this node among them).
     pub async fn init_cluster(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         members: Vec<(NodeId, NodeInfo)>,
     ) -> Result<(), ServiceError> {
+        self.admit(caller, Method::Admin, None, 1)?;
         if members.is_empty() {
             return Err(ServiceError::invalid("init needs at least one member"));
         }
@@ -152,11 +154,12 @@ impl Service {
 
     pub async fn add_learner(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         id: NodeId,
         info: NodeInfo,
         blocking: bool,
     ) -> Result<Membership, ServiceError> {
+        self.admit(caller, Method::Admin, None, 1)?;
         check_member(id, &info)?;
         let index = self.node.add_learner(id, info, blocking).await?;
         Ok(self.membership(index))
@@ -164,10 +167,11 @@ impl Service {
 
     pub async fn change_membership(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         voters: BTreeSet<NodeId>,
         retain: bool,
     ) -> Result<Membership, ServiceError> {
+        self.admit(caller, Method::Admin, None, 1)?;
         if voters.is_empty() {
             return Err(ServiceError::invalid("the voter set cannot be empty"));
         }
@@ -181,9 +185,10 @@ impl Service {
     /// Removes a voter (never the last one) or a learner.
     pub async fn remove_node(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         id: NodeId,
     ) -> Result<Membership, ServiceError> {
+        self.admit(caller, Method::Admin, None, 1)?;
         let (voters, learners) = self.node.members();
         let change = if voters.iter().any(|(v, _)| *v == id) {
             if voters.len() == 1 {
@@ -211,32 +216,46 @@ impl Service {
     }
 
     /// The leader's read index (leader only: it confirms its leadership with a quorum).
-    pub async fn read_index(&self, _caller: &Caller) -> Result<Option<u64>, ServiceError> {
+    pub async fn read_index(&self, caller: &Caller) -> Result<Option<u64>, ServiceError> {
+        self.admit(caller, Method::Admin, None, 1)?;
         Ok(self.node.read_index().await?)
     }
 
     /// Sets the cluster's idempotency window; the window now in force.
     pub async fn set_dedupe_window(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         window: Duration,
     ) -> Result<Duration, ServiceError> {
+        self.admit(caller, Method::Admin, None, 1)?;
         let node = &self.node;
-        self.on_leader(|| node.set_dedupe_window(window)).await
+        self.on_leader(|left| node.set_dedupe_window(window, left))
+            .await
     }
 
     /// Builds a snapshot of everything applied so far; the snapshot's index.
-    pub async fn trigger_snapshot(&self, _caller: &Caller) -> Result<Option<u64>, ServiceError> {
+    pub async fn trigger_snapshot(&self, caller: &Caller) -> Result<Option<u64>, ServiceError> {
+        self.admit(caller, Method::Admin, None, 1)?;
         Ok(self.node.snapshot_now(Duration::from_secs(60)).await?)
     }
 
     /// The chained digest and a digest of a full scan of the state machine.
-    pub async fn state_digest(&self, _caller: &Caller) -> Result<ScanDigest, ServiceError> {
+    pub async fn state_digest(&self, caller: &Caller) -> Result<ScanDigest, ServiceError> {
+        self.admit(caller, Method::Admin, None, 1)?;
         Ok(self.node.scan_digest().await?)
     }
 
     /// Prometheus text exposition of the node's metrics.
     pub fn metrics_text(&self, _caller: &Caller) -> String {
+        let m = self.node.metrics();
+        for c in self.guards.counts() {
+            m.set_limit(
+                &c.name,
+                f64::from(c.share_ppm) / 1e6,
+                c.refused,
+                c.shadow_refused,
+            );
+        }
         self.node.render_metrics()
     }
 }

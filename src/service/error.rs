@@ -39,6 +39,13 @@ pub enum ServiceError {
     /// A bounded queue or slot is full; nothing was written.
     #[error("{0}")]
     Overloaded(String),
+    /// A rate-limit policy refused the request; nothing was done. Retry after
+    /// `retry_after_ms` (`u64::MAX`: not before the cluster's load eases).
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after_ms: u64,
+    },
     /// A write may or may not have been applied (only a retry with the same ids is safe).
     #[error("{0}")]
     OutcomeUnknown(String),
@@ -73,7 +80,7 @@ impl ServiceError {
                 "FAILED_PRECONDITION"
             }
             ServiceError::NotLeader { .. } | ServiceError::Unavailable(_) => "UNAVAILABLE",
-            ServiceError::Overloaded(_) => "RESOURCE_EXHAUSTED",
+            ServiceError::Overloaded(_) | ServiceError::RateLimited { .. } => "RESOURCE_EXHAUSTED",
             ServiceError::OutcomeUnknown(_) | ServiceError::Timeout(_) => "DEADLINE_EXCEEDED",
             ServiceError::Internal(_) => "INTERNAL",
         }

@@ -8,6 +8,7 @@ use super::{Caller, Consistency, Service, ServiceError};
 use crate::eventstore::read::{Page, ReadDirection};
 use crate::eventstore::subscribe::{Item, Target};
 use crate::eventstore::{AppendCommand, AppendOutcome, AppendPositions};
+use crate::limits::Method;
 
 /// A successful append: where the events landed; `duplicate` when it was a retry of an
 /// append already applied (its original positions).
@@ -22,14 +23,15 @@ impl Service {
     /// answered with the original positions).
     pub async fn append(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         cmd: AppendCommand,
     ) -> Result<Appended, ServiceError> {
+        self.admit(caller, Method::Append, Some(&cmd.stream), 1)?;
         let started = Instant::now();
         let stream = cmd.stream.clone();
         let node = &self.node;
         let res = self
-            .on_leader(|| node.append(cmd.clone()))
+            .on_leader(|left| node.append(cmd.clone(), left))
             .await
             .and_then(|o| append_outcome(&stream, o));
         let m = node.metrics();
@@ -50,13 +52,14 @@ impl Service {
 
     pub async fn read_stream(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         stream: &str,
         from: Option<u64>,
         direction: ReadDirection,
         limit: u32,
         consistency: Consistency,
     ) -> Result<Page, ServiceError> {
+        self.admit(caller, Method::Read, Some(stream), 1)?;
         self.node.read_barrier(consistency).await?;
         Ok(self
             .node
@@ -66,12 +69,13 @@ impl Service {
 
     pub async fn read_all(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         from: Option<u64>,
         direction: ReadDirection,
         limit: u32,
         consistency: Consistency,
     ) -> Result<Page, ServiceError> {
+        self.admit(caller, Method::Read, None, 1)?;
         self.node.read_barrier(consistency).await?;
         Ok(self.node.read_all(from, direction, limit).await?)
     }
@@ -79,10 +83,15 @@ impl Service {
     /// Catch-up then live events of a stream or of all streams, from `from`.
     pub fn subscribe(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         target: Target,
         from: Option<u64>,
     ) -> Result<mpsc::Receiver<Item>, ServiceError> {
+        let resource = match &target {
+            Target::Stream(s) => Some(s.as_str()),
+            Target::All => None,
+        };
+        self.admit(caller, Method::Subscribe, resource, 1)?;
         Ok(self.node.subscribe(target, from)?)
     }
 }

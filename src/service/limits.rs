@@ -12,7 +12,10 @@ impl Service {
     ) -> Result<bool, ServiceError> {
         policy.validate().map_err(ServiceError::Invalid)?;
         let node = &self.node;
-        match self.on_leader(|| node.set_limit(policy.clone())).await? {
+        match self
+            .on_leader(|left| node.set_limit(policy.clone(), left))
+            .await?
+        {
             PolicyOutcome::Set { replaced } => Ok(replaced),
             PolicyOutcome::Refused { reason } => Err(ServiceError::Invalid(reason)),
             other => Err(ServiceError::Internal(format!(
@@ -25,7 +28,7 @@ impl Service {
         crate::limits::check_name(name).map_err(ServiceError::Invalid)?;
         let node = &self.node;
         match self
-            .on_leader(|| node.delete_limit(name.to_owned()))
+            .on_leader(|left| node.delete_limit(name.to_owned(), left))
             .await?
         {
             PolicyOutcome::Deleted { existed: true } => Ok(()),

@@ -10,6 +10,7 @@ pub mod admin;
 mod caller;
 mod error;
 pub mod events;
+pub mod guard;
 pub mod limits;
 pub mod telemetry;
 pub mod workflows;
@@ -24,18 +25,46 @@ pub use error::ServiceError;
 pub use crate::node::Consistency;
 use crate::node::{Node, NodeError};
 
+/// The least time worth another attempt at a write (a proposal and its answer on a loaded
+/// cluster).
+const MIN_ATTEMPT: Duration = Duration::from_millis(50);
+
 /// The operations of one node, for every adapter (gRPC, GraphQL).
 #[derive(Clone)]
 pub struct Service {
     node: Arc<Node>,
+    guards: guard::Guards,
 }
 
 impl Service {
+    /// The operations of `node`. Starts (on the current runtime) the task that keeps the
+    /// rate-limit policies this node enforces in step with the cluster's.
     pub fn new(node: Arc<Node>) -> Self {
-        Service { node }
+        let guards = guard::Guards::default();
+        tokio::spawn(reload_policies(Arc::downgrade(&node), guards.clone()));
+        Service { node, guards }
     }
 
-    /// Runs a write until a leader takes it. `attempt` proposes it through this node's
+    /// Asks the rate limits to admit `cost` units of `method` on `resource`.
+    fn admit(
+        &self,
+        caller: &Caller,
+        method: crate::limits::Method,
+        resource: Option<&str>,
+        cost: u64,
+    ) -> Result<(), ServiceError> {
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        self.guards.admit(caller, method, resource, cost, now_ns)
+    }
+
+    /// Per policy, this node's share and what it refused.
+    pub fn limit_counts(&self) -> Vec<guard::PolicyCounts> {
+        self.guards.counts()
+    }
+
+    /// Runs a write until a leader takes it. `attempt(time_left)` proposes it through this node's
     /// proposer (which hands it to the leader when this node follows, in one
     /// `raft.v1.Propose` with the batch it joins). While no leader is known, or the leader
     /// moved or could not be reached — refusals that prove nothing was proposed — it
@@ -43,15 +72,17 @@ impl Service {
     /// "outcome unknown" once a request may have reached the leader.
     async fn on_leader<T, F, Fut>(&self, mut attempt: F) -> Result<T, ServiceError>
     where
-        F: FnMut() -> Fut,
+        F: FnMut(Duration) -> Fut,
         Fut: Future<Output = Result<T, NodeError>>,
     {
         let timeout_ms = self.node.config().write_timeout_ms;
         let deadline = Instant::now() + Duration::from_millis(timeout_ms);
         let mut backoff = Duration::from_millis(20);
         loop {
+            // Each attempt waits only for the time left: the write deadline is the caller's.
+            let left = deadline.saturating_duration_since(Instant::now());
             // Why this attempt was not written, for the reply if the deadline passes.
-            let last = match attempt().await {
+            let last = match attempt(left).await {
                 Ok(v) => return Ok(v),
                 Err(NodeError::NotLeader {
                     leader: Some((id, info)),
@@ -64,15 +95,32 @@ impl Service {
                 }
                 Err(e) => return Err(e.into()),
             };
-            if Instant::now() >= deadline {
+            // Too little time for another attempt to be proposed and answered: stop while
+            // the answer is still "not written" (an attempt that ran out of time in flight
+            // would have to say "outcome unknown").
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left <= backoff + MIN_ATTEMPT {
                 return Err(ServiceError::Unavailable(format!(
                     "no leader took the write within {timeout_ms} ms; nothing was written \
                      (last attempt: {last})"
                 )));
             }
-            tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())))
-                .await;
+            tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+    }
+}
+
+/// Keeps the enforced policies in step with the replicated ones, until the node is gone.
+async fn reload_policies(node: std::sync::Weak<Node>, guards: guard::Guards) {
+    let mut tick = tokio::time::interval(guard::RELOAD_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(node) = node.upgrade() else { return };
+        match node.limit_policies().await {
+            Ok(policies) => guards.update(policies, node.members().0.len()),
+            Err(e) => tracing::warn!("reading the rate-limit policies: {e}"),
         }
     }
 }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::{Caller, Consistency, Service, ServiceError};
+use crate::limits::Method;
 use crate::telemetry::command::{check_name, TelemetryCommand, TelemetryOutcome, MAX_TS, MIN_TS};
 use crate::telemetry::maintenance;
 use crate::telemetry::points::{segments_of, sort_dedupe};
@@ -68,9 +69,19 @@ impl Service {
     /// it, so that a bad batch stops the stream before anything after it is written.
     pub fn prepare_ingest(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         batch: Vec<SeriesPoints>,
     ) -> Result<PreparedIngest, ServiceError> {
+        // Telemetry limits count points, per series (a `stream-prefix` key counts each
+        // series' prefix).
+        for s in &batch {
+            self.admit(
+                caller,
+                Method::Ingest,
+                Some(&s.series),
+                s.values.len() as u64,
+            )?;
+        }
         self.ingest_command(batch).map(PreparedIngest)
     }
 
@@ -155,7 +166,10 @@ impl Service {
         cmd: TelemetryCommand,
     ) -> Result<TelemetryOutcome, ServiceError> {
         let node = &self.node;
-        match self.on_leader(|| node.telemetry(cmd.clone())).await? {
+        match self
+            .on_leader(|left| node.telemetry(cmd.clone(), left))
+            .await?
+        {
             TelemetryOutcome::Rejected { reason } => Err(ServiceError::Invalid(reason)),
             o => Ok(o),
         }
@@ -163,9 +177,10 @@ impl Service {
 
     pub async fn telemetry_query(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         q: TelemetryQuery,
     ) -> Result<TelemetryAnswer, ServiceError> {
+        self.admit(caller, Method::TelemetryQuery, Some(&q.spec.series), 1)?;
         self.node.read_barrier(q.consistency).await?;
         let quantiles = if q.quantiles.is_empty() {
             vec![0.5, 0.9, 0.99]
@@ -204,9 +219,10 @@ impl Service {
 
     pub async fn set_retention(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         policy: RetentionPolicy,
     ) -> Result<(), ServiceError> {
+        self.admit(caller, Method::Admin, Some(&policy.prefix), 1)?;
         check_name(&policy.prefix, true)
             .and_then(|()| policy.validate())
             .map_err(ServiceError::Invalid)?;
@@ -219,8 +235,9 @@ impl Service {
     /// compaction filter); disk usage before and after.
     pub async fn compact_telemetry(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
     ) -> Result<(DiskUsage, DiskUsage), ServiceError> {
+        self.admit(caller, Method::Admin, None, 1)?;
         Ok(self
             .node
             .maintain_store(|db| {
@@ -231,7 +248,8 @@ impl Service {
             .await?)
     }
 
-    pub async fn telemetry_disk_usage(&self, _caller: &Caller) -> Result<DiskUsage, ServiceError> {
+    pub async fn telemetry_disk_usage(&self, caller: &Caller) -> Result<DiskUsage, ServiceError> {
+        self.admit(caller, Method::Admin, None, 1)?;
         Ok(self.node.maintain_store(usage).await?)
     }
 }

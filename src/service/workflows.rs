@@ -6,6 +6,7 @@ use bytes::Bytes;
 use super::{Caller, Consistency, Service, ServiceError};
 use crate::eventstore::read::PageLimit;
 use crate::eventstore::AppendPositions;
+use crate::limits::Method;
 use crate::model::ExpectedVersion;
 use crate::node::Node;
 use crate::workflow::events::WorkflowEvent;
@@ -97,25 +98,29 @@ impl Service {
     /// Raw workflow events (any schema version the upcasters know), checked like typed ones.
     pub async fn workflow_command(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         cmd: WorkflowCommand,
     ) -> Result<WorkflowWritten, ServiceError> {
+        self.admit(caller, Method::WorkflowWrite, Some(&cmd.workflow_id), 1)?;
         if cmd.workflow_id.is_empty() {
             return Err(ServiceError::invalid("workflow_id is empty"));
         }
         let id = cmd.workflow_id.clone();
         let node = &self.node;
-        let outcome = self.on_leader(|| node.workflow(cmd.clone())).await?;
+        let outcome = self
+            .on_leader(|left| node.workflow(cmd.clone(), left))
+            .await?;
         written(&id, outcome)
     }
 
     pub async fn workflow_state(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         id: &str,
         at: At,
         consistency: Consistency,
     ) -> Result<WorkflowState, ServiceError> {
+        self.admit(caller, Method::WorkflowRead, Some(id), 1)?;
         self.node.read_barrier(consistency).await?;
         let id = id.to_owned();
         // A temporal query replays up to `workflow_snapshot_every` events: off the runtime.
@@ -137,11 +142,12 @@ impl Service {
 
     pub async fn list_workflows(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         after: Option<String>,
         limit: u32,
         consistency: Consistency,
     ) -> Result<WorkflowList, ServiceError> {
+        self.admit(caller, Method::WorkflowRead, None, 1)?;
         self.node.read_barrier(consistency).await?;
         let limit = self.node.config().limits.read_limit(limit)? as usize;
         let workflows = self
@@ -163,9 +169,10 @@ impl Service {
     /// against the replay; with the index this node had applied when it began.
     pub async fn verify_workflow(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         id: &str,
     ) -> Result<(VerifyReport, Option<u64>), ServiceError> {
+        self.admit(caller, Method::WorkflowRead, Some(id), 1)?;
         let applied_index = self.node.applied_status().applied.map(|l| l.index);
         let id = id.to_owned();
         let report = self
@@ -179,11 +186,16 @@ impl Service {
     /// Workflow events, upcast to the current schema, in pages.
     pub async fn workflow_events(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         select: EventsOf,
         limit: u32,
         consistency: Consistency,
     ) -> Result<WorkflowEventsPage, ServiceError> {
+        let resource = match &select {
+            EventsOf::Workflow { id, .. } => Some(id.as_str()),
+            EventsOf::Since { .. } => None,
+        };
+        self.admit(caller, Method::WorkflowRead, resource, 1)?;
         self.node.read_barrier(consistency).await?;
         let limit = self.node.page_limit(limit)?;
         let store = ReplicatedWorkflows { node: &self.node };
@@ -264,17 +276,20 @@ impl WorkflowEventStore for ReplicatedWorkflows<'_> {
             .map_err(|e| ServiceError::invalid(e.to_string()))?;
         Ok(self
             .node
-            .workflow(WorkflowCommand {
-                workflow_id: workflow_id.to_owned(),
-                expected,
-                events: vec![WorkflowEventIn {
-                    event_id,
-                    event_type: encoded.event_type.to_owned(),
-                    schema_version: encoded.schema_version,
-                    payload: Bytes::from(encoded.payload),
-                }],
-                snapshot_every: 0,
-            })
+            .workflow(
+                WorkflowCommand {
+                    workflow_id: workflow_id.to_owned(),
+                    expected,
+                    events: vec![WorkflowEventIn {
+                        event_id,
+                        event_type: encoded.event_type.to_owned(),
+                        schema_version: encoded.schema_version,
+                        payload: Bytes::from(encoded.payload),
+                    }],
+                    snapshot_every: 0,
+                },
+                std::time::Duration::from_millis(self.node.config().write_timeout_ms),
+            )
             .await?)
     }
 
