@@ -1043,11 +1043,7 @@ async fn the_idempotency_window_is_set_cluster_wide_from_the_cli() {
         .unwrap();
     // Seeded, when the leader adopts this version's rules, from its dedupe_window_secs
     // (default 24 h).
-    let deadline = std::time::Instant::now() + DEADLINE;
-    while node.status().await.dedupe_window_secs.is_none() {
-        assert!(std::time::Instant::now() < deadline, "rules never adopted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    node.wait_rules_adopted().await;
     assert_eq!(node.status().await.dedupe_window_secs, Some(24 * 3600));
     let out = node.ctl(&["cluster", "set-dedupe-window", "2h"]);
     assert!(
@@ -1184,11 +1180,7 @@ async fn a_policy_refuses_past_its_burst_with_retry_after_and_a_shadow_only_coun
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    let deadline = std::time::Instant::now() + DEADLINE;
-    while node.status().await.dedupe_window_secs.is_none() {
-        assert!(std::time::Instant::now() < deadline, "rules never adopted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    node.wait_rules_adopted().await;
     // Three appends, then one every 1000 s.
     ok(node.ctl(&[
         "limits",
@@ -1200,6 +1192,7 @@ async fn a_policy_refuses_past_its_burst_with_retry_after_and_a_shadow_only_coun
         "3,0.001",
     ]));
     let mut c = node.client().await;
+    let deadline = std::time::Instant::now() + DEADLINE;
     let refusal = loop {
         assert!(
             std::time::Instant::now() < deadline,

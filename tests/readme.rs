@@ -264,11 +264,7 @@ async fn every_readme_command_runs_against_a_dev_node() {
     node.wait_leader().await;
     // Replicated settings (the idempotency window, rate-limit policies) are taken once the
     // node adopted this version's apply rules, which also seeds the window: wait for it.
-    let deadline = std::time::Instant::now() + DEADLINE;
-    while node.status().await.dedupe_window_secs.is_none() {
-        assert!(std::time::Instant::now() < deadline, "rules never adopted");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    node.wait_rules_adopted().await;
     let cwd = tempfile::tempdir().unwrap();
     write_fixtures(cwd.path());
 

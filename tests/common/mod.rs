@@ -309,6 +309,16 @@ impl TestNode {
     }
 
     /// Waits until this node leads and has applied everything it committed.
+    /// Waits until a new cluster adopted this version's apply rules (the adoption also
+    /// seeds the replicated idempotency window, which `status` shows).
+    pub async fn wait_rules_adopted(&self) {
+        let deadline = Instant::now() + DEADLINE;
+        while self.status().await.dedupe_window_secs.is_none() {
+            assert!(Instant::now() < deadline, "rules never adopted");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn wait_leader(&self) {
         let mut admin = self.admin().await;
         let deadline = Instant::now() + DEADLINE;
