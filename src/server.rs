@@ -90,6 +90,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let service = Service::new(node.clone());
+    let service_for_shutdown = service.clone();
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<EventStoreServer<eventstore::EventStoreService>>()
@@ -152,6 +153,8 @@ pub async fn serve(
         let _ = shutdown_tx.send(());
     });
     let (g, h) = tokio::join!(grpc, http);
+    // The servers are down: no request changes the limiters any more.
+    service_for_shutdown.save_limits();
     g?;
     h?;
     Ok(())

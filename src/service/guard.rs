@@ -12,7 +12,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aether_guard::{Factor, Limiter, SlidingWindow, TokenBucket};
+use aether_guard::{
+    BucketState, Factor, Keyed, Limiter, LimiterState, SlidingWindow, TokenBucket, WindowState,
+};
+use serde::{Deserialize, Serialize};
 
 use super::{Caller, Principal, ServiceError};
 use crate::limits::{Algorithm, KeyBy, LimitPolicy, Method};
@@ -21,11 +24,76 @@ use crate::limits::{Algorithm, KeyBy, LimitPolicy, Method};
 const MAX_KEYS_PER_POLICY: usize = 100_000;
 /// How often a node reloads the policies it enforces.
 pub const RELOAD_EVERY: Duration = Duration::from_millis(500);
+/// Reloads between two writes of the limiters' state (every 5 s; and on shutdown).
+pub const SAVE_EVERY_RELOADS: u64 = 10;
+/// The file, in the data directory, that keeps the limiters' state across restarts.
+pub const STATE_FILE: &str = "limits-state.json";
+
+/// Wall-clock ns since the epoch: limiter state is kept in wall-clock time, because a
+/// monotonic clock's origin changes across restarts.
+pub fn wall_now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Writes the limiters' state atomically (a crash leaves the old file or the new one).
+pub fn save(data_dir: &std::path::Path, state: &StoredGuards) -> std::io::Result<()> {
+    let tmp = data_dir.join(format!("{STATE_FILE}.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec(state)?)?;
+    std::fs::rename(&tmp, data_dir.join(STATE_FILE))
+}
+
+/// The limiters' state written before, if any. A file that does not parse is an error (the
+/// caller starts afresh); each limiter's state is checked again when it is restored.
+pub fn load(data_dir: &std::path::Path) -> std::io::Result<Option<StoredGuards>> {
+    match std::fs::read(data_dir.join(STATE_FILE)) {
+        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// One policy's limiter, of its algorithm.
+enum PolicyLimiter {
+    Bucket(Keyed<String, TokenBucket>),
+    Window(Keyed<String, SlidingWindow>),
+}
+
+impl PolicyLimiter {
+    fn get(&mut self) -> &mut dyn Limiter<String> {
+        match self {
+            PolicyLimiter::Bucket(l) => l,
+            PolicyLimiter::Window(l) => l,
+        }
+    }
+
+    fn export(&self) -> StoredLimiter {
+        match self {
+            PolicyLimiter::Bucket(l) => StoredLimiter::Bucket(l.export()),
+            PolicyLimiter::Window(l) => StoredLimiter::Window(l.export()),
+        }
+    }
+}
+
+/// A limiter's state as written to disk: its keys' buckets or windows, with wall-clock
+/// times, so that a restart refills or expires only what really elapsed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum StoredLimiter {
+    Bucket(LimiterState<TokenBucket, BucketState, String>),
+    Window(LimiterState<SlidingWindow, WindowState, String>),
+}
+
+/// Every enforced policy's limiter state: what a node writes on shutdown and periodically.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StoredGuards {
+    policies: Vec<(LimitPolicy, StoredLimiter)>,
+}
 
 /// One policy as this node enforces it.
 struct Enforced {
     policy: LimitPolicy,
-    limiter: Box<dyn Limiter<String> + Send>,
+    limiter: PolicyLimiter,
     refused: u64,
     shadow_refused: u64,
 }
@@ -49,32 +117,51 @@ pub struct Guards {
 struct Inner {
     policies: Vec<Enforced>,
     share: Option<Factor>,
+    /// Limiter state read back at start, taken by the first `update` that enforces the
+    /// same policies.
+    restored: Option<StoredGuards>,
 }
 
-fn limiter(policy: &LimitPolicy) -> Result<Box<dyn Limiter<String> + Send>, String> {
-    Ok(match policy.algorithm {
-        Algorithm::TokenBucket {
-            burst,
-            refill_millis,
-        } => {
+/// A fresh limiter for `policy`, or the one stored for it (same policy) brought to `now_ns`.
+fn limiter(
+    policy: &LimitPolicy,
+    stored: Option<StoredLimiter>,
+    now_ns: u64,
+) -> Result<PolicyLimiter, String> {
+    let e = |e: aether_guard::GuardError| e.to_string();
+    Ok(match (policy.algorithm, stored) {
+        (
+            Algorithm::TokenBucket {
+                burst,
+                refill_millis,
+            },
+            stored,
+        ) => {
             let bucket = TokenBucket::from_nano(burst, refill_millis.saturating_mul(1_000_000))
-                .map_err(|e| e.to_string())?;
-            Box::new(
-                aether_guard::Keyed::<String, _>::new(bucket, MAX_KEYS_PER_POLICY)
-                    .map_err(|e| e.to_string())?,
-            )
+                .map_err(e)?;
+            PolicyLimiter::Bucket(match stored {
+                Some(StoredLimiter::Bucket(st)) => {
+                    Keyed::restore(bucket, MAX_KEYS_PER_POLICY, st, now_ns).map_err(e)?
+                }
+                _ => Keyed::new(bucket, MAX_KEYS_PER_POLICY).map_err(e)?,
+            })
         }
-        Algorithm::SlidingWindow {
-            limit,
-            window_ms,
-            window_count,
-        } => {
-            let window = SlidingWindow::new(limit, window_ms * 1_000_000, window_count)
-                .map_err(|e| e.to_string())?;
-            Box::new(
-                aether_guard::Keyed::<String, _>::new(window, MAX_KEYS_PER_POLICY)
-                    .map_err(|e| e.to_string())?,
-            )
+        (
+            Algorithm::SlidingWindow {
+                limit,
+                window_ms,
+                window_count,
+            },
+            stored,
+        ) => {
+            let window =
+                SlidingWindow::new(limit, window_ms * 1_000_000, window_count).map_err(e)?;
+            PolicyLimiter::Window(match stored {
+                Some(StoredLimiter::Window(st)) => {
+                    Keyed::restore(window, MAX_KEYS_PER_POLICY, st, now_ns).map_err(e)?
+                }
+                _ => Keyed::new(window, MAX_KEYS_PER_POLICY).map_err(e)?,
+            })
         }
     })
 }
@@ -101,19 +188,25 @@ fn caller_key(caller: &Caller) -> String {
 impl Guards {
     /// Takes the cluster's policies as applied here and this node's share (1/`voters`).
     /// Unchanged policies keep their limiters' state; changed ones start afresh.
-    pub fn update(&self, policies: Vec<LimitPolicy>, voters: usize) {
+    pub fn update(&self, policies: Vec<LimitPolicy>, voters: usize, now_ns: u64) {
         let share =
             Factor::from_ppm((1_000_000 / voters.max(1)).max(1_000) as u32).unwrap_or(Factor::ONE);
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let mut old = std::mem::take(&mut inner.policies);
+        let mut restored = inner.restored.take().unwrap_or_default().policies;
         for policy in policies {
             let kept = old
                 .iter()
                 .position(|e| e.policy == policy)
                 .map(|i| old.swap_remove(i));
+            // State written before a restart serves the same policy only.
+            let stored = restored
+                .iter()
+                .position(|(p, _)| *p == policy)
+                .map(|i| restored.swap_remove(i).1);
             let mut enforced = match kept {
                 Some(e) => e,
-                None => match limiter(&policy) {
+                None => match limiter(&policy, stored, now_ns) {
                     Ok(limiter) => Enforced {
                         policy,
                         limiter,
@@ -126,8 +219,13 @@ impl Guards {
                     }
                 },
             };
-            enforced.limiter.set_factor(share);
+            enforced.limiter.get().set_factor(share);
             inner.policies.push(enforced);
+        }
+        // State of policies not in force yet (a restarted node may not have re-applied
+        // them when it first reloads) waits for a later update.
+        if !restored.is_empty() {
+            inner.restored = Some(StoredGuards { policies: restored });
         }
         inner.share = Some(share);
     }
@@ -155,7 +253,7 @@ impl Guards {
                 KeyBy::StreamPrefix => resource.map(prefix_of).unwrap_or_default().to_owned(),
                 KeyBy::Method => method.as_str().to_owned(),
             };
-            let decision = match e.limiter.try_acquire(&key, cost, now_ns) {
+            let decision = match e.limiter.get().try_acquire(&key, cost, now_ns) {
                 Ok(d) => d,
                 // More than the policy's whole burst: it can never pass.
                 Err(err) => {
@@ -190,6 +288,27 @@ impl Guards {
             });
         }
         Ok(())
+    }
+
+    /// Every limiter's state, to write to disk.
+    pub fn export(&self) -> StoredGuards {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        StoredGuards {
+            policies: inner
+                .policies
+                .iter()
+                .map(|e| (e.policy.clone(), e.limiter.export()))
+                .collect(),
+        }
+    }
+
+    /// State read back at start: the first `update` restores the limiters of the policies
+    /// that are unchanged.
+    pub fn restore_later(&self, stored: StoredGuards) {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .restored = Some(stored);
     }
 
     /// Per policy: this node's share and what it refused.
@@ -235,7 +354,7 @@ mod tests {
     #[test]
     fn a_policy_refuses_past_its_burst_with_the_retry_time() {
         let g = Guards::default();
-        g.update(vec![policy("p", KeyBy::Shared, vec![], false)], 1);
+        g.update(vec![policy("p", KeyBy::Shared, vec![], false)], 1, 0);
         let c = anon("127.0.0.1");
         for _ in 0..4 {
             g.admit(&c, Method::Append, Some("s-1"), 1, SEC).unwrap();
@@ -270,6 +389,7 @@ mod tests {
                 policy("shadow", KeyBy::Shared, vec![Method::Read], true),
             ],
             1,
+            0,
         );
         let (a, b) = (anon("10.0.0.1"), anon("10.0.0.2"));
         for _ in 0..4 {
@@ -305,6 +425,7 @@ mod tests {
                 false,
             )],
             3,
+            SEC,
         );
         assert_eq!(g.counts()[0].share_ppm, 333_333);
         let c = anon("10.0.0.3");
@@ -317,5 +438,44 @@ mod tests {
         assert_eq!(prefix_of("orders-17"), "orders-");
         assert_eq!(prefix_of("sat-7/battery"), "sat-7/");
         assert_eq!(prefix_of("plain"), "plain");
+    }
+
+    /// A restart neither refills a drained bucket nor keeps state for a changed policy.
+    #[test]
+    fn state_written_before_a_restart_serves_the_same_policy_only() {
+        let p = policy("p", KeyBy::Shared, vec![], false);
+        let g = Guards::default();
+        g.update(vec![p.clone()], 1, SEC);
+        let c = anon("127.0.0.1");
+        for _ in 0..4 {
+            g.admit(&c, Method::Append, None, 1, SEC).unwrap();
+        }
+        let stored: StoredGuards =
+            serde_json::from_str(&serde_json::to_string(&g.export()).unwrap()).unwrap();
+
+        let restarted = Guards::default();
+        restarted.restore_later(stored.clone());
+        restarted.update(vec![p.clone()], 1, SEC + SEC / 10);
+        assert!(
+            restarted
+                .admit(&c, Method::Append, None, 1, SEC + SEC / 10)
+                .is_err(),
+            "0.1 s later the bucket holds 0.2 tokens: still drained"
+        );
+        restarted
+            .admit(&c, Method::Append, None, 1, SEC + SEC / 2)
+            .expect("0.5 s later one token came back");
+
+        let mut changed = p;
+        changed.algorithm = Algorithm::TokenBucket {
+            burst: 5,
+            refill_millis: 2_000,
+        };
+        let fresh = Guards::default();
+        fresh.restore_later(stored);
+        fresh.update(vec![changed], 1, SEC);
+        for _ in 0..5 {
+            fresh.admit(&c, Method::Append, None, 1, SEC).unwrap();
+        }
     }
 }

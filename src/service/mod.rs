@@ -41,8 +41,21 @@ impl Service {
     /// rate-limit policies this node enforces in step with the cluster's.
     pub fn new(node: Arc<Node>) -> Self {
         let guards = guard::Guards::default();
+        match guard::load(&node.config().data_dir) {
+            Ok(Some(stored)) => guards.restore_later(stored),
+            Ok(None) => {}
+            // Limits then start afresh: a lost file costs a burst, never a refusal.
+            Err(e) => tracing::warn!("rate-limit state not restored: {e}"),
+        }
         tokio::spawn(reload_policies(Arc::downgrade(&node), guards.clone()));
         Service { node, guards }
+    }
+
+    /// Writes the limiters' state (on shutdown; the reload task writes it periodically).
+    pub fn save_limits(&self) {
+        if let Err(e) = guard::save(&self.node.config().data_dir, &self.guards.export()) {
+            tracing::warn!("writing the rate-limit state: {e}");
+        }
     }
 
     /// Asks the rate limits to admit `cost` units of `method` on `resource`.
@@ -53,10 +66,8 @@ impl Service {
         resource: Option<&str>,
         cost: u64,
     ) -> Result<(), ServiceError> {
-        let now_ns = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-        self.guards.admit(caller, method, resource, cost, now_ns)
+        self.guards
+            .admit(caller, method, resource, cost, guard::wall_now_ns())
     }
 
     /// Per policy, this node's share and what it refused.
@@ -115,12 +126,19 @@ impl Service {
 async fn reload_policies(node: std::sync::Weak<Node>, guards: guard::Guards) {
     let mut tick = tokio::time::interval(guard::RELOAD_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    for round in 0u64.. {
         tick.tick().await;
         let Some(node) = node.upgrade() else { return };
         match node.limit_policies().await {
-            Ok(policies) => guards.update(policies, node.members().0.len()),
+            Ok(policies) => guards.update(policies, node.members().0.len(), guard::wall_now_ns()),
             Err(e) => tracing::warn!("reading the rate-limit policies: {e}"),
+        }
+        if round % guard::SAVE_EVERY_RELOADS == guard::SAVE_EVERY_RELOADS - 1 {
+            let (dir, state) = (node.config().data_dir.clone(), guards.export());
+            let saved = tokio::task::spawn_blocking(move || guard::save(&dir, &state)).await;
+            if let Ok(Err(e)) = saved {
+                tracing::warn!("writing the rate-limit state: {e}");
+            }
         }
     }
 }
