@@ -1192,20 +1192,7 @@ async fn a_policy_refuses_past_its_burst_with_retry_after_and_a_shadow_only_coun
         "3,0.001",
     ]));
     let mut c = node.client().await;
-    let deadline = std::time::Instant::now() + DEADLINE;
-    let refusal = loop {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the policy was never enforced"
-        );
-        match c
-            .append(append_req("limited-1", None, vec![new_event("T", "{}")]))
-            .await
-        {
-            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            Err(s) => break s,
-        }
-    };
+    let refusal = append_until_refused(&mut c, "limited-1").await;
     assert_eq!(
         refusal.code(),
         tonic::Code::ResourceExhausted,
@@ -1279,11 +1266,7 @@ async fn a_policy_refuses_past_its_burst_with_retry_after_and_a_shadow_only_coun
 
     ok(node.ctl(&["limits", "delete", "appends"]));
     let deadline = std::time::Instant::now() + DEADLINE;
-    while c
-        .append(append_req("limited-1", None, vec![new_event("T", "{}")]))
-        .await
-        .is_err()
-    {
+    while append_one(&mut c, "limited-1").await.is_err() {
         assert!(
             std::time::Instant::now() < deadline,
             "the deleted policy still refuses"
@@ -1316,18 +1299,7 @@ async fn a_restart_keeps_a_drained_bucket_drained() {
         String::from_utf8_lossy(&out.stderr)
     );
     let mut c = node.client().await;
-    let deadline = std::time::Instant::now() + DEADLINE;
-    while c
-        .append(append_req("drained-1", None, vec![new_event("T", "{}")]))
-        .await
-        .is_ok()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the policy was never enforced"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    append_until_refused(&mut c, "drained-1").await;
     drop(c);
     node.stop();
     node.restart();
@@ -1347,9 +1319,33 @@ async fn a_restart_keeps_a_drained_bucket_drained() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut c = node.client().await;
-    let e = c
-        .append(append_req("drained-1", None, vec![new_event("T", "{}")]))
-        .await
-        .unwrap_err();
+    let e = append_one(&mut c, "drained-1").await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+}
+
+async fn append_one(
+    c: &mut pb::event_store_client::EventStoreClient<tonic::transport::Channel>,
+    stream: &str,
+) -> Result<(), tonic::Status> {
+    c.append(append_req(stream, None, vec![new_event("T", "{}")]))
+        .await
+        .map(drop)
+}
+
+/// Appends single events until one is refused (a policy takes effect within a reload).
+async fn append_until_refused(
+    c: &mut pb::event_store_client::EventStoreClient<tonic::transport::Channel>,
+    stream: &str,
+) -> tonic::Status {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the policy was never enforced"
+        );
+        match append_one(c, stream).await {
+            Ok(()) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(s) => return s,
+        }
+    }
 }
