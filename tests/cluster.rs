@@ -151,19 +151,7 @@ async fn snapshots_purge_the_log_and_late_or_lagging_nodes_install_them() {
 
     // A node that joins late cannot get the purged entries: it installs a snapshot.
     let four = c.spawn_node().await;
-    let incarnation = c.nodes[four].status().await.incarnation;
-    c.nodes[leader]
-        .admin()
-        .await
-        .add_learner(pb::AddLearnerRequest {
-            member: Some(pb::Member {
-                incarnation,
-                ..c.member(four)
-            }),
-            blocking: true,
-        })
-        .await
-        .expect("add learner");
+    c.add_learner(leader, four).await;
     let s = c.wait_converged(&c.all()).await;
     assert_eq!(s.event_count, 1200);
     let joined = c.nodes[four].status().await;
@@ -651,19 +639,7 @@ async fn limit_policies_are_cluster_state_that_snapshots_carry() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let four = c.spawn_node().await;
-    let incarnation = c.nodes[four].status().await.incarnation;
-    c.nodes[leader]
-        .admin()
-        .await
-        .add_learner(pb::AddLearnerRequest {
-            member: Some(pb::Member {
-                incarnation,
-                ..c.member(four)
-            }),
-            blocking: true,
-        })
-        .await
-        .expect("add learner");
+    c.add_learner(leader, four).await;
     c.wait_converged(&c.all()).await;
     assert!(c.nodes[four].status().await.snapshot_index.is_some());
     assert_eq!(

@@ -1245,24 +1245,22 @@ async fn a_policy_refuses_past_its_burst_with_retry_after_and_a_shadow_only_coun
         "1,0.001",
         "--shadow",
     ]));
-    let deadline = std::time::Instant::now() + DEADLINE;
-    loop {
-        c.read_stream(pb::ReadStreamRequest {
-            stream: "limited-1".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("a shadow policy refuses nothing");
-        let (_, metrics) = node.http_get("/metrics").await;
-        if metrics.contains("aether_limit_shadow_refused{policy=\"reads\"} 1") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the shadow policy never counted: {metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_metrics(
+        &node,
+        "aether_limit_shadow_refused{policy=\"reads\"} 1",
+        || {
+            let mut c = c.clone();
+            async move {
+                c.read_stream(pb::ReadStreamRequest {
+                    stream: "limited-1".into(),
+                    ..Default::default()
+                })
+                .await
+                .expect("a shadow policy refuses nothing");
+            }
+        },
+    )
+    .await;
 
     ok(node.ctl(&["limits", "delete", "appends"]));
     let deadline = std::time::Instant::now() + DEADLINE;
@@ -1306,21 +1304,31 @@ async fn a_restart_keeps_a_drained_bucket_drained() {
     node.wait_leader().await;
     // Once the restarted node enforces the policy again (its share shows in /metrics), the
     // bucket is as it was: empty. A fresh one would admit a burst of 3.
-    let deadline = std::time::Instant::now() + DEADLINE;
-    loop {
-        let (_, metrics) = node.http_get("/metrics").await;
-        if metrics.contains("aether_limit_share{policy=\"appends\"}") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the policy was never enforced after the restart"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_metrics(&node, "aether_limit_share{policy=\"appends\"}", || async {}).await;
     let mut c = node.client().await;
     let e = append_one(&mut c, "drained-1").await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+}
+
+/// Runs `step`, then reads `/metrics`, until it shows `needle`.
+async fn wait_metrics<F, Fut>(node: &TestNode, needle: &str, mut step: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        step().await;
+        let (_, metrics) = node.http_get("/metrics").await;
+        if metrics.contains(needle) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/metrics never showed {needle}:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn append_one(

@@ -111,6 +111,8 @@ pub struct PolicyCounts {
 #[derive(Clone, Default)]
 pub struct Guards {
     inner: Arc<Mutex<Inner>>,
+    /// Whether any policy is in force: without one, admission takes no lock.
+    active: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Default)]
@@ -228,6 +230,10 @@ impl Guards {
             inner.restored = Some(StoredGuards { policies: restored });
         }
         inner.share = Some(share);
+        self.active.store(
+            !inner.policies.is_empty(),
+            std::sync::atomic::Ordering::Release,
+        );
     }
 
     /// Admits `cost` units (requests, or points for ingest) of `method` on `resource` (a

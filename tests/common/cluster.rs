@@ -85,6 +85,21 @@ impl TestCluster {
         }
     }
 
+    /// Adds node `i` as a learner through node `via`, waiting until it caught up.
+    #[allow(dead_code)]
+    pub async fn add_learner(&self, via: usize, i: usize) {
+        let member = self.member_with_incarnation(i).await;
+        self.nodes[via]
+            .admin()
+            .await
+            .add_learner(pb::AddLearnerRequest {
+                member: Some(member),
+                blocking: true,
+            })
+            .await
+            .expect("add learner");
+    }
+
     pub async fn init(&mut self, ids: &[u64]) {
         let mut members = Vec::new();
         for id in ids {
