@@ -36,6 +36,13 @@ impl Factor {
         self.0
     }
 
+    /// `self × other`, rounded down, never below [`Factor::MIN`]: a node's share of a policy
+    /// times the cluster's adaptive factor.
+    pub fn times(self, other: Factor) -> Factor {
+        let ppm = u64::from(self.0) * u64::from(other.0) / u64::from(PPM);
+        Factor((ppm as u32).max(Factor::MIN.0))
+    }
+
     /// For metrics: the factor as a fraction (1.0 = limits as configured).
     pub fn as_f64(self) -> f64 {
         f64::from(self.0) / f64::from(PPM)

@@ -18,6 +18,9 @@ fn range_is_checked_and_arithmetic_stays_inside() {
     assert_eq!(Factor::MIN.halved(Factor::MIN), Factor::MIN);
     assert_eq!(half.plus(half).plus(half), Factor::ONE);
     assert_eq!(half.scale(7), 3, "rounds down");
+    assert_eq!(half.times(half).ppm(), 250_000);
+    assert_eq!(Factor::ONE.times(half), half);
+    assert_eq!(Factor::MIN.times(half), Factor::MIN, "never below MIN");
     assert_eq!(
         Factor::ONE.scale(u128::from(u64::MAX)),
         u128::from(u64::MAX)

@@ -1,6 +1,7 @@
 //! The pure cores of AetherOps' guards: rate limiters (a token bucket and a sliding window
 //! behind one keyed [`Limiter`] interface), the [`AdaptiveController`] that tightens every
-//! limit while the node's queues are full, and the [`CircuitBreaker`] with its failure
+//! limit while the node's queues are full, the [`LeaseBook`] that shares a cluster-wide limit
+//! among the nodes in proportion to their demand, and the [`CircuitBreaker`] with its failure
 //! detectors.
 //!
 //! Pure means: no IO, no threads, no clock. Whatever depends on time takes `now_ns`, the
@@ -21,6 +22,7 @@ pub mod breaker;
 pub mod bucket;
 mod error;
 pub mod factor;
+pub mod lease;
 pub mod limiter;
 pub mod window;
 
@@ -32,6 +34,7 @@ pub use breaker::{
 pub use bucket::{BucketState, TokenBucket};
 pub use error::GuardError;
 pub use factor::Factor;
+pub use lease::{Lease, LeaseBook, LeaseRequest};
 pub use limiter::{
     Algorithm, Decision, Keyed, Limiter, LimiterState, SlidingWindowLimiter, TokenBucketLimiter,
     RETRY_WHEN_RELAXED,
