@@ -581,30 +581,7 @@ async fn limit_policies_are_cluster_state_that_snapshots_carry() {
         })),
         shadow: true,
     };
-    // A new cluster adopts the rules that know policies once every voter answered the
-    // clock probe; until then the node says so.
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let r = c.nodes[follower]
-            .admin()
-            .await
-            .set_limit(pb::SetLimitRequest {
-                policy: Some(policy.clone()),
-            })
-            .await;
-        match r {
-            Ok(r) => {
-                assert!(!r.into_inner().replaced);
-                break;
-            }
-            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
-                assert!(s.message().contains("rules"), "{s:?}");
-                assert!(Instant::now() < deadline, "rules 3 never adopted: {s:?}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(s) => panic!("set limit: {s:?}"),
-        }
-    }
+    assert!(!set_limit_when_ready(&c.nodes[follower], policy.clone()).await);
     for i in c.all() {
         assert_eq!(
             list_limits(&c, i, pb::Consistency::Linearizable).await,

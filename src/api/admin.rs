@@ -236,6 +236,33 @@ impl Admin for AdminService {
         Ok(Response::new(pb::DeleteLimitResponse {}))
     }
 
+    async fn limit_status(
+        &self,
+        req: Request<pb::LimitStatusRequest>,
+    ) -> Result<Response<pb::LimitStatusResponse>, Status> {
+        let s = self.service.limit_status(&caller(&req));
+        Ok(Response::new(pb::LimitStatusResponse {
+            node_id: s.node_id,
+            factor: s.factor,
+            utilization: s.utilization,
+            policies: s
+                .policies
+                .into_iter()
+                .map(|p| pb::PolicyStatus {
+                    name: p.name,
+                    share: f64::from(p.share_ppm) / 1e6,
+                    leased: p.leased,
+                    tokens_left: p.tokens_left,
+                    keys: p.keys as u64,
+                    demand_per_sec: p.demand_per_sec,
+                    admits_per_sec: p.admits_per_sec,
+                    refused: p.refused,
+                    shadow_refused: p.shadow_refused,
+                })
+                .collect(),
+        }))
+    }
+
     async fn list_limits(
         &self,
         req: Request<pb::ListLimitsRequest>,

@@ -6,7 +6,7 @@ use clap::Subcommand;
 use serde_json::json;
 
 use super::output::{Output, Printer};
-use super::{admin, first_addr, read_err, status_err};
+use super::{admin, first_addr, read_err, status_err, status_err_at};
 use crate::limits::{Algorithm, KeyBy, LimitPolicy, Method};
 use crate::proto::aetherops::v1 as pb;
 
@@ -40,6 +40,9 @@ pub enum LimitsCmd {
     List,
     /// Delete a policy.
     Delete { name: String },
+    /// Per node: each policy's share, the cluster's adaptive factor, the rate the node
+    /// admits, tokens left, demand and refusals (every member, found through `--addr`).
+    Status,
 }
 
 pub async fn run(
@@ -48,8 +51,12 @@ pub async fn run(
     cmd: LimitsCmd,
     printer: &Printer,
 ) -> anyhow::Result<()> {
+    if let LimitsCmd::Status = cmd {
+        return status(first_addr(addrs), timeout, printer).await;
+    }
     let mut c = admin(first_addr(addrs), timeout).await?;
     match cmd {
+        LimitsCmd::Status => unreachable!("answered above"),
         LimitsCmd::Set {
             name,
             methods,
@@ -106,6 +113,96 @@ pub async fn run(
             match printer.format {
                 Output::Json => printer.json(&json!({"name": name, "deleted": true})),
                 Output::Text => println!("deleted policy {name}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every member's view of the limits: members come from the status of the node at `addr`.
+async fn status(addr: &str, timeout: Duration, printer: &Printer) -> anyhow::Result<()> {
+    let s = admin(addr, timeout)
+        .await?
+        .status(pb::StatusRequest {})
+        .await
+        .map_err(status_err_at(addr))?
+        .into_inner();
+    let mut addrs: Vec<String> = s
+        .voters
+        .iter()
+        .chain(s.learners.iter())
+        .map(|m| m.grpc_addr.clone())
+        .collect();
+    if addrs.is_empty() {
+        addrs.push(addr.to_owned());
+    }
+    let mut nodes = Vec::new();
+    for a in &addrs {
+        let r = match admin(a, timeout).await {
+            Ok(mut c) => c
+                .limit_status(pb::LimitStatusRequest {})
+                .await
+                .map(|r| r.into_inner())
+                .map_err(status_err_at(a)),
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(r) => nodes.push((a.clone(), Ok(r))),
+            Err(e) => nodes.push((a.clone(), Err(e))),
+        }
+    }
+    match printer.format {
+        Output::Json => {
+            let out: Vec<serde_json::Value> = nodes
+                .iter()
+                .map(|(a, r)| match r {
+                    Ok(r) => json!({
+                        "addr": a,
+                        "node_id": r.node_id,
+                        "factor": r.factor,
+                        "utilization": r.utilization,
+                        "policies": r.policies.iter().map(|p| json!({
+                            "name": p.name,
+                            "share": p.share,
+                            "leased": p.leased,
+                            "admits_per_sec": p.admits_per_sec,
+                            "tokens_left": p.tokens_left,
+                            "keys": p.keys,
+                            "demand_per_sec": p.demand_per_sec,
+                            "refused": p.refused,
+                            "shadow_refused": p.shadow_refused,
+                        })).collect::<Vec<_>>(),
+                    }),
+                    Err(e) => json!({"addr": a, "error": format!("{e:#}")}),
+                })
+                .collect();
+            printer.json(&json!({ "nodes": out }));
+        }
+        Output::Text => {
+            println!("node\tpolicy\tshare\tfactor\tadmits/s\ttokens left\tdemand/s\trefused");
+            for (a, r) in &nodes {
+                match r {
+                    Ok(r) if r.policies.is_empty() => {
+                        println!("{}\t-\t-\t{:.3}\t-\t-\t-\t-", r.node_id, r.factor)
+                    }
+                    Ok(r) => {
+                        for p in &r.policies {
+                            println!(
+                                "{}\t{}\t{:.3}{}\t{:.3}\t{:.2}\t{}\t{:.1}\t{}",
+                                r.node_id,
+                                p.name,
+                                p.share,
+                                if p.leased { "" } else { " (fallback)" },
+                                r.factor,
+                                p.admits_per_sec,
+                                p.tokens_left,
+                                p.demand_per_sec,
+                                p.refused
+                            );
+                        }
+                    }
+                    Err(e) => println!("{a}\tunreachable: {e:#}"),
+                }
             }
         }
     }

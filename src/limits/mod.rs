@@ -140,6 +140,16 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
+    /// The long-run rate it admits, per second.
+    pub fn rate_per_sec(&self) -> f64 {
+        match *self {
+            Algorithm::TokenBucket { refill_millis, .. } => refill_millis as f64 / 1e3,
+            Algorithm::SlidingWindow {
+                limit, window_ms, ..
+            } => limit as f64 * 1e3 / window_ms.max(1) as f64,
+        }
+    }
+
     /// `BURST,RATE` (RATE per second, up to three decimals: `100,0.27`).
     pub fn token_bucket(spec: &str) -> Result<Algorithm, String> {
         let (burst, rate) = spec

@@ -52,6 +52,10 @@ pub struct Metrics {
     pub limit_refused: Family<PolicyLabel, Gauge>,
     pub limit_shadow_refused: Family<PolicyLabel, Gauge>,
     pub limit_share: Family<PolicyLabel, FloatGauge>,
+    pub limit_tokens_left: Family<PolicyLabel, Gauge>,
+    pub limit_demand: Family<PolicyLabel, FloatGauge>,
+    pub limit_factor: FloatGauge,
+    pub limit_utilization: FloatGauge,
 }
 
 impl Default for Metrics {
@@ -81,6 +85,10 @@ impl Default for Metrics {
             limit_refused: Family::default(),
             limit_shadow_refused: Family::default(),
             limit_share: Family::default(),
+            limit_tokens_left: Family::default(),
+            limit_demand: Family::default(),
+            limit_factor: FloatGauge::default(),
+            limit_utilization: FloatGauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -186,21 +194,73 @@ impl Default for Metrics {
             "This node's share of each rate-limit policy (1 = the whole policy)",
             m.limit_share.clone(),
         );
+        registry.register(
+            "limit_tokens_left",
+            "Tokens (requests) a rate-limit policy has left on this node: of its shared key, \
+             or of its most drained key",
+            m.limit_tokens_left.clone(),
+        );
+        registry.register(
+            "limit_demand",
+            "Units per second asked of a rate-limit policy on this node, refused ones included \
+             (what its leased share follows)",
+            m.limit_demand.clone(),
+        );
+        registry.register(
+            "limit_factor",
+            "The cluster's adaptive factor on every rate limit (1 = as configured; halves while \
+             the leader's proposer queue is over 80% full)",
+            m.limit_factor.clone(),
+        );
+        registry.register(
+            "limit_utilization",
+            "The leader's proposer queue utilization (0..1) the adaptive factor follows",
+            m.limit_utilization.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
 
+/// One rate-limit policy's gauges.
+pub struct LimitGauges {
+    pub policy: String,
+    /// This node's share (1 = the whole policy).
+    pub share: f64,
+    pub tokens_left: u64,
+    /// Units asked per second.
+    pub demand: f64,
+    pub refused: u64,
+    pub shadow_refused: u64,
+}
+
 impl Metrics {
-    /// What one rate-limit policy did on this node since it started enforcing it.
-    pub fn set_limit(&self, policy: &str, share: f64, refused: u64, shadow_refused: u64) {
-        let label = PolicyLabel {
-            policy: policy.to_owned(),
-        };
-        self.limit_share.get_or_create(&label).set(share);
-        self.limit_refused.get_or_create(&label).set(refused as i64);
-        self.limit_shadow_refused
-            .get_or_create(&label)
-            .set(shadow_refused as i64);
+    /// The rate-limit gauges: the cluster's factor and the utilization it follows, and per
+    /// policy in force what it does on this node. Policies no longer in force lose their
+    /// series (a deleted policy leaves no stale gauge behind).
+    pub fn set_limits(&self, factor: f64, utilization: f64, policies: &[LimitGauges]) {
+        self.limit_factor.set(factor);
+        self.limit_utilization.set(utilization);
+        self.limit_share.clear();
+        self.limit_refused.clear();
+        self.limit_shadow_refused.clear();
+        self.limit_tokens_left.clear();
+        self.limit_demand.clear();
+        for p in policies {
+            let label = PolicyLabel {
+                policy: p.policy.clone(),
+            };
+            self.limit_share.get_or_create(&label).set(p.share);
+            self.limit_refused
+                .get_or_create(&label)
+                .set(p.refused as i64);
+            self.limit_shadow_refused
+                .get_or_create(&label)
+                .set(p.shadow_refused as i64);
+            self.limit_tokens_left
+                .get_or_create(&label)
+                .set(p.tokens_left.min(i64::MAX as u64) as i64);
+            self.limit_demand.get_or_create(&label).set(p.demand);
+        }
     }
 
     pub fn set_queue(&self, queue: &str, utilization: f64) {

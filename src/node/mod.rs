@@ -24,8 +24,9 @@ use crate::eventstore::{AppendCommand, AppendOutcome};
 use crate::limits::{LimitPolicy, PolicyOutcome};
 use crate::model::ValidationError;
 use crate::raft::clock::ClusterClock;
+use crate::raft::lease::{LeaseAsk, LeaseDesk, LeaseGrant};
 use crate::raft::log_store::LogStore;
-use crate::raft::network::NetworkFactory;
+use crate::raft::network::{NetworkFactory, PeerRpc};
 use crate::raft::read_index::{self, ReadIndexError};
 use crate::raft::state_machine::{AppliedStatus, StateMachine};
 use crate::raft::{Command, CommandOutcome, NodeId, NodeInfo, Raft, RaftMetrics};
@@ -140,6 +141,8 @@ pub struct Node {
     /// Where reads of the store run: off the runtime's workers, `max_concurrent_reads` at
     /// a time.
     reads: ReadPool,
+    /// The leases of the cluster-wide rate limits this node grants while it leads.
+    leases: Arc<LeaseDesk>,
 }
 
 /// Who owns a data directory: the node id, and the directory's incarnation.
@@ -278,6 +281,7 @@ impl Node {
             subscribers: std::sync::Mutex::new(Vec::new()),
             subscription_slots,
             reads,
+            leases: Arc::default(),
         });
         tokio::spawn(node.clone().adopt_rules_when_ready());
         if node.config.dev && !node.is_initialized().await? {
@@ -323,7 +327,58 @@ impl Node {
                     + crate::config::ENTRY_OVERHEAD_BYTES,
             },
             self.clock.clone(),
+            self.leases.clone(),
         )
+    }
+
+    /// This node's shares of the cluster-wide rate limits and the cluster's adaptive
+    /// factor: granted here while this node leads, else asked of the leader (one
+    /// `raft.v1.Lease`, within `timeout`).
+    pub async fn lease(&self, ask: &LeaseAsk, timeout: Duration) -> Result<LeaseGrant, NodeError> {
+        use crate::raft::lease::LeaseError;
+        let m = self.raft_metrics();
+        let leader = match m.current_leader {
+            Some(id) if id == self.id => {
+                return self
+                    .leases
+                    .grant_as_leader(
+                        &self.raft,
+                        self.id,
+                        ask,
+                        self.proposer.load().queue_utilization,
+                    )
+                    .await
+                    .map_err(|e| match e {
+                        LeaseError::NotLeader(_) => NodeError::NotLeader { leader: None },
+                        LeaseError::Invalid(m) => NodeError::BadRequest(m),
+                    });
+            }
+            Some(id) => m
+                .membership_config
+                .membership()
+                .get_node(&id)
+                .map(|info| (id, info.clone())),
+            None => None,
+        };
+        let Some((id, info)) = leader else {
+            return Err(NodeError::NotLeader { leader: None });
+        };
+        let body = postcard::to_allocvec(ask)
+            .map_err(|e| NodeError::Internal(format!("encoding a lease request: {e}")))?;
+        let reply = self
+            .network
+            .peer(id, &info)
+            .call(PeerRpc::Lease, body.into(), timeout)
+            .await
+            .map_err(|s| {
+                NodeError::Unavailable(format!(
+                    "no lease from the leader at {}: {}",
+                    info.grpc_addr,
+                    call::status_detail(&s)
+                ))
+            })?;
+        postcard::from_bytes(&reply)
+            .map_err(|e| NodeError::Unavailable(format!("undecodable lease from node {id}: {e}")))
     }
 
     /// Stops Raft (on shutdown, after the servers stopped).

@@ -525,6 +525,12 @@ impl crate::raft::service::ForwardedBatches for Proposer {
     ) -> futures::future::BoxFuture<'_, Outcomes> {
         Box::pin(self.propose_forwarded_batch(cmds, weight, timeout))
     }
+
+    /// The queue only: in-flight batches at their maximum is a pipeline doing its work;
+    /// commands waiting behind it are the backlog that grows under overload.
+    fn utilization(&self) -> f64 {
+        self.load().queue_utilization
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! by calling the domain modules (`eventstore`); it holds no business rule of its own.
 
 pub mod clock;
+pub mod lease;
 pub mod log_store;
 pub mod network;
 pub mod read_index;

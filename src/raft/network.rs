@@ -117,6 +117,8 @@ pub enum PeerRpc {
     Clock,
     /// The leader's read index, after it confirmed its leadership with a quorum.
     ReadIndex,
+    /// A voter's shares of the cluster-wide rate limits, leased by the leader.
+    Lease,
 }
 
 /// A client for one member.
@@ -157,6 +159,7 @@ impl Peer {
             PeerRpc::Propose => client.propose(request).await,
             PeerRpc::Clock => client.clock(request).await,
             PeerRpc::ReadIndex => client.read_index(request).await,
+            PeerRpc::Lease => client.lease(request).await,
         };
         reply.map(|r| r.into_inner().body)
     }

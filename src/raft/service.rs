@@ -7,6 +7,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use tonic::{Request, Response, Status};
 
 use super::clock::ClusterClock;
+use super::lease::{LeaseAsk, LeaseDesk, LeaseError};
 use super::network::TARGET_HEADER;
 use super::{Command, CommandOutcome, NodeId, ProposeError, Raft};
 use crate::model::Limits;
@@ -15,6 +16,7 @@ use crate::proto::raft::v1::{raft_server, RaftMessage};
 pub struct RaftService {
     raft: Raft,
     proposer: Arc<dyn ForwardedBatches>,
+    leases: Arc<LeaseDesk>,
     rules: ProposeRules,
     clock: Arc<ClusterClock>,
     id: NodeId,
@@ -33,6 +35,10 @@ pub trait ForwardedBatches: Send + Sync {
         weight: usize,
         timeout: std::time::Duration,
     ) -> BoxFuture<'_, Result<Vec<CommandOutcome>, ProposeError>>;
+
+    /// How full the proposer is (its queue, 0..1): what the adaptive factor of the
+    /// cluster's rate limits follows.
+    fn utilization(&self) -> f64;
 }
 
 /// How this node takes a peer's `Propose`: checked like a client's request.
@@ -52,10 +58,12 @@ impl RaftService {
         proposer: Arc<dyn ForwardedBatches>,
         rules: ProposeRules,
         clock: Arc<ClusterClock>,
+        leases: Arc<LeaseDesk>,
     ) -> Self {
         RaftService {
             raft,
             proposer,
+            leases,
             rules,
             clock,
             id,
@@ -154,6 +162,20 @@ impl raft_server::Raft for RaftService {
                 None => format!("node {} does not lead, and no leader is known", self.id),
             })),
             Err(e) => Err(Status::unavailable(e.to_string())),
+        }
+    }
+
+    async fn lease(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.check_target(&req)?;
+        let ask: LeaseAsk = decode(req.get_ref())?;
+        match self
+            .leases
+            .grant_as_leader(&self.raft, self.id, &ask, self.proposer.utilization())
+            .await
+        {
+            Ok(grant) => encode(&grant),
+            Err(e @ LeaseError::NotLeader(_)) => Err(Status::unavailable(e.to_string())),
+            Err(e @ LeaseError::Invalid(_)) => Err(Status::invalid_argument(e.to_string())),
         }
     }
 

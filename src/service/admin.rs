@@ -4,8 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use super::{Caller, Service, ServiceError};
+use super::{guard, Caller, Service, ServiceError};
 use crate::limits::Method;
+use crate::node::metrics::LimitGauges;
 use crate::node::{Members, MembershipChange};
 use crate::raft::state_machine::ScanDigest;
 use crate::raft::{NodeId, NodeInfo};
@@ -247,15 +248,23 @@ impl Service {
 
     /// Prometheus text exposition of the node's metrics.
     pub fn metrics_text(&self, _caller: &Caller) -> String {
-        let m = self.node.metrics();
-        for c in self.guards.counts() {
-            m.set_limit(
-                &c.name,
-                f64::from(c.share_ppm) / 1e6,
-                c.refused,
-                c.shadow_refused,
-            );
-        }
+        let (factor, utilization) = self.guards.factor();
+        let policies: Vec<LimitGauges> = self
+            .guards
+            .counts(guard::wall_now_ns(), std::time::Instant::now())
+            .into_iter()
+            .map(|c| LimitGauges {
+                policy: c.name,
+                share: f64::from(c.share_ppm) / 1e6,
+                tokens_left: c.tokens_left,
+                demand: c.demand_per_sec,
+                refused: c.refused,
+                shadow_refused: c.shadow_refused,
+            })
+            .collect();
+        self.node
+            .metrics()
+            .set_limits(factor.as_f64(), utilization, &policies);
         self.node.render_metrics()
     }
 }

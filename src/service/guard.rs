@@ -3,14 +3,23 @@
 //! share of each policy's rate and burst with the pure limiters of `aether_guard`, with no
 //! call to another node on the request path.
 //!
-//! The share is the safe one a node takes while it holds no lease: 1/N of the policy for N
-//! voters, so that N nodes together admit at most the policy's rate plus its burst, whatever
-//! the spread of clients. (Demand-proportional leases from the leader, so that an uneven
-//! spread still gets the whole rate, and the adaptive factor are the rest of issue 11.)
+//! Each policy's limiter runs at this node's *share* of the policy times the cluster's
+//! *adaptive factor*. The share is leased from the leader (`raft::lease`) every
+//! [`RELOAD_EVERY`], in proportion to this node's recent demand (units asked per second,
+//! refused ones included), so that an uneven spread of clients still gets the whole rate
+//! while the shares in force never exceed it. A node whose lease ran out (no leader, or the
+//! leader cannot be reached) falls back to `min(last share, 1/N)` for N members for one lease
+//! (N nodes together then admit at most the policy's rate plus its burst, whatever the spread
+//! of clients), then to the minimum (0.1%): a node cut off from the leader cannot write
+//! anyway, and a dead node's share goes back to the others. Before its first grant a node
+//! enforces the minimum too; the first request for a new policy follows at once. N counts
+//! every member, learners included: each serves clients, each holds a share.
+//! The adaptive factor is the leader's, carried with every lease: when the leader's
+//! proposer queue is over 80% full every node's share tightens.
 //! A shadow policy counts what it would refuse and refuses nothing.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aether_guard::{
     BucketState, Factor, Keyed, Limiter, LimiterState, SlidingWindow, TokenBucket, WindowState,
@@ -19,13 +28,14 @@ use serde::{Deserialize, Serialize};
 
 use super::{Caller, Principal, ServiceError};
 use crate::limits::{Algorithm, KeyBy, LimitPolicy, Method};
+use crate::raft::lease::{LeaseAsk, LeaseGrant, PolicyAsk, LEASE};
 
 /// Keys one policy tracks at most (idle keys are dropped first; see `aether_guard`).
 const MAX_KEYS_PER_POLICY: usize = 100_000;
-/// How often a node reloads the policies it enforces.
-pub const RELOAD_EVERY: Duration = Duration::from_millis(500);
+/// How often a node reloads the policies it enforces and renews its leases.
+pub const RELOAD_EVERY: Duration = Duration::from_millis(250);
 /// Reloads between two writes of the limiters' state (every 5 s; and on shutdown).
-pub const SAVE_EVERY_RELOADS: u64 = 10;
+pub const SAVE_EVERY_RELOADS: u64 = 20;
 /// The file, in the data directory, that keeps the limiters' state across restarts.
 pub const STATE_FILE: &str = "limits-state.json";
 
@@ -96,13 +106,48 @@ struct Enforced {
     limiter: PolicyLimiter,
     refused: u64,
     shadow_refused: u64,
+    /// The last share leased from the leader, and when the lease runs out (this node's
+    /// clock, counted from before the request was sent, so it ends before the leader's).
+    lease: Option<(Factor, Instant)>,
+    /// Units asked since the last lease request, refused ones included.
+    asked: u64,
+    /// Units asked per second, smoothed, in thousandths.
+    demand_milli: u64,
 }
 
-/// What one policy did on this node, for metrics and `limits status`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl Enforced {
+    /// The share this node enforces at `now` (`aether_guard::lease::enforced`): the lease
+    /// while it runs, `min(last, 1/N)` for one lease after, then (and before the first
+    /// grant) the minimum.
+    fn share(&self, members: usize, origin: Instant, now: Instant) -> Factor {
+        let ns = |t: Instant| t.saturating_duration_since(origin).as_nanos() as u64;
+        aether_guard::lease::enforced(
+            self.lease.map(|(share, until)| (share, ns(until))),
+            members,
+            LEASE.as_nanos() as u64,
+            ns(now),
+        )
+    }
+}
+
+/// What one policy does on this node, for metrics and `limits status`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct PolicyCounts {
     pub name: String,
+    /// This node's share of the policy (leased, the fallback, or the minimum), in ppm.
     pub share_ppm: u32,
+    /// The cluster's adaptive factor, in ppm.
+    pub factor_ppm: u32,
+    /// Whether the share is a lease that still runs (else the fallback or the minimum).
+    pub leased: bool,
+    /// Tokens (or requests) left: of the shared key, or of the most drained key.
+    pub tokens_left: u64,
+    /// Keys the policy tracks.
+    pub keys: usize,
+    /// Units asked per second lately, refused ones included.
+    pub demand_per_sec: f64,
+    /// The rate this node admits: the policy's rate × share × factor.
+    pub admits_per_sec: f64,
     pub refused: u64,
     pub shadow_refused: u64,
 }
@@ -115,13 +160,46 @@ pub struct Guards {
     active: Arc<std::sync::atomic::AtomicBool>,
 }
 
-#[derive(Default)]
 struct Inner {
+    /// Where lease times are counted from.
+    origin: Instant,
     policies: Vec<Enforced>,
-    share: Option<Factor>,
+    /// Voters of the cluster (N of the fallback share 1/N).
+    members: usize,
+    /// The cluster's adaptive factor, as the last lease carried it.
+    factor: Factor,
+    /// The leader's proposer utilization that factor follows (0..1).
+    utilization: f64,
+    /// When demand was last measured (the last lease request).
+    last_ask: Option<Instant>,
     /// Limiter state read back at start, taken by the first `update` that enforces the
     /// same policies.
     restored: Option<StoredGuards>,
+}
+
+impl Default for Inner {
+    fn default() -> Inner {
+        Inner {
+            origin: Instant::now(),
+            policies: Vec::new(),
+            members: 1,
+            factor: Factor::ONE,
+            utilization: 0.0,
+            last_ask: None,
+            restored: None,
+        }
+    }
+}
+
+impl Inner {
+    /// Sets every limiter to its share times the cluster's factor, as of `now`.
+    fn rescale(&mut self, now: Instant) {
+        let (members, factor, origin) = (self.members, self.factor, self.origin);
+        for e in &mut self.policies {
+            let share = e.share(members, origin, now);
+            e.limiter.get().set_factor(share.times(factor));
+        }
+    }
 }
 
 /// A fresh limiter for `policy`, or the one stored for it (same policy) brought to `now_ns`.
@@ -188,12 +266,13 @@ fn caller_key(caller: &Caller) -> String {
 }
 
 impl Guards {
-    /// Takes the cluster's policies as applied here and this node's share (1/`voters`).
-    /// Unchanged policies keep their limiters' state; changed ones start afresh.
-    pub fn update(&self, policies: Vec<LimitPolicy>, voters: usize, now_ns: u64) {
-        let share =
-            Factor::from_ppm((1_000_000 / voters.max(1)).max(1_000) as u32).unwrap_or(Factor::ONE);
+    /// Takes the cluster's policies as applied here and the number of members, at wall-clock
+    /// `now_ns` (for limiter state) and monotonic `now` (for leases). Unchanged policies keep
+    /// their limiters' state and leases; changed ones start afresh, at the minimum share
+    /// until the leader grants one (the next renewal, right after this update).
+    pub fn update(&self, policies: Vec<LimitPolicy>, members: usize, now_ns: u64, now: Instant) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.members = members.max(1);
         let mut old = std::mem::take(&mut inner.policies);
         let mut restored = inner.restored.take().unwrap_or_default().policies;
         for policy in policies {
@@ -206,7 +285,7 @@ impl Guards {
                 .iter()
                 .position(|(p, _)| *p == policy)
                 .map(|i| restored.swap_remove(i).1);
-            let mut enforced = match kept {
+            let enforced = match kept {
                 Some(e) => e,
                 None => match limiter(&policy, stored, now_ns) {
                     Ok(limiter) => Enforced {
@@ -214,6 +293,9 @@ impl Guards {
                         limiter,
                         refused: 0,
                         shadow_refused: 0,
+                        lease: None,
+                        asked: 0,
+                        demand_milli: 0,
                     },
                     Err(e) => {
                         tracing::error!(policy = %policy.name, "cannot enforce: {e}");
@@ -221,7 +303,6 @@ impl Guards {
                     }
                 },
             };
-            enforced.limiter.get().set_factor(share);
             inner.policies.push(enforced);
         }
         // State of policies not in force yet (a restarted node may not have re-applied
@@ -229,7 +310,7 @@ impl Guards {
         if !restored.is_empty() {
             inner.restored = Some(StoredGuards { policies: restored });
         }
-        inner.share = Some(share);
+        inner.rescale(now);
         self.active.store(
             !inner.policies.is_empty(),
             std::sync::atomic::Ordering::Release,
@@ -253,6 +334,7 @@ impl Guards {
             .iter_mut()
             .filter(|e| e.policy.covers(method))
         {
+            e.asked = e.asked.saturating_add(cost);
             let key = match e.policy.key {
                 KeyBy::Shared => String::new(),
                 KeyBy::Caller => caller_key(caller),
@@ -317,18 +399,114 @@ impl Guards {
             .restored = Some(stored);
     }
 
-    /// Per policy: this node's share and what it refused.
-    pub fn counts(&self) -> Vec<PolicyCounts> {
+    /// Whether any policy is in force.
+    pub fn any(&self) -> bool {
+        self.active.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// What to ask the leader: per policy, the demand since the last request (smoothed)
+    /// and the share held now. Measuring demand restarts here.
+    pub fn lease_ask(&self, me: crate::raft::NodeId, now: Instant) -> LeaseAsk {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let elapsed = inner
+            .last_ask
+            .map_or(RELOAD_EVERY, |t| now.saturating_duration_since(t))
+            .max(Duration::from_millis(1));
+        inner.last_ask = Some(now);
+        let (members, origin) = (inner.members, inner.origin);
+        let policies = inner
+            .policies
+            .iter_mut()
+            .map(|e| {
+                let rate = (u128::from(e.asked) * 1_000 * 1_000_000_000 / elapsed.as_nanos())
+                    .min(u128::from(u64::MAX / 2)) as u64;
+                // Half the last measure, half the new one: a burst does not swing the
+                // shares at once, a sustained change moves them within a second.
+                e.demand_milli = (e.demand_milli + rate) / 2;
+                e.asked = 0;
+                PolicyAsk {
+                    name: e.policy.name.clone(),
+                    demand_milli: e.demand_milli,
+                    holding_ppm: e.share(members, origin, now).ppm(),
+                    // Rounded up: the leader must not think the lease ends before it does.
+                    holding_left_ms: e.lease.map_or(0, |(_, until)| {
+                        until
+                            .saturating_duration_since(now)
+                            .as_nanos()
+                            .div_ceil(1_000_000) as u64
+                    }),
+                }
+            })
+            .collect();
+        LeaseAsk { from: me, policies }
+    }
+
+    /// Takes the leader's grant to a request sent at `sent`. The lease is counted from
+    /// `sent`, less one renewal period, so that it runs out here before it does in the
+    /// leader's book even though expiry is only noticed at the next renewal.
+    pub fn apply_lease(&self, grant: &LeaseGrant, sent: Instant, now: Instant) {
+        let until = sent + Duration::from_millis(grant.lease_ms).saturating_sub(RELOAD_EVERY);
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Ok(f) = Factor::from_ppm(grant.factor_ppm) {
+            inner.factor = f;
+        }
+        inner.utilization = f64::from(grant.utilization_ppm.min(1_000_000)) / 1e6;
+        for (name, ppm) in &grant.shares {
+            let Ok(share) = Factor::from_ppm(*ppm) else {
+                continue;
+            };
+            if let Some(e) = inner.policies.iter_mut().find(|e| e.policy.name == *name) {
+                e.lease = Some((share, until));
+            }
+        }
+        inner.rescale(now);
+    }
+
+    /// Lets leases that ran out fall back (without a grant: no leader reachable).
+    pub fn expire(&self, now: Instant) {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .rescale(now);
+    }
+
+    /// The cluster's adaptive factor and the leader's utilization it follows.
+    pub fn factor(&self) -> (Factor, f64) {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let share = inner.share.unwrap_or(Factor::ONE).ppm();
+        (inner.factor, inner.utilization)
+    }
+
+    /// Per policy: this node's share, factor, tokens left, demand and refusals.
+    pub fn counts(&self, now_ns: u64, now: Instant) -> Vec<PolicyCounts> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (members, factor, origin) = (inner.members, inner.factor, inner.origin);
         inner
             .policies
-            .iter()
-            .map(|e| PolicyCounts {
-                name: e.policy.name.clone(),
-                share_ppm: share,
-                refused: e.refused,
-                shadow_refused: e.shadow_refused,
+            .iter_mut()
+            .map(|e| {
+                let snapshot = e.limiter.get().snapshot(now_ns);
+                let tokens_left = match e.policy.key {
+                    KeyBy::Shared => e.limiter.get().remaining(&String::new(), now_ns),
+                    _ => snapshot
+                        .iter()
+                        .map(|(_, left)| *left)
+                        .min()
+                        .unwrap_or_else(|| e.limiter.get().remaining(&String::new(), now_ns)),
+                };
+                let share = e.share(members, origin, now);
+                PolicyCounts {
+                    name: e.policy.name.clone(),
+                    share_ppm: share.ppm(),
+                    admits_per_sec: e.policy.algorithm.rate_per_sec()
+                        * share.times(factor).as_f64(),
+                    factor_ppm: factor.ppm(),
+                    leased: e.lease.is_some_and(|(_, until)| now < until),
+                    tokens_left,
+                    keys: snapshot.len(),
+                    demand_per_sec: e.demand_milli as f64 / 1e3,
+                    refused: e.refused,
+                    shadow_refused: e.shadow_refused,
+                }
             })
             .collect()
     }
@@ -353,6 +531,23 @@ mod tests {
         }
     }
 
+    /// The leader's grant of `ppm` of every policy in force, asked at `t`.
+    fn lease_all(g: &Guards, ppm: u32, t: Instant) {
+        let shares = g
+            .lease_ask(1, t)
+            .policies
+            .into_iter()
+            .map(|p| (p.name, ppm))
+            .collect();
+        let grant = LeaseGrant {
+            factor_ppm: 1_000_000,
+            utilization_ppm: 0,
+            lease_ms: 60_000,
+            shares,
+        };
+        g.apply_lease(&grant, t, t);
+    }
+
     fn anon(ip: &str) -> Caller {
         Caller::anonymous(Some(format!("{ip}:1234").parse().unwrap()))
     }
@@ -360,7 +555,13 @@ mod tests {
     #[test]
     fn a_policy_refuses_past_its_burst_with_the_retry_time() {
         let g = Guards::default();
-        g.update(vec![policy("p", KeyBy::Shared, vec![], false)], 1, 0);
+        g.update(
+            vec![policy("p", KeyBy::Shared, vec![], false)],
+            1,
+            0,
+            Instant::now(),
+        );
+        lease_all(&g, 1_000_000, Instant::now());
         let c = anon("127.0.0.1");
         for _ in 0..4 {
             g.admit(&c, Method::Append, Some("s-1"), 1, SEC).unwrap();
@@ -377,7 +578,7 @@ mod tests {
             g.admit(&c, Method::Append, None, 5, 10 * SEC),
             Err(ServiceError::Invalid(_))
         ));
-        assert_eq!(g.counts()[0].refused, 2);
+        assert_eq!(g.counts(0, Instant::now())[0].refused, 2);
     }
 
     #[test]
@@ -396,7 +597,9 @@ mod tests {
             ],
             1,
             0,
+            Instant::now(),
         );
+        lease_all(&g, 1_000_000, Instant::now());
         let (a, b) = (anon("10.0.0.1"), anon("10.0.0.2"));
         for _ in 0..4 {
             g.admit(&a, Method::Append, None, 1, SEC).unwrap();
@@ -417,11 +620,11 @@ mod tests {
             g.admit(&a, Method::Read, None, 1, SEC)
                 .expect("a shadow policy refuses nothing");
         }
-        let counts = g.counts();
+        let counts = g.counts(0, Instant::now());
         assert_eq!(counts[2].shadow_refused, 6);
         assert_eq!(counts[2].refused, 0);
 
-        // Three voters: this node's share is a third of the burst (1 of 4, rounded down
+        // Three members: this node's share is a third of the burst (1 of 4, rounded down
         // but never below one), and policies that did not change keep their state.
         g.update(
             vec![policy(
@@ -432,8 +635,10 @@ mod tests {
             )],
             3,
             SEC,
+            Instant::now(),
         );
-        assert_eq!(g.counts()[0].share_ppm, 333_333);
+        lease_all(&g, 333_333, Instant::now());
+        assert_eq!(g.counts(0, Instant::now())[0].share_ppm, 333_333);
         let c = anon("10.0.0.3");
         g.admit(&c, Method::Append, None, 1, SEC).unwrap();
         assert!(g.admit(&c, Method::Append, None, 1, SEC).is_err());
@@ -451,7 +656,8 @@ mod tests {
     fn state_written_before_a_restart_serves_the_same_policy_only() {
         let p = policy("p", KeyBy::Shared, vec![], false);
         let g = Guards::default();
-        g.update(vec![p.clone()], 1, SEC);
+        g.update(vec![p.clone()], 1, SEC, Instant::now());
+        lease_all(&g, 1_000_000, Instant::now());
         let c = anon("127.0.0.1");
         for _ in 0..4 {
             g.admit(&c, Method::Append, None, 1, SEC).unwrap();
@@ -461,7 +667,8 @@ mod tests {
 
         let restarted = Guards::default();
         restarted.restore_later(stored.clone());
-        restarted.update(vec![p.clone()], 1, SEC + SEC / 10);
+        restarted.update(vec![p.clone()], 1, SEC + SEC / 10, Instant::now());
+        lease_all(&restarted, 1_000_000, Instant::now());
         assert!(
             restarted
                 .admit(&c, Method::Append, None, 1, SEC + SEC / 10)
@@ -479,9 +686,64 @@ mod tests {
         };
         let fresh = Guards::default();
         fresh.restore_later(stored);
-        fresh.update(vec![changed], 1, SEC);
+        fresh.update(vec![changed], 1, SEC, Instant::now());
+        lease_all(&fresh, 1_000_000, Instant::now());
         for _ in 0..5 {
             fresh.admit(&c, Method::Append, None, 1, SEC).unwrap();
         }
+    }
+
+    /// Demand is measured for the lease request; a grant sets the share and the cluster's
+    /// factor; a lease that ran out falls back to min(last share, 1/N).
+    #[test]
+    fn leases_set_the_share_and_run_out_to_the_fallback() {
+        let g = Guards::default();
+        let t0 = Instant::now();
+        g.update(vec![policy("p", KeyBy::Shared, vec![], false)], 3, SEC, t0);
+        let c = anon("127.0.0.1");
+        for _ in 0..10 {
+            let _ = g.admit(&c, Method::Append, None, 1, SEC);
+        }
+        let ask = g.lease_ask(7, t0);
+        assert_eq!(ask.from, 7);
+        // 10 units over one renewal period (0.25 s) is 40/s; half of it the first time.
+        assert_eq!(ask.policies[0].demand_milli, 20_000);
+        assert_eq!(
+            ask.policies[0].holding_ppm, 1_000,
+            "no grant yet: the minimum"
+        );
+        let ask = g.lease_ask(7, t0 + Duration::from_secs(1));
+        assert_eq!(ask.policies[0].demand_milli, 10_000, "no demand for 1 s");
+
+        let grant = LeaseGrant {
+            factor_ppm: 500_000,
+            utilization_ppm: 900_000,
+            lease_ms: 2_000,
+            shares: vec![("p".into(), 1_000_000), ("gone".into(), 1_000_000)],
+        };
+        g.apply_lease(&grant, t0, t0);
+        assert_eq!(g.factor(), (Factor::from_ppm(500_000).unwrap(), 0.9));
+        let counts = &g.counts(100 * SEC, t0)[0];
+        assert_eq!(
+            (counts.share_ppm, counts.factor_ppm, counts.leased),
+            (1_000_000, 500_000, true)
+        );
+        assert_eq!(counts.tokens_left, 2, "the whole burst of 4, halved");
+        for _ in 0..2 {
+            g.admit(&c, Method::Append, None, 1, 100 * SEC).unwrap();
+        }
+        assert!(g.admit(&c, Method::Append, None, 1, 100 * SEC).is_err());
+
+        // The lease runs from when it was asked, less one renewal period.
+        g.expire(t0 + Duration::from_millis(1_800));
+        let counts = &g.counts(200 * SEC, t0 + Duration::from_millis(1_800))[0];
+        assert_eq!((counts.share_ppm, counts.leased), (333_333, false));
+        assert_eq!(
+            counts.tokens_left, 1,
+            "a sixth of 4 tokens: never below one"
+        );
+        // One lease later still: the minimum.
+        let later = t0 + Duration::from_millis(3_800);
+        assert_eq!(g.counts(300 * SEC, later)[0].share_ppm, 1_000);
     }
 }

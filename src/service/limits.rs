@@ -1,7 +1,17 @@
 //! Rate-limit policies: replicated, the same on every node.
 
+use super::guard::PolicyCounts;
 use super::{Caller, Consistency, Service, ServiceError};
 use crate::limits::{LimitPolicy, PolicyOutcome};
+
+/// One node's view of the cluster's rate limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitStatus {
+    pub node_id: crate::raft::NodeId,
+    pub factor: f64,
+    pub utilization: f64,
+    pub policies: Vec<PolicyCounts>,
+}
 
 impl Service {
     /// Sets (or replaces) a policy; whether one of that name was replaced.
@@ -39,6 +49,18 @@ impl Service {
             other => Err(ServiceError::Internal(format!(
                 "deleting a policy answered {other:?}"
             ))),
+        }
+    }
+
+    /// What this node enforces of each policy (no barrier: this node's own view), with the
+    /// cluster's factor and the utilization it follows. Not rate-limited, like status.
+    pub fn limit_status(&self, _caller: &Caller) -> LimitStatus {
+        let (factor, utilization) = self.guards.factor();
+        LimitStatus {
+            node_id: self.node.id(),
+            factor: factor.as_f64(),
+            utilization,
+            policies: self.limit_counts(),
         }
     }
 

@@ -70,9 +70,9 @@ impl Service {
             .admit(caller, method, resource, cost, guard::wall_now_ns())
     }
 
-    /// Per policy, this node's share and what it refused.
+    /// Per policy: this node's share, the cluster's factor, tokens left, demand, refusals.
     pub fn limit_counts(&self) -> Vec<guard::PolicyCounts> {
-        self.guards.counts()
+        self.guards.counts(guard::wall_now_ns(), Instant::now())
     }
 
     /// Runs a write until a leader takes it. `attempt(time_left)` proposes it through this node's
@@ -123,6 +123,20 @@ impl Service {
 }
 
 /// Keeps the enforced policies in step with the replicated ones, until the node is gone.
+/// Asks the leader for this node's shares (one call for every policy); without an answer
+/// the leases run out on their own and the shares fall back.
+async fn renew_leases(node: &Node, guards: &guard::Guards) {
+    let sent = Instant::now();
+    let ask = guards.lease_ask(node.id(), sent);
+    match node.lease(&ask, guard::RELOAD_EVERY).await {
+        Ok(grant) => guards.apply_lease(&grant, sent, Instant::now()),
+        Err(e) => {
+            tracing::debug!("no rate-limit lease: {e}");
+            guards.expire(Instant::now());
+        }
+    }
+}
+
 async fn reload_policies(node: std::sync::Weak<Node>, guards: guard::Guards) {
     let mut tick = tokio::time::interval(guard::RELOAD_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -130,8 +144,19 @@ async fn reload_policies(node: std::sync::Weak<Node>, guards: guard::Guards) {
         tick.tick().await;
         let Some(node) = node.upgrade() else { return };
         match node.limit_policies().await {
-            Ok(policies) => guards.update(policies, node.members().0.len(), guard::wall_now_ns()),
+            Ok(policies) => guards.update(
+                policies,
+                {
+                    let (voters, learners) = node.members();
+                    voters.len() + learners.len()
+                },
+                guard::wall_now_ns(),
+                Instant::now(),
+            ),
             Err(e) => tracing::warn!("reading the rate-limit policies: {e}"),
+        }
+        if guards.any() {
+            renew_leases(&node, &guards).await;
         }
         if round % guard::SAVE_EVERY_RELOADS == guard::SAVE_EVERY_RELOADS - 1 {
             let (dir, state) = (node.config().data_dir.clone(), guards.export());

@@ -594,3 +594,27 @@ pub async fn check_logs(nodes: &[&TestNode], acked: &[(String, u64)]) -> usize {
     }
     reference.len()
 }
+
+/// Sets a rate-limit policy through `node`. A new cluster adopts the rules that know policies
+/// once every voter answered the clock probe; until then the node says so, and this waits.
+pub async fn set_limit_when_ready(node: &TestNode, policy: pb::LimitPolicy) -> bool {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let r = node
+            .admin()
+            .await
+            .set_limit(pb::SetLimitRequest {
+                policy: Some(policy.clone()),
+            })
+            .await;
+        match r {
+            Ok(r) => return r.into_inner().replaced,
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                assert!(s.message().contains("rules"), "{s:?}");
+                assert!(Instant::now() < deadline, "rules 3 never adopted: {s:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(s) => panic!("set limit: {s:?}"),
+        }
+    }
+}

@@ -11,17 +11,24 @@
 //! The invariant — the shares that members may be enforcing add up to at most [`Factor::ONE`]
 //! (plus [`Factor::MIN`] per member, a share's floor) — rests on three rules:
 //!
-//! - **What a member may hold**, as the book sees it: its grant while the grant runs; after
-//!   it ran out, the member's *fallback*, `min(last grant, 1/N)` — the same rule the member
-//!   applies to itself when it cannot renew ([`fallback`]); for a member the book never
-//!   granted, 1/N, the most its fallback can be.
-//! - **A grant never exceeds what the others may hold**: `grant ≤ ONE − Σ others`. So a
-//!   member whose demand grew gets its larger share only after the others' requests gave
-//!   theirs back.
-//! - **A new book grows nobody for `lease_ns`** (its quiet period): after a leader change the
-//!   new leader does not know the leases the old one granted; until they have all run out, it
-//!   grants a member at most what the member reports holding, so no share grows while the old
-//!   book's grants may still be in force.
+//! - **What a member enforces** ([`enforced`]), a rule the book applies to its view of every
+//!   member: its grant while the grant runs; for one lease after it ran out, its *fallback*
+//!   `min(last grant, 1/N)` (a leader that cannot be reached for a moment does not stop the
+//!   node); after that, and before its first grant, [`Factor::MIN`]. So a member that went
+//!   silent — dead, or cut off from the leader (and then unable to write anyway) — gives its
+//!   share back within two leases, and the members still asking share the whole.
+//! - **A grant never exceeds what the others may hold**: `grant ≤ ONE − Σ others`. What a
+//!   member may hold is the larger of its last grant and what it reported holding when it
+//!   asked (with the time that holding still runs), each with its fallback: a member whose
+//!   share was cut may never have received the reply, and goes on enforcing its former lease
+//!   until that runs out. So a member whose demand grew gets its larger share only once the
+//!   others have given theirs back.
+//! - **A new leader grows nobody at first**: it does not know the leases the old leader
+//!   granted. Until every member has asked it (and so reported what it holds), or two leases
+//!   have passed since it took over (the quiet period: every old lease has fallen back to
+//!   the minimum), it grants a member at most what the member held when it first asked —
+//!   its share under the former leader, whose shares added up to at most the whole and only
+//!   shrink once that leader stopped granting.
 //!
 //! A member's clock runs its lease from before it sent the request, the book's from when it
 //! got it: the member's lease ends first, so both see the same grants in force.
@@ -44,6 +51,17 @@ pub fn fallback(last: Factor, members: usize) -> Factor {
     last.min(fair(members))
 }
 
+/// The share a member enforces at `now_ns`, given its last grant (`share`, running until
+/// `until_ns`), if any: the grant while it runs, the [`fallback`] for one lease after, then
+/// (and before any grant) [`Factor::MIN`].
+pub fn enforced(last: Option<(Factor, u64)>, members: usize, lease_ns: u64, now_ns: u64) -> Factor {
+    match last {
+        Some((share, until)) if now_ns < until => share,
+        Some((share, until)) if now_ns < until.saturating_add(lease_ns) => fallback(share, members),
+        _ => Factor::MIN,
+    }
+}
+
 /// 1/`members` (the whole for none or one), never below [`Factor::MIN`].
 pub fn fair(members: usize) -> Factor {
     let ppm = PPM / (members.max(1) as u64);
@@ -55,8 +73,11 @@ pub fn fair(members: usize) -> Factor {
 pub struct LeaseRequest {
     /// Units asked per second lately, refused ones included, in thousandths.
     pub demand_milli: u64,
-    /// The share the member enforces now (a grant, or its fallback).
+    /// The share the member enforces now (a grant, its fallback, or the minimum).
     pub holding: Factor,
+    /// How long `holding` still runs as a grant (0 if it is a fallback or the minimum);
+    /// after that it falls back like any grant.
+    pub holding_left_ns: u64,
 }
 
 /// A grant: `share` of the policy, for `lease_ns` from when the member sent its request.
@@ -71,6 +92,12 @@ struct Held {
     share: Factor,
     expires_ns: u64,
     demand_milli: u64,
+    /// What the member reported holding when it asked, and until when (its former lease,
+    /// still in force if it never got this grant).
+    reported: (Factor, u64),
+    /// What it reported holding the first time it asked this book: its share under the
+    /// former leader, the most the quiet period grants it.
+    first: Factor,
 }
 
 /// The leader's book of one policy's leases.
@@ -83,14 +110,19 @@ pub struct LeaseBook<M> {
 }
 
 impl<M: Ord + Copy> LeaseBook<M> {
-    /// A book for `members`, opened at `now_ns`, granting leases of `lease_ns`.
-    pub fn new(members: &[M], lease_ns: u64, now_ns: u64) -> Result<LeaseBook<M>, GuardError> {
+    /// A book for `members`, granting leases of `lease_ns`, that grows no member's share
+    /// before `quiet_until_ns` (two leases after its leader took over: see the module).
+    pub fn new(
+        members: &[M],
+        lease_ns: u64,
+        quiet_until_ns: u64,
+    ) -> Result<LeaseBook<M>, GuardError> {
         if lease_ns == 0 {
             return Err(GuardError::policy("lease_ns", "at least 1"));
         }
         let mut book = LeaseBook {
             lease_ns,
-            quiet_until_ns: now_ns.saturating_add(lease_ns),
+            quiet_until_ns,
             members: Vec::new(),
             held: BTreeMap::new(),
         };
@@ -111,13 +143,21 @@ impl<M: Ord + Copy> LeaseBook<M> {
         &self.members
     }
 
-    /// The share member `m` may be enforcing at `now_ns`, as far as the book knows.
+    /// The share member `m` may be enforcing at `now_ns`, as far as the book knows. In the
+    /// quiet period a member not heard from yet may hold anything; it counts as 1/N (while
+    /// any member is unheard, grants do not grow anyway).
     pub fn holding(&self, m: M, now_ns: u64) -> Factor {
-        let fair = fair(self.members.len());
+        let n = self.members.len();
+        let lease = self.lease_ns;
         match self.held.get(&m) {
-            Some(h) if now_ns < h.expires_ns => h.share,
-            Some(h) => h.share.min(fair),
-            None => fair,
+            Some(h) => enforced(Some((h.share, h.expires_ns)), n, lease, now_ns).max(enforced(
+                Some(h.reported),
+                n,
+                lease,
+                now_ns,
+            )),
+            None if now_ns < self.quiet_until_ns => fair(n),
+            None => Factor::MIN,
         }
     }
 
@@ -139,21 +179,25 @@ impl<M: Ord + Copy> LeaseBook<M> {
         // A member without demand keeps a twentieth of its fair share, so that the first
         // requests it gets pass while its next request reports them.
         let idle = PPM / n / 20;
-        let target = if total == 0 {
-            PPM / n
-        } else {
-            let spread = u128::from(PPM - idle * n);
-            idle + (spread * u128::from(req.demand_milli) / total) as u64
-        };
+        // The rest in proportion to demand; nobody asking anything: the fair share.
+        let spread = u128::from(PPM - idle * n);
+        let target = (spread * u128::from(req.demand_milli))
+            .checked_div(total)
+            .map_or(PPM / n, |part| idle + part as u64);
         let held_by_others: u64 = self
             .members
             .iter()
             .filter(|o| **o != m)
             .map(|o| u64::from(self.holding(*o, now_ns).ppm()))
             .sum();
+        // Quiet until this request is heard too: the member asking is then known.
+        let reported = (req.holding, now_ns.saturating_add(req.holding_left_ns));
+        let heard = self.held.len() + usize::from(!self.held.contains_key(&m));
+        let quiet = now_ns < self.quiet_until_ns && heard < self.members.len();
+        let first = self.held.get(&m).map_or(req.holding, |h| h.first);
         let mut share = target.min(PPM.saturating_sub(held_by_others));
-        if now_ns < self.quiet_until_ns {
-            share = share.min(u64::from(req.holding.ppm()));
+        if quiet {
+            share = share.min(u64::from(first.ppm()));
         }
         let share =
             Factor::from_ppm(share.max(u64::from(Factor::MIN.ppm())) as u32).unwrap_or(Factor::MIN);
@@ -163,6 +207,8 @@ impl<M: Ord + Copy> LeaseBook<M> {
                 share,
                 expires_ns: now_ns.saturating_add(self.lease_ns),
                 demand_milli: req.demand_milli,
+                reported,
+                first,
             },
         );
         Ok(Lease {

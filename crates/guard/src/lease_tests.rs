@@ -10,17 +10,23 @@ fn req(demand: u64, holding: Factor) -> LeaseRequest {
     LeaseRequest {
         demand_milli: demand * 1000,
         holding,
+        holding_left_ns: 0,
     }
 }
 
 #[test]
-fn fair_and_fallback() {
+fn fair_fallback_and_what_a_member_enforces() {
     assert_eq!(fair(0), Factor::ONE);
     assert_eq!(fair(1), Factor::ONE);
     assert_eq!(fair(3).ppm(), 333_333);
     assert_eq!(fair(5_000), Factor::MIN, "never below MIN");
     assert_eq!(fallback(f(800_000), 3).ppm(), 333_333);
     assert_eq!(fallback(f(100_000), 3).ppm(), 100_000);
+    let last = Some((f(800_000), 10 * SEC));
+    assert_eq!(enforced(None, 3, SEC, 0), Factor::MIN, "no grant yet");
+    assert_eq!(enforced(last, 3, SEC, 9 * SEC).ppm(), 800_000);
+    assert_eq!(enforced(last, 3, SEC, 10 * SEC).ppm(), 333_333);
+    assert_eq!(enforced(last, 3, SEC, 11 * SEC), Factor::MIN);
 }
 
 #[test]
@@ -31,24 +37,34 @@ fn a_zero_lease_is_refused_and_so_is_a_stranger() {
     assert!(b.grant(9, req(1, Factor::ONE), 2 * SEC).is_err());
 }
 
-/// Uneven demand: after the quiet period and one round of requests, shares follow demand, a
-/// member without demand keeps a twentieth of its fair share, and the whole is never exceeded.
+/// Uneven demand: shares follow demand, a member without demand keeps a twentieth of its
+/// fair share, and the whole is never exceeded.
 #[test]
 fn shares_follow_demand_within_the_whole() {
-    let mut b = LeaseBook::new(&[1u64, 2, 3], 2 * SEC, 0).unwrap();
+    let mut b = LeaseBook::new(&[1u64, 2, 3], 2 * SEC, 4 * SEC).unwrap();
     let fair = fair(3);
-    // Quiet period: nobody grows past what it holds.
+    // Quiet period: nobody grows past what it held when it first asked (under the former
+    // leader), and members not heard from count as 1/N.
+    assert_eq!(b.holding(2, SEC), fair);
     let l = b.grant(1, req(800, fair), SEC).unwrap();
     assert_eq!(l.share, fair);
     assert_eq!(l.lease_ns, 2 * SEC);
-    let t = 3 * SEC;
-    // Member 1 asks first: the others may still hold their fair shares.
     assert_eq!(
-        b.grant(1, req(800, fair), t).unwrap().share.ppm(),
-        1_000_000 - 2 * 333_333
+        b.grant(1, req(800, Factor::MIN), 2 * SEC).unwrap().share,
+        fair,
+        "its former share, though its lease lapsed since"
     );
-    let s2 = b.grant(2, req(200, fair), t).unwrap().share;
-    let s3 = b.grant(3, req(0, fair), t).unwrap().share;
+    assert_eq!(
+        b.grant(1, req(800, Factor::ONE), 3 * SEC + SEC / 2)
+            .unwrap()
+            .share,
+        fair
+    );
+    // After it: silent members hold the minimum.
+    let t = 5 * SEC;
+    assert_eq!(b.holding(2, t), Factor::MIN);
+    let s2 = b.grant(2, req(200, Factor::MIN), t).unwrap().share;
+    let s3 = b.grant(3, req(0, Factor::MIN), t).unwrap().share;
     assert_eq!(s3.ppm(), 16_666, "idle: a twentieth of 1/3");
     // 2's part of (800 + 200), of what is left after the idle floors.
     assert_eq!(s2.ppm(), 16_666 + (1_000_000 - 3 * 16_666) / 5);
@@ -66,29 +82,27 @@ fn shares_follow_demand_within_the_whole() {
 }
 
 #[test]
-fn nobody_asking_gets_the_fair_share_and_expired_grants_count_as_fallbacks() {
+fn nobody_asking_gets_the_fair_share_and_silent_members_give_theirs_back() {
     let mut b = LeaseBook::new(&[1u64, 2], SEC, 0).unwrap();
     let t = 2 * SEC;
     assert_eq!(
         b.grant(1, req(0, f(500_000)), t).unwrap().share.ppm(),
         500_000
     );
-    let big = b.grant(2, req(100, f(500_000)), t).unwrap().share;
-    assert_eq!(big.ppm(), 500_000, "1 still holds its half");
-    assert_eq!(b.holding(2, t), big);
-    // 1's lease ran out: it falls back to min(last, 1/2), the book counts the same.
+    let s2 = b.grant(2, req(100, f(500_000)), t).unwrap().share;
+    assert_eq!(s2.ppm(), 500_000, "1 still holds its half");
+    assert_eq!(b.holding(2, t), s2);
+    // 1's lease ran out: it falls back to min(last, 1/2) for a lease, then to the minimum.
     assert_eq!(b.holding(1, t + SEC).ppm(), 500_000);
-    assert_eq!(b.holding(7, t), fair(2), "never granted: 1/N");
-    // No member left: a grant cannot reach below MIN.
-    let mut b = LeaseBook::new(&[1u64, 2], SEC, 0).unwrap();
-    b.grant(1, req(1, Factor::ONE), t).unwrap();
-    b.set_members(&[1u64, 2]);
+    assert_eq!(b.holding(1, t + 2 * SEC), Factor::MIN);
+    let s2 = b.grant(2, req(100, s2), t + 2 * SEC).unwrap().share;
+    assert_eq!(s2.ppm(), 975_000, "1 went silent: all but its idle floor");
+    // Everyone wants it all: the others' grants still run, so the first asker cannot take
+    // theirs.
     let mut full = LeaseBook::new(&[1u64, 2, 3, 4], SEC, 0).unwrap();
-    full.grant(1, req(1_000_000, Factor::ONE), t).unwrap();
-    full.grant(2, req(1_000_000, Factor::ONE), t).unwrap();
-    full.grant(3, req(1_000_000, Factor::ONE), t).unwrap();
-    full.grant(4, req(1_000_000, Factor::ONE), t).unwrap();
-    // Demand of 3 and 4 still counts while their grants run; 1 cannot take theirs.
+    for m in 1..=4 {
+        full.grant(m, req(1_000_000, Factor::ONE), t).unwrap();
+    }
     let s = full
         .grant(1, req(1_000_000, Factor::ONE), t + 1)
         .unwrap()
