@@ -25,6 +25,18 @@ pub struct PolicyLabel {
     pub policy: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabel {
+    pub peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabel {
+    pub peer: String,
+    /// The state entered: closed, half_open, open (forced_open, forced_closed by operators).
+    pub to: String,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 pub struct Metrics {
@@ -52,6 +64,11 @@ pub struct Metrics {
     pub limit_refused: Family<PolicyLabel, Gauge>,
     pub limit_shadow_refused: Family<PolicyLabel, Gauge>,
     pub limit_share: Family<PolicyLabel, FloatGauge>,
+    pub breaker_state: Family<PeerLabel, Gauge>,
+    pub breaker_transitions: Family<TransitionLabel, Counter>,
+    pub breaker_refused: Family<PeerLabel, Counter>,
+    pub breaker_points_pending: Gauge,
+    pub breaker_points_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -81,6 +98,11 @@ impl Default for Metrics {
             limit_refused: Family::default(),
             limit_shadow_refused: Family::default(),
             limit_share: Family::default(),
+            breaker_state: Family::default(),
+            breaker_transitions: Family::default(),
+            breaker_refused: Family::default(),
+            breaker_points_pending: Gauge::default(),
+            breaker_points_dropped: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -186,6 +208,31 @@ impl Default for Metrics {
             "This node's share of each rate-limit policy (1 = the whole policy)",
             m.limit_share.clone(),
         );
+        registry.register(
+            "breaker_state",
+            "Circuit breaker of this node's calls to each peer: 0 closed, 1 half-open, 2 open",
+            m.breaker_state.clone(),
+        );
+        registry.register(
+            "breaker_transitions",
+            "Transitions of the breakers to each peer, by the state entered",
+            m.breaker_transitions.clone(),
+        );
+        registry.register(
+            "breaker_refused",
+            "Calls to each peer refused by its open breaker (answered at once, nothing sent)",
+            m.breaker_refused.clone(),
+        );
+        registry.register(
+            "breaker_points_pending",
+            "Breaker transitions waiting to be written to the telemetry series aether/breaker/<peer>",
+            m.breaker_points_pending.clone(),
+        );
+        registry.register(
+            "breaker_points_dropped",
+            "Breaker transitions not written to telemetry: more were pending than breakers.max_pending_points",
+            m.breaker_points_dropped.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -201,6 +248,15 @@ impl Metrics {
         self.limit_shadow_refused
             .get_or_create(&label)
             .set(shadow_refused as i64);
+    }
+
+    /// The breaker to `peer` is in state `code` (see `raft::breakers::state_code`).
+    pub fn set_breaker_state(&self, peer: u64, code: u8) {
+        self.breaker_state
+            .get_or_create(&PeerLabel {
+                peer: peer.to_string(),
+            })
+            .set(i64::from(code));
     }
 
     pub fn set_queue(&self, queue: &str, utilization: f64) {
