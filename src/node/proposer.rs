@@ -407,7 +407,7 @@ impl ForwardingSlots {
             if let Ok(slot) = slots.clone().try_acquire_owned() {
                 return Ok(slot);
             }
-            if let Some(open) = breakers.refusal_for(leader) {
+            if let Some(open) = breakers.refuse_unless_closed(leader) {
                 return Err(ProposeError::BreakerOpen {
                     leader: (leader, node.clone()),
                     reason: open.to_string(),

@@ -243,11 +243,17 @@ impl PeerBreakers {
             .map_or(State::Closed, |e| e.breaker.state())
     }
 
-    /// The refusal a call to `peer` would get now if its breaker is not closed (without
-    /// asking it for a probe), for callers that must decide before they can call.
-    pub fn refusal_for(&self, peer: NodeId) -> Option<BreakerOpen> {
+    /// Refuses a call to `peer` now if its breaker is not closed, without asking it for a
+    /// probe: for a caller that cannot call yet (every slot is taken by calls still
+    /// waiting on the peer) and must not keep its client waiting on a peer judged sick. A
+    /// refusal is counted like one at [`PeerBreakers::admit`].
+    pub fn refuse_unless_closed(&self, peer: NodeId) -> Option<BreakerOpen> {
         let state = self.state(peer);
-        (state != State::Closed && state != State::ForcedClosed).then(|| BreakerOpen {
+        if matches!(state, State::Closed | State::ForcedClosed) {
+            return None;
+        }
+        self.inner.events.refused(peer);
+        Some(BreakerOpen {
             peer,
             state,
             reset_ms: self.inner.policy.reset_timeout_ns / 1_000_000,
@@ -399,6 +405,9 @@ mod tests {
         // Another peer (a new leader) is not held back by the first one's breaker.
         assert!(b.guard(2, async { Ok(bytes::Bytes::new()) }).await.is_ok());
         assert_eq!(b.states(), vec![(1, State::Open), (2, State::Closed)]);
+        assert!(b.refuse_unless_closed(2).is_none());
+        assert_eq!(b.refuse_unless_closed(1).map(|o| o.peer), Some(1));
+        assert_eq!(events.refused.load(Ordering::Relaxed), 2);
         assert_eq!(*events.transitions.lock().unwrap(), vec![(1, State::Open)]);
     }
 
