@@ -53,6 +53,8 @@ pub struct Config {
     pub workflow_snapshot_every: u64,
     pub raft: RaftSettings,
     pub proposer: ProposerSettings,
+    /// Circuit breakers on this node's client-serving calls to its peers.
+    pub breakers: BreakerSettings,
     /// Fault injection for tests: shifts this node's wall clock by this much. Keep 0.
     pub clock_offset_ms: i64,
 }
@@ -96,6 +98,92 @@ pub struct ProposerSettings {
     pub max_forwarding_batches: usize,
 }
 
+/// The circuit breaker each node keeps per peer for the calls it makes on behalf of its
+/// clients: batches forwarded to the leader and read barriers (`raft::breakers`). Tuned to
+/// notice a leader that stopped answering (SIGSTOP, a hung host) within about a second:
+/// a call unanswered after `slow_call_ms` counts as failed then, and `minimum_calls` such
+/// calls out of the last `window_calls` at `failure_rate_pct` open it; while open, calls
+/// fail at once with `UNAVAILABLE` and the leader's address; after `reset_timeout_ms`,
+/// `probe_count` calls go out as probes and `success_threshold` of them must pass to close.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerSettings {
+    /// Outcomes the failure rate is taken over (the last this many calls).
+    pub window_calls: u32,
+    /// Calls the window needs before it may open the breaker.
+    pub minimum_calls: u32,
+    /// Opens when at least this share of the window's calls failed (1..=100).
+    pub failure_rate_pct: u8,
+    /// A call still unanswered after this long counts as failed (at that moment; it still
+    /// runs to its deadline). Twice the default shortest election timeout: a leader that
+    /// cannot answer within it is as good as gone, and a healthy one under load is faster.
+    pub slow_call_ms: u64,
+    /// Open → half-open after this long.
+    pub reset_timeout_ms: u64,
+    /// Probes let through when half-open.
+    pub probe_count: u32,
+    /// Probes that must succeed for the breaker to close (1..=probe_count).
+    pub success_threshold: u32,
+    /// Transitions kept for the telemetry series `aether/breaker/<peer>` while they cannot
+    /// be written (no leader reachable); beyond it the oldest are dropped and counted.
+    pub max_pending_points: usize,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        BreakerSettings {
+            window_calls: 10,
+            minimum_calls: 3,
+            failure_rate_pct: 50,
+            slow_call_ms: 1000,
+            reset_timeout_ms: 1000,
+            probe_count: 2,
+            success_threshold: 2,
+            max_pending_points: 4096,
+        }
+    }
+}
+
+impl BreakerSettings {
+    /// Most transition points kept while they cannot be written.
+    pub const MAX_PENDING_POINTS: usize = 1 << 20;
+
+    /// The pure core's policy. Slowness is judged by the node (an unanswered call counts as
+    /// failed at `slow_call_ms`), so the core's slow-call rate only ever sees those calls.
+    pub fn policy(&self) -> crate::guard::BreakerPolicy {
+        let ms = 1_000_000u64;
+        crate::guard::BreakerPolicy {
+            failure_rate_pct: self.failure_rate_pct,
+            slow_call_rate_pct: 100,
+            slow_call_threshold_ns: self.slow_call_ms.saturating_mul(ms).max(1),
+            window_calls: self.window_calls,
+            minimum_calls: self.minimum_calls,
+            reset_timeout_ns: self.reset_timeout_ms.saturating_mul(ms),
+            probe_count: self.probe_count,
+            success_threshold: self.success_threshold,
+        }
+    }
+
+    fn validate(&self, write_timeout_ms: u64) -> Result<(), ConfigError> {
+        self.policy()
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("breakers: {e}")))?;
+        if self.slow_call_ms == 0 || self.slow_call_ms >= write_timeout_ms {
+            return Err(ConfigError::Invalid(format!(
+                "breakers.slow_call_ms ({}) must be > 0 and below write_timeout_ms                  ({write_timeout_ms}): a call is judged slow before its deadline",
+                self.slow_call_ms
+            )));
+        }
+        if !(1..=Self::MAX_PENDING_POINTS).contains(&self.max_pending_points) {
+            return Err(ConfigError::Invalid(format!(
+                "breakers.max_pending_points must be between 1 and {}",
+                Self::MAX_PENDING_POINTS
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -117,6 +205,7 @@ impl Default for Config {
             workflow_snapshot_every: 64,
             raft: RaftSettings::default(),
             proposer: ProposerSettings::default(),
+            breakers: BreakerSettings::default(),
             clock_offset_ms: 0,
         }
     }
@@ -221,6 +310,7 @@ impl Config {
         if self.dedupe_window_secs == 0 {
             return bad("dedupe_window_secs must be > 0");
         }
+        self.breakers.validate(self.write_timeout_ms)?;
         Ok(())
     }
 
@@ -307,6 +397,41 @@ mod tests {
         c.raft.election_timeout_min_ms = 50;
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("election_timeout_min_ms"), "{e}");
+    }
+
+    /// Breaker settings the core or the node cannot work with are refused, naming them.
+    #[test]
+    fn breaker_settings_are_validated() {
+        type Case = (fn(&mut Config), Option<&'static str>);
+        let cases: &[Case] = &[
+            (|_| {}, None),
+            (|c| c.breakers.minimum_calls = 11, Some("minimum_calls")),
+            (
+                |c| c.breakers.failure_rate_pct = 0,
+                Some("failure_rate_pct"),
+            ),
+            (|c| c.breakers.reset_timeout_ms = 0, Some("reset_timeout")),
+            (
+                |c| c.breakers.success_threshold = 3,
+                Some("success_threshold"),
+            ),
+            (|c| c.breakers.probe_count = 0, Some("probe_count")),
+            (|c| c.breakers.slow_call_ms = 0, Some("slow_call_ms")),
+            (|c| c.breakers.slow_call_ms = 10_000, Some("slow_call_ms")),
+            (
+                |c| c.breakers.max_pending_points = 0,
+                Some("max_pending_points"),
+            ),
+        ];
+        for (i, (change, refused)) in cases.iter().enumerate() {
+            let mut c = Config::default();
+            change(&mut c);
+            match (c.validate(), refused) {
+                (Ok(()), None) => {}
+                (Err(e), Some(word)) => assert!(e.to_string().contains(word), "case {i}: {e}"),
+                (got, want) => panic!("case {i}: got {got:?}, wanted a refusal naming {want:?}"),
+            }
+        }
     }
 
     /// Each broken link of "append ≤ entry ≤ message ≤ transport" is refused at startup,

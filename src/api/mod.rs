@@ -38,7 +38,9 @@ pub fn status(e: ServiceError) -> Status {
         ServiceError::WrongExpectedVersion { .. } | ServiceError::FailedPrecondition(_) => {
             Code::FailedPrecondition
         }
-        ServiceError::NotLeader { .. } | ServiceError::Unavailable(_) => Code::Unavailable,
+        ServiceError::NotLeader { .. }
+        | ServiceError::BreakerOpen { .. }
+        | ServiceError::Unavailable(_) => Code::Unavailable,
         ServiceError::Overloaded(_) | ServiceError::RateLimited { .. } => Code::ResourceExhausted,
         ServiceError::OutcomeUnknown(_) | ServiceError::Timeout(_) => Code::DeadlineExceeded,
         ServiceError::Internal(_) => Code::Internal,
@@ -47,6 +49,9 @@ pub fn status(e: ServiceError) -> Status {
     match &e {
         ServiceError::NotLeader {
             leader: Some((_, info)),
+        }
+        | ServiceError::BreakerOpen {
+            leader: (_, info), ..
         } => {
             if let Ok(v) = info.grpc_addr.parse() {
                 status.metadata_mut().insert(LEADER_HEADER, v);
@@ -112,7 +117,15 @@ mod tests {
             ),
             (
                 ServiceError::NotLeader {
-                    leader: Some((2, leader)),
+                    leader: Some((2, leader.clone())),
+                },
+                Code::Unavailable,
+                Some((LEADER_HEADER, "127.0.0.1:7001")),
+            ),
+            (
+                ServiceError::BreakerOpen {
+                    leader: (2, leader.clone()),
+                    message: "the circuit breaker to node 2 is open".into(),
                 },
                 Code::Unavailable,
                 Some((LEADER_HEADER, "127.0.0.1:7001")),

@@ -23,14 +23,15 @@ pub enum CallFailure {
 
 /// Classifies a failed call's status. A status the peer sent carries no source error; one
 /// tonic made from a local transport failure carries the failure as its source, and only a
-/// connect error in that chain proves the request was not sent.
+/// connect error in that chain — or a refusal of the peer's circuit breaker — proves the
+/// request was not sent.
 pub fn classify(s: &Status) -> CallFailure {
     let mut source = s.source();
     if source.is_none() {
         return CallFailure::Answered;
     }
     while let Some(e) = source {
-        if e.is::<tonic::ConnectError>() {
+        if e.is::<tonic::ConnectError>() || e.is::<crate::raft::breakers::BreakerOpen>() {
             return CallFailure::NotSent;
         }
         source = e.source();
@@ -98,6 +99,16 @@ mod tests {
         )))));
         assert_eq!(classify(&s), CallFailure::NotSent);
         assert_eq!(status_detail(&s), "connection refused");
+    }
+
+    #[test]
+    fn a_breaker_refusal_means_not_sent() {
+        let s = crate::raft::breakers::into_status(crate::raft::breakers::BreakerOpen {
+            peer: 1,
+            state: crate::guard::State::Open,
+            reset_ms: 1000,
+        });
+        assert_eq!(classify(&s), CallFailure::NotSent);
     }
 
     #[test]

@@ -25,6 +25,18 @@ pub struct PolicyLabel {
     pub policy: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabel {
+    pub peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabel {
+    pub peer: String,
+    /// The state entered: closed, half_open, open (forced_open, forced_closed by operators).
+    pub to: String,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 pub struct Metrics {
@@ -56,6 +68,11 @@ pub struct Metrics {
     pub limit_demand: Family<PolicyLabel, FloatGauge>,
     pub limit_factor: FloatGauge,
     pub limit_utilization: FloatGauge,
+    pub breaker_state: Family<PeerLabel, Gauge>,
+    pub breaker_transitions: Family<TransitionLabel, Counter>,
+    pub breaker_refused: Family<PeerLabel, Counter>,
+    pub breaker_points_pending: Gauge,
+    pub breaker_points_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -89,6 +106,11 @@ impl Default for Metrics {
             limit_demand: Family::default(),
             limit_factor: FloatGauge::default(),
             limit_utilization: FloatGauge::default(),
+            breaker_state: Family::default(),
+            breaker_transitions: Family::default(),
+            breaker_refused: Family::default(),
+            breaker_points_pending: Gauge::default(),
+            breaker_points_dropped: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -217,6 +239,31 @@ impl Default for Metrics {
             "The leader's proposer queue utilization (0..1) the adaptive factor follows",
             m.limit_utilization.clone(),
         );
+        registry.register(
+            "breaker_state",
+            "Circuit breaker of this node's calls to each peer: 0 closed, 1 half-open, 2 open",
+            m.breaker_state.clone(),
+        );
+        registry.register(
+            "breaker_transitions",
+            "Transitions of the breakers to each peer, by the state entered",
+            m.breaker_transitions.clone(),
+        );
+        registry.register(
+            "breaker_refused",
+            "Calls to each peer refused by its open breaker (answered at once, nothing sent)",
+            m.breaker_refused.clone(),
+        );
+        registry.register(
+            "breaker_points_pending",
+            "Breaker transitions waiting to be written to the telemetry series aether/breaker/<peer>",
+            m.breaker_points_pending.clone(),
+        );
+        registry.register(
+            "breaker_points_dropped",
+            "Breaker transitions not written to telemetry: more were pending than breakers.max_pending_points",
+            m.breaker_points_dropped.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -261,6 +308,15 @@ impl Metrics {
                 .set(p.tokens_left.min(i64::MAX as u64) as i64);
             self.limit_demand.get_or_create(&label).set(p.demand);
         }
+    }
+
+    /// The breaker to `peer` is in state `code` (see `raft::breakers::state_code`).
+    pub fn set_breaker_state(&self, peer: u64, code: u8) {
+        self.breaker_state
+            .get_or_create(&PeerLabel {
+                peer: peer.to_string(),
+            })
+            .set(i64::from(code));
     }
 
     pub fn set_queue(&self, queue: &str, utilization: f64) {

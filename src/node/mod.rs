@@ -2,6 +2,7 @@
 //! operations (append, reads with a consistency level, subscriptions, admin) that the API
 //! layer converts to and from protobuf.
 
+pub mod breakers;
 pub mod call;
 pub mod metrics;
 pub mod proposer;
@@ -46,6 +47,13 @@ pub enum NodeError {
     BadRequest(String),
     #[error("not the leader")]
     NotLeader { leader: Option<(NodeId, NodeInfo)> },
+    /// Not sent: the breaker to the leader is open. The leader is named for the client's
+    /// hint; the message says which breaker and why.
+    #[error("{message}")]
+    BreakerOpen {
+        leader: (NodeId, NodeInfo),
+        message: String,
+    },
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -67,6 +75,10 @@ impl From<ProposeError> for NodeError {
     fn from(e: ProposeError) -> Self {
         match e {
             ProposeError::NotLeader { leader } => NodeError::NotLeader { leader },
+            ProposeError::BreakerOpen { ref leader, .. } => NodeError::BreakerOpen {
+                leader: leader.clone(),
+                message: e.to_string(),
+            },
             ProposeError::Overloaded(_) => NodeError::Overloaded(e.to_string()),
             ProposeError::Timeout(_) | ProposeError::Unknown(_) => {
                 NodeError::OutcomeUnknown(e.to_string())
@@ -223,7 +235,18 @@ impl Node {
             .ok()
             .map(|a| a.ip())
             .filter(|ip| !ip.is_unspecified());
-        let network = NetworkFactory::new(source_ip, config.raft.max_payload_bytes);
+        let metrics = Metrics::default();
+        let breaker_log = Arc::new(breakers::BreakerLog::new(
+            &metrics,
+            config.breakers.max_pending_points,
+        ));
+        let peer_breakers = crate::raft::breakers::PeerBreakers::new(
+            config.breakers.policy(),
+            Duration::from_millis(config.breakers.slow_call_ms),
+            breaker_log.clone(),
+        )
+        .map_err(|e| NodeError::BadRequest(format!("breakers: {e}")))?;
+        let network = NetworkFactory::new(source_ip, config.raft.max_payload_bytes, peer_breakers);
         let raft_config = Arc::new(
             config
                 .openraft_config()
@@ -248,7 +271,6 @@ impl Node {
             clock.clone(),
             network.clone(),
         ));
-        let metrics = Metrics::default();
         let proposer = Proposer::start(
             raft.clone(),
             config.proposer.clone(),
@@ -284,6 +306,7 @@ impl Node {
             leases: Arc::default(),
         });
         tokio::spawn(node.clone().adopt_rules_when_ready());
+        tokio::spawn(breakers::write_points(Arc::downgrade(&node), breaker_log));
         if node.config.dev && !node.is_initialized().await? {
             tracing::info!(
                 node_id = node.id,
@@ -483,6 +506,11 @@ impl Node {
             RaftError::APIError(e) => NodeError::FailedPrecondition(e.to_string()),
             RaftError::Fatal(e) => NodeError::Unavailable(e.to_string()),
         })
+    }
+
+    /// The leader this node knows of (itself included).
+    pub fn current_leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
     }
 
     pub fn raft_metrics(&self) -> RaftMetrics {
@@ -759,17 +787,26 @@ impl Node {
         id: NodeId,
         leader: &NodeInfo,
     ) -> Result<Option<u64>, NodeError> {
-        let failed = |detail: String| {
-            NodeError::Unavailable(format!(
-                "no read index from the leader at {}: {detail}",
-                leader.grpc_addr
-            ))
+        let failed = |s: tonic::Status| match crate::raft::breakers::refusal(&s) {
+            // Nothing was sent: say so at once, with the leader for the client's hint.
+            Some(open) => NodeError::BreakerOpen {
+                leader: (id, leader.clone()),
+                message: format!(
+                    "no read index from the leader at {}: {open}",
+                    leader.grpc_addr
+                ),
+            },
+            None => NodeError::Unavailable(format!(
+                "no read index from the leader at {}: {}",
+                leader.grpc_addr,
+                call::status_detail(&s)
+            )),
         };
         self.network
             .peer(id, leader)
             .read_index(Duration::from_millis(self.config.write_timeout_ms))
             .await
-            .map_err(|s| failed(call::status_detail(&s)))
+            .map_err(failed)
     }
 
     /// Waits until the state machine has applied `index`.
@@ -988,6 +1025,9 @@ impl Node {
         m.proposer_commands.set(commands as i64);
         for (queue, u) in self.queue_health() {
             m.set_queue(queue, u);
+        }
+        for (peer, state) in self.network.breakers().states() {
+            m.set_breaker_state(peer, crate::raft::breakers::state_code(state));
         }
         m.render()
     }

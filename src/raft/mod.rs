@@ -6,6 +6,7 @@
 //! later move to openraft 0.10 touches this module only. The state machine applies commands
 //! by calling the domain modules (`eventstore`); it holds no business rule of its own.
 
+pub mod breakers;
 pub mod clock;
 pub mod lease;
 pub mod log_store;
@@ -174,6 +175,14 @@ pub enum ProposeError {
     /// leader broke after the batch was sent). Last: variants travel by index (postcard).
     #[error("write outcome unknown: {0}; retry with the same event ids")]
     Unknown(String),
+    /// Not written: the breaker to the leader is open, so nothing was sent to it. Made by
+    /// a follower for its own clients and never carried by a reply (a leader does not
+    /// forward), it comes after `Unknown` so that the older variants keep their indices.
+    #[error("{reason}; the leader is node {} at {}", .leader.0, .leader.1.grpc_addr)]
+    BreakerOpen {
+        leader: (NodeId, NodeInfo),
+        reason: String,
+    },
 }
 
 /// The result of one command, in the order of [`Request::commands`].

@@ -1,7 +1,9 @@
 //! The one outgoing-peer client: every call this node makes to another node — openraft's
 //! RPCs, a follower's batches proposed to the leader, clock probes, read-index requests —
 //! goes through [`Peer::call`], so that a credential, a deadline or a breaker is added in
-//! one place (`tests/architecture.rs` checks that no other module builds a client).
+//! one place (`tests/architecture.rs` checks that no other module builds a client). The
+//! client-serving calls (`Propose`, `ReadIndex`) pass the peer's circuit breaker
+//! ([`super::breakers`]); openraft's own RPCs and clock probes never do (see there why).
 //!
 //! One lazily-connected `Channel` per peer address, reused by every RPC and replication
 //! stream to that peer (reconnecting per RPC costs tens of milliseconds). openraft's
@@ -39,6 +41,7 @@ use openraft::raft::{
 use serde::{de::DeserializeOwned, Serialize};
 use tonic::transport::{Channel, Endpoint};
 
+use super::breakers::PeerBreakers;
 use super::{Entry, NodeId, NodeInfo, TypeConfig};
 use crate::proto::aetherops::v1::{admin_client::AdminClient, ReadIndexRequest};
 use crate::proto::raft::v1::{raft_client::RaftClient, RaftMessage};
@@ -61,16 +64,29 @@ pub struct NetworkFactory {
     source_ip: Option<IpAddr>,
     /// Bytes of entries per AppendEntries message at most (one entry is always sent).
     max_payload_bytes: usize,
+    /// One circuit breaker per peer node id, shared by every `Peer` of that node.
+    breakers: PeerBreakers,
 }
 
 impl NetworkFactory {
-    /// A factory whose AppendEntries messages carry at most `max_payload_bytes` of entries.
-    pub fn new(source_ip: Option<IpAddr>, max_payload_bytes: usize) -> Self {
+    /// A factory whose AppendEntries messages carry at most `max_payload_bytes` of entries
+    /// and whose client-serving calls pass `breakers`.
+    pub fn new(
+        source_ip: Option<IpAddr>,
+        max_payload_bytes: usize,
+        breakers: PeerBreakers,
+    ) -> Self {
         NetworkFactory {
             channels: Arc::default(),
             source_ip,
             max_payload_bytes,
+            breakers,
         }
+    }
+
+    /// The breakers of this node's calls to its peers.
+    pub fn breakers(&self) -> &PeerBreakers {
+        &self.breakers
     }
 
     pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
@@ -101,6 +117,7 @@ impl NetworkFactory {
         Peer {
             target,
             client: target_header.and_then(|h| client.map(|c| (c, h))),
+            breakers: self.breakers.clone(),
         }
     }
 }
@@ -121,11 +138,23 @@ pub enum PeerRpc {
     Lease,
 }
 
+impl PeerRpc {
+    /// Calls made on behalf of a waiting client pass the peer's breaker. openraft's RPCs do
+    /// not: openraft backs off on its own, and a breaker refusing Vote or AppendEntries for
+    /// its reset timeout could stall an election or a leader's heartbeats. Clock probes feed
+    /// the leader's commit-time vote and retry every second anyway; lease requests run every
+    /// 0.25 s off the request path, and a lease that cannot be renewed falls back on its own.
+    pub fn guarded(self) -> bool {
+        matches!(self, PeerRpc::Propose | PeerRpc::ReadIndex)
+    }
+}
+
 /// A client for one member.
 #[derive(Clone)]
 pub struct Peer {
     target: NodeId,
     client: Result<(Channel, tonic::metadata::AsciiMetadataValue), String>,
+    breakers: PeerBreakers,
 }
 
 impl Peer {
@@ -135,8 +164,23 @@ impl Peer {
 
     /// One call: `body` (the postcard-encoded message) to the member, within `timeout`,
     /// addressed to the member's incarnation (a wiped node refuses messages meant for its
-    /// former self). A peer whose address is unusable answers `UNAVAILABLE` with the reason.
+    /// former self). A peer whose address is unusable answers `UNAVAILABLE` with the reason;
+    /// so does an open breaker (its refusal is the status's source: `breakers::refusal`).
     pub async fn call(
+        &self,
+        rpc: PeerRpc,
+        body: bytes::Bytes,
+        timeout: Duration,
+    ) -> Result<bytes::Bytes, tonic::Status> {
+        if rpc.guarded() {
+            let call = self.send(rpc, body, timeout);
+            self.breakers.guard(self.target, call).await
+        } else {
+            self.send(rpc, body, timeout).await
+        }
+    }
+
+    async fn send(
         &self,
         rpc: PeerRpc,
         body: bytes::Bytes,

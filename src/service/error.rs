@@ -32,6 +32,13 @@ pub enum ServiceError {
     /// Not the leader; the leader, if known. Nothing was done.
     #[error("{}", not_leader(.leader))]
     NotLeader { leader: Option<(NodeId, NodeInfo)> },
+    /// The breaker to the leader is open (it stopped answering): nothing was sent to it,
+    /// nothing was written. The leader is named for the client's hint.
+    #[error("{message}")]
+    BreakerOpen {
+        leader: (NodeId, NodeInfo),
+        message: String,
+    },
     /// Cannot serve now (no quorum, no leader within the deadline, shutting down); nothing
     /// was written.
     #[error("{0}")]
@@ -79,7 +86,9 @@ impl ServiceError {
             ServiceError::WrongExpectedVersion { .. } | ServiceError::FailedPrecondition(_) => {
                 "FAILED_PRECONDITION"
             }
-            ServiceError::NotLeader { .. } | ServiceError::Unavailable(_) => "UNAVAILABLE",
+            ServiceError::NotLeader { .. }
+            | ServiceError::BreakerOpen { .. }
+            | ServiceError::Unavailable(_) => "UNAVAILABLE",
             ServiceError::Overloaded(_) | ServiceError::RateLimited { .. } => "RESOURCE_EXHAUSTED",
             ServiceError::OutcomeUnknown(_) | ServiceError::Timeout(_) => "DEADLINE_EXCEEDED",
             ServiceError::Internal(_) => "INTERNAL",
@@ -98,6 +107,9 @@ impl From<NodeError> for ServiceError {
                 ServiceError::Invalid(e.to_string())
             }
             NodeError::NotLeader { leader } => ServiceError::NotLeader { leader },
+            NodeError::BreakerOpen { leader, message } => {
+                ServiceError::BreakerOpen { leader, message }
+            }
             NodeError::Unavailable(m) => ServiceError::Unavailable(m),
             NodeError::Overloaded(m) => ServiceError::Overloaded(m),
             NodeError::OutcomeUnknown(m) => ServiceError::OutcomeUnknown(m),

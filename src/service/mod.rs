@@ -80,7 +80,9 @@ impl Service {
     /// `raft.v1.Propose` with the batch it joins). While no leader is known, or the leader
     /// moved or could not be reached — refusals that prove nothing was proposed — it
     /// retries with backoff until the write deadline; anything else is final, including
-    /// "outcome unknown" once a request may have reached the leader.
+    /// "outcome unknown" once a request may have reached the leader. An open breaker to the
+    /// leader this node still follows is final at once (`UNAVAILABLE` with the leader's
+    /// address): the client may retry elsewhere instead of waiting out the deadline.
     async fn on_leader<T, F, Fut>(&self, mut attempt: F) -> Result<T, ServiceError>
     where
         F: FnMut(Duration) -> Fut,
@@ -103,6 +105,15 @@ impl Service {
                 ),
                 Err(NodeError::NotLeader { leader: None }) => {
                     "no leader is known (election in progress)".to_owned()
+                }
+                // The breaker to the leader is open: answer at once (nothing was sent) rather
+                // than hold the client until the deadline — unless the leader has changed
+                // since, in which case the next attempt goes to the new one.
+                Err(NodeError::BreakerOpen { leader, message }) => {
+                    if self.node.current_leader() == Some(leader.0) {
+                        return Err(ServiceError::BreakerOpen { leader, message });
+                    }
+                    message
                 }
                 Err(e) => return Err(e.into()),
             };
