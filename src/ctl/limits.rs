@@ -5,10 +5,12 @@ use std::time::Duration;
 use clap::Subcommand;
 use serde_json::json;
 
+use super::failover::Failover;
 use super::output::{Output, Printer};
-use super::{admin, first_addr, read_err, status_err};
+use super::CallKind;
 use crate::limits::{Algorithm, KeyBy, LimitPolicy, Method};
 use crate::proto::aetherops::v1 as pb;
+use crate::proto::aetherops::v1::admin_client::AdminClient;
 
 #[derive(Subcommand, Debug)]
 pub enum LimitsCmd {
@@ -48,7 +50,7 @@ pub async fn run(
     cmd: LimitsCmd,
     printer: &Printer,
 ) -> anyhow::Result<()> {
-    let mut c = admin(first_addr(addrs), timeout).await?;
+    let nodes = Failover::connect_lazy(addrs, timeout)?;
     match cmd {
         LimitsCmd::Set {
             name,
@@ -72,13 +74,15 @@ pub async fn run(
                 shadow,
             };
             policy.validate().map_err(anyhow::Error::msg)?;
-            let r = c
-                .set_limit(pb::SetLimitRequest {
-                    policy: Some(crate::api::admin::limit_policy_out(policy.clone())),
+            let req = pb::SetLimitRequest {
+                policy: Some(crate::api::admin::limit_policy_out(policy.clone())),
+            };
+            let r = nodes
+                .call(CallKind::Unknown, |ch| {
+                    let req = req.clone();
+                    async move { Ok(AdminClient::new(ch).set_limit(req).await?.into_inner()) }
                 })
-                .await
-                .map_err(status_err)?
-                .into_inner();
+                .await?;
             match printer.format {
                 Output::Json => printer.json(&json!({"name": policy.name, "replaced": r.replaced})),
                 Output::Text => println!(
@@ -90,19 +94,26 @@ pub async fn run(
             }
         }
         LimitsCmd::List => {
-            let r = c
-                .list_limits(pb::ListLimitsRequest::default())
-                .await
-                .map_err(read_err)?
-                .into_inner();
+            let r = nodes
+                .call(CallKind::Read, |ch| async move {
+                    Ok(AdminClient::new(ch)
+                        .list_limits(pb::ListLimitsRequest::default())
+                        .await?
+                        .into_inner())
+                })
+                .await?;
             for p in r.policies {
                 print_policy(printer, &p);
             }
         }
         LimitsCmd::Delete { name } => {
-            c.delete_limit(pb::DeleteLimitRequest { name: name.clone() })
-                .await
-                .map_err(status_err)?;
+            let req = pb::DeleteLimitRequest { name: name.clone() };
+            nodes
+                .call(CallKind::Unknown, |ch| {
+                    let req = req.clone();
+                    async move { AdminClient::new(ch).delete_limit(req).await }
+                })
+                .await?;
             match printer.format {
                 Output::Json => printer.json(&json!({"name": name, "deleted": true})),
                 Output::Text => println!("deleted policy {name}"),
