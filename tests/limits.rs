@@ -320,4 +320,16 @@ async fn a_full_proposer_queue_tightens_every_nodes_limit_and_it_relaxes() {
         "factor gauge:\n{metrics}"
     );
     assert!(metrics.contains("aether_limit_tokens_left{policy=\"roomy\"}"));
+
+    // `aetherctl limits status` walks every member.
+    let out = c.nodes[follower].ctl(&["--output", "json", "limits", "status"]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let nodes = v["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 3, "{v}");
+    for n in nodes {
+        assert_eq!(n["factor"], 1.0, "{v}");
+        assert_eq!(n["policies"][0]["name"], "roomy", "{v}");
+        assert!(n["policies"][0]["share"].as_f64().unwrap() > 0.0, "{v}");
+    }
 }

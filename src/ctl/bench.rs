@@ -11,8 +11,9 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+use super::failover::{Failover, FailoverError};
 use super::output::{Output, Printer};
-use super::{events_client, parse_expected};
+use super::{events, parse_expected, CallKind};
 use crate::proto::aetherops::v1 as pb;
 
 #[derive(Subcommand, Debug)]
@@ -84,6 +85,10 @@ fn payload(size: usize) -> bytes::Bytes {
     format!("{{\"d\":\"{}\"}}", "x".repeat(fill)).into()
 }
 
+/// How long a bench client waits when every node's breaker is open (a breaker lets a probe
+/// through a second after it opened).
+const ALL_OPEN_PAUSE: Duration = Duration::from_millis(50);
+
 struct ClientResult {
     hist: Histogram<u64>,
     errors: u64,
@@ -95,18 +100,17 @@ async fn append(addrs: &str, b: AppendBench, printer: &Printer) -> anyhow::Resul
         b.concurrency > 0 && b.batch_size > 0 && b.connections > 0,
         "counts must be > 0"
     );
-    let nodes: Vec<&str> = addrs
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
     let timeout = Duration::from_secs(30);
-    let mut clients = Vec::new();
-    for node in &nodes {
-        for _ in 0..b.connections {
-            clients.push(events_client(node, timeout).await?);
-        }
-    }
+    // `connections` lazy channels per address, behind one breaker per address shared by
+    // every client: a dead node is passed by (and probed now and then), not hammered.
+    let failover = Arc::new(Failover::lazy_with(addrs, timeout, |ep| {
+        (0..b.connections)
+            .map(|_| events(ep.connect_lazy()))
+            .collect::<Arc<[_]>>()
+    })?);
+    let nodes: Vec<String> = (0..failover.len())
+        .map(|i| failover.addr(i).to_owned())
+        .collect();
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let body = payload(b.event_size);
     let done = Arc::new(AtomicU64::new(0));
@@ -132,9 +136,10 @@ async fn append(addrs: &str, b: AppendBench, printer: &Printer) -> anyhow::Resul
     let barrier = Arc::new(tokio::sync::Barrier::new(b.concurrency + 1));
     let mut tasks = Vec::with_capacity(b.concurrency);
     for i in 0..b.concurrency {
-        // Spread clients over nodes first, then over connections.
-        let mut client =
-            clients[(i % nodes.len()) * b.connections + (i / nodes.len()) % b.connections].clone();
+        // Spread clients over nodes first, then over connections; a client whose node does
+        // not take its call goes on to the next node (same connection index there).
+        let (home, conn) = (i % nodes.len(), (i / nodes.len()) % b.connections);
+        let failover = failover.clone();
         let stream = format!("bench-{run_id}-{i}");
         let body = body.clone();
         let done = done.clone();
@@ -162,8 +167,14 @@ async fn append(addrs: &str, b: AppendBench, printer: &Printer) -> anyhow::Resul
                     })
                     .collect(),
             };
+            let append = |req: pb::AppendRequest| {
+                failover.call_from(home, CallKind::Unknown, move |conns| {
+                    let (mut c, req) = (conns[conn].clone(), req.clone());
+                    async move { c.append(req).await }
+                })
+            };
             for _ in 0..cfg.warmup {
-                let _ = client.append(make(&stream)).await;
+                let _ = append(make(&stream)).await;
             }
             barrier.wait().await;
             let Some(&end) = deadline.get() else {
@@ -181,16 +192,25 @@ async fn append(addrs: &str, b: AppendBench, printer: &Printer) -> anyhow::Resul
                 }
                 let req = make(&stream);
                 let t = Instant::now();
-                match client.append(req).await {
+                match append(req).await {
                     Ok(_) => {
                         let us = t.elapsed().as_micros().max(1) as u64;
                         let _ = res.hist.record(us.min(60_000_000));
                         done.fetch_add(1, Ordering::Relaxed);
                     }
+                    // Every node's breaker is open: nothing was sent. Give the append back
+                    // and wait a little for a breaker to let a probe through, instead of
+                    // spinning through the budget.
+                    Err(e)
+                        if e.downcast_ref::<FailoverError>()
+                            .is_some_and(FailoverError::all_skipped) =>
+                    {
+                        budget.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(ALL_OPEN_PAUSE).await;
+                    }
                     Err(e) => {
                         res.errors += 1;
-                        res.first_error
-                            .get_or_insert_with(|| format!("{:?}: {}", e.code(), e.message()));
+                        res.first_error.get_or_insert_with(|| e.to_string());
                     }
                 }
             }
@@ -234,6 +254,19 @@ async fn append(addrs: &str, b: AppendBench, printer: &Printer) -> anyhow::Resul
     ticker.abort();
     pb_bar.finish_and_clear();
     let appends = hist.len();
+    let per_node: Vec<serde_json::Value> = (0..failover.len())
+        .map(|i| {
+            let c = failover.counts(i);
+            json!({
+                "addr": failover.addr(i),
+                "acks": c.ok.load(Ordering::Relaxed),
+                "attempts": c.attempts.load(Ordering::Relaxed),
+                "failures": c.failures.load(Ordering::Relaxed),
+                "skipped": c.skipped.load(Ordering::Relaxed),
+                "breaker": format!("{:?}", failover.state(i)),
+            })
+        })
+        .collect();
     let report = json!({
         "bench": "append",
         "nodes": nodes,
@@ -245,6 +278,7 @@ async fn append(addrs: &str, b: AppendBench, printer: &Printer) -> anyhow::Resul
         "events": appends * b.batch_size as u64,
         "errors": errors,
         "first_error": first_error,
+        "per_node": per_node,
         "appends_per_sec": appends as f64 / elapsed,
         "events_per_sec": (appends * b.batch_size as u64) as f64 / elapsed,
         "latency_ms": {
@@ -279,6 +313,16 @@ async fn append(addrs: &str, b: AppendBench, printer: &Printer) -> anyhow::Resul
                 hist.value_at_quantile(0.999) as f64 / 1000.0,
                 hist.max() as f64 / 1000.0
             );
+            for n in &per_node {
+                println!(
+                    "  {}: {} acks (warm-up included), {} failed calls, passed by {} times, breaker {}",
+                    n["addr"].as_str().unwrap_or_default(),
+                    n["acks"],
+                    n["failures"],
+                    n["skipped"],
+                    n["breaker"].as_str().unwrap_or_default()
+                );
+            }
             if let Some(e) = first_error {
                 println!("  first error: {e}");
             }
@@ -326,8 +370,13 @@ async fn workflow_state(
         b.events >= 2 && b.steps > 0 && b.batch > 0,
         "counts must be > 0"
     );
-    let addr = super::first_addr(addrs);
-    let mut c = WorkflowsClient::new(super::channel(addr, Duration::from_secs(60)).await?)
+    // One node answers every call (the first that takes a connection): the figures are
+    // that node's.
+    let timeout = Duration::from_secs(60);
+    let nodes = Failover::connect_lazy(addrs, timeout)?;
+    let (at, ch) = nodes.connect_from(0, timeout).await?;
+    let node = nodes.addr(at);
+    let mut c = WorkflowsClient::new(ch)
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
     let id = format!("bench-{}", uuid::Uuid::new_v4().simple());
@@ -394,7 +443,7 @@ async fn workflow_state(
                 events,
             })
             .await
-            .map_err(super::status_err)?
+            .map_err(super::status_err_at(node))?
             .into_inner();
         times.push(r.commit_time_ns);
         n = end;
@@ -423,7 +472,7 @@ async fn workflow_state(
                 consistency: pb::Consistency::Local as i32,
             })
             .await
-            .map_err(super::status_err)?;
+            .map_err(super::status_err_at(node))?;
         let us = t.elapsed().as_micros().max(1) as u64;
         anyhow::ensure!(!r.get_ref().state_json.is_empty(), "empty state");
         if i % 2 == 0 {

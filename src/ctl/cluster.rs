@@ -5,13 +5,17 @@
 
 use std::time::Duration;
 
+use tonic::transport::Channel;
+
 use anyhow::bail;
 use clap::Subcommand;
 use serde_json::json;
 
+use super::failover::Failover;
 use super::output::{status_json, Output, Printer};
-use super::{admin, first_addr, status_err, status_err_at};
+use super::{admin, first_addr, status_err, status_err_at, CallKind};
 use crate::proto::aetherops::v1 as pb;
+use crate::proto::aetherops::v1::admin_client::AdminClient;
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCmd {
@@ -40,7 +44,7 @@ pub enum ClusterCmd {
         #[arg(long)]
         deep: bool,
     },
-    /// Build a snapshot on the node at --addr now.
+    /// Build a snapshot now on the node at --addr (the first of them that answers).
     Snapshot,
     /// Set the cluster's idempotency window (how long an event id is remembered), e.g. 24h.
     /// One replicated value for every node; without it, a new cluster takes the
@@ -65,11 +69,24 @@ fn member(s: &pb::StatusResponse) -> pb::Member {
     }
 }
 
-/// The leader's gRPC address, as the node at `addr` knows it.
-async fn leader_addr(addr: &str, timeout: Duration) -> anyhow::Result<String> {
+/// The status of the first of the `--addr` nodes that answers, and its address.
+async fn status_via(nodes: &Failover<Channel>) -> anyhow::Result<(String, pb::StatusResponse)> {
+    let (at, s) = nodes
+        .call_from(0, CallKind::Read, |ch| async move {
+            Ok(AdminClient::new(ch)
+                .status(pb::StatusRequest {})
+                .await?
+                .into_inner())
+        })
+        .await?;
+    Ok((nodes.addr(at).to_owned(), s))
+}
+
+/// The leader's gRPC address, as the first of the `--addr` nodes that answers knows it.
+async fn leader_addr(nodes: &Failover<Channel>, timeout: Duration) -> anyhow::Result<String> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let s = status_of(addr, timeout).await?;
+        let (addr, s) = status_via(nodes).await?;
         if s.role == "leader" {
             return Ok(s.grpc_addr);
         }
@@ -90,6 +107,7 @@ pub async fn run(
     printer: &Printer,
 ) -> anyhow::Result<()> {
     let first = first_addr(addrs);
+    let nodes = &Failover::connect_lazy(addrs, timeout)?;
     match cmd {
         ClusterCmd::Init => {
             let mut members = Vec::new();
@@ -110,7 +128,7 @@ pub async fn run(
         }
         ClusterCmd::AddLearner { node_addr, no_wait } => {
             let m = member(&status_of(&node_addr, timeout).await?);
-            let leader = leader_addr(first, timeout).await?;
+            let leader = leader_addr(nodes, timeout).await?;
             let mut c = admin(&leader, timeout).await?;
             let r = c
                 .add_learner(pb::AddLearnerRequest {
@@ -123,7 +141,7 @@ pub async fn run(
             print_membership(printer, &format!("added learner {}", m.node_id), &r);
         }
         ClusterCmd::Promote { node_ids } => {
-            let leader = leader_addr(first, timeout).await?;
+            let leader = leader_addr(nodes, timeout).await?;
             let s = status_of(&leader, timeout).await?;
             let mut voters: Vec<u64> = s.voters.iter().map(|m| m.node_id).collect();
             for id in &node_ids {
@@ -146,7 +164,7 @@ pub async fn run(
             print_membership(printer, &format!("promoted {node_ids:?}"), &r);
         }
         ClusterCmd::Remove { node_id } => {
-            let leader = leader_addr(first, timeout).await?;
+            let leader = leader_addr(nodes, timeout).await?;
             let mut c = admin(&leader, timeout).await?;
             let r = c
                 .remove_node(pb::RemoveNodeRequest { node_id })
@@ -156,7 +174,7 @@ pub async fn run(
             print_membership(printer, &format!("removed {node_id}"), &r);
         }
         ClusterCmd::Status => {
-            for s in member_statuses(first, timeout).await? {
+            for s in member_statuses(nodes, timeout).await? {
                 match s {
                     Ok(s) => printer.status(&s),
                     Err((addr, e)) => match printer.format {
@@ -170,7 +188,7 @@ pub async fn run(
         }
         ClusterCmd::Verify { wait_secs, deep } => {
             verify(
-                first,
+                nodes,
                 timeout,
                 Duration::from_secs(wait_secs),
                 deep,
@@ -179,27 +197,36 @@ pub async fn run(
             .await?
         }
         ClusterCmd::Snapshot => {
-            let mut c = admin(first, Duration::from_secs(120)).await?;
-            let r = c
-                .trigger_snapshot(pb::TriggerSnapshotRequest {})
-                .await
-                .map_err(status_err)?
-                .into_inner();
+            let nodes = Failover::connect_lazy(addrs, Duration::from_secs(120))?;
+            let (at, r) = nodes
+                .call_from(0, CallKind::Unknown, |ch| async move {
+                    Ok(AdminClient::new(ch)
+                        .trigger_snapshot(pb::TriggerSnapshotRequest {})
+                        .await?
+                        .into_inner())
+                })
+                .await?;
+            let node = nodes.addr(at);
             match printer.format {
-                Output::Json => printer.json(&json!({"snapshot_index": r.snapshot_index})),
-                Output::Text => println!("snapshot at index {:?}", r.snapshot_index),
+                Output::Json => {
+                    printer.json(&json!({"snapshot_index": r.snapshot_index, "grpc_addr": node}))
+                }
+                Output::Text => println!("snapshot at index {:?} on {node}", r.snapshot_index),
             }
         }
         ClusterCmd::SetDedupeWindow { window } => {
             let ms = crate::time::parse_duration_ms(&window)?;
-            let mut c = admin(first, timeout).await?;
-            let r = c
-                .set_dedupe_window(pb::SetDedupeWindowRequest {
-                    window_secs: ms / 1000,
+            let req = pb::SetDedupeWindowRequest {
+                window_secs: ms / 1000,
+            };
+            let r = nodes
+                .call(CallKind::Unknown, |ch| async move {
+                    Ok(AdminClient::new(ch)
+                        .set_dedupe_window(req)
+                        .await?
+                        .into_inner())
                 })
-                .await
-                .map_err(status_err)?
-                .into_inner();
+                .await?;
             match printer.format {
                 Output::Json => printer.json(&json!({"dedupe_window_secs": r.window_secs})),
                 Output::Text => println!("idempotency window: {} s", r.window_secs),
@@ -211,9 +238,12 @@ pub async fn run(
 
 type MemberStatus = Result<pb::StatusResponse, (String, anyhow::Error)>;
 
-/// Every member's own status, found through the node at `addr`.
-async fn member_statuses(addr: &str, timeout: Duration) -> anyhow::Result<Vec<MemberStatus>> {
-    let s = status_of(addr, timeout).await?;
+/// Every member's own status, found through the first `--addr` node that answers.
+async fn member_statuses(
+    nodes: &Failover<Channel>,
+    timeout: Duration,
+) -> anyhow::Result<Vec<MemberStatus>> {
+    let (_, s) = status_via(nodes).await?;
     let mut out = Vec::new();
     for m in s.voters.iter().chain(s.learners.iter()) {
         out.push(
@@ -229,7 +259,7 @@ async fn member_statuses(addr: &str, timeout: Duration) -> anyhow::Result<Vec<Me
 }
 
 async fn verify(
-    addr: &str,
+    nodes: &Failover<Channel>,
     timeout: Duration,
     wait: Duration,
     deep: bool,
@@ -238,7 +268,7 @@ async fn verify(
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let mut ok = Vec::new();
-        for s in member_statuses(addr, timeout).await? {
+        for s in member_statuses(nodes, timeout).await? {
             ok.push(s.map_err(|(_, e)| e.context("cannot read every member's status"))?);
         }
         // Digests are comparable only at the same applied index.

@@ -5,10 +5,12 @@ use std::time::Duration;
 use clap::Subcommand;
 use serde_json::json;
 
+use super::failover::Failover;
 use super::output::{Output, Printer};
-use super::{admin, first_addr, read_err, status_err, status_err_at};
+use super::{admin, status_err_at, CallKind};
 use crate::limits::{Algorithm, KeyBy, LimitPolicy, Method};
 use crate::proto::aetherops::v1 as pb;
+use crate::proto::aetherops::v1::admin_client::AdminClient;
 
 #[derive(Subcommand, Debug)]
 pub enum LimitsCmd {
@@ -51,10 +53,10 @@ pub async fn run(
     cmd: LimitsCmd,
     printer: &Printer,
 ) -> anyhow::Result<()> {
+    let nodes = Failover::connect_lazy(addrs, timeout)?;
     if let LimitsCmd::Status = cmd {
-        return status(first_addr(addrs), timeout, printer).await;
+        return status(&nodes, timeout, printer).await;
     }
-    let mut c = admin(first_addr(addrs), timeout).await?;
     match cmd {
         LimitsCmd::Status => unreachable!("answered above"),
         LimitsCmd::Set {
@@ -79,13 +81,15 @@ pub async fn run(
                 shadow,
             };
             policy.validate().map_err(anyhow::Error::msg)?;
-            let r = c
-                .set_limit(pb::SetLimitRequest {
-                    policy: Some(crate::api::admin::limit_policy_out(policy.clone())),
+            let req = pb::SetLimitRequest {
+                policy: Some(crate::api::admin::limit_policy_out(policy.clone())),
+            };
+            let r = nodes
+                .call(CallKind::Unknown, |ch| {
+                    let req = req.clone();
+                    async move { Ok(AdminClient::new(ch).set_limit(req).await?.into_inner()) }
                 })
-                .await
-                .map_err(status_err)?
-                .into_inner();
+                .await?;
             match printer.format {
                 Output::Json => printer.json(&json!({"name": policy.name, "replaced": r.replaced})),
                 Output::Text => println!(
@@ -97,19 +101,26 @@ pub async fn run(
             }
         }
         LimitsCmd::List => {
-            let r = c
-                .list_limits(pb::ListLimitsRequest::default())
-                .await
-                .map_err(read_err)?
-                .into_inner();
+            let r = nodes
+                .call(CallKind::Read, |ch| async move {
+                    Ok(AdminClient::new(ch)
+                        .list_limits(pb::ListLimitsRequest::default())
+                        .await?
+                        .into_inner())
+                })
+                .await?;
             for p in r.policies {
                 print_policy(printer, &p);
             }
         }
         LimitsCmd::Delete { name } => {
-            c.delete_limit(pb::DeleteLimitRequest { name: name.clone() })
-                .await
-                .map_err(status_err)?;
+            let req = pb::DeleteLimitRequest { name: name.clone() };
+            nodes
+                .call(CallKind::Unknown, |ch| {
+                    let req = req.clone();
+                    async move { AdminClient::new(ch).delete_limit(req).await }
+                })
+                .await?;
             match printer.format {
                 Output::Json => printer.json(&json!({"name": name, "deleted": true})),
                 Output::Text => println!("deleted policy {name}"),
@@ -119,14 +130,21 @@ pub async fn run(
     Ok(())
 }
 
-/// Every member's view of the limits: members come from the status of the node at `addr`.
-async fn status(addr: &str, timeout: Duration, printer: &Printer) -> anyhow::Result<()> {
-    let s = admin(addr, timeout)
-        .await?
-        .status(pb::StatusRequest {})
-        .await
-        .map_err(status_err_at(addr))?
-        .into_inner();
+/// Every member's view of the limits: members come from the status of the first node that
+/// answers.
+async fn status(
+    nodes: &Failover<tonic::transport::Channel>,
+    timeout: Duration,
+    printer: &Printer,
+) -> anyhow::Result<()> {
+    let s = nodes
+        .call(CallKind::Read, |ch| async move {
+            Ok(AdminClient::new(ch)
+                .status(pb::StatusRequest {})
+                .await?
+                .into_inner())
+        })
+        .await?;
     let mut addrs: Vec<String> = s
         .voters
         .iter()
@@ -134,7 +152,7 @@ async fn status(addr: &str, timeout: Duration, printer: &Printer) -> anyhow::Res
         .map(|m| m.grpc_addr.clone())
         .collect();
     if addrs.is_empty() {
-        addrs.push(addr.to_owned());
+        addrs.push(s.grpc_addr.clone());
     }
     let mut nodes = Vec::new();
     for a in &addrs {

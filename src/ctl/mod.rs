@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod cluster;
+pub mod failover;
 pub mod limits;
 pub mod output;
 pub mod telemetry;
@@ -22,6 +23,7 @@ use crate::node::call::{self, CallFailure};
 use crate::proto::aetherops::v1 as pb;
 use crate::proto::aetherops::v1::admin_client::AdminClient;
 use crate::proto::aetherops::v1::event_store_client::EventStoreClient;
+use failover::Failover;
 use output::{Output, Printer};
 
 #[derive(Parser, Debug)]
@@ -31,8 +33,9 @@ use output::{Output, Printer};
     about = "Command-line client for AetherOps"
 )]
 pub struct Cli {
-    /// Node to talk to (HOST:PORT of its gRPC address). Several, comma-separated, for
-    /// commands that spread load or walk the cluster.
+    /// Node to talk to (HOST:PORT of its gRPC address). Several, comma-separated: a command
+    /// goes to the first that takes it (a dead node is passed by); `bench` spreads its load
+    /// over all of them.
     #[arg(
         long,
         global = true,
@@ -162,11 +165,15 @@ pub struct TailArgs {
 
 /// Runs a parsed command line; the binary's `main` is this and error printing.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let addr = first_addr(&cli.addr).to_owned();
+    // With one address, every call went there; with several, the calls name their node.
+    let only = failover::parse_addrs(&cli.addr)
+        .ok()
+        .filter(|a| a.len() == 1)
+        .and_then(|mut a| a.pop());
     run_command(cli).await.map_err(|mut e| {
         // A transport failure names the node it happened with (an answer needs no address:
         // it came from the node the user named).
-        if let Some(c) = e.downcast_mut::<CallError>() {
+        if let (Some(c), Some(addr)) = (e.downcast_mut::<CallError>(), only) {
             if c.failure != CallFailure::Answered {
                 c.addr.get_or_insert(addr);
             }
@@ -184,12 +191,15 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
         Cmd::ReadAll(a) => read_all(&cli.addr, timeout, a, &printer).await,
         Cmd::Tail(a) => tail(&cli.addr, a, &printer).await,
         Cmd::Status => {
-            let mut c = admin(first_addr(&cli.addr), timeout).await?;
-            let s = c
-                .status(pb::StatusRequest {})
-                .await
-                .map_err(read_err)?
-                .into_inner();
+            let nodes = Failover::connect_lazy(&cli.addr, timeout)?;
+            let s = nodes
+                .call(CallKind::Read, |ch| async move {
+                    Ok(AdminClient::new(ch)
+                        .status(pb::StatusRequest {})
+                        .await?
+                        .into_inner())
+                })
+                .await?;
             printer.status(&s);
             Ok(())
         }
@@ -278,12 +288,12 @@ impl CallError {
     }
 }
 
-/// A failed call (on the `--addr` node) as the user should read it.
+/// A failed call (on the one `--addr` node) as the user should read it.
 pub fn status_err(s: tonic::Status) -> anyhow::Error {
     CallError::new(&s, CallKind::Unknown).into()
 }
 
-/// A failed read (on the `--addr` node).
+/// A failed read (on the one `--addr` node).
 pub fn read_err(s: tonic::Status) -> anyhow::Error {
     CallError::new(&s, CallKind::Read).into()
 }
@@ -295,11 +305,6 @@ pub fn status_err_at(addr: &str) -> impl FnOnce(tonic::Status) -> anyhow::Error 
         e.addr = Some(addr.to_owned());
         e.into()
     }
-}
-
-/// A failed write; `retry` says how to retry it safely when its outcome is unknown.
-pub fn write_err(retry: String) -> impl FnOnce(tonic::Status) -> anyhow::Error {
-    move |s| CallError::new(&s, CallKind::Write { retry }).into()
 }
 
 pub fn first_addr(addrs: &str) -> &str {
@@ -326,13 +331,12 @@ pub async fn channel(addr: &str, timeout: Duration) -> anyhow::Result<Channel> {
         })
 }
 
-pub async fn events_client(
-    addr: &str,
-    timeout: Duration,
-) -> anyhow::Result<EventStoreClient<Channel>> {
-    Ok(EventStoreClient::new(channel(addr, timeout).await?)
+/// The event store's client on a channel, with no message size limit of its own (the node
+/// bounds pages).
+pub fn events(ch: Channel) -> EventStoreClient<Channel> {
+    EventStoreClient::new(ch)
         .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX))
+        .max_encoding_message_size(usize::MAX)
 }
 
 pub async fn admin(addr: &str, timeout: Duration) -> anyhow::Result<AdminClient<Channel>> {
@@ -405,8 +409,13 @@ async fn append(
             metadata,
         }],
     };
-    let mut c = events_client(first_addr(addr), timeout).await?;
-    let r = c.append(req).await.map_err(write_err(retry))?.into_inner();
+    let nodes = Failover::connect_lazy(addr, timeout)?;
+    let r = nodes
+        .call(CallKind::Write { retry }, |ch| {
+            let req = req.clone();
+            async move { Ok(events(ch).append(req).await?.into_inner()) }
+        })
+        .await?;
     printer.appended(&a.stream, &r);
     Ok(())
 }
@@ -420,14 +429,11 @@ async fn print_pages<F, Fut>(
 ) -> anyhow::Result<()>
 where
     F: FnMut(Option<u64>, u32) -> Fut,
-    Fut: std::future::Future<Output = Result<tonic::Response<pb::ReadResponse>, tonic::Status>>,
+    Fut: std::future::Future<Output = anyhow::Result<pb::ReadResponse>>,
 {
     let mut left = limit.unwrap_or(u64::MAX);
     while left > 0 {
-        let r = fetch(from, left.min(1000) as u32)
-            .await
-            .map_err(read_err)?
-            .into_inner();
+        let r = fetch(from, left.min(1000) as u32).await?;
         left -= r.events.len() as u64;
         for e in &r.events {
             printer.event(e);
@@ -441,9 +447,8 @@ where
 }
 
 async fn read(addr: &str, timeout: Duration, a: ReadArgs, printer: &Printer) -> anyhow::Result<()> {
-    let c = events_client(first_addr(addr), timeout).await?;
+    let nodes = &Failover::connect_lazy(addr, timeout)?;
     print_pages(a.from, a.limit, printer, |from, limit| {
-        let mut c = c.clone();
         let req = pb::ReadStreamRequest {
             stream: a.stream.clone(),
             from_version: from,
@@ -451,7 +456,10 @@ async fn read(addr: &str, timeout: Duration, a: ReadArgs, printer: &Printer) -> 
             limit,
             consistency: a.consistency.pb(),
         };
-        async move { c.read_stream(req).await }
+        nodes.call(CallKind::Read, move |ch| {
+            let req = req.clone();
+            async move { Ok(events(ch).read_stream(req).await?.into_inner()) }
+        })
     })
     .await
 }
@@ -462,51 +470,88 @@ async fn read_all(
     a: ReadAllArgs,
     printer: &Printer,
 ) -> anyhow::Result<()> {
-    let c = events_client(first_addr(addr), timeout).await?;
+    let nodes = &Failover::connect_lazy(addr, timeout)?;
     print_pages(a.from, a.limit, printer, |from, limit| {
-        let mut c = c.clone();
         let req = pb::ReadAllRequest {
             from_position: from,
             backwards: a.backwards,
             limit,
             consistency: a.consistency.pb(),
         };
-        async move { c.read_all(req).await }
+        nodes.call(CallKind::Read, move |ch| async move {
+            Ok(events(ch).read_all(req).await?.into_inner())
+        })
     })
     .await
 }
 
 async fn tail(addr: &str, a: TailArgs, printer: &Printer) -> anyhow::Result<()> {
     // No per-request timeout: a subscription lives as long as the user wants it.
-    let mut c = events_client(first_addr(addr), Duration::from_secs(u64::MAX / 4)).await?;
+    let nodes = Failover::connect_lazy(addr, Duration::from_secs(u64::MAX / 4))?;
     let target = match (a.all, a.stream) {
         (true, _) => pb::subscribe_request::Target::All(true),
         (false, Some(s)) => pb::subscribe_request::Target::Stream(s),
         (false, None) => bail!("give a stream or --all"),
     };
-    let mut stream = c
-        .subscribe(pb::SubscribeRequest {
-            target: Some(target),
-            from: a.from,
-        })
-        .await
-        .map_err(read_err)?
-        .into_inner();
+    // Where to pick up if the node goes away: the next version (position) to print.
+    let mut next = a.from;
     let mut seen = 0u64;
+    // Subscriptions that broke before delivering anything, in a row: a bound, so that a
+    // node that accepts and then drops every subscription does not keep us going round.
+    let mut fruitless = 0;
     while a.count.is_none_or(|n| seen < n) {
-        let Some(msg) = stream.message().await.map_err(read_err)? else {
-            bail!("the server ended the subscription");
+        let req = pb::SubscribeRequest {
+            target: Some(target.clone()),
+            from: next,
         };
-        match msg.kind {
-            Some(pb::subscribe_response::Kind::Event(e)) => {
-                printer.event(&e);
-                seen += 1;
+        let mut stream = nodes
+            .call(CallKind::Read, |ch| {
+                let req = req.clone();
+                async move { Ok(events(ch).subscribe(req).await?.into_inner()) }
+            })
+            .await?;
+        let mut delivered = false;
+        while a.count.is_none_or(|n| seen < n) {
+            let msg = match stream.message().await {
+                Ok(Some(msg)) => msg,
+                Ok(None) => bail!("the server ended the subscription"),
+                // A broken connection or a node going away: the subscription resumes on the
+                // next node that takes it, from the next event, so nothing is skipped or
+                // printed twice.
+                Err(s) if resumable(&s) && next.is_some() && fruitless < 2 * nodes.len() => {
+                    break;
+                }
+                Err(s) => return Err(read_err(s)),
+            };
+            delivered = true;
+            match msg.kind {
+                Some(pb::subscribe_response::Kind::Event(e)) => {
+                    next = Some(if a.all {
+                        e.global_position + 1
+                    } else {
+                        e.stream_version + 1
+                    });
+                    printer.event(&e);
+                    seen += 1;
+                }
+                Some(pb::subscribe_response::Kind::CaughtUp(c)) => {
+                    next = Some(c.next);
+                    printer.caught_up(c.next);
+                }
+                None => {}
             }
-            Some(pb::subscribe_response::Kind::CaughtUp(c)) => printer.caught_up(c.next),
-            None => {}
         }
+        fruitless = if delivered { 0 } else { fruitless + 1 };
     }
     Ok(())
+}
+
+/// A subscription that broke so may be taken up elsewhere (it changed nothing).
+fn resumable(s: &tonic::Status) -> bool {
+    match call::classify(s) {
+        CallFailure::Answered => s.code() == tonic::Code::Unavailable,
+        CallFailure::NotSent | CallFailure::MaybeSent => true,
+    }
 }
 
 #[cfg(test)]

@@ -11,8 +11,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use tonic::transport::Channel;
 
+use super::failover::Failover;
 use super::output::{Output, Printer};
-use super::{channel, first_addr, status_err};
+use super::{status_err_at, CallKind};
 use crate::proto::aetherops::v1 as pb;
 use crate::proto::aetherops::v1::telemetry_client::TelemetryClient;
 use crate::time::{format_timestamp, parse_duration_ms, parse_time_ns};
@@ -98,10 +99,22 @@ fn parse_retention_ms(s: &str) -> anyhow::Result<u64> {
     }
 }
 
-async fn client(addr: &str, timeout: Duration) -> anyhow::Result<TelemetryClient<Channel>> {
-    Ok(TelemetryClient::new(channel(addr, timeout).await?)
+fn client(ch: Channel) -> TelemetryClient<Channel> {
+    TelemetryClient::new(ch)
         .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20))
+        .max_encoding_message_size(64 << 20)
+}
+
+/// A client on the first node (from `start`, going round) that takes a connection: for an
+/// ingest stream, which is fed as the file is read and so cannot be sent twice.
+async fn stream_client(
+    addrs: &str,
+    start: usize,
+    timeout: Duration,
+) -> anyhow::Result<(String, TelemetryClient<Channel>)> {
+    let nodes = Failover::connect_lazy(addrs, timeout)?;
+    let (at, ch) = nodes.connect_from(start, timeout).await?;
+    Ok((nodes.addr(at).to_owned(), client(ch)))
 }
 
 pub async fn run(
@@ -110,17 +123,16 @@ pub async fn run(
     cmd: TelemetryCmd,
     printer: &Printer,
 ) -> anyhow::Result<()> {
-    let addr = first_addr(addrs);
     match cmd {
         TelemetryCmd::Ingest {
             file,
             series,
             batch,
             skip_invalid,
-        } => ingest_csv(addr, &file, series, batch.max(1), skip_invalid, printer).await,
+        } => ingest_csv(addrs, &file, series, batch.max(1), skip_invalid, printer).await,
         TelemetryCmd::Query(q) => {
-            let mut c = client(addr, timeout).await?;
-            let (buckets, summary, anomalies, m4) = run_query(&mut c, &query_request(&q)?).await?;
+            let nodes = Failover::connect_lazy(addrs, timeout)?;
+            let (buckets, summary, anomalies, m4) = run_query(&nodes, &query_request(&q)?).await?;
             print_query(printer, &buckets, &summary, &anomalies, &m4);
             Ok(())
         }
@@ -131,7 +143,6 @@ pub async fn run(
             hour,
             lateness,
         } => {
-            let mut c = client(addr, timeout).await?;
             let raw_ms = parse_retention_ms(&raw)?;
             let minute_ms = match &minute {
                 Some(m) => parse_retention_ms(m)?,
@@ -149,45 +160,60 @@ pub async fn run(
                     parse_duration_ms(&lateness)?
                 },
             };
-            c.set_retention(req).await.map_err(status_err)?;
+            Failover::connect_lazy(addrs, timeout)?
+                .call(CallKind::Unknown, |ch| {
+                    let req = req.clone();
+                    async move { client(ch).set_retention(req).await }
+                })
+                .await?;
             match printer.format {
                 Output::Json => printer.json(&json!({"prefix": prefix, "set": true})),
                 Output::Text => println!("retention set for series prefix {prefix:?}"),
             }
             Ok(())
         }
+        // Both concern one node's disk: the first node that answers, named in the output.
         TelemetryCmd::Compact => {
-            let mut c = client(addr, Duration::from_secs(600)).await?;
-            let r = c
-                .compact(pb::CompactRequest {})
-                .await
-                .map_err(status_err)?
-                .into_inner();
+            let nodes = Failover::connect_lazy(addrs, Duration::from_secs(600))?;
+            let (at, r) = nodes
+                .call_from(0, CallKind::Unknown, |ch| async move {
+                    Ok(client(ch)
+                        .compact(pb::CompactRequest {})
+                        .await?
+                        .into_inner())
+                })
+                .await?;
+            let node = nodes.addr(at);
             match printer.format {
                 Output::Json => printer.json(&json!({
                     "raw_bytes_before": r.raw_bytes_before, "raw_bytes_after": r.raw_bytes_after,
                     "rollup_bytes_before": r.rollup_bytes_before, "rollup_bytes_after": r.rollup_bytes_after,
+                    "grpc_addr": node,
                 })),
                 Output::Text => println!(
-                    "compacted: raw {} -> {} bytes, rollups {} -> {} bytes",
+                    "compacted {node}: raw {} -> {} bytes, rollups {} -> {} bytes",
                     r.raw_bytes_before, r.raw_bytes_after, r.rollup_bytes_before, r.rollup_bytes_after
                 ),
             }
             Ok(())
         }
         TelemetryCmd::Stats => {
-            let mut c = client(addr, timeout).await?;
-            let r = c
-                .stats(pb::TelemetryStatsRequest {})
-                .await
-                .map_err(status_err)?
-                .into_inner();
+            let nodes = Failover::connect_lazy(addrs, timeout)?;
+            let (at, r) = nodes
+                .call_from(0, CallKind::Read, |ch| async move {
+                    Ok(client(ch)
+                        .stats(pb::TelemetryStatsRequest {})
+                        .await?
+                        .into_inner())
+                })
+                .await?;
+            let node = nodes.addr(at);
             match printer.format {
-                Output::Json => {
-                    printer.json(&json!({"raw_bytes": r.raw_bytes, "rollup_bytes": r.rollup_bytes}))
-                }
+                Output::Json => printer.json(
+                    &json!({"raw_bytes": r.raw_bytes, "rollup_bytes": r.rollup_bytes, "grpc_addr": node}),
+                ),
                 Output::Text => println!(
-                    "raw {} bytes, rollups {} bytes",
+                    "{node}: raw {} bytes, rollups {} bytes",
                     r.raw_bytes, r.rollup_bytes
                 ),
             }
@@ -226,21 +252,31 @@ type QueryParts = (
     Vec<pb::M4Column>,
 );
 
+/// Runs a query on the first node that answers it whole (a stream that breaks is a read
+/// that changed nothing: the next node answers it from the start).
 pub async fn run_query(
-    c: &mut TelemetryClient<Channel>,
+    nodes: &Failover<Channel>,
     req: &pb::TelemetryQuery,
 ) -> anyhow::Result<QueryParts> {
-    let mut stream = c.query(req.clone()).await.map_err(status_err)?.into_inner();
-    let (mut buckets, mut summary, mut anomalies, mut m4) =
-        (Vec::new(), None, Vec::new(), Vec::new());
-    while let Some(chunk) = stream.message().await.map_err(status_err)? {
-        buckets.extend(chunk.buckets);
-        anomalies.extend(chunk.anomalies);
-        m4.extend(chunk.m4);
-        if chunk.summary.is_some() {
-            summary = chunk.summary;
-        }
-    }
+    let (buckets, summary, anomalies, m4) = nodes
+        .call(CallKind::Read, |ch| {
+            let req = req.clone();
+            async move {
+                let mut stream = client(ch).query(req).await?.into_inner();
+                let (mut buckets, mut summary, mut anomalies, mut m4) =
+                    (Vec::new(), None, Vec::new(), Vec::new());
+                while let Some(chunk) = stream.message().await? {
+                    buckets.extend(chunk.buckets);
+                    anomalies.extend(chunk.anomalies);
+                    m4.extend(chunk.m4);
+                    if chunk.summary.is_some() {
+                        summary = chunk.summary;
+                    }
+                }
+                Ok((buckets, summary, anomalies, m4))
+            }
+        })
+        .await?;
     Ok((
         buckets,
         summary.ok_or_else(|| anyhow!("query ended without a summary"))?,
@@ -355,7 +391,7 @@ fn parse_line(line: &str, series: &Option<String>) -> anyhow::Result<Parsed> {
 }
 
 async fn ingest_csv(
-    addr: &str,
+    addrs: &str,
     file: &std::path::Path,
     series: Option<String>,
     batch: usize,
@@ -434,12 +470,12 @@ async fn ingest_csv(
         reader_bar.set_position(read_bytes);
         Ok((n, skipped))
     });
-    let mut c = client(addr, Duration::from_secs(3600)).await?;
+    let (node, mut c) = stream_client(addrs, 0, Duration::from_secs(3600)).await?;
     let started = Instant::now();
     let summary = c
         .ingest(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
-        .map_err(status_err)?
+        .map_err(status_err_at(&node))?
         .into_inner();
     let (n, skipped) = reader.await?.with_context(|| {
         format!(
@@ -522,11 +558,7 @@ pub struct IngestBench {
 
 pub async fn bench_ingest(addrs: &str, b: IngestBench, printer: &Printer) -> anyhow::Result<()> {
     anyhow::ensure!(b.streams > 0 && b.batch > 0, "counts must be > 0");
-    let nodes: Vec<String> = addrs
-        .split(',')
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .collect();
+    let nodes = super::failover::parse_addrs(addrs)?.len();
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let per_stream = b.points / b.streams as u64;
     let bar = if printer.format == Output::Text {
@@ -549,12 +581,13 @@ pub async fn bench_ingest(addrs: &str, b: IngestBench, printer: &Printer) -> any
     let started = Instant::now();
     let mut tasks = Vec::new();
     for s in 0..b.streams {
-        let addr = nodes[s % nodes.len()].clone();
+        let addrs = addrs.to_owned();
         let bar = bar.clone();
         let series = format!("bench-{run_id}/ch{s}");
         let cfg = b.clone();
         tasks.push(tokio::spawn(async move {
-            let mut c = client(&addr, Duration::from_secs(3600)).await?;
+            // Streams spread over the nodes; one whose node is down starts on the next.
+            let (node, mut c) = stream_client(&addrs, s % nodes, Duration::from_secs(3600)).await?;
             let (tx, rx) = tokio::sync::mpsc::channel::<pb::IngestBatch>(4);
             let producer = tokio::spawn(async move {
                 let mut i = 0u64;
@@ -584,7 +617,7 @@ pub async fn bench_ingest(addrs: &str, b: IngestBench, printer: &Printer) -> any
             let summary = c
                 .ingest(tokio_stream::wrappers::ReceiverStream::new(rx))
                 .await
-                .map_err(status_err)?
+                .map_err(status_err_at(&node))?
                 .into_inner();
             producer.await?;
             anyhow::Ok(summary.points)
@@ -627,7 +660,6 @@ pub struct QueryBench {
 }
 
 pub async fn bench_query(addrs: &str, b: QueryBench, printer: &Printer) -> anyhow::Result<()> {
-    let addr = first_addr(addrs);
     let span = b.buckets as i64 * 60_000_000_000;
     let interval = (span / b.points.max(1) as i64).max(1);
     let now = std::time::SystemTime::now()
@@ -638,7 +670,7 @@ pub async fn bench_query(addrs: &str, b: QueryBench, printer: &Printer) -> anyho
         Some(s) => s.clone(),
         None => {
             let series = format!("qbench-{}/value", uuid::Uuid::new_v4().simple());
-            let mut c = client(addr, Duration::from_secs(3600)).await?;
+            let (node, mut c) = stream_client(addrs, 0, Duration::from_secs(3600)).await?;
             let (tx, rx) = tokio::sync::mpsc::channel::<pb::IngestBatch>(4);
             let name = series.clone();
             let total = b.points;
@@ -680,13 +712,13 @@ pub async fn bench_query(addrs: &str, b: QueryBench, printer: &Printer) -> anyho
             });
             c.ingest(tokio_stream::wrappers::ReceiverStream::new(rx))
                 .await
-                .map_err(status_err)?;
+                .map_err(status_err_at(&node))?;
             producer.await?;
             bar.finish_and_clear();
             series
         }
     };
-    let mut c = client(addr, Duration::from_secs(600)).await?;
+    let nodes = Failover::connect_lazy(addrs, Duration::from_secs(600))?;
     let mut results = serde_json::Map::new();
     for tier in ["auto", "raw"] {
         let req = pb::TelemetryQuery {
@@ -712,7 +744,7 @@ pub async fn bench_query(addrs: &str, b: QueryBench, printer: &Printer) -> anyho
         };
         for _ in 0..n {
             let t = Instant::now();
-            let (buckets, summary, _, _) = run_query(&mut c, &req).await?;
+            let (buckets, summary, _, _) = run_query(&nodes, &req).await?;
             h.record(t.elapsed().as_micros().max(1) as u64)?;
             served = buckets.first().map(|b| b.tier.clone()).unwrap_or_default();
             count = summary.count;

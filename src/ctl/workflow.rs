@@ -10,11 +10,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use tonic::transport::Channel;
 
+use super::failover::Failover;
 use super::output::{Output, Printer};
-use super::{
-    channel, first_addr, parse_expected, read_err, status_err_at, write_err, CallError, CallKind,
-};
+use super::{channel, parse_expected, status_err_at, CallError, CallKind};
+use crate::node::call::CallFailure;
 use crate::proto::aetherops::v1 as pb;
+use crate::proto::aetherops::v1::admin_client::AdminClient;
 use crate::proto::aetherops::v1::workflows_client::WorkflowsClient;
 use crate::workflow::import::{parse_import, snapshot_event};
 use crate::workflow::store::import_event_id;
@@ -157,8 +158,7 @@ pub async fn run(
     cmd: WorkflowCmd,
     printer: &Printer,
 ) -> anyhow::Result<()> {
-    let addr = first_addr(addrs);
-    let mut c = client(addr, timeout).await?;
+    let nodes = Failover::connect_lazy(addrs, timeout)?;
     let mut retry = String::new();
     let resp = match cmd {
         WorkflowCmd::Create {
@@ -168,7 +168,7 @@ pub async fn run(
             max_attempts,
             w,
         } => {
-            c.create(pb::CreateWorkflowRequest {
+            let req = pb::CreateWorkflowRequest {
                 write: write(&id, &w, &mut retry)?,
                 name,
                 steps: steps
@@ -180,8 +180,13 @@ pub async fn run(
                     })
                     .collect(),
                 metadata: Default::default(),
-            })
-            .await
+            };
+            nodes
+                .call(CallKind::Write { retry }, |ch| {
+                    let req = req.clone();
+                    async move { Ok(wrap(ch).create(req).await?.into_inner()) }
+                })
+                .await
         }
         WorkflowCmd::StartStep {
             id,
@@ -189,13 +194,18 @@ pub async fn run(
             worker,
             w,
         } => {
-            c.start_step(pb::StartStepRequest {
+            let req = pb::StartStepRequest {
                 write: write(&id, &w, &mut retry)?,
                 step_id: step,
                 attempt: 0,
                 worker,
-            })
-            .await
+            };
+            nodes
+                .call(CallKind::Write { retry }, |ch| {
+                    let req = req.clone();
+                    async move { Ok(wrap(ch).start_step(req).await?.into_inner()) }
+                })
+                .await
         }
         WorkflowCmd::CompleteStep {
             id,
@@ -203,12 +213,17 @@ pub async fn run(
             result,
             w,
         } => {
-            c.complete_step(pb::CompleteStepRequest {
+            let req = pb::CompleteStepRequest {
                 write: write(&id, &w, &mut retry)?,
                 step_id: step,
                 output_json: result,
-            })
-            .await
+            };
+            nodes
+                .call(CallKind::Write { retry }, |ch| {
+                    let req = req.clone();
+                    async move { Ok(wrap(ch).complete_step(req).await?.into_inner()) }
+                })
+                .await
         }
         WorkflowCmd::FailStep {
             id,
@@ -217,14 +232,19 @@ pub async fn run(
             retryable,
             w,
         } => {
-            c.fail_step(pb::FailStepRequest {
+            let req = pb::FailStepRequest {
                 write: write(&id, &w, &mut retry)?,
                 step_id: step,
                 error,
                 attempt: 0,
                 retryable,
-            })
-            .await
+            };
+            nodes
+                .call(CallKind::Write { retry }, |ch| {
+                    let req = req.clone();
+                    async move { Ok(wrap(ch).fail_step(req).await?.into_inner()) }
+                })
+                .await
         }
         WorkflowCmd::Complete {
             id,
@@ -232,12 +252,17 @@ pub async fn run(
             reason,
             w,
         } => {
-            c.complete(pb::CompleteWorkflowRequest {
+            let req = pb::CompleteWorkflowRequest {
                 write: write(&id, &w, &mut retry)?,
                 status,
                 reason,
-            })
-            .await
+            };
+            nodes
+                .call(CallKind::Write { retry }, |ch| {
+                    let req = req.clone();
+                    async move { Ok(wrap(ch).complete(req).await?.into_inner()) }
+                })
+                .await
         }
         WorkflowCmd::Get { id, at, version } => {
             let at = match (at, version) {
@@ -245,15 +270,17 @@ pub async fn run(
                 (None, Some(v)) => Some(pb::get_workflow_state_request::At::AtVersion(v)),
                 (None, None) => None,
             };
-            let s = c
-                .get_state(pb::GetWorkflowStateRequest {
-                    workflow_id: id,
-                    at,
-                    consistency: pb::Consistency::Linearizable as i32,
+            let req = pb::GetWorkflowStateRequest {
+                workflow_id: id,
+                at,
+                consistency: pb::Consistency::Linearizable as i32,
+            };
+            let s = nodes
+                .call(CallKind::Read, |ch| {
+                    let req = req.clone();
+                    async move { Ok(wrap(ch).get_state(req).await?.into_inner()) }
                 })
-                .await
-                .map_err(read_err)?
-                .into_inner();
+                .await?;
             let state: serde_json::Value =
                 serde_json::from_str(&s.state_json).context("state JSON")?;
             match printer.format {
@@ -265,15 +292,7 @@ pub async fn run(
         WorkflowCmd::List { limit } => {
             let mut after = String::new();
             loop {
-                let r = c
-                    .list(pb::ListWorkflowsRequest {
-                        after: after.clone(),
-                        limit,
-                        consistency: pb::Consistency::Linearizable as i32,
-                    })
-                    .await
-                    .map_err(read_err)?
-                    .into_inner();
+                let r = list_page(&nodes, &after, limit).await?;
                 for w in &r.workflows {
                     match printer.format {
                         Output::Json => printer.json(&json!({
@@ -292,15 +311,40 @@ pub async fn run(
                 after = r.next_after;
             }
         }
-        WorkflowCmd::Import { file, parallel } => return import(c, &file, parallel, printer).await,
-        WorkflowCmd::Verify { id } => return verify(addr, timeout, c, id, printer).await,
+        WorkflowCmd::Import { file, parallel } => {
+            return import(&nodes, &file, parallel, printer).await
+        }
+        WorkflowCmd::Verify { id } => return verify(&nodes, timeout, id, printer).await,
     };
-    print_write(printer, &resp.map_err(write_err(retry))?.into_inner());
+    print_write(printer, &resp?);
     Ok(())
 }
 
+fn wrap(ch: Channel) -> WorkflowsClient<Channel> {
+    WorkflowsClient::new(ch).max_decoding_message_size(usize::MAX)
+}
+
+/// One page of the workflow list, from the first node that answers.
+async fn list_page(
+    nodes: &Failover<Channel>,
+    after: &str,
+    limit: u32,
+) -> anyhow::Result<pb::ListWorkflowsResponse> {
+    let req = pb::ListWorkflowsRequest {
+        after: after.to_owned(),
+        limit,
+        consistency: pb::Consistency::Linearizable as i32,
+    };
+    nodes
+        .call(CallKind::Read, |ch| {
+            let req = req.clone();
+            async move { Ok(wrap(ch).list(req).await?.into_inner()) }
+        })
+        .await
+}
+
 async fn import(
-    c: WorkflowsClient<Channel>,
+    nodes: &Failover<Channel>,
     file: &std::path::Path,
     parallel: usize,
     printer: &Printer,
@@ -320,40 +364,35 @@ async fn import(
         ProgressBar::hidden()
     };
     let results = futures::stream::iter(states.into_iter().map(|state| {
-        let mut c = c.clone();
         let bar = bar.clone();
         async move {
             let id = state.workflow_id.clone();
             let encoded = snapshot_event(state).encode()?;
-            let r = c
-                .append_events(pb::AppendWorkflowEventsRequest {
-                    workflow_id: id.clone(),
-                    expected_version: None,
-                    events: vec![pb::WorkflowEventInput {
-                        event_id: import_event_id(&id).to_string(),
-                        event_type: encoded.event_type.to_owned(),
-                        schema_version: encoded.schema_version,
-                        payload: encoded.payload.into(),
-                    }],
+            let req = pb::AppendWorkflowEventsRequest {
+                workflow_id: id.clone(),
+                expected_version: None,
+                events: vec![pb::WorkflowEventInput {
+                    event_id: import_event_id(&id).to_string(),
+                    event_type: encoded.event_type.to_owned(),
+                    schema_version: encoded.schema_version,
+                    payload: encoded.payload.into(),
+                }],
+            };
+            let retry = "run the import again (it is idempotent)".to_owned();
+            let r = nodes
+                .call(CallKind::Write { retry }, |ch| {
+                    let req = req.clone();
+                    async move { Ok(wrap(ch).append_events(req).await?.into_inner()) }
                 })
                 .await;
             bar.inc(1);
             let outcome = match r {
-                Ok(r) if r.get_ref().duplicate => "unchanged",
+                Ok(r) if r.duplicate => "unchanged",
                 Ok(_) => "imported",
                 // Imported before, and the idempotency window has passed since: the
                 // transition rules refuse a second snapshot; nothing is written.
-                Err(s)
-                    if s.code() == tonic::Code::FailedPrecondition
-                        && s.message().contains("already exists") =>
-                {
-                    "unchanged"
-                }
-                Err(s) => {
-                    let retry = "run the import again (it is idempotent)".to_owned();
-                    let e = CallError::new(&s, CallKind::Write { retry });
-                    return Err(anyhow::anyhow!("workflow {id}: {e}"));
-                }
+                Err(e) if already_imported(&e) => "unchanged",
+                Err(e) => return Err(anyhow::anyhow!("workflow {id}: {e}")),
             };
             anyhow::Ok((id, outcome))
         }
@@ -387,10 +426,18 @@ async fn import(
     Ok(())
 }
 
+/// The node's refusal of a second snapshot of a workflow imported before.
+fn already_imported(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<CallError>().is_some_and(|c| {
+        c.failure == CallFailure::Answered
+            && c.code == tonic::Code::FailedPrecondition
+            && c.detail.contains("already exists")
+    })
+}
+
 async fn verify(
-    addr: &str,
+    nodes: &Failover<Channel>,
     timeout: Duration,
-    mut c: WorkflowsClient<Channel>,
     id: Option<String>,
     printer: &Printer,
 ) -> anyhow::Result<()> {
@@ -400,15 +447,7 @@ async fn verify(
             let mut ids = Vec::new();
             let mut after = String::new();
             loop {
-                let r = c
-                    .list(pb::ListWorkflowsRequest {
-                        after: after.clone(),
-                        limit: 1000,
-                        consistency: pb::Consistency::Linearizable as i32,
-                    })
-                    .await
-                    .map_err(read_err)?
-                    .into_inner();
+                let r = list_page(nodes, &after, 1000).await?;
                 ids.extend(r.workflows.into_iter().map(|w| w.workflow_id));
                 if r.next_after.is_empty() {
                     break;
@@ -418,13 +457,15 @@ async fn verify(
             ids
         }
     };
-    // Every member of the cluster (or just this node when it is alone).
-    let status = super::admin(addr, timeout)
-        .await?
-        .status(pb::StatusRequest {})
-        .await
-        .map_err(read_err)?
-        .into_inner();
+    // Every member of the cluster (or just the node that answers when it is alone).
+    let (at, status) = nodes
+        .call_from(0, CallKind::Read, |ch| async move {
+            Ok(AdminClient::new(ch)
+                .status(pb::StatusRequest {})
+                .await?
+                .into_inner())
+        })
+        .await?;
     let mut members: Vec<String> = status
         .voters
         .iter()
@@ -432,7 +473,7 @@ async fn verify(
         .map(|m| m.grpc_addr.clone())
         .collect();
     if members.is_empty() {
-        members.push(addr.to_owned());
+        members.push(nodes.addr(at).to_owned());
     }
     let mut clients = Vec::new();
     for m in &members {
