@@ -69,24 +69,11 @@ fn member(s: &pb::StatusResponse) -> pb::Member {
     }
 }
 
-/// The status of the first of the `--addr` nodes that answers, and its address.
-async fn status_via(nodes: &Failover<Channel>) -> anyhow::Result<(String, pb::StatusResponse)> {
-    let (at, s) = nodes
-        .call_from(0, CallKind::Read, |ch| async move {
-            Ok(AdminClient::new(ch)
-                .status(pb::StatusRequest {})
-                .await?
-                .into_inner())
-        })
-        .await?;
-    Ok((nodes.addr(at).to_owned(), s))
-}
-
 /// The leader's gRPC address, as the first of the `--addr` nodes that answers knows it.
 async fn leader_addr(nodes: &Failover<Channel>, timeout: Duration) -> anyhow::Result<String> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let (addr, s) = status_via(nodes).await?;
+        let (addr, s) = super::status_via(nodes).await?;
         if s.role == "leader" {
             return Ok(s.grpc_addr);
         }
@@ -243,7 +230,7 @@ async fn member_statuses(
     nodes: &Failover<Channel>,
     timeout: Duration,
 ) -> anyhow::Result<Vec<MemberStatus>> {
-    let (_, s) = status_via(nodes).await?;
+    let (_, s) = super::status_via(nodes).await?;
     let mut out = Vec::new();
     for m in s.voters.iter().chain(s.learners.iter()) {
         out.push(

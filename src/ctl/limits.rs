@@ -137,14 +137,7 @@ async fn status(
     timeout: Duration,
     printer: &Printer,
 ) -> anyhow::Result<()> {
-    let s = nodes
-        .call(CallKind::Read, |ch| async move {
-            Ok(AdminClient::new(ch)
-                .status(pb::StatusRequest {})
-                .await?
-                .into_inner())
-        })
-        .await?;
+    let (_, s) = super::status_via(nodes).await?;
     let mut addrs: Vec<String> = s
         .voters
         .iter()

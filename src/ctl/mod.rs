@@ -192,14 +192,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
         Cmd::Tail(a) => tail(&cli.addr, a, &printer).await,
         Cmd::Status => {
             let nodes = Failover::connect_lazy(&cli.addr, timeout)?;
-            let s = nodes
-                .call(CallKind::Read, |ch| async move {
-                    Ok(AdminClient::new(ch)
-                        .status(pb::StatusRequest {})
-                        .await?
-                        .into_inner())
-                })
-                .await?;
+            let (_, s) = status_via(&nodes).await?;
             printer.status(&s);
             Ok(())
         }
@@ -552,6 +545,21 @@ fn resumable(s: &tonic::Status) -> bool {
         CallFailure::Answered => s.code() == tonic::Code::Unavailable,
         CallFailure::NotSent | CallFailure::MaybeSent => true,
     }
+}
+
+/// The status of the first of the `--addr` nodes that answers, and its address.
+pub(crate) async fn status_via(
+    nodes: &Failover<Channel>,
+) -> anyhow::Result<(String, pb::StatusResponse)> {
+    let (at, s) = nodes
+        .call_from(0, CallKind::Read, |ch| async move {
+            Ok(AdminClient::new(ch)
+                .status(pb::StatusRequest {})
+                .await?
+                .into_inner())
+        })
+        .await?;
+    Ok((nodes.addr(at).to_owned(), s))
 }
 
 #[cfg(test)]

@@ -15,7 +15,6 @@ use super::output::{Output, Printer};
 use super::{channel, parse_expected, status_err_at, CallError, CallKind};
 use crate::node::call::CallFailure;
 use crate::proto::aetherops::v1 as pb;
-use crate::proto::aetherops::v1::admin_client::AdminClient;
 use crate::proto::aetherops::v1::workflows_client::WorkflowsClient;
 use crate::workflow::import::{parse_import, snapshot_event};
 use crate::workflow::store::import_event_id;
@@ -458,14 +457,7 @@ async fn verify(
         }
     };
     // Every member of the cluster (or just the node that answers when it is alone).
-    let (at, status) = nodes
-        .call_from(0, CallKind::Read, |ch| async move {
-            Ok(AdminClient::new(ch)
-                .status(pb::StatusRequest {})
-                .await?
-                .into_inner())
-        })
-        .await?;
+    let (at, status) = super::status_via(nodes).await?;
     let mut members: Vec<String> = status
         .voters
         .iter()
@@ -473,7 +465,7 @@ async fn verify(
         .map(|m| m.grpc_addr.clone())
         .collect();
     if members.is_empty() {
-        members.push(nodes.addr(at).to_owned());
+        members.push(at);
     }
     let mut clients = Vec::new();
     for m in &members {
