@@ -354,6 +354,12 @@ impl Node {
         )
     }
 
+    /// The rate-limit policies this node applied (their names): the only ones its lease desk
+    /// grants shares of while it leads.
+    pub fn set_lease_policies(&self, names: Vec<String>) {
+        self.leases.set_policies(names);
+    }
+
     /// This node's shares of the cluster-wide rate limits and the cluster's adaptive
     /// factor: granted here while this node leads, else asked of the leader (one
     /// `raft.v1.Lease`, within `timeout`).

@@ -7,10 +7,11 @@
 //! for all its policies; nothing of this runs on the request path. The books are the pure
 //! [`aether_guard::LeaseBook`]s (one per policy), whose invariant is that the shares in force
 //! never exceed the whole. A leader starts with fresh books, with the quiet period the book
-//! keeps after a leader change. The adaptive factor: the leader feeds its proposer's
-//! utilization (queue and in-flight entries, the fuller of the two) to an
-//! [`AdaptiveController`] at every grant and sends the factor with every lease, so that when
-//! the leader's queue is over 80% full every node's share tightens.
+//! keeps after a leader change. The adaptive factor: the leader feeds its proposer queue's
+//! utilization to an [`AdaptiveController`] at every grant (the queue only: in-flight
+//! batches at their maximum are a pipeline at work, commands waiting behind them are the
+//! backlog) and sends the factor with every lease, so that when the leader's queue is over
+//! 80% full every node's share tightens.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -76,6 +77,9 @@ struct Book {
 }
 
 struct Desk {
+    /// The policies in force as this node applied them: books are opened for these only,
+    /// and dropped when a policy goes (a peer cannot fill the desk with made-up names).
+    policies: Vec<String>,
     /// The term the books were opened in: a new term (a new leadership) opens new books.
     term: u64,
     /// Until when this leadership grows no share (two leases after it began): the leases
@@ -99,14 +103,29 @@ impl Default for LeaseDesk {
     }
 }
 
+/// A controller for `policy`, or the default one if `policy` is invalid.
+fn controller(policy: AdaptivePolicy) -> AdaptiveController {
+    AdaptiveController::new(policy)
+        .or_else(|_| AdaptiveController::new(AdaptivePolicy::default()))
+        .expect("the default adaptive policy is valid")
+}
+
 impl LeaseDesk {
+    /// The policies in force (their names), as this node applied them.
+    pub fn set_policies(&self, mut names: Vec<String>) {
+        names.sort_unstable();
+        let mut desk = self.desk.lock().unwrap_or_else(|p| p.into_inner());
+        desk.books
+            .retain(|name, _| names.binary_search(name).is_ok());
+        desk.policies = names;
+    }
+
     pub fn new(adaptive: AdaptivePolicy) -> LeaseDesk {
-        let adaptive = AdaptiveController::new(adaptive)
-            .or_else(|_| AdaptiveController::new(AdaptivePolicy::default()))
-            .expect("the default adaptive policy is valid");
+        let adaptive = controller(adaptive);
         LeaseDesk {
             origin: Instant::now(),
             desk: Mutex::new(Desk {
+                policies: Vec::new(),
                 term: 0,
                 quiet_until_ns: 0,
                 confirmed: None,
@@ -196,7 +215,13 @@ impl LeaseDesk {
         if desk.term != term {
             desk.term = term;
             desk.books.clear();
-            desk.quiet_until_ns = now_ns.saturating_add(2 * lease_ns);
+            // The former leader granted only within CONFIRM_EVERY of its last quorum
+            // confirmation, which came before this term began: its grants run out a lease
+            // after that.
+            desk.quiet_until_ns = now_ns.saturating_add((CONFIRM_EVERY + LEASE).as_nanos() as u64);
+            // A new leadership starts from the limits as configured; its own queue decides.
+            let policy = *desk.adaptive.policy();
+            desk.adaptive = controller(policy);
         }
         desk.books
             .retain(|_, b| now.duration_since(b.asked) < BOOK_IDLE);
@@ -204,9 +229,9 @@ impl LeaseDesk {
         let quiet_until_ns = desk.quiet_until_ns;
         let mut shares = Vec::with_capacity(ask.policies.len());
         for p in &ask.policies {
-            // Bounded: names are checked, and books beyond the cluster's policy count are
-            // not opened (a peer cannot grow the desk without bound).
-            if !desk.books.contains_key(&p.name) && desk.books.len() >= MAX_POLICIES {
+            // Only policies in force here get a share (the member keeps its fallback for
+            // a policy this node has not applied yet).
+            if desk.policies.binary_search(&p.name).is_err() {
                 continue;
             }
             let book = match desk.books.entry(p.name.clone()) {
@@ -277,11 +302,26 @@ mod tests {
             .is_err());
         let many: Vec<(&str, u64, u32)> = vec![("p", 1, 1_000_000); MAX_POLICIES + 1];
         assert!(desk.grant(1, &members, &ask(1, &many), 0.0).is_err());
+        desk.set_policies(vec!["p".to_owned()]);
         let g = desk
-            .grant(1, &members, &ask(1, &[("p", 1_000, 333_333)]), 0.0)
+            .grant(
+                1,
+                &members,
+                &ask(1, &[("p", 1_000, 333_333), ("made-up", 1_000, 333_333)]),
+                0.0,
+            )
             .unwrap();
-        assert_eq!(g.shares, vec![("p".to_owned(), 333_333)]);
+        assert_eq!(
+            g.shares,
+            vec![("p".to_owned(), 333_333)],
+            "no share of a policy not in force here"
+        );
         assert_eq!(g.factor_ppm, 1_000_000);
+        desk.set_policies(Vec::new());
+        assert!(
+            desk.desk.lock().unwrap().books.is_empty(),
+            "a deleted policy's book goes"
+        );
     }
 
     /// A full proposer halves the factor every lease carries.
@@ -293,5 +333,10 @@ mod tests {
             .unwrap();
         assert_eq!(g.factor_ppm, 500_000);
         assert_eq!(g.utilization_ppm, 950_000);
+        // A new term starts from the limits as configured.
+        let g = desk
+            .grant(2, &[1], &ask(1, &[("p", 1, 1_000_000)]), 0.5)
+            .unwrap();
+        assert_eq!(g.factor_ppm, 1_000_000);
     }
 }

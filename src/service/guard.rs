@@ -78,6 +78,14 @@ impl PolicyLimiter {
         }
     }
 
+    /// What the most drained key has left, and how many keys are held.
+    fn lowest(&self, now_ns: u64) -> (Option<u64>, usize) {
+        match self {
+            PolicyLimiter::Bucket(l) => (l.min_remaining(now_ns), l.len()),
+            PolicyLimiter::Window(l) => (l.min_remaining(now_ns), l.len()),
+        }
+    }
+
     fn export(&self) -> StoredLimiter {
         match self {
             PolicyLimiter::Bucket(l) => StoredLimiter::Bucket(l.export()),
@@ -172,6 +180,9 @@ struct Inner {
     utilization: f64,
     /// When demand was last measured (the last lease request).
     last_ask: Option<Instant>,
+    /// When a lease or a fallback ends next: admission rescales then, whether or not the
+    /// renewal loop has run (a share must never outlive its lease on this node).
+    next_change: Option<Instant>,
     /// Limiter state read back at start, taken by the first `update` that enforces the
     /// same policies.
     restored: Option<StoredGuards>,
@@ -186,19 +197,30 @@ impl Default for Inner {
             factor: Factor::ONE,
             utilization: 0.0,
             last_ask: None,
+            next_change: None,
             restored: None,
         }
     }
 }
 
 impl Inner {
-    /// Sets every limiter to its share times the cluster's factor, as of `now`.
+    /// Sets every limiter to its share times the cluster's factor, as of `now`, and notes
+    /// when a share changes next on its own (a lease ending, a fallback ending).
     fn rescale(&mut self, now: Instant) {
         let (members, factor, origin) = (self.members, self.factor, self.origin);
+        let mut next: Option<Instant> = None;
         for e in &mut self.policies {
             let share = e.share(members, origin, now);
             e.limiter.get().set_factor(share.times(factor));
+            if let Some((_, until)) = e.lease {
+                let change = [until, until + LEASE].into_iter().find(|t| *t > now);
+                next = match (next, change) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
         }
+        self.next_change = next;
     }
 }
 
@@ -329,12 +351,25 @@ impl Guards {
         now_ns: u64,
     ) -> Result<(), ServiceError> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = inner.next_change {
+            let now = Instant::now();
+            if now >= at {
+                inner.rescale(now);
+            }
+        }
+        // Demand counts every covered policy, whichever refuses first.
         for e in inner
             .policies
             .iter_mut()
             .filter(|e| e.policy.covers(method))
         {
             e.asked = e.asked.saturating_add(cost);
+        }
+        for e in inner
+            .policies
+            .iter_mut()
+            .filter(|e| e.policy.covers(method))
+        {
             let key = match e.policy.key {
                 KeyBy::Shared => String::new(),
                 KeyBy::Caller => caller_key(caller),
@@ -445,7 +480,11 @@ impl Guards {
     /// `sent`, less one renewal period, so that it runs out here before it does in the
     /// leader's book even though expiry is only noticed at the next renewal.
     pub fn apply_lease(&self, grant: &LeaseGrant, sent: Instant, now: Instant) {
-        let until = sent + Duration::from_millis(grant.lease_ms).saturating_sub(RELOAD_EVERY);
+        // Never longer than this node's own lease (a peer's number is not trusted further).
+        let lease = Duration::from_millis(grant.lease_ms).min(LEASE);
+        let until = sent
+            .checked_add(lease.saturating_sub(RELOAD_EVERY))
+            .unwrap_or(sent);
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Ok(f) = Factor::from_ppm(grant.factor_ppm) {
             inner.factor = f;
@@ -484,14 +523,13 @@ impl Guards {
             .policies
             .iter_mut()
             .map(|e| {
-                let snapshot = e.limiter.get().snapshot(now_ns);
+                // No key is copied: this runs under the admission lock.
+                let (lowest, keys) = e.limiter.lowest(now_ns);
                 let tokens_left = match e.policy.key {
                     KeyBy::Shared => e.limiter.get().remaining(&String::new(), now_ns),
-                    _ => snapshot
-                        .iter()
-                        .map(|(_, left)| *left)
-                        .min()
-                        .unwrap_or_else(|| e.limiter.get().remaining(&String::new(), now_ns)),
+                    _ => {
+                        lowest.unwrap_or_else(|| e.limiter.get().remaining(&String::new(), now_ns))
+                    }
                 };
                 let share = e.share(members, origin, now);
                 PolicyCounts {
@@ -502,7 +540,7 @@ impl Guards {
                     factor_ppm: factor.ppm(),
                     leased: e.lease.is_some_and(|(_, until)| now < until),
                     tokens_left,
-                    keys: snapshot.len(),
+                    keys,
                     demand_per_sec: e.demand_milli as f64 / 1e3,
                     refused: e.refused,
                     shadow_refused: e.shadow_refused,
@@ -718,7 +756,8 @@ mod tests {
         let grant = LeaseGrant {
             factor_ppm: 500_000,
             utilization_ppm: 900_000,
-            lease_ms: 2_000,
+            // Longer than this node's own lease: taken as LEASE (1 s).
+            lease_ms: 60_000,
             shares: vec![("p".into(), 1_000_000), ("gone".into(), 1_000_000)],
         };
         g.apply_lease(&grant, t0, t0);
@@ -734,16 +773,21 @@ mod tests {
         }
         assert!(g.admit(&c, Method::Append, None, 1, 100 * SEC).is_err());
 
-        // The lease runs from when it was asked, less one renewal period.
-        g.expire(t0 + Duration::from_millis(1_800));
-        let counts = &g.counts(200 * SEC, t0 + Duration::from_millis(1_800))[0];
-        assert_eq!((counts.share_ppm, counts.leased), (333_333, false));
+        // The lease runs from when it was asked, less one renewal period (0.75 s); admission
+        // itself notices its end, without waiting for the renewal loop.
+        std::thread::sleep(Duration::from_millis(800).saturating_sub(t0.elapsed()));
+        let admitted = (0..3)
+            .filter(|_| g.admit(&c, Method::Append, None, 1, 200 * SEC).is_ok())
+            .count();
         assert_eq!(
-            counts.tokens_left, 1,
-            "a sixth of 4 tokens: never below one"
+            admitted, 1,
+            "the fallback's bucket holds a sixth of 4 tokens (never below one), not 2"
         );
+        let counts = &g.counts(200 * SEC, Instant::now())[0];
+        assert_eq!((counts.share_ppm, counts.leased), (333_333, false));
         // One lease later still: the minimum.
-        let later = t0 + Duration::from_millis(3_800);
+        g.expire(t0 + Duration::from_millis(1_800));
+        let later = t0 + Duration::from_millis(1_800);
         assert_eq!(g.counts(300 * SEC, later)[0].share_ppm, 1_000);
     }
 }

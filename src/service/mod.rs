@@ -155,26 +155,25 @@ async fn reload_policies(node: std::sync::Weak<Node>, guards: guard::Guards) {
         tick.tick().await;
         let Some(node) = node.upgrade() else { return };
         match node.limit_policies().await {
-            Ok(policies) => guards.update(
-                policies,
-                {
-                    let (voters, learners) = node.members();
-                    voters.len() + learners.len()
-                },
-                guard::wall_now_ns(),
-                Instant::now(),
-            ),
+            Ok(policies) => {
+                node.set_lease_policies(policies.iter().map(|p| p.name.clone()).collect());
+                let (voters, learners) = node.members();
+                let members = voters.len() + learners.len();
+                guards.update(policies, members, guard::wall_now_ns(), Instant::now());
+            }
             Err(e) => tracing::warn!("reading the rate-limit policies: {e}"),
         }
         if guards.any() {
             renew_leases(&node, &guards).await;
         }
         if round % guard::SAVE_EVERY_RELOADS == guard::SAVE_EVERY_RELOADS - 1 {
+            // Written off this loop: a large state must not delay the next renewal.
             let (dir, state) = (node.config().data_dir.clone(), guards.export());
-            let saved = tokio::task::spawn_blocking(move || guard::save(&dir, &state)).await;
-            if let Ok(Err(e)) = saved {
-                tracing::warn!("writing the rate-limit state: {e}");
-            }
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = guard::save(&dir, &state) {
+                    tracing::warn!("writing the rate-limit state: {e}");
+                }
+            });
         }
     }
 }

@@ -24,11 +24,15 @@
 //!   until that runs out. So a member whose demand grew gets its larger share only once the
 //!   others have given theirs back.
 //! - **A new leader grows nobody at first**: it does not know the leases the old leader
-//!   granted. Until every member has asked it (and so reported what it holds), or two leases
-//!   have passed since it took over (the quiet period: every old lease has fallen back to
-//!   the minimum), it grants a member at most what the member held when it first asked —
+//!   granted. Until every member has asked it (and so reported what it holds), or the quiet
+//!   period passed (every old grant has run out; the caller knows when the former leader
+//!   stopped granting), it grants a member at most what the member held when it first asked —
 //!   its share under the former leader, whose shares added up to at most the whole and only
-//!   shrink once that leader stopped granting.
+//!   shrink once that leader stopped granting. A member not heard from counts as 1/N for one
+//!   lease after the quiet period (its fallback), then as the minimum.
+//! - **A member that left** is counted while its grant or fallback may still be in force.
+//! - **No request lowers a record below the last grant**: a member is counted at no less
+//!   than the book's last grant to it, whatever a request claims.
 //!
 //! A member's clock runs its lease from before it sent the request, the book's from when it
 //! got it: the member's lease ends first, so both see the same grants in force.
@@ -110,8 +114,10 @@ pub struct LeaseBook<M> {
 }
 
 impl<M: Ord + Copy> LeaseBook<M> {
-    /// A book for `members`, granting leases of `lease_ns`, that grows no member's share
-    /// before `quiet_until_ns` (two leases after its leader took over: see the module).
+    /// A book for `members`, granting leases of `lease_ns`. `quiet_until_ns`: when every
+    /// lease a former leader granted has run out (see the module); until then no member's
+    /// share grows past what it held when it first asked, unless every member was heard, and
+    /// a member not heard from counts as 1/N for one lease more (its fallback).
     pub fn new(
         members: &[M],
         lease_ns: u64,
@@ -130,13 +136,25 @@ impl<M: Ord + Copy> LeaseBook<M> {
         Ok(book)
     }
 
-    /// The members (voters) now; grants of members that left are forgotten.
+    /// The members now. A member that left is still counted while it may enforce its grant
+    /// or fallback (it may not know yet that it left), then forgotten.
     pub fn set_members(&mut self, members: &[M]) {
         let mut members = members.to_vec();
         members.sort_unstable();
         members.dedup();
-        self.held.retain(|m, _| members.binary_search(m).is_ok());
         self.members = members;
+    }
+
+    /// What a member with record `h` may be enforcing: the larger of its grant and of what it
+    /// reported holding (if it never got the grant).
+    fn curve(&self, h: &Held, now_ns: u64) -> Factor {
+        let (n, lease) = (self.members.len(), self.lease_ns);
+        enforced(Some((h.share, h.expires_ns)), n, lease, now_ns).max(enforced(
+            Some(h.reported),
+            n,
+            lease,
+            now_ns,
+        ))
     }
 
     pub fn members(&self) -> &[M] {
@@ -147,16 +165,13 @@ impl<M: Ord + Copy> LeaseBook<M> {
     /// quiet period a member not heard from yet may hold anything; it counts as 1/N (while
     /// any member is unheard, grants do not grow anyway).
     pub fn holding(&self, m: M, now_ns: u64) -> Factor {
-        let n = self.members.len();
-        let lease = self.lease_ns;
         match self.held.get(&m) {
-            Some(h) => enforced(Some((h.share, h.expires_ns)), n, lease, now_ns).max(enforced(
-                Some(h.reported),
-                n,
-                lease,
-                now_ns,
-            )),
-            None if now_ns < self.quiet_until_ns => fair(n),
+            Some(h) => self.curve(h, now_ns),
+            // A former leader's grant runs out by `quiet_until_ns`; its fallback one lease
+            // later.
+            None if now_ns < self.quiet_until_ns.saturating_add(self.lease_ns) => {
+                fair(self.members.len())
+            }
             None => Factor::MIN,
         }
     }
@@ -184,15 +199,50 @@ impl<M: Ord + Copy> LeaseBook<M> {
         let target = (spread * u128::from(req.demand_milli))
             .checked_div(total)
             .map_or(PPM / n, |part| idle + part as u64);
+        // Members that left are forgotten once they can enforce nothing above the minimum.
+        let members = std::mem::take(&mut self.members);
+        self.held.retain(|o, h| {
+            members.binary_search(o).is_ok()
+                || enforced(
+                    Some((h.share, h.expires_ns)),
+                    members.len(),
+                    self.lease_ns,
+                    now_ns,
+                )
+                .max(enforced(
+                    Some(h.reported),
+                    members.len(),
+                    self.lease_ns,
+                    now_ns,
+                )) > Factor::MIN
+        });
+        self.members = members;
         let held_by_others: u64 = self
             .members
             .iter()
-            .filter(|o| **o != m)
+            .filter(|o| **o != m && !self.held.contains_key(o))
             .map(|o| u64::from(self.holding(*o, now_ns).ppm()))
+            .chain(
+                self.held
+                    .iter()
+                    .filter(|(o, _)| **o != m)
+                    .map(|(_, h)| u64::from(self.curve(h, now_ns).ppm())),
+            )
             .sum();
-        // Quiet until this request is heard too: the member asking is then known.
-        let reported = (req.holding, now_ns.saturating_add(req.holding_left_ns));
-        let heard = self.held.len() + usize::from(!self.held.contains_key(&m));
+        // What this member may hold if it never gets this grant: what it says it holds —
+        // and, whoever sent this request, no less than the book's last grant to it (not the
+        // records before that: a member that renews must be able to give a share back).
+        let mut reported = (req.holding, now_ns.saturating_add(req.holding_left_ns));
+        if let Some(h) = self.held.get(&m) {
+            reported = (reported.0.max(h.share), reported.1.max(h.expires_ns));
+        }
+        // Quiet until every member was heard (this one included) or the former leader's
+        // grants ran out.
+        let heard = self
+            .members
+            .iter()
+            .filter(|o| **o == m || self.held.contains_key(o))
+            .count();
         let quiet = now_ns < self.quiet_until_ns && heard < self.members.len();
         let first = self.held.get(&m).map_or(req.holding, |h| h.first);
         let mut share = target.min(PPM.saturating_sub(held_by_others));

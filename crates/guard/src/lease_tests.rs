@@ -37,6 +37,19 @@ fn a_zero_lease_is_refused_and_so_is_a_stranger() {
     assert!(b.grant(9, req(1, Factor::ONE), 2 * SEC).is_err());
 }
 
+/// 40 rounds of members 1..=3 renewing (every half lease) with `demand`, each applying
+/// every grant; what they enforce never adds up to more than the whole.
+fn renew(b: &mut LeaseBook<u64>, demand: [u64; 3], shares: &mut [Factor; 3], t: &mut u64) {
+    for _ in 0..40 {
+        for (i, d) in demand.iter().enumerate() {
+            shares[i] = b.grant(i as u64 + 1, req(*d, shares[i]), *t).unwrap().share;
+            let sum: u32 = shares.iter().map(|s| s.ppm()).sum();
+            assert!(sum <= 1_000_000, "{sum}");
+        }
+        *t += SEC / 2;
+    }
+}
+
 /// Uneven demand: shares follow demand, a member without demand keeps a twentieth of its
 /// fair share, and the whole is never exceeded.
 #[test]
@@ -60,25 +73,21 @@ fn shares_follow_demand_within_the_whole() {
             .share,
         fair
     );
-    // After it: silent members hold the minimum.
-    let t = 5 * SEC;
-    assert_eq!(b.holding(2, t), Factor::MIN);
-    let s2 = b.grant(2, req(200, Factor::MIN), t).unwrap().share;
-    let s3 = b.grant(3, req(0, Factor::MIN), t).unwrap().share;
-    assert_eq!(s3.ppm(), 16_666, "idle: a twentieth of 1/3");
-    // 2's part of (800 + 200), of what is left after the idle floors.
-    assert_eq!(s2.ppm(), 16_666 + (1_000_000 - 3 * 16_666) / 5);
-    let s1 = b.grant(1, req(800, fair), t).unwrap().share;
-    assert_eq!(s1.ppm(), 16_666 + (1_000_000 - 3 * 16_666) * 4 / 5);
-    let sum = s1.ppm() + s2.ppm() + s3.ppm();
-    assert!(sum <= 1_000_000 && sum > 999_990, "{sum}");
-    // Demand moves to 3: it gets only what 1 and 2 do not hold, until they give it back.
-    let s3 = b.grant(3, req(1000, s3), t + 1).unwrap().share;
-    assert_eq!(s3.ppm(), 1_000_000 - s1.ppm() - s2.ppm());
-    let s1 = b.grant(1, req(0, s1), t + 2).unwrap().share;
-    assert_eq!(s1.ppm(), 16_666);
-    let s3 = b.grant(3, req(1000, s3), t + 3).unwrap().share;
-    assert!(s3 > fair && s3.ppm() + s1.ppm() + s2.ppm() <= 1_000_000);
+    // After it, and one lease more: silent members hold the minimum.
+    assert_eq!(b.holding(2, 5 * SEC), fair, "its fallback may still run");
+    assert_eq!(b.holding(2, 6 * SEC), Factor::MIN);
+    // Members renewing every quarter of a lease converge on shares in proportion to demand
+    // (800, 200, 0): a member without demand keeps a twentieth of its fair share.
+    let mut shares = [Factor::MIN; 3];
+    let mut t = 6 * SEC;
+    renew(&mut b, [800, 200, 0], &mut shares, &mut t);
+    let spread = 1_000_000 - 3 * 16_666;
+    assert_eq!(shares[2].ppm(), 16_666, "idle: a twentieth of 1/3");
+    assert_eq!(shares[1].ppm(), 16_666 + spread / 5);
+    assert_eq!(shares[0].ppm(), 16_666 + spread * 4 / 5);
+    // Demand moves to 3: it grows only as 1 and 2 give theirs back, and gets there.
+    renew(&mut b, [0, 0, 1000], &mut shares, &mut t);
+    assert_eq!(shares[2].ppm(), 16_666 + spread);
 }
 
 #[test]
@@ -110,15 +119,37 @@ fn nobody_asking_gets_the_fair_share_and_silent_members_give_theirs_back() {
     assert_eq!(s.ppm(), 250_000);
 }
 
+/// A member that left is counted while its grant and then its fallback may be in force (it
+/// may not know yet that it left), then forgotten.
 #[test]
-fn a_member_that_leaves_is_forgotten() {
+fn a_member_that_leaves_is_counted_until_its_lease_ran_out() {
     let mut b = LeaseBook::new(&[1u64, 2], SEC, 0).unwrap();
     let t = 2 * SEC;
-    b.grant(2, req(10, f(500_000)), t).unwrap();
+    let s2 = b.grant(2, req(10, f(500_000)), t).unwrap().share;
+    assert_eq!(s2.ppm(), 975_000, "1 was never heard: the minimum");
     b.set_members(&[1]);
     assert!(b.grant(2, req(10, f(500_000)), t).is_err());
     assert_eq!(
-        b.grant(1, req(10, f(500_000)), t).unwrap().share,
+        b.grant(1, req(10, Factor::MIN), t).unwrap().share.ppm(),
+        25_000
+    );
+    // Grant and fallback (1/N = the whole, now) ran out: 2 is forgotten.
+    assert_eq!(
+        b.grant(1, req(10, Factor::MIN), t + 2 * SEC).unwrap().share,
         Factor::ONE
     );
+}
+
+/// A request cannot lower a record: a member is counted at no less than what the book
+/// granted it, whatever the request (or someone speaking for it) claims.
+#[test]
+fn a_request_claiming_less_does_not_free_a_running_grant() {
+    let mut b = LeaseBook::new(&[1u64, 2], SEC, 0).unwrap();
+    let t = 2 * SEC;
+    let s1 = b.grant(1, req(1_000, Factor::MIN), t).unwrap().share;
+    assert_eq!(s1.ppm(), 975_000);
+    // "1" asks again claiming it holds the minimum and wants nothing.
+    b.grant(1, req(0, Factor::MIN), t + 1).unwrap();
+    let s2 = b.grant(2, req(1_000, Factor::MIN), t + 2).unwrap().share;
+    assert_eq!(s2.ppm(), 25_000, "1's first grant still runs");
 }

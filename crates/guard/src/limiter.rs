@@ -215,6 +215,15 @@ impl<K: Hash + Eq + Clone, A: Algorithm> Keyed<K, A> {
         room
     }
 
+    /// For dashboards, without copying keys: what the most drained key has left at
+    /// `now_ns` (None: no key held).
+    pub fn min_remaining(&self, now_ns: u64) -> Option<u64> {
+        self.entries
+            .values()
+            .map(|st| self.algo.remaining(st, now_ns, self.factor))
+            .min()
+    }
+
     /// Every key's state, with the policy, for writing to disk.
     pub fn export(&self) -> LimiterState<A, A::State, K> {
         LimiterState {

@@ -133,3 +133,13 @@ fn small_quotients_are_exact_floors() {
         );
     }
 }
+
+#[test]
+fn the_most_drained_key_is_read_without_copying_keys() {
+    let mut l = Keyed::new(TokenBucket::from_nano(4, 1_000_000_000).unwrap(), 10).unwrap();
+    assert_eq!(l.min_remaining(0), None);
+    l.try_acquire(&"a", 1, 0).unwrap();
+    l.try_acquire(&"b", 3, 0).unwrap();
+    assert_eq!(l.min_remaining(0), Some(1));
+    assert_eq!(l.len(), 2);
+}
