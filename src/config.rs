@@ -281,6 +281,16 @@ impl Config {
         if r.election_timeout_max_ms <= r.election_timeout_min_ms {
             return bad("raft.election_timeout_max_ms must exceed raft.election_timeout_min_ms");
         }
+        // Rate-limit leases: a leader grants only within 0.5 s of a quorum confirming it, and
+        // openraft's followers campaign no sooner than election_timeout_max + a random
+        // election timeout after the last heartbeat (≥ 2 × min): with min ≥ 250 ms a new
+        // leader is never elected while the deposed one may still grant.
+        if r.election_timeout_min_ms < 250 {
+            return bad(
+                "raft.election_timeout_min_ms must be at least 250 (rate-limit leases rely on \
+                 it; see ARCHITECTURE.md, rate limits)",
+            );
+        }
         let p = &self.proposer;
         if p.queue_capacity == 0
             || p.max_batch_commands == 0
@@ -397,6 +407,9 @@ mod tests {
         c.raft.election_timeout_min_ms = 50;
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("election_timeout_min_ms"), "{e}");
+        c.raft.election_timeout_min_ms = 200;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("at least 250"), "{e}");
     }
 
     /// Breaker settings the core or the node cannot work with are refused, naming them.
