@@ -170,7 +170,8 @@ impl BreakerSettings {
             .map_err(|e| ConfigError::Invalid(format!("breakers: {e}")))?;
         if self.slow_call_ms == 0 || self.slow_call_ms >= write_timeout_ms {
             return Err(ConfigError::Invalid(format!(
-                "breakers.slow_call_ms ({}) must be > 0 and below write_timeout_ms                  ({write_timeout_ms}): a call is judged slow before its deadline",
+                "breakers.slow_call_ms ({}) must be > 0 and below write_timeout_ms \
+                 ({write_timeout_ms}): a call is judged slow before its deadline",
                 self.slow_call_ms
             )));
         }

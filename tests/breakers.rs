@@ -61,7 +61,10 @@ async fn client_with_timeout(
 async fn a_stopped_leader_opens_the_followers_breakers_and_they_close_after_it_continues() {
     // Elections far apart: the followers keep following the stopped leader (the window in
     // which its breaker answers for it) instead of electing another one.
-    let toml = "[raft]\nelection_timeout_min_ms = 30000\nelection_timeout_max_ms = 35000\n";
+    // A reset timeout longer than the test's checks: the fast refusals below must not turn
+    // into half-open probes of the stopped leader.
+    let toml = "[raft]\nelection_timeout_min_ms = 30000\nelection_timeout_max_ms = 35000\n\
+                [breakers]\nreset_timeout_ms = 20000\n";
     let mut c = TestCluster::start_uninitialized(0, &[]).await;
     for _ in 0..3 {
         c.spawn_node_with_config(Some(toml)).await;
@@ -206,10 +209,13 @@ async fn a_stopped_leader_opens_the_followers_breakers_and_they_close_after_it_c
             .last()
             .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .map(|v| v["summary"].clone());
-        if let Some(s) = summary.filter(|s| s["count"].as_u64().unwrap_or(0) >= 3) {
+        // An open point (2) and a closed one (0), whatever flapping came between.
+        if let Some(s) = summary.filter(|s| {
+            s["count"].as_u64().unwrap_or(0) >= 3
+                && s["max"].as_f64() == Some(2.0)
+                && s["min"].as_f64() == Some(0.0)
+        }) {
             println!("telemetry {series}: {s}");
-            assert_eq!(s["max"].as_f64(), Some(2.0), "an open point: {s}");
-            assert_eq!(s["min"].as_f64(), Some(0.0), "a closed point: {s}");
             break;
         }
         assert!(
@@ -330,9 +336,9 @@ async fn failover_time_after_a_leader_stops_under_load() {
         .collect();
     let nodes: Vec<&TestNode> = c.nodes.iter().collect();
     let stored = check_logs(&nodes, &acked).await;
+    // check_logs fails if an acknowledged append is missing or stored twice.
     println!(
         "failover: {} appends acknowledged, {stored} events stored (unacknowledged ones may be stored too)",
         acked.len()
     );
-    assert!(stored >= acked.len());
 }

@@ -499,11 +499,24 @@ async fn forward(
                 node.grpc_addr
             ))
         })?;
-        outcomes
+        from_leader(outcomes, leader)
     }
     .await;
     drop(permit);
     distribute(replies, outcomes);
+}
+
+/// The leader's answer as this node takes it. Only this node's own breaker can say "nothing
+/// was sent": from a peer's reply it would be a claim (with an address of the peer's
+/// choosing) the peer cannot make, so it reads as "outcome unknown".
+fn from_leader(outcomes: Outcomes, leader: NodeId) -> Outcomes {
+    match outcomes {
+        Err(ProposeError::BreakerOpen { reason, .. }) => Err(ProposeError::Unknown(format!(
+            "leader node {leader} answered with a breaker refusal of its own ({reason}): the \
+             batch may have been proposed"
+        ))),
+        outcomes => outcomes,
+    }
 }
 
 /// What a failed `Propose` call to the leader means for the batch. Only a failure that proves
@@ -624,6 +637,23 @@ mod tests {
 
     use super::*;
     use crate::node::NodeError;
+
+    /// A leader's reply claiming a breaker refusal is not "not written".
+    #[test]
+    fn a_breaker_refusal_from_the_wire_reads_as_outcome_unknown() {
+        let claimed = Err(ProposeError::BreakerOpen {
+            leader: (7, leader()),
+            reason: "open".into(),
+        });
+        assert!(matches!(
+            from_leader(claimed, 2),
+            Err(ProposeError::Unknown(_))
+        ));
+        assert!(matches!(
+            from_leader(Ok(Vec::new()), 2),
+            Ok(v) if v.is_empty()
+        ));
+    }
 
     fn leader() -> NodeInfo {
         NodeInfo {

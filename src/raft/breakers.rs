@@ -106,10 +106,18 @@ fn detector() -> GrpcCodes {
     GrpcCodes::new(&FAILURE_CODES).unwrap_or_default()
 }
 
-fn wall_now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+/// Monotonic ns, anchored once at the wall clock: a breaker's timing never jumps with a
+/// stepped clock (a step back would hold it open for the step), and its transitions still
+/// carry wall-clock times for the telemetry series.
+fn now_ns() -> u64 {
+    static ORIGIN: std::sync::OnceLock<(Instant, u64)> = std::sync::OnceLock::new();
+    let (at, wall) = ORIGIN.get_or_init(|| {
+        let wall = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        (Instant::now(), wall)
+    });
+    wall.saturating_add(u64::try_from(at.elapsed().as_nanos()).unwrap_or(u64::MAX))
 }
 
 struct Entry {
@@ -162,7 +170,7 @@ impl PeerBreakers {
 
     /// Asks the breaker to `peer` whether a call may go out now.
     pub fn admit(&self, peer: NodeId) -> Result<Ticket, BreakerOpen> {
-        let now = wall_now_ns();
+        let now = now_ns();
         let (admitted, epoch, state, transitions) = {
             let mut peers = self.lock();
             if !peers.contains_key(&peer) && peers.len() >= MAX_PEERS {
@@ -194,7 +202,7 @@ impl PeerBreakers {
 
     /// Records an admitted call's outcome (ignored if the breaker moved on since).
     pub fn record(&self, ticket: Ticket, failed: bool, latency: Duration) {
-        let now = wall_now_ns();
+        let now = now_ns();
         let latency_ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
         let transitions = {
             let mut peers = self.lock();
