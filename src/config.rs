@@ -720,6 +720,31 @@ mod tests {
         }
     }
 
+    /// The README's `[auth]` example is a configuration that starts.
+    #[test]
+    fn the_readme_auth_example_validates() {
+        let readme =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+                .unwrap();
+        let block = readme
+            .split("```toml\n")
+            .filter_map(|b| b.split("```").next())
+            .find(|b| b.starts_with("[auth]"))
+            .expect("README has an [auth] example");
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("dev.secret");
+        std::fs::write(&secret, "a development secret of 32 bytes or more\n").unwrap();
+        let text = block.replace(
+            "\"dev.secret\"",
+            &format!("{:?}", secret.display().to_string()),
+        );
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, text).unwrap();
+        let c = Config::from_file(&path).unwrap();
+        assert!(c.auth.enabled);
+        c.validate().unwrap();
+    }
+
     /// Each broken link of "append ≤ entry ≤ message ≤ transport" is refused at startup,
     /// naming the settings to change; raising them together is fine.
     #[test]
