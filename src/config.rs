@@ -57,6 +57,9 @@ pub struct Config {
     pub breakers: BreakerSettings,
     /// Fault injection for tests: shifts this node's wall clock by this much. Keep 0.
     pub clock_offset_ms: i64,
+    /// Token verification (`[auth]`). Checked at start when enabled; not enforced on any
+    /// API yet.
+    pub auth: AuthSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,6 +188,190 @@ impl BreakerSettings {
     }
 }
 
+/// `[auth]`: how bearer tokens are verified (`crate::auth`). Not enforced on any API yet:
+/// with `enabled`, the settings and every key are checked at start (a bad key refuses to
+/// start), and the wiring of a later stage puts the verifier in front of the APIs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    pub enabled: bool,
+    /// `iss` every token must carry, exactly.
+    pub issuer: String,
+    /// `aud` of tokens for the client APIs.
+    pub audience: String,
+    /// `aud` of node-to-node tokens; must differ from `audience`.
+    pub node_audience: String,
+    /// Clock difference tolerated on `exp` and `nbf`.
+    pub leeway_secs: u64,
+    /// Longer tokens are refused before any decoding.
+    pub max_token_bytes: usize,
+    /// Verified tokens remembered until they expire (0: verify every time).
+    pub cache_entries: usize,
+    /// Keys by `kid`, each with its allowed algorithms and a PEM public key or an HMAC
+    /// secret file.
+    pub keys: Vec<AuthKeySettings>,
+    /// A JWKS file of public keys (each with `kid` and `alg`), besides `keys`.
+    pub jwks_file: Option<PathBuf>,
+}
+
+/// One `[[auth.keys]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthKeySettings {
+    pub kid: String,
+    /// E.g. `["RS256"]`, `["ES256"]`, `["EdDSA"]`, `["HS256"]`: one family per key.
+    pub algorithms: Vec<String>,
+    /// A PEM public key, for RS*/PS*/ES*/EdDSA.
+    #[serde(default)]
+    pub pem_file: Option<PathBuf>,
+    /// A file holding an HMAC secret of at least 32 bytes, for HS* (development).
+    #[serde(default)]
+    pub hmac_secret_file: Option<PathBuf>,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            enabled: false,
+            issuer: String::new(),
+            audience: String::new(),
+            node_audience: String::new(),
+            leeway_secs: crate::auth::DEFAULT_LEEWAY_SECS,
+            max_token_bytes: crate::auth::DEFAULT_MAX_TOKEN_BYTES,
+            cache_entries: crate::auth::DEFAULT_CACHE_ENTRIES,
+            keys: Vec::new(),
+            jwks_file: None,
+        }
+    }
+}
+
+impl AuthSettings {
+    /// Most leeway accepted: more would make `exp` meaningless.
+    pub const MAX_LEEWAY_SECS: u64 = 300;
+    /// Range of `max_token_bytes`.
+    pub const TOKEN_BYTES_RANGE: std::ops::RangeInclusive<usize> = 256..=(64 << 10);
+    pub const MAX_CACHE_ENTRIES: usize = 1 << 20;
+
+    /// What tokens must say.
+    pub fn policy(&self) -> crate::auth::Policy {
+        crate::auth::Policy {
+            issuer: self.issuer.clone(),
+            audience: self.audience.clone(),
+            node_audience: self.node_audience.clone(),
+            leeway_secs: self.leeway_secs,
+            max_token_bytes: self.max_token_bytes,
+            cache_entries: self.cache_entries,
+        }
+    }
+
+    /// The key sources, each key checked on its own (no file is read).
+    pub fn key_sources(&self) -> Result<crate::auth::KeySources, ConfigError> {
+        use crate::auth::{Algorithm, KeySource, KeySpec};
+        let mut keys = Vec::with_capacity(self.keys.len());
+        for (i, k) in self.keys.iter().enumerate() {
+            let field = |what: &str| ConfigError::Invalid(format!("auth.keys[{i}].{what}"));
+            let algorithms = k
+                .algorithms
+                .iter()
+                .map(|a| {
+                    a.parse::<Algorithm>().map_err(|_| {
+                        field(&format!(
+                            "algorithms: unknown algorithm {a:?} (RS256, ES256, EdDSA, HS256, …)"
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let source = match (&k.pem_file, &k.hmac_secret_file) {
+                (Some(p), None) => KeySource::PemFile(p.clone()),
+                (None, Some(p)) => KeySource::HmacSecretFile(p.clone()),
+                _ => return Err(field("pem_file / hmac_secret_file: set exactly one")),
+            };
+            let spec = KeySpec {
+                kid: k.kid.clone(),
+                algorithms,
+                source,
+            };
+            crate::auth::keys::check_spec(&spec).map_err(|e| self.key_error(e))?;
+            keys.push(spec);
+        }
+        Ok(crate::auth::KeySources {
+            keys,
+            jwks_file: self.jwks_file.clone(),
+        })
+    }
+
+    /// Builds the verifier: reads and checks every key.
+    pub fn verifier(&self) -> Result<crate::auth::Verifier, ConfigError> {
+        crate::auth::Verifier::new(self.policy(), self.key_sources()?)
+            .map_err(|e| self.key_error(e))
+    }
+
+    /// A key error, naming the setting it comes from.
+    fn key_error(&self, e: crate::auth::KeyError) -> ConfigError {
+        use crate::auth::KeyError;
+        let at = match &e {
+            KeyError::Key { kid, .. } | KeyError::DuplicateKid(kid) => {
+                match self.keys.iter().position(|k| &k.kid == kid) {
+                    Some(i) => format!("auth.keys[{i}]"),
+                    None => "auth.jwks_file".to_owned(),
+                }
+            }
+            KeyError::Jwks { .. } => "auth.jwks_file".to_owned(),
+            KeyError::Read { .. } | KeyError::FileTooLarge { .. } => "auth key file".to_owned(),
+            KeyError::NoKeys | KeyError::TooManyKeys(_) => "auth.keys".to_owned(),
+        };
+        ConfigError::Invalid(format!("{at}: {e}"))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        // The shape is checked whether or not auth is enabled, so a mistake shows before
+        // it is switched on.
+        self.key_sources()?;
+        if self.leeway_secs > Self::MAX_LEEWAY_SECS {
+            return bad(format!(
+                "auth.leeway_secs ({}) must be at most {}",
+                self.leeway_secs,
+                Self::MAX_LEEWAY_SECS
+            ));
+        }
+        if !Self::TOKEN_BYTES_RANGE.contains(&self.max_token_bytes) {
+            return bad(format!(
+                "auth.max_token_bytes ({}) must be within {:?}",
+                self.max_token_bytes,
+                Self::TOKEN_BYTES_RANGE
+            ));
+        }
+        if self.cache_entries > Self::MAX_CACHE_ENTRIES {
+            return bad(format!(
+                "auth.cache_entries ({}) must be at most {}",
+                self.cache_entries,
+                Self::MAX_CACHE_ENTRIES
+            ));
+        }
+        if !self.enabled {
+            return Ok(());
+        }
+        for (name, value) in [
+            ("issuer", &self.issuer),
+            ("audience", &self.audience),
+            ("node_audience", &self.node_audience),
+        ] {
+            if value.is_empty() {
+                return bad(format!("auth.{name} must be set when auth is enabled"));
+            }
+        }
+        if self.node_audience == self.audience {
+            return bad(
+                "auth.node_audience must differ from auth.audience: a client token must not \
+                 pass on the node plane"
+                    .to_owned(),
+            );
+        }
+        self.verifier().map(drop)
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -208,6 +395,7 @@ impl Default for Config {
             proposer: ProposerSettings::default(),
             breakers: BreakerSettings::default(),
             clock_offset_ms: 0,
+            auth: AuthSettings::default(),
         }
     }
 }
@@ -322,6 +510,7 @@ impl Config {
             return bad("dedupe_window_secs must be > 0");
         }
         self.breakers.validate(self.write_timeout_ms)?;
+        self.auth.validate()?;
         Ok(())
     }
 
@@ -446,6 +635,128 @@ mod tests {
                 (got, want) => panic!("case {i}: got {got:?}, wanted a refusal naming {want:?}"),
             }
         }
+    }
+
+    /// `[auth]`: what must refuse to start (a short HMAC secret, one key allowed for HS256
+    /// and RS256, …) is refused naming the setting; a development setup passes.
+    #[test]
+    fn auth_settings_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, bytes: &[u8]| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, bytes).unwrap();
+            p.display().to_string()
+        };
+        let (good, short) = (
+            file("dev.secret", &[b'k'; 40]),
+            file("short.secret", b"tooshort1"),
+        );
+        let pem = file(
+            "k.pem",
+            b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+        );
+        let head = "[auth]\nenabled = true\nissuer = \"aetherops-dev\"\naudience = \"aetherops\"\n\
+                    node_audience = \"aetherops-node\"\n";
+        let key = |algs: &str, field: &str, path: &str| {
+            format!("[[auth.keys]]\nkid = \"dev\"\nalgorithms = [{algs}]\n{field} = {path:?}\n")
+        };
+        let hs = |path: &str| key("\"HS256\"", "hmac_secret_file", path);
+        let cases: Vec<(&str, String, Option<&str>)> = vec![
+            ("development key", format!("{head}{}", hs(&good)), None),
+            ("no [auth] at all", String::new(), None),
+            (
+                "HMAC secret under 32 bytes",
+                format!("{head}{}", hs(&short)),
+                Some("auth.keys[0]: key \"dev\": HMAC secret of 9 bytes"),
+            ),
+            (
+                "one key for HS256 and RS256",
+                format!("{head}{}", key("\"HS256\", \"RS256\"", "pem_file", &pem)),
+                Some("auth.keys[0]: key \"dev\": allowed for algorithms of different families"),
+            ),
+            (
+                "HS256 and RS256, auth disabled",
+                format!("[auth]\n{}", key("\"HS256\", \"RS256\"", "pem_file", &pem)),
+                Some("different families"),
+            ),
+            (
+                "unknown algorithm",
+                format!("{head}{}", key("\"HS257\"", "hmac_secret_file", &good)),
+                Some("auth.keys[0].algorithms"),
+            ),
+            (
+                "pem_file and hmac_secret_file",
+                format!("{head}{}pem_file = {pem:?}\n", hs(&good)),
+                Some("set exactly one"),
+            ),
+            (
+                "a PEM that is no key",
+                format!("{head}{}", key("\"RS256\"", "pem_file", &pem)),
+                Some("auth.keys[0]: key \"dev\": not a usable RSA public key"),
+            ),
+            ("no keys", head.to_owned(), Some("auth.keys")),
+            (
+                "same audience on both planes",
+                format!(
+                    "{}{}",
+                    head.replace("aetherops-node", "aetherops"),
+                    hs(&good)
+                ),
+                Some("auth.node_audience"),
+            ),
+            (
+                "no issuer",
+                format!("{}{}", head.replace("aetherops-dev", ""), hs(&good)),
+                Some("auth.issuer"),
+            ),
+            (
+                "leeway of 10 minutes",
+                format!("{head}leeway_secs = 600\n{}", hs(&good)),
+                Some("auth.leeway_secs"),
+            ),
+            (
+                "max token of 1 MiB",
+                format!("{head}max_token_bytes = 1048576\n{}", hs(&good)),
+                Some("auth.max_token_bytes"),
+            ),
+        ];
+        let path = dir.path().join("node.toml");
+        for (name, text, refused) in cases {
+            std::fs::write(&path, &text).unwrap();
+            let c = Config::from_file(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+            match (c.validate(), refused) {
+                (Ok(()), None) => {}
+                (Err(e), Some(words)) => {
+                    assert!(e.to_string().contains(words), "{name}: {e}")
+                }
+                (got, want) => panic!("{name}: got {got:?}, wanted a refusal naming {want:?}"),
+            }
+        }
+    }
+
+    /// The README's `[auth]` example is a configuration that starts.
+    #[test]
+    fn the_readme_auth_example_validates() {
+        let readme =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+                .unwrap();
+        let block = readme
+            .split("```toml\n")
+            .filter_map(|b| b.split("```").next())
+            .find(|b| b.starts_with("[auth]"))
+            .expect("README has an [auth] example");
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("dev.secret");
+        std::fs::write(&secret, "a development secret of 32 bytes or more\n").unwrap();
+        let text = block.replace(
+            "\"dev.secret\"",
+            &format!("{:?}", secret.display().to_string()),
+        );
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, text).unwrap();
+        let c = Config::from_file(&path).unwrap();
+        assert!(c.auth.enabled);
+        c.validate().unwrap();
     }
 
     /// Each broken link of "append ≤ entry ≤ message ≤ transport" is refused at startup,

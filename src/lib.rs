@@ -2,6 +2,7 @@
 //! run orbital assets. See `ARCHITECTURE.md` for the map of modules and their invariants.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod ctl;
 pub mod eventstore;

@@ -3,7 +3,7 @@
 //! So the README cannot rot.
 //!
 //! What the README leaves to the reader is filled in here: the files it names (`payment.json`,
-//! `export.jsonl`) are written into the working directory the commands run in; the NAB data
+//! `export.jsonl`, `dev.secret`) are written into the working directory the commands run in; the NAB data
 //! comes from where `tests/telemetry_nab.rs` finds it (lines that need it are skipped loudly
 //! when it is absent); `--addr` always names the test's node (the 3-node cluster block's
 //! commands run against it too); a `--at` time becomes the current time, written the way the
@@ -105,6 +105,11 @@ fn is_aetherctl(word: &str) -> bool {
 
 /// What the README's `@FILE` and file arguments name.
 fn write_fixtures(dir: &Path) {
+    std::fs::write(
+        dir.join("dev.secret"),
+        "a development secret of 32 bytes or more\n",
+    )
+    .unwrap();
     std::fs::write(
         dir.join("payment.json"),
         r#"{"method":"card","amount_eur":120}"#,

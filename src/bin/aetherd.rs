@@ -76,6 +76,14 @@ fn main() -> anyhow::Result<()> {
         config.advertise_http_addr = args.advertise_http_addr;
     }
     config.validate()?;
+    if config.auth.enabled {
+        // Keep the operator from believing the node is protected: the keys load, nothing
+        // checks tokens yet.
+        tracing::warn!(
+            "[auth] is enabled and its keys load, but no API checks tokens yet: every caller \
+             is served"
+        );
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if config.worker_threads > 0 {
         builder.worker_threads(config.worker_threads);

@@ -3,6 +3,7 @@
 //!
 //! Errors go to stderr as `error: <gRPC code>: <server message>` with exit code 1.
 
+pub mod auth;
 pub mod bench;
 pub mod cluster;
 pub mod failover;
@@ -80,6 +81,9 @@ pub enum Cmd {
     /// Load generators.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// Tokens: `mint` one for development (not enforced by nodes yet).
+    #[command(subcommand)]
+    Auth(auth::AuthCmd),
 }
 
 #[derive(Args, Debug)]
@@ -201,6 +205,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
         Cmd::Telemetry(t) => telemetry::run(&cli.addr, timeout, t, &printer).await,
         Cmd::Limits(l) => limits::run(&cli.addr, timeout, l, &printer).await,
         Cmd::Bench(b) => bench::run(&cli.addr, b, &printer).await,
+        Cmd::Auth(a) => auth::run(a, &printer),
     }
 }
 
