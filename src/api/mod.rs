@@ -43,6 +43,8 @@ pub fn status(e: ServiceError) -> Status {
         | ServiceError::Unavailable(_) => Code::Unavailable,
         ServiceError::Overloaded(_) | ServiceError::RateLimited { .. } => Code::ResourceExhausted,
         ServiceError::OutcomeUnknown(_) | ServiceError::Timeout(_) => Code::DeadlineExceeded,
+        ServiceError::Unauthenticated(_) => Code::Unauthenticated,
+        ServiceError::Forbidden(_) => Code::PermissionDenied,
         ServiceError::Internal(_) => Code::Internal,
     };
     let mut status = Status::new(code, e.to_string());

@@ -155,6 +155,9 @@ pub struct Node {
     reads: ReadPool,
     /// The leases of the cluster-wide rate limits this node grants while it leads.
     leases: Arc<LeaseDesk>,
+    /// Verifies bearer tokens on both planes (`None`: authentication is off). One per node,
+    /// shared by every adapter; SIGHUP reloads its keys.
+    auth: Option<Arc<crate::auth::Verifier>>,
 }
 
 /// Who owns a data directory: the node id, and the directory's incarnation.
@@ -214,6 +217,16 @@ impl Node {
         config
             .validate()
             .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+        // Every key is read and checked before anything starts: a bad key refuses to start.
+        let auth = if config.auth.enabled {
+            let verifier = config
+                .auth
+                .verifier()
+                .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+            Some(Arc::new(verifier))
+        } else {
+            None
+        };
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(StorageError::from)?;
         let incarnation = check_identity(&data_dir, config.node_id)?;
@@ -304,6 +317,7 @@ impl Node {
             subscription_slots,
             reads,
             leases: Arc::default(),
+            auth,
         });
         tokio::spawn(node.clone().adopt_rules_when_ready());
         tokio::spawn(breakers::write_points(Arc::downgrade(&node), breaker_log));
@@ -333,6 +347,11 @@ impl Node {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The token verifier, when authentication is on.
+    pub fn auth(&self) -> Option<&Arc<crate::auth::Verifier>> {
+        self.auth.as_ref()
     }
 
     /// The node-to-node service this node answers (Raft, proposals forwarded by followers,

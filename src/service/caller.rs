@@ -1,24 +1,30 @@
 //! Who is asking. Every operation of the service layer receives its caller: authorization
-//! and rate limits key on it. Until authentication lands every caller is anonymous; the peer
-//! address is kept so that limits can key on it meanwhile.
+//! and rate limits key on it. With authentication off (`--dev`, or `[auth]` not enabled)
+//! every caller is anonymous and limits key on the peer's address.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use crate::auth::Identity;
 
 /// The identity a request was made with.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
-    /// No credential was presented (authentication is not configured yet).
+    /// Authentication is off on this node: no credential is asked for.
     Anonymous,
+    /// The caller a verified token names.
+    User(Arc<Identity>),
 }
 
 /// The caller of one operation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub principal: Principal,
     /// Where the request came from, when the transport knows.
     pub peer: Option<SocketAddr>,
+    /// The bearer token as presented, kept so that a write this node forwards to the leader
+    /// carries the caller's own credential (the leader authorizes it again).
+    pub token: Option<Arc<str>>,
 }
 
 impl Caller {
@@ -26,6 +32,24 @@ impl Caller {
         Caller {
             principal: Principal::Anonymous,
             peer,
+            token: None,
+        }
+    }
+
+    /// A caller whose `token` verified as `identity`.
+    pub fn user(identity: Arc<Identity>, token: Arc<str>, peer: Option<SocketAddr>) -> Self {
+        Caller {
+            principal: Principal::User(identity),
+            peer,
+            token: Some(token),
+        }
+    }
+
+    /// The verified identity, if authentication is on.
+    pub fn identity(&self) -> Option<&Identity> {
+        match &self.principal {
+            Principal::Anonymous => None,
+            Principal::User(id) => Some(id),
         }
     }
 }

@@ -59,6 +59,13 @@ pub enum ServiceError {
     /// A wait (not a write) ran past its deadline.
     #[error("{0}")]
     Timeout(String),
+    /// No valid credential: a missing, malformed, expired or unverifiable token. The
+    /// message says which in general terms, never which part of a signature failed.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A valid token without the role or the scope the operation needs; nothing was done.
+    #[error("{0}")]
+    Forbidden(String),
     /// A defect or a storage failure (corruption included).
     #[error("{0}")]
     Internal(String),
@@ -91,6 +98,8 @@ impl ServiceError {
             | ServiceError::Unavailable(_) => "UNAVAILABLE",
             ServiceError::Overloaded(_) | ServiceError::RateLimited { .. } => "RESOURCE_EXHAUSTED",
             ServiceError::OutcomeUnknown(_) | ServiceError::Timeout(_) => "DEADLINE_EXCEEDED",
+            ServiceError::Unauthenticated(_) => "UNAUTHENTICATED",
+            ServiceError::Forbidden(_) => "PERMISSION_DENIED",
             ServiceError::Internal(_) => "INTERNAL",
         }
     }
@@ -121,6 +130,17 @@ impl From<NodeError> for ServiceError {
                 ServiceError::Internal(e.to_string())
             }
             NodeError::Internal(m) => ServiceError::Internal(m),
+        }
+    }
+}
+
+impl From<crate::auth::AuthError> for ServiceError {
+    fn from(e: crate::auth::AuthError) -> Self {
+        match e {
+            crate::auth::AuthError::Unauthenticated(_) => {
+                ServiceError::Unauthenticated(e.to_string())
+            }
+            crate::auth::AuthError::Forbidden(_) => ServiceError::Forbidden(e.to_string()),
         }
     }
 }

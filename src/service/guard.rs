@@ -280,7 +280,9 @@ pub fn prefix_of(name: &str) -> &str {
 
 fn caller_key(caller: &Caller) -> String {
     match (&caller.principal, caller.peer) {
-        // Until authentication lands, the peer's address (not its port: one client's
+        // The token's subject: one caller's connections, on every node, share a limit.
+        (Principal::User(id), _) => format!("sub:{}", id.subject),
+        // Without authentication, the peer's address (not its port: one client's
         // connections share a limit).
         (Principal::Anonymous, Some(peer)) => peer.ip().to_string(),
         (Principal::Anonymous, None) => "anonymous".to_owned(),
