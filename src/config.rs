@@ -212,6 +212,13 @@ pub struct AuthSettings {
     pub keys: Vec<AuthKeySettings>,
     /// A JWKS file of public keys (each with `kid` and `alg`), besides `keys`.
     pub jwks_file: Option<PathBuf>,
+    /// gRPC health checking answers without a token (load balancers and probes).
+    pub open_health: bool,
+    /// gRPC reflection answers without a token (it lists the services and their messages).
+    pub open_reflection: bool,
+    /// HTTP `/metrics` answers without a token; otherwise it needs a client token (a
+    /// reader's will do), sent as Prometheus's `bearer_token_file` does.
+    pub open_metrics: bool,
 }
 
 /// One `[[auth.keys]]` entry.
@@ -241,6 +248,9 @@ impl Default for AuthSettings {
             cache_entries: crate::auth::DEFAULT_CACHE_ENTRIES,
             keys: Vec::new(),
             jwks_file: None,
+            open_health: true,
+            open_reflection: false,
+            open_metrics: false,
         }
     }
 }

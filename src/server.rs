@@ -9,8 +9,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
+use crate::api::auth::ClientAuth;
 use crate::api::{admin, eventstore, http, telemetry, workflow};
 use crate::config::Config;
 use crate::node::Node;
@@ -114,25 +116,49 @@ pub async fn serve(
     let (shutdown_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut grpc_shutdown = shutdown_tx.subscribe();
     let mut http_shutdown = shutdown_tx.subscribe();
+    // Every client service sits behind the one token check; health and reflection too
+    // unless the configuration leaves them open. The node-to-node service checks node-plane
+    // credentials itself.
+    let auth = ClientAuth::new(node.auth().cloned());
+    let settings = &node.config().auth;
+    let open_or_auth = |open: bool| {
+        if open {
+            ClientAuth::new(None)
+        } else {
+            auth.clone()
+        }
+    };
     let grpc = Server::builder()
         .tcp_nodelay(true)
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(
+        .add_service(InterceptedService::new(
+            health_service,
+            open_or_auth(settings.open_health),
+        ))
+        .add_service(InterceptedService::new(
+            reflection,
+            open_or_auth(settings.open_reflection),
+        ))
+        .add_service(InterceptedService::new(
             EventStoreServer::new(eventstore::EventStoreService::new(service.clone()))
                 .max_decoding_message_size(max_msg),
-        )
-        .add_service(AdminServer::new(admin::AdminService::new(service.clone())))
-        .add_service(
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            AdminServer::new(admin::AdminService::new(service.clone())),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
             WorkflowsServer::new(workflow::WorkflowService::new(service.clone()))
                 .max_decoding_message_size(max_msg),
-        )
-        .add_service(
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
             // 1M points per batch at most (~16 MiB on the wire, plus series names).
             TelemetryServer::new(telemetry::TelemetryService::new(service.clone()))
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20),
-        )
+            auth.clone(),
+        ))
         .add_service(
             RaftServer::new(node.raft_service())
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)

@@ -3,6 +3,7 @@
 //! answer. Errors become status codes in one place ([`status`]).
 
 pub mod admin;
+pub mod auth;
 pub mod convert;
 pub mod eventstore;
 pub mod http;
@@ -22,10 +23,13 @@ pub const RETRY_AFTER_HEADER: &str = "retry-after-ms";
 /// stream).
 pub const CURRENT_VERSION_HEADER: &str = "x-aether-current-version";
 
-/// The caller of a gRPC request (anonymous until authentication lands; the peer address
-/// when the transport knows it).
+/// The caller of a gRPC request: the identity [`auth::ClientAuth`] verified, or anonymous
+/// when authentication is off (the service layer refuses anonymous callers when it is on).
 pub(crate) fn caller<T>(req: &Request<T>) -> Caller {
-    Caller::anonymous(req.remote_addr())
+    match req.extensions().get::<auth::Authenticated>() {
+        Some(a) => Caller::user(a.identity.clone(), a.token.clone(), req.remote_addr()),
+        None => Caller::anonymous(req.remote_addr()),
+    }
 }
 
 /// The one place service errors become status codes.
