@@ -2,11 +2,13 @@
 //! service layer) and the node-to-node service, and shuts down cleanly on a signal. The
 //! one module that sees both the node and the API adapters.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
@@ -116,6 +118,8 @@ pub async fn serve(
     let (shutdown_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut grpc_shutdown = shutdown_tx.subscribe();
     let mut http_shutdown = shutdown_tx.subscribe();
+    // With `[tls]`, every listener serves TLS and raft.v1 asks for a member certificate.
+    let tls = node.config().tls.as_ref().map(|t| t.load()).transpose()?;
     // Every client service sits behind the one token check; health and reflection too
     // unless the configuration leaves them open. The node-to-node service checks node-plane
     // credentials itself.
@@ -128,8 +132,13 @@ pub async fn serve(
             auth.clone()
         }
     };
-    let grpc = Server::builder()
-        .tcp_nodelay(true)
+    let mut grpc = Server::builder().tcp_nodelay(true);
+    if let Some(t) = &tls {
+        // Applies to `serve_with_incoming` too: tonic runs the handshake on each accepted
+        // connection (tests/tls.rs checks that a plaintext client is refused).
+        grpc = grpc.tls_config(t.grpc_server())?;
+    }
+    let grpc = grpc
         .add_service(InterceptedService::new(
             health_service,
             open_or_auth(settings.open_health),
@@ -159,21 +168,35 @@ pub async fn serve(
                 .max_encoding_message_size(64 << 20),
             auth.clone(),
         ))
-        .add_service(
+        .add_service(InterceptedService::new(
             RaftServer::new(node.raft_service())
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
-        )
+            crate::tls::require_member_certificate(tls.is_some()),
+        ))
         .serve_with_incoming_shutdown(nodelay(listeners.grpc), async move {
             let _ = grpc_shutdown.recv().await;
         });
-    let http = axum::serve(
-        listeners.http,
-        http::router(service).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let router = http::router(service).into_make_service_with_connect_info::<SocketAddr>();
+    let http_stopped = async move {
         let _ = http_shutdown.recv().await;
-    });
+    };
+    let https = node.config().tls.as_ref().is_some_and(|t| t.http);
+    let http: Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> =
+        match tls.as_ref().filter(|_| https) {
+            // `tap_io` (a no-op here) because axum gives the connections of a tapped
+            // listener their peer address as `ConnectInfo`, which the handlers read.
+            Some(t) => Box::pin(
+                axum::serve(t.http_listener(listeners.http)?.tap_io(|_| {}), router)
+                    .with_graceful_shutdown(http_stopped)
+                    .into_future(),
+            ),
+            None => Box::pin(
+                axum::serve(listeners.http, router)
+                    .with_graceful_shutdown(http_stopped)
+                    .into_future(),
+            ),
+        };
     tokio::spawn(async move {
         shutdown.await;
         let _ = shutdown_tx.send(());

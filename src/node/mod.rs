@@ -260,6 +260,8 @@ impl Node {
         )
         .map_err(|e| NodeError::BadRequest(format!("breakers: {e}")))?;
         let network = NetworkFactory::new(source_ip, config.raft.max_payload_bytes, peer_breakers);
+        let tls = config.tls.as_ref().map(|t| t.load()).transpose();
+        let network = network.with_tls(tls.map_err(|e| NodeError::BadRequest(e.to_string()))?);
         let raft_config = Arc::new(
             config
                 .openraft_config()
