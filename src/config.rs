@@ -24,8 +24,16 @@ pub struct Config {
     /// Addresses other nodes and clients use to reach this node; default: the bound ones.
     pub advertise_grpc_addr: Option<String>,
     pub advertise_http_addr: Option<String>,
-    /// Single-node development mode: initialize a one-node cluster on first start.
+    /// Single-node development mode: initialize a one-node cluster on first start. Listens
+    /// on loopback addresses only (authentication is usually off then).
     pub dev: bool,
+    /// Serve on a non-loopback address without authentication, on purpose (refused
+    /// otherwise: anyone who reaches the port could write, or remove members).
+    pub insecure: bool,
+    /// The file this configuration was read from, if any: SIGHUP reads its `[auth]` keys
+    /// again. Not a setting.
+    #[serde(skip)]
+    pub source_file: Option<PathBuf>,
     /// Async runtime threads; 0 means one per CPU. Nodes sharing a machine (a local
     /// cluster) do better with 1 each: fewer threads contending for the same cores.
     pub worker_threads: usize,
@@ -214,6 +222,17 @@ impl BreakerSettings {
             )));
         }
         Ok(())
+    }
+}
+
+/// Whether a listen address (`HOST:PORT`) is on loopback only: 127.0.0.0/8, ::1 or
+/// `localhost`. Anything else (0.0.0.0 included) can be reached from elsewhere.
+pub fn is_loopback(addr: &str) -> bool {
+    match addr.parse::<std::net::SocketAddr>() {
+        Ok(a) => a.ip().is_loopback(),
+        Err(_) => addr
+            .rsplit_once(':')
+            .is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost")),
     }
 }
 
@@ -421,6 +440,8 @@ impl Default for Config {
             advertise_grpc_addr: None,
             advertise_http_addr: None,
             dev: false,
+            insecure: false,
+            source_file: None,
             worker_threads: 0,
             limits: Limits::default(),
             dedupe_window_secs: 24 * 3600,
@@ -495,12 +516,40 @@ impl Config {
         })
     }
 
+    /// Where a node without authentication may listen: `--dev` on loopback only; any other
+    /// node on loopback, or anywhere with `insecure` said explicitly.
+    fn check_exposure(&self) -> Result<(), ConfigError> {
+        let exposed: Vec<&str> = [&self.grpc_addr, &self.http_addr]
+            .into_iter()
+            .filter(|a| !is_loopback(a))
+            .map(String::as_str)
+            .collect();
+        let Some(first) = exposed.first() else {
+            return Ok(());
+        };
+        if self.dev {
+            return Err(ConfigError::Invalid(format!(
+                "dev mode listens on loopback addresses only, not {first}: drop --dev for a \
+                 node others can reach"
+            )));
+        }
+        if !self.auth.enabled && !self.insecure {
+            return Err(ConfigError::Invalid(format!(
+                "{first} is not a loopback address and [auth] is not enabled: anyone who \
+                 reaches it could write or change membership; configure [auth] (and [tls]), \
+                 or pass --insecure to serve it unprotected on purpose"
+            )));
+        }
+        Ok(())
+    }
+
     /// Rejects settings that cannot work, with a message that names them.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
         if self.node_id == 0 {
             return bad("node_id must be at least 1");
         }
+        self.check_exposure()?;
         let r = &self.raft;
         if r.heartbeat_interval_ms == 0 || r.election_timeout_min_ms <= r.heartbeat_interval_ms {
             return bad(

@@ -81,6 +81,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         listeners.http_addr,
         data_dir.display()
     );
+    tokio::spawn(reload_keys_on_sighup(node.clone()));
     serve(node.clone(), listeners, shutdown_signal()).await?;
     tracing::info!("shutting down raft");
     node.shutdown().await?;
@@ -220,6 +221,39 @@ fn nodelay(
         conn.set_nodelay(true)?;
         Ok(conn)
     })
+}
+
+/// SIGHUP: the token keys are read again — from the configuration file when the node has
+/// one (keys added or removed there take effect), else the same key files. Rotation needs
+/// no restart; a key set that does not load leaves the one in force, and says why. Other
+/// `[auth]` settings (issuer, audiences) take a restart.
+async fn reload_keys_on_sighup(node: Arc<Node>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Some(verifier) = node.auth().cloned() else {
+        return;
+    };
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP: token keys reload only on restart");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        let reloaded = match &node.config().source_file {
+            Some(path) => Config::from_file(path)
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.auth.key_sources().map_err(|e| e.to_string()))
+                .and_then(|sources| verifier.reload_from(sources).map_err(|e| e.to_string())),
+            None => verifier.reload().map_err(|e| e.to_string()),
+        };
+        match reloaded {
+            Ok(kids) => tracing::info!(?kids, "SIGHUP: token keys reloaded"),
+            Err(e) => {
+                tracing::error!("SIGHUP: token keys NOT reloaded, the previous ones stay: {e}")
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -623,3 +623,205 @@ fn auth_mint_makes_a_token_the_verifier_accepts() {
     let out = mint(&["--sub", "x", "--role", "root"]);
     assert!(!out.status.success());
 }
+
+/// Waits (bounded) until a node's open `/healthz` says it leads: with authentication on,
+/// the status RPC the other helpers poll needs a token.
+async fn wait_leading(node: &TestNode) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (code, body) = node.http_get("/healthz").await;
+        if code == 200 && body.contains("\"role\":\"leader\"") {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no leader: {code} {body}\n{}",
+            node.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// An `[auth]` section with HS256 keys `kids`, each with its own secret file in `dir`.
+fn auth_toml(dir: &std::path::Path, kids: &[&str]) -> String {
+    let mut toml = "[auth]\nenabled = true\nissuer = \"aetherops-dev\"\naudience = \"aetherops\"\n\
+                    node_audience = \"aetherops-node\"\n"
+        .to_owned();
+    for kid in kids {
+        let secret = dir.join(format!("{kid}.secret"));
+        if !secret.exists() {
+            std::fs::write(
+                &secret,
+                format!("{kid}: a development secret of 40+ bytes\n"),
+            )
+            .unwrap();
+        }
+        toml.push_str(&format!(
+            "[[auth.keys]]\nkid = {kid:?}\nalgorithms = [\"HS256\"]\nhmac_secret_file = {:?}\n",
+            secret
+        ));
+    }
+    toml
+}
+
+/// `aetherctl auth mint` with key `kid`'s secret in `dir`.
+fn mint(dir: &std::path::Path, kid: &str, sub: &str, extra: &[&str]) -> String {
+    let out = std::process::Command::new(AETHERCTL)
+        .args(["auth", "mint", "--kid", kid, "--sub", sub, "--secret-file"])
+        .arg(dir.join(format!("{kid}.secret")))
+        .args(extra)
+        .output()
+        .unwrap();
+    ok(&out).trim().to_owned()
+}
+
+/// With `[auth]` on, aetherctl carries a token from `--token`, `--token-file` or
+/// `AETHER_TOKEN`; a missing one is UNAUTHENTICATED and a reader's append PERMISSION_DENIED,
+/// neither writes; `auth whoami` shows what the node verified; `status` says how the node
+/// is protected. Then key rotation: the config drops the old key, SIGHUP, and tokens signed
+/// with it are refused — same process, no restart — while the new key's still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_from_the_command_line_and_key_rotation_by_sighup() {
+    let keys = tempfile::tempdir().unwrap();
+    let node = NodeBuilder::dev()
+        .config(&auth_toml(keys.path(), &["old", "new"]))
+        .start();
+    wait_leading(&node).await;
+    let writer = mint(keys.path(), "old", "ci-writer", &["--role", "writer"]);
+    let reader = mint(keys.path(), "new", "ci-reader", &["--role", "reader"]);
+    let scoped = mint(
+        keys.path(),
+        "new",
+        "worker-7",
+        &[
+            "--role",
+            "writer",
+            "--stream-prefix",
+            "workflow-",
+            "--ttl",
+            "10m",
+        ],
+    );
+    let append = ["append", "orders-1", "--type", "Placed", "--data", "{}"];
+    let version = |token: &str| {
+        let out = node.ctl(&["--token", token, "--output", "json", "read", "orders-1"]);
+        json_lines(&ok(&out)).len()
+    };
+
+    let err = error_line(&node.ctl(&append));
+    assert!(
+        err.contains("Unauthenticated") && err.contains("token"),
+        "{err}"
+    );
+    assert_eq!(
+        version(&reader),
+        0,
+        "refused without a token: nothing written"
+    );
+
+    let err = error_line(&node.ctl(&[&["--token", &reader][..], &append[..]].concat()));
+    assert!(
+        err.contains("PermissionDenied") && err.contains("writer"),
+        "{err}"
+    );
+    assert_eq!(version(&reader), 0, "a reader's append wrote nothing");
+
+    let file = keys.path().join("writer.token");
+    std::fs::write(&file, format!("{writer}\n")).unwrap();
+    ok(&node.ctl(&[&["--token-file", file.to_str().unwrap()][..], &append[..]].concat()));
+    assert_eq!(version(&reader), 1);
+
+    // AETHER_TOKEN, and what the node makes of it.
+    let out = std::process::Command::new(AETHERCTL)
+        .env("AETHER_TOKEN", &scoped)
+        .args([
+            "--addr",
+            &node.grpc_addr,
+            "--output",
+            "json",
+            "auth",
+            "whoami",
+        ])
+        .output()
+        .unwrap();
+    let me = &json_lines(&ok(&out))[0];
+    println!("whoami: {me}");
+    assert_eq!(me["auth"], true);
+    assert_eq!(me["subject"], "worker-7");
+    assert_eq!(me["roles"], serde_json::json!(["writer"]));
+    assert_eq!(me["streams"], serde_json::json!(["workflow-"]));
+    assert_eq!(me["series"], serde_json::Value::Null);
+
+    let status = ok(&node.ctl(&["--token", &reader, "status"]));
+    assert!(
+        status.contains("security: tokens checked, TLS off"),
+        "{status}"
+    );
+
+    // Rotation: the configuration keeps only "new"; SIGHUP.
+    let config = node.dir.with_extension("toml");
+    std::fs::write(&config, auth_toml(keys.path(), &["new"])).unwrap();
+    let pid = node.pid().expect("running");
+    signal(pid, "HUP");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = node.ctl(&["--token", &writer, "read", "orders-1"]);
+        if !out.status.success() {
+            let err = error_line(&out);
+            assert!(err.contains("Unauthenticated"), "{err}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "old key still accepted after SIGHUP"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(node.pid(), Some(pid), "no restart");
+    assert_eq!(version(&reader), 1, "the new key's tokens still work");
+    let err = error_line(&node.ctl(&[&["--token", &writer][..], &append[..]].concat()));
+    assert!(err.contains("Unauthenticated"), "{err}");
+    assert_eq!(version(&reader), 1, "the old key's append wrote nothing");
+}
+
+/// `--dev` without `[auth]` says so loudly, at start and in `aetherctl status`; a dev node
+/// will not listen beyond loopback, and no node without `[auth]` will unless `--insecure`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unprotected_nodes_say_so_and_stay_on_loopback() {
+    let node = NodeBuilder::dev().start();
+    node.wait_leader().await;
+    let status = ok(&node.ctl(&["status"]));
+    assert!(
+        status.contains("security: DEV MODE: AUTHENTICATION OFF, loopback only, TLS off"),
+        "{status}"
+    );
+    let v = &json_lines(&ok(&node.ctl(&["--output", "json", "status"])))[0];
+    assert_eq!(v["security"]["auth"], false);
+    assert_eq!(v["security"]["dev"], true);
+    // Said at start too (the test harness keeps the node's output in its log).
+    let log = node.log();
+    assert!(log.contains("DEV MODE: authentication is OFF"), "{log}");
+    // The same in a data-less check: aetherd refuses before opening anything.
+    let refuse = |args: &[&str]| {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(AETHERD)
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["--http-addr", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} started");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refuse(&["--dev", "--grpc-addr", "0.0.0.0:0"]);
+    assert!(
+        err.contains("dev mode listens on loopback addresses only"),
+        "{err}"
+    );
+    let err = refuse(&["--node-id", "1", "--grpc-addr", "0.0.0.0:0"]);
+    assert!(
+        err.contains("[auth] is not enabled") && err.contains("--insecure"),
+        "{err}"
+    );
+}

@@ -85,6 +85,30 @@ impl Admin for AdminService {
             purged_index: s.purged_index,
             leader_grpc_addr: s.leader_grpc_addr.unwrap_or_default(),
             incarnation: s.info.incarnation,
+            security: Some(pb::Security {
+                auth: s.security.auth,
+                tls: s.security.tls,
+                dev: s.security.dev,
+                insecure: s.security.insecure,
+            }),
+        }))
+    }
+
+    async fn who_am_i(
+        &self,
+        req: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        let Some(id) = self.service.whoami(&caller(&req)).map_err(status)? else {
+            return Ok(Response::new(pb::WhoAmIResponse::default()));
+        };
+        let prefixes = |p: Option<Vec<String>>| p.map(|prefixes| pb::Prefixes { prefixes });
+        Ok(Response::new(pb::WhoAmIResponse {
+            auth: true,
+            subject: id.subject,
+            roles: id.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+            streams: prefixes(id.stream_prefixes),
+            series: prefixes(id.series_prefixes),
+            expires_at: id.expires_at,
         }))
     }
 

@@ -22,6 +22,9 @@ struct Args {
     /// Development mode: a one-node cluster on 127.0.0.1, initialized on first start.
     #[arg(long, env = "AETHER_DEV")]
     dev: bool,
+    /// Serve on a non-loopback address without authentication (refused otherwise).
+    #[arg(long, env = "AETHER_INSECURE")]
+    insecure: bool,
     #[arg(long, env = "AETHER_NODE_ID")]
     node_id: Option<u64>,
     /// Data directory (default ./data).
@@ -53,10 +56,14 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let mut config = match &args.config {
-        Some(path) => Config::from_file(path)?,
+        Some(path) => Config {
+            source_file: Some(path.clone()),
+            ..Config::from_file(path)?
+        },
         None => Config::default(),
     };
     config.dev |= args.dev;
+    config.insecure |= args.insecure;
     if let Some(v) = args.node_id {
         config.node_id = v;
     }
@@ -76,13 +83,18 @@ fn main() -> anyhow::Result<()> {
         config.advertise_http_addr = args.advertise_http_addr;
     }
     config.validate()?;
-    if config.auth.enabled {
-        // Keep the operator from believing the node is protected: the keys load, nothing
-        // checks tokens yet.
-        tracing::warn!(
-            "[auth] is enabled and its keys load, but no API checks tokens yet: every caller \
-             is served"
-        );
+    // Say loudly what an unprotected node is: on stderr (the log) and on stdout, where
+    // someone who started it by hand looks.
+    if !config.auth.enabled {
+        let why = if config.dev {
+            "DEV MODE: authentication is OFF; listening on loopback only"
+        } else if config.insecure {
+            "INSECURE: authentication is OFF on a node others can reach (--insecure)"
+        } else {
+            "authentication is OFF (no [auth]); listening on loopback only"
+        };
+        tracing::warn!("{why}");
+        println!("aetherd: {why}");
     }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if config.worker_threads > 0 {

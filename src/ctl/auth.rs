@@ -2,15 +2,21 @@
 //! shared secret (the node's `[[auth.keys]]` entry with `hmac_secret_file` verifies it).
 
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::Subcommand;
 use serde_json::json;
 
+use super::failover::Failover;
 use super::output::{Output, Printer};
+use super::CallKind;
 use crate::auth::{mint_hs256, read_hmac_secret, MintRequest, Role};
+use crate::proto::aetherops::v1::admin_client::AdminClient;
+use crate::proto::aetherops::v1::{Prefixes, WhoAmIRequest};
 
+// Parsed once per process: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum AuthCmd {
     /// Print an HS256 token signed with a shared secret (development and tests only).
@@ -45,10 +51,18 @@ pub enum AuthCmd {
         #[arg(long)]
         kid: Option<String>,
     },
+    /// What the node makes of this aetherctl's token: subject, roles, scopes, expiry.
+    Whoami,
 }
 
-pub fn run(cmd: AuthCmd, printer: &Printer) -> anyhow::Result<()> {
+pub async fn run(
+    addr: &str,
+    timeout: Duration,
+    cmd: AuthCmd,
+    printer: &Printer,
+) -> anyhow::Result<()> {
     match cmd {
+        AuthCmd::Whoami => whoami(addr, timeout, printer).await,
         AuthCmd::Mint {
             secret_file,
             sub,
@@ -90,4 +104,47 @@ pub fn run(cmd: AuthCmd, printer: &Printer) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn whoami(addr: &str, timeout: Duration, printer: &Printer) -> anyhow::Result<()> {
+    let nodes = Failover::connect_lazy(addr, timeout)?;
+    let me = nodes
+        .call(CallKind::Read, |ch| async move {
+            Ok(AdminClient::new(super::authed(ch))
+                .who_am_i(WhoAmIRequest {})
+                .await?
+                .into_inner())
+        })
+        .await?;
+    let scope = |p: &Option<Prefixes>| p.as_ref().map(|p| p.prefixes.clone());
+    let v = json!({
+        "auth": me.auth,
+        "subject": me.subject,
+        "roles": me.roles,
+        "streams": scope(&me.streams),
+        "series": scope(&me.series),
+        "expires_at": me.expires_at,
+    });
+    match printer.format {
+        Output::Json => printer.json(&v),
+        Output::Text if !me.auth => {
+            println!("the node checks no token: every caller is anonymous (authentication off)")
+        }
+        Output::Text => {
+            let show = |p: &Option<Prefixes>| match p {
+                None => "all".to_owned(),
+                Some(p) => format!("{:?}", p.prefixes),
+            };
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let left = me.expires_at.saturating_sub(now);
+            println!("subject: {}", me.subject);
+            println!("roles:   {}", me.roles.join(", "));
+            println!("streams: {}", show(&me.streams));
+            println!("series:  {}", show(&me.series));
+            println!("expires: {} (in {left} s)", me.expires_at);
+        }
+    }
+    Ok(())
 }

@@ -376,7 +376,7 @@ async fn workflow_state(
     let nodes = Failover::connect_lazy(addrs, timeout)?;
     let (at, ch) = nodes.connect_from(0, timeout).await?;
     let node = nodes.addr(at);
-    let mut c = WorkflowsClient::new(ch)
+    let mut c = WorkflowsClient::new(super::authed(ch))
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
     let id = format!("bench-{}", uuid::Uuid::new_v4().simple());

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::failover::Failover;
 use super::output::{status_json, Output, Printer};
-use super::{admin, first_addr, status_err, status_err_at, CallKind};
+use super::{admin, authed, first_addr, status_err, status_err_at, CallKind};
 use crate::proto::aetherops::v1 as pb;
 use crate::proto::aetherops::v1::admin_client::AdminClient;
 
@@ -187,7 +187,7 @@ pub async fn run(
             let nodes = Failover::connect_lazy(addrs, Duration::from_secs(120))?;
             let (at, r) = nodes
                 .call_from(0, CallKind::Unknown, |ch| async move {
-                    Ok(AdminClient::new(ch)
+                    Ok(AdminClient::new(authed(ch))
                         .trigger_snapshot(pb::TriggerSnapshotRequest {})
                         .await?
                         .into_inner())
@@ -208,7 +208,7 @@ pub async fn run(
             };
             let r = nodes
                 .call(CallKind::Unknown, |ch| async move {
-                    Ok(AdminClient::new(ch)
+                    Ok(AdminClient::new(authed(ch))
                         .set_dedupe_window(req)
                         .await?
                         .into_inner())

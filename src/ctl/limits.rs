@@ -87,7 +87,12 @@ pub async fn run(
             let r = nodes
                 .call(CallKind::Unknown, |ch| {
                     let req = req.clone();
-                    async move { Ok(AdminClient::new(ch).set_limit(req).await?.into_inner()) }
+                    async move {
+                        Ok(AdminClient::new(super::authed(ch))
+                            .set_limit(req)
+                            .await?
+                            .into_inner())
+                    }
                 })
                 .await?;
             match printer.format {
@@ -103,7 +108,7 @@ pub async fn run(
         LimitsCmd::List => {
             let r = nodes
                 .call(CallKind::Read, |ch| async move {
-                    Ok(AdminClient::new(ch)
+                    Ok(AdminClient::new(super::authed(ch))
                         .list_limits(pb::ListLimitsRequest::default())
                         .await?
                         .into_inner())
@@ -118,7 +123,7 @@ pub async fn run(
             nodes
                 .call(CallKind::Unknown, |ch| {
                     let req = req.clone();
-                    async move { AdminClient::new(ch).delete_limit(req).await }
+                    async move { AdminClient::new(super::authed(ch)).delete_limit(req).await }
                 })
                 .await?;
             match printer.format {

@@ -54,6 +54,13 @@ pub struct Cli {
     /// only. An `https://HOST:PORT` address needs it; `http://HOST:PORT` stays plaintext.
     #[arg(long, global = true, env = "AETHER_CA_FILE")]
     pub ca_file: Option<PathBuf>,
+    /// Bearer token (JWT) sent with every call. Prefer --token-file or AETHER_TOKEN: a
+    /// token on the command line shows in the process list.
+    #[arg(long, global = true, env = "AETHER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the bearer token (surrounding whitespace ignored).
+    #[arg(long, global = true, conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Cmd,
 }
@@ -178,6 +185,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         // Set once, before any connection: every endpoint (`endpoint`) reads it.
         let _ = CA_PEM.set(pem);
     }
+    if let Some(path) = &cli.token_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the token file {}", path.display()))?;
+        set_token(&text).with_context(|| format!("the token in {}", path.display()))?;
+    } else if let Some(token) = &cli.token {
+        set_token(token).context("--token / AETHER_TOKEN")?;
+    }
     // With one address, every call went there; with several, the calls name their node.
     let only = failover::parse_addrs(&cli.addr)
         .ok()
@@ -214,7 +228,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
         Cmd::Telemetry(t) => telemetry::run(&cli.addr, timeout, t, &printer).await,
         Cmd::Limits(l) => limits::run(&cli.addr, timeout, l, &printer).await,
         Cmd::Bench(b) => bench::run(&cli.addr, b, &printer).await,
-        Cmd::Auth(a) => auth::run(a, &printer),
+        Cmd::Auth(a) => auth::run(&cli.addr, timeout, a, &printer).await,
     }
 }
 
@@ -349,6 +363,42 @@ pub fn endpoint(addr: &str, timeout: Duration) -> anyhow::Result<Endpoint> {
         .tcp_nodelay(true))
 }
 
+/// The `--token` / `--token-file` / `AETHER_TOKEN` bearer header, set once at start.
+static TOKEN: std::sync::OnceLock<tonic::metadata::AsciiMetadataValue> = std::sync::OnceLock::new();
+
+/// Sets the bearer token every call carries (once, at start). A token that cannot be a
+/// header value (not visible ASCII) is refused here, not at the first call.
+pub fn set_token(token: &str) -> anyhow::Result<()> {
+    let token = token.trim();
+    anyhow::ensure!(!token.is_empty(), "the token is empty");
+    let value = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| anyhow!("the token has characters a header cannot carry"))?;
+    let _ = TOKEN.set(value);
+    Ok(())
+}
+
+/// Puts the bearer token (if any) on every request of a connection.
+#[derive(Clone)]
+pub struct Bearer(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A connection to a node as clients use it: the channel, with the caller's token.
+pub type Conn = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
+
+/// `ch` with the caller's token on every request.
+pub fn authed(ch: Channel) -> Conn {
+    Conn::new(ch, Bearer(TOKEN.get().cloned()))
+}
+
 pub async fn channel(addr: &str, timeout: Duration) -> anyhow::Result<Channel> {
     endpoint(addr, timeout)?.connect().await.map_err(|e| {
         CallError {
@@ -364,14 +414,14 @@ pub async fn channel(addr: &str, timeout: Duration) -> anyhow::Result<Channel> {
 
 /// The event store's client on a channel, with no message size limit of its own (the node
 /// bounds pages).
-pub fn events(ch: Channel) -> EventStoreClient<Channel> {
-    EventStoreClient::new(ch)
+pub fn events(ch: Channel) -> EventStoreClient<Conn> {
+    EventStoreClient::new(authed(ch))
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX)
 }
 
-pub async fn admin(addr: &str, timeout: Duration) -> anyhow::Result<AdminClient<Channel>> {
-    Ok(AdminClient::new(channel(addr, timeout).await?))
+pub async fn admin(addr: &str, timeout: Duration) -> anyhow::Result<AdminClient<Conn>> {
+    Ok(AdminClient::new(authed(channel(addr, timeout).await?)))
 }
 
 fn read_data(data: &str) -> anyhow::Result<Vec<u8>> {
@@ -591,7 +641,7 @@ pub(crate) async fn status_via(
 ) -> anyhow::Result<(String, pb::StatusResponse)> {
     let (at, s) = nodes
         .call_from(0, CallKind::Read, |ch| async move {
-            Ok(AdminClient::new(ch)
+            Ok(AdminClient::new(authed(ch))
                 .status(pb::StatusRequest {})
                 .await?
                 .into_inner())

@@ -122,6 +122,7 @@ impl Printer {
                     opt(s.purged_index)
                 );
                 println!("events={} digest={}", s.event_count, s.state_digest);
+                println!("security: {}", security_text(s.security.as_ref()));
                 for m in &s.voters {
                     println!("  voter   {} {}", m.node_id, m.grpc_addr);
                 }
@@ -171,5 +172,23 @@ pub fn status_json(s: &pb::StatusResponse) -> Value {
         "replication": s.replication.iter().map(|r| json!({
             "node_id": r.node_id, "matched_index": r.matched_index, "lag": r.lag
         })).collect::<Vec<_>>(),
+        "security": s.security.as_ref().map(|x| json!({
+            "auth": x.auth, "tls": x.tls, "dev": x.dev, "insecure": x.insecure,
+            "summary": security_text(Some(x)),
+        })),
     })
+}
+
+/// One line on how the node protects itself; an unprotected node says so in capitals.
+pub fn security_text(s: Option<&pb::Security>) -> String {
+    let Some(s) = s else {
+        return "unknown (the node is older than this aetherctl)".to_owned();
+    };
+    let tls = if s.tls { "TLS on" } else { "TLS off" };
+    match (s.auth, s.dev, s.insecure) {
+        (true, _, _) => format!("tokens checked, {tls}"),
+        (false, true, _) => format!("DEV MODE: AUTHENTICATION OFF, loopback only, {tls}"),
+        (false, _, true) => format!("INSECURE: AUTHENTICATION OFF on a reachable address, {tls}"),
+        (false, false, false) => format!("AUTHENTICATION OFF, loopback only, {tls}"),
+    }
 }

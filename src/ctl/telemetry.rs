@@ -13,7 +13,7 @@ use tonic::transport::Channel;
 
 use super::failover::Failover;
 use super::output::{Output, Printer};
-use super::{status_err_at, CallKind};
+use super::{authed, status_err_at, CallKind, Conn};
 use crate::proto::aetherops::v1 as pb;
 use crate::proto::aetherops::v1::telemetry_client::TelemetryClient;
 use crate::time::{format_timestamp, parse_duration_ms, parse_time_ns};
@@ -99,8 +99,8 @@ fn parse_retention_ms(s: &str) -> anyhow::Result<u64> {
     }
 }
 
-fn client(ch: Channel) -> TelemetryClient<Channel> {
-    TelemetryClient::new(ch)
+fn client(ch: Channel) -> TelemetryClient<Conn> {
+    TelemetryClient::new(authed(ch))
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20)
 }
@@ -111,7 +111,7 @@ async fn stream_client(
     addrs: &str,
     start: usize,
     timeout: Duration,
-) -> anyhow::Result<(String, TelemetryClient<Channel>)> {
+) -> anyhow::Result<(String, TelemetryClient<Conn>)> {
     let nodes = Failover::connect_lazy(addrs, timeout)?;
     let (at, ch) = nodes.connect_from(start, timeout).await?;
     Ok((nodes.addr(at).to_owned(), client(ch)))

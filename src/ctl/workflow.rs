@@ -12,7 +12,7 @@ use tonic::transport::Channel;
 
 use super::failover::Failover;
 use super::output::{Output, Printer};
-use super::{channel, parse_expected, status_err_at, CallError, CallKind};
+use super::{authed, channel, parse_expected, status_err_at, CallError, CallKind, Conn};
 use crate::node::call::CallFailure;
 use crate::proto::aetherops::v1 as pb;
 use crate::proto::aetherops::v1::workflows_client::WorkflowsClient;
@@ -130,8 +130,9 @@ fn write(id: &str, w: &WriteArgs, retry: &mut String) -> anyhow::Result<Option<p
     }))
 }
 
-async fn client(addr: &str, timeout: Duration) -> anyhow::Result<WorkflowsClient<Channel>> {
-    Ok(WorkflowsClient::new(channel(addr, timeout).await?).max_decoding_message_size(usize::MAX))
+async fn client(addr: &str, timeout: Duration) -> anyhow::Result<WorkflowsClient<Conn>> {
+    Ok(WorkflowsClient::new(authed(channel(addr, timeout).await?))
+        .max_decoding_message_size(usize::MAX))
 }
 
 fn print_write(printer: &Printer, r: &pb::WorkflowWriteResponse) {
@@ -319,8 +320,8 @@ pub async fn run(
     Ok(())
 }
 
-fn wrap(ch: Channel) -> WorkflowsClient<Channel> {
-    WorkflowsClient::new(ch).max_decoding_message_size(usize::MAX)
+fn wrap(ch: Channel) -> WorkflowsClient<Conn> {
+    WorkflowsClient::new(authed(ch)).max_decoding_message_size(usize::MAX)
 }
 
 /// One page of the workflow list, from the first node that answers.

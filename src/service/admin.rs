@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use super::{guard, Caller, Service, ServiceError};
-use crate::auth::Resource;
+use crate::auth::{AuthError, Identity, Reason, Resource};
 use crate::limits::Method;
 use crate::node::metrics::LimitGauges;
 use crate::node::{Members, MembershipChange};
@@ -42,6 +42,19 @@ pub struct NodeStatus {
     pub event_count: u64,
     pub dedupe_window: Option<Duration>,
     pub state_digest: u128,
+    pub security: Security,
+}
+
+/// How a node protects itself (shown by `aetherctl status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Security {
+    /// Tokens are checked.
+    pub auth: bool,
+    pub tls: bool,
+    /// `--dev`: loopback only.
+    pub dev: bool,
+    /// `--insecure`: reachable from elsewhere without authentication, on purpose.
+    pub insecure: bool,
 }
 
 /// Liveness: what `/healthz` shows (read without touching the store).
@@ -111,7 +124,23 @@ impl Service {
             event_count: applied.next_global_position,
             dedupe_window: n.dedupe_window()?,
             state_digest: applied.digest,
+            security: Security {
+                auth: n.auth().is_some(),
+                tls: n.config().tls.is_some(),
+                dev: n.config().dev,
+                insecure: n.config().insecure,
+            },
         })
+    }
+
+    /// The caller as this node verified it (`None`: authentication is off). Needs a valid
+    /// token and nothing more: it is how a token's holder finds out what it grants.
+    pub fn whoami(&self, caller: &Caller) -> Result<Option<Identity>, ServiceError> {
+        match (caller.identity(), self.node.auth()) {
+            (Some(id), _) => Ok(Some(id.clone())),
+            (None, None) => Ok(None),
+            (None, Some(_)) => Err(AuthError::Unauthenticated(Reason::Missing).into()),
+        }
     }
 
     pub fn health(&self, _caller: &Caller) -> Health {
