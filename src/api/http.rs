@@ -56,7 +56,7 @@ async fn metrics(
 ) -> Response {
     let caller = match http_caller(&service, peer, &headers) {
         Ok(c) => c,
-        Err(refusal) => return refusal,
+        Err(e) => return refusal(e),
     };
     match service.metrics_text(&caller) {
         Ok(text) => (
@@ -77,16 +77,14 @@ fn http_caller(
     service: &Service,
     peer: ConnectInfo<std::net::SocketAddr>,
     headers: &HeaderMap,
-) -> Result<Caller, Response> {
+) -> Result<Caller, ServiceError> {
     let Some(verifier) = service.metrics_verifier() else {
         return Ok(caller(peer));
     };
     let token = auth::bearer_of(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()));
     match auth::verify(verifier, token) {
         Ok(a) => Ok(Caller::user(a.identity, a.token, Some(peer.0))),
-        Err(status) => Err(refusal(ServiceError::Unauthenticated(
-            status.message().to_owned(),
-        ))),
+        Err(status) => Err(ServiceError::Unauthenticated(status.message().to_owned())),
     }
 }
 

@@ -10,6 +10,7 @@
 pub mod cluster;
 pub mod crash;
 pub mod proxy;
+pub mod tokens;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -320,10 +321,17 @@ impl TestNode {
     }
 
     pub async fn wait_leader(&self) {
+        self.wait_leader_as(None).await
+    }
+
+    /// [`TestNode::wait_leader`], asking for the status with `token` (a node with auth on
+    /// refuses to say without one).
+    pub async fn wait_leader_as(&self, token: Option<&str>) {
         let mut admin = self.admin().await;
         let deadline = Instant::now() + DEADLINE;
         loop {
-            if let Ok(s) = admin.status(pb::StatusRequest {}).await {
+            let req = tokens::bearer(pb::StatusRequest {}, token);
+            if let Ok(s) = admin.status(req).await {
                 let s = s.into_inner();
                 if s.role == "leader"
                     && s.applied_index.is_some()
@@ -394,12 +402,41 @@ pub fn signal(pid: u32, sig: &str) {
 
 /// A minimal HTTP/1.1 GET over a raw socket (no extra client dependency).
 pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let r = http_get_with(addr, path, &[]).await;
+    (r.code, r.body)
+}
+
+/// What [`http_get_with`] got back.
+pub struct HttpReply {
+    pub code: u16,
+    /// The status line and headers, as sent.
+    pub head: String,
+    pub body: String,
+}
+
+impl HttpReply {
+    /// The value of header `name` (case-insensitive), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// [`http_get`] with extra request headers, keeping the response's headers.
+pub async fn http_get_with(addr: &str, path: &str, headers: &[(&str, &str)]) -> HttpReply {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .expect("connect http");
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n")
+            .as_bytes(),
     )
     .await
     .expect("write");
@@ -411,11 +448,12 @@ pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (code, body)
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    HttpReply {
+        code,
+        head: head.to_owned(),
+        body: body.to_owned(),
+    }
 }
 
 pub fn new_event(ty: &str, payload: &str) -> pb::NewEvent {
