@@ -133,7 +133,13 @@ pub async fn serve(
             auth.clone()
         }
     };
-    let mut grpc = Server::builder().tcp_nodelay(true);
+    // The HTTP/2 header list must hold the largest token the configuration allows (hyper's
+    // default, 16 KiB, would end a connection with a longer token before the verifier
+    // could refuse it by its size, with the status every bad token gets).
+    let max_headers = *crate::config::AuthSettings::TOKEN_BYTES_RANGE.end() + (16 << 10);
+    let mut grpc = Server::builder()
+        .tcp_nodelay(true)
+        .http2_max_header_list_size(u32::try_from(max_headers).unwrap_or(u32::MAX));
     if let Some(t) = &tls {
         // Applies to `serve_with_incoming` too: tonic runs the handshake on each accepted
         // connection (tests/tls.rs checks that a plaintext client is refused).
