@@ -95,7 +95,7 @@ impl fmt::Display for Reason {
                 f,
                 "a token for the {token_for} plane is not accepted on the {sent_to} plane"
             ),
-            Reason::MissingClaim(c) => write!(f, "claim {c} is missing or not a string"),
+            Reason::MissingClaim(c) => write!(f, "claim {c} is missing or of the wrong type"),
             Reason::BadClaim { claim, why } => write!(f, "claim {claim} {why}"),
         }
     }

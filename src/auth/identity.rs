@@ -169,6 +169,7 @@ fn describe(r: Resource<'_>) -> String {
     };
     match r {
         Resource::Stream(s) => format!("stream {:?}", cut(s)),
+        Resource::StreamsWithPrefix("") => "every stream ($all)".to_owned(),
         Resource::StreamsWithPrefix(p) => format!("streams {:?}*", cut(p)),
         Resource::Workflow(id) => format!("workflow {:?}", cut(id)),
         Resource::Series(s) => format!("series {:?}", cut(s)),
