@@ -212,6 +212,18 @@ pub struct AuthSettings {
     pub keys: Vec<AuthKeySettings>,
     /// A JWKS file of public keys (each with `kid` and `alg`), besides `keys`.
     pub jwks_file: Option<PathBuf>,
+    /// The `kid` this node signs its node-plane tokens with (required when enabled): the
+    /// key set must hold its verifying key under this `kid`, which is checked at start by
+    /// signing and verifying one token.
+    pub node_key_kid: String,
+    /// The signing key: an HMAC secret file (as `hmac_secret_file`) for HS256, or a PKCS#8
+    /// PEM private key for EdDSA, ES256 or RS256.
+    pub node_key_file: Option<PathBuf>,
+    /// The algorithm to sign with; by default the first of the `[[auth.keys]]` entry with
+    /// `node_key_kid` (required when that key comes from the JWKS file).
+    pub node_key_algorithm: Option<String>,
+    /// Lifetime of a node-plane token; a node signs a new one after half of it.
+    pub node_token_ttl_secs: u64,
 }
 
 /// One `[[auth.keys]]` entry.
@@ -241,6 +253,10 @@ impl Default for AuthSettings {
             cache_entries: crate::auth::DEFAULT_CACHE_ENTRIES,
             keys: Vec::new(),
             jwks_file: None,
+            node_key_kid: String::new(),
+            node_key_file: None,
+            node_key_algorithm: None,
+            node_token_ttl_secs: 300,
         }
     }
 }
@@ -251,6 +267,85 @@ impl AuthSettings {
     /// Range of `max_token_bytes`.
     pub const TOKEN_BYTES_RANGE: std::ops::RangeInclusive<usize> = 256..=(64 << 10);
     pub const MAX_CACHE_ENTRIES: usize = 1 << 20;
+    /// Range of `node_token_ttl_secs`: long enough that renewal (at half life) is rare,
+    /// short enough that a token taken from a node stops working soon.
+    pub const NODE_TOKEN_TTL_SECS: std::ops::RangeInclusive<u64> = 60..=3600;
+
+    /// The algorithm node tokens are signed with.
+    fn node_key_algorithm(&self) -> Result<crate::auth::Algorithm, ConfigError> {
+        let bad = |m: String| ConfigError::Invalid(m);
+        let name = match &self.node_key_algorithm {
+            Some(a) => a.clone(),
+            None => self
+                .keys
+                .iter()
+                .find(|k| k.kid == self.node_key_kid)
+                .and_then(|k| k.algorithms.first().cloned())
+                .ok_or_else(|| {
+                    bad(format!(
+                        "auth.node_key_algorithm: no [[auth.keys]] entry has kid {:?}; set the \
+                         algorithm to sign node tokens with",
+                        self.node_key_kid
+                    ))
+                })?,
+        };
+        name.parse().map_err(|_| {
+            bad(format!(
+                "auth.node_key_algorithm: unknown algorithm {name:?} (EdDSA, ES256, RS256, HS256)"
+            ))
+        })
+    }
+
+    /// This node's node-plane tokens, checked against `verifier`: one token is signed and
+    /// verified on the node plane, so a signing key whose verifying key is not in the key
+    /// set (or under another `kid`, or for another algorithm) refuses to start.
+    pub fn node_tokens(
+        &self,
+        node_id: u64,
+        verifier: &crate::auth::Verifier,
+    ) -> Result<crate::auth::NodeTokens, ConfigError> {
+        let bad = |m: String| ConfigError::Invalid(m);
+        let path = self
+            .node_key_file
+            .as_ref()
+            .ok_or_else(|| bad("auth.node_key_file must be set when auth is enabled".into()))?;
+        if self.node_key_kid.is_empty() {
+            return Err(bad(
+                "auth.node_key_kid must be set when auth is enabled".into()
+            ));
+        }
+        let key = crate::auth::SigningKey::from_file(
+            path,
+            self.node_key_algorithm()?,
+            Some(self.node_key_kid.clone()),
+        )
+        .map_err(|e| bad(format!("auth.node_key_file ({}): {e}", path.display())))?;
+        let tokens = crate::auth::NodeTokens::new(
+            key,
+            self.issuer.clone(),
+            self.node_audience.clone(),
+            node_id,
+            self.node_token_ttl_secs,
+        )
+        .map_err(|e| bad(format!("auth.node_key_file: cannot sign a node token: {e}")))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let token = tokens
+            .token_at(now)
+            .map_err(|e| bad(format!("auth.node_key_file: cannot sign a node token: {e}")))?;
+        verifier
+            .verify(&token, crate::auth::Plane::Node)
+            .map_err(|e| {
+                bad(format!(
+                    "auth.node_key_kid {:?}: a node token signed with auth.node_key_file does \
+                     not verify with the configured keys ({e}): the key set must hold the \
+                     matching verifying key under that kid",
+                    self.node_key_kid
+                ))
+            })?;
+        Ok(tokens)
+    }
 
     /// What tokens must say.
     pub fn policy(&self) -> crate::auth::Policy {
@@ -349,6 +444,13 @@ impl AuthSettings {
                 Self::MAX_CACHE_ENTRIES
             ));
         }
+        if !Self::NODE_TOKEN_TTL_SECS.contains(&self.node_token_ttl_secs) {
+            return bad(format!(
+                "auth.node_token_ttl_secs ({}) must be within {:?}",
+                self.node_token_ttl_secs,
+                Self::NODE_TOKEN_TTL_SECS
+            ));
+        }
         if !self.enabled {
             return Ok(());
         }
@@ -368,7 +470,8 @@ impl AuthSettings {
                     .to_owned(),
             );
         }
-        self.verifier().map(drop)
+        let verifier = self.verifier()?;
+        self.node_tokens(0, &verifier).map(drop)
     }
 }
 
@@ -655,8 +758,13 @@ mod tests {
             "k.pem",
             b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
         );
-        let head = "[auth]\nenabled = true\nissuer = \"aetherops-dev\"\naudience = \"aetherops\"\n\
+        let other = file("other.secret", &[b'o'; 40]);
+        let short_node = file("short-node.secret", &[b'n'; 20]);
+        let base = "[auth]\nenabled = true\nissuer = \"aetherops-dev\"\naudience = \"aetherops\"\n\
                     node_audience = \"aetherops-node\"\n";
+        let node_key =
+            |kid: &str, path: &str| format!("node_key_kid = {kid:?}\nnode_key_file = {path:?}\n");
+        let head = format!("{base}{}", node_key("dev", &good));
         let key = |algs: &str, field: &str, path: &str| {
             format!("[[auth.keys]]\nkid = \"dev\"\nalgorithms = [{algs}]\n{field} = {path:?}\n")
         };
@@ -694,7 +802,32 @@ mod tests {
                 format!("{head}{}", key("\"RS256\"", "pem_file", &pem)),
                 Some("auth.keys[0]: key \"dev\": not a usable RSA public key"),
             ),
-            ("no keys", head.to_owned(), Some("auth.keys")),
+            ("no keys", head.clone(), Some("auth.keys")),
+            (
+                "no node signing key",
+                format!("{base}{}", hs(&good)),
+                Some("auth.node_key_file must be set"),
+            ),
+            (
+                "a node key whose kid is not in the key set",
+                format!("{base}{}{}", node_key("elsewhere", &good), hs(&good)),
+                Some("auth.node_key_algorithm"),
+            ),
+            (
+                "a node key that does not match the key set's key",
+                format!("{base}{}{}", node_key("dev", &other), hs(&good)),
+                Some("does not verify with the configured keys"),
+            ),
+            (
+                "a node HMAC secret under 32 bytes",
+                format!("{base}{}{}", node_key("dev", &short_node), hs(&good)),
+                Some("HMAC secret of 20 bytes"),
+            ),
+            (
+                "node tokens living 10 s",
+                format!("{head}node_token_ttl_secs = 10\n{}", hs(&good)),
+                Some("auth.node_token_ttl_secs"),
+            ),
             (
                 "same audience on both planes",
                 format!(

@@ -25,7 +25,20 @@ pub const CURRENT_VERSION_HEADER: &str = "x-aether-current-version";
 /// The caller of a gRPC request (anonymous until authentication lands; the peer address
 /// when the transport knows it).
 pub(crate) fn caller<T>(req: &Request<T>) -> Caller {
-    Caller::anonymous(req.remote_addr())
+    // Until the client-plane check lands here, the bearer token is carried unverified so
+    // that a write this node forwards is authorized by the leader (h/node; the lead's
+    // verification replaces this).
+    let token = req
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| std::sync::Arc::from(t.trim()));
+    Caller {
+        token,
+        ..Caller::anonymous(req.remote_addr())
+    }
 }
 
 /// The one place service errors become status codes.

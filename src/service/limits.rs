@@ -17,13 +17,13 @@ impl Service {
     /// Sets (or replaces) a policy; whether one of that name was replaced.
     pub async fn set_limit(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         policy: LimitPolicy,
     ) -> Result<bool, ServiceError> {
         policy.validate().map_err(ServiceError::Invalid)?;
         let node = &self.node;
         match self
-            .on_leader(|left| node.set_limit(policy.clone(), left))
+            .on_leader(|left| node.set_limit(policy.clone(), caller.token.clone(), left))
             .await?
         {
             PolicyOutcome::Set { replaced } => Ok(replaced),
@@ -34,11 +34,11 @@ impl Service {
         }
     }
 
-    pub async fn delete_limit(&self, _caller: &Caller, name: &str) -> Result<(), ServiceError> {
+    pub async fn delete_limit(&self, caller: &Caller, name: &str) -> Result<(), ServiceError> {
         crate::limits::check_name(name).map_err(ServiceError::Invalid)?;
         let node = &self.node;
         match self
-            .on_leader(|left| node.delete_limit(name.to_owned(), left))
+            .on_leader(|left| node.delete_limit(name.to_owned(), caller.token.clone(), left))
             .await?
         {
             PolicyOutcome::Deleted { existed: true } => Ok(()),
