@@ -77,11 +77,11 @@ fn main() -> anyhow::Result<()> {
     }
     config.validate()?;
     if config.auth.enabled {
-        // Keep the operator from believing the node is protected: the keys load, nothing
-        // checks tokens yet.
+        // Keep the operator from believing the client APIs are protected: only the
+        // node-to-node service checks tokens yet.
         tracing::warn!(
-            "[auth] is enabled and its keys load, but no API checks tokens yet: every caller \
-             is served"
+            "[auth] is enabled: node-to-node calls need node tokens, but the client APIs do \
+             not check tokens yet: every client is served"
         );
     }
     let mut builder = tokio::runtime::Builder::new_multi_thread();

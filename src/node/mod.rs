@@ -387,8 +387,8 @@ impl Node {
             },
             self.clock.clone(),
             self.leases.clone(),
-            self.auth.clone(),
         )
+        .with_auth(self.auth.clone())
     }
 
     /// The rate-limit policies this node applied (their names): the only ones its lease desk

@@ -85,7 +85,6 @@ impl RaftService {
         rules: ProposeRules,
         clock: Arc<ClusterClock>,
         leases: Arc<LeaseDesk>,
-        auth: Option<Arc<Verifier>>,
     ) -> Self {
         RaftService {
             raft,
@@ -95,8 +94,15 @@ impl RaftService {
             clock,
             id,
             me: format!("{id}:{incarnation}"),
-            auth,
+            auth: None,
         }
+    }
+
+    /// Checks every call's node token with `auth` (and forwarded commands' client tokens);
+    /// without it (`None`) authentication is off.
+    pub fn with_auth(mut self, auth: Option<Arc<Verifier>>) -> Self {
+        self.auth = auth;
+        self
     }
 
     /// Who is calling: the member the node-plane token names (`None`: authentication is
