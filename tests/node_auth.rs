@@ -85,6 +85,7 @@ async fn raft_call(
         "ProposeAs" => client.propose_as(req).await,
         "Lease" => client.lease(req).await,
         "Clock" => client.clock(req).await,
+        "ReadIndex" => client.read_index(req).await,
         other => panic!("unknown rpc {other}"),
     };
     reply.map(|r| r.into_inner().body.to_vec())
@@ -125,6 +126,11 @@ fn body(rpc: &str, sender: u64, term: u64) -> Vec<u8> {
             last_log_id: None,
         }),
         "Propose" => postcard::to_allocvec(&vec![append_cmd("attack-propose")]),
+        "ProposeAs" => postcard::to_allocvec(&ProposeAs::new(
+            vec![append_cmd("attack-propose-as")],
+            &[None],
+        )),
+        "Clock" | "ReadIndex" => Ok(Vec::new()),
         "Lease" => postcard::to_allocvec(&LeaseAsk {
             from: sender,
             policies: Vec::new(),
@@ -227,7 +233,17 @@ async fn the_node_plane_takes_members_node_tokens_only() {
     // raft.v1 with a client token (any role), no token, a stranger's node token.
     let term = leader_status.term;
     let targets = [(follower, "follower"), (leader, "leader")];
-    for rpc in ["AppendEntries", "InstallSnapshot", "Vote", "Propose"] {
+    let rpcs = [
+        "AppendEntries",
+        "InstallSnapshot",
+        "Vote",
+        "Propose",
+        "ProposeAs",
+        "Lease",
+        "Clock",
+        "ReadIndex",
+    ];
+    for rpc in rpcs {
         for (i, where_) in targets {
             let node = &c.nodes[i];
             let attempts: Vec<(String, Option<&str>, &str)> = vec![
@@ -393,6 +409,70 @@ async fn the_node_plane_takes_members_node_tokens_only() {
             events_under(node, "attack-").await.to_string(),
         );
     }
+
+    // A join: the learner being added has no membership yet when the leader's first
+    // AppendEntries reach it, and takes them; then it is a member like any other.
+    let learner = c.spawn_node_with_config(Some(&toml)).await;
+    let leader = c.wait_leader(&[0, 1, 2]).await;
+    c.add_learner(leader, learner).await;
+    let learner_id = c.nodes[learner].id;
+    let r = c.nodes[learner]
+        .client()
+        .await
+        .append(with_token(
+            append_req("fwd-learner", None, vec![new_event("E", "{}")]),
+            &writer,
+        ))
+        .await;
+    record(
+        "writer appends through the new learner".into(),
+        "OK",
+        code_of(&r),
+    );
+    let learner_token = mint(&node_subject(learner_id), &[], &[], NODE_AUDIENCE);
+    let leader_target = format!(
+        "{}:{}",
+        c.nodes[leader].id,
+        c.nodes[leader].status().await.incarnation
+    );
+    let clock = |token: String, target: String| {
+        let node = &c.nodes[leader];
+        async move { raft_call(node, "Clock", Vec::new(), Some(&token), Some(&target)).await }
+    };
+    let r = clock(learner_token.clone(), leader_target.clone()).await;
+    record(
+        format!("node {learner_id} (learner): Clock"),
+        "OK",
+        code_of(&r),
+    );
+    // A removal: once the membership without it is in the leader's log, it is refused.
+    c.nodes[leader]
+        .admin()
+        .await
+        .remove_node(pb::RemoveNodeRequest {
+            node_id: learner_id,
+        })
+        .await
+        .expect("remove the learner");
+    // The removal is committed when the call returns; wait until the leader's Raft reports
+    // it (its metrics, which the check reads, follow within a loop turn).
+    let deadline = Instant::now() + DEADLINE;
+    while c.nodes[leader]
+        .status()
+        .await
+        .learners
+        .iter()
+        .any(|m| m.node_id == learner_id)
+    {
+        assert!(Instant::now() < deadline, "node {learner_id} never left");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = clock(learner_token, leader_target).await;
+    record(
+        format!("node {learner_id} (removed): Clock"),
+        "PermissionDenied",
+        code_of(&r),
+    );
 
     println!("{:<62} {:<18} got", "case", "expected");
     for (case, want, got) in &table {

@@ -263,7 +263,7 @@ impl raft_server::Raft for RaftService {
     }
 
     async fn clock(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        self.check_target(&req)?;
+        self.admit(&req)?;
         encode(&super::clock::ClockReply {
             now_ns: self.clock.local_now_ns(),
             rules_version: crate::eventstore::APPLY_RULES_VERSION,
@@ -272,7 +272,7 @@ impl raft_server::Raft for RaftService {
 
     async fn read_index(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         use super::read_index::{confirmed, ReadIndexError};
-        self.check_target(&req)?;
+        self.admit(&req)?;
         match confirmed(&self.raft, self.id).await {
             Ok(index) => encode(&index),
             Err(ReadIndexError::NotLeader { leader }) => Err(Status::unavailable(match leader {
