@@ -867,6 +867,72 @@ mod tests {
         }
     }
 
+    /// Node tokens signed with a PKCS#8 private key (EdDSA, ES256) start when the key set
+    /// holds the matching public key under `node_key_kid`, and are refused otherwise.
+    #[test]
+    fn node_keys_from_private_pems_must_match_the_key_set() {
+        use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey};
+        use p256::pkcs8::LineEnding;
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p.display().to_string()
+        };
+        let ed = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        let ed_private = file("ed.pem", &ed.to_pkcs8_pem(LineEnding::LF).unwrap());
+        let ed_public = file(
+            "ed.pub.pem",
+            &ed.verifying_key()
+                .to_public_key_pem(LineEnding::LF)
+                .unwrap(),
+        );
+        let ec = p256::SecretKey::random(&mut p256::elliptic_curve::rand_core::OsRng);
+        let ec_private = file("ec.pem", &ec.to_pkcs8_pem(LineEnding::LF).unwrap());
+        let ec_public = file(
+            "ec.pub.pem",
+            &ec.public_key().to_public_key_pem(LineEnding::LF).unwrap(),
+        );
+        let conf = |node_key: &str, alg: &str, public: &str| {
+            format!(
+                "[auth]\nenabled = true\nissuer = \"i\"\naudience = \"a\"\n\
+                 node_audience = \"n\"\nnode_key_kid = \"node\"\nnode_key_file = {node_key:?}\n\
+                 [[auth.keys]]\nkid = \"node\"\nalgorithms = [{alg:?}]\npem_file = {public:?}\n"
+            )
+        };
+        let cases = [
+            ("EdDSA pair", conf(&ed_private, "EdDSA", &ed_public), None),
+            ("ES256 pair", conf(&ec_private, "ES256", &ec_public), None),
+            (
+                "EdDSA private key, ES256 public key under its kid",
+                conf(&ed_private, "ES256", &ec_public),
+                Some("auth.node_key_file"),
+            ),
+            (
+                "ES256 private key, another EdDSA public key",
+                conf(&ec_private, "EdDSA", &ed_public),
+                Some("auth.node_key_file"),
+            ),
+        ];
+        let path = dir.path().join("node.toml");
+        for (name, text, refused) in cases {
+            std::fs::write(&path, &text).unwrap();
+            let c = Config::from_file(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+            match (c.validate(), refused) {
+                (Ok(()), None) => {
+                    let verifier = c.auth.verifier().unwrap();
+                    let tokens = c.auth.node_tokens(7, &verifier).unwrap();
+                    let bearer = tokens.bearer();
+                    let token = bearer.strip_prefix("Bearer ").unwrap();
+                    let id = verifier.verify(token, crate::auth::Plane::Node).unwrap();
+                    assert_eq!(id.subject, "node-7", "{name}");
+                }
+                (Err(e), Some(words)) => assert!(e.to_string().contains(words), "{name}: {e}"),
+                (got, want) => panic!("{name}: got {got:?}, wanted a refusal naming {want:?}"),
+            }
+        }
+    }
+
     /// The README's `[auth]` example is a configuration that starts.
     #[test]
     fn the_readme_auth_example_validates() {

@@ -388,3 +388,57 @@ impl RaftService {
         encode(&outcomes.map(|o| merge_outcomes(refused, o)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_auth(value: Option<&str>) -> Request<()> {
+        let mut r = Request::new(());
+        if let Some(v) = value {
+            r.metadata_mut().insert("authorization", v.parse().unwrap());
+        }
+        r
+    }
+
+    #[test]
+    fn the_bearer_header_is_read_strictly() {
+        let cases: [(Option<&str>, Result<&str, Reason>); 6] = [
+            (Some("Bearer a.b.c"), Ok("a.b.c")),
+            (Some("bearer  a.b.c "), Ok("a.b.c")),
+            (None, Err(Reason::Missing)),
+            (
+                Some("Basic dXNlcjpwdw=="),
+                Err(Reason::Malformed(
+                    "the authorization header is not `Bearer <token>`",
+                )),
+            ),
+            (
+                Some("a.b.c"),
+                Err(Reason::Malformed(
+                    "the authorization header is not `Bearer <token>`",
+                )),
+            ),
+            (Some("Bearer "), Ok("")),
+        ];
+        for (header, want) in cases {
+            let req = with_auth(header);
+            assert_eq!(bearer(&req), want, "{header:?}");
+        }
+    }
+
+    /// With authentication off nothing is checked; with it, a message names its caller.
+    #[test]
+    fn a_message_names_its_caller() {
+        assert!(check_sender(None, Some(2), "x").is_ok());
+        assert!(check_sender(Some(2), Some(2), "x").is_ok());
+        let refused = check_sender(Some(2), Some(3), "Vote's candidate").unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            refused.message(),
+            "Vote's candidate names node 3 but the caller is node 2"
+        );
+        let refused = check_sender(Some(2), None, "x").unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    }
+}
