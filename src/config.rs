@@ -239,6 +239,10 @@ pub struct AuthKeySettings {
     /// A file holding an HMAC secret of at least 32 bytes, for HS* (development).
     #[serde(default)]
     pub hmac_secret_file: Option<PathBuf>,
+    /// The node this key belongs to: it then verifies only that node's node-plane tokens
+    /// (production: each node its own key pair, every node's public key in every key set).
+    #[serde(default)]
+    pub node_id: Option<u64>,
 }
 
 impl Default for AuthSettings {
@@ -385,6 +389,7 @@ impl AuthSettings {
                 kid: k.kid.clone(),
                 algorithms,
                 source,
+                node: k.node_id,
             };
             crate::auth::keys::check_spec(&spec).map_err(|e| self.key_error(e))?;
             keys.push(spec);
@@ -418,7 +423,7 @@ impl AuthSettings {
         ConfigError::Invalid(format!("{at}: {e}"))
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self, node_id: u64) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         // The shape is checked whether or not auth is enabled, so a mistake shows before
         // it is switched on.
@@ -471,7 +476,7 @@ impl AuthSettings {
             );
         }
         let verifier = self.verifier()?;
-        self.node_tokens(0, &verifier).map(drop)
+        self.node_tokens(node_id, &verifier).map(drop)
     }
 }
 
@@ -613,7 +618,7 @@ impl Config {
             return bad("dedupe_window_secs must be > 0");
         }
         self.breakers.validate(self.write_timeout_ms)?;
-        self.auth.validate()?;
+        self.auth.validate(self.node_id)?;
         Ok(())
     }
 
@@ -822,6 +827,16 @@ mod tests {
                 "a node HMAC secret under 32 bytes",
                 format!("{base}{}{}", node_key("dev", &short_node), hs(&good)),
                 Some("HMAC secret of 20 bytes"),
+            ),
+            (
+                "this node signs with a key bound to node 5",
+                format!("{head}{}node_id = 5\n", hs(&good)),
+                Some("names another node than the one its key belongs to"),
+            ),
+            (
+                "this node (1) signs with its own bound key",
+                format!("{head}{}node_id = 1\n", hs(&good)),
+                None,
             ),
             (
                 "node tokens living 10 s",

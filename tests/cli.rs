@@ -580,6 +580,7 @@ fn auth_mint_makes_a_token_the_verifier_accepts() {
                 kid: "dev".into(),
                 algorithms: vec![Algorithm::HS256],
                 source: KeySource::HmacSecretFile(secret.clone()),
+                node: None,
             }],
             jwks_file: None,
         },

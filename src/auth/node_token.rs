@@ -173,3 +173,87 @@ mod tests {
         assert!(Arc::ptr_eq(&renewed, &t.bearer()));
     }
 }
+
+#[cfg(test)]
+mod bound_key_tests {
+    use super::*;
+    use crate::auth::{
+        mint_hs256, Algorithm, KeySource, KeySources, KeySpec, Plane, Policy, Verifier,
+    };
+
+    const SECRET: &[u8] = b"the secret of node 3, 32 bytes or more";
+
+    /// A key bound to node 3 verifies node 3's node-plane tokens and nothing else: not
+    /// another node's, not a client token of any role.
+    #[test]
+    fn a_node_key_speaks_only_for_its_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n3.secret");
+        std::fs::write(&path, SECRET).unwrap();
+        let policy = Policy {
+            issuer: "iss".into(),
+            audience: "aud".into(),
+            node_audience: "node-aud".into(),
+            leeway_secs: 0,
+            max_token_bytes: 4096,
+            cache_entries: 0,
+        };
+        let v = Verifier::new(
+            policy,
+            KeySources {
+                keys: vec![KeySpec {
+                    kid: "n3".into(),
+                    algorithms: vec![Algorithm::HS256],
+                    source: KeySource::HmacSecretFile(path),
+                    node: Some(3),
+                }],
+                jwks_file: None,
+            },
+        )
+        .unwrap();
+        let token = |sub: &str, aud: &str| {
+            let req = MintRequest {
+                subject: sub.into(),
+                roles: vec![crate::auth::Role::Admin],
+                stream_prefixes: Vec::new(),
+                series_prefixes: Vec::new(),
+                issuer: "iss".into(),
+                audience: aud.into(),
+                kid: Some("n3".into()),
+                now_secs: now_secs(),
+                ttl_secs: 60,
+            };
+            mint_hs256(SECRET, &req).unwrap()
+        };
+        let cases = [
+            (
+                "node 3 on the node plane",
+                token("node-3", "node-aud"),
+                Plane::Node,
+                true,
+            ),
+            (
+                "node 4 on the node plane",
+                token("node-4", "node-aud"),
+                Plane::Node,
+                false,
+            ),
+            (
+                "an admin on the client plane",
+                token("alice", "aud"),
+                Plane::Client,
+                false,
+            ),
+            (
+                "node 3 on the client plane",
+                token("node-3", "aud"),
+                Plane::Client,
+                false,
+            ),
+        ];
+        for (name, t, plane, ok) in cases {
+            let got = v.verify(&t, plane);
+            assert_eq!(got.is_ok(), ok, "{name}: {got:?}");
+        }
+    }
+}

@@ -267,6 +267,7 @@ mod tests {
                 kid: "k".into(),
                 algorithms: vec![Algorithm::HS256],
                 source: KeySource::HmacSecretFile(path),
+                node: None,
             }],
             jwks_file: None,
         };
