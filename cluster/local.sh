@@ -8,6 +8,11 @@
 #
 # Data and logs live under $AETHER_CLUSTER_DIR (default cluster/.local): node1/ … node3/
 # and node1.log … node3.log. gRPC on 127.0.0.1:50051-50053, HTTP on 127.0.0.1:8081-8083.
+# TLS=1 (with `up`, `status`): a TLS cluster. The first `TLS=1 up` makes a throwaway CA and
+# node certificates (scripts/make-certs) in $AETHER_CLUSTER_DIR/certs and starts each node
+# with a config that adds a [tls] section (nodeN-tls.toml there); it prints the aetherctl
+# flags to use. Keep one data directory per mode: a TLS cluster's members dial each other
+# over TLS only.
 # AETHER_PROFILE=release builds and runs optimized binaries (for benchmarks); the default
 # is the dev profile that `scripts/test` also builds. AETHER_BIN_DIR=DIR runs the aetherd and
 # aetherctl found in DIR instead, without building (to compare two builds side by side).
@@ -27,7 +32,31 @@ if [ -n "${AETHER_BIN_DIR:-}" ]; then
     bindir="$AETHER_BIN_DIR"
 fi
 aetherd="$bindir/aetherd"
-aetherctl="$bindir/aetherctl"
+aetherctl_bin="$bindir/aetherctl"
+certs="$state/certs"
+tls="${TLS:-0}"
+aetherctl() {
+    if [ "$tls" = 1 ]; then
+        "$aetherctl_bin" --ca-file "$certs/ca.pem" "$@"
+    else
+        "$aetherctl_bin" "$@"
+    fi
+}
+
+# The config node $1 starts with: its file, plus a [tls] section in TLS mode.
+node_config() {
+    if [ "$tls" != 1 ]; then
+        echo "$here/node$1.toml"
+        return
+    fi
+    local config="$state/node$1-tls.toml"
+    {
+        cat "$here/node$1.toml"
+        printf '\n[tls]\ncert_file = "%s"\nkey_file = "%s"\nca_file = "%s"\n' \
+            "$certs/node$1.pem" "$certs/node$1.key" "$certs/ca.pem"
+    } >"$config"
+    echo "$config"
+}
 
 running() { [ -f "$state/node$1.pid" ] && kill -0 "$(cat "$state/node$1.pid")" 2>/dev/null; }
 
@@ -37,32 +66,39 @@ up() {
         (cd "$root" && cargo build --locked --profile "$profile" --bin aetherd --bin aetherctl)
     fi
     mkdir -p "$state"
+    if [ "$tls" = 1 ] && [ ! -f "$certs/ca.pem" ]; then
+        "$root/scripts/make-certs" "$certs" 3
+    fi
     for i in 1 2 3; do
         if running "$i"; then
             echo "node $i already running (pid $(cat "$state/node$i.pid"))"
             continue
         fi
-        nohup "$aetherd" --config "$here/node$i.toml" --data-dir "$state/node$i" \
+        nohup "$aetherd" --config "$(node_config "$i")" --data-dir "$state/node$i" \
             >>"$state/node$i.log" 2>&1 &
         echo $! >"$state/node$i.pid"
         echo "started node $i (pid $!), log $state/node$i.log"
     done
     for i in 1 2 3; do
         local deadline=$((SECONDS + 60))
-        until "$aetherctl" --addr "127.0.0.1:5005$i" status >/dev/null 2>&1; do
+        until aetherctl --addr "127.0.0.1:5005$i" status >/dev/null 2>&1; do
             [ $SECONDS -lt $deadline ] || { echo "node $i did not come up; see $state/node$i.log" >&2; exit 1; }
             sleep 0.2
         done
     done
-    if "$aetherctl" --addr 127.0.0.1:50051 --output json status | grep -q '"voters":\[\]'; then
-        "$aetherctl" --addr "$addrs" cluster init
+    if aetherctl --addr 127.0.0.1:50051 --output json status | grep -q '"voters":\[\]'; then
+        aetherctl --addr "$addrs" cluster init
     fi
     local deadline=$((SECONDS + 60))
-    until "$aetherctl" --addr 127.0.0.1:50051 --output json status | grep -q '"leader_id":[0-9]'; do
+    until aetherctl --addr 127.0.0.1:50051 --output json status | grep -q '"leader_id":[0-9]'; do
         [ $SECONDS -lt $deadline ] || { echo "no leader elected" >&2; exit 1; }
         sleep 0.2
     done
     status
+    if [ "$tls" = 1 ]; then
+        echo "TLS cluster: use aetherctl --ca-file $certs/ca.pem (or AETHER_CA_FILE=$certs/ca.pem);"
+        echo "HTTP is https too: curl --cacert $certs/ca.pem https://127.0.0.1:8081/healthz"
+    fi
 }
 
 down() {
@@ -86,7 +122,7 @@ down() {
 }
 
 status() {
-    "$aetherctl" --addr "$addrs" cluster status
+    aetherctl --addr "$addrs" cluster status
 }
 
 case "${1:-}" in

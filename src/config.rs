@@ -60,6 +60,35 @@ pub struct Config {
     /// Token verification (`[auth]`). Checked at start when enabled; not enforced on any
     /// API yet.
     pub auth: AuthSettings,
+    /// `[tls]`: TLS on every listener and between nodes; none: plaintext.
+    pub tls: Option<TlsSettings>,
+}
+
+/// `[tls]`: this node's certificate and key (PEM; the server certificate of every listener
+/// and the client certificate it presents to its peers) and the cluster's CA (peers'
+/// certificates must chain to it). A node certificate carries the addresses peers and
+/// clients dial as subject alternative names (`crate::tls`). Read and checked at start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub ca_file: PathBuf,
+    /// Serve the HTTP port (`/healthz`, `/metrics`) over TLS too.
+    #[serde(default = "default_true")]
+    pub http: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl TlsSettings {
+    /// Reads and checks the files (a message names the setting at fault).
+    pub fn load(&self) -> Result<crate::tls::Tls, ConfigError> {
+        crate::tls::Tls::load(&self.cert_file, &self.key_file, &self.ca_file)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -224,6 +253,13 @@ pub struct AuthSettings {
     pub node_key_algorithm: Option<String>,
     /// Lifetime of a node-plane token; a node signs a new one after half of it.
     pub node_token_ttl_secs: u64,
+    /// gRPC health checking answers without a token (load balancers and probes).
+    pub open_health: bool,
+    /// gRPC reflection answers without a token (it lists the services and their messages).
+    pub open_reflection: bool,
+    /// HTTP `/metrics` answers without a token; otherwise it needs a client token (a
+    /// reader's will do), sent as Prometheus's `bearer_token_file` does.
+    pub open_metrics: bool,
 }
 
 /// One `[[auth.keys]]` entry.
@@ -261,6 +297,9 @@ impl Default for AuthSettings {
             node_key_file: None,
             node_key_algorithm: None,
             node_token_ttl_secs: 300,
+            open_health: true,
+            open_reflection: false,
+            open_metrics: false,
         }
     }
 }
@@ -504,6 +543,7 @@ impl Default for Config {
             breakers: BreakerSettings::default(),
             clock_offset_ms: 0,
             auth: AuthSettings::default(),
+            tls: None,
         }
     }
 }
@@ -619,6 +659,9 @@ impl Config {
         }
         self.breakers.validate(self.write_timeout_ms)?;
         self.auth.validate(self.node_id)?;
+        if let Some(tls) = &self.tls {
+            tls.load()?;
+        }
         Ok(())
     }
 
@@ -948,17 +991,23 @@ mod tests {
         }
     }
 
-    /// The README's `[auth]` example is a configuration that starts.
-    #[test]
-    fn the_readme_auth_example_validates() {
+    /// The README's ```toml block that starts with `table`.
+    fn readme_toml(table: &str) -> String {
         let readme =
             std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
                 .unwrap();
-        let block = readme
+        readme
             .split("```toml\n")
             .filter_map(|b| b.split("```").next())
-            .find(|b| b.starts_with("[auth]"))
-            .expect("README has an [auth] example");
+            .find(|b| b.starts_with(table))
+            .unwrap_or_else(|| panic!("README has a {table} example"))
+            .to_owned()
+    }
+
+    /// The README's `[auth]` example is a configuration that starts.
+    #[test]
+    fn the_readme_auth_example_validates() {
+        let block = readme_toml("[auth]");
         let dir = tempfile::tempdir().unwrap();
         let secret = dir.path().join("dev.secret");
         std::fs::write(&secret, "a development secret of 32 bytes or more\n").unwrap();
@@ -971,6 +1020,61 @@ mod tests {
         let c = Config::from_file(&path).unwrap();
         assert!(c.auth.enabled);
         c.validate().unwrap();
+    }
+
+    /// The README's `[tls]` example is a configuration that starts (with certificates made
+    /// here); `http` defaults to true; unknown or missing keys are refused when parsed.
+    #[test]
+    fn the_readme_tls_example_validates() {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let block = readme_toml("[tls]");
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        std::fs::create_dir(&certs).unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        std::fs::write(certs.join("ca.pem"), ca.self_signed(&ca_key).unwrap().pem()).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let node = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        std::fs::write(certs.join("node1.pem"), node.pem()).unwrap();
+        std::fs::write(certs.join("node1.key"), key.serialize_pem()).unwrap();
+        let text = block.replace("\"certs/", &format!("\"{}/", certs.display()));
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, &text).unwrap();
+        let c = Config::from_file(&path).unwrap();
+        c.validate().unwrap();
+        let tls = c.tls.expect("[tls] read");
+        assert!(tls.http);
+
+        let without_http: String = text
+            .lines()
+            .filter(|l| !l.starts_with("http"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(&path, &without_http).unwrap();
+        assert!(
+            Config::from_file(&path).unwrap().tls.unwrap().http,
+            "http defaults to true"
+        );
+        for bad in [
+            format!("{without_http}\nverify = false\n"),
+            without_http
+                .lines()
+                .filter(|l| !l.starts_with("ca_file"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        ] {
+            std::fs::write(&path, &bad).unwrap();
+            assert!(
+                matches!(Config::from_file(&path), Err(ConfigError::Parse { .. })),
+                "{bad}"
+            );
+        }
     }
 
     /// Each broken link of "append ≤ entry ≤ message ≤ transport" is refused at startup,

@@ -19,4 +19,5 @@ pub mod service;
 pub mod storage;
 pub mod telemetry;
 pub mod time;
+pub mod tls;
 pub mod workflow;

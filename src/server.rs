@@ -2,15 +2,19 @@
 //! service layer) and the node-to-node service, and shuts down cleanly on a signal. The
 //! one module that sees both the node and the API adapters.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
+use crate::api::auth::ClientAuth;
 use crate::api::{admin, eventstore, http, telemetry, workflow};
 use crate::config::Config;
 use crate::node::Node;
@@ -114,40 +118,85 @@ pub async fn serve(
     let (shutdown_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut grpc_shutdown = shutdown_tx.subscribe();
     let mut http_shutdown = shutdown_tx.subscribe();
-    let grpc = Server::builder()
-        .tcp_nodelay(true)
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(
+    // With `[tls]`, every listener serves TLS and raft.v1 asks for a member certificate.
+    let tls = node.config().tls.as_ref().map(|t| t.load()).transpose()?;
+    // Every client service sits behind the one token check; health and reflection too
+    // unless the configuration leaves them open. The node-to-node service checks node-plane
+    // credentials itself.
+    let auth = ClientAuth::new(node.auth().cloned());
+    let settings = &node.config().auth;
+    let open_or_auth = |open: bool| {
+        if open {
+            ClientAuth::new(None)
+        } else {
+            auth.clone()
+        }
+    };
+    let mut grpc = Server::builder().tcp_nodelay(true);
+    if let Some(t) = &tls {
+        // Applies to `serve_with_incoming` too: tonic runs the handshake on each accepted
+        // connection (tests/tls.rs checks that a plaintext client is refused).
+        grpc = grpc.tls_config(t.grpc_server())?;
+    }
+    let grpc = grpc
+        .add_service(InterceptedService::new(
+            health_service,
+            open_or_auth(settings.open_health),
+        ))
+        .add_service(InterceptedService::new(
+            reflection,
+            open_or_auth(settings.open_reflection),
+        ))
+        .add_service(InterceptedService::new(
             EventStoreServer::new(eventstore::EventStoreService::new(service.clone()))
                 .max_decoding_message_size(max_msg),
-        )
-        .add_service(AdminServer::new(admin::AdminService::new(service.clone())))
-        .add_service(
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            AdminServer::new(admin::AdminService::new(service.clone())),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
             WorkflowsServer::new(workflow::WorkflowService::new(service.clone()))
                 .max_decoding_message_size(max_msg),
-        )
-        .add_service(
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
             // 1M points per batch at most (~16 MiB on the wire, plus series names).
             TelemetryServer::new(telemetry::TelemetryService::new(service.clone()))
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20),
-        )
-        .add_service(
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
             RaftServer::new(node.raft_service())
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
-        )
+            crate::tls::require_member_certificate(tls.is_some()),
+        ))
         .serve_with_incoming_shutdown(nodelay(listeners.grpc), async move {
             let _ = grpc_shutdown.recv().await;
         });
-    let http = axum::serve(
-        listeners.http,
-        http::router(service).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let router = http::router(service).into_make_service_with_connect_info::<SocketAddr>();
+    let http_stopped = async move {
         let _ = http_shutdown.recv().await;
-    });
+    };
+    let https = node.config().tls.as_ref().is_some_and(|t| t.http);
+    let http: Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> =
+        match tls.as_ref().filter(|_| https) {
+            // `tap_io` (a no-op here) because axum gives the connections of a tapped
+            // listener their peer address as `ConnectInfo`, which the handlers read.
+            Some(t) => Box::pin(
+                axum::serve(t.http_listener(listeners.http)?.tap_io(|_| {}), router)
+                    .with_graceful_shutdown(http_stopped)
+                    .into_future(),
+            ),
+            None => Box::pin(
+                axum::serve(listeners.http, router)
+                    .with_graceful_shutdown(http_stopped)
+                    .into_future(),
+            ),
+        };
     tokio::spawn(async move {
         shutdown.await;
         let _ = shutdown_tx.send(());

@@ -180,6 +180,20 @@ const RULES: &[(&str, &[&str], &str)] = &[
         ],
         "know a transport, openraft or storage (adapters hand it token strings)",
     ),
+    (
+        "tls",
+        &[
+            "openraft",
+            "crate::raft",
+            "crate::node",
+            "crate::service",
+            "crate::api",
+            "crate::server",
+            "crate::ctl",
+            "crate::config",
+        ],
+        "know the node, openraft or the services",
+    ),
     ("server", &["crate::ctl"], "use the CLI"),
     (
         "guard",

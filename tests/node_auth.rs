@@ -147,13 +147,74 @@ fn code_of<T>(r: &Result<T, Status>) -> String {
     }
 }
 
-/// Events of streams starting with `prefix` in `node`'s applied log.
-async fn events_under(node: &TestNode, prefix: &str) -> usize {
-    common::read_all_events(&mut node.client().await, pb::Consistency::Local)
+/// Events of streams starting with `prefix` in `node`'s applied log (read with `token`).
+async fn events_under(node: &TestNode, token: &str, prefix: &str) -> usize {
+    let mut client = node.client().await;
+    let (mut count, mut from) = (0, Some(0));
+    while let Some(f) = from {
+        let page = client
+            .read_all(with_token(
+                pb::ReadAllRequest {
+                    from_position: Some(f),
+                    backwards: false,
+                    limit: 1000,
+                    consistency: pb::Consistency::Local as i32,
+                },
+                token,
+            ))
+            .await
+            .expect("read_all")
+            .into_inner();
+        if page.events.is_empty() {
+            break;
+        }
+        count += page
+            .events
+            .iter()
+            .filter(|e| e.stream.starts_with(prefix))
+            .count();
+        from = page.next;
+    }
+    count
+}
+
+/// The harness's admin calls carry no token: with auth on, the test makes its own.
+async fn status(node: &TestNode, token: &str) -> pb::StatusResponse {
+    node.admin()
         .await
-        .iter()
-        .filter(|e| e.stream.starts_with(prefix))
-        .count()
+        .status(with_token(pb::StatusRequest {}, token))
+        .await
+        .expect("status")
+        .into_inner()
+}
+
+async fn member(c: &TestCluster, i: usize, token: &str) -> pb::Member {
+    pb::Member {
+        incarnation: status(&c.nodes[i], token).await.incarnation,
+        ..c.member(i)
+    }
+}
+
+/// Waits until `among` agree on one leader among them; its index.
+async fn wait_leader(c: &TestCluster, among: &[usize], token: &str) -> usize {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let mut seen = Vec::new();
+        for &i in among {
+            seen.push((i, status(&c.nodes[i], token).await));
+        }
+        if let Some((li, l)) = seen.iter().find(|(_, s)| s.role == "leader") {
+            let id = c.nodes[*li].id;
+            if seen
+                .iter()
+                .all(|(_, s)| s.leader_id == Some(id) && s.term == l.term)
+            {
+                return *li;
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader among {among:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A client request with a bearer token.
@@ -173,21 +234,37 @@ async fn the_node_plane_takes_members_node_tokens_only() {
     for _ in 0..3 {
         c.spawn_node_with_config(Some(&toml)).await;
     }
-    // Elects and replicates: every heartbeat, vote and clock probe carried a node token.
-    c.init(&[1, 2, 3]).await;
-    let leader = c.wait_leader(&c.all()).await;
-    let follower = (leader + 1) % 3;
-    let other_follower = (leader + 2) % 3;
-    let leader_id = c.nodes[leader].id;
-    let leader_status = c.nodes[leader].status().await;
-    let leader_target = format!("{leader_id}:{}", leader_status.incarnation);
-    // The cluster adopts its apply rules: a node-own command with no caller, forwarded or not.
-    c.nodes[leader].wait_rules_adopted().await;
-
     let writer = mint("w", &[Role::Writer], &[], AUDIENCE);
     let orders_writer = mint("ow", &[Role::Writer], &["orders-"], AUDIENCE);
     let reader = mint("r", &[Role::Reader], &[], AUDIENCE);
     let admin = mint("a", &[Role::Admin], &[], AUDIENCE);
+    // Elects and replicates: every heartbeat, vote and clock probe carried a node token.
+    let mut members = Vec::new();
+    for i in 0..3 {
+        members.push(member(&c, i, &admin).await);
+    }
+    c.nodes[0]
+        .admin()
+        .await
+        .init(with_token(pb::InitRequest { members }, &admin))
+        .await
+        .expect("init");
+    let leader = wait_leader(&c, &[0, 1, 2], &admin).await;
+    let follower = (leader + 1) % 3;
+    let other_follower = (leader + 2) % 3;
+    let leader_id = c.nodes[leader].id;
+    let leader_status = status(&c.nodes[leader], &admin).await;
+    let leader_target = format!("{leader_id}:{}", leader_status.incarnation);
+    // The cluster adopts its apply rules: a node-own command with no caller, forwarded or not.
+    let deadline = Instant::now() + DEADLINE;
+    while status(&c.nodes[leader], &admin)
+        .await
+        .dedupe_window_secs
+        .is_none()
+    {
+        assert!(Instant::now() < deadline, "rules never adopted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let peer_id = c.nodes[follower].id;
     let peer_token = mint(&node_subject(peer_id), &[], &[], NODE_AUDIENCE);
     let stranger = mint(&node_subject(9), &[], &[], NODE_AUDIENCE);
@@ -215,8 +292,8 @@ async fn the_node_plane_takes_members_node_tokens_only() {
         "OK",
         code_of(&r),
     );
-    // A reader's write through a follower is refused (by the leader while this branch's
-    // client API does not check tokens; by the follower once it does).
+    // A reader's write through a follower is refused (by the follower's client plane; the
+    // leader would refuse it too, as the forwarded batch below shows).
     let r = fc
         .append(with_token(
             append_req("attack-reader", None, vec![new_event("E", "{}")]),
@@ -228,7 +305,7 @@ async fn the_node_plane_takes_members_node_tokens_only() {
         "PermissionDenied",
         code_of(&r),
     );
-    assert_eq!(events_under(&c.nodes[leader], "attack-").await, 0);
+    assert_eq!(events_under(&c.nodes[leader], &admin, "attack-").await, 0);
 
     // raft.v1 with a client token (any role), no token, a stranger's node token.
     let term = leader_status.term;
@@ -270,9 +347,9 @@ async fn the_node_plane_takes_members_node_tokens_only() {
                 ),
             ];
             for (who, token, want) in attempts {
-                let before = node.status().await.term;
+                let before = status(node, &admin).await.term;
                 let r = raft_call(node, rpc, body(rpc, leader_id, term + 100), token, None).await;
-                let after = node.status().await.term;
+                let after = status(node, &admin).await.term;
                 let moved = if after != before {
                     " (term moved!)"
                 } else {
@@ -309,8 +386,8 @@ async fn the_node_plane_takes_members_node_tokens_only() {
     ];
     for (case, rpc, named, to) in spoofs {
         let node = &c.nodes[to];
-        let target = format!("{}:{}", node.id, node.status().await.incarnation);
-        let before = node.status().await.term;
+        let target = format!("{}:{}", node.id, status(node, &admin).await.incarnation);
+        let before = status(node, &admin).await.term;
         let r = raft_call(
             node,
             rpc,
@@ -319,7 +396,7 @@ async fn the_node_plane_takes_members_node_tokens_only() {
             Some(&target),
         )
         .await;
-        let moved = if node.status().await.term != before {
+        let moved = if status(node, &admin).await.term != before {
             " (term moved!)"
         } else {
             ""
@@ -391,8 +468,8 @@ async fn the_node_plane_takes_members_node_tokens_only() {
     for node in &c.nodes {
         let applied = || async {
             (
-                events_under(node, "orders-fwd-").await,
-                events_under(node, "fwd-ok").await,
+                events_under(node, &admin, "orders-fwd-").await,
+                events_under(node, &admin, "fwd-ok").await,
             )
         };
         while applied().await != (2, 1) && Instant::now() < deadline {
@@ -406,15 +483,27 @@ async fn the_node_plane_takes_members_node_tokens_only() {
         record(
             format!("node {}: events of refused writes", node.id),
             "0",
-            events_under(node, "attack-").await.to_string(),
+            events_under(node, &admin, "attack-").await.to_string(),
         );
     }
 
     // A join: the learner being added has no membership yet when the leader's first
     // AppendEntries reach it, and takes them; then it is a member like any other.
     let learner = c.spawn_node_with_config(Some(&toml)).await;
-    let leader = c.wait_leader(&[0, 1, 2]).await;
-    c.add_learner(leader, learner).await;
+    let leader = wait_leader(&c, &[0, 1, 2], &admin).await;
+    let joining = member(&c, learner, &admin).await;
+    c.nodes[leader]
+        .admin()
+        .await
+        .add_learner(with_token(
+            pb::AddLearnerRequest {
+                member: Some(joining),
+                blocking: true,
+            },
+            &admin,
+        ))
+        .await
+        .expect("add learner");
     let learner_id = c.nodes[learner].id;
     let r = c.nodes[learner]
         .client()
@@ -433,7 +522,7 @@ async fn the_node_plane_takes_members_node_tokens_only() {
     let leader_target = format!(
         "{}:{}",
         c.nodes[leader].id,
-        c.nodes[leader].status().await.incarnation
+        status(&c.nodes[leader], &admin).await.incarnation
     );
     let clock = |token: String, target: String| {
         let node = &c.nodes[leader];
@@ -449,16 +538,18 @@ async fn the_node_plane_takes_members_node_tokens_only() {
     c.nodes[leader]
         .admin()
         .await
-        .remove_node(pb::RemoveNodeRequest {
-            node_id: learner_id,
-        })
+        .remove_node(with_token(
+            pb::RemoveNodeRequest {
+                node_id: learner_id,
+            },
+            &admin,
+        ))
         .await
         .expect("remove the learner");
     // The removal is committed when the call returns; wait until the leader's Raft reports
     // it (its metrics, which the check reads, follow within a loop turn).
     let deadline = Instant::now() + DEADLINE;
-    while c.nodes[leader]
-        .status()
+    while status(&c.nodes[leader], &admin)
         .await
         .learners
         .iter()

@@ -240,7 +240,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::LimitStatusRequest>,
     ) -> Result<Response<pb::LimitStatusResponse>, Status> {
-        let s = self.service.limit_status(&caller(&req));
+        let s = self.service.limit_status(&caller(&req)).map_err(status)?;
         Ok(Response::new(pb::LimitStatusResponse {
             node_id: s.node_id,
             factor: s.factor,

@@ -3,6 +3,7 @@
 //! answer. Errors become status codes in one place ([`status`]).
 
 pub mod admin;
+pub mod auth;
 pub mod convert;
 pub mod eventstore;
 pub mod http;
@@ -22,22 +23,12 @@ pub const RETRY_AFTER_HEADER: &str = "retry-after-ms";
 /// stream).
 pub const CURRENT_VERSION_HEADER: &str = "x-aether-current-version";
 
-/// The caller of a gRPC request (anonymous until authentication lands; the peer address
-/// when the transport knows it).
+/// The caller of a gRPC request: the identity [`auth::ClientAuth`] verified, or anonymous
+/// when authentication is off (the service layer refuses anonymous callers when it is on).
 pub(crate) fn caller<T>(req: &Request<T>) -> Caller {
-    // Until the client-plane check lands here, the bearer token is carried unverified so
-    // that a write this node forwards is authorized by the leader (h/node; the lead's
-    // verification replaces this).
-    let token = req
-        .metadata()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| std::sync::Arc::from(t.trim()));
-    Caller {
-        token,
-        ..Caller::anonymous(req.remote_addr())
+    match req.extensions().get::<auth::Authenticated>() {
+        Some(a) => Caller::user(a.identity.clone(), a.token.clone(), req.remote_addr()),
+        None => Caller::anonymous(req.remote_addr()),
     }
 }
 

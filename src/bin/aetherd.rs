@@ -76,14 +76,6 @@ fn main() -> anyhow::Result<()> {
         config.advertise_http_addr = args.advertise_http_addr;
     }
     config.validate()?;
-    if config.auth.enabled {
-        // Keep the operator from believing the client APIs are protected: only the
-        // node-to-node service checks tokens yet.
-        tracing::warn!(
-            "[auth] is enabled: node-to-node calls need node tokens, but the client APIs do \
-             not check tokens yet: every client is served"
-        );
-    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if config.worker_threads > 0 {
         builder.worker_threads(config.worker_threads);

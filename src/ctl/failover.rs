@@ -25,7 +25,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
@@ -189,7 +188,7 @@ impl<C: Clone> Failover<C> {
     ) -> anyhow::Result<Failover<C>> {
         let mut targets = Vec::new();
         for addr in parse_addrs(addrs)? {
-            let conn = make(&endpoint(&addr, timeout)?);
+            let conn = make(&super::endpoint(&addr, timeout)?);
             targets.push((addr, conn));
         }
         Failover::new(targets, cli_policy(), monotonic_clock())
@@ -365,14 +364,6 @@ impl<C: Clone> Failover<C> {
         }
         Err(self.failed(attempts, true))
     }
-}
-
-fn endpoint(addr: &str, timeout: Duration) -> anyhow::Result<Endpoint> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))
-        .with_context(|| format!("bad address {addr:?}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(timeout)
-        .tcp_nodelay(true))
 }
 
 #[cfg(test)]

@@ -50,6 +50,10 @@ pub struct Cli {
     /// Per-request timeout in milliseconds.
     #[arg(long, global = true, default_value_t = 15_000)]
     pub timeout_ms: u64,
+    /// The cluster's CA certificate (PEM): every connection uses TLS and trusts this CA
+    /// only. An `https://HOST:PORT` address needs it; `http://HOST:PORT` stays plaintext.
+    #[arg(long, global = true, env = "AETHER_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Cmd,
 }
@@ -169,6 +173,11 @@ pub struct TailArgs {
 
 /// Runs a parsed command line; the binary's `main` is this and error printing.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(ca) = &cli.ca_file {
+        let pem = crate::tls::read_ca(ca)?;
+        // Set once, before any connection: every endpoint (`endpoint`) reads it.
+        let _ = CA_PEM.set(pem);
+    }
     // With one address, every call went there; with several, the calls name their node.
     let only = failover::parse_addrs(&cli.addr)
         .ok()
@@ -309,24 +318,48 @@ pub fn first_addr(addrs: &str) -> &str {
     addrs.split(',').next().unwrap_or(addrs).trim()
 }
 
-pub async fn channel(addr: &str, timeout: Duration) -> anyhow::Result<Channel> {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .with_context(|| format!("bad address {addr:?}"))?
+/// The `--ca-file` CA, read once at start. Process-wide rather than passed down: every
+/// command, cluster commands dialling the addresses nodes report included, must connect the
+/// same way, and [`endpoint`] is the one place connections are made.
+static CA_PEM: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
+/// The endpoint of `addr` (`HOST:PORT`, `http://HOST:PORT` or `https://HOST:PORT`): TLS
+/// trusting the `--ca-file` CA when one is given or the address says `https://`, plaintext
+/// otherwise. The server's certificate must name the host dialled.
+pub fn endpoint(addr: &str, timeout: Duration) -> anyhow::Result<Endpoint> {
+    let (https, host_port) = match (addr.strip_prefix("https://"), addr.strip_prefix("http://")) {
+        (Some(rest), _) => (true, rest),
+        (None, Some(rest)) => (false, rest),
+        (None, None) => (CA_PEM.get().is_some(), addr),
+    };
+    let scheme = if https { "https" } else { "http" };
+    let mut ep = Endpoint::from_shared(format!("{scheme}://{host_port}"))
+        .with_context(|| format!("bad address {addr:?}"))?;
+    if https {
+        let ca = CA_PEM.get().ok_or_else(|| {
+            anyhow!("{addr}: TLS needs the cluster's CA: --ca-file (or AETHER_CA_FILE)")
+        })?;
+        ep = ep
+            .tls_config(crate::tls::client_trusting(ca, host_port))
+            .with_context(|| format!("TLS towards {addr}"))?;
+    }
+    Ok(ep
         .connect_timeout(Duration::from_secs(5))
         .timeout(timeout)
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .map_err(|e| {
-            CallError {
-                code: tonic::Code::Unavailable,
-                failure: CallFailure::NotSent,
-                detail: call::chain_detail(&e),
-                addr: Some(addr.to_owned()),
-                kind: CallKind::Unknown,
-            }
-            .into()
-        })
+        .tcp_nodelay(true))
+}
+
+pub async fn channel(addr: &str, timeout: Duration) -> anyhow::Result<Channel> {
+    endpoint(addr, timeout)?.connect().await.map_err(|e| {
+        CallError {
+            code: tonic::Code::Unavailable,
+            failure: CallFailure::NotSent,
+            detail: call::chain_detail(&e),
+            addr: Some(addr.to_owned()),
+            kind: CallKind::Unknown,
+        }
+        .into()
+    })
 }
 
 /// The event store's client on a channel, with no message size limit of its own (the node

@@ -277,6 +277,8 @@ impl Node {
             peer_breakers,
             node_tokens,
         );
+        let tls = config.tls.as_ref().map(|t| t.load()).transpose();
+        let network = network.with_tls(tls.map_err(|e| NodeError::BadRequest(e.to_string()))?);
         let raft_config = Arc::new(
             config
                 .openraft_config()

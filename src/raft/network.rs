@@ -73,6 +73,9 @@ pub struct NetworkFactory {
     breakers: PeerBreakers,
     /// This node's node-plane credential (`None`: authentication is off).
     tokens: Option<Arc<NodeTokens>>,
+    /// With TLS: peers are dialled over https, trusting the cluster's CA only and
+    /// presenting this node's certificate (the member check of `raft.v1`).
+    tls: Option<Arc<crate::tls::Tls>>,
 }
 
 impl NetworkFactory {
@@ -90,6 +93,15 @@ impl NetworkFactory {
             max_payload_bytes,
             breakers,
             tokens,
+            tls: None,
+        }
+    }
+
+    /// The same factory, calling its peers over TLS.
+    pub fn with_tls(self, tls: Option<crate::tls::Tls>) -> Self {
+        NetworkFactory {
+            tls: tls.map(Arc::new),
+            ..self
         }
     }
 
@@ -103,7 +115,12 @@ impl NetworkFactory {
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.peer_client(addr))?;
+        }
+        let channel = endpoint
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))

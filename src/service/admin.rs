@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use super::{guard, Caller, Service, ServiceError};
+use crate::auth::Resource;
 use crate::limits::Method;
 use crate::node::metrics::LimitGauges;
 use crate::node::{Members, MembershipChange};
@@ -65,7 +66,8 @@ pub struct Membership {
 }
 
 impl Service {
-    pub fn node_status(&self, _caller: &Caller) -> Result<NodeStatus, ServiceError> {
+    pub fn node_status(&self, caller: &Caller) -> Result<NodeStatus, ServiceError> {
+        self.authorize_view(caller)?;
         let n = &self.node;
         let m = n.raft_metrics();
         let applied = n.applied_status();
@@ -133,7 +135,7 @@ impl Service {
         caller: &Caller,
         members: Vec<(NodeId, NodeInfo)>,
     ) -> Result<(), ServiceError> {
-        self.admit(caller, Method::Admin, None, 1)?;
+        self.admit(caller, Method::Admin, Resource::Cluster, 1)?;
         if members.is_empty() {
             return Err(ServiceError::invalid("init needs at least one member"));
         }
@@ -160,7 +162,7 @@ impl Service {
         info: NodeInfo,
         blocking: bool,
     ) -> Result<Membership, ServiceError> {
-        self.admit(caller, Method::Admin, None, 1)?;
+        self.admit(caller, Method::Admin, Resource::Cluster, 1)?;
         check_member(id, &info)?;
         let index = self.node.add_learner(id, info, blocking).await?;
         Ok(self.membership(index))
@@ -172,7 +174,7 @@ impl Service {
         voters: BTreeSet<NodeId>,
         retain: bool,
     ) -> Result<Membership, ServiceError> {
-        self.admit(caller, Method::Admin, None, 1)?;
+        self.admit(caller, Method::Admin, Resource::Cluster, 1)?;
         if voters.is_empty() {
             return Err(ServiceError::invalid("the voter set cannot be empty"));
         }
@@ -189,7 +191,7 @@ impl Service {
         caller: &Caller,
         id: NodeId,
     ) -> Result<Membership, ServiceError> {
-        self.admit(caller, Method::Admin, None, 1)?;
+        self.admit(caller, Method::Admin, Resource::Cluster, 1)?;
         let (voters, learners) = self.node.members();
         let change = if voters.iter().any(|(v, _)| *v == id) {
             if voters.len() == 1 {
@@ -218,7 +220,7 @@ impl Service {
 
     /// The leader's read index (leader only: it confirms its leadership with a quorum).
     pub async fn read_index(&self, caller: &Caller) -> Result<Option<u64>, ServiceError> {
-        self.admit(caller, Method::Admin, None, 1)?;
+        self.admit(caller, Method::Admin, Resource::Cluster, 1)?;
         Ok(self.node.read_index().await?)
     }
 
@@ -228,7 +230,7 @@ impl Service {
         caller: &Caller,
         window: Duration,
     ) -> Result<Duration, ServiceError> {
-        self.admit(caller, Method::Admin, None, 1)?;
+        self.admit(caller, Method::Admin, Resource::Cluster, 1)?;
         let node = &self.node;
         self.on_leader(|left| node.set_dedupe_window(window, caller.token.clone(), left))
             .await
@@ -236,18 +238,23 @@ impl Service {
 
     /// Builds a snapshot of everything applied so far; the snapshot's index.
     pub async fn trigger_snapshot(&self, caller: &Caller) -> Result<Option<u64>, ServiceError> {
-        self.admit(caller, Method::Admin, None, 1)?;
+        self.admit(caller, Method::Admin, Resource::Cluster, 1)?;
         Ok(self.node.snapshot_now(Duration::from_secs(60)).await?)
     }
 
     /// The chained digest and a digest of a full scan of the state machine.
     pub async fn state_digest(&self, caller: &Caller) -> Result<ScanDigest, ServiceError> {
-        self.admit(caller, Method::Admin, None, 1)?;
+        self.admit(caller, Method::Admin, Resource::Cluster, 1)?;
         Ok(self.node.scan_digest().await?)
     }
 
     /// Prometheus text exposition of the node's metrics.
-    pub fn metrics_text(&self, _caller: &Caller) -> String {
+    /// The Prometheus text: for any caller when `/metrics` is open, else for a caller that
+    /// may read.
+    pub fn metrics_text(&self, caller: &Caller) -> Result<String, ServiceError> {
+        if self.metrics_verifier().is_some() {
+            self.authorize_view(caller)?;
+        }
         let (factor, utilization) = self.guards.factor();
         let policies: Vec<LimitGauges> = self
             .guards
@@ -265,7 +272,7 @@ impl Service {
         self.node
             .metrics()
             .set_limits(factor.as_f64(), utilization, &policies);
-        self.node.render_metrics()
+        Ok(self.node.render_metrics())
     }
 }
 

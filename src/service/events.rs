@@ -5,6 +5,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use super::{Caller, Consistency, Service, ServiceError};
+use crate::auth::Resource;
 use crate::eventstore::read::{Page, ReadDirection};
 use crate::eventstore::subscribe::{Item, Target};
 use crate::eventstore::{AppendCommand, AppendOutcome, AppendPositions};
@@ -26,7 +27,7 @@ impl Service {
         caller: &Caller,
         cmd: AppendCommand,
     ) -> Result<Appended, ServiceError> {
-        self.admit(caller, Method::Append, Some(&cmd.stream), 1)?;
+        self.admit(caller, Method::Append, Resource::Stream(&cmd.stream), 1)?;
         let started = Instant::now();
         let stream = cmd.stream.clone();
         let node = &self.node;
@@ -59,7 +60,7 @@ impl Service {
         limit: u32,
         consistency: Consistency,
     ) -> Result<Page, ServiceError> {
-        self.admit(caller, Method::Read, Some(stream), 1)?;
+        self.admit(caller, Method::Read, Resource::Stream(stream), 1)?;
         self.node.read_barrier(consistency).await?;
         Ok(self
             .node
@@ -75,7 +76,9 @@ impl Service {
         limit: u32,
         consistency: Consistency,
     ) -> Result<Page, ServiceError> {
-        self.admit(caller, Method::Read, None, 1)?;
+        // `$all` reaches every stream: only a token without a stream scope (or with an
+        // empty prefix) reads it.
+        self.admit(caller, Method::Read, Resource::StreamsWithPrefix(""), 1)?;
         self.node.read_barrier(consistency).await?;
         Ok(self.node.read_all(from, direction, limit).await?)
     }
@@ -88,8 +91,8 @@ impl Service {
         from: Option<u64>,
     ) -> Result<mpsc::Receiver<Item>, ServiceError> {
         let resource = match &target {
-            Target::Stream(s) => Some(s.as_str()),
-            Target::All => None,
+            Target::Stream(s) => Resource::Stream(s),
+            Target::All => Resource::StreamsWithPrefix(""),
         };
         self.admit(caller, Method::Subscribe, resource, 1)?;
         Ok(self.node.subscribe(target, from)?)

@@ -2,6 +2,8 @@
 
 use super::guard::PolicyCounts;
 use super::{Caller, Consistency, Service, ServiceError};
+use crate::auth::Resource;
+use crate::limits::Method;
 use crate::limits::{LimitPolicy, PolicyOutcome};
 
 /// One node's view of the cluster's rate limits.
@@ -20,6 +22,8 @@ impl Service {
         caller: &Caller,
         policy: LimitPolicy,
     ) -> Result<bool, ServiceError> {
+        // Not rate-limited: an operator must be able to loosen a limit that refuses them.
+        self.authorize(caller, Method::Admin, &[Resource::Cluster])?;
         policy.validate().map_err(ServiceError::Invalid)?;
         let node = &self.node;
         match self
@@ -35,6 +39,7 @@ impl Service {
     }
 
     pub async fn delete_limit(&self, caller: &Caller, name: &str) -> Result<(), ServiceError> {
+        self.authorize(caller, Method::Admin, &[Resource::Cluster])?;
         crate::limits::check_name(name).map_err(ServiceError::Invalid)?;
         let node = &self.node;
         match self
@@ -54,21 +59,23 @@ impl Service {
 
     /// What this node enforces of each policy (no barrier: this node's own view), with the
     /// cluster's factor and the utilization it follows. Not rate-limited, like status.
-    pub fn limit_status(&self, _caller: &Caller) -> LimitStatus {
+    pub fn limit_status(&self, caller: &Caller) -> Result<LimitStatus, ServiceError> {
+        self.authorize_view(caller)?;
         let (factor, utilization) = self.guards.factor();
-        LimitStatus {
+        Ok(LimitStatus {
             node_id: self.node.id(),
             factor: factor.as_f64(),
             utilization,
             policies: self.limit_counts(),
-        }
+        })
     }
 
     pub async fn list_limits(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         consistency: Consistency,
     ) -> Result<Vec<LimitPolicy>, ServiceError> {
+        self.authorize_view(caller)?;
         self.node.read_barrier(consistency).await?;
         Ok(self.node.limit_policies().await?)
     }

@@ -20,6 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use caller::{Caller, Principal};
+
+use crate::auth::{AuthError, Denied, Reason, Resource, Role};
 pub use error::ServiceError;
 
 pub use crate::node::Consistency;
@@ -58,16 +60,63 @@ impl Service {
         }
     }
 
-    /// Asks the rate limits to admit `cost` units of `method` on `resource`.
+    /// Checks that the caller may do `method` on `resource`, then asks the rate limits to
+    /// admit `cost` units of it. Authorization comes first: a refused caller spends no
+    /// tokens. Every operation that touches data or the cluster goes through here.
     fn admit(
         &self,
         caller: &Caller,
         method: crate::limits::Method,
-        resource: Option<&str>,
+        resource: Resource<'_>,
         cost: u64,
     ) -> Result<(), ServiceError> {
-        self.guards
-            .admit(caller, method, resource, cost, guard::wall_now_ns())
+        self.authorize(caller, method, &[resource])?;
+        self.guards.admit(
+            caller,
+            method,
+            limit_key(resource),
+            cost,
+            guard::wall_now_ns(),
+        )
+    }
+
+    /// May the caller do `method` on every one of `resources`? With authentication off
+    /// every caller may; with it on, a caller without a verified identity may not (the
+    /// adapters verify tokens; this is the check that holds whatever an adapter forgot).
+    fn authorize(
+        &self,
+        caller: &Caller,
+        method: crate::limits::Method,
+        resources: &[Resource<'_>],
+    ) -> Result<(), ServiceError> {
+        match (caller.identity(), self.node.auth()) {
+            (Some(identity), _) => Ok(identity.authorize(method, resources)?),
+            (None, None) => Ok(()),
+            (None, Some(_)) => Err(AuthError::Unauthenticated(Reason::Missing).into()),
+        }
+    }
+
+    /// The verifier `/metrics` needs (`None`: it is open — authentication off, or
+    /// `auth.open_metrics`).
+    pub fn metrics_verifier(&self) -> Option<&Arc<crate::auth::Verifier>> {
+        self.node
+            .auth()
+            .filter(|_| !self.node.config().auth.open_metrics)
+    }
+
+    /// Read-only views of this node itself (status, limit counts): any authenticated
+    /// caller that may read, whatever its scopes.
+    fn authorize_view(&self, caller: &Caller) -> Result<(), ServiceError> {
+        match (caller.identity(), self.node.auth()) {
+            (Some(identity), _) if identity.has_role(Role::Reader) => Ok(()),
+            (Some(_), _) => Err(AuthError::Forbidden(Denied::Role {
+                action: crate::limits::Method::Read,
+                needs: Role::Reader,
+            })
+            .into()),
+            (None, None) => Ok(()),
+            (None, Some(_)) => Err(AuthError::Unauthenticated(Reason::Missing).into()),
+        }
     }
 
     /// Per policy: this node's share, the cluster's factor, tokens left, demand, refusals.
@@ -175,5 +224,17 @@ async fn reload_policies(node: std::sync::Weak<Node>, guards: guard::Guards) {
                 }
             });
         }
+    }
+}
+
+/// The name a rate-limit policy keys a resource by (`None`: no name, e.g. `$all` or the
+/// cluster).
+fn limit_key<'a>(resource: Resource<'a>) -> Option<&'a str> {
+    match resource {
+        Resource::Stream(s)
+        | Resource::Workflow(s)
+        | Resource::Series(s)
+        | Resource::SeriesWithPrefix(s) => Some(s),
+        Resource::StreamsWithPrefix(_) | Resource::Cluster => None,
     }
 }

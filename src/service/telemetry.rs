@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::{Caller, Consistency, Service, ServiceError};
+use crate::auth::Resource;
 use crate::limits::Method;
 use crate::telemetry::command::{check_name, TelemetryCommand, TelemetryOutcome, MAX_TS, MIN_TS};
 use crate::telemetry::maintenance;
@@ -78,7 +79,7 @@ impl Service {
             self.admit(
                 caller,
                 Method::Ingest,
-                Some(&s.series),
+                Resource::Series(&s.series),
                 s.values.len() as u64,
             )?;
         }
@@ -181,7 +182,12 @@ impl Service {
         caller: &Caller,
         q: TelemetryQuery,
     ) -> Result<TelemetryAnswer, ServiceError> {
-        self.admit(caller, Method::TelemetryQuery, Some(&q.spec.series), 1)?;
+        self.admit(
+            caller,
+            Method::TelemetryQuery,
+            Resource::Series(&q.spec.series),
+            1,
+        )?;
         self.node.read_barrier(q.consistency).await?;
         let quantiles = if q.quantiles.is_empty() {
             vec![0.5, 0.9, 0.99]
@@ -223,7 +229,12 @@ impl Service {
         caller: &Caller,
         policy: RetentionPolicy,
     ) -> Result<(), ServiceError> {
-        self.admit(caller, Method::Admin, Some(&policy.prefix), 1)?;
+        self.admit(
+            caller,
+            Method::Admin,
+            Resource::SeriesWithPrefix(&policy.prefix),
+            1,
+        )?;
         check_name(&policy.prefix, true)
             .and_then(|()| policy.validate())
             .map_err(ServiceError::Invalid)?;
@@ -238,7 +249,7 @@ impl Service {
         &self,
         caller: &Caller,
     ) -> Result<(DiskUsage, DiskUsage), ServiceError> {
-        self.admit(caller, Method::Admin, None, 1)?;
+        self.admit(caller, Method::Admin, Resource::Cluster, 1)?;
         Ok(self
             .node
             .maintain_store(|db| {
@@ -250,7 +261,7 @@ impl Service {
     }
 
     pub async fn telemetry_disk_usage(&self, caller: &Caller) -> Result<DiskUsage, ServiceError> {
-        self.admit(caller, Method::Admin, None, 1)?;
+        self.admit(caller, Method::Admin, Resource::Cluster, 1)?;
         Ok(self.node.maintain_store(usage).await?)
     }
 }

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 
 use super::{Caller, Consistency, Service, ServiceError};
+use crate::auth::Resource;
 use crate::eventstore::read::PageLimit;
 use crate::eventstore::AppendPositions;
 use crate::limits::Method;
@@ -62,6 +63,11 @@ pub struct WorkflowList {
     pub next_after: Option<String>,
 }
 
+/// Every workflow (a list, events since a position): a token confined to streams must
+/// reach the whole `workflow-` prefix.
+const ALL_WORKFLOWS: Resource<'static> =
+    Resource::StreamsWithPrefix(crate::model::WORKFLOW_STREAM_PREFIX);
+
 impl Service {
     /// One typed workflow event (create, start a step, …) as a command.
     pub async fn workflow_event(
@@ -101,7 +107,12 @@ impl Service {
         caller: &Caller,
         cmd: WorkflowCommand,
     ) -> Result<WorkflowWritten, ServiceError> {
-        self.admit(caller, Method::WorkflowWrite, Some(&cmd.workflow_id), 1)?;
+        self.admit(
+            caller,
+            Method::WorkflowWrite,
+            Resource::Workflow(&cmd.workflow_id),
+            1,
+        )?;
         if cmd.workflow_id.is_empty() {
             return Err(ServiceError::invalid("workflow_id is empty"));
         }
@@ -120,7 +131,7 @@ impl Service {
         at: At,
         consistency: Consistency,
     ) -> Result<WorkflowState, ServiceError> {
-        self.admit(caller, Method::WorkflowRead, Some(id), 1)?;
+        self.admit(caller, Method::WorkflowRead, Resource::Workflow(id), 1)?;
         self.node.read_barrier(consistency).await?;
         let id = id.to_owned();
         // A temporal query replays up to `workflow_snapshot_every` events: off the runtime.
@@ -147,7 +158,7 @@ impl Service {
         limit: u32,
         consistency: Consistency,
     ) -> Result<WorkflowList, ServiceError> {
-        self.admit(caller, Method::WorkflowRead, None, 1)?;
+        self.admit(caller, Method::WorkflowRead, ALL_WORKFLOWS, 1)?;
         self.node.read_barrier(consistency).await?;
         let limit = self.node.config().limits.read_limit(limit)? as usize;
         let workflows = self
@@ -172,7 +183,7 @@ impl Service {
         caller: &Caller,
         id: &str,
     ) -> Result<(VerifyReport, Option<u64>), ServiceError> {
-        self.admit(caller, Method::WorkflowRead, Some(id), 1)?;
+        self.admit(caller, Method::WorkflowRead, Resource::Workflow(id), 1)?;
         let applied_index = self.node.applied_status().applied.map(|l| l.index);
         let id = id.to_owned();
         let report = self
@@ -192,8 +203,8 @@ impl Service {
         consistency: Consistency,
     ) -> Result<WorkflowEventsPage, ServiceError> {
         let resource = match &select {
-            EventsOf::Workflow { id, .. } => Some(id.as_str()),
-            EventsOf::Since { .. } => None,
+            EventsOf::Workflow { id, .. } => Resource::Workflow(id),
+            EventsOf::Since { .. } => ALL_WORKFLOWS,
         };
         self.admit(caller, Method::WorkflowRead, resource, 1)?;
         self.node.read_barrier(consistency).await?;

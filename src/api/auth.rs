@@ -1,0 +1,87 @@
+//! Bearer tokens on the client APIs: the one interceptor every client gRPC service is
+//! mounted behind, and the header parsing the HTTP adapter shares. A verified token's
+//! identity rides in the request's extensions to [`caller`](super::caller); the service
+//! layer authorizes each operation against it.
+
+use std::sync::Arc;
+
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Status};
+
+use crate::auth::{AuthError, Identity, Plane, Reason, Verifier};
+
+/// What a verified request carries in its extensions.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub identity: Arc<Identity>,
+    pub token: Arc<str>,
+}
+
+/// Checks the bearer token of every request to the services it wraps (`None`:
+/// authentication is off, every request passes as anonymous).
+#[derive(Clone)]
+pub struct ClientAuth {
+    verifier: Option<Arc<Verifier>>,
+}
+
+impl ClientAuth {
+    pub fn new(verifier: Option<Arc<Verifier>>) -> Self {
+        ClientAuth { verifier }
+    }
+}
+
+impl tonic::service::Interceptor for ClientAuth {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        let Some(verifier) = &self.verifier else {
+            return Ok(req);
+        };
+        let authenticated = verify(verifier, bearer(req.metadata()))?;
+        req.extensions_mut().insert(authenticated);
+        Ok(req)
+    }
+}
+
+/// The token of an `authorization: Bearer <token>` header (the scheme is case-insensitive).
+/// `Err` for a header that is present but not a bearer token.
+pub fn bearer_of(value: Option<&[u8]>) -> Result<Option<&str>, AuthError> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let value = std::str::from_utf8(value)
+        .map_err(|_| malformed("the authorization header is not text"))?;
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(Some(token.trim())),
+        _ => Err(malformed(
+            "the authorization header is not \"Bearer <token>\"",
+        )),
+    }
+}
+
+fn bearer(metadata: &MetadataMap) -> Result<Option<&str>, AuthError> {
+    bearer_of(metadata.get("authorization").map(|v| v.as_bytes()))
+}
+
+fn malformed(what: &'static str) -> AuthError {
+    AuthError::Unauthenticated(Reason::Malformed(what))
+}
+
+/// Verifies a client-plane token (or its absence) into what a request carries.
+pub fn verify(
+    verifier: &Verifier,
+    token: Result<Option<&str>, AuthError>,
+) -> Result<Authenticated, Status> {
+    let token = token
+        .and_then(|t| t.ok_or(AuthError::Unauthenticated(Reason::Missing)))
+        .map_err(auth_status)?;
+    let identity = verifier.verify(token, Plane::Client).map_err(auth_status)?;
+    Ok(Authenticated {
+        identity,
+        token: Arc::from(token),
+    })
+}
+
+/// `UNAUTHENTICATED` or `PERMISSION_DENIED`, with the error's message (which never says
+/// which part of a signature failed).
+pub fn auth_status(e: AuthError) -> Status {
+    super::status(e.into())
+}

@@ -1,0 +1,529 @@
+//! TLS on real nodes: a 3-node cluster whose every listener and node-to-node call is TLS
+//! (certificates made here with rcgen), driven by `aetherctl --ca-file`; what a client
+//! without the CA, with another CA, or without a member certificate gets; HTTPS `/healthz`;
+//! and the files a node refuses to start with.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aetherops::proto::raft::v1::{raft_client::RaftClient, RaftMessage};
+use common::*;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use tokio_rustls::rustls;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+/// A CA: its certificate file, and the means to sign node certificates.
+struct Ca {
+    pem: PathBuf,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new(dir: &Path, name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let pem = dir.join(format!("{name}.pem"));
+        std::fs::write(&pem, cert.pem()).unwrap();
+        Ca {
+            pem,
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A node certificate for 127.0.0.1 and localhost (server and client): (cert, key).
+    fn node(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let mut params =
+            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (c, k) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+}
+
+fn tls_toml(cert: &Path, key: &Path, ca: &Path) -> String {
+    format!(
+        "[raft]\nheartbeat_interval_ms = 100\nelection_timeout_min_ms = 500\n\
+         election_timeout_max_ms = 1000\n\n[tls]\ncert_file = {:?}\nkey_file = {:?}\nca_file = {:?}\n",
+        cert.display().to_string(),
+        key.display().to_string(),
+        ca.display().to_string()
+    )
+}
+
+/// `aetherctl --addr ADDRS [--ca-file CA] ARGS`.
+fn ctl(addrs: &str, ca: Option<&Path>, args: &[&str]) -> Output {
+    let mut cmd = Command::new(AETHERCTL);
+    cmd.arg("--addr").arg(addrs).arg("--timeout-ms").arg("5000");
+    if let Some(ca) = ca {
+        cmd.arg("--ca-file").arg(ca);
+    }
+    cmd.args(args)
+        .env_remove("AETHER_CA_FILE")
+        .env_remove("AETHER_ADDR")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run aetherctl")
+}
+
+fn stdout_ok(out: &Output) -> Option<String> {
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn json_lines(s: &str) -> Vec<serde_json::Value> {
+    s.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect()
+}
+
+/// Waits (bounded) until `f` gives a value.
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The leader's index among `nodes[among]`, once every one of them names the same leader.
+fn agreed_leader(nodes: &[TestNode], among: &[usize], ca: &Path) -> usize {
+    wait_for("an agreed leader", || {
+        let mut leader_ids = Vec::new();
+        let mut leader_at = None;
+        for &i in among {
+            let out = stdout_ok(&ctl(
+                &nodes[i].grpc_addr,
+                Some(ca),
+                &["--output", "json", "status"],
+            ))?;
+            let s = json_lines(&out).pop()?;
+            leader_ids.push(s["leader_id"].as_u64()?);
+            if s["role"] == "leader" {
+                leader_at = Some(i);
+            }
+        }
+        let at = leader_at?;
+        leader_ids
+            .iter()
+            .all(|&id| id == nodes[at].id)
+            .then_some(at)
+    })
+}
+
+/// Appends one event to `stream` through `addrs`, with a fixed id, until acknowledged (the
+/// same id makes every retry safe). Returns the event id.
+fn append_until_acked(addrs: &str, ca: &Path, stream: &str) -> String {
+    let id = uuid::Uuid::new_v4().to_string();
+    wait_for(&format!("an append to {stream} through {addrs}"), || {
+        let out = ctl(
+            addrs,
+            Some(ca),
+            &["append", stream, "--type", "T", "--data", "{}", "--id", &id],
+        );
+        out.status.success().then_some(())
+    });
+    id
+}
+
+/// The event ids of `stream` as the node at `addr` reads them (linearizable).
+fn read_ids(addr: &str, ca: &Path, stream: &str) -> Vec<String> {
+    let out = ctl(addr, Some(ca), &["--output", "json", "read", stream]);
+    let text = stdout_ok(&out).unwrap_or_else(|| panic!("read from {addr}: {}", stderr(&out)));
+    json_lines(&text)
+        .into_iter()
+        .map(|e| e["event_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A 3-node cluster over TLS end to end: init, elect, append through a follower and the
+/// leader, read back from every node (a follower's linearizable read asks the leader over
+/// raft.v1), verify the replicas; then kill the leader and keep writing through the
+/// survivors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_elects_replicates_and_survives_its_leader() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Ca::new(tmp.path(), "cluster-ca");
+    let mut nodes: Vec<TestNode> = (1..=3)
+        .map(|id| {
+            let (cert, key) = ca.node(tmp.path(), &format!("node{id}"));
+            NodeBuilder::member(id, tmp.path().join(format!("node{id}")))
+                .config(&tls_toml(&cert, &key, &ca.pem))
+                .start()
+        })
+        .collect();
+    let all: Vec<String> = nodes.iter().map(|n| n.grpc_addr.clone()).collect();
+    let out = ctl(&all.join(","), Some(&ca.pem), &["cluster", "init"]);
+    assert!(out.status.success(), "init: {}", stderr(&out));
+    let leader = agreed_leader(&nodes, &[0, 1, 2], &ca.pem);
+    let follower = (leader + 1) % 3;
+
+    // An `https://` address selects TLS too.
+    let mut acked = vec![
+        append_until_acked(&nodes[follower].grpc_addr, &ca.pem, "tls-1"),
+        append_until_acked(
+            &format!("https://{}", nodes[leader].grpc_addr),
+            &ca.pem,
+            "tls-1",
+        ),
+    ];
+    for n in &nodes {
+        assert_eq!(
+            read_ids(&n.grpc_addr, &ca.pem, "tls-1"),
+            acked,
+            "node {}",
+            n.id
+        );
+    }
+    let out = ctl(
+        &all.join(","),
+        Some(&ca.pem),
+        &["cluster", "verify", "--wait-secs", "60"],
+    );
+    assert!(out.status.success(), "verify: {}", stderr(&out));
+
+    // The fault path: the leader dies; writes through the survivors go on once they
+    // elected one of them (forwarding, retries and breakers all over TLS).
+    nodes[leader].kill9();
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let addrs = survivors
+        .iter()
+        .map(|&i| nodes[i].grpc_addr.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    acked.push(append_until_acked(&addrs, &ca.pem, "tls-1"));
+    let new_leader = agreed_leader(&nodes, &survivors, &ca.pem);
+    let new_follower = survivors
+        .iter()
+        .copied()
+        .find(|&i| i != new_leader)
+        .unwrap();
+    acked.push(append_until_acked(
+        &nodes[new_follower].grpc_addr,
+        &ca.pem,
+        "tls-1",
+    ));
+    for &i in &survivors {
+        assert_eq!(
+            read_ids(&nodes[i].grpc_addr, &ca.pem, "tls-1"),
+            acked,
+            "node {}",
+            nodes[i].id
+        );
+    }
+}
+
+/// Starts one TLS node (a one-node dev cluster) with a fresh CA.
+struct OneNode {
+    node: TestNode,
+    ca: Ca,
+    other_ca: Ca,
+    tmp: tempfile::TempDir,
+}
+
+fn one_tls_node() -> OneNode {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Ca::new(tmp.path(), "cluster-ca");
+    let other_ca = Ca::new(tmp.path(), "other-ca");
+    let (cert, key) = ca.node(tmp.path(), "node1");
+    let node = NodeBuilder::dev()
+        .config(&tls_toml(&cert, &key, &ca.pem))
+        .start();
+    OneNode {
+        node,
+        ca,
+        other_ca,
+        tmp,
+    }
+}
+
+/// A client that does not speak TLS, or trusts another CA, gets nothing from a TLS node;
+/// one with the CA does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_without_the_clusters_ca_are_refused() {
+    let t = one_tls_node();
+    let addr = &t.node.grpc_addr;
+    wait_for("the node to answer over TLS", || {
+        stdout_ok(&ctl(addr, Some(&t.ca.pem), &["status"]))
+    });
+
+    let plaintext = ctl(addr, None, &["status"]);
+    assert!(!plaintext.status.success(), "plaintext status answered");
+    let explicit_plain = ctl(&format!("http://{addr}"), Some(&t.ca.pem), &["status"]);
+    assert!(!explicit_plain.status.success(), "http:// status answered");
+    let other = ctl(addr, Some(&t.other_ca.pem), &["status"]);
+    assert!(
+        !other.status.success(),
+        "a client trusting another CA was served"
+    );
+    assert!(
+        stderr(&other).contains("certificate"),
+        "the refusal says why: {}",
+        stderr(&other)
+    );
+    let no_ca = ctl(&format!("https://{addr}"), None, &["status"]);
+    assert!(
+        stderr(&no_ca).contains("--ca-file"),
+        "https:// without a CA: {}",
+        stderr(&no_ca)
+    );
+
+    // The same with tonic directly: a plaintext HTTP/2 client never gets an answer.
+    let plain = Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(5))
+        .connect_lazy();
+    let r = RaftClient::new(plain)
+        .vote(RaftMessage {
+            body: Default::default(),
+        })
+        .await;
+    assert!(r.is_err(), "a plaintext call was answered: {r:?}");
+}
+
+async fn raft_vote(
+    addr: &str,
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()))
+        .domain_name("127.0.0.1");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(
+            std::fs::read(cert).unwrap(),
+            std::fs::read(key).unwrap(),
+        ));
+    }
+    let ch = Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(5))
+        .connect_lazy();
+    RaftClient::new(ch)
+        .vote(RaftMessage {
+            body: Default::default(),
+        })
+        .await
+}
+
+/// raft.v1 serves members only: a TLS client without a client certificate is
+/// UNAUTHENTICATED, one whose certificate another CA signed is refused at the handshake,
+/// and a member's certificate gets through the check to the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_to_node_calls_need_a_member_certificate() {
+    let t = one_tls_node();
+    let addr = &t.node.grpc_addr;
+    wait_for("the node to answer over TLS", || {
+        stdout_ok(&ctl(addr, Some(&t.ca.pem), &["status"]))
+    });
+
+    let anonymous = raft_vote(addr, &t.ca.pem, None).await.unwrap_err();
+    assert_eq!(
+        anonymous.code(),
+        tonic::Code::Unauthenticated,
+        "{anonymous:?}"
+    );
+    assert_eq!(
+        anonymous.message(),
+        "node-to-node calls need a member certificate"
+    );
+
+    let (cert, key) = t.other_ca.node(t.tmp.path(), "intruder");
+    let intruder = raft_vote(addr, &t.ca.pem, Some((&cert, &key))).await;
+    assert!(
+        intruder.is_err(),
+        "a certificate of another CA was served: {intruder:?}"
+    );
+    assert_ne!(
+        intruder.unwrap_err().code(),
+        tonic::Code::InvalidArgument,
+        "a certificate of another CA reached the service"
+    );
+
+    // A member's certificate passes the check; what the service makes of an empty message
+    // (no target header, no body, no node-plane token) is its own business.
+    let (cert, key) = t.ca.node(t.tmp.path(), "member");
+    let member = raft_vote(addr, &t.ca.pem, Some((&cert, &key)))
+        .await
+        .expect_err("an empty vote is refused by the service");
+    assert_ne!(
+        member.message(),
+        "node-to-node calls need a member certificate",
+        "a member certificate was refused: {member:?}"
+    );
+    assert!(
+        !member.message().is_empty() && member.code() != tonic::Code::Unknown,
+        "the service answered: {member:?}"
+    );
+}
+
+/// `/healthz` over HTTPS with the cluster's CA; plain HTTP gets no HTTP answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_is_served_over_tls() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = one_tls_node();
+    let addr = t.node.http_addr.clone();
+
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(&t.ca.pem).unwrap();
+    for c in rustls::pki_types::pem::PemObject::pem_slice_iter(&ca) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    tls.write_all(
+        format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut reply = Vec::new();
+    // A peer may end TLS without close_notify after `Connection: close`; the reply is in.
+    let _ = tls.read_to_end(&mut reply).await;
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+
+    let mut plain = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    plain
+        .write_all(
+            format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    let _ = plain.read_to_end(&mut reply).await;
+    assert!(
+        !String::from_utf8_lossy(&reply).starts_with("HTTP/"),
+        "plain HTTP was answered: {}",
+        String::from_utf8_lossy(&reply)
+    );
+}
+
+/// Runs aetherd with `toml`, which must refuse to start; returns its output.
+fn refused_start(dir: &Path, toml: &str) -> String {
+    let config = dir.join("refused.toml");
+    std::fs::write(&config, toml).unwrap();
+    let mut child = Command::new(AETHERD)
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.join("refused-data"))
+        .arg("--grpc-addr")
+        .arg("127.0.0.1:0")
+        .arg("--http-addr")
+        .arg("127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("aetherd started with:\n{toml}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "aetherd exited 0 with:\n{toml}");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A node does not start on TLS files it cannot use, and says which setting is wrong.
+#[test]
+fn bad_tls_files_refuse_to_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let ca = Ca::new(dir, "cluster-ca");
+    let other = Ca::new(dir, "other-ca");
+    let (cert, key) = ca.node(dir, "node1");
+    let (_, other_key) = ca.node(dir, "node2");
+    let (stranger, stranger_key) = other.node(dir, "stranger");
+    let garbage = dir.join("garbage.pem");
+    std::fs::write(
+        &garbage,
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let missing = dir.join("missing.key");
+    let cases: [(&str, (&Path, &Path, &Path), &str); 5] = [
+        (
+            "missing key file",
+            (&cert, &missing, &ca.pem),
+            "tls.key_file",
+        ),
+        (
+            "a certificate that does not parse",
+            (&garbage, &key, &ca.pem),
+            "tls.cert_file",
+        ),
+        (
+            "a key of another certificate",
+            (&cert, &other_key, &ca.pem),
+            "tls.key_file",
+        ),
+        (
+            "a certificate of another CA",
+            (&stranger, &stranger_key, &ca.pem),
+            "tls.cert_file",
+        ),
+        (
+            "a CA file that is a key",
+            (&cert, &key, &key),
+            "tls.ca_file",
+        ),
+    ];
+    for (name, (c, k, a), setting) in cases {
+        let out = refused_start(dir, &tls_toml(c, k, a));
+        assert!(
+            out.contains(setting),
+            "{name}: the refusal names {setting}: {out}"
+        );
+    }
+}
