@@ -36,6 +36,7 @@ fn verifier(kid: &str, alg: Algorithm, source: KeySource, cache: usize) -> Verif
                 kid: kid.into(),
                 algorithms: vec![alg],
                 source,
+                node: None,
             }],
             jwks_file: None,
         },

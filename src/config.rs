@@ -260,6 +260,18 @@ pub struct AuthSettings {
     pub keys: Vec<AuthKeySettings>,
     /// A JWKS file of public keys (each with `kid` and `alg`), besides `keys`.
     pub jwks_file: Option<PathBuf>,
+    /// The `kid` this node signs its node-plane tokens with (required when enabled): the
+    /// key set must hold its verifying key under this `kid`, which is checked at start by
+    /// signing and verifying one token.
+    pub node_key_kid: String,
+    /// The signing key: an HMAC secret file (as `hmac_secret_file`) for HS256, or a PKCS#8
+    /// PEM private key for EdDSA, ES256 or RS256.
+    pub node_key_file: Option<PathBuf>,
+    /// The algorithm to sign with; by default the first of the `[[auth.keys]]` entry with
+    /// `node_key_kid` (required when that key comes from the JWKS file).
+    pub node_key_algorithm: Option<String>,
+    /// Lifetime of a node-plane token; a node signs a new one after half of it.
+    pub node_token_ttl_secs: u64,
     /// gRPC health checking answers without a token (load balancers and probes).
     pub open_health: bool,
     /// gRPC reflection answers without a token (it lists the services and their messages).
@@ -282,6 +294,10 @@ pub struct AuthKeySettings {
     /// A file holding an HMAC secret of at least 32 bytes, for HS* (development).
     #[serde(default)]
     pub hmac_secret_file: Option<PathBuf>,
+    /// The node this key belongs to: it then verifies only that node's node-plane tokens
+    /// (production: each node its own key pair, every node's public key in every key set).
+    #[serde(default)]
+    pub node_id: Option<u64>,
 }
 
 impl Default for AuthSettings {
@@ -296,6 +312,10 @@ impl Default for AuthSettings {
             cache_entries: crate::auth::DEFAULT_CACHE_ENTRIES,
             keys: Vec::new(),
             jwks_file: None,
+            node_key_kid: String::new(),
+            node_key_file: None,
+            node_key_algorithm: None,
+            node_token_ttl_secs: 300,
             open_health: true,
             open_reflection: false,
             open_metrics: false,
@@ -309,6 +329,85 @@ impl AuthSettings {
     /// Range of `max_token_bytes`.
     pub const TOKEN_BYTES_RANGE: std::ops::RangeInclusive<usize> = 256..=(64 << 10);
     pub const MAX_CACHE_ENTRIES: usize = 1 << 20;
+    /// Range of `node_token_ttl_secs`: long enough that renewal (at half life) is rare,
+    /// short enough that a token taken from a node stops working soon.
+    pub const NODE_TOKEN_TTL_SECS: std::ops::RangeInclusive<u64> = 60..=3600;
+
+    /// The algorithm node tokens are signed with.
+    fn node_key_algorithm(&self) -> Result<crate::auth::Algorithm, ConfigError> {
+        let bad = |m: String| ConfigError::Invalid(m);
+        let name = match &self.node_key_algorithm {
+            Some(a) => a.clone(),
+            None => self
+                .keys
+                .iter()
+                .find(|k| k.kid == self.node_key_kid)
+                .and_then(|k| k.algorithms.first().cloned())
+                .ok_or_else(|| {
+                    bad(format!(
+                        "auth.node_key_algorithm: no [[auth.keys]] entry has kid {:?}; set the \
+                         algorithm to sign node tokens with",
+                        self.node_key_kid
+                    ))
+                })?,
+        };
+        name.parse().map_err(|_| {
+            bad(format!(
+                "auth.node_key_algorithm: unknown algorithm {name:?} (EdDSA, ES256, RS256, HS256)"
+            ))
+        })
+    }
+
+    /// This node's node-plane tokens, checked against `verifier`: one token is signed and
+    /// verified on the node plane, so a signing key whose verifying key is not in the key
+    /// set (or under another `kid`, or for another algorithm) refuses to start.
+    pub fn node_tokens(
+        &self,
+        node_id: u64,
+        verifier: &crate::auth::Verifier,
+    ) -> Result<crate::auth::NodeTokens, ConfigError> {
+        let bad = |m: String| ConfigError::Invalid(m);
+        let path = self
+            .node_key_file
+            .as_ref()
+            .ok_or_else(|| bad("auth.node_key_file must be set when auth is enabled".into()))?;
+        if self.node_key_kid.is_empty() {
+            return Err(bad(
+                "auth.node_key_kid must be set when auth is enabled".into()
+            ));
+        }
+        let key = crate::auth::SigningKey::from_file(
+            path,
+            self.node_key_algorithm()?,
+            Some(self.node_key_kid.clone()),
+        )
+        .map_err(|e| bad(format!("auth.node_key_file ({}): {e}", path.display())))?;
+        let tokens = crate::auth::NodeTokens::new(
+            key,
+            self.issuer.clone(),
+            self.node_audience.clone(),
+            node_id,
+            self.node_token_ttl_secs,
+        )
+        .map_err(|e| bad(format!("auth.node_key_file: cannot sign a node token: {e}")))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let token = tokens
+            .token_at(now)
+            .map_err(|e| bad(format!("auth.node_key_file: cannot sign a node token: {e}")))?;
+        verifier
+            .verify(&token, crate::auth::Plane::Node)
+            .map_err(|e| {
+                bad(format!(
+                    "auth.node_key_kid {:?}: a node token signed with auth.node_key_file does \
+                     not verify with the configured keys ({e}): the key set must hold the \
+                     matching verifying key under that kid",
+                    self.node_key_kid
+                ))
+            })?;
+        Ok(tokens)
+    }
 
     /// What tokens must say.
     pub fn policy(&self) -> crate::auth::Policy {
@@ -348,6 +447,7 @@ impl AuthSettings {
                 kid: k.kid.clone(),
                 algorithms,
                 source,
+                node: k.node_id,
             };
             crate::auth::keys::check_spec(&spec).map_err(|e| self.key_error(e))?;
             keys.push(spec);
@@ -381,7 +481,7 @@ impl AuthSettings {
         ConfigError::Invalid(format!("{at}: {e}"))
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self, node_id: u64) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         // The shape is checked whether or not auth is enabled, so a mistake shows before
         // it is switched on.
@@ -407,6 +507,13 @@ impl AuthSettings {
                 Self::MAX_CACHE_ENTRIES
             ));
         }
+        if !Self::NODE_TOKEN_TTL_SECS.contains(&self.node_token_ttl_secs) {
+            return bad(format!(
+                "auth.node_token_ttl_secs ({}) must be within {:?}",
+                self.node_token_ttl_secs,
+                Self::NODE_TOKEN_TTL_SECS
+            ));
+        }
         if !self.enabled {
             return Ok(());
         }
@@ -426,7 +533,8 @@ impl AuthSettings {
                     .to_owned(),
             );
         }
-        self.verifier().map(drop)
+        let verifier = self.verifier()?;
+        self.node_tokens(node_id, &verifier).map(drop)
     }
 }
 
@@ -599,7 +707,7 @@ impl Config {
             return bad("dedupe_window_secs must be > 0");
         }
         self.breakers.validate(self.write_timeout_ms)?;
-        self.auth.validate()?;
+        self.auth.validate(self.node_id)?;
         if let Some(tls) = &self.tls {
             tls.load()?;
         }
@@ -747,8 +855,13 @@ mod tests {
             "k.pem",
             b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
         );
-        let head = "[auth]\nenabled = true\nissuer = \"aetherops-dev\"\naudience = \"aetherops\"\n\
+        let other = file("other.secret", &[b'o'; 40]);
+        let short_node = file("short-node.secret", &[b'n'; 20]);
+        let base = "[auth]\nenabled = true\nissuer = \"aetherops-dev\"\naudience = \"aetherops\"\n\
                     node_audience = \"aetherops-node\"\n";
+        let node_key =
+            |kid: &str, path: &str| format!("node_key_kid = {kid:?}\nnode_key_file = {path:?}\n");
+        let head = format!("{base}{}", node_key("dev", &good));
         let key = |algs: &str, field: &str, path: &str| {
             format!("[[auth.keys]]\nkid = \"dev\"\nalgorithms = [{algs}]\n{field} = {path:?}\n")
         };
@@ -786,7 +899,42 @@ mod tests {
                 format!("{head}{}", key("\"RS256\"", "pem_file", &pem)),
                 Some("auth.keys[0]: key \"dev\": not a usable RSA public key"),
             ),
-            ("no keys", head.to_owned(), Some("auth.keys")),
+            ("no keys", head.clone(), Some("auth.keys")),
+            (
+                "no node signing key",
+                format!("{base}{}", hs(&good)),
+                Some("auth.node_key_file must be set"),
+            ),
+            (
+                "a node key whose kid is not in the key set",
+                format!("{base}{}{}", node_key("elsewhere", &good), hs(&good)),
+                Some("auth.node_key_algorithm"),
+            ),
+            (
+                "a node key that does not match the key set's key",
+                format!("{base}{}{}", node_key("dev", &other), hs(&good)),
+                Some("does not verify with the configured keys"),
+            ),
+            (
+                "a node HMAC secret under 32 bytes",
+                format!("{base}{}{}", node_key("dev", &short_node), hs(&good)),
+                Some("HMAC secret of 20 bytes"),
+            ),
+            (
+                "this node signs with a key bound to node 5",
+                format!("{head}{}node_id = 5\n", hs(&good)),
+                Some("names another node than the one its key belongs to"),
+            ),
+            (
+                "this node (1) signs with its own bound key",
+                format!("{head}{}node_id = 1\n", hs(&good)),
+                None,
+            ),
+            (
+                "node tokens living 10 s",
+                format!("{head}node_token_ttl_secs = 10\n{}", hs(&good)),
+                Some("auth.node_token_ttl_secs"),
+            ),
             (
                 "same audience on both planes",
                 format!(
@@ -821,6 +969,72 @@ mod tests {
                 (Err(e), Some(words)) => {
                     assert!(e.to_string().contains(words), "{name}: {e}")
                 }
+                (got, want) => panic!("{name}: got {got:?}, wanted a refusal naming {want:?}"),
+            }
+        }
+    }
+
+    /// Node tokens signed with a PKCS#8 private key (EdDSA, ES256) start when the key set
+    /// holds the matching public key under `node_key_kid`, and are refused otherwise.
+    #[test]
+    fn node_keys_from_private_pems_must_match_the_key_set() {
+        use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey};
+        use p256::pkcs8::LineEnding;
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p.display().to_string()
+        };
+        let ed = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        let ed_private = file("ed.pem", &ed.to_pkcs8_pem(LineEnding::LF).unwrap());
+        let ed_public = file(
+            "ed.pub.pem",
+            &ed.verifying_key()
+                .to_public_key_pem(LineEnding::LF)
+                .unwrap(),
+        );
+        let ec = p256::SecretKey::random(&mut p256::elliptic_curve::rand_core::OsRng);
+        let ec_private = file("ec.pem", &ec.to_pkcs8_pem(LineEnding::LF).unwrap());
+        let ec_public = file(
+            "ec.pub.pem",
+            &ec.public_key().to_public_key_pem(LineEnding::LF).unwrap(),
+        );
+        let conf = |node_key: &str, alg: &str, public: &str| {
+            format!(
+                "[auth]\nenabled = true\nissuer = \"i\"\naudience = \"a\"\n\
+                 node_audience = \"n\"\nnode_key_kid = \"node\"\nnode_key_file = {node_key:?}\n\
+                 [[auth.keys]]\nkid = \"node\"\nalgorithms = [{alg:?}]\npem_file = {public:?}\n"
+            )
+        };
+        let cases = [
+            ("EdDSA pair", conf(&ed_private, "EdDSA", &ed_public), None),
+            ("ES256 pair", conf(&ec_private, "ES256", &ec_public), None),
+            (
+                "EdDSA private key, ES256 public key under its kid",
+                conf(&ed_private, "ES256", &ec_public),
+                Some("auth.node_key_file"),
+            ),
+            (
+                "ES256 private key, another EdDSA public key",
+                conf(&ec_private, "EdDSA", &ed_public),
+                Some("auth.node_key_file"),
+            ),
+        ];
+        let path = dir.path().join("node.toml");
+        for (name, text, refused) in cases {
+            std::fs::write(&path, &text).unwrap();
+            let c = Config::from_file(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+            match (c.validate(), refused) {
+                (Ok(()), None) => {
+                    let verifier = c.auth.verifier().unwrap();
+                    let tokens = c.auth.node_tokens(7, &verifier).unwrap();
+                    let bearer = tokens.bearer();
+                    let token = bearer.strip_prefix("Bearer ").unwrap();
+                    let id = verifier.verify(token, crate::auth::Plane::Node).unwrap();
+                    assert_eq!(id.subject, "node-7", "{name}");
+                }
+                (Err(e), Some(words)) => assert!(e.to_string().contains(words), "{name}: {e}"),
                 (got, want) => panic!("{name}: got {got:?}, wanted a refusal naming {want:?}"),
             }
         }

@@ -580,6 +580,7 @@ fn auth_mint_makes_a_token_the_verifier_accepts() {
                 kid: "dev".into(),
                 algorithms: vec![Algorithm::HS256],
                 source: KeySource::HmacSecretFile(secret.clone()),
+                node: None,
             }],
             jwks_file: None,
         },
@@ -642,11 +643,15 @@ async fn wait_leading(node: &TestNode) {
     }
 }
 
-/// An `[auth]` section with HS256 keys `kids`, each with its own secret file in `dir`.
+/// An `[auth]` section with HS256 keys `kids`, each with its own secret file in `dir`; the
+/// last one also signs the node's own node-plane tokens.
 fn auth_toml(dir: &std::path::Path, kids: &[&str]) -> String {
-    let mut toml = "[auth]\nenabled = true\nissuer = \"aetherops-dev\"\naudience = \"aetherops\"\n\
-                    node_audience = \"aetherops-node\"\n"
-        .to_owned();
+    let node_kid = kids.last().expect("a key");
+    let mut toml = format!(
+        "[auth]\nenabled = true\nissuer = \"aetherops-dev\"\naudience = \"aetherops\"\n\
+         node_audience = \"aetherops-node\"\nnode_key_kid = {node_kid:?}\nnode_key_file = {:?}\n",
+        dir.join(format!("{node_kid}.secret"))
+    );
     for kid in kids {
         let secret = dir.join(format!("{kid}.secret"));
         if !secret.exists() {

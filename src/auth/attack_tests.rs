@@ -125,6 +125,7 @@ fn spec(kid: &str, algorithms: &[Algorithm], source: KeySource) -> KeySpec {
         kid: kid.into(),
         algorithms: algorithms.to_vec(),
         source,
+        node: None,
     }
 }
 

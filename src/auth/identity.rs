@@ -80,6 +80,17 @@ pub enum Resource<'a> {
     Cluster,
 }
 
+/// What a replicated command asks of whoever proposes it (`raft::Command::access` is the one
+/// map from commands to this).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access<'a> {
+    /// A command the nodes propose themselves (rule adoption, breaker points): it carries no
+    /// caller and is taken only from a node-plane identity.
+    NodeOnly,
+    /// A client's command: the action, on every one of these resources.
+    Client(Method, Vec<Resource<'a>>),
+}
+
 /// The caller a verified token names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {

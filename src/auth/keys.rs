@@ -45,6 +45,10 @@ pub struct KeySpec {
     /// The algorithms a token signed with this key may name; one family only.
     pub algorithms: Vec<Algorithm>,
     pub source: KeySource,
+    /// The one node this key belongs to: it then verifies only that node's node-plane
+    /// tokens (`sub` `node-<id>`), never a client token nor another node's, so a node's own
+    /// key cannot speak for another node or for a client. `None`: any token.
+    pub node: Option<u64>,
 }
 
 /// Everything a key set is (re)loaded from.
@@ -213,6 +217,8 @@ pub fn check_hmac_secret(secret: &[u8]) -> Result<(), KeyProblem> {
 pub(crate) struct Key {
     pub algorithms: Vec<Algorithm>,
     pub decoding: DecodingKey,
+    /// See [`KeySpec::node`].
+    pub node: Option<u64>,
 }
 
 /// The keys in force, by `kid`.
@@ -317,6 +323,7 @@ fn load_spec(spec: &KeySpec) -> Result<Key, Loaded> {
     Ok(Key {
         algorithms: spec.algorithms.clone(),
         decoding,
+        node: spec.node,
     })
 }
 
@@ -478,5 +485,6 @@ fn jwk_key(jwk: &Jwk) -> Result<Key, KeyProblem> {
     Ok(Key {
         algorithms: vec![alg],
         decoding,
+        node: None,
     })
 }

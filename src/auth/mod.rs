@@ -21,18 +21,20 @@ mod error;
 mod identity;
 pub mod keys;
 mod mint;
+mod node_token;
 mod verify;
 
 #[cfg(test)]
 mod attack_tests;
 
 pub use error::{AuthError, Denied, Reason};
-pub use identity::{Identity, Resource, Role};
+pub use identity::{Access, Identity, Resource, Role};
 pub use keys::{
     read_hmac_secret, KeyError, KeySet, KeySource, KeySources, KeySpec, MAX_KEYS,
     MIN_HMAC_SECRET_BYTES,
 };
-pub use mint::{mint_hs256, MintError, MintRequest};
+pub use mint::{mint_hs256, MintError, MintRequest, SigningKey};
+pub use node_token::{node_id_of, node_subject, NodeTokens};
 pub use verify::{
     Plane, Policy, Verifier, DEFAULT_CACHE_ENTRIES, DEFAULT_LEEWAY_SECS, DEFAULT_MAX_TOKEN_BYTES,
 };

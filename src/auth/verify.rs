@@ -248,7 +248,22 @@ impl Verifier {
         v.set_audience(&[self.policy.audience_of(plane)]);
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, &v)
             .map_err(|e| self.reason_of(e.kind(), payload, plane))?;
-        self.identity(&data.claims, plane)
+        let identity = self.identity(&data.claims, plane)?;
+        if let Some(node) = key.node {
+            if plane != Plane::Node {
+                return Err(Reason::BadClaim {
+                    claim: "sub",
+                    why: "is signed by a node's key, which signs only node-plane tokens",
+                });
+            }
+            if identity.subject != super::node_subject(node) {
+                return Err(Reason::BadClaim {
+                    claim: "sub",
+                    why: "names another node than the one its key belongs to",
+                });
+            }
+        }
+        Ok(identity)
     }
 
     /// What a jsonwebtoken refusal means. Claims are refused only after the signature

@@ -34,7 +34,7 @@ const RETRY_EVERY: Duration = Duration::from_millis(500);
 
 /// The series of the breaker to `peer`.
 pub fn series(peer: NodeId) -> String {
-    format!("aether/breaker/{peer}")
+    format!("{}{peer}", crate::raft::BREAKER_SERIES_PREFIX)
 }
 
 fn state_name(s: State) -> &'static str {
@@ -205,7 +205,7 @@ pub async fn write_points(node: Weak<Node>, log: std::sync::Arc<BreakerLog>) {
                     continue;
                 }
             };
-            match n.telemetry(cmd, timeout).await {
+            match n.telemetry(cmd, None, timeout).await {
                 Ok(TelemetryOutcome::Rejected { reason }) => {
                     tracing::error!("breaker transitions refused by the state machine: {reason}")
                 }

@@ -30,13 +30,13 @@ use crate::raft::log_store::LogStore;
 use crate::raft::network::{NetworkFactory, PeerRpc};
 use crate::raft::read_index::{self, ReadIndexError};
 use crate::raft::state_machine::{AppliedStatus, StateMachine};
-use crate::raft::{Command, CommandOutcome, NodeId, NodeInfo, Raft, RaftMetrics};
+use crate::raft::{Command, CommandOutcome, Denial, NodeId, NodeInfo, Raft, RaftMetrics};
 use crate::storage::{LogDb, SmStore, StorageError};
 use crate::telemetry::command::{TelemetryCommand, TelemetryOutcome};
 use crate::workflow::store::{WorkflowCommand, WorkflowOutcome};
 
 pub use metrics::Metrics;
-pub use proposer::{ProposeError, Proposer};
+pub use proposer::{CallerToken, ProposeError, Proposer};
 
 /// Errors of the core operations; the API layer maps each to one status code.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +65,12 @@ pub enum NodeError {
     Timeout(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The leader did not accept the caller's credential for a forwarded command.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The leader found the caller's credential without the role or scope the command needs.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
     #[error("{0}")]
@@ -218,14 +224,20 @@ impl Node {
             .validate()
             .map_err(|e| NodeError::BadRequest(e.to_string()))?;
         // Every key is read and checked before anything starts: a bad key refuses to start.
-        let auth = if config.auth.enabled {
+        let (auth, node_tokens) = if config.auth.enabled {
             let verifier = config
                 .auth
                 .verifier()
                 .map_err(|e| NodeError::BadRequest(e.to_string()))?;
-            Some(Arc::new(verifier))
+            // One node token signed and verified now: a signing key the key set does not
+            // verify refuses to start, rather than every peer refusing this node later.
+            let tokens = config
+                .auth
+                .node_tokens(config.node_id, &verifier)
+                .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+            (Some(Arc::new(verifier)), Some(Arc::new(tokens)))
         } else {
-            None
+            (None, None)
         };
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(StorageError::from)?;
@@ -259,7 +271,12 @@ impl Node {
             breaker_log.clone(),
         )
         .map_err(|e| NodeError::BadRequest(format!("breakers: {e}")))?;
-        let network = NetworkFactory::new(source_ip, config.raft.max_payload_bytes, peer_breakers);
+        let network = NetworkFactory::new(
+            source_ip,
+            config.raft.max_payload_bytes,
+            peer_breakers,
+            node_tokens,
+        );
         let tls = config.tls.as_ref().map(|t| t.load()).transpose();
         let network = network.with_tls(tls.map_err(|e| NodeError::BadRequest(e.to_string()))?);
         let raft_config = Arc::new(
@@ -373,6 +390,7 @@ impl Node {
             self.clock.clone(),
             self.leases.clone(),
         )
+        .with_auth(self.auth.clone())
     }
 
     /// The rate-limit policies this node applied (their names): the only ones its lease desk
@@ -552,9 +570,13 @@ impl Node {
     pub async fn append(
         &self,
         cmd: AppendCommand,
+        caller: CallerToken,
         timeout: Duration,
     ) -> Result<AppendOutcome, NodeError> {
-        match self.propose_checked(Command::Append(cmd), timeout).await? {
+        match self
+            .propose_checked(Command::Append(cmd), caller, timeout)
+            .await?
+        {
             CommandOutcome::Append(o) => Ok(o),
             other => Err(NodeError::Internal(format!(
                 "append answered with {other:?}"
@@ -568,11 +590,12 @@ impl Node {
     pub async fn workflow(
         &self,
         mut cmd: WorkflowCommand,
+        caller: CallerToken,
         timeout: Duration,
     ) -> Result<WorkflowOutcome, NodeError> {
         cmd.snapshot_every = self.config.workflow_snapshot_every;
         match self
-            .propose_checked(Command::Workflow(cmd), timeout)
+            .propose_checked(Command::Workflow(cmd), caller, timeout)
             .await?
         {
             CommandOutcome::Workflow(o) => Ok(o),
@@ -586,10 +609,11 @@ impl Node {
     pub async fn telemetry(
         &self,
         cmd: TelemetryCommand,
+        caller: CallerToken,
         timeout: Duration,
     ) -> Result<TelemetryOutcome, NodeError> {
         match self
-            .propose_checked(Command::Telemetry(cmd), timeout)
+            .propose_checked(Command::Telemetry(cmd), caller, timeout)
             .await?
         {
             CommandOutcome::Telemetry(o) => Ok(o),
@@ -600,16 +624,25 @@ impl Node {
     }
 
     /// A client's command: checked by the same rules as a peer's `Propose`
-    /// (`Command::validate`), weighed, proposed, and its outcome awaited.
+    /// (`Command::validate`), weighed, proposed (with its caller's token, which the leader
+    /// checks again if this node forwards it), and its outcome awaited. A leader's refusal
+    /// of the caller is this command's error.
     async fn propose_checked(
         &self,
         cmd: Command,
+        caller: CallerToken,
         timeout: Duration,
     ) -> Result<CommandOutcome, NodeError> {
         cmd.validate(&self.config.limits)
             .map_err(NodeError::BadRequest)?;
         let weight = self.entry_weight(&cmd)?;
-        Ok(self.proposer.propose(cmd, weight, timeout).await?)
+        match self.proposer.propose(cmd, caller, weight, timeout).await? {
+            CommandOutcome::Denied(Denial::Unauthenticated(m)) => {
+                Err(NodeError::Unauthenticated(m))
+            }
+            CommandOutcome::Denied(Denial::Forbidden(m)) => Err(NodeError::Forbidden(m)),
+            outcome => Ok(outcome),
+        }
     }
 
     /// While this node leads a cluster that applies older rules than this code knows, and
@@ -674,7 +707,7 @@ impl Node {
                 .unwrap_or(i64::MAX),
             };
             let timeout = Duration::from_millis(self.config.write_timeout_ms);
-            match self.proposer.propose(cmd, 0, timeout).await {
+            match self.proposer.propose(cmd, None, 0, timeout).await {
                 Ok(CommandOutcome::RulesAdopted { version }) => {
                     tracing::info!("the cluster applies rules version {version} from now on")
                 }
@@ -688,6 +721,7 @@ impl Node {
     pub async fn set_dedupe_window(
         &self,
         window: Duration,
+        caller: CallerToken,
         timeout: Duration,
     ) -> Result<Duration, NodeError> {
         let window_ns = i64::try_from(window.as_nanos()).unwrap_or(i64::MAX);
@@ -697,7 +731,7 @@ impl Node {
             "a replicated idempotency window",
         )?;
         match self
-            .propose_checked(Command::SetDedupeWindow { window_ns }, timeout)
+            .propose_checked(Command::SetDedupeWindow { window_ns }, caller, timeout)
             .await?
         {
             CommandOutcome::DedupeWindowSet { window_ns } => {
@@ -715,18 +749,20 @@ impl Node {
     pub async fn set_limit(
         &self,
         policy: LimitPolicy,
+        caller: CallerToken,
         timeout: Duration,
     ) -> Result<PolicyOutcome, NodeError> {
-        self.policy_command(Command::SetLimit(policy), timeout)
+        self.policy_command(Command::SetLimit(policy), caller, timeout)
             .await
     }
 
     pub async fn delete_limit(
         &self,
         name: String,
+        caller: CallerToken,
         timeout: Duration,
     ) -> Result<PolicyOutcome, NodeError> {
-        self.policy_command(Command::DeleteLimit { name }, timeout)
+        self.policy_command(Command::DeleteLimit { name }, caller, timeout)
             .await
     }
 
@@ -746,10 +782,11 @@ impl Node {
     async fn policy_command(
         &self,
         cmd: Command,
+        caller: CallerToken,
         timeout: Duration,
     ) -> Result<PolicyOutcome, NodeError> {
         self.require_rules(crate::limits::POLICY_RULES_VERSION, "rate-limit policies")?;
-        match self.propose_checked(cmd, timeout).await? {
+        match self.propose_checked(cmd, caller, timeout).await? {
             CommandOutcome::Limit(o) => Ok(o),
             other => Err(NodeError::Internal(format!(
                 "a policy change answered with {other:?}"

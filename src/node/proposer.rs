@@ -10,6 +10,11 @@
 //! the leader in one node-to-node `Propose` call (which the leader's proposer takes as a
 //! unit), instead of one forwarded RPC per client request: on a cluster sharing two cores,
 //! per-request forwarding costs more CPU than the write itself.
+//!
+//! Each command travels with its caller's bearer token ([`CallerToken`]): a follower hands
+//! them to the leader with the batch (`raft.v1.ProposeAs`, each distinct token once), and
+//! the leader authorizes every command again as its caller. On the leader itself the
+//! service layer has authorized it already, and the token goes no further.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,12 +28,17 @@ use super::call::{self, CallFailure};
 use crate::config::ProposerSettings;
 use crate::raft::breakers;
 use crate::raft::clock::ClusterClock;
+use crate::raft::forwarded::ProposeAs;
 use crate::raft::network::{NetworkFactory, PeerRpc};
 use crate::raft::state_machine::AppliedStatus;
 pub use crate::raft::ProposeError;
 use crate::raft::{Command, CommandOutcome, NodeId, NodeInfo, Raft, Request};
 
 type Outcomes = Result<Vec<CommandOutcome>, ProposeError>;
+
+/// The bearer token a command's caller presented (`None`: authentication is off, or the
+/// node proposes the command itself).
+pub type CallerToken = Option<Arc<str>>;
 
 /// An entry that carried at least this many commands means load: the next one lingers.
 const LINGER_AFTER_BATCH: usize = 8;
@@ -38,6 +48,8 @@ const MAX_LINGER_YIELDS: usize = 4;
 /// Commands proposed together by one caller; they share one reply.
 struct Pending {
     cmds: Vec<Command>,
+    /// Whose commands they are.
+    caller: CallerToken,
     /// Bytes the commands take in an entry (their encoding), for `max_batch_bytes`.
     weight: usize,
     /// Batches forwarded by a follower are never forwarded again: if this node is no longer
@@ -114,10 +126,13 @@ impl Proposer {
     pub async fn propose(
         &self,
         cmd: Command,
+        caller: CallerToken,
         weight: usize,
         timeout: Duration,
     ) -> Result<CommandOutcome, ProposeError> {
-        let mut outcomes = self.propose_many(vec![cmd], weight, timeout).await?;
+        let mut outcomes = self
+            .propose_many(vec![cmd], caller, weight, timeout)
+            .await?;
         outcomes
             .pop()
             .ok_or_else(|| ProposeError::Unknown("no outcome for the command".into()))
@@ -128,25 +143,28 @@ impl Proposer {
     pub async fn propose_many(
         &self,
         cmds: Vec<Command>,
+        caller: CallerToken,
         weight: usize,
         timeout: Duration,
     ) -> Outcomes {
-        self.enqueue(cmds, weight, false, timeout).await
+        self.enqueue(cmds, caller, weight, false, timeout).await
     }
 
-    /// Proposes a batch a follower forwarded; refused if this node does not lead.
+    /// Proposes a batch a follower forwarded (its callers already authorized by the raft
+    /// service); refused if this node does not lead.
     pub async fn propose_forwarded_batch(
         &self,
         cmds: Vec<Command>,
         weight: usize,
         timeout: Duration,
     ) -> Outcomes {
-        self.enqueue(cmds, weight, true, timeout).await
+        self.enqueue(cmds, None, weight, true, timeout).await
     }
 
     async fn enqueue(
         &self,
         cmds: Vec<Command>,
+        caller: CallerToken,
         weight: usize,
         local_only: bool,
         timeout: Duration,
@@ -154,6 +172,7 @@ impl Proposer {
         let (reply, rx) = oneshot::channel();
         let pending = Pending {
             cmds,
+            caller,
             weight,
             local_only,
             reply,
@@ -318,7 +337,7 @@ async fn run(
         handle.batched_commands.fetch_add(count, Ordering::Relaxed);
         match target(&raft, route.id) {
             Target::Local => {
-                let (commands, replies) = flatten(batch);
+                let (commands, _, replies) = flatten(batch);
                 match stamp_time(&route, &raft).await {
                     Ok(now) => {
                         propose_local(&raft, commands, replies, now, dedupe_window_ns, permit).await
@@ -341,12 +360,13 @@ async fn run(
                 drop(permit);
                 if !own.is_empty() {
                     let callers = own.len() as u64;
-                    let (commands, replies) = flatten(own);
+                    let (commands, tokens, replies) = flatten(own);
                     match forwarding.take(id, &node, &raft, &route).await {
                         Ok(slot) => {
                             handle.forwarded_batches.fetch_add(1, Ordering::Relaxed);
                             route.forwarded.inc_by(callers);
-                            tokio::spawn(forward(route.clone(), id, node, commands, replies, slot));
+                            let batch = ProposeAs::new(commands, &tokens);
+                            tokio::spawn(forward(route.clone(), id, node, batch, replies, slot));
                         }
                         Err(e) => distribute(replies, Err(e)),
                     }
@@ -430,14 +450,18 @@ impl ForwardingSlots {
 
 type Replies = Vec<(oneshot::Sender<Outcomes>, usize)>;
 
-fn flatten(batch: Vec<Pending>) -> (Vec<Command>, Replies) {
-    let mut commands = Vec::with_capacity(batch.iter().map(|p| p.cmds.len()).sum());
+/// The batch's commands, each one's caller token, and the callers' replies.
+fn flatten(batch: Vec<Pending>) -> (Vec<Command>, Vec<CallerToken>, Replies) {
+    let count = batch.iter().map(|p| p.cmds.len()).sum();
+    let mut commands = Vec::with_capacity(count);
+    let mut tokens = Vec::with_capacity(count);
     let mut replies = Vec::with_capacity(batch.len());
     for p in batch {
         replies.push((p.reply, p.cmds.len()));
+        tokens.extend(std::iter::repeat_n(p.caller, p.cmds.len()));
         commands.extend(p.cmds);
     }
-    (commands, replies)
+    (commands, tokens, replies)
 }
 async fn propose_local(
     raft: &Raft,
@@ -475,24 +499,34 @@ async fn propose_local(
     }
 }
 
-/// Sends a batch to the leader as one `Propose` call.
+/// Sends a batch to the leader as one `ProposeAs` call (with its callers' credentials); a
+/// leader on older code, which does not know that RPC (`UNIMPLEMENTED`: nothing was
+/// proposed), gets it as a `Propose` without them, which is all it ever read.
 async fn forward(
     route: Route,
     leader: NodeId,
     node: NodeInfo,
-    commands: Vec<Command>,
+    batch: ProposeAs,
     replies: Replies,
     permit: OwnedSemaphorePermit,
 ) {
     let outcomes = async {
-        let body =
-            postcard::to_allocvec(&commands).map_err(|e| ProposeError::Forward(e.to_string()))?;
-        let reply = route
-            .network
-            .peer(leader, &node)
-            .call(PeerRpc::Propose, body.into(), route.forward_timeout)
-            .await
-            .map_err(|s| forward_error(&s, leader, &node, route.forward_timeout))?;
+        let encoding = |e: postcard::Error| ProposeError::Forward(e.to_string());
+        let body = postcard::to_allocvec(&batch).map_err(encoding)?;
+        let peer = route.network.peer(leader, &node);
+        let sent = peer
+            .call(PeerRpc::ProposeAs, body.into(), route.forward_timeout)
+            .await;
+        let sent = match sent {
+            Err(s) if s.code() == tonic::Code::Unimplemented => {
+                let commands: Vec<&Command> = batch.commands.iter().map(|(_, c)| c).collect();
+                let body = postcard::to_allocvec(&commands).map_err(encoding)?;
+                peer.call(PeerRpc::Propose, body.into(), route.forward_timeout)
+                    .await
+            }
+            other => other,
+        };
+        let reply = sent.map_err(|s| forward_error(&s, leader, &node, route.forward_timeout))?;
         let outcomes: Outcomes = postcard::from_bytes(&reply).map_err(|e| {
             ProposeError::Unknown(format!(
                 "the reply of leader node {leader} at {} is undecodable: {e}",

@@ -33,7 +33,9 @@ const BOOK_IDLE: Duration = Duration::from_secs(30);
 /// A member's request: its demand and current share, per policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LeaseAsk {
-    /// The member asking.
+    /// The member asking. With auth on, the raft service refuses a request whose `from` is
+    /// not the node its node token names (`PERMISSION_DENIED`), so a member cannot take or
+    /// shrink another's shares; with auth off, it is whatever the peer says.
     pub from: NodeId,
     pub policies: Vec<PolicyAsk>,
 }

@@ -8,6 +8,7 @@
 
 pub mod breakers;
 pub mod clock;
+pub mod forwarded;
 pub mod lease;
 pub mod log_store;
 pub mod network;
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{Access, Resource};
 use crate::eventstore::{check_dedupe_window, AppendCommand, AppendOutcome, APPLY_RULES_VERSION};
 use crate::limits::{LimitPolicy, PolicyOutcome};
 use crate::model::{check_plain_append_target, Limits};
@@ -28,6 +30,9 @@ use crate::telemetry::command::{TelemetryCommand, TelemetryOutcome};
 use crate::workflow::store::{WorkflowCommand, WorkflowOutcome};
 
 pub type NodeId = u64;
+
+/// Telemetry series the nodes write themselves: a breaker's transitions, one series per peer.
+pub const BREAKER_SERIES_PREFIX: &str = "aether/breaker/";
 
 /// What the cluster knows of a node: where to reach it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +132,52 @@ impl Command {
         }
     }
 
+    /// What this command asks of whoever proposes it: the one map from replicated commands
+    /// to the action and resources `auth::Identity::authorize` checks (the same the service
+    /// layer checks a client's request against). It sits here, not in `auth`, because `auth`
+    /// knows nothing of the log's commands (ARCHITECTURE.md's must-nots).
+    pub fn access(&self) -> Access<'_> {
+        use crate::limits::Method;
+        match self {
+            Command::Append(a) => Access::Client(Method::Append, vec![Resource::Stream(&a.stream)]),
+            Command::Workflow(w) => Access::Client(
+                Method::WorkflowWrite,
+                vec![Resource::Workflow(&w.workflow_id)],
+            ),
+            Command::Telemetry(TelemetryCommand::Ingest(segments)) => {
+                let mut series: Vec<&str> = segments.iter().map(|s| s.series.as_str()).collect();
+                series.sort_unstable();
+                series.dedup();
+                Access::Client(
+                    Method::Ingest,
+                    series.into_iter().map(Resource::Series).collect(),
+                )
+            }
+            Command::Telemetry(TelemetryCommand::SetRetention(p)) => {
+                Access::Client(Method::Admin, vec![Resource::SeriesWithPrefix(&p.prefix)])
+            }
+            Command::SetDedupeWindow { .. }
+            | Command::SetLimit(_)
+            | Command::DeleteLimit { .. } => Access::Client(Method::Admin, vec![Resource::Cluster]),
+            Command::AdoptRules { .. } => Access::NodeOnly,
+        }
+    }
+
+    /// Whether a command without a caller's credential is one a node proposes on its own:
+    /// rule adoption, and the points of its breaker series (`aether/breaker/<peer>`).
+    pub fn is_node_own(&self) -> bool {
+        match self {
+            Command::AdoptRules { .. } => true,
+            Command::Telemetry(TelemetryCommand::Ingest(segments)) => {
+                !segments.is_empty()
+                    && segments
+                        .iter()
+                        .all(|s| s.series.starts_with(BREAKER_SERIES_PREFIX))
+            }
+            _ => false,
+        }
+    }
+
     /// The outcome that refuses this command without writing anything.
     pub fn rejected(&self, reason: String) -> CommandOutcome {
         match self {
@@ -202,6 +253,29 @@ pub enum CommandOutcome {
         reason: String,
     },
     Limit(PolicyOutcome),
+    /// A forwarded command its caller's credential does not allow (the leader verifies it on
+    /// the client plane and authorizes the command again); nothing was written. Only in
+    /// answers to `raft.v1.ProposeAs` (never replicated), so a follower on older code never
+    /// meets it. Last: variants travel by index.
+    Denied(Denial),
+}
+
+/// Why a leader refused a forwarded command's caller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Denial {
+    /// No credential, or one that does not verify.
+    Unauthenticated(String),
+    /// A valid credential without the role or the scope.
+    Forbidden(String),
+}
+
+impl From<crate::auth::AuthError> for Denial {
+    fn from(e: crate::auth::AuthError) -> Self {
+        match e {
+            crate::auth::AuthError::Unauthenticated(_) => Denial::Unauthenticated(e.to_string()),
+            crate::auth::AuthError::Forbidden(_) => Denial::Forbidden(e.to_string()),
+        }
+    }
 }
 
 /// What applying one entry returned.

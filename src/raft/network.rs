@@ -5,6 +5,10 @@
 //! client-serving calls (`Propose`, `ReadIndex`) pass the peer's circuit breaker
 //! ([`super::breakers`]); openraft's own RPCs and clock probes never do (see there why).
 //!
+//! With authentication on, every call carries this node's node-plane token
+//! (`authorization: Bearer …`, from [`NodeTokens`]: cached, renewed at half its life), the
+//! `Admin.ReadIndex` fallback included.
+//!
 //! One lazily-connected `Channel` per peer address, reused by every RPC and replication
 //! stream to that peer (reconnecting per RPC costs tens of milliseconds). openraft's
 //! per-RPC time limit becomes the gRPC deadline.
@@ -43,6 +47,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::breakers::PeerBreakers;
 use super::{Entry, NodeId, NodeInfo, TypeConfig};
+use crate::auth::NodeTokens;
 use crate::proto::aetherops::v1::{admin_client::AdminClient, ReadIndexRequest};
 use crate::proto::raft::v1::{raft_client::RaftClient, RaftMessage};
 
@@ -66,6 +71,8 @@ pub struct NetworkFactory {
     max_payload_bytes: usize,
     /// One circuit breaker per peer node id, shared by every `Peer` of that node.
     breakers: PeerBreakers,
+    /// This node's node-plane credential (`None`: authentication is off).
+    tokens: Option<Arc<NodeTokens>>,
     /// With TLS: peers are dialled over https, trusting the cluster's CA only and
     /// presenting this node's certificate (the member check of `raft.v1`).
     tls: Option<Arc<crate::tls::Tls>>,
@@ -78,12 +85,14 @@ impl NetworkFactory {
         source_ip: Option<IpAddr>,
         max_payload_bytes: usize,
         breakers: PeerBreakers,
+        tokens: Option<Arc<NodeTokens>>,
     ) -> Self {
         NetworkFactory {
             channels: Arc::default(),
             source_ip,
             max_payload_bytes,
             breakers,
+            tokens,
             tls: None,
         }
     }
@@ -135,6 +144,7 @@ impl NetworkFactory {
             target,
             client: target_header.and_then(|h| client.map(|c| (c, h))),
             breakers: self.breakers.clone(),
+            tokens: self.tokens.clone(),
         }
     }
 }
@@ -153,6 +163,8 @@ pub enum PeerRpc {
     ReadIndex,
     /// A voter's shares of the cluster-wide rate limits, leased by the leader.
     Lease,
+    /// A follower's batch with each command's caller credential (`forwarded::ProposeAs`).
+    ProposeAs,
 }
 
 impl PeerRpc {
@@ -162,7 +174,10 @@ impl PeerRpc {
     /// the leader's commit-time vote and retry every second anyway; lease requests run every
     /// 0.25 s off the request path, and a lease that cannot be renewed falls back on its own.
     pub fn guarded(self) -> bool {
-        matches!(self, PeerRpc::Propose | PeerRpc::ReadIndex)
+        matches!(
+            self,
+            PeerRpc::Propose | PeerRpc::ProposeAs | PeerRpc::ReadIndex
+        )
     }
 }
 
@@ -172,6 +187,7 @@ pub struct Peer {
     target: NodeId,
     client: Result<(Channel, tonic::metadata::AsciiMetadataValue), String>,
     breakers: PeerBreakers,
+    tokens: Option<Arc<NodeTokens>>,
 }
 
 impl Peer {
@@ -213,6 +229,7 @@ impl Peer {
         let mut request = tonic::Request::new(RaftMessage { body });
         request.set_timeout(timeout);
         request.metadata_mut().insert(TARGET_HEADER, header.clone());
+        self.authorize(&mut request)?;
         let reply = match rpc {
             PeerRpc::AppendEntries => client.append_entries(request).await,
             PeerRpc::InstallSnapshot => client.install_snapshot(request).await,
@@ -221,8 +238,22 @@ impl Peer {
             PeerRpc::Clock => client.clock(request).await,
             PeerRpc::ReadIndex => client.read_index(request).await,
             PeerRpc::Lease => client.lease(request).await,
+            PeerRpc::ProposeAs => client.propose_as(request).await,
         };
         reply.map(|r| r.into_inner().body)
+    }
+
+    /// Adds this node's node-plane token, when authentication is on.
+    #[allow(clippy::result_large_err)]
+    fn authorize<T>(&self, request: &mut tonic::Request<T>) -> Result<(), tonic::Status> {
+        if let Some(tokens) = &self.tokens {
+            let value = tokens
+                .bearer()
+                .parse()
+                .map_err(|_| tonic::Status::internal("this node's token is not a header value"))?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(())
     }
 
     /// The member's read index (it must lead). A leader on a version without
@@ -243,6 +274,7 @@ impl Peer {
                 let mut admin = AdminClient::new(channel.clone());
                 let mut request = tonic::Request::new(ReadIndexRequest {});
                 request.set_timeout(timeout);
+                self.authorize(&mut request)?;
                 Ok(admin.read_index(request).await?.into_inner().read_index)
             }
             Err(s) => Err(s),

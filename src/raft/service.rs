@@ -1,4 +1,25 @@
 //! The Raft transport, server side: decodes peers' messages and hands them to openraft.
+//!
+//! With authentication on, every call is checked before anything else (before the target
+//! header, whose refusal names this node's incarnation):
+//! - a bearer token valid on the node plane (`auth.node_audience`): missing, invalid, or a
+//!   client token of any role → `UNAUTHENTICATED`;
+//! - its `sub` is `node-<id>` and that node is a member — a voter or a learner — of the
+//!   latest membership this node's log holds (committed or not, as openraft uses it), else
+//!   `PERMISSION_DENIED`. A node with no membership yet (not initialized: a learner being
+//!   added, before the leader's first entries reach it) takes any node-plane identity: it
+//!   has no state to protect, and the leader that adds it is a member only of a
+//!   membership the newcomer has not seen. A removed node is refused as soon as the
+//!   membership without it is in the log; a node added is taken as soon as the membership
+//!   with it is (the leader appends it before it replicates to the newcomer). A lagging
+//!   member that has not yet seen a newcomer refuses it, as if it had not answered: Raft
+//!   tolerates that, and the majority that committed the membership knows it;
+//! - where the message names its sender — a Vote's candidate, AppendEntries' and
+//!   InstallSnapshot's leader, a Lease's `from` — it must be the token's node, else
+//!   `PERMISSION_DENIED` (a member cannot speak for another: e.g. take another voter's
+//!   lease shares). Clock, ReadIndex and Propose name no sender;
+//! - a forwarded batch's commands are each authorized again as their own caller
+//!   ([`super::forwarded`]).
 
 use std::sync::Arc;
 
@@ -7,9 +28,11 @@ use serde::{de::DeserializeOwned, Serialize};
 use tonic::{Request, Response, Status};
 
 use super::clock::ClusterClock;
+use super::forwarded::{self, ProposeAs};
 use super::lease::{LeaseAsk, LeaseDesk, LeaseError};
 use super::network::TARGET_HEADER;
-use super::{Command, CommandOutcome, NodeId, ProposeError, Raft};
+use super::{Command, CommandOutcome, NodeId, ProposeError, Raft, TypeConfig};
+use crate::auth::{node_id_of, AuthError, Plane, Reason, Verifier};
 use crate::model::Limits;
 use crate::proto::raft::v1::{raft_server, RaftMessage};
 
@@ -22,6 +45,9 @@ pub struct RaftService {
     id: NodeId,
     /// `node_id:incarnation` of this node: what peers must address.
     me: String,
+    /// Verifies the callers' node-plane tokens (and forwarded commands' client tokens);
+    /// `None`: authentication is off.
+    auth: Option<Arc<Verifier>>,
 }
 
 /// Where a peer's `Propose` goes once validated: the leader's proposer, behind a trait so
@@ -68,7 +94,53 @@ impl RaftService {
             clock,
             id,
             me: format!("{id}:{incarnation}"),
+            auth: None,
         }
+    }
+
+    /// Checks every call's node token with `auth` (and forwarded commands' client tokens);
+    /// without it (`None`) authentication is off.
+    pub fn with_auth(mut self, auth: Option<Arc<Verifier>>) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// Who is calling: the member the node-plane token names (`None`: authentication is
+    /// off), then the target check. Every RPC starts here.
+    #[allow(clippy::result_large_err)]
+    fn admit<T>(&self, req: &Request<T>) -> Result<Option<NodeId>, Status> {
+        let caller = match &self.auth {
+            None => None,
+            Some(verifier) => Some(self.authenticate(verifier, req)?),
+        };
+        self.check_target(req)?;
+        Ok(caller)
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn authenticate<T>(&self, verifier: &Verifier, req: &Request<T>) -> Result<NodeId, Status> {
+        let token = bearer(req).map_err(|r| unauthenticated(AuthError::Unauthenticated(r)))?;
+        let identity = verifier
+            .verify(token, Plane::Node)
+            .map_err(unauthenticated)?;
+        let node = node_id_of(&identity.subject).ok_or_else(|| {
+            Status::permission_denied(
+                "the node plane takes node tokens only (sub node-<id>)".to_owned(),
+            )
+        })?;
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        let mut members = membership.nodes().map(|(id, _)| *id).peekable();
+        let known = members.peek().is_some();
+        if known && !members.any(|id| id == node) {
+            tracing::warn!(node, "refused a node-plane call from a non-member");
+            return Err(Status::permission_denied(format!(
+                "node {node} is not a member of node {}'s cluster",
+                self.id
+            )));
+        }
+        Ok(node)
     }
 
     fn refuse(&self, msg: String) -> Status {
@@ -90,6 +162,41 @@ impl RaftService {
                 "raft message without a valid {TARGET_HEADER} header"
             ))),
         }
+    }
+}
+
+/// The token of an `authorization: Bearer <token>` header.
+fn bearer<T>(req: &Request<T>) -> Result<&str, Reason> {
+    let Some(value) = req.metadata().get("authorization") else {
+        return Err(Reason::Missing);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| Reason::Malformed("the authorization header is not ASCII"))?;
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(token.trim()),
+        _ => Err(Reason::Malformed(
+            "the authorization header is not `Bearer <token>`",
+        )),
+    }
+}
+
+fn unauthenticated(e: AuthError) -> Status {
+    match e {
+        AuthError::Unauthenticated(_) => Status::unauthenticated(e.to_string()),
+        AuthError::Forbidden(_) => Status::permission_denied(e.to_string()),
+    }
+}
+
+/// A message that names its sender must name the caller the token proves.
+#[allow(clippy::result_large_err)]
+fn check_sender(caller: Option<NodeId>, named: Option<NodeId>, what: &str) -> Result<(), Status> {
+    match caller {
+        Some(node) if named != Some(node) => Err(Status::permission_denied(format!(
+            "{what} names node {} but the caller is node {node}",
+            named.map_or("none".to_owned(), |n| n.to_string())
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -124,8 +231,13 @@ impl raft_server::Raft for RaftService {
         &self,
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        self.check_target(&req)?;
-        let rpc = decode(req.get_ref())?;
+        let caller = self.admit(&req)?;
+        let rpc: openraft::raft::AppendEntriesRequest<TypeConfig> = decode(req.get_ref())?;
+        check_sender(
+            caller,
+            rpc.vote.leader_id().voted_for(),
+            "AppendEntries' leader",
+        )?;
         encode(&self.raft.append_entries(rpc).await)
     }
 
@@ -133,19 +245,25 @@ impl raft_server::Raft for RaftService {
         &self,
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        self.check_target(&req)?;
-        let rpc = decode(req.get_ref())?;
+        let caller = self.admit(&req)?;
+        let rpc: openraft::raft::InstallSnapshotRequest<TypeConfig> = decode(req.get_ref())?;
+        check_sender(
+            caller,
+            rpc.vote.leader_id().voted_for(),
+            "InstallSnapshot's leader",
+        )?;
         encode(&self.raft.install_snapshot(rpc).await)
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        self.check_target(&req)?;
-        let rpc = decode(req.get_ref())?;
+        let caller = self.admit(&req)?;
+        let rpc: openraft::raft::VoteRequest<NodeId> = decode(req.get_ref())?;
+        check_sender(caller, rpc.vote.leader_id().voted_for(), "Vote's candidate")?;
         encode(&self.raft.vote(rpc).await)
     }
 
     async fn clock(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        self.check_target(&req)?;
+        self.admit(&req)?;
         encode(&super::clock::ClockReply {
             now_ns: self.clock.local_now_ns(),
             rules_version: crate::eventstore::APPLY_RULES_VERSION,
@@ -154,7 +272,7 @@ impl raft_server::Raft for RaftService {
 
     async fn read_index(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         use super::read_index::{confirmed, ReadIndexError};
-        self.check_target(&req)?;
+        self.admit(&req)?;
         match confirmed(&self.raft, self.id).await {
             Ok(index) => encode(&index),
             Err(ReadIndexError::NotLeader { leader }) => Err(Status::unavailable(match leader {
@@ -166,8 +284,9 @@ impl raft_server::Raft for RaftService {
     }
 
     async fn lease(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        self.check_target(&req)?;
+        let caller = self.admit(&req)?;
         let ask: LeaseAsk = decode(req.get_ref())?;
+        check_sender(caller, Some(ask.from), "the lease request")?;
         match self
             .leases
             .grant_as_leader(&self.raft, self.id, &ask, self.proposer.utilization())
@@ -180,9 +299,43 @@ impl raft_server::Raft for RaftService {
     }
 
     async fn propose(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        self.check_target(&req)?;
+        self.admit(&req)?;
         let weight = req.get_ref().body.len();
         let cmds: Vec<Command> = decode(req.get_ref())?;
+        // A batch without credentials (from a follower that met an older leader, or with
+        // authentication off): with authentication on here, its commands are taken only
+        // as the sending node's own.
+        let callers = vec![None; cmds.len()];
+        let batch = ProposeAs::new(cmds, &callers);
+        self.propose_batch(batch, weight).await
+    }
+
+    async fn propose_as(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.admit(&req)?;
+        let batch: ProposeAs = decode(req.get_ref())?;
+        // The entry carries the commands, not the credentials: weigh those.
+        let weight = batch
+            .commands
+            .iter()
+            .map(|(_, c)| {
+                postcard::serialize_with_flavor(c, postcard::ser_flavors::Size::default())
+                    .unwrap_or(usize::MAX)
+            })
+            .fold(0usize, usize::saturating_add);
+        self.propose_batch(batch, weight).await
+    }
+}
+
+impl RaftService {
+    /// A forwarded batch of `weight` bytes in an entry: each command authorized as its
+    /// caller and validated, the refused ones answered on their own, the rest proposed.
+    async fn propose_batch(
+        &self,
+        batch: ProposeAs,
+        weight: usize,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let cmds = forwarded::authorize(self.auth.as_deref(), batch)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         // A batch must fit one entry (every entry stays shippable to a follower): a peer
         // configured with larger batches than this leader gets its commands refused.
         if weight > self.rules.max_entry_bytes {
@@ -192,8 +345,13 @@ impl raft_server::Raft for RaftService {
                 self.rules.max_entry_bytes
             );
             tracing::warn!("{reason}");
-            let refused: Vec<CommandOutcome> =
-                cmds.iter().map(|c| c.rejected(reason.clone())).collect();
+            let refused: Vec<CommandOutcome> = cmds
+                .into_iter()
+                .map(|c| match c {
+                    Ok(c) => c.rejected(reason.clone()),
+                    Err(denied) => denied,
+                })
+                .collect();
             return encode(&Ok::<_, ProposeError>(refused));
         }
         // A peer's commands are as untrusted as a client's: each is validated here, and one
@@ -202,6 +360,13 @@ impl raft_server::Raft for RaftService {
         let mut refused: Vec<Option<CommandOutcome>> = Vec::with_capacity(cmds.len());
         let mut valid = Vec::with_capacity(cmds.len());
         for cmd in cmds {
+            let cmd = match cmd {
+                Ok(cmd) => cmd,
+                Err(denied) => {
+                    refused.push(Some(denied));
+                    continue;
+                }
+            };
             match cmd.validate(&self.rules.limits) {
                 Ok(()) => {
                     refused.push(None);
@@ -221,5 +386,59 @@ impl raft_server::Raft for RaftService {
                 .await
         };
         encode(&outcomes.map(|o| merge_outcomes(refused, o)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_auth(value: Option<&str>) -> Request<()> {
+        let mut r = Request::new(());
+        if let Some(v) = value {
+            r.metadata_mut().insert("authorization", v.parse().unwrap());
+        }
+        r
+    }
+
+    #[test]
+    fn the_bearer_header_is_read_strictly() {
+        let cases: [(Option<&str>, Result<&str, Reason>); 6] = [
+            (Some("Bearer a.b.c"), Ok("a.b.c")),
+            (Some("bearer  a.b.c "), Ok("a.b.c")),
+            (None, Err(Reason::Missing)),
+            (
+                Some("Basic dXNlcjpwdw=="),
+                Err(Reason::Malformed(
+                    "the authorization header is not `Bearer <token>`",
+                )),
+            ),
+            (
+                Some("a.b.c"),
+                Err(Reason::Malformed(
+                    "the authorization header is not `Bearer <token>`",
+                )),
+            ),
+            (Some("Bearer "), Ok("")),
+        ];
+        for (header, want) in cases {
+            let req = with_auth(header);
+            assert_eq!(bearer(&req), want, "{header:?}");
+        }
+    }
+
+    /// With authentication off nothing is checked; with it, a message names its caller.
+    #[test]
+    fn a_message_names_its_caller() {
+        assert!(check_sender(None, Some(2), "x").is_ok());
+        assert!(check_sender(Some(2), Some(2), "x").is_ok());
+        let refused = check_sender(Some(2), Some(3), "Vote's candidate").unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            refused.message(),
+            "Vote's candidate names node 3 but the caller is node 2"
+        );
+        let refused = check_sender(Some(2), None, "x").unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
     }
 }

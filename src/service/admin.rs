@@ -261,7 +261,7 @@ impl Service {
     ) -> Result<Duration, ServiceError> {
         self.admit(caller, Method::Admin, Resource::Cluster, 1)?;
         let node = &self.node;
-        self.on_leader(|left| node.set_dedupe_window(window, left))
+        self.on_leader(|left| node.set_dedupe_window(window, caller.token.clone(), left))
             .await
     }
 

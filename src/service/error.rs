@@ -124,6 +124,8 @@ impl From<NodeError> for ServiceError {
             NodeError::OutcomeUnknown(m) => ServiceError::OutcomeUnknown(m),
             NodeError::Timeout(m) => ServiceError::Timeout(m),
             NodeError::FailedPrecondition(m) => ServiceError::FailedPrecondition(m),
+            NodeError::Unauthenticated(m) => ServiceError::Unauthenticated(m),
+            NodeError::Forbidden(m) => ServiceError::Forbidden(m),
             NodeError::Storage(_) => {
                 // Logged where it is handled: here, once, as it leaves the core.
                 tracing::error!(error = %e, "storage error served as INTERNAL");

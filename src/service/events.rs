@@ -32,7 +32,7 @@ impl Service {
         let stream = cmd.stream.clone();
         let node = &self.node;
         let res = self
-            .on_leader(|left| node.append(cmd.clone(), left))
+            .on_leader(|left| node.append(cmd.clone(), caller.token.clone(), left))
             .await
             .and_then(|o| append_outcome(&stream, o));
         let m = node.metrics();

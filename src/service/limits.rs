@@ -27,7 +27,7 @@ impl Service {
         policy.validate().map_err(ServiceError::Invalid)?;
         let node = &self.node;
         match self
-            .on_leader(|left| node.set_limit(policy.clone(), left))
+            .on_leader(|left| node.set_limit(policy.clone(), caller.token.clone(), left))
             .await?
         {
             PolicyOutcome::Set { replaced } => Ok(replaced),
@@ -43,7 +43,7 @@ impl Service {
         crate::limits::check_name(name).map_err(ServiceError::Invalid)?;
         let node = &self.node;
         match self
-            .on_leader(|left| node.delete_limit(name.to_owned(), left))
+            .on_leader(|left| node.delete_limit(name.to_owned(), caller.token.clone(), left))
             .await?
         {
             PolicyOutcome::Deleted { existed: true } => Ok(()),

@@ -89,10 +89,10 @@ impl Service {
     /// Writes a prepared batch as one replicated command.
     pub async fn ingest(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         batch: PreparedIngest,
     ) -> Result<Ingested, ServiceError> {
-        match self.telemetry_write(batch.0).await? {
+        match self.telemetry_write(caller, batch.0).await? {
             TelemetryOutcome::Ingested {
                 points,
                 late_dropped,
@@ -164,11 +164,12 @@ impl Service {
     /// caller's error.
     async fn telemetry_write(
         &self,
+        caller: &Caller,
         cmd: TelemetryCommand,
     ) -> Result<TelemetryOutcome, ServiceError> {
         let node = &self.node;
         match self
-            .on_leader(|left| node.telemetry(cmd.clone(), left))
+            .on_leader(|left| node.telemetry(cmd.clone(), caller.token.clone(), left))
             .await?
         {
             TelemetryOutcome::Rejected { reason } => Err(ServiceError::Invalid(reason)),
@@ -237,7 +238,7 @@ impl Service {
         check_name(&policy.prefix, true)
             .and_then(|()| policy.validate())
             .map_err(ServiceError::Invalid)?;
-        self.telemetry_write(TelemetryCommand::SetRetention(policy))
+        self.telemetry_write(caller, TelemetryCommand::SetRetention(policy))
             .await?;
         Ok(())
     }

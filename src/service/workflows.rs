@@ -119,7 +119,7 @@ impl Service {
         let id = cmd.workflow_id.clone();
         let node = &self.node;
         let outcome = self
-            .on_leader(|left| node.workflow(cmd.clone(), left))
+            .on_leader(|left| node.workflow(cmd.clone(), caller.token.clone(), left))
             .await?;
         written(&id, outcome)
     }
@@ -209,7 +209,10 @@ impl Service {
         self.admit(caller, Method::WorkflowRead, resource, 1)?;
         self.node.read_barrier(consistency).await?;
         let limit = self.node.page_limit(limit)?;
-        let store = ReplicatedWorkflows { node: &self.node };
+        let store = ReplicatedWorkflows {
+            node: &self.node,
+            caller: caller.token.clone(),
+        };
         match select {
             EventsOf::Workflow { id, from } => store.get_events(&id, from, limit).await,
             EventsOf::Since { t_ns, from } => store.get_events_since(t_ns, from, limit).await,
@@ -270,6 +273,8 @@ fn query_error(e: QueryError) -> ServiceError {
 /// appends go through Raft (and the transition rules), reads come from the replicated state.
 struct ReplicatedWorkflows<'a> {
     node: &'a Node,
+    /// The caller's token, for the leader to authorize each write again.
+    caller: Option<std::sync::Arc<str>>,
 }
 
 impl WorkflowEventStore for ReplicatedWorkflows<'_> {
@@ -299,6 +304,7 @@ impl WorkflowEventStore for ReplicatedWorkflows<'_> {
                     }],
                     snapshot_every: 0,
                 },
+                self.caller.clone(),
                 std::time::Duration::from_millis(self.node.config().write_timeout_ms),
             )
             .await?)
