@@ -13,6 +13,11 @@
 # with a config that adds a [tls] section (nodeN-tls.toml there); it prints the aetherctl
 # flags to use. Keep one data directory per mode: a TLS cluster's members dial each other
 # over TLS only.
+# AUTH=1 (with `up`, `status`): tokens checked. The first `AUTH=1 up` makes a development
+# HMAC secret ($AETHER_CLUSTER_DIR/auth/dev.secret, signing client and node tokens alike —
+# production gives each node its own key) and an admin token valid 24 h
+# ($AETHER_CLUSTER_DIR/auth/admin.token), which this script's aetherctl calls use.
+# TLS=1 and AUTH=1 combine.
 # AETHER_PROFILE=release builds and runs optimized binaries (for benchmarks); the default
 # is the dev profile that `scripts/test` also builds. AETHER_BIN_DIR=DIR runs the aetherd and
 # aetherctl found in DIR instead, without building (to compare two builds side by side).
@@ -35,27 +40,48 @@ aetherd="$bindir/aetherd"
 aetherctl_bin="$bindir/aetherctl"
 certs="$state/certs"
 tls="${TLS:-0}"
+auth="${AUTH:-0}"
+keys="$state/auth"
 aetherctl() {
-    if [ "$tls" = 1 ]; then
-        "$aetherctl_bin" --ca-file "$certs/ca.pem" "$@"
-    else
-        "$aetherctl_bin" "$@"
-    fi
+    local flags=()
+    [ "$tls" = 1 ] && flags+=(--ca-file "$certs/ca.pem")
+    [ "$auth" = 1 ] && flags+=(--token-file "$keys/admin.token")
+    "$aetherctl_bin" "${flags[@]}" "$@"
 }
 
-# The config node $1 starts with: its file, plus a [tls] section in TLS mode.
+# The config node $1 starts with: its file, plus [tls] and [auth] sections in those modes.
 node_config() {
-    if [ "$tls" != 1 ]; then
+    if [ "$tls" != 1 ] && [ "$auth" != 1 ]; then
         echo "$here/node$1.toml"
         return
     fi
-    local config="$state/node$1-tls.toml"
+    local config="$state/node$1-secure.toml"
     {
         cat "$here/node$1.toml"
-        printf '\n[tls]\ncert_file = "%s"\nkey_file = "%s"\nca_file = "%s"\n' \
-            "$certs/node$1.pem" "$certs/node$1.key" "$certs/ca.pem"
+        if [ "$tls" = 1 ]; then
+            printf '\n[tls]\ncert_file = "%s"\nkey_file = "%s"\nca_file = "%s"\n' \
+                "$certs/node$1.pem" "$certs/node$1.key" "$certs/ca.pem"
+        fi
+        if [ "$auth" = 1 ]; then
+            printf '\n[auth]\nenabled = true\nissuer = "aetherops-dev"\naudience = "aetherops"\n'
+            printf 'node_audience = "aetherops-node"\nnode_key_kid = "dev"\nnode_key_file = "%s"\n' \
+                "$keys/dev.secret"
+            printf '\n[[auth.keys]]\nkid = "dev"\nalgorithms = ["HS256"]\nhmac_secret_file = "%s"\n' \
+                "$keys/dev.secret"
+        fi
     } >"$config"
     echo "$config"
+}
+
+# A development secret and an admin token (AUTH=1), made once per cluster directory.
+make_keys() {
+    mkdir -p "$keys"
+    chmod 700 "$keys"
+    if [ ! -f "$keys/dev.secret" ]; then
+        head -c 48 /dev/urandom | base64 | tr -d '\n' >"$keys/dev.secret"
+    fi
+    "$aetherctl_bin" auth mint --secret-file "$keys/dev.secret" --kid dev --sub local-admin \
+        --role admin --ttl 24h >"$keys/admin.token"
 }
 
 running() { [ -f "$state/node$1.pid" ] && kill -0 "$(cat "$state/node$1.pid")" 2>/dev/null; }
@@ -68,6 +94,9 @@ up() {
     mkdir -p "$state"
     if [ "$tls" = 1 ] && [ ! -f "$certs/ca.pem" ]; then
         "$root/scripts/make-certs" "$certs" 3
+    fi
+    if [ "$auth" = 1 ]; then
+        make_keys
     fi
     for i in 1 2 3; do
         if running "$i"; then
@@ -98,6 +127,10 @@ up() {
     if [ "$tls" = 1 ]; then
         echo "TLS cluster: use aetherctl --ca-file $certs/ca.pem (or AETHER_CA_FILE=$certs/ca.pem);"
         echo "HTTP is https too: curl --cacert $certs/ca.pem https://127.0.0.1:8081/healthz"
+    fi
+    if [ "$auth" = 1 ]; then
+        echo "tokens checked: aetherctl --token-file $keys/admin.token (admin, 24 h); more with"
+        echo "  aetherctl auth mint --secret-file $keys/dev.secret --kid dev --sub NAME --role reader|writer|admin"
     fi
 }
 

@@ -65,8 +65,8 @@ pub struct Config {
     pub breakers: BreakerSettings,
     /// Fault injection for tests: shifts this node's wall clock by this much. Keep 0.
     pub clock_offset_ms: i64,
-    /// Token verification (`[auth]`). Checked at start when enabled; not enforced on any
-    /// API yet.
+    /// Token verification (`[auth]`): with `enabled`, every client API and the node-to-node
+    /// service ask for a bearer token.
     pub auth: AuthSettings,
     /// `[tls]`: TLS on every listener and between nodes; none: plaintext.
     pub tls: Option<TlsSettings>,
@@ -236,9 +236,9 @@ pub fn is_loopback(addr: &str) -> bool {
     }
 }
 
-/// `[auth]`: how bearer tokens are verified (`crate::auth`). Not enforced on any API yet:
-/// with `enabled`, the settings and every key are checked at start (a bad key refuses to
-/// start), and the wiring of a later stage puts the verifier in front of the APIs.
+/// `[auth]`: how bearer tokens are verified (`crate::auth`). With `enabled`, the settings and
+/// every key are checked at start (a bad key refuses to start), and every API asks for a
+/// token; off, the node must listen on loopback only (or be started `--insecure`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthSettings {

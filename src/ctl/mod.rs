@@ -92,7 +92,7 @@ pub enum Cmd {
     /// Load generators.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
-    /// Tokens: `mint` one for development (not enforced by nodes yet).
+    /// Tokens: `mint` one for development; `whoami` shows what a node makes of yours.
     #[command(subcommand)]
     Auth(auth::AuthCmd),
 }
