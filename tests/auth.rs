@@ -29,6 +29,8 @@ use tonic::Code;
 enum Call {
     Append(&'static str),
     Ingest(&'static str),
+    /// An ingest stream whose one batch names no series.
+    IngestEmpty,
     ReadAll,
     RemoveNode(u64),
     AddLearner(u64),
@@ -47,6 +49,8 @@ enum ReadBack {
     Membership(BTreeSet<u64>, BTreeSet<u64>),
     /// Events in the store.
     Events(u64),
+    /// The last index of the Raft log (an idle single node writes nothing by itself).
+    LastLog(Option<u64>),
 }
 
 /// One row: the case, the token (`None`: no header), the call, and what it must get.
@@ -181,6 +185,12 @@ impl Target<'_> {
                 }
             }
             Call::Ingest(series) => ReadBack::Series(series_points(ch, series, t).await),
+            Call::IngestEmpty => {
+                let s = status_as(&mut AdminClient::new(ch), &self.admin_token)
+                    .await
+                    .expect("status as admin");
+                ReadBack::LastLog(s.last_log_index)
+            }
             Call::RemoveNode(_) | Call::AddLearner(_) => {
                 let s = status_as(&mut AdminClient::new(ch), &self.admin_token)
                     .await
@@ -248,14 +258,16 @@ async fn grpc(ch: Channel, call: Call, token: Option<&str>) -> Result<(), tonic:
                 .await
                 .map(drop)
         }
-        Call::Ingest(series) => {
-            let batch = pb::IngestBatch {
-                series: vec![pb::SeriesPoints {
+        Call::Ingest(_) | Call::IngestEmpty => {
+            let series = match call {
+                Call::Ingest(series) => vec![pb::SeriesPoints {
                     series: series.into(),
                     timestamps_ns: vec![now_ns()],
                     values: vec![1.5],
                 }],
+                _ => Vec::new(),
             };
+            let batch = pb::IngestBatch { series };
             TelemetryClient::new(ch)
                 .ingest(bearer(tokio_stream::iter(vec![batch]), token))
                 .await
@@ -619,6 +631,21 @@ async fn attack_matrix_on_a_node_with_auth() {
             scoped("series", "sat-7/"),
             Ingest("sat-8/x"),
             DENIED,
+        ),
+        // A batch without series named no resource, and once skipped every check (it
+        // still appended an entry).
+        case(
+            "reader ingesting a batch of no series",
+            t(keys.role("reader")),
+            IngestEmpty,
+            DENIED,
+        ),
+        // `aether/` is the nodes' own (breaker transitions): no client writes there.
+        case(
+            "writer ingesting into aether/breaker/2",
+            t(keys.role("writer")),
+            Ingest("aether/breaker/2"),
+            Expect::Grpc(Code::InvalidArgument),
         ),
         case(
             "series sat-7/ ingesting into sat-7/x",

@@ -64,6 +64,10 @@ pub struct DiskUsage {
 #[derive(Debug, Clone)]
 pub struct PreparedIngest(TelemetryCommand);
 
+/// Series the nodes write themselves (breaker transitions, `aether/breaker/<peer>`): no
+/// client ingests there.
+pub const RESERVED_SERIES_PREFIX: &str = "aether/";
+
 impl Service {
     /// Validates a batch and cuts it into segments (per series sorted by time; the last
     /// value given for a timestamp wins). A stream of batches prepares each before it sends
@@ -73,6 +77,13 @@ impl Service {
         caller: &Caller,
         batch: Vec<SeriesPoints>,
     ) -> Result<PreparedIngest, ServiceError> {
+        // A batch that names no series touches no resource, so the loop below would check
+        // nothing: the caller must still be allowed to ingest, and then learns the batch is
+        // empty (nothing is proposed).
+        if batch.is_empty() {
+            self.authorize(caller, Method::Ingest, &[Resource::SeriesWithPrefix("")])?;
+            return Err(ServiceError::invalid("an ingest batch names no series"));
+        }
         // Telemetry limits count points, per series (a `stream-prefix` key counts each
         // series' prefix).
         for s in &batch {
@@ -117,6 +128,13 @@ impl Service {
                 .validate_stream(&s.series)
                 .map_err(|e| ServiceError::invalid(format!("series: {e}")))?;
             check_name(&s.series, false).map_err(ServiceError::Invalid)?;
+            if s.series.starts_with(RESERVED_SERIES_PREFIX) {
+                return Err(ServiceError::invalid(format!(
+                    "series {}: names under {RESERVED_SERIES_PREFIX:?} are written by the nodes \
+                     themselves",
+                    s.series
+                )));
+            }
             if s.timestamps_ns.len() != s.values.len() {
                 return Err(ServiceError::invalid(format!(
                     "series {}: {} timestamps but {} values",

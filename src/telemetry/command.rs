@@ -38,6 +38,11 @@ impl TelemetryCommand {
     pub fn validate(&self, limits: &crate::model::Limits) -> std::result::Result<(), String> {
         match self {
             TelemetryCommand::Ingest(segments) => {
+                // Refused before it is proposed (apply refuses it too, but only once an
+                // entry holds it).
+                if segments.is_empty() {
+                    return Err("an ingest carries at least one segment".into());
+                }
                 for s in segments {
                     limits
                         .validate_stream(&s.series)
