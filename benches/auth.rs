@@ -37,6 +37,7 @@ fn verifier(kid: &str, alg: Algorithm, source: KeySource, cache: usize) -> Verif
                 algorithms: vec![alg],
                 source,
                 node: None,
+                node_plane: false,
             }],
             jwks_file: None,
         },

@@ -66,7 +66,7 @@ node_config() {
             printf '\n[auth]\nenabled = true\nissuer = "aetherops-dev"\naudience = "aetherops"\n'
             printf 'node_audience = "aetherops-node"\nnode_key_kid = "dev"\nnode_key_file = "%s"\n' \
                 "$keys/dev.secret"
-            printf '\n[[auth.keys]]\nkid = "dev"\nalgorithms = ["HS256"]\nhmac_secret_file = "%s"\n' \
+            printf '\n[[auth.keys]]\nkid = "dev"\nalgorithms = ["HS256"]\nnode_plane = true\nhmac_secret_file = "%s"\n' \
                 "$keys/dev.secret"
         fi
     } >"$config"

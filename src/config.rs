@@ -298,6 +298,11 @@ pub struct AuthKeySettings {
     /// (production: each node its own key pair, every node's public key in every key set).
     #[serde(default)]
     pub node_id: Option<u64>,
+    /// A key not bound to a node also verifies node-plane tokens (any holder can then speak
+    /// for any node: a development cluster's one shared secret). Off by default: a client
+    /// issuer's key never admits a node.
+    #[serde(default)]
+    pub node_plane: bool,
 }
 
 impl Default for AuthSettings {
@@ -448,6 +453,7 @@ impl AuthSettings {
                 algorithms,
                 source,
                 node: k.node_id,
+                node_plane: k.node_plane,
             };
             crate::auth::keys::check_spec(&spec).map_err(|e| self.key_error(e))?;
             keys.push(spec);
@@ -867,7 +873,11 @@ mod tests {
         };
         let hs = |path: &str| key("\"HS256\"", "hmac_secret_file", path);
         let cases: Vec<(&str, String, Option<&str>)> = vec![
-            ("development key", format!("{head}{}", hs(&good)), None),
+            (
+                "development key",
+                format!("{head}{}node_plane = true\n", hs(&good)),
+                None,
+            ),
             ("no [auth] at all", String::new(), None),
             (
                 "HMAC secret under 32 bytes",
@@ -1004,7 +1014,8 @@ mod tests {
             format!(
                 "[auth]\nenabled = true\nissuer = \"i\"\naudience = \"a\"\n\
                  node_audience = \"n\"\nnode_key_kid = \"node\"\nnode_key_file = {node_key:?}\n\
-                 [[auth.keys]]\nkid = \"node\"\nalgorithms = [{alg:?}]\npem_file = {public:?}\n"
+                 [[auth.keys]]\nkid = \"node\"\nalgorithms = [{alg:?}]\npem_file = {public:?}\n\
+                 node_plane = true\n"
             )
         };
         let cases = [
@@ -1014,6 +1025,13 @@ mod tests {
                 "EdDSA private key, ES256 public key under its kid",
                 conf(&ed_private, "ES256", &ec_public),
                 Some("auth.node_key_file"),
+            ),
+            (
+                // A key bound to no node, without node_plane, admits no node: not even this
+                // node's own token.
+                "EdDSA pair, key not for the node plane",
+                conf(&ed_private, "EdDSA", &ed_public).replace("node_plane = true\n", ""),
+                Some("does not sign node-plane tokens"),
             ),
             (
                 "ES256 private key, another EdDSA public key",

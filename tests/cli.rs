@@ -581,6 +581,7 @@ fn auth_mint_makes_a_token_the_verifier_accepts() {
                 algorithms: vec![Algorithm::HS256],
                 source: KeySource::HmacSecretFile(secret.clone()),
                 node: None,
+                node_plane: false,
             }],
             jwks_file: None,
         },
@@ -662,7 +663,7 @@ fn auth_toml(dir: &std::path::Path, kids: &[&str]) -> String {
             .unwrap();
         }
         toml.push_str(&format!(
-            "[[auth.keys]]\nkid = {kid:?}\nalgorithms = [\"HS256\"]\nhmac_secret_file = {:?}\n",
+            "[[auth.keys]]\nkid = {kid:?}\nalgorithms = [\"HS256\"]\nnode_plane = true\nhmac_secret_file = {:?}\n",
             secret
         ));
     }

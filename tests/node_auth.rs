@@ -54,7 +54,7 @@ fn auth_toml(secret: &std::path::Path) -> String {
     format!(
         "[auth]\nenabled = true\nissuer = {ISSUER:?}\naudience = {AUDIENCE:?}\n\
          node_audience = {NODE_AUDIENCE:?}\nnode_key_kid = \"dev\"\nnode_key_file = {s:?}\n\
-         [[auth.keys]]\nkid = \"dev\"\nalgorithms = [\"HS256\"]\nhmac_secret_file = {s:?}\n",
+         [[auth.keys]]\nkid = \"dev\"\nalgorithms = [\"HS256\"]\nnode_plane = true\nhmac_secret_file = {s:?}\n",
         s = secret.display().to_string()
     )
 }

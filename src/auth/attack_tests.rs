@@ -126,6 +126,7 @@ fn spec(kid: &str, algorithms: &[Algorithm], source: KeySource) -> KeySpec {
         algorithms: algorithms.to_vec(),
         source,
         node: None,
+        node_plane: true,
     }
 }
 

@@ -47,8 +47,13 @@ pub struct KeySpec {
     pub source: KeySource,
     /// The one node this key belongs to: it then verifies only that node's node-plane
     /// tokens (`sub` `node-<id>`), never a client token nor another node's, so a node's own
-    /// key cannot speak for another node or for a client. `None`: any token.
+    /// key cannot speak for another node or for a client. `None`: not bound to a node.
     pub node: Option<u64>,
+    /// A key not bound to a node verifies node-plane tokens only when this says so: a
+    /// client issuer's key must not let whoever it signs for speak for a node. With it,
+    /// any holder of the key can speak for any node (a development cluster's one shared
+    /// secret); a node-bound key verifies its node's node-plane tokens regardless.
+    pub node_plane: bool,
 }
 
 /// Everything a key set is (re)loaded from.
@@ -219,6 +224,8 @@ pub(crate) struct Key {
     pub decoding: DecodingKey,
     /// See [`KeySpec::node`].
     pub node: Option<u64>,
+    /// See [`KeySpec::node_plane`].
+    pub node_plane: bool,
 }
 
 /// The keys in force, by `kid`.
@@ -324,6 +331,7 @@ fn load_spec(spec: &KeySpec) -> Result<Key, Loaded> {
         algorithms: spec.algorithms.clone(),
         decoding,
         node: spec.node,
+        node_plane: spec.node_plane,
     })
 }
 
@@ -485,6 +493,8 @@ fn jwk_key(jwk: &Jwk) -> Result<Key, KeyProblem> {
     Ok(Key {
         algorithms: vec![alg],
         decoding,
+        // JWKS keys are an issuer's public keys: client tokens only.
         node: None,
+        node_plane: false,
     })
 }

@@ -206,6 +206,7 @@ mod bound_key_tests {
                     algorithms: vec![Algorithm::HS256],
                     source: KeySource::HmacSecretFile(path),
                     node: Some(3),
+                    node_plane: false,
                 }],
                 jwks_file: None,
             },

@@ -249,6 +249,12 @@ impl Verifier {
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, &v)
             .map_err(|e| self.reason_of(e.kind(), payload, plane))?;
         let identity = self.identity(&data.claims, plane)?;
+        if plane == Plane::Node && key.node.is_none() && !key.node_plane {
+            return Err(Reason::BadClaim {
+                claim: "kid",
+                why: "names a key that does not sign node-plane tokens",
+            });
+        }
         if let Some(node) = key.node {
             if plane != Plane::Node {
                 return Err(Reason::BadClaim {

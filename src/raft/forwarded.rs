@@ -268,6 +268,7 @@ mod tests {
                 algorithms: vec![Algorithm::HS256],
                 source: KeySource::HmacSecretFile(path),
                 node: None,
+                node_plane: false,
             }],
             jwks_file: None,
         };

@@ -97,7 +97,7 @@ impl TrustedKeys {
             "[auth]\nenabled = true\nissuer = {ISS:?}\naudience = {AUD:?}\n\
              node_audience = {NODE_AUD:?}\nleeway_secs = {LEEWAY_SECS}\n\
              node_key_kid = {DEV_KID:?}\nnode_key_file = {:?}\n\n\
-             [[auth.keys]]\nkid = {DEV_KID:?}\nalgorithms = [\"HS256\"]\nhmac_secret_file = {:?}\n\n\
+             [[auth.keys]]\nkid = {DEV_KID:?}\nalgorithms = [\"HS256\"]\nnode_plane = true\nhmac_secret_file = {:?}\n\n\
              [[auth.keys]]\nkid = {RS_KID:?}\nalgorithms = [\"RS256\"]\npem_file = {:?}\n",
             secret.display().to_string(),
             secret.display().to_string(),
