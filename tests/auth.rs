@@ -852,3 +852,65 @@ async fn agreed_leader(c: &TestCluster, token: &str) -> usize {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A subscription ends when its token does (`exp` plus the leeway), with `UNAUTHENTICATED`
+/// saying so; until then it delivers. The expired token then opens nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_ends_when_its_token_expires() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = TrustedKeys::generate();
+    let node = NodeBuilder::dev()
+        .config(&keys.auth_toml(tmp.path()))
+        .start();
+    let admin = keys.role("admin");
+    node.wait_leader_as(Some(&admin)).await;
+    // Accepted (inside the leeway), valid for about 3 s more.
+    let exp = now() + 3 - LEEWAY_SECS;
+    let short = keys.hs(&with(claims("reader"), "exp", json!(exp)));
+    let started = Instant::now();
+    let mut sub = EventStoreClient::new(node.channel().await)
+        .subscribe(bearer(
+            pb::SubscribeRequest {
+                target: Some(pb::subscribe_request::Target::All(true)),
+                from: None,
+            },
+            Some(&short),
+        ))
+        .await
+        .expect("subscribed before expiry")
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(30), sub.message())
+        .await
+        .expect("an answer")
+        .expect("delivered before expiry");
+    assert!(first.is_some(), "caught up before expiry");
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(60), sub.message())
+            .await
+            .expect("the subscription ends by itself")
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("ended without saying why"),
+            Err(status) => break status,
+        }
+    };
+    println!(
+        "subscription ended after {:?}: {:?} {}",
+        started.elapsed(),
+        end.code(),
+        end.message()
+    );
+    assert_eq!(end.code(), Code::Unauthenticated);
+    assert!(end.message().contains("expired"), "{}", end.message());
+    // Past its expiry the same token opens nothing.
+    let again = EventStoreClient::new(node.channel().await)
+        .subscribe(bearer(
+            pb::SubscribeRequest {
+                target: Some(pb::subscribe_request::Target::All(true)),
+                from: None,
+            },
+            Some(&short),
+        ))
+        .await;
+    assert_eq!(again.err().map(|s| s.code()), Some(Code::Unauthenticated));
+}

@@ -85,3 +85,37 @@ pub fn verify(
 pub fn auth_status(e: AuthError) -> Status {
     super::status(e.into())
 }
+
+/// `stream` until `deadline` (the caller's token expiring), then one `UNAUTHENTICATED`
+/// saying so, and the end: a subscription does not outlive its credential. `None`: no end.
+pub fn until_expiry<T, S>(
+    stream: S,
+    deadline: Option<tokio::time::Instant>,
+) -> impl futures::Stream<Item = Result<T, Status>> + Send
+where
+    T: Send + 'static,
+    S: futures::Stream<Item = Result<T, Status>> + Send + Unpin + 'static,
+{
+    use futures::StreamExt;
+    let expiry = async move {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    futures::stream::unfold(
+        (stream, Box::pin(expiry), false),
+        |(mut stream, mut expiry, done)| async move {
+            if done {
+                return None;
+            }
+            tokio::select! {
+                item = stream.next() => item.map(|i| (i, (stream, expiry, false))),
+                () = &mut expiry => Some((
+                    Err(auth_status(AuthError::Unauthenticated(Reason::Expired))),
+                    (stream, expiry, true),
+                )),
+            }
+        },
+    )
+}

@@ -116,6 +116,7 @@ impl EventStore for EventStoreService {
             .service
             .subscribe(&caller, target, r.from)
             .map_err(status)?;
+        let deadline = self.service.credential_deadline(&caller);
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|item| {
             Ok(pb::SubscribeResponse {
                 kind: Some(match item {
@@ -127,6 +128,8 @@ impl EventStore for EventStoreService {
                 }),
             })
         });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(super::auth::until_expiry(
+            stream, deadline,
+        ))))
     }
 }

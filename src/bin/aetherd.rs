@@ -96,6 +96,16 @@ fn main() -> anyhow::Result<()> {
         tracing::warn!("{why}");
         println!("aetherd: {why}");
     }
+    let exposed = !aetherops::config::is_loopback(&config.grpc_addr)
+        || !aetherops::config::is_loopback(&config.http_addr);
+    if config.auth.enabled && config.tls.is_none() && exposed {
+        // Tokens cross the network in the clear: anyone who sees one can replay it until
+        // it expires (node tokens included).
+        let why = "tokens are checked but [tls] is not configured on a reachable address: \
+                   bearer tokens travel in the clear";
+        tracing::warn!("{why}");
+        println!("aetherd: WARNING: {why}");
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if config.worker_threads > 0 {
         builder.worker_threads(config.worker_threads);

@@ -90,10 +90,39 @@ impl Service {
         resources: &[Resource<'_>],
     ) -> Result<(), ServiceError> {
         match (caller.identity(), self.node.auth()) {
-            (Some(identity), _) => Ok(identity.authorize(method, resources)?),
+            (Some(identity), _) => {
+                // A long stream (an ingest, a subscription's caller) is authorized again
+                // with each request it makes: its token may have expired since it began.
+                if self.credential_left(identity).is_none() {
+                    return Err(AuthError::Unauthenticated(Reason::Expired).into());
+                }
+                Ok(identity.authorize(method, resources)?)
+            }
             (None, None) => Ok(()),
             (None, Some(_)) => Err(AuthError::Unauthenticated(Reason::Missing).into()),
         }
+    }
+
+    /// How long the caller's token stays valid (its `exp` plus the leeway): `None` once it
+    /// has expired. Without a token (authentication off), forever.
+    fn credential_left(&self, identity: &crate::auth::Identity) -> Option<Duration> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let end = Duration::from_secs(
+            identity
+                .expires_at
+                .saturating_add(self.node.config().auth.leeway_secs),
+        );
+        end.checked_sub(now).filter(|d| !d.is_zero())
+    }
+
+    /// When a stream opened by `caller` must end because its token expires (`None`: no
+    /// token, it need not). Adapters close long-lived streams then, with a clear reason.
+    pub fn credential_deadline(&self, caller: &Caller) -> Option<tokio::time::Instant> {
+        let identity = caller.identity()?;
+        let left = self.credential_left(identity).unwrap_or_default();
+        Some(tokio::time::Instant::now() + left)
     }
 
     /// The verifier `/metrics` needs (`None`: it is open — authentication off, or
