@@ -2,8 +2,8 @@
 //! workflow commands and temporal queries, telemetry ingest and queries, admin changes — in
 //! one transport-neutral place. Each operation takes the [`Caller`] and core types, and
 //! returns core types or one [`ServiceError`]. It owns validation, the consistency barrier
-//! of reads, and retrying writes until a leader takes them; it is where authorization and
-//! rate limits plug in (every operation already receives its caller). The gRPC handlers in
+//! of reads, and retrying writes until a leader takes them; every operation is authorized
+//! (the caller's role and scopes, and its token's expiry) and then rate-limited here. The gRPC handlers in
 //! `api` (and the GraphQL resolvers to come) only decode, call and encode.
 
 pub mod admin;
