@@ -1,7 +1,8 @@
 //! TLS on real nodes: a 3-node cluster whose every listener and node-to-node call is TLS
-//! (certificates made here with rcgen), driven by `aetherctl --ca-file`; what a client
-//! without the CA, with another CA, or without a member certificate gets; HTTPS `/healthz`;
-//! and the files a node refuses to start with.
+//! (certificates made here with rcgen), driven by `aetherctl --ca-file`, with and without
+//! `[auth]` (role tokens from `aetherctl auth mint`); what a client without the CA, with
+//! another CA, or without a member certificate gets; HTTPS `/healthz`; and the files a node
+//! refuses to start with.
 
 mod common;
 
@@ -72,19 +73,42 @@ fn tls_toml(cert: &Path, key: &Path, ca: &Path) -> String {
     )
 }
 
-/// `aetherctl --addr ADDRS [--ca-file CA] ARGS`.
+/// `aetherctl --addr ADDRS [--ca-file CA] ARGS`, with no token.
 fn ctl(addrs: &str, ca: Option<&Path>, args: &[&str]) -> Output {
+    ctl_with(addrs, ca, None, args)
+}
+
+/// `aetherctl --addr ADDRS [--ca-file CA] [--token-file T] ARGS`; nothing from the
+/// environment, so "no token" means none.
+fn ctl_with(addrs: &str, ca: Option<&Path>, token: Option<&Path>, args: &[&str]) -> Output {
     let mut cmd = Command::new(AETHERCTL);
     cmd.arg("--addr").arg(addrs).arg("--timeout-ms").arg("5000");
     if let Some(ca) = ca {
         cmd.arg("--ca-file").arg(ca);
     }
+    if let Some(token) = token {
+        cmd.arg("--token-file").arg(token);
+    }
     cmd.args(args)
         .env_remove("AETHER_CA_FILE")
         .env_remove("AETHER_ADDR")
+        .env_remove("AETHER_TOKEN")
         .stdin(Stdio::null())
         .output()
         .expect("run aetherctl")
+}
+
+/// A client of the TLS cluster: the CA it trusts and the token file it presents, if any.
+#[derive(Clone, Copy)]
+struct Client<'a> {
+    ca: &'a Path,
+    token: Option<&'a Path>,
+}
+
+impl Client<'_> {
+    fn ctl(&self, addrs: &str, args: &[&str]) -> Output {
+        ctl_with(addrs, Some(self.ca), self.token, args)
+    }
 }
 
 fn stdout_ok(out: &Output) -> Option<String> {
@@ -116,16 +140,12 @@ fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 }
 
 /// The leader's index among `nodes[among]`, once every one of them names the same leader.
-fn agreed_leader(nodes: &[TestNode], among: &[usize], ca: &Path) -> usize {
+fn agreed_leader(nodes: &[TestNode], among: &[usize], client: Client) -> usize {
     wait_for("an agreed leader", || {
         let mut leader_ids = Vec::new();
         let mut leader_at = None;
         for &i in among {
-            let out = stdout_ok(&ctl(
-                &nodes[i].grpc_addr,
-                Some(ca),
-                &["--output", "json", "status"],
-            ))?;
+            let out = stdout_ok(&client.ctl(&nodes[i].grpc_addr, &["--output", "json", "status"]))?;
             let s = json_lines(&out).pop()?;
             leader_ids.push(s["leader_id"].as_u64()?);
             if s["role"] == "leader" {
@@ -142,12 +162,11 @@ fn agreed_leader(nodes: &[TestNode], among: &[usize], ca: &Path) -> usize {
 
 /// Appends one event to `stream` through `addrs`, with a fixed id, until acknowledged (the
 /// same id makes every retry safe). Returns the event id.
-fn append_until_acked(addrs: &str, ca: &Path, stream: &str) -> String {
+fn append_until_acked(addrs: &str, client: Client, stream: &str) -> String {
     let id = uuid::Uuid::new_v4().to_string();
     wait_for(&format!("an append to {stream} through {addrs}"), || {
-        let out = ctl(
+        let out = client.ctl(
             addrs,
-            Some(ca),
             &["append", stream, "--type", "T", "--data", "{}", "--id", &id],
         );
         out.status.success().then_some(())
@@ -156,8 +175,8 @@ fn append_until_acked(addrs: &str, ca: &Path, stream: &str) -> String {
 }
 
 /// The event ids of `stream` as the node at `addr` reads them (linearizable).
-fn read_ids(addr: &str, ca: &Path, stream: &str) -> Vec<String> {
-    let out = ctl(addr, Some(ca), &["--output", "json", "read", stream]);
+fn read_ids(addr: &str, client: Client, stream: &str) -> Vec<String> {
+    let out = client.ctl(addr, &["--output", "json", "read", stream]);
     let text = stdout_ok(&out).unwrap_or_else(|| panic!("read from {addr}: {}", stderr(&out)));
     json_lines(&text)
         .into_iter()
@@ -165,51 +184,67 @@ fn read_ids(addr: &str, ca: &Path, stream: &str) -> Vec<String> {
         .collect()
 }
 
-/// A 3-node cluster over TLS end to end: init, elect, append through a follower and the
-/// leader, read back from every node (a follower's linearizable read asks the leader over
-/// raft.v1), verify the replicas; then kill the leader and keep writing through the
-/// survivors.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tls_cluster_elects_replicates_and_survives_its_leader() {
+/// The token file each role presents (none when no tokens are checked).
+#[derive(Default)]
+struct Tokens {
+    admin: Option<PathBuf>,
+    writer: Option<PathBuf>,
+    reader: Option<PathBuf>,
+}
+
+const STREAM: &str = "tls-1";
+
+/// The 3-node scenario over TLS end to end, each node configured with its `[tls]` section
+/// and `extra_toml`: init, elect, append through a follower and the leader, read back from
+/// every node (a follower's linearizable read asks the leader over raft.v1), verify the
+/// replicas, run `before_the_fault` (with the ids acked so far); then kill the leader and
+/// keep writing through the survivors. `cluster verify` runs before the fault only: it
+/// reads every member's status, so it fails while a member is down.
+fn three_nodes_survive_their_leader(
+    tokens: &Tokens,
+    extra_toml: &str,
+    before_the_fault: impl FnOnce(&[TestNode], &Path, &[String]),
+) {
     let tmp = tempfile::tempdir().unwrap();
     let ca = Ca::new(tmp.path(), "cluster-ca");
     let mut nodes: Vec<TestNode> = (1..=3)
         .map(|id| {
             let (cert, key) = ca.node(tmp.path(), &format!("node{id}"));
             NodeBuilder::member(id, tmp.path().join(format!("node{id}")))
-                .config(&tls_toml(&cert, &key, &ca.pem))
+                .config(&(tls_toml(&cert, &key, &ca.pem) + extra_toml))
                 .start()
         })
         .collect();
+    let [admin, writer, reader] = [&tokens.admin, &tokens.writer, &tokens.reader].map(|t| Client {
+        ca: &ca.pem,
+        token: t.as_deref(),
+    });
     let all: Vec<String> = nodes.iter().map(|n| n.grpc_addr.clone()).collect();
-    let out = ctl(&all.join(","), Some(&ca.pem), &["cluster", "init"]);
+    let out = admin.ctl(&all.join(","), &["cluster", "init"]);
     assert!(out.status.success(), "init: {}", stderr(&out));
-    let leader = agreed_leader(&nodes, &[0, 1, 2], &ca.pem);
+    let leader = agreed_leader(&nodes, &[0, 1, 2], reader);
     let follower = (leader + 1) % 3;
 
     // An `https://` address selects TLS too.
     let mut acked = vec![
-        append_until_acked(&nodes[follower].grpc_addr, &ca.pem, "tls-1"),
+        append_until_acked(&nodes[follower].grpc_addr, writer, STREAM),
         append_until_acked(
             &format!("https://{}", nodes[leader].grpc_addr),
-            &ca.pem,
-            "tls-1",
+            writer,
+            STREAM,
         ),
     ];
     for n in &nodes {
         assert_eq!(
-            read_ids(&n.grpc_addr, &ca.pem, "tls-1"),
+            read_ids(&n.grpc_addr, reader, STREAM),
             acked,
             "node {}",
             n.id
         );
     }
-    let out = ctl(
-        &all.join(","),
-        Some(&ca.pem),
-        &["cluster", "verify", "--wait-secs", "60"],
-    );
+    let out = admin.ctl(&all.join(","), &["cluster", "verify", "--wait-secs", "60"]);
     assert!(out.status.success(), "verify: {}", stderr(&out));
+    before_the_fault(&nodes, &ca.pem, &acked);
 
     // The fault path: the leader dies; writes through the survivors go on once they
     // elected one of them (forwarding, retries and breakers all over TLS).
@@ -220,8 +255,8 @@ async fn a_tls_cluster_elects_replicates_and_survives_its_leader() {
         .map(|&i| nodes[i].grpc_addr.clone())
         .collect::<Vec<_>>()
         .join(",");
-    acked.push(append_until_acked(&addrs, &ca.pem, "tls-1"));
-    let new_leader = agreed_leader(&nodes, &survivors, &ca.pem);
+    acked.push(append_until_acked(&addrs, writer, STREAM));
+    let new_leader = agreed_leader(&nodes, &survivors, reader);
     let new_follower = survivors
         .iter()
         .copied()
@@ -229,17 +264,100 @@ async fn a_tls_cluster_elects_replicates_and_survives_its_leader() {
         .unwrap();
     acked.push(append_until_acked(
         &nodes[new_follower].grpc_addr,
-        &ca.pem,
-        "tls-1",
+        writer,
+        STREAM,
     ));
+    let mut read = Vec::new();
     for &i in &survivors {
-        assert_eq!(
-            read_ids(&nodes[i].grpc_addr, &ca.pem, "tls-1"),
-            acked,
-            "node {}",
-            nodes[i].id
-        );
+        let ids = read_ids(&nodes[i].grpc_addr, reader, STREAM);
+        assert_eq!(ids, acked, "node {}", nodes[i].id);
+        read.push(format!("node {}: {}", nodes[i].id, ids.len()));
     }
+    println!(
+        "leader node {} killed, node {} leads; {} events acked, read back on {}",
+        nodes[leader].id,
+        nodes[new_leader].id,
+        acked.len(),
+        read.join(", ")
+    );
+}
+
+/// A 3-node cluster over TLS end to end survives its leader (no tokens checked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_elects_replicates_and_survives_its_leader() {
+    three_nodes_survive_their_leader(&Tokens::default(), "", |_, _, _| {});
+}
+
+/// The same with `[auth]` on every node too: node-to-node calls carry node-plane tokens over
+/// TLS, each client presents its role's token, and a reader's append (PERMISSION_DENIED) or
+/// a token-less one (UNAUTHENTICATED) writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authenticated_tls_cluster_survives_its_leader() {
+    let keys = tempfile::tempdir().unwrap();
+    let secret = keys.path().join("dev.secret");
+    std::fs::write(&secret, "dev: an HS256 secret of well over 32 bytes\n").unwrap();
+    let auth_toml = format!(
+        "\n[auth]\nenabled = true\nissuer = \"aetherops-dev\"\naudience = \"aetherops\"\n\
+         node_audience = \"aetherops-node\"\nnode_key_kid = \"dev\"\nnode_key_file = {s:?}\n\
+         [[auth.keys]]\nkid = \"dev\"\nalgorithms = [\"HS256\"]\nnode_plane = true\n\
+         hmac_secret_file = {s:?}\n",
+        s = secret.display().to_string()
+    );
+    let token = |role: &str| {
+        let out = Command::new(AETHERCTL)
+            .args([
+                "auth",
+                "mint",
+                "--kid",
+                "dev",
+                "--role",
+                role,
+                "--secret-file",
+            ])
+            .arg(&secret)
+            .args(["--sub", &format!("tls-{role}")])
+            .output()
+            .unwrap();
+        let minted = stdout_ok(&out).unwrap_or_else(|| panic!("mint: {}", stderr(&out)));
+        let file = keys.path().join(format!("{role}.token"));
+        std::fs::write(&file, minted.trim()).unwrap();
+        file
+    };
+    let tokens = Tokens {
+        admin: Some(token("admin")),
+        writer: Some(token("writer")),
+        reader: Some(token("reader")),
+    };
+    three_nodes_survive_their_leader(&tokens, &auth_toml, |nodes, ca, acked| {
+        let reader = Client {
+            ca,
+            token: tokens.reader.as_deref(),
+        };
+        let append = ["append", STREAM, "--type", "T", "--data", "{}"];
+        let refusals = [
+            (reader, "PermissionDenied"),
+            (Client { ca, token: None }, "Unauthenticated"),
+        ];
+        for (client, code) in refusals {
+            for n in nodes {
+                let out = client.ctl(&n.grpc_addr, &append);
+                let err = stderr(&out);
+                assert!(!out.status.success(), "node {} appended: {err}", n.id);
+                assert!(err.contains(code), "node {}: {err}", n.id);
+                if n.id == 1 {
+                    println!("refused on node 1: {}", err.trim_end());
+                }
+            }
+        }
+        for n in nodes {
+            assert_eq!(
+                read_ids(&n.grpc_addr, reader, STREAM),
+                acked,
+                "node {}: a refused append wrote",
+                n.id
+            );
+        }
+    });
 }
 
 /// Starts one TLS node (a one-node dev cluster) with a fresh CA.
