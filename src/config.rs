@@ -227,7 +227,7 @@ impl BreakerSettings {
 
 /// Whether a listen address (`HOST:PORT`) is on loopback only: 127.0.0.0/8, ::1 or
 /// `localhost`. Anything else (0.0.0.0 included) can be reached from elsewhere.
-pub fn is_loopback(addr: &str) -> bool {
+fn is_loopback(addr: &str) -> bool {
     match addr.parse::<std::net::SocketAddr>() {
         Ok(a) => a.ip().is_loopback(),
         Err(_) => addr
@@ -630,15 +630,18 @@ impl Config {
         })
     }
 
+    /// The first listen address others can reach (not loopback), if any.
+    pub fn exposed_addr(&self) -> Option<&str> {
+        [&self.grpc_addr, &self.http_addr]
+            .into_iter()
+            .find(|a| !is_loopback(a))
+            .map(String::as_str)
+    }
+
     /// Where a node without authentication may listen: `--dev` on loopback only; any other
     /// node on loopback, or anywhere with `insecure` said explicitly.
     fn check_exposure(&self) -> Result<(), ConfigError> {
-        let exposed: Vec<&str> = [&self.grpc_addr, &self.http_addr]
-            .into_iter()
-            .filter(|a| !is_loopback(a))
-            .map(String::as_str)
-            .collect();
-        let Some(first) = exposed.first() else {
+        let Some(first) = self.exposed_addr() else {
             return Ok(());
         };
         if self.dev {

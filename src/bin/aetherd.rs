@@ -96,9 +96,7 @@ fn main() -> anyhow::Result<()> {
         tracing::warn!("{why}");
         println!("aetherd: {why}");
     }
-    let exposed = !aetherops::config::is_loopback(&config.grpc_addr)
-        || !aetherops::config::is_loopback(&config.http_addr);
-    if config.auth.enabled && config.tls.is_none() && exposed {
+    if config.auth.enabled && config.tls.is_none() && config.exposed_addr().is_some() {
         // Tokens cross the network in the clear: anyone who sees one can replay it until
         // it expires (node tokens included).
         let why = "tokens are checked but [tls] is not configured on a reachable address: \

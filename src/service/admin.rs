@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use super::{guard, Caller, Service, ServiceError};
-use crate::auth::{AuthError, Identity, Reason, Resource};
+use crate::auth::{Identity, Resource};
 use crate::limits::Method;
 use crate::node::metrics::LimitGauges;
 use crate::node::{Members, MembershipChange};
@@ -136,11 +136,7 @@ impl Service {
     /// The caller as this node verified it (`None`: authentication is off). Needs a valid
     /// token and nothing more: it is how a token's holder finds out what it grants.
     pub fn whoami(&self, caller: &Caller) -> Result<Option<Identity>, ServiceError> {
-        match (caller.identity(), self.node.auth()) {
-            (Some(id), _) => Ok(Some(id.clone())),
-            (None, None) => Ok(None),
-            (None, Some(_)) => Err(AuthError::Unauthenticated(Reason::Missing).into()),
-        }
+        Ok(self.verified(caller)?.cloned())
     }
 
     pub fn health(&self, _caller: &Caller) -> Health {

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 pub use caller::{Caller, Principal};
 
-use crate::auth::{AuthError, Denied, Reason, Resource, Role};
+use crate::auth::{AuthError, Denied, Identity, Reason, Resource, Role};
 pub use error::ServiceError;
 
 pub use crate::node::Consistency;
@@ -89,23 +89,29 @@ impl Service {
         method: crate::limits::Method,
         resources: &[Resource<'_>],
     ) -> Result<(), ServiceError> {
+        match self.verified(caller)? {
+            Some(identity) => Ok(identity.authorize(method, resources)?),
+            None => Ok(()),
+        }
+    }
+
+    /// The caller's identity, still valid: `None` when authentication is off; refused when
+    /// it is on and the caller has none, or its token has expired since it was verified (a
+    /// long stream — an ingest, a subscription — is checked again with each request).
+    fn verified<'a>(&self, caller: &'a Caller) -> Result<Option<&'a Identity>, ServiceError> {
         match (caller.identity(), self.node.auth()) {
-            (Some(identity), _) => {
-                // A long stream (an ingest, a subscription's caller) is authorized again
-                // with each request it makes: its token may have expired since it began.
-                if self.credential_left(identity).is_none() {
-                    return Err(AuthError::Unauthenticated(Reason::Expired).into());
-                }
-                Ok(identity.authorize(method, resources)?)
+            (Some(identity), _) if self.credential_left(identity).is_none() => {
+                Err(AuthError::Unauthenticated(Reason::Expired).into())
             }
-            (None, None) => Ok(()),
+            (Some(identity), _) => Ok(Some(identity)),
+            (None, None) => Ok(None),
             (None, Some(_)) => Err(AuthError::Unauthenticated(Reason::Missing).into()),
         }
     }
 
     /// How long the caller's token stays valid (its `exp` plus the leeway): `None` once it
     /// has expired. Without a token (authentication off), forever.
-    fn credential_left(&self, identity: &crate::auth::Identity) -> Option<Duration> {
+    fn credential_left(&self, identity: &Identity) -> Option<Duration> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
@@ -136,15 +142,15 @@ impl Service {
     /// Read-only views of this node itself (status, limit counts): any authenticated
     /// caller that may read, whatever its scopes.
     fn authorize_view(&self, caller: &Caller) -> Result<(), ServiceError> {
-        match (caller.identity(), self.node.auth()) {
-            (Some(identity), _) if identity.has_role(Role::Reader) => Ok(()),
-            (Some(_), _) => Err(AuthError::Forbidden(Denied::Role {
-                action: crate::limits::Method::Read,
-                needs: Role::Reader,
-            })
-            .into()),
-            (None, None) => Ok(()),
-            (None, Some(_)) => Err(AuthError::Unauthenticated(Reason::Missing).into()),
+        match self.verified(caller)? {
+            Some(identity) if !identity.has_role(Role::Reader) => {
+                Err(AuthError::Forbidden(Denied::Role {
+                    action: crate::limits::Method::Read,
+                    needs: Role::Reader,
+                })
+                .into())
+            }
+            _ => Ok(()),
         }
     }
 
