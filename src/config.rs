@@ -70,6 +70,92 @@ pub struct Config {
     pub auth: AuthSettings,
     /// `[tls]`: TLS on every listener and between nodes; none: plaintext.
     pub tls: Option<TlsSettings>,
+    /// `[graphql]`: the limits of the GraphQL API on the HTTP port.
+    pub graphql: GraphqlSettings,
+}
+
+/// `[graphql]`: what one GraphQL request or WebSocket may ask of the node. A query's cost is
+/// computed from its arguments before it runs (`api::graphql::cost`); above `max_cost` it is
+/// refused and nothing runs. A batch is costed, and capped, as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GraphqlSettings {
+    /// Serve `/graphql` (queries, GraphiQL, subscriptions) on the HTTP port.
+    pub enabled: bool,
+    /// Most cost units one request (a whole batch) may ask for.
+    pub max_cost: u64,
+    /// Deepest selection (fields within fields).
+    pub max_depth: usize,
+    /// Most aliased fields in one request.
+    pub max_aliases: usize,
+    /// Most fields in one request, counted after fragments are expanded.
+    pub max_fields: usize,
+    /// Longest query text, in bytes.
+    pub max_query_bytes: usize,
+    /// Longest request body (query, variables, a batch), in bytes.
+    pub max_body_bytes: usize,
+    /// Most operations in one batched request.
+    pub max_batch: usize,
+    /// How long a WebSocket may take to send `connection_init`.
+    pub ws_init_timeout_ms: u64,
+    /// Subscriptions one WebSocket may hold at once.
+    pub max_subscriptions_per_socket: usize,
+    /// GraphQL subscriptions this node serves at once, over all sockets.
+    pub max_subscriptions_per_node: usize,
+    /// Messages queued for one subscription before its client counts as too slow (lagging:
+    /// told, then closed).
+    pub subscription_buffer: usize,
+}
+
+impl Default for GraphqlSettings {
+    fn default() -> Self {
+        GraphqlSettings {
+            enabled: true,
+            max_cost: 1_000_000,
+            max_depth: 10,
+            max_aliases: 30,
+            max_fields: 300,
+            max_query_bytes: 16 << 10,
+            max_body_bytes: 1 << 20,
+            max_batch: 20,
+            ws_init_timeout_ms: 10_000,
+            max_subscriptions_per_socket: 32,
+            max_subscriptions_per_node: 1024,
+            subscription_buffer: 64,
+        }
+    }
+}
+
+impl GraphqlSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("max_cost", self.max_cost as usize),
+            ("max_depth", self.max_depth),
+            ("max_aliases", self.max_aliases),
+            ("max_fields", self.max_fields),
+            ("max_query_bytes", self.max_query_bytes),
+            ("max_batch", self.max_batch),
+            ("ws_init_timeout_ms", self.ws_init_timeout_ms as usize),
+            (
+                "max_subscriptions_per_socket",
+                self.max_subscriptions_per_socket,
+            ),
+            (
+                "max_subscriptions_per_node",
+                self.max_subscriptions_per_node,
+            ),
+            ("subscription_buffer", self.subscription_buffer),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError::Invalid(format!("graphql.{name} must be > 0")));
+        }
+        if self.max_body_bytes < self.max_query_bytes {
+            return Err(ConfigError::Invalid(
+                "graphql.max_body_bytes must be at least graphql.max_query_bytes".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `[tls]`: this node's certificate and key (PEM; the server certificate of every listener
@@ -571,6 +657,7 @@ impl Default for Config {
             clock_offset_ms: 0,
             auth: AuthSettings::default(),
             tls: None,
+            graphql: GraphqlSettings::default(),
         }
     }
 }
@@ -717,6 +804,7 @@ impl Config {
         }
         self.breakers.validate(self.write_timeout_ms)?;
         self.auth.validate(self.node_id)?;
+        self.graphql.validate()?;
         if let Some(tls) = &self.tls {
             tls.load()?;
         }

@@ -70,10 +70,17 @@ pub fn verify(
     verifier: &Verifier,
     token: Result<Option<&str>, AuthError>,
 ) -> Result<Authenticated, Status> {
-    let token = token
-        .and_then(|t| t.ok_or(AuthError::Unauthenticated(Reason::Missing)))
-        .map_err(auth_status)?;
-    let identity = verifier.verify(token, Plane::Client).map_err(auth_status)?;
+    authenticate(verifier, token).map_err(auth_status)
+}
+
+/// [`verify`], transport-neutral: for the HTTP adapters (`/metrics`, GraphQL) and the
+/// gRPC interceptor alike.
+pub fn authenticate(
+    verifier: &Verifier,
+    token: Result<Option<&str>, AuthError>,
+) -> Result<Authenticated, AuthError> {
+    let token = token.and_then(|t| t.ok_or(AuthError::Unauthenticated(Reason::Missing)))?;
+    let identity = verifier.verify(token, Plane::Client)?;
     Ok(Authenticated {
         identity,
         token: Arc::from(token),

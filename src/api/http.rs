@@ -13,7 +13,8 @@ pub fn router(service: Service) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .with_state(service)
+        .with_state(service.clone())
+        .merge(super::graphql::router(service))
 }
 
 /// Serve the router with `into_make_service_with_connect_info::<SocketAddr>()`, so that
@@ -84,15 +85,13 @@ fn http_caller(
         return Ok(caller(peer));
     };
     let token = auth::bearer_of(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()));
-    match auth::verify(verifier, token) {
-        Ok(a) => Ok(Caller::user(a.identity, a.token, Some(peer.0))),
-        Err(status) => Err(ServiceError::Unauthenticated(status.message().to_owned())),
-    }
+    let a = auth::authenticate(verifier, token)?;
+    Ok(Caller::user(a.identity, a.token, Some(peer.0)))
 }
 
 /// A refusal as HTTP: the status code for the error, its message as text; a 401 names the
 /// scheme (RFC 6750).
-fn refusal(e: ServiceError) -> Response {
+pub(super) fn refusal(e: ServiceError) -> Response {
     let code = match &e {
         ServiceError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
         ServiceError::Forbidden(_) => StatusCode::FORBIDDEN,

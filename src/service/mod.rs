@@ -131,6 +131,16 @@ impl Service {
         Some(tokio::time::Instant::now() + left)
     }
 
+    /// This node's configuration (adapters read their own sections, e.g. `[graphql]`).
+    pub fn config(&self) -> &crate::config::Config {
+        self.node.config()
+    }
+
+    /// The verifier of client tokens (`None`: authentication is off).
+    pub fn verifier(&self) -> Option<&Arc<crate::auth::Verifier>> {
+        self.node.auth()
+    }
+
     /// The verifier `/metrics` needs (`None`: it is open — authentication off, or
     /// `auth.open_metrics`).
     pub fn metrics_verifier(&self) -> Option<&Arc<crate::auth::Verifier>> {

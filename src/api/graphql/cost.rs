@@ -1,0 +1,585 @@
+//! What a GraphQL request will cost, computed before anything runs, from its parsed
+//! document and its variables.
+//!
+//! The unit is about one stored record read or one value returned: a rollup bucket read, an
+//! output bucket's aggregate, an event, a row, or [`RAW_POINTS_PER_UNIT`] raw points decoded.
+//! A field's cost follows its arguments — series × ⌈range / step⌉ × aggregates × the work
+//! of the tier that serves the step, bounded by the points the series really holds in the
+//! range (its known counts, asked of the store before the estimate) — and a list multiplies
+//! what is selected inside it. Aliases and fragments are expanded, so they cannot hide
+//! work: 100 aliases of a field cost 100 times the field. Limits on depth, fields and
+//! aliases hold whatever the cost; a batch is costed as a whole by the caller.
+
+use std::collections::{BTreeSet, HashMap};
+
+use async_graphql::parser::types::{
+    ExecutableDocument, Field, OperationDefinition, Selection, SelectionSet,
+};
+use async_graphql::{Name, Value, Variables};
+
+use super::scalars::parse_instant;
+use super::schema::RAW_POINTS_PER_UNIT;
+use crate::telemetry::command::MAX_TS;
+
+const MINUTE_NS: i64 = 60_000_000_000;
+const HOUR_NS: i64 = 60 * MINUTE_NS;
+
+/// Rows a list returns when the request does not say (the resolvers' defaults).
+const DEFAULT_PAGE: u64 = 100;
+/// `points(limit)`'s default and cap.
+pub const DEFAULT_POINTS: u64 = 1000;
+pub const MAX_POINTS_PAGE: u64 = 10_000;
+
+/// The limits one request is checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_cost: u64,
+    pub max_depth: usize,
+    pub max_aliases: usize,
+    pub max_fields: usize,
+}
+
+/// A series' raw points in a range, as the store knows them (an estimate).
+pub type Counts = HashMap<(String, i64, i64), u64>;
+
+/// One request's estimate.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Estimate {
+    pub requested: u64,
+    /// The field (response path) that costs most, and its cost.
+    pub top: Option<(String, u64)>,
+    pub fields: usize,
+    pub aliases: usize,
+    pub depth: usize,
+}
+
+/// Why a request is refused before it runs.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Refusal {
+    #[error("query cost {cost} exceeds the limit {limit}; the most expensive field is {field} ({field_cost})")]
+    TooCostly {
+        cost: u64,
+        limit: u64,
+        field: String,
+        field_cost: u64,
+    },
+    #[error("{what} {got} exceeds the limit {limit}")]
+    TooLarge {
+        what: &'static str,
+        got: usize,
+        limit: usize,
+    },
+    #[error("fragment {0} spreads itself")]
+    FragmentCycle(String),
+}
+
+/// The series ranges whose known counts the estimate needs (first pass).
+pub fn needs(
+    doc: &ExecutableDocument,
+    op: Option<&str>,
+    vars: &Variables,
+) -> BTreeSet<(String, i64, i64)> {
+    let mut w = Walker::new(doc, vars, None);
+    for o in operations(doc, op) {
+        w.walk_set(&o.selection_set.node, Scope::Root, 1, "");
+    }
+    w.needs
+}
+
+/// The estimate of the operation a request runs (`op`: its operationName; with none, and
+/// several operations in the document, the most expensive), checked against `limits`.
+pub fn estimate(
+    doc: &ExecutableDocument,
+    op: Option<&str>,
+    vars: &Variables,
+    counts: &Counts,
+    limits: &Limits,
+) -> Result<Estimate, Refusal> {
+    let mut best = Estimate::default();
+    for o in operations(doc, op) {
+        let mut w = Walker::new(doc, vars, Some(counts));
+        let cost = w.walk_set(&o.selection_set.node, Scope::Root, 1, "");
+        if let Some(cycle) = w.cycle {
+            return Err(Refusal::FragmentCycle(cycle));
+        }
+        let e = Estimate {
+            requested: cost,
+            top: w.top,
+            fields: w.fields,
+            aliases: w.aliases,
+            depth: w.max_depth,
+        };
+        if e.requested >= best.requested {
+            best = e;
+        }
+    }
+    check(&best, limits)?;
+    Ok(best)
+}
+
+/// The limits of one request (or, with the sum of a batch's costs, of a batch).
+pub fn check(e: &Estimate, limits: &Limits) -> Result<(), Refusal> {
+    let large = |what, got: usize, limit: usize| {
+        (got > limit).then_some(Refusal::TooLarge { what, got, limit })
+    };
+    if let Some(r) = large("depth", e.depth, limits.max_depth)
+        .or_else(|| large("aliases", e.aliases, limits.max_aliases))
+        .or_else(|| large("fields", e.fields, limits.max_fields))
+    {
+        return Err(r);
+    }
+    if e.requested > limits.max_cost {
+        let (field, field_cost) = e.top.clone().unwrap_or_default();
+        return Err(Refusal::TooCostly {
+            cost: e.requested,
+            limit: limits.max_cost,
+            field,
+            field_cost,
+        });
+    }
+    Ok(())
+}
+
+fn operations<'a>(
+    doc: &'a ExecutableDocument,
+    op: Option<&'a str>,
+) -> impl Iterator<Item = &'a OperationDefinition> + 'a {
+    doc.operations
+        .iter()
+        .filter(move |(name, _)| match (op, name) {
+            (Some(want), Some(n)) => n.as_str() == want,
+            _ => true,
+        })
+        .map(|(_, o)| &o.node)
+}
+
+/// Where a selection set sits: what its fields mean.
+#[derive(Clone, Debug)]
+enum Scope {
+    Root,
+    /// Inside `telemetry(series, range)`: the series' raw points in range.
+    Telemetry {
+        start: i64,
+        end: i64,
+        points: u64,
+    },
+    /// Inside a bucket or a summary: only percentiles cost (per item).
+    Stats,
+    Workflow,
+    Other,
+}
+
+struct Walker<'a> {
+    doc: &'a ExecutableDocument,
+    vars: &'a Variables,
+    /// `None`: the first pass, collecting `needs`.
+    counts: Option<&'a Counts>,
+    needs: BTreeSet<(String, i64, i64)>,
+    fields: usize,
+    aliases: usize,
+    depth: usize,
+    max_depth: usize,
+    top: Option<(String, u64)>,
+    /// The cost of the fields selected inside the field being costed (to tell its own).
+    inner: u64,
+    spreading: Vec<String>,
+    cycle: Option<String>,
+}
+
+impl<'a> Walker<'a> {
+    fn new(doc: &'a ExecutableDocument, vars: &'a Variables, counts: Option<&'a Counts>) -> Self {
+        Walker {
+            doc,
+            vars,
+            counts,
+            needs: BTreeSet::new(),
+            fields: 0,
+            aliases: 0,
+            depth: 0,
+            max_depth: 0,
+            top: None,
+            inner: 0,
+            spreading: Vec::new(),
+            cycle: None,
+        }
+    }
+
+    /// The cost of a selection set in `scope`, each item selected `times` times.
+    fn walk_set(&mut self, set: &'a SelectionSet, scope: Scope, times: u64, path: &str) -> u64 {
+        let mut total = 0u64;
+        for item in &set.items {
+            let cost = match &item.node {
+                Selection::Field(f) => self.field(&f.node, scope.clone(), times, path),
+                Selection::InlineFragment(i) => {
+                    self.walk_set(&i.node.selection_set.node, scope.clone(), times, path)
+                }
+                Selection::FragmentSpread(s) => {
+                    let name = s.node.fragment_name.node.to_string();
+                    if self.spreading.contains(&name) {
+                        self.cycle.get_or_insert(name);
+                        continue;
+                    }
+                    // Depth bounds the expansion: past the limit the request is refused anyway.
+                    if self.depth > 64 {
+                        continue;
+                    }
+                    let Some(frag) = self.doc.fragments.get(&s.node.fragment_name.node) else {
+                        continue;
+                    };
+                    self.spreading.push(name);
+                    let c =
+                        self.walk_set(&frag.node.selection_set.node, scope.clone(), times, path);
+                    self.spreading.pop();
+                    c
+                }
+            };
+            total = total.saturating_add(cost);
+        }
+        total
+    }
+
+    fn field(&mut self, f: &'a Field, scope: Scope, times: u64, path: &str) -> u64 {
+        self.fields += 1;
+        if f.alias.is_some() {
+            self.aliases += 1;
+        }
+        let key = f.response_key().node.as_str();
+        let path = if path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{path}.{key}")
+        };
+        self.depth += 1;
+        self.max_depth = self.max_depth.max(self.depth);
+        let outer = std::mem::take(&mut self.inner);
+        let cost = if self.depth > 64 {
+            0
+        } else {
+            self.field_cost(f, scope, &path).saturating_mul(times)
+        };
+        // The most expensive field is the one whose own work costs most (a parent's cost
+        // includes what it selects).
+        let own = cost.saturating_sub(self.inner);
+        self.inner = outer.saturating_add(cost);
+        self.depth -= 1;
+        if self.top.as_ref().is_none_or(|t| own > t.1) {
+            self.top = Some((path, own));
+        }
+        cost
+    }
+
+    fn arg(&self, f: &Field, name: &str) -> Option<Value> {
+        let v = f.get_argument(name)?.node.clone();
+        v.into_const_with(|var: Name| self.vars.get(&var).cloned().ok_or(()))
+            .ok()
+            .filter(|v| *v != Value::Null)
+    }
+
+    fn uint(&self, f: &Field, name: &str) -> Option<u64> {
+        match self.arg(f, name)? {
+            Value::Number(n) => n.as_u64(),
+            _ => None,
+        }
+    }
+
+    fn string(&self, f: &Field, name: &str) -> Option<String> {
+        match self.arg(f, name)? {
+            Value::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// A range argument's `[start, end)` (`None` when it is not one: the resolver refuses it).
+    fn range(&self, f: &Field, name: &str) -> Option<(i64, i64)> {
+        let Value::Object(o) = self.arg(f, name)? else {
+            return None;
+        };
+        let at = |k: &str| match o.get(k) {
+            Some(Value::String(s)) => parse_instant(s).ok(),
+            _ => None,
+        };
+        Some((at("start")?, at("end")?)).filter(|(s, e)| s < e)
+    }
+
+    /// A duration argument in ns (calendar units at their shortest: a month as 28 days).
+    fn duration(&self, f: &Field, name: &str) -> Option<i64> {
+        let s = self.string(f, name)?;
+        let span: jiff::Span = s.trim().parse().ok()?;
+        let days = i64::from(span.get_years()) * 365
+            + i64::from(span.get_months()) * 28
+            + i64::from(span.get_weeks()) * 7
+            + i64::from(span.get_days());
+        let fixed = span
+            .years(0)
+            .months(0)
+            .weeks(0)
+            .days(0)
+            .total(jiff::Unit::Nanosecond)
+            .ok()? as i64;
+        Some(days.saturating_mul(24 * HOUR_NS).saturating_add(fixed)).filter(|n| *n > 0)
+    }
+
+    /// The known raw points of `series` in `[start, end)` (first pass: noted, 0).
+    fn points(&mut self, series: &str, start: i64, end: i64) -> u64 {
+        let key = (series.to_owned(), start, end);
+        match self.counts {
+            Some(c) => c.get(&key).copied().unwrap_or(0),
+            None => {
+                self.needs.insert(key);
+                0
+            }
+        }
+    }
+
+    fn list(&self, f: &Field, name: &str, default: u64, cap: u64) -> u64 {
+        self.uint(f, name).unwrap_or(default).min(cap)
+    }
+
+    fn field_cost(&mut self, f: &'a Field, scope: Scope, path: &str) -> u64 {
+        let name = f.name.node.as_str();
+        let children = &f.selection_set.node;
+        match (scope, name) {
+            (Scope::Root, "telemetry") => {
+                let Some(series) = self.string(f, "series") else {
+                    return 1;
+                };
+                let Some((start, end)) = self.range(f, "range") else {
+                    return 1;
+                };
+                let points = self.points(&series, start, end);
+                1 + self.walk_set(children, Scope::Telemetry { start, end, points }, 1, path)
+            }
+            (Scope::Root, "correlate") => {
+                let series: Vec<String> = match self.arg(f, "series") {
+                    Some(Value::List(l)) => l
+                        .into_iter()
+                        .filter_map(|v| match v {
+                            Value::String(s) => Some(s),
+                            _ => None,
+                        })
+                        .collect(),
+                    _ => return 1,
+                };
+                let Some((start, end)) = self.range(f, "range") else {
+                    return 1;
+                };
+                let counts: Vec<u64> = series.iter().map(|s| self.points(s, start, end)).collect();
+                let read: u64 = counts.iter().map(|n| n.div_ceil(RAW_POINTS_PER_UNIT)).sum();
+                let rows = match self.duration(f, "every") {
+                    Some(every) => {
+                        span_units(start, end, every).min(counts.first().copied().unwrap_or(0))
+                    }
+                    None => counts.first().copied().unwrap_or(0),
+                };
+                let rows = rows.min(self.list(f, "limit", DEFAULT_POINTS, MAX_POINTS_PAGE));
+                let inner = self.walk_set(children, Scope::Other, 1, path);
+                read + rows.saturating_mul(series.len() as u64) + inner
+            }
+            (Scope::Root, "series") => {
+                let n = self.list(f, "first", DEFAULT_PAGE, 1000);
+                n + self.walk_set(children, Scope::Other, 0, path)
+            }
+            (Scope::Root, "workflow") => 1 + self.walk_set(children, Scope::Workflow, 1, path),
+            (Scope::Root, "events") | (Scope::Root, "workflowEvents") => {
+                let n = self.list(f, "limit", DEFAULT_PAGE, 10_000);
+                n + self.walk_set(children, Scope::Other, 0, path)
+            }
+            (Scope::Root, "telemetryStream") => {
+                let series: Vec<String> = match self.arg(f, "series") {
+                    Some(Value::List(l)) => l
+                        .into_iter()
+                        .filter_map(|v| match v {
+                            Value::String(s) => Some(s),
+                            _ => None,
+                        })
+                        .collect(),
+                    _ => return 1,
+                };
+                let from = self.string(f, "from").and_then(|s| parse_instant(&s).ok());
+                let history: u64 = match from {
+                    Some(from) => series
+                        .iter()
+                        .map(|s| self.points(s, from, MAX_TS).div_ceil(RAW_POINTS_PER_UNIT))
+                        .sum(),
+                    None => 0,
+                };
+                history + self.list(f, "batchSize", DEFAULT_PAGE, 100_000)
+            }
+            (Scope::Telemetry { points, .. }, "points") => {
+                let n = self
+                    .list(f, "limit", DEFAULT_POINTS, MAX_POINTS_PAGE)
+                    .min(points);
+                n + n.div_ceil(RAW_POINTS_PER_UNIT)
+            }
+            (Scope::Telemetry { start, end, points }, "buckets") => {
+                let step = match (self.duration(f, "every"), self.uint(f, "points")) {
+                    (Some(every), _) => every,
+                    (None, Some(p)) if p > 0 => ((end - start) / p as i64).max(1),
+                    _ => return 1,
+                };
+                let buckets = span_units(start, end, step)
+                    .min(crate::telemetry::query::MAX_QUERY_BUCKETS as u64);
+                let aggs = match self.arg(f, "agg") {
+                    Some(Value::List(l)) => l.len().max(1) as u64,
+                    _ => 1,
+                };
+                let inner = self.walk_set(children, Scope::Stats, buckets, path);
+                read_units(start, end, step, points) + buckets.saturating_mul(aggs) + inner
+            }
+            (Scope::Telemetry { start, end, points }, "summary") => {
+                read_units(start, end, end - start, points)
+                    + self.walk_set(children, Scope::Stats, 1, path)
+            }
+            (Scope::Telemetry { points, .. }, "anomalies") => {
+                points.div_ceil(RAW_POINTS_PER_UNIT) + 1
+            }
+            (Scope::Telemetry { points, .. }, "m4") => {
+                points.div_ceil(RAW_POINTS_PER_UNIT) + 4 * self.list(f, "width", 1, 100_000)
+            }
+            (Scope::Telemetry { start, end, points }, "drift") => {
+                match self.duration(f, "window") {
+                    Some(w) => read_units(start, end, w, points) + span_units(start, end, w),
+                    None => 1,
+                }
+            }
+            (Scope::Telemetry { .. }, _) => 0,
+            (Scope::Stats, "percentile") => 1,
+            (Scope::Stats, "percentiles") => match self.arg(f, "ps") {
+                Some(Value::List(l)) => l.len() as u64,
+                _ => 1,
+            },
+            (Scope::Stats, _) => 0,
+            (Scope::Workflow, "history") => {
+                let n = self.list(f, "first", DEFAULT_PAGE, 10_000);
+                n + self.walk_set(children, Scope::Other, 0, path)
+            }
+            (Scope::Workflow, _) => self.walk_set(children, Scope::Other, 0, path),
+            // Introspection and plain fields: one each, and what they select.
+            _ => 1 + self.walk_set(children, Scope::Other, 1, path),
+        }
+    }
+}
+
+/// Steps of `step` that `[start, end)` touches.
+fn span_units(start: i64, end: i64, step: i64) -> u64 {
+    let span = (end - start).max(0) as u64;
+    span.div_ceil(step.max(1) as u64).max(1)
+}
+
+/// Records read to answer `[start, end)` in steps of `step`: hour rollups for steps of an
+/// hour or more, minute rollups for a minute or more (plus the edges), raw points below —
+/// never more than the points the series holds there.
+fn read_units(start: i64, end: i64, step: i64, points: u64) -> u64 {
+    let raw = points.div_ceil(RAW_POINTS_PER_UNIT);
+    let tier = if step >= HOUR_NS {
+        span_units(start, end, HOUR_NS) + 2 * 60
+    } else if step >= MINUTE_NS {
+        span_units(start, end, MINUTE_NS) + 2
+    } else {
+        return raw + 1;
+    };
+    tier.min(points) + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_cost: 100_000,
+        max_depth: 10,
+        max_aliases: 30,
+        max_fields: 300,
+    };
+
+    fn est(q: &str, counts: &[(&str, u64)]) -> Result<Estimate, Refusal> {
+        let doc = async_graphql::parser::parse_query(q).unwrap();
+        let vars = Variables::default();
+        let c: Counts = needs(&doc, None, &vars)
+            .into_iter()
+            .map(|k| {
+                let n = counts.iter().find(|c| c.0 == k.0).map_or(0, |c| c.1);
+                (k, n)
+            })
+            .collect();
+        estimate(&doc, None, &vars, &c, &LIMITS)
+    }
+
+    const DAY: &str = r#"range: {start: "2026-01-01T00:00:00Z", end: "2026-01-02T00:00:00Z"}"#;
+
+    #[test]
+    fn buckets_cost_by_count_aggregates_and_tier() {
+        let minute = est(
+            &format!(r#"{{ telemetry(series: "a", {DAY}) {{ buckets(every: "1m", agg: [MEAN, MAX]) {{ start }} }} }}"#),
+            &[("a", 10_000_000)],
+        )
+        .unwrap();
+        // 1,440 minute rollups read, 1,440 buckets × 2 aggregates, 1 for the field.
+        assert_eq!(minute.requested, 1 + (1440 + 2 + 1) + 1440 * 2);
+        let raw = est(
+            &format!(
+                r#"{{ telemetry(series: "a", {DAY}) {{ buckets(every: "1s") {{ start }} }} }}"#
+            ),
+            &[("a", 10_000_000)],
+        )
+        .unwrap();
+        assert!(raw.requested > minute.requested * 10, "{raw:?}");
+        // A sparse series costs what it holds, not what the range could hold.
+        let sparse = est(
+            &format!(
+                r#"{{ telemetry(series: "a", {DAY}) {{ buckets(every: "1m") {{ start }} }} }}"#
+            ),
+            &[("a", 10)],
+        )
+        .unwrap();
+        assert!(sparse.requested < 1500, "{sparse:?}");
+    }
+
+    #[test]
+    fn aliases_and_fragments_multiply_and_are_counted() {
+        let one =
+            format!(r#"telemetry(series: "a", {DAY}) {{ points(limit: 10000) {{ value }} }}"#);
+        let single = est(&format!("{{ {one} }}"), &[("a", 1_000_000)]).unwrap();
+        let many: String = (0..20).map(|i| format!("a{i}: {one} ")).collect();
+        let aliased = est(&format!("{{ {many} }}"), &[("a", 1_000_000)]).unwrap();
+        assert_eq!(aliased.requested, single.requested * 20);
+        assert_eq!(aliased.aliases, 20);
+        let frag = format!("query {{ ...F ...F }} fragment F on Query {{ {one} }}");
+        let spread = est(&frag, &[("a", 1_000_000)]).unwrap();
+        assert_eq!(spread.requested, single.requested * 2);
+        let cyc = est(
+            "query { ...F } fragment F on Query { ...G } fragment G on Query { ...F }",
+            &[],
+        );
+        assert!(matches!(cyc, Err(Refusal::FragmentCycle(_))), "{cyc:?}");
+    }
+
+    #[test]
+    fn refusals_name_cost_limit_and_field() {
+        let many: String = (0..30)
+            .map(|i| {
+                format!(
+                    r#"a{i}: telemetry(series: "a", {DAY}) {{ points(limit: 10000) {{ value }} }} "#
+                )
+            })
+            .collect();
+        match est(&format!("{{ {many} }}"), &[("a", 1_000_000)]) {
+            Err(Refusal::TooCostly {
+                cost, limit, field, ..
+            }) => {
+                assert!(cost > limit);
+                assert_eq!(limit, LIMITS.max_cost);
+                assert!(
+                    field.starts_with('a') && field.ends_with(".points"),
+                    "{field}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let deep = "{ a { b { c { d { e { f { g { h { i { j { k } } } } } } } } } } }";
+        assert!(matches!(
+            est(deep, &[]),
+            Err(Refusal::TooLarge { what: "depth", .. })
+        ));
+    }
+}

@@ -1,0 +1,522 @@
+//! The GraphQL API over real HTTP against real nodes, with a client that shares no code
+//! with the server (reqwest and JSON written here): answers equal the gRPC query path's on
+//! the same data, exactly; time zones; cost limits (estimated and actual cost printed, the
+//! expensive and the alias- or batch-multiplied refused before anything runs); errors with
+//! their codes; authentication and scopes.
+
+mod common;
+
+use aetherops::proto::aetherops::v1 as pb;
+use aetherops::proto::aetherops::v1::telemetry_client::TelemetryClient;
+use common::*;
+use serde_json::{json, Value};
+
+const SEC: i64 = 1_000_000_000;
+const MIN: i64 = 60 * SEC;
+const HOUR: i64 = 60 * MIN;
+
+/// Where the tests' series begin: a whole hour 40 hours ago, so that every tier, raw points
+/// included (kept 48 hours by default), still holds them.
+fn t0() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    now / HOUR * HOUR - 40 * HOUR
+}
+
+fn rfc(ns: i64) -> String {
+    jiff::Timestamp::from_nanosecond(i128::from(ns))
+        .unwrap()
+        .to_string()
+}
+
+/// `ns` written with a fixed UTC offset of `minutes`.
+fn rfc_at(ns: i64, minutes: i32) -> String {
+    let t = jiff::Timestamp::from_nanosecond(i128::from(ns)).unwrap();
+    let offset = jiff::tz::Offset::from_seconds(minutes * 60).unwrap();
+    t.display_with_offset(offset).to_string()
+}
+
+/// POSTs a GraphQL request (a single one or a batch) and returns the status and JSON body.
+async fn post(node: &TestNode, token: Option<&str>, body: &Value) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .post(format!("http://{}/graphql", node.http_addr))
+        .json(body);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let r = req.send().await.expect("POST /graphql");
+    let status = r.status().as_u16();
+    let text = r.text().await.expect("body");
+    let body = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    (status, body)
+}
+
+async fn gql(node: &TestNode, query: &str, vars: Value) -> Value {
+    let (status, body) = post(node, None, &json!({"query": query, "variables": vars})).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// The data of a response that must have no errors.
+fn data(body: &Value) -> &Value {
+    assert!(body.get("errors").is_none(), "unexpected errors: {body:#}");
+    &body["data"]
+}
+
+/// The `extensions.code` of a response's first error.
+fn code(body: &Value) -> &str {
+    body["errors"][0]["extensions"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error code in {body:#}"))
+}
+
+async fn ingest(node: &TestNode, series: &str, pts: &[(i64, f64)]) {
+    let mut c = TelemetryClient::new(node.channel().await);
+    let batches: Vec<pb::IngestBatch> = pts
+        .chunks(50_000)
+        .map(|c| pb::IngestBatch {
+            series: vec![pb::SeriesPoints {
+                series: series.into(),
+                timestamps_ns: c.iter().map(|p| p.0).collect(),
+                values: c.iter().map(|p| p.1).collect(),
+            }],
+        })
+        .collect();
+    c.ingest(tokio_stream::iter(batches)).await.expect("ingest");
+}
+
+/// A battery-voltage-like series: `n` points every `step`, a daily wave, noise, a few spikes.
+fn series(n: usize, step: i64, seed: u64) -> Vec<(i64, f64)> {
+    let t0 = t0();
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|i| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let noise = ((x >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 0.2;
+            let t = t0 + i as i64 * step;
+            let wave = ((t - t0) as f64 / (24.0 * HOUR as f64) * std::f64::consts::TAU).sin();
+            let spike = if i % 9973 == 5000 { 3.0 } else { 0.0 };
+            (t, 28.0 + wave + noise + spike)
+        })
+        .collect()
+}
+
+async fn grpc_query(
+    node: &TestNode,
+    q: pb::TelemetryQuery,
+) -> (
+    Vec<pb::TelemetryBucket>,
+    pb::TelemetrySummary,
+    Vec<pb::TelemetryAnomaly>,
+    Vec<pb::M4Column>,
+) {
+    let mut c = TelemetryClient::new(node.channel().await);
+    let mut s = c.query(q).await.expect("gRPC query").into_inner();
+    let (mut b, mut sum, mut a, mut m) = (vec![], pb::TelemetrySummary::default(), vec![], vec![]);
+    while let Some(chunk) = s.message().await.expect("chunk") {
+        b.extend(chunk.buckets);
+        a.extend(chunk.anomalies);
+        m.extend(chunk.m4);
+        if let Some(x) = chunk.summary {
+            sum = x;
+        }
+    }
+    (b, sum, a, m)
+}
+
+fn grpc_spec(series: &str, start: i64, end: i64) -> pb::TelemetryQuery {
+    pb::TelemetryQuery {
+        series: series.into(),
+        start_ns: start,
+        end_ns: end,
+        bucket_ns: 0,
+        target_points: 0,
+        tier: String::new(),
+        anomaly_z: 0.0,
+        m4_width: 0,
+        median: false,
+        percentiles: vec![],
+        consistency: 0,
+    }
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_answers_equal_the_grpc_query_path() {
+    let node = NodeBuilder::dev().start();
+    node.wait_leader().await;
+    // 36 hours every 10 s: raw points, minute and hour rollups all serve.
+    let pts = series(12_960, 10 * SEC, 7);
+    ingest(&node, "sat-7/battery", &pts).await;
+    let t0 = pts[0].0;
+    let (start, end) = (t0 + 7 * MIN + 3 * SEC, t0 + 35 * HOUR + 11 * MIN);
+
+    let body = gql(
+        &node,
+        r#"query($r: TimeRangeInput!) { telemetry(series: "sat-7/battery", range: $r) {
+            series
+            buckets(every: "1h", agg: [COUNT, SUM, MEAN, MIN, MAX, FIRST, LAST, VARIANCE, STDDEV]) {
+              start end tier count values { fn value } p99: percentile(p: 0.99) }
+            summary { count sum mean variance stddev min max median percentile(p: 0.9) percentiles(ps: [0.1, 0.5]) }
+            anomalies(method: ZSCORE, threshold: 4) { time value score kind }
+            m4(width: 40) { pixel first { time value } min { time value } max { time value } last { time value } }
+        } }"#,
+        json!({"r": {"start": rfc(start), "end": rfc(end)}}),
+    )
+    .await;
+    let t = &data(&body)["telemetry"];
+    assert_eq!(t["series"], "sat-7/battery");
+
+    let mut q = grpc_spec("sat-7/battery", start, end);
+    q.bucket_ns = HOUR;
+    q.percentiles = vec![0.99];
+    let (buckets, _, _, _) = grpc_query(&node, q).await;
+    let got = t["buckets"].as_array().unwrap();
+    assert_eq!(got.len(), buckets.len());
+    assert!(buckets.len() >= 36, "{}", buckets.len());
+    for (g, b) in got.iter().zip(&buckets) {
+        assert_eq!(g["start"], rfc(b.start_ns.max(start)));
+        assert_eq!(g["tier"], b.tier);
+        assert_eq!(g["count"].as_u64().unwrap(), b.count);
+        let values: Vec<f64> = g["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| f(&v["value"]))
+            .collect();
+        assert_eq!(
+            values,
+            [
+                b.count as f64,
+                b.sum,
+                b.mean,
+                b.min,
+                b.max,
+                b.first,
+                b.last,
+                b.variance,
+                b.stddev
+            ],
+            "bucket {}",
+            g["start"]
+        );
+        assert_eq!(f(&g["p99"]), b.percentiles[0]);
+    }
+
+    let mut q = grpc_spec("sat-7/battery", start, end);
+    q.target_points = 1;
+    q.percentiles = vec![0.9, 0.1, 0.5];
+    q.anomaly_z = 4.0;
+    q.m4_width = 40;
+    let (_, s, anomalies, m4) = grpc_query(&node, q).await;
+    let sm = &t["summary"];
+    assert_eq!(sm["count"].as_u64().unwrap(), s.count);
+    assert!(s.notes.is_empty(), "{:?}", s.notes);
+    assert_eq!(
+        s.count,
+        pts.iter().filter(|p| (start..end).contains(&p.0)).count() as u64
+    );
+    assert_eq!(
+        [
+            f(&sm["mean"]),
+            f(&sm["variance"]),
+            f(&sm["stddev"]),
+            f(&sm["min"]),
+            f(&sm["max"])
+        ],
+        [s.mean, s.variance, s.stddev, s.min, s.max]
+    );
+    assert_eq!(f(&sm["percentile"]), s.percentiles[0]);
+    assert_eq!(f(&sm["percentiles"][0]), s.percentiles[1]);
+    assert_eq!(f(&sm["median"]), s.percentiles[2]);
+    assert_eq!(f(&sm["percentiles"][1]), s.percentiles[2]);
+
+    let ga = t["anomalies"].as_array().unwrap();
+    assert!(!anomalies.is_empty(), "the spikes are anomalies");
+    assert_eq!(ga.len(), anomalies.len());
+    for (g, a) in ga.iter().zip(&anomalies) {
+        assert_eq!(g["time"], rfc(a.ts_ns));
+        assert_eq!((f(&g["value"]), f(&g["score"])), (a.value, a.z));
+        assert_eq!(g["kind"], if a.z > 0.0 { "HIGH" } else { "LOW" });
+    }
+    let gm = t["m4"].as_array().unwrap();
+    assert_eq!(gm.len(), m4.len());
+    for (g, m) in gm.iter().zip(&m4) {
+        assert_eq!(g["pixel"].as_u64().unwrap(), u64::from(m.pixel));
+        let point = |p: &Value| (p["time"].clone(), f(&p["value"]));
+        assert_eq!(point(&g["first"]), (json!(rfc(m.first_ts)), m.first));
+        assert_eq!(point(&g["min"]), (json!(rfc(m.min_ts)), m.min));
+        assert_eq!(point(&g["max"]), (json!(rfc(m.max_ts)), m.max));
+        assert_eq!(point(&g["last"]), (json!(rfc(m.last_ts)), m.last));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instants_in_any_offset_answer_alike_and_times_without_a_zone_are_refused() {
+    let node = NodeBuilder::dev().start();
+    node.wait_leader().await;
+    let pts = series(3_000, 30 * SEC, 3);
+    ingest(&node, "sat-8/temp", &pts).await;
+    let t0 = pts[0].0;
+    let query = r#"query($s: DateTime!, $e: DateTime!) { telemetry(series: "sat-8/temp", range: {start: $s, end: $e}) {
+        range { start end } buckets(every: "PT15M", agg: [MEAN, COUNT]) { start values { value } } summary { count mean } } }"#;
+    // t0 + 3:30 → t0 + 17:45 written in UTC, +05:30 and -08:00.
+    let (s, e) = (t0 + 3 * HOUR + 30 * MIN, t0 + 17 * HOUR + 45 * MIN);
+    let mut answers = Vec::new();
+    for minutes in [0, 330, -480] {
+        let vars = json!({"s": rfc_at(s, minutes), "e": rfc_at(e, minutes)});
+        if minutes == 330 {
+            assert!(vars["s"].as_str().unwrap().ends_with("+05:30"), "{vars}");
+        }
+        let body = gql(&node, query, vars).await;
+        answers.push(data(&body).clone());
+    }
+    assert_eq!(answers[0]["telemetry"]["range"]["start"], rfc(s));
+    assert!(
+        answers[0]["telemetry"]["summary"]["count"]
+            .as_u64()
+            .unwrap()
+            > 1000
+    );
+    assert_eq!(answers[0], answers[1]);
+    assert_eq!(answers[0], answers[2]);
+
+    for bad in ["2026-01-01T03:30:00", "2026-01-01"] {
+        let body = gql(&node, query, json!({"s": bad, "e": rfc(e)})).await;
+        assert_eq!(code(&body), "BAD_USER_INPUT", "{body:#}");
+        let msg = body["errors"][0]["message"].as_str().unwrap();
+        assert!(msg.contains("no time zone"), "{msg}");
+    }
+    // Inverted and empty ranges, an unknown zone, a bad duration.
+    for (vars, inline) in [
+        (json!({"s": rfc(e), "e": rfc(s)}), "inverted"),
+        (json!({"s": rfc(s), "e": rfc(s)}), "empty"),
+    ] {
+        let body = gql(&node, query, vars).await;
+        assert_eq!(code(&body), "BAD_USER_INPUT", "{inline}: {body:#}");
+    }
+    let body = gql(
+        &node,
+        r#"{ telemetry(series: "sat-8/temp", range: {start: "2026-01-01T00:00:00Z", end: "2026-01-02T00:00:00Z", zone: "Mars/Olympus"}) { series } }"#,
+        json!({}),
+    )
+    .await;
+    assert_eq!(code(&body), "BAD_USER_INPUT", "{body:#}");
+    let body = gql(
+        &node,
+        r#"{ telemetry(series: "sat-8/temp", range: {start: "2026-01-01T00:00:00Z", end: "2026-01-02T00:00:00Z"}) { buckets(every: "soon") { start } } }"#,
+        json!({}),
+    )
+    .await;
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a duration"),
+        "{body:#}"
+    );
+    // A series that does not exist.
+    let body = gql(
+        &node,
+        r#"{ telemetry(series: "sat-9/none", range: {start: "2026-01-01T00:00:00Z", end: "2026-01-02T00:00:00Z"}) { summary { count } } }"#,
+        json!({}),
+    )
+    .await;
+    assert_eq!(code(&body), "NOT_FOUND", "{body:#}");
+    // Output in a zone carries its offset.
+    let body = gql(
+        &node,
+        r#"query($s: DateTime!, $e: DateTime!) { telemetry(series: "sat-8/temp", range: {start: $s, end: $e, zone: "Asia/Kolkata"}) { range { start end zone } } }"#,
+        json!({"s": rfc(s), "e": rfc(e)}),
+    )
+    .await;
+    assert_eq!(
+        data(&body)["telemetry"]["range"],
+        json!({"start": rfc_at(s, 330), "end": rfc_at(e, 330), "zone": "Asia/Kolkata"})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphiql_is_served() {
+    let node = NodeBuilder::dev().start();
+    node.wait_leader().await;
+    let (status, body) = node.http_get("/graphql").await;
+    assert_eq!(status, 200);
+    assert!(body.to_lowercase().contains("graphiql"), "{body}");
+}
+
+/// The day from `t0` as a range argument.
+fn day(t0: i64) -> String {
+    format!(
+        r#"range: {{start: "{}", end: "{}"}}"#,
+        rfc(t0),
+        rfc(t0 + 24 * HOUR)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn costs_are_computed_before_running_reported_and_enforced() {
+    let node = NodeBuilder::dev()
+        .config("[graphql]\nmax_cost = 50000\nmax_batch = 20\nmax_aliases = 200\n")
+        .start();
+    node.wait_leader().await;
+    let pts = series(86_400, SEC, 1);
+    ingest(&node, "sat-1/x", &pts).await;
+    let day = day(pts[0].0);
+    // TelemetryQuery behind a token bucket that hardly refills: the tokens left tell how
+    // many calls reached the service layer.
+    set_limit_when_ready(
+        &node,
+        pb::LimitPolicy {
+            name: "tq".into(),
+            methods: vec!["TelemetryQuery".into()],
+            key: "shared".into(),
+            algorithm: Some(pb::limit_policy::Algorithm::TokenBucket(pb::TokenBucket {
+                burst: 1000,
+                refill_millis: 1,
+            })),
+            shadow: false,
+        },
+    )
+    .await;
+    let tokens = || async {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            let s = node
+                .admin()
+                .await
+                .limit_status(pb::LimitStatusRequest {})
+                .await
+                .expect("limit status")
+                .into_inner();
+            if let Some(p) = s.policies.iter().find(|p| p.name == "tq" && p.leased) {
+                return p.tokens_left;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "policy never in force: {s:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    let one = |field: &str| format!("telemetry(series: \"sat-1/x\", {day}) {{ {field} }}");
+    let aliased = |n: usize, field: &str| -> String {
+        (0..n).map(|i| format!("a{i}: {} ", one(field))).collect()
+    };
+    let cases: Vec<(&str, Value, bool)> = vec![
+        (
+            "summary over a day",
+            json!({"query": format!("{{ {} }}", one("summary { mean }"))}),
+            true,
+        ),
+        (
+            "1,440 minute buckets × 2 aggs",
+            json!({"query": format!("{{ {} }}", one("buckets(every: \"1m\", agg: [MEAN, MAX]) { start }"))}),
+            true,
+        ),
+        (
+            "86,400 raw 1 s buckets",
+            json!({"query": format!("{{ {} }}", one("buckets(every: \"1s\") { start }"))}),
+            false,
+        ),
+        (
+            "24 buckets by target count",
+            json!({"query": format!("{{ {} }}", one("points: buckets(points: 24) { count }"))}),
+            true,
+        ),
+        (
+            "100 aliases of minute buckets",
+            json!({"query": format!("{{ {} }}", aliased(100, "buckets(every: \"1m\") { start }"))}),
+            false,
+        ),
+        (
+            "fragment spread 40 times",
+            json!({"query": format!("{{ {} }} fragment F on Telemetry {{ buckets(every: \"1m\") {{ start }} }}", (0..40).map(|i| format!("t{i}: telemetry(series: \"sat-1/x\", {day}) {{ ...F }} ")).collect::<String>())}),
+            false,
+        ),
+    ];
+    println!(
+        "{:<34} {:>10} {:>8} {:>7}  outcome",
+        "query", "requested", "actual", "limit"
+    );
+    for (name, body, ok) in cases {
+        let before = tokens().await;
+        let (status, r) = post(&node, None, &body).await;
+        let spent = before - tokens().await;
+        assert_eq!(status, 200, "{r:#}");
+        let c = &r["extensions"]["cost"];
+        let (requested, actual, limit) = (
+            c["requested"].as_u64().unwrap(),
+            c["actual"].as_u64().unwrap(),
+            c["limit"].as_u64().unwrap(),
+        );
+        let outcome = r["errors"][0]["extensions"]["code"]
+            .as_str()
+            .unwrap_or("ok");
+        println!(
+            "{name:<34} {requested:>10} {actual:>8} {limit:>7}  {outcome} ({spent} service calls)"
+        );
+        assert_eq!(limit, 50_000);
+        if ok {
+            data(&r);
+            assert!(requested > 0 && actual > 0, "{name}: {c}");
+            assert!(spent > 0, "{name}: it ran");
+        } else {
+            assert_eq!(outcome, "QUERY_TOO_COMPLEX", "{name}: {r:#}");
+            assert!(requested > limit, "{name}: {c}");
+            assert_eq!((actual, spent), (0, 0), "{name}: nothing ran");
+            assert!(r["data"].is_null(), "{name}: {r:#}");
+            let msg = r["errors"][0]["message"].as_str().unwrap();
+            assert!(
+                msg.contains(&requested.to_string())
+                    && msg.contains("50000")
+                    && msg.contains("buckets"),
+                "{name}: {msg}"
+            );
+        }
+    }
+    // Batches: 500 cheap queries are over the batch cap; 4 queries of a third of the limit
+    // each pass alone but not together.
+    let cheap = json!({"query": "{ __typename }"});
+    let (_, r) = post(&node, None, &Value::Array(vec![cheap; 500])).await;
+    let r = r.as_array().expect("a batch answers with a list");
+    assert_eq!(r.len(), 500);
+    assert!(
+        r.iter().all(|x| code(x) == "QUERY_TOO_COMPLEX"),
+        "{:#}",
+        r[0]
+    );
+    let third = json!({"query": format!("{{ {} }}", aliased(6, "buckets(every: \"1m\", agg: [MEAN, MAX]) { start }"))});
+    let (_, alone) = post(&node, None, &third).await;
+    let cost = alone["extensions"]["cost"]["requested"].as_u64().unwrap();
+    assert!(cost * 4 > 50_000 && cost < 50_000, "{cost}");
+    data(&alone);
+    let (_, r) = post(&node, None, &Value::Array(vec![third; 4])).await;
+    let r = r.as_array().unwrap();
+    assert!(
+        r.iter().all(|x| code(x) == "QUERY_TOO_COMPLEX"),
+        "{:#}",
+        r[0]
+    );
+    println!(
+        "batch of 4 × {cost}: refused as a whole ({})",
+        r[0]["errors"][0]["message"]
+    );
+    // Limits on the query's size and depth.
+    let long = json!({"query": format!("{{ __typename {} }}", " ".repeat(20_000))});
+    let (_, r) = post(&node, None, &long).await;
+    assert_eq!(code(&r), "QUERY_TOO_COMPLEX");
+    assert!(r["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("bytes"));
+}
