@@ -6,6 +6,7 @@ pub mod admin;
 pub mod auth;
 pub mod convert;
 pub mod eventstore;
+pub mod graphql;
 pub mod http;
 pub mod telemetry;
 pub mod workflow;
