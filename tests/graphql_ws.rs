@@ -213,6 +213,30 @@ impl Client {
         }
     }
 
+    /// `{ hello }` under `id`: one Next greeting `user`, then Complete.
+    async fn hello(&mut self, id: &str, user: &str) {
+        self.subscribe(id, "{ hello }").await;
+        let greeting = format!("hello {user}");
+        assert_eq!(self.next().await, next(id, json!({"hello": greeting})));
+        assert_eq!(self.next().await, complete(id));
+    }
+
+    /// The next message is an Error for `id`: its GraphQL errors.
+    async fn error_for(&mut self, id: &str) -> Vec<Value> {
+        let Got::Json(mut error) = self.next().await else {
+            panic!("expected an Error message for {id}")
+        };
+        assert_eq!(
+            (&error["id"], &error["type"]),
+            (&json!(id), &json!("error")),
+            "{error}"
+        );
+        match error["payload"].take() {
+            Value::Array(errors) => errors,
+            other => panic!("the payload of an Error is an array of GraphQL errors: {other}"),
+        }
+    }
+
     /// A Ping answered by a Pong: the socket is open and the server reads it.
     async fn still_open(&mut self) {
         self.send(json!({"type": "ping"})).await;
@@ -264,12 +288,7 @@ async fn init_ack_ping_pong_and_a_single_result_operation() {
         Got::Json(json!({"type": "connection_ack"}))
     );
     client.send(json!({"type": "pong"})).await;
-    client.subscribe("q", "{ hello }").await;
-    assert_eq!(
-        client.next().await,
-        next("q", json!({"hello": "hello alice"}))
-    );
-    assert_eq!(client.next().await, complete("q"));
+    client.hello("q", "alice").await;
     client.still_open().await;
 }
 
@@ -391,29 +410,12 @@ async fn a_validation_failure_is_an_error_message_not_a_close() {
     let addr = start(limits(100)).await;
     let mut client = Client::acked(addr, Value::Null).await;
     client.subscribe("v", "{ nosuchfield }").await;
-    let Got::Json(error) = client.next().await else {
-        panic!("expected an Error message")
-    };
-    assert_eq!(error["id"], "v");
-    assert_eq!(error["type"], "error");
-    let errors = error["payload"]
-        .as_array()
-        .expect("an array of GraphQL errors");
-    assert_eq!(errors.len(), 1, "{error}");
-    assert!(
-        errors[0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("nosuchfield"),
-        "{error}"
-    );
-    assert!(errors[0]["locations"].is_array(), "{error}");
-    client.subscribe("v", "{ hello }").await;
-    assert_eq!(
-        client.next().await,
-        next("v", json!({"hello": "hello nobody"}))
-    );
-    assert_eq!(client.next().await, complete("v"));
+    let errors = client.error_for("v").await;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let message = errors[0]["message"].as_str().unwrap();
+    assert!(message.contains("nosuchfield"), "{message}");
+    assert!(errors[0]["locations"].is_array(), "{errors:?}");
+    client.hello("v", "nobody").await;
 }
 
 /// Complete from the client stops the operation: its stream is dropped and its node permit
@@ -470,30 +472,13 @@ async fn the_per_socket_cap_refuses_with_an_error_message() {
     client.subscribe("1", "subscription { silent }").await;
     client.subscribe("2", "subscription { silent }").await;
     client.subscribe("3", "subscription { silent }").await;
-    let Got::Json(error) = client.next().await else {
-        panic!("expected an Error message")
-    };
-    assert_eq!(error["id"], "3");
-    assert_eq!(error["type"], "error");
-    assert_eq!(
-        error["payload"][0]["extensions"]["code"],
-        "RESOURCE_EXHAUSTED"
-    );
-    assert!(
-        error["payload"][0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("the limit is 2"),
-        "{error}"
-    );
+    let errors = client.error_for("3").await;
+    assert_eq!(errors[0]["extensions"]["code"], "RESOURCE_EXHAUSTED");
+    let message = errors[0]["message"].as_str().unwrap();
+    assert!(message.contains("the limit is 2"), "{message}");
     client.still_open().await;
     client.send(json!({"id": "1", "type": "complete"})).await;
-    client.subscribe("3", "{ hello }").await;
-    assert_eq!(
-        client.next().await,
-        next("3", json!({"hello": "hello nobody"}))
-    );
-    assert_eq!(client.next().await, complete("3"));
+    client.hello("3", "nobody").await;
 }
 
 /// The node's semaphore is shared by sockets: with one permit, a second socket's Subscribe is
@@ -507,25 +492,11 @@ async fn the_per_node_permits_are_taken_per_operation_and_released() {
     first.subscribe("a", "subscription { silent }").await;
     permits_back(&limits, 0).await;
     second.subscribe("b", "{ hello }").await;
-    let Got::Json(error) = second.next().await else {
-        panic!("expected an Error message")
-    };
-    assert_eq!(
-        (&error["id"], &error["type"]),
-        (&json!("b"), &json!("error"))
-    );
-    assert_eq!(
-        error["payload"][0]["extensions"]["code"],
-        "RESOURCE_EXHAUSTED"
-    );
+    let errors = second.error_for("b").await;
+    assert_eq!(errors[0]["extensions"]["code"], "RESOURCE_EXHAUSTED");
     first.send(json!({"id": "a", "type": "complete"})).await;
     permits_back(&limits, 1).await;
-    second.subscribe("b", "{ hello }").await;
-    assert_eq!(
-        second.next().await,
-        next("b", json!({"hello": "hello nobody"}))
-    );
-    assert_eq!(second.next().await, complete("b"));
+    second.hello("b", "nobody").await;
     permits_back(&limits, 1).await;
     drop(first);
 }
