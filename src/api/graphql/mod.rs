@@ -11,6 +11,7 @@ pub mod cost;
 pub mod error;
 pub mod scalars;
 pub mod schema;
+pub mod ws;
 
 use std::sync::Arc;
 
