@@ -26,11 +26,11 @@ use axum::routing::get;
 use axum::Router;
 
 use self::cost::{Counts, Estimate, Limits, Refusal};
-use self::schema::{Meter, Query};
+use self::schema::{Meter, Query, Subscription};
 use crate::config::GraphqlSettings;
 use crate::service::{Caller, Service, ServiceError};
 
-pub type AetherSchema = Schema<Query, EmptyMutation, async_graphql::EmptySubscription>;
+pub type AetherSchema = Schema<Query, EmptyMutation, Subscription>;
 
 /// What the `/graphql` handlers share.
 #[derive(Clone)]
@@ -38,11 +38,13 @@ struct Gql {
     schema: AetherSchema,
     service: Service,
     settings: Arc<GraphqlSettings>,
+    /// Subscriptions across the node's sockets (`max_subscriptions_per_node`).
+    subscriptions: Arc<tokio::sync::Semaphore>,
 }
 
 /// The schema, with the service its resolvers call.
 pub fn schema(service: Service, settings: &GraphqlSettings) -> AetherSchema {
-    Schema::build(Query, EmptyMutation, async_graphql::EmptySubscription)
+    Schema::build(Query, EmptyMutation, Subscription)
         .data(service)
         // The cost walk checks depth first (with the configured limit); this is the
         // executor's own backstop.
@@ -61,14 +63,143 @@ pub fn router(service: Service) -> Router {
         schema: schema(service.clone(), &settings),
         service,
         settings: Arc::new(settings.clone()),
+        subscriptions: Arc::new(tokio::sync::Semaphore::new(
+            settings.max_subscriptions_per_node,
+        )),
     };
     Router::new()
-        .route("/graphql", get(graphiql).post(post))
+        .route("/graphql", get(get_graphql).post(post))
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
         .with_state(state)
 }
 
-async fn graphiql() -> Html<String> {
+/// `GET /graphql`: a WebSocket upgrade (`graphql-transport-ws`) or the GraphiQL page.
+async fn get_graphql(
+    State(gql): State<Gql>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    request: axum::extract::Request,
+) -> HttpResponse {
+    use axum::extract::FromRequestParts;
+    let (mut parts, _) = request.into_parts();
+    if !parts.headers.contains_key(header::UPGRADE) {
+        return graphiql().into_response();
+    }
+    let upgrade =
+        match axum::extract::ws::WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+            Ok(u) => u,
+            Err(rejection) => return rejection.into_response(),
+        };
+    let s = &gql.settings;
+    let limits = ws::WsLimits {
+        init_timeout: std::time::Duration::from_millis(s.ws_init_timeout_ms),
+        max_per_socket: s.max_subscriptions_per_socket,
+        per_node: gql.subscriptions.clone(),
+        buffer_per_subscription: s.subscription_buffer,
+        max_message_bytes: s.max_body_bytes,
+        lag_grace: ws::DEFAULT_LAG_GRACE,
+    };
+    let caller = Arc::new(std::sync::OnceLock::new());
+    let executor = Costed {
+        gql: gql.clone(),
+        caller: caller.clone(),
+    };
+    let service = gql.service.clone();
+    let on_init = move |payload: Option<serde_json::Value>| async move {
+        let c = ws_caller(&service, peer, payload.as_ref()).map_err(|e| e.to_string())?;
+        let deadline = service.credential_deadline(&c);
+        let mut data = async_graphql::Data::default();
+        data.insert(c.clone());
+        let _ = caller.set(c);
+        Ok(ws::Accepted { data, deadline })
+    };
+    ws::upgrade(upgrade, executor, on_init, limits)
+}
+
+/// The caller of a WebSocket, from its `connection_init` payload: `{"Authorization":
+/// "Bearer <token>"}` (the header's spelling, any case) or `{"token": "<token>"}`. With
+/// authentication on, a missing or bad token refuses the connection (4403).
+fn ws_caller(
+    service: &Service,
+    peer: std::net::SocketAddr,
+    payload: Option<&serde_json::Value>,
+) -> Result<Caller, ServiceError> {
+    let Some(verifier) = service.verifier() else {
+        return Ok(Caller::anonymous(Some(peer)));
+    };
+    let fields = payload.and_then(|p| p.as_object());
+    let header = fields.and_then(|o| {
+        o.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+            .map(|(_, v)| v)
+    });
+    let token = match (header, fields.and_then(|o| o.get("token"))) {
+        (Some(serde_json::Value::String(h)), _) => super::auth::bearer_of(Some(h.as_bytes())),
+        (None, Some(serde_json::Value::String(t))) => Ok(Some(t.as_str())),
+        (None, None) => Ok(None),
+        _ => Err(crate::auth::AuthError::Unauthenticated(
+            crate::auth::Reason::Malformed("the connection_init token is not a string"),
+        )),
+    };
+    let a = super::auth::authenticate(verifier, token)?;
+    Ok(Caller::user(a.identity, a.token, Some(peer)))
+}
+
+/// The executor a WebSocket runs operations with: each is costed and checked against the
+/// limits before it starts, like a request over HTTP.
+#[derive(Clone)]
+struct Costed {
+    gql: Gql,
+    caller: Arc<std::sync::OnceLock<Caller>>,
+}
+
+impl async_graphql::Executor for Costed {
+    async fn execute(&self, request: Request) -> Response {
+        match self.caller.get() {
+            Some(c) => run(&self.gql, c, vec![request])
+                .await
+                .pop()
+                .unwrap_or_default(),
+            None => refused("UNAUTHENTICATED", "no connection_init yet".into(), None),
+        }
+    }
+
+    fn execute_stream(
+        &self,
+        request: Request,
+        session: Option<Arc<async_graphql::Data>>,
+    ) -> futures::stream::BoxStream<'static, Response> {
+        use futures::StreamExt;
+        let gql = self.gql.clone();
+        let Some(caller) = self.caller.get().cloned() else {
+            let r = refused("UNAUTHENTICATED", "no connection_init yet".into(), None);
+            return futures::stream::once(async move { r }).boxed();
+        };
+        futures::stream::once(async move {
+            let requested = match admit(&gql, &caller, std::slice::from_ref(&request)).await {
+                Ok(costs) => costs[0],
+                Err(refusal) => return futures::stream::once(async move { refusal }).boxed(),
+            };
+            let limit = gql.settings.max_cost;
+            let meter = Arc::new(Meter::default());
+            gql.schema
+                .execute_stream_with_session_data(
+                    request.data(meter.clone()),
+                    session.unwrap_or_default(),
+                )
+                .map(move |mut r| {
+                    with_codes(&mut r.errors);
+                    r.extensions
+                        .insert("cost".into(), cost_value(requested, meter.actual(), limit));
+                    r
+                })
+                .boxed()
+        })
+        .flatten()
+        .boxed()
+    }
+}
+
+fn graphiql() -> Html<String> {
     Html(
         async_graphql::http::GraphiQLSource::build()
             .endpoint("/graphql")
@@ -160,9 +291,9 @@ async fn post(
     json(StatusCode::OK, &response)
 }
 
-/// Runs a request or a batch: each is parsed and costed first; if the whole is within the
-/// limits, each runs, else none does and every one is answered with the refusal.
-async fn run(gql: &Gql, caller: &Caller, requests: Vec<Request>) -> Vec<Response> {
+/// Costs a request or a batch before anything runs: each is parsed and costed, and the
+/// whole checked against the limits. `Err`: the refusal that answers every request of it.
+async fn admit(gql: &Gql, caller: &Caller, requests: &[Request]) -> Result<Vec<u64>, Response> {
     let s = &gql.settings;
     let limits = Limits {
         max_cost: s.max_cost,
@@ -170,19 +301,8 @@ async fn run(gql: &Gql, caller: &Caller, requests: Vec<Request>) -> Vec<Response
         max_aliases: s.max_aliases,
         max_fields: s.max_fields,
     };
-    // A refusal answers every request of the batch (none of them runs).
-    let n = requests.len();
-    let everyone = |r: Response| {
-        (0..n)
-            .map(|_| {
-                let mut c = Response::from_errors(r.errors.clone());
-                c.extensions = r.extensions.clone();
-                c
-            })
-            .collect::<Vec<_>>()
-    };
     if requests.len() > s.max_batch {
-        return everyone(refused(
+        return Err(refused(
             error::QUERY_TOO_COMPLEX,
             format!(
                 "a batch of {} operations exceeds the limit {}",
@@ -193,7 +313,7 @@ async fn run(gql: &Gql, caller: &Caller, requests: Vec<Request>) -> Vec<Response
         ));
     }
     if let Some(big) = requests.iter().find(|r| r.query.len() > s.max_query_bytes) {
-        return everyone(refused(
+        return Err(refused(
             error::QUERY_TOO_COMPLEX,
             format!(
                 "a query of {} bytes exceeds the limit {}",
@@ -203,7 +323,7 @@ async fn run(gql: &Gql, caller: &Caller, requests: Vec<Request>) -> Vec<Response
             None,
         ));
     }
-    // Parse every request (a parse error is left for the executor to report, at no cost).
+    // A parse error is left for the executor to report, at no cost.
     let docs: Vec<_> = requests
         .iter()
         .map(|r| async_graphql::parser::parse_query(&r.query).ok())
@@ -219,16 +339,14 @@ async fn run(gql: &Gql, caller: &Caller, requests: Vec<Request>) -> Vec<Response
     let mut whole = Estimate::default();
     for (r, d) in requests.iter().zip(&docs) {
         let e = match d {
-            Some(d) => match cost::estimate(
+            Some(d) => cost::estimate(
                 d,
                 r.operation_name.as_deref(),
                 &r.variables,
                 &counts,
                 &limits,
-            ) {
-                Ok(e) => e,
-                Err(refusal) => return everyone(refusal_response(&refusal, s.max_cost)),
-            },
+            )
+            .map_err(|refusal| refusal_response(&refusal, s.max_cost))?,
             None => Estimate::default(),
         };
         whole.requested = whole.requested.saturating_add(e.requested);
@@ -244,9 +362,24 @@ async fn run(gql: &Gql, caller: &Caller, requests: Vec<Request>) -> Vec<Response
         }
         estimates.push(e.requested);
     }
-    if let Err(refusal) = cost::check(&whole, &limits) {
-        return everyone(refusal_response(&refusal, s.max_cost));
-    }
+    cost::check(&whole, &limits).map_err(|refusal| refusal_response(&refusal, s.max_cost))?;
+    Ok(estimates)
+}
+
+/// Runs a request or a batch once [`admit`] passed it; a refusal answers every request.
+async fn run(gql: &Gql, caller: &Caller, requests: Vec<Request>) -> Vec<Response> {
+    let estimates = match admit(gql, caller, &requests).await {
+        Ok(e) => e,
+        Err(refusal) => {
+            return (0..requests.len())
+                .map(|_| {
+                    let mut c = Response::from_errors(refusal.errors.clone());
+                    c.extensions = refusal.extensions.clone();
+                    c
+                })
+                .collect()
+        }
+    };
     let mut out = Vec::with_capacity(requests.len());
     for (r, requested) in requests.into_iter().zip(estimates) {
         let meter = Arc::new(Meter::default());
@@ -257,7 +390,7 @@ async fn run(gql: &Gql, caller: &Caller, requests: Vec<Request>) -> Vec<Response
         with_codes(&mut response.errors);
         response.extensions.insert(
             "cost".into(),
-            cost_value(requested, meter.actual(), s.max_cost),
+            cost_value(requested, meter.actual(), gql.settings.max_cost),
         );
         out.push(response);
     }

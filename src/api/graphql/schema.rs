@@ -4,9 +4,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_graphql::{Context, Enum, Json, Object, SimpleObject, ID};
+use futures::StreamExt;
 
 use super::error::{bad_input, OrGql};
 use super::scalars::{DateTime, Duration, Range, TimeRangeInput};
+use crate::eventstore::subscribe::{Item, Target};
 use crate::service::telemetry::{TelemetryAnswer, TelemetryQuery};
 use crate::service::workflows::{At, EventsOf};
 use crate::service::{Caller, Consistency, Service};
@@ -550,6 +552,29 @@ pub struct WorkflowEvent {
     pub data: Json<serde_json::Value>,
 }
 
+impl WorkflowEvent {
+    /// An event (already in the current schema) as GraphQL shows it: its type and its data.
+    fn new(
+        event: &crate::workflow::events::WorkflowEvent,
+        version: u64,
+        position: u64,
+        stored_schema_version: u32,
+        commit_ns: i64,
+    ) -> async_graphql::Result<Self> {
+        let encoded = event
+            .encode()
+            .map_err(|e| async_graphql::Error::new(e.to_string()))?;
+        Ok(WorkflowEvent {
+            version,
+            position,
+            event_type: encoded.event_type.to_owned(),
+            stored_schema_version,
+            commit_time: DateTime::utc(commit_ns),
+            data: Json(serde_json::from_slice(&encoded.payload).unwrap_or_default()),
+        })
+    }
+}
+
 /// Events of one workflow read per page while filtering by time.
 const HISTORY_PAGE: u32 = 500;
 
@@ -644,18 +669,13 @@ impl Workflow {
                 if r.commit_time_ns < since {
                     continue;
                 }
-                let encoded = r
-                    .event
-                    .encode()
-                    .map_err(|e| async_graphql::Error::new(e.to_string()))?;
-                out.push(WorkflowEvent {
-                    version: r.stream_version,
-                    position: r.global_position,
-                    event_type: encoded.event_type.to_owned(),
-                    stored_schema_version: r.stored_schema_version,
-                    commit_time: DateTime::utc(r.commit_time_ns),
-                    data: Json(serde_json::from_slice(&encoded.payload).unwrap_or_default()),
-                });
+                out.push(WorkflowEvent::new(
+                    &r.event,
+                    r.stream_version,
+                    r.global_position,
+                    r.stored_schema_version,
+                    r.commit_time_ns,
+                )?);
             }
             match page.next {
                 Some(n) => from = n,
@@ -716,4 +736,72 @@ pub struct EventPage {
     pub events: Vec<Event>,
     /// The stream version the next page starts at, if there may be more.
     pub next: Option<u64>,
+}
+
+/// Live streams over WebSocket (`graphql-transport-ws`): what is stored from `from`, then
+/// what commits, each item once and in order (the gRPC `Subscribe`'s rule).
+pub struct Subscription;
+
+#[async_graphql::Subscription]
+impl Subscription {
+    /// A stream's events from stream version `from` (default: its start), then live.
+    async fn events(
+        &self,
+        ctx: &Context<'_>,
+        stream: String,
+        from: Option<u64>,
+    ) -> async_graphql::Result<impl futures::Stream<Item = Event>> {
+        let rx = service(ctx)
+            .subscribe(caller(ctx), Target::Stream(stream), from)
+            .gql()?;
+        Ok(events_of(rx).map(Event::from))
+    }
+
+    /// A workflow's events (upcast to the current schema) from version `from`, then live.
+    async fn workflow_events(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        from: Option<u64>,
+    ) -> async_graphql::Result<impl futures::Stream<Item = async_graphql::Result<WorkflowEvent>>>
+    {
+        let rx = service(ctx)
+            .subscribe(
+                caller(ctx),
+                Target::Stream(crate::workflow::events::stream_name(&id)),
+                from,
+            )
+            .gql()?;
+        Ok(events_of(rx).map(|e| {
+            let record = crate::workflow::events::WorkflowRecord {
+                stream_version: e.stream_version,
+                commit_time_ns: e.commit_time_ns,
+                event_type: e.event_type.clone(),
+                schema_version: e.schema_version,
+                payload: e.payload.to_vec(),
+            };
+            let event = crate::workflow::events::WorkflowEvent::decode(&record)
+                .map_err(|err| async_graphql::Error::new(err.to_string()))?;
+            WorkflowEvent::new(
+                &event,
+                e.stream_version,
+                e.global_position,
+                e.schema_version,
+                e.commit_time_ns,
+            )
+        }))
+    }
+}
+
+/// The events of a subscription (its catch-up marker is the protocol's business, not
+/// GraphQL's: the stream simply goes on).
+fn events_of(
+    rx: tokio::sync::mpsc::Receiver<Item>,
+) -> impl futures::Stream<Item = crate::model::RecordedEvent> {
+    tokio_stream::wrappers::ReceiverStream::new(rx).filter_map(|item| async move {
+        match item {
+            Item::Event(d) => Some(d.event),
+            Item::CaughtUp { .. } => None,
+        }
+    })
 }
