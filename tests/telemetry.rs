@@ -73,6 +73,7 @@ fn q(series: &str, start: i64, end: i64, bucket: i64, tier: &str) -> pb::Telemet
         median: false,
         percentiles: vec![0.5, 0.99],
         consistency: 0,
+        ..Default::default()
     }
 }
 

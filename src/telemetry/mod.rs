@@ -13,6 +13,7 @@
 //! answers queries across tiers; `maintenance` flushes, compacts and measures a node's data.
 
 pub mod agg;
+pub mod anomaly;
 mod codec;
 pub mod command;
 pub mod drift;
