@@ -86,8 +86,8 @@ pub struct QueryArgs {
     /// Report points with |z| above this.
     #[arg(long)]
     pub anomalies: Option<f64>,
-    /// Report points whose modified z-score (MAD) is above this in magnitude (alone: 3.5).
-    #[arg(long, num_args = 0..=1, default_missing_value = "3.5")]
+    /// Report points whose modified z-score (MAD) is above this in magnitude (usually 3.5).
+    #[arg(long)]
     pub mad: Option<f64>,
     /// Find level shifts (CUSUM) in the means of windows of this width, e.g. 1h.
     #[arg(long)]
