@@ -14,7 +14,7 @@ use aetherops::telemetry::drift::Direction;
 use aetherops::telemetry::points::segments_of;
 use aetherops::telemetry::query::{
     query, BucketOut, DriftSpec, QueryError, QueryResult, QuerySpec, Tier, TierChoice,
-    MAX_QUERY_BUCKETS,
+    MAX_QUERY_ANOMALIES, MAX_QUERY_BUCKETS,
 };
 use aetherops::telemetry::retention::RetentionPolicy;
 use openraft::storage::RaftStateMachine;
@@ -406,6 +406,38 @@ async fn mad_anomalies_are_scored_and_signed_beside_z_scores() {
         ]
     );
     assert!(both.anomalies[0].score > 6.0 && both.anomalies[2].score < -6.0);
+}
+
+/// A threshold that flags every point answers with at most `MAX_QUERY_ANOMALIES`, the
+/// earliest, and says so.
+#[tokio::test]
+async fn anomalies_are_bounded_and_the_cut_is_said() {
+    let mut s = Store::new();
+    let now = utc("2026-11-28T00:00:00Z");
+    let n = MAX_QUERY_ANOMALIES as i64 + 20_000;
+    let start = now - HOUR;
+    // 0, 10, 0, 10, …: median 5, MAD 5, every score ±0.6745.
+    let truth: BTreeMap<i64, f64> = (0..n)
+        .map(|i| (start + i * 10_000_000, if i % 2 == 0 { 0.0 } else { 10.0 }))
+        .collect();
+    s.ingest(now, "mad/all", &truth).await;
+    let r = s
+        .query(&QuerySpec {
+            bucket_ns: 10 * MIN,
+            anomaly_mad: Some(0.5),
+            ..QuerySpec::range("mad/all", start, now)
+        })
+        .unwrap();
+    assert_eq!(r.anomalies.len(), MAX_QUERY_ANOMALIES);
+    assert_eq!(r.anomalies[0].ts_ns, start);
+    assert!(r.anomalies.windows(2).all(|w| w[0].ts_ns < w[1].ts_ns));
+    assert!(
+        r.notes
+            .iter()
+            .any(|m| m.contains(&format!("{n} anomalies found"))),
+        "{:?}",
+        r.notes
+    );
 }
 
 /// Two days of 10 s points with a level shift at a known time, or none, imported under a
