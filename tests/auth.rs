@@ -233,6 +233,7 @@ async fn series_points(ch: Channel, series: &str, token: Option<&str>) -> u64 {
         median: false,
         percentiles: vec![],
         consistency: pb::Consistency::Linearizable as i32,
+        ..Default::default()
     };
     let mut stream = match TelemetryClient::new(ch).query(bearer(q, token)).await {
         Ok(s) => s.into_inner(),

@@ -58,6 +58,7 @@ struct Answer {
     summary: pb::TelemetrySummary,
     anomalies: Vec<pb::TelemetryAnomaly>,
     m4: Vec<pb::M4Column>,
+    drift: Vec<pb::TelemetryDrift>,
 }
 
 fn q(series: &str, start: i64, end: i64, bucket: i64, tier: &str) -> pb::TelemetryQuery {
@@ -73,6 +74,7 @@ fn q(series: &str, start: i64, end: i64, bucket: i64, tier: &str) -> pb::Telemet
         median: false,
         percentiles: vec![0.5, 0.99],
         consistency: 0,
+        ..Default::default()
     }
 }
 
@@ -86,11 +88,13 @@ async fn query(
         summary: Default::default(),
         anomalies: vec![],
         m4: vec![],
+        drift: vec![],
     };
     while let Some(chunk) = s.message().await? {
         a.buckets.extend(chunk.buckets);
         a.anomalies.extend(chunk.anomalies);
         a.m4.extend(chunk.m4);
+        a.drift.extend(chunk.drift);
         if let Some(sum) = chunk.summary {
             a.summary = sum;
         }
@@ -414,6 +418,109 @@ async fn anomalies_m4_and_bad_input() {
         .await
         .unwrap();
     assert_eq!(a.summary.count, 6000);
+}
+
+/// Calendar edges, MAD anomalies and drift through gRPC on a real node: the fields old
+/// clients never send, answered by the same query path (`telemetry::query`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calendar_edges_mad_anomalies_and_drift_over_grpc() {
+    let node = NodeBuilder::dev().start();
+    node.wait_leader().await;
+    let mut c = tm(&node).await;
+    const SEC: i64 = 1_000_000_000;
+    let start = (now_ns() - 4 * HOUR) / MIN * MIN;
+    let end = start + 3 * HOUR;
+    let noise = |i: i64| ((i * 7919) % 101) as f64 * 0.01 - 0.5;
+    // A level shift (20 -> 26) at a known time, and a steady series with a spike and a dip.
+    let shift = start + 100 * MIN + 30 * SEC;
+    let level: BTreeMap<i64, f64> = (0..3 * 3600)
+        .map(|i| {
+            let t = start + i * SEC;
+            (t, if t < shift { 20.0 } else { 26.0 } + noise(i))
+        })
+        .collect();
+    let mut steady: BTreeMap<i64, f64> = (0..3 * 3600)
+        .map(|i| (start + i * SEC, 5.0 + noise(i)))
+        .collect();
+    let (spike, dip) = (start + 1000 * SEC, start + 9000 * SEC);
+    steady.insert(spike, 40.0);
+    steady.insert(dip, -30.0);
+    for (name, pts) in [("orbit/level", &level), ("orbit/steady", &steady)] {
+        let pts: Vec<(i64, f64)> = pts.iter().map(|(t, v)| (*t, *v)).collect();
+        ingest(&mut c, pts.chunks(4000).map(|p| batch(name, p)).collect()).await;
+    }
+
+    // Edges anywhere inside the range; start and end are edges too.
+    let edges = vec![
+        start + 37 * MIN,
+        start + 73 * MIN + 5 * SEC,
+        start + 2 * HOUR,
+    ];
+    let mut req = q("orbit/level", start, end, 0, "auto");
+    req.edges = edges.clone();
+    req.drift = Some(pb::DriftRequest {
+        window_ns: 5 * MIN,
+        threshold: 0.0,
+    });
+    let a = query(&mut c, req).await.unwrap();
+    let bounds: Vec<i64> = [start].into_iter().chain(edges).chain([end]).collect();
+    let got: Vec<(i64, i64, u64)> = a
+        .buckets
+        .iter()
+        .map(|b| (b.start_ns, b.end_ns, b.count))
+        .collect();
+    let want: Vec<(i64, i64, u64)> = bounds
+        .windows(2)
+        .map(|w| (w[0], w[1], level.range(w[0]..w[1]).count() as u64))
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(a.summary.bucket_ns, 0);
+    for (b, w) in a.buckets.iter().zip(bounds.windows(2)) {
+        let vals: Vec<f64> = level.range(w[0]..w[1]).map(|(_, v)| *v).collect();
+        check_bucket(b, w[0], &vals);
+    }
+    assert_eq!(a.drift.len(), 1, "{:?}", a.drift);
+    let d = &a.drift[0];
+    assert_eq!(d.direction, "up");
+    assert!((d.start_ns - shift).abs() <= 10 * MIN, "{d:?}");
+    // The means around the change weigh every point of the range alike.
+    let mean = |lo: i64, hi: i64| {
+        let v: Vec<f64> = level.range(lo..hi).map(|(_, v)| *v).collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    assert!(close(d.mean_before, mean(start, d.start_ns), 1e-9), "{d:?}");
+    assert!(close(d.mean_after, mean(d.start_ns, end), 1e-9), "{d:?}");
+    assert!(
+        (d.mean_before - 20.0).abs() < 0.1 && d.mean_after > 25.0,
+        "{d:?}"
+    );
+
+    let mut req = q("orbit/steady", start, end, 10 * MIN, "auto");
+    req.anomaly_mad = Some(0.0); // the default threshold, 3.5
+    let a = query(&mut c, req).await.unwrap();
+    let got: Vec<(i64, f64, &str, &str)> = a
+        .anomalies
+        .iter()
+        .map(|x| (x.ts_ns, x.value, x.kind.as_str(), x.method.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(spike, 40.0, "high", "mad"), (dip, -30.0, "low", "mad")]
+    );
+    assert!(a
+        .anomalies
+        .iter()
+        .all(|x| x.z == x.score && x.score.abs() > 3.5));
+    // Bad shapes are the query's to refuse, with its reasons.
+    let mut req = q("orbit/steady", start, end, MIN, "auto");
+    req.edges = vec![start + HOUR];
+    let e = query(&mut c, req).await.err().expect("edges and a width");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().contains("exclude a bucket width"),
+        "{}",
+        e.message()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -9,6 +9,8 @@ use crate::model::{parse_event_id, ExpectedVersion, NewEvent, RecordedEvent};
 use crate::proto::aetherops::v1 as pb;
 use crate::service::events::Appended;
 use crate::service::Consistency;
+use crate::telemetry::anomaly::{AnomalyOut, DEFAULT_MAD_THRESHOLD};
+use crate::telemetry::query::{DriftOut, DriftSpec, QuerySpec, TierChoice};
 
 /// An expected version from the wire; unset means any.
 pub fn expected_version(ev: Option<pb::ExpectedVersion>) -> Result<ExpectedVersion, Status> {
@@ -84,5 +86,59 @@ pub fn consistency(c: i32) -> Result<Consistency, Status> {
         Ok(pb::Consistency::Linearizable) => Ok(Consistency::Linearizable),
         Ok(pb::Consistency::Local) => Ok(Consistency::Local),
         Err(_) => Err(Status::invalid_argument(format!("unknown consistency {c}"))),
+    }
+}
+
+/// A telemetry query's shape from the wire (percentiles and consistency are the caller's).
+/// 0 means "off" or "the default" where the wire has no presence; every check of the values
+/// is the query's own (`telemetry::query`), shared with every other adapter.
+pub fn query_spec(q: pb::TelemetryQuery) -> Result<QuerySpec, Status> {
+    let tier = match q.tier.as_str() {
+        "" | "auto" => TierChoice::Auto,
+        "raw" => TierChoice::Raw,
+        "minute" => TierChoice::Minute,
+        "hour" => TierChoice::Hour,
+        other => {
+            return Err(Status::invalid_argument(format!(
+                "tier {other:?}: auto, raw, minute or hour"
+            )))
+        }
+    };
+    let or_default = |x: f64, default: f64| if x == 0.0 { default } else { x };
+    Ok(QuerySpec {
+        bucket_ns: q.bucket_ns,
+        target_points: q.target_points,
+        tier,
+        edges: (!q.edges.is_empty()).then_some(q.edges),
+        anomaly_z: (q.anomaly_z != 0.0).then_some(q.anomaly_z),
+        anomaly_mad: q.anomaly_mad.map(|t| or_default(t, DEFAULT_MAD_THRESHOLD)),
+        m4_width: q.m4_width,
+        median: q.median,
+        drift: q.drift.map(|d| DriftSpec {
+            window_ns: d.window_ns,
+            threshold: (d.threshold != 0.0).then_some(d.threshold),
+        }),
+        ..QuerySpec::range(q.series, q.start_ns, q.end_ns)
+    })
+}
+
+pub fn anomaly(a: &AnomalyOut) -> pb::TelemetryAnomaly {
+    pb::TelemetryAnomaly {
+        ts_ns: a.ts_ns,
+        value: a.value,
+        z: a.score,
+        score: a.score,
+        kind: a.kind.as_str().to_owned(),
+        method: a.method.as_str().to_owned(),
+    }
+}
+
+pub fn drift(d: &DriftOut) -> pb::TelemetryDrift {
+    pb::TelemetryDrift {
+        start_ns: d.start_ns,
+        alarm_ns: d.alarm_ns,
+        direction: d.direction.as_str().to_owned(),
+        mean_before: d.mean_before,
+        mean_after: d.mean_after,
     }
 }

@@ -5,13 +5,12 @@ use std::pin::Pin;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert::consistency;
+use super::convert::{anomaly, consistency, drift, query_spec};
 use super::{caller, status};
 use crate::proto::aetherops::v1 as pb;
 use crate::proto::aetherops::v1::telemetry_server::Telemetry;
 use crate::service::telemetry::{Ingested, SeriesPoints, TelemetryAnswer, TelemetryQuery};
 use crate::service::Service;
-use crate::telemetry::query::{QuerySpec, TierChoice};
 use crate::telemetry::retention::RetentionPolicy;
 
 /// Batches of one ingest stream proposed and not yet acknowledged, at most.
@@ -87,33 +86,11 @@ impl Telemetry for TelemetryService {
         req: Request<pb::TelemetryQuery>,
     ) -> Result<Response<Self::QueryStream>, Status> {
         let caller = caller(&req);
-        let q = req.into_inner();
-        let tier = match q.tier.as_str() {
-            "" | "auto" => TierChoice::Auto,
-            "raw" => TierChoice::Raw,
-            "minute" => TierChoice::Minute,
-            "hour" => TierChoice::Hour,
-            other => {
-                return Err(Status::invalid_argument(format!(
-                    "tier {other:?}: auto, raw, minute or hour"
-                )))
-            }
-        };
+        let mut q = req.into_inner();
         let query = TelemetryQuery {
-            spec: QuerySpec {
-                series: q.series,
-                start_ns: q.start_ns,
-                end_ns: q.end_ns,
-                bucket_ns: q.bucket_ns,
-                target_points: q.target_points,
-                tier,
-                // 0 is "off" on the wire.
-                anomaly_z: (q.anomaly_z != 0.0).then_some(q.anomaly_z),
-                m4_width: q.m4_width,
-                median: q.median,
-            },
-            quantiles: q.percentiles,
+            quantiles: std::mem::take(&mut q.percentiles),
             consistency: consistency(q.consistency)?,
+            spec: query_spec(q)?,
         };
         let TelemetryAnswer {
             result,
@@ -137,6 +114,7 @@ impl Telemetry for TelemetryService {
                     .iter()
                     .map(|b| pb::TelemetryBucket {
                         start_ns: b.start_ns,
+                        end_ns: b.end_ns,
                         count: b.moments.count(),
                         sum: b.moments.sum(),
                         mean: b.moments.mean().unwrap_or(f64::NAN),
@@ -175,15 +153,8 @@ impl Telemetry for TelemetryService {
                 effective_end_ns: result.effective_end_ns,
                 notes: result.notes.clone(),
             }),
-            anomalies: result
-                .anomalies
-                .iter()
-                .map(|a| pb::TelemetryAnomaly {
-                    ts_ns: a.ts,
-                    value: a.value,
-                    z: a.z,
-                })
-                .collect(),
+            anomalies: result.anomalies.iter().map(anomaly).collect(),
+            drift: result.drift.iter().map(drift).collect(),
             m4: result
                 .m4
                 .iter()

@@ -71,17 +71,30 @@ pub struct QueryArgs {
     #[arg(long)]
     pub to: String,
     /// Bucket width, e.g. 10s, 1m, 1h.
-    #[arg(long, conflicts_with = "points")]
+    #[arg(long, conflicts_with_all = ["points", "edges"])]
     pub bucket: Option<String>,
     /// Target number of points (the width is chosen, coarsest tier first).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "edges")]
     pub points: Option<u32>,
+    /// Explicit bucket edges, comma-separated times inside [--from, --to] (e.g. local
+    /// midnights: calendar days of 23, 24 or 25 hours).
+    #[arg(long, value_delimiter = ',')]
+    pub edges: Vec<String>,
     /// auto | raw | minute | hour
     #[arg(long, default_value = "auto")]
     pub tier: String,
     /// Report points with |z| above this.
     #[arg(long)]
     pub anomalies: Option<f64>,
+    /// Report points whose modified z-score (MAD) is above this in magnitude (usually 3.5).
+    #[arg(long)]
+    pub mad: Option<f64>,
+    /// Find level shifts (CUSUM) in the means of windows of this width, e.g. 1h.
+    #[arg(long)]
+    pub drift: Option<String>,
+    /// CUSUM threshold in baseline standard deviations of the window means (default 10).
+    #[arg(long, requires = "drift")]
+    pub drift_threshold: Option<f64>,
     /// M4 pixel columns.
     #[arg(long)]
     pub m4: Option<u32>,
@@ -132,8 +145,8 @@ pub async fn run(
         } => ingest_csv(addrs, &file, series, batch.max(1), skip_invalid, printer).await,
         TelemetryCmd::Query(q) => {
             let nodes = Failover::connect_lazy(addrs, timeout)?;
-            let (buckets, summary, anomalies, m4) = run_query(&nodes, &query_request(&q)?).await?;
-            print_query(printer, &buckets, &summary, &anomalies, &m4);
+            let answer = run_query(&nodes, &query_request(&q)?).await?;
+            print_query(printer, &answer);
             Ok(())
         }
         TelemetryCmd::Retention {
@@ -223,6 +236,9 @@ pub async fn run(
 }
 
 pub fn query_request(q: &QueryArgs) -> anyhow::Result<pb::TelemetryQuery> {
+    let ns_of = |d: &str| -> anyhow::Result<i64> {
+        i64::try_from(parse_duration_ms(d)? * 1_000_000).context("duration too long")
+    };
     Ok(pb::TelemetryQuery {
         series: q.series.clone(),
         start_ns: parse_time_ns(&q.from)?,
@@ -235,68 +251,87 @@ pub fn query_request(q: &QueryArgs) -> anyhow::Result<pb::TelemetryQuery> {
         },
         target_points: q
             .points
-            .unwrap_or(if q.bucket.is_none() { 1000 } else { 0 }),
+            .unwrap_or(if q.bucket.is_none() && q.edges.is_empty() {
+                1000
+            } else {
+                0
+            }),
         tier: q.tier.clone(),
         anomaly_z: q.anomalies.unwrap_or(0.0),
         m4_width: q.m4.unwrap_or(0),
         median: q.median,
         percentiles: vec![0.5, 0.9, 0.99],
         consistency: pb::Consistency::Linearizable as i32,
+        edges: q
+            .edges
+            .iter()
+            .map(|e| parse_time_ns(e))
+            .collect::<Result<_, _>>()?,
+        anomaly_mad: q.mad,
+        drift: match &q.drift {
+            Some(w) => Some(pb::DriftRequest {
+                window_ns: ns_of(w)?,
+                threshold: q.drift_threshold.unwrap_or(0.0),
+            }),
+            None => None,
+        },
     })
 }
 
-type QueryParts = (
-    Vec<pb::TelemetryBucket>,
-    pb::TelemetrySummary,
-    Vec<pb::TelemetryAnomaly>,
-    Vec<pb::M4Column>,
-);
+/// A query's answer, gathered from its chunks.
+#[derive(Debug, Default)]
+pub struct QueryAnswer {
+    pub buckets: Vec<pb::TelemetryBucket>,
+    pub summary: pb::TelemetrySummary,
+    pub anomalies: Vec<pb::TelemetryAnomaly>,
+    pub m4: Vec<pb::M4Column>,
+    pub drift: Vec<pb::TelemetryDrift>,
+}
 
 /// Runs a query on the first node that answers it whole (a stream that breaks is a read
 /// that changed nothing: the next node answers it from the start).
 pub async fn run_query(
     nodes: &Failover<Channel>,
     req: &pb::TelemetryQuery,
-) -> anyhow::Result<QueryParts> {
-    let (buckets, summary, anomalies, m4) = nodes
+) -> anyhow::Result<QueryAnswer> {
+    let (answer, summary) = nodes
         .call(CallKind::Read, |ch| {
             let req = req.clone();
             async move {
                 let mut stream = client(ch).query(req).await?.into_inner();
-                let (mut buckets, mut summary, mut anomalies, mut m4) =
-                    (Vec::new(), None, Vec::new(), Vec::new());
+                let (mut a, mut summary) = (QueryAnswer::default(), None);
                 while let Some(chunk) = stream.message().await? {
-                    buckets.extend(chunk.buckets);
-                    anomalies.extend(chunk.anomalies);
-                    m4.extend(chunk.m4);
+                    a.buckets.extend(chunk.buckets);
+                    a.anomalies.extend(chunk.anomalies);
+                    a.m4.extend(chunk.m4);
+                    a.drift.extend(chunk.drift);
                     if chunk.summary.is_some() {
                         summary = chunk.summary;
                     }
                 }
-                Ok((buckets, summary, anomalies, m4))
+                Ok((a, summary))
             }
         })
         .await?;
-    Ok((
-        buckets,
-        summary.ok_or_else(|| anyhow!("query ended without a summary"))?,
-        anomalies,
-        m4,
-    ))
+    Ok(QueryAnswer {
+        summary: summary.ok_or_else(|| anyhow!("query ended without a summary"))?,
+        ..answer
+    })
 }
 
-fn print_query(
-    printer: &Printer,
-    buckets: &[pb::TelemetryBucket],
-    s: &pb::TelemetrySummary,
-    anomalies: &[pb::TelemetryAnomaly],
-    m4: &[pb::M4Column],
-) {
+fn print_query(printer: &Printer, a: &QueryAnswer) {
+    let QueryAnswer {
+        buckets,
+        summary: s,
+        anomalies,
+        m4,
+        drift,
+    } = a;
     match printer.format {
         Output::Json => {
             for b in buckets {
                 printer.json(&json!({
-                    "start_ns": b.start_ns, "count": b.count, "mean": b.mean, "min": b.min, "max": b.max,
+                    "start_ns": b.start_ns, "end_ns": b.end_ns, "count": b.count, "mean": b.mean, "min": b.min, "max": b.max,
                     "first": b.first, "last": b.last, "sum": b.sum, "variance": b.variance, "stddev": b.stddev,
                     "sample_variance": b.sample_variance, "sample_stddev": b.sample_stddev, "median": b.median,
                     "p50": b.percentiles.first(), "p90": b.percentiles.get(1), "p99": b.percentiles.get(2),
@@ -310,7 +345,10 @@ fn print_query(
                 "sample_variance": s.sample_variance, "sample_stddev": s.sample_stddev,
                 "effective_start_ns": s.effective_start_ns, "effective_end_ns": s.effective_end_ns,
                 "notes": s.notes,
-            }, "anomalies": anomalies.iter().map(|a| json!({"ts_ns": a.ts_ns, "value": a.value, "z": a.z})).collect::<Vec<_>>(),
+            }, "anomalies": anomalies.iter().map(|a| json!({"ts_ns": a.ts_ns, "value": a.value, "z": a.z,
+                    "score": a.score, "kind": a.kind, "method": a.method})).collect::<Vec<_>>(),
+               "drift": drift.iter().map(|d| json!({"start_ns": d.start_ns, "alarm_ns": d.alarm_ns,
+                    "direction": d.direction, "mean_before": d.mean_before, "mean_after": d.mean_after})).collect::<Vec<_>>(),
                "m4": m4.iter().map(|c| json!({"pixel": c.pixel, "first": [c.first_ts, c.first], "last": [c.last_ts, c.last],
                     "min": [c.min_ts, c.min], "max": [c.max_ts, c.max]})).collect::<Vec<_>>()}));
         }
@@ -356,10 +394,22 @@ fn print_query(
             }
             for a in anomalies {
                 println!(
-                    "anomaly at {}: {} (z = {:.2})",
+                    "anomaly at {}: {} ({} {}, score {:.2})",
                     format_timestamp(a.ts_ns),
                     a.value,
-                    a.z
+                    a.kind,
+                    a.method,
+                    a.score
+                );
+            }
+            for d in drift {
+                println!(
+                    "drift {} from {} (alarm at {}): mean {:.6} -> {:.6}",
+                    d.direction,
+                    format_timestamp(d.start_ns),
+                    format_timestamp(d.alarm_ns),
+                    d.mean_before,
+                    d.mean_after
                 );
             }
             if !m4.is_empty() {
@@ -733,6 +783,7 @@ pub async fn bench_query(addrs: &str, b: QueryBench, printer: &Printer) -> anyho
             median: false,
             percentiles: vec![0.99],
             consistency: pb::Consistency::Local as i32,
+            ..Default::default()
         };
         let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
         let mut served = String::new();
@@ -744,7 +795,9 @@ pub async fn bench_query(addrs: &str, b: QueryBench, printer: &Printer) -> anyho
         };
         for _ in 0..n {
             let t = Instant::now();
-            let (buckets, summary, _, _) = run_query(&nodes, &req).await?;
+            let QueryAnswer {
+                buckets, summary, ..
+            } = run_query(&nodes, &req).await?;
             h.record(t.elapsed().as_micros().max(1) as u64)?;
             served = buckets.first().map(|b| b.tier.clone()).unwrap_or_default();
             count = summary.count;

@@ -217,13 +217,6 @@ impl Service {
                 "percentiles are up to {MAX_QUANTILES} quantiles in 0..1"
             )));
         }
-        if let Some(z) = q.spec.anomaly_z {
-            if !(z.is_finite() && z > 0.0) {
-                return Err(ServiceError::invalid(
-                    "anomaly_z must be 0 (off) or positive",
-                ));
-            }
-        }
         if q.spec.m4_width > MAX_M4_WIDTH {
             return Err(ServiceError::invalid(format!(
                 "m4_width is at most {MAX_M4_WIDTH}"

@@ -14,12 +14,27 @@
 //! Both report a [`ChangePoint`] with the alarm index and the estimated start
 //! of the change (the last index at which the cumulative statistic was at its
 //! extremum, i.e. where the excursion that triggered the alarm began).
+//!
+//! Queries reach [`Cusum`] through [`drift_over_windows`]: the means of consecutive time
+//! windows (from whichever tier serves them, so drift is found where raw points expired).
+
+use super::moments::Moments;
 
 /// Direction of a detected shift.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
     Up,
     Down,
+}
+
+impl Direction {
+    /// The name on the wire: `up` or `down`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Up => "up",
+            Direction::Down => "down",
+        }
+    }
 }
 
 /// A detected change.
@@ -165,6 +180,81 @@ pub fn detect_cusum(vals: &[f64], cfg: CusumConfig) -> Vec<ChangePoint> {
     vals.iter().filter_map(|&x| c.update(x)).collect()
 }
 
+/// Fewest windows a query's drift baseline is learned from.
+pub const MIN_WINDOW_WARMUP: usize = 8;
+
+/// Windows the CUSUM learns its baseline from, for a query over `windows` windows: a
+/// quarter of them, at least [`MIN_WINDOW_WARMUP`] (a standard deviation from fewer is off
+/// by a third or more, and CUSUM's scale with it) and at most [`CusumConfig`]'s default
+/// (enough for a baseline; more would only delay detection). Three quarters of the windows
+/// are left to find changes in, and a change's new level is learned again after each alarm.
+pub fn window_warmup(windows: usize) -> usize {
+    (windows / 4).clamp(MIN_WINDOW_WARMUP, CusumConfig::default().warmup)
+}
+
+/// A change found in a series' window means.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct WindowDrift {
+    /// Start of the first window of the changed regime (the detector's estimate).
+    pub start_ns: i64,
+    /// Start of the window whose mean raised the alarm.
+    pub alarm_ns: i64,
+    pub direction: Direction,
+    /// Mean of the points from the previous change (or the first window) up to `start_ns`.
+    pub mean_before: f64,
+    /// Mean of the points from `start_ns` up to the next change (or the last window).
+    pub mean_after: f64,
+}
+
+/// Two-sided CUSUM over the means of consecutive windows (`(start, statistics)`, in time
+/// order, empty windows left out), with threshold `h` (in baseline standard deviations of
+/// the window means), slack and warm-up as [`window_warmup`] says. Means before and after
+/// each change weigh every point alike (the windows' statistics merged).
+pub fn drift_over_windows(windows: &[(i64, Moments)], h: f64) -> Vec<WindowDrift> {
+    assert!(h.is_finite() && h > 0.0, "validated by the caller");
+    assert!(
+        windows.windows(2).all(|w| w[0].0 < w[1].0),
+        "windows in time order"
+    );
+    let cfg = CusumConfig {
+        warmup: window_warmup(windows.len()),
+        h,
+        ..CusumConfig::default()
+    };
+    let mut cusum = Cusum::new(cfg);
+    let changes: Vec<ChangePoint> = windows
+        .iter()
+        .filter_map(|(_, m)| cusum.update(m.mean().unwrap_or(f64::NAN)))
+        .collect();
+    // Regimes: [0, first change), [first change, second change), ..., [last change, n).
+    let mut bounds = Vec::with_capacity(changes.len() + 2);
+    bounds.push(0);
+    bounds.extend(changes.iter().map(|c| c.start_index));
+    bounds.push(windows.len());
+    assert!(
+        bounds.windows(2).all(|b| b[0] <= b[1]),
+        "a restarted CUSUM estimates each change after the previous alarm"
+    );
+    let mean_of = |lo: usize, hi: usize| {
+        let mut m = Moments::new();
+        for (_, w) in &windows[lo..hi] {
+            m.merge(w);
+        }
+        m.mean().unwrap_or(f64::NAN)
+    };
+    changes
+        .iter()
+        .enumerate()
+        .map(|(j, c)| WindowDrift {
+            start_ns: windows[c.start_index].0,
+            alarm_ns: windows[c.alarm_index].0,
+            direction: c.direction,
+            mean_before: mean_of(bounds[j], bounds[j + 1]),
+            mean_after: mean_of(bounds[j + 1], bounds[j + 2]),
+        })
+        .collect()
+}
+
 /// Page-Hinkley parameters (in the series' units).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PageHinkleyConfig {
@@ -308,6 +398,49 @@ mod tests {
     fn cusum_quiet_on_stationary_noise() {
         let v: Vec<f64> = (0..5000).map(|i| 3.0 + noise(i)).collect();
         assert!(detect_cusum(&v, CusumConfig::default()).is_empty());
+    }
+
+    /// Windows of 100 points each over [`shifted_series`]: shifts at windows 25 and 50.
+    fn windows_of(vals: &[f64], per_window: usize) -> Vec<(i64, Moments)> {
+        vals.chunks(per_window)
+            .enumerate()
+            .map(|(i, c)| {
+                let ts: Vec<i64> = (0..c.len() as i64).map(|k| i as i64 * 1000 + k).collect();
+                (i as i64 * 1000, Moments::from_sorted(&ts, c))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn window_drift_finds_the_shifts_and_the_levels_around_them() {
+        // 75 windows of 20 points: shifts at windows 25 (10 -> 14) and 50 (14 -> 9).
+        let w = windows_of(&shifted_series(), 20);
+        assert_eq!(window_warmup(w.len()), 18);
+        let d = drift_over_windows(&w, CusumConfig::default().h);
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert_eq!(d[0].direction, Direction::Up);
+        assert!((24_000..=26_000).contains(&d[0].start_ns), "{d:?}");
+        assert!((25_000..=27_000).contains(&d[0].alarm_ns), "{d:?}");
+        assert!((d[0].mean_before - 10.0).abs() < 0.2, "{d:?}");
+        assert!((d[0].mean_after - 14.0).abs() < 0.2, "{d:?}");
+        assert_eq!(d[1].direction, Direction::Down);
+        assert!((49_000..=51_000).contains(&d[1].start_ns), "{d:?}");
+        assert!((d[1].mean_before - 14.0).abs() < 0.2, "{d:?}");
+        assert!((d[1].mean_after - 9.0).abs() < 0.2, "{d:?}");
+    }
+
+    #[test]
+    fn window_drift_quiet_on_flat_noise_and_on_too_few_windows() {
+        let flat: Vec<f64> = (0..20_000).map(|i| 3.0 + noise(i)).collect();
+        for per in [10, 50, 200, 1000] {
+            let d = drift_over_windows(&windows_of(&flat, per), CusumConfig::default().h);
+            assert!(d.is_empty(), "{per} points a window: {d:?}");
+        }
+        // Fewer windows than the warm-up: nothing to compare against.
+        let short = windows_of(&shifted_series()[..160], 20);
+        assert!(drift_over_windows(&short, 1.0).is_empty());
+        assert_eq!(window_warmup(3), MIN_WINDOW_WARMUP);
+        assert_eq!(window_warmup(1_000_000), 100);
     }
 
     #[test]

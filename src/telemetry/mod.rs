@@ -3,7 +3,8 @@
 //! Pure parts (no IO): the columnar segment codec (`segment`, pco), mergeable statistics
 //! (`moments`, Welford/Chan) and quantile sketches (`sketch`, DDSketch), rollup buckets
 //! (`rollup`), the single-pass streaming aggregator (`agg`, with its multi-pass `reference`
-//! for property tests), M4/LTTB downsampling and drift detection; `command`: what the log
+//! for property tests), M4/LTTB downsampling, drift detection and anomaly scoring
+//! (`anomaly`: z-score results and MAD); `command`: what the log
 //! carries and the fixed rules it is checked by; `points`: a series' points sorted,
 //! deduplicated and cut into segments.
 //!
@@ -13,6 +14,7 @@
 //! answers queries across tiers; `maintenance` flushes, compacts and measures a node's data.
 
 pub mod agg;
+pub mod anomaly;
 mod codec;
 pub mod command;
 pub mod drift;
