@@ -107,27 +107,34 @@ fn series(n: usize, step: i64, seed: u64) -> Vec<(i64, f64)> {
         .collect()
 }
 
-async fn grpc_query(
-    node: &TestNode,
-    q: pb::TelemetryQuery,
-) -> (
-    Vec<pb::TelemetryBucket>,
-    pb::TelemetrySummary,
-    Vec<pb::TelemetryAnomaly>,
-    Vec<pb::M4Column>,
-) {
+struct GrpcAnswer {
+    buckets: Vec<pb::TelemetryBucket>,
+    summary: pb::TelemetrySummary,
+    anomalies: Vec<pb::TelemetryAnomaly>,
+    m4: Vec<pb::M4Column>,
+    drift: Vec<pb::TelemetryDrift>,
+}
+
+async fn grpc_query(node: &TestNode, q: pb::TelemetryQuery) -> GrpcAnswer {
     let mut c = TelemetryClient::new(node.channel().await);
     let mut s = c.query(q).await.expect("gRPC query").into_inner();
-    let (mut b, mut sum, mut a, mut m) = (vec![], pb::TelemetrySummary::default(), vec![], vec![]);
+    let mut a = GrpcAnswer {
+        buckets: vec![],
+        summary: Default::default(),
+        anomalies: vec![],
+        m4: vec![],
+        drift: vec![],
+    };
     while let Some(chunk) = s.message().await.expect("chunk") {
-        b.extend(chunk.buckets);
-        a.extend(chunk.anomalies);
-        m.extend(chunk.m4);
+        a.buckets.extend(chunk.buckets);
+        a.anomalies.extend(chunk.anomalies);
+        a.m4.extend(chunk.m4);
+        a.drift.extend(chunk.drift);
         if let Some(x) = chunk.summary {
-            sum = x;
+            a.summary = x;
         }
     }
-    (b, sum, a, m)
+    a
 }
 
 fn grpc_spec(series: &str, start: i64, end: i64) -> pb::TelemetryQuery {
@@ -143,6 +150,7 @@ fn grpc_spec(series: &str, start: i64, end: i64) -> pb::TelemetryQuery {
         median: false,
         percentiles: vec![],
         consistency: 0,
+        ..Default::default()
     }
 }
 
@@ -168,6 +176,8 @@ async fn telemetry_answers_equal_the_grpc_query_path() {
               start end tier count values { fn value } p99: percentile(p: 0.99) }
             summary { count sum mean variance stddev min max median percentile(p: 0.9) percentiles(ps: [0.1, 0.5]) }
             anomalies(method: ZSCORE, threshold: 4) { time value score kind }
+            mad: anomalies(method: MAD, threshold: 2.5) { time value score kind }
+            drift(window: "PT30M", threshold: 6) { start alarm direction meanBefore meanAfter }
             m4(width: 40) { pixel first { time value } min { time value } max { time value } last { time value } }
         } }"#,
         json!({"r": {"start": rfc(start), "end": rfc(end)}}),
@@ -179,7 +189,7 @@ async fn telemetry_answers_equal_the_grpc_query_path() {
     let mut q = grpc_spec("sat-7/battery", start, end);
     q.bucket_ns = HOUR;
     q.percentiles = vec![0.99];
-    let (buckets, _, _, _) = grpc_query(&node, q).await;
+    let buckets = grpc_query(&node, q).await.buckets;
     let got = t["buckets"].as_array().unwrap();
     assert_eq!(got.len(), buckets.len());
     assert!(buckets.len() >= 36, "{}", buckets.len());
@@ -217,7 +227,12 @@ async fn telemetry_answers_equal_the_grpc_query_path() {
     q.percentiles = vec![0.9, 0.1, 0.5];
     q.anomaly_z = 4.0;
     q.m4_width = 40;
-    let (_, s, anomalies, m4) = grpc_query(&node, q).await;
+    let GrpcAnswer {
+        summary: s,
+        anomalies,
+        m4,
+        ..
+    } = grpc_query(&node, q).await;
     let sm = &t["summary"];
     assert_eq!(sm["count"].as_u64().unwrap(), s.count);
     assert!(s.notes.is_empty(), "{:?}", s.notes);
@@ -248,6 +263,44 @@ async fn telemetry_answers_equal_the_grpc_query_path() {
         assert_eq!((f(&g["value"]), f(&g["score"])), (a.value, a.z));
         assert_eq!(g["kind"], if a.z > 0.0 { "HIGH" } else { "LOW" });
     }
+    let mut q = grpc_spec("sat-7/battery", start, end);
+    q.target_points = 1;
+    q.anomaly_mad = Some(2.5);
+    q.drift = Some(pb::DriftRequest {
+        window_ns: 30 * MIN,
+        threshold: 6.0,
+    });
+    let GrpcAnswer {
+        anomalies: mad,
+        drift,
+        ..
+    } = grpc_query(&node, q).await;
+    let gmad = t["mad"].as_array().unwrap();
+    assert_eq!(gmad.len(), mad.len());
+    for (g, a) in gmad.iter().zip(&mad) {
+        assert_eq!(g["time"], rfc(a.ts_ns));
+        assert_eq!((f(&g["value"]), f(&g["score"])), (a.value, a.score));
+        assert_eq!(g["kind"].as_str().unwrap().to_lowercase(), a.kind);
+    }
+    let gd = t["drift"].as_array().unwrap();
+    assert_eq!(gd.len(), drift.len());
+    for (g, d) in gd.iter().zip(&drift) {
+        assert_eq!(
+            (&g["start"], &g["alarm"]),
+            (&json!(rfc(d.start_ns)), &json!(rfc(d.alarm_ns)))
+        );
+        assert_eq!(g["direction"].as_str().unwrap().to_lowercase(), d.direction);
+        assert_eq!(
+            (f(&g["meanBefore"]), f(&g["meanAfter"])),
+            (d.mean_before, d.mean_after)
+        );
+    }
+    println!(
+        "z-score anomalies {}, MAD anomalies {}, drifts {}: equal on both paths",
+        anomalies.len(),
+        mad.len(),
+        drift.len()
+    );
     let gm = t["m4"].as_array().unwrap();
     assert_eq!(gm.len(), m4.len());
     for (g, m) in gm.iter().zip(&m4) {
@@ -343,6 +396,81 @@ async fn instants_in_any_offset_answer_alike_and_times_without_a_zone_are_refuse
         data(&body)["telemetry"]["range"],
         json!({"start": rfc_at(s, 330), "end": rfc_at(e, 330), "zone": "Asia/Kolkata"})
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daily_buckets_in_berlin_follow_its_dst_changes() {
+    let node = NodeBuilder::dev().start();
+    node.wait_leader().await;
+    // Keep every tier of dst/ forever, so that points from March and October stay raw.
+    let mut c = TelemetryClient::new(node.channel().await);
+    c.set_retention(pb::RetentionPolicyRequest {
+        prefix: "dst/".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("retention");
+    let hourly = |from: &str, hours: i64| -> Vec<(i64, f64)> {
+        let t = aetherops::api::graphql::scalars::parse_instant(from).unwrap();
+        (0..hours)
+            .map(|h| (t + h * HOUR + 30 * MIN, h as f64))
+            .collect()
+    };
+    let mut pts = hourly("2026-03-27T00:00:00Z", 5 * 24);
+    pts.extend(hourly("2026-10-23T00:00:00Z", 5 * 24));
+    ingest(&node, "dst/x", &pts).await;
+    let days = |start: &str, end: &str| {
+        let query = format!(
+            r#"{{ telemetry(series: "dst/x", range: {{start: "{start}", end: "{end}", zone: "Europe/Berlin"}}) {{
+                buckets(every: "P1D", agg: [COUNT]) {{ start end count }} }} }}"#
+        );
+        let node = &node;
+        async move {
+            let body = gql(node, &query, json!({})).await;
+            data(&body)["telemetry"]["buckets"]
+                .as_array()
+                .unwrap()
+                .clone()
+        }
+    };
+    let hours = |b: &Value| {
+        let s =
+            aetherops::api::graphql::scalars::parse_instant(b["start"].as_str().unwrap()).unwrap();
+        let e =
+            aetherops::api::graphql::scalars::parse_instant(b["end"].as_str().unwrap()).unwrap();
+        (e - s) / HOUR
+    };
+    // 28, 29 (spring forward: 23 h) and 30 March, local midnights.
+    let spring = days("2026-03-28T00:00:00+01:00", "2026-03-31T00:00:00+02:00").await;
+    assert_eq!(
+        spring.iter().map(hours).collect::<Vec<_>>(),
+        [24, 23, 24],
+        "{spring:#?}"
+    );
+    assert_eq!(
+        spring
+            .iter()
+            .map(|b| b["count"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [24, 23, 24]
+    );
+    assert_eq!(spring[1]["start"], "2026-03-29T00:00:00+01:00");
+    assert_eq!(spring[2]["start"], "2026-03-30T00:00:00+02:00");
+    // 24, 25 (fall back: 25 h) and 26 October.
+    let autumn = days("2026-10-24T00:00:00+02:00", "2026-10-27T00:00:00+01:00").await;
+    assert_eq!(
+        autumn.iter().map(hours).collect::<Vec<_>>(),
+        [24, 25, 24],
+        "{autumn:#?}"
+    );
+    assert_eq!(
+        autumn
+            .iter()
+            .map(|b| b["count"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [24, 25, 24]
+    );
+    assert_eq!(autumn[1]["end"], "2026-10-26T00:00:00+01:00");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

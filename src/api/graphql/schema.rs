@@ -13,7 +13,7 @@ use crate::service::telemetry::{TelemetryAnswer, TelemetryQuery};
 use crate::service::workflows::{At, EventsOf};
 use crate::service::{Caller, Consistency, Service};
 use crate::telemetry::moments::Moments;
-use crate::telemetry::query::{QuerySpec, TierChoice, MAX_QUERY_BUCKETS};
+use crate::telemetry::query::{QuerySpec, MAX_QUERY_BUCKETS};
 use crate::telemetry::sketch::DDSketch;
 
 /// Raw points that cost one unit to read (pco decodes a segment of points in about the time
@@ -192,15 +192,8 @@ impl Telemetry {
     /// The query every field starts from: this series and range, nothing else asked.
     fn spec(&self) -> QuerySpec {
         QuerySpec {
-            series: self.series.clone(),
-            start_ns: self.range.start_ns,
-            end_ns: self.range.end_ns,
-            bucket_ns: 0,
             target_points: 1,
-            tier: TierChoice::Auto,
-            anomaly_z: None,
-            m4_width: 0,
-            median: false,
+            ..QuerySpec::range(self.series.clone(), self.range.start_ns, self.range.end_ns)
         }
     }
 
@@ -259,21 +252,27 @@ impl Telemetry {
         match (&every, points) {
             (Some(_), Some(_)) => return Err(bad_input("give `every` or `points`, not both")),
             (None, None) => return Err(bad_input("give `every` or `points`")),
+            // Calendar units follow the range's zone (UTC without one): local midnights.
+            (Some(every), None) if every.is_calendar() => {
+                spec.edges = Some(
+                    self.range
+                        .calendar_edges(every, MAX_QUERY_BUCKETS as usize)
+                        .gql()?,
+                );
+            }
             (Some(every), None) => spec.bucket_ns = every.fixed_ns().gql()?,
             (None, Some(0)) => return Err(bad_input("`points` must be at least 1")),
             (None, Some(p)) => spec.target_points = p.min(MAX_QUERY_BUCKETS as u32),
         }
         spec.median = agg.contains(&AggFn::Median);
         let answer = self.run(ctx, spec, Vec::new()).await?;
-        let width = answer.result.bucket_ns;
-        let end = self.range.end_ns;
         Ok(answer
             .result
             .buckets
             .into_iter()
             .map(|b| Bucket {
                 start: self.range.at(b.start_ns.max(self.range.start_ns)),
-                end: self.range.at(b.start_ns.saturating_add(width).min(end)),
+                end: self.range.at(b.end_ns.min(self.range.end_ns)),
                 tier: b.tier.as_str(),
                 values: agg
                     .iter()
@@ -304,11 +303,11 @@ impl Telemetry {
         #[graphql(default_with = "AnomalyMethod::Zscore")] method: AnomalyMethod,
         threshold: Option<f64>,
     ) -> async_graphql::Result<Vec<Anomaly>> {
-        let threshold = threshold.unwrap_or(3.5);
+        let threshold = threshold.unwrap_or(crate::telemetry::anomaly::DEFAULT_MAD_THRESHOLD);
         let mut spec = self.spec();
         match method {
             AnomalyMethod::Zscore => spec.anomaly_z = Some(threshold),
-            AnomalyMethod::Mad => return Err(bad_input("MAD anomalies are not served yet")),
+            AnomalyMethod::Mad => spec.anomaly_mad = Some(threshold),
         }
         let answer = self.run(ctx, spec, Vec::new()).await?;
         Ok(answer
@@ -316,14 +315,45 @@ impl Telemetry {
             .anomalies
             .into_iter()
             .map(|a| Anomaly {
-                time: self.range.at(a.ts),
+                time: self.range.at(a.ts_ns),
                 value: a.value,
-                score: a.z,
-                kind: if a.z >= 0.0 {
-                    AnomalyKind::High
-                } else {
-                    AnomalyKind::Low
+                score: a.score,
+                kind: match a.kind {
+                    crate::telemetry::anomaly::AnomalyKind::High => AnomalyKind::High,
+                    crate::telemetry::anomaly::AnomalyKind::Low => AnomalyKind::Low,
                 },
+            })
+            .collect())
+    }
+
+    /// Level shifts: CUSUM over the means of consecutive windows of `window` (served from
+    /// rollups where they fit, so it works where raw points expired); `threshold` is the
+    /// detector's `h` in baseline standard deviations (default 10).
+    async fn drift(
+        &self,
+        ctx: &Context<'_>,
+        window: Duration,
+        threshold: Option<f64>,
+    ) -> async_graphql::Result<Vec<Drift>> {
+        let mut spec = self.spec();
+        spec.drift = Some(crate::telemetry::query::DriftSpec {
+            window_ns: window.fixed_ns().gql()?,
+            threshold,
+        });
+        let answer = self.run(ctx, spec, Vec::new()).await?;
+        Ok(answer
+            .result
+            .drift
+            .into_iter()
+            .map(|d| Drift {
+                start: self.range.at(d.start_ns),
+                alarm: self.range.at(d.alarm_ns),
+                direction: match d.direction {
+                    crate::telemetry::drift::Direction::Up => DriftDirection::Up,
+                    crate::telemetry::drift::Direction::Down => DriftDirection::Down,
+                },
+                mean_before: d.mean_before,
+                mean_after: d.mean_after,
             })
             .collect())
     }
@@ -500,6 +530,24 @@ pub struct Anomaly {
     pub value: f64,
     pub score: f64,
     pub kind: AnomalyKind,
+}
+
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+pub enum DriftDirection {
+    Up,
+    Down,
+}
+
+/// A change of level.
+#[derive(SimpleObject)]
+pub struct Drift {
+    /// Where the changed regime begins (the detector's estimate).
+    pub start: DateTime,
+    /// The window whose mean raised the alarm.
+    pub alarm: DateTime,
+    pub direction: DriftDirection,
+    pub mean_before: f64,
+    pub mean_after: f64,
 }
 
 #[derive(SimpleObject)]
