@@ -639,6 +639,19 @@ async fn costs_are_computed_before_running_reported_and_enforced() {
         "batch of 4 × {cost}: refused as a whole ({})",
         r[0]["errors"][0]["message"]
     );
+    // The limits in force are what `aetherctl status` shows.
+    let out = node.ctl(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("graphql:"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.contains("cost ≤ 50000")
+            && line.contains("batch ≤ 20")
+            && line.contains("aliases ≤ 200"),
+        "{line}"
+    );
     // Limits on the query's size and depth.
     let long = json!({"query": format!("{{ __typename {} }}", " ".repeat(20_000))});
     let (_, r) = post(&node, None, &long).await;

@@ -91,6 +91,17 @@ impl Admin for AdminService {
                 dev: s.security.dev,
                 insecure: s.security.insecure,
             }),
+            graphql: Some(pb::GraphqlLimits {
+                enabled: s.graphql.enabled,
+                max_cost: s.graphql.max_cost,
+                max_depth: s.graphql.max_depth as u64,
+                max_aliases: s.graphql.max_aliases as u64,
+                max_fields: s.graphql.max_fields as u64,
+                max_query_bytes: s.graphql.max_query_bytes as u64,
+                max_batch: s.graphql.max_batch as u64,
+                max_subscriptions_per_socket: s.graphql.max_subscriptions_per_socket as u64,
+                max_subscriptions_per_node: s.graphql.max_subscriptions_per_node as u64,
+            }),
         }))
     }
 

@@ -123,6 +123,7 @@ impl Printer {
                 );
                 println!("events={} digest={}", s.event_count, s.state_digest);
                 println!("security: {}", security_text(s.security.as_ref()));
+                println!("graphql: {}", graphql_text(s.graphql.as_ref()));
                 for m in &s.voters {
                     println!("  voter   {} {}", m.node_id, m.grpc_addr);
                 }
@@ -176,7 +177,34 @@ pub fn status_json(s: &pb::StatusResponse) -> Value {
             "auth": x.auth, "tls": x.tls, "dev": x.dev, "insecure": x.insecure,
             "summary": security_text(Some(x)),
         })),
+        "graphql": s.graphql.as_ref().map(|g| json!({
+            "enabled": g.enabled, "max_cost": g.max_cost, "max_depth": g.max_depth,
+            "max_aliases": g.max_aliases, "max_fields": g.max_fields,
+            "max_query_bytes": g.max_query_bytes, "max_batch": g.max_batch,
+            "max_subscriptions_per_socket": g.max_subscriptions_per_socket,
+            "max_subscriptions_per_node": g.max_subscriptions_per_node,
+        })),
     })
+}
+
+/// One line on the GraphQL API's limits.
+pub fn graphql_text(g: Option<&pb::GraphqlLimits>) -> String {
+    match g {
+        None => "unknown (the node is older than this aetherctl)".to_owned(),
+        Some(g) if !g.enabled => "off".to_owned(),
+        Some(g) => format!(
+            "/graphql, cost ≤ {} per request, depth ≤ {}, aliases ≤ {}, fields ≤ {}, query ≤ {} B, \
+             batch ≤ {}, subscriptions ≤ {} per socket and {} per node",
+            g.max_cost,
+            g.max_depth,
+            g.max_aliases,
+            g.max_fields,
+            g.max_query_bytes,
+            g.max_batch,
+            g.max_subscriptions_per_socket,
+            g.max_subscriptions_per_node
+        ),
+    }
 }
 
 /// One line on how the node protects itself; an unprotected node says so in capitals.

@@ -43,6 +43,8 @@ pub struct NodeStatus {
     pub dedupe_window: Option<Duration>,
     pub state_digest: u128,
     pub security: Security,
+    /// The GraphQL API's limits (`[graphql]`).
+    pub graphql: crate::config::GraphqlSettings,
 }
 
 /// How a node protects itself (shown by `aetherctl status`).
@@ -130,6 +132,7 @@ impl Service {
                 dev: n.config().dev,
                 insecure: n.config().insecure,
             },
+            graphql: n.config().graphql.clone(),
         })
     }
 
