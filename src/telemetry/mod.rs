@@ -15,6 +15,7 @@
 pub mod agg;
 mod codec;
 pub mod command;
+pub mod correlate;
 pub mod drift;
 pub mod ingest;
 pub mod keys;
