@@ -211,7 +211,10 @@ impl<S: PointSource> Joiner<S> {
 
     /// The next row: its time, with `row[j]` set to series j's cell (`row[0]` is the lead's
     /// value). `None` when the lead is exhausted.
-    pub fn next_row(&mut self, row: &mut [Option<f64>]) -> Result<Option<i64>, JoinError<S::Error>> {
+    pub fn next_row(
+        &mut self,
+        row: &mut [Option<f64>],
+    ) -> Result<Option<i64>, JoinError<S::Error>> {
         assert_eq!(row.len(), self.width(), "one cell per series");
         let Some((t, v)) = self.lead.head()? else {
             return Ok(None);
@@ -365,7 +368,10 @@ impl Correlator {
     }
 
     pub fn merge(&mut self, other: &Correlator) {
-        assert_eq!(self.width, other.width, "only joins of the same series merge");
+        assert_eq!(
+            self.width, other.width,
+            "only joins of the same series merge"
+        );
         for (p, o) in self.pairs.iter_mut().zip(&other.pairs) {
             p.merge(o);
         }
@@ -534,11 +540,8 @@ mod tests {
     /// Strictly increasing points on a coarse grid (so that timestamps repeat across series
     /// and gaps occur), integer values (so that a constant side is exactly constant).
     fn arb_series() -> impl proptest::strategy::Strategy<Value = (Vec<i64>, Vec<f64>)> {
-        proptest::collection::btree_map(-40i64..40, -50i32..50, 0..40).prop_map(|m| {
-            m.into_iter()
-                .map(|(t, v)| (t * 3, f64::from(v)))
-                .unzip()
-        })
+        proptest::collection::btree_map(-40i64..40, -50i32..50, 0..40)
+            .prop_map(|m| m.into_iter().map(|(t, v)| (t * 3, f64::from(v))).unzip())
     }
 
     proptest! {

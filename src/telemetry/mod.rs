@@ -13,6 +13,7 @@
 //! answers queries across tiers; `maintenance` flushes, compacts and measures a node's data.
 
 pub mod agg;
+pub mod browse;
 mod codec;
 pub mod command;
 pub mod correlate;
