@@ -8,6 +8,7 @@
 
 pub mod admin;
 mod caller;
+pub mod correlate;
 mod error;
 pub mod events;
 pub mod guard;
@@ -70,14 +71,26 @@ impl Service {
         resource: Resource<'_>,
         cost: u64,
     ) -> Result<(), ServiceError> {
-        self.authorize(caller, method, &[resource])?;
-        self.guards.admit(
-            caller,
-            method,
-            limit_key(resource),
-            cost,
-            guard::wall_now_ns(),
-        )
+        self.admit_all(caller, method, &[resource], cost)
+    }
+
+    /// [`Service::admit`] for an operation on several resources at once: all are
+    /// authorized first (a refusal spends nothing), then each asks the rate limits for
+    /// `cost` (a policy keyed by prefix sees every series or stream the operation reads).
+    fn admit_all(
+        &self,
+        caller: &Caller,
+        method: crate::limits::Method,
+        resources: &[Resource<'_>],
+        cost: u64,
+    ) -> Result<(), ServiceError> {
+        self.authorize(caller, method, resources)?;
+        let now_ns = guard::wall_now_ns();
+        for r in resources {
+            self.guards
+                .admit(caller, method, limit_key(*r), cost, now_ns)?;
+        }
+        Ok(())
     }
 
     /// May the caller do `method` on every one of `resources`? With authentication off

@@ -227,11 +227,7 @@ impl Service {
             .node
             .read_store(move |db| Ok(crate::telemetry::query::query(db, &spec)))
             .await?
-            .map_err(|e| match e {
-                QueryError::Invalid(m) => ServiceError::Invalid(m),
-                e @ QueryError::NotFound(_) => ServiceError::NotFound(e.to_string()),
-                QueryError::Storage(s) => s.into(),
-            })?;
+            .map_err(query_error)?;
         Ok(TelemetryAnswer { result, quantiles })
     }
 
@@ -274,6 +270,15 @@ impl Service {
     pub async fn telemetry_disk_usage(&self, caller: &Caller) -> Result<DiskUsage, ServiceError> {
         self.admit(caller, Method::Admin, Resource::Cluster, 1)?;
         Ok(self.node.maintain_store(usage).await?)
+    }
+}
+
+/// A query's error as the service's.
+pub(super) fn query_error(e: QueryError) -> ServiceError {
+    match e {
+        QueryError::Invalid(m) => ServiceError::Invalid(m),
+        e @ QueryError::NotFound(_) => ServiceError::NotFound(e.to_string()),
+        QueryError::Storage(s) => s.into(),
     }
 }
 

@@ -15,8 +15,10 @@
 
 pub mod agg;
 pub mod anomaly;
+pub mod browse;
 mod codec;
 pub mod command;
+pub mod correlate;
 pub mod drift;
 pub mod ingest;
 pub mod keys;

@@ -37,7 +37,7 @@ use super::keys::{decode_bucket, decode_series_id, rollup_key};
 use super::moments::Moments;
 use super::points::dedupe;
 use super::read::{read_opts, read_raw};
-use super::retention::{floor, load_policies, Cutoffs, HOUR_NS, MINUTE_NS};
+use super::retention::{floor, load_policies, Cutoffs, ReadView, HOUR_NS, MINUTE_NS};
 use super::retention::{TIER_HOUR, TIER_MINUTE};
 use super::rollup::RollupBucket;
 use super::sketch::DDSketch;
@@ -568,20 +568,29 @@ struct Source<'a> {
 
 /// Answers a query from the current state: one point-in-time view for everything read.
 pub fn query(db: &SmDb, q: &QuerySpec) -> Result<QueryResult, QueryError> {
-    let layout = layout(q)?;
-    let view = db.db().snapshot();
-    let series = match view.get_cf(db.cf(CF_TM_SERIES)?, q.series.as_bytes()) {
+    query_at(db, &db.db().snapshot(), q)
+}
+
+/// A series' id and retention cutoffs in `view` (`NotFound` if it does not exist).
+pub(crate) fn series_at(
+    db: &SmDb,
+    view: &ReadView<'_>,
+    name: &str,
+) -> Result<(u64, Cutoffs), QueryError> {
+    let series = match view.get_cf(db.cf(CF_TM_SERIES)?, name.as_bytes()) {
         Ok(Some(b)) => decode_series_id(&b)?,
-        Ok(None) => return Err(QueryError::NotFound(q.series.clone())),
+        Ok(None) => return Err(QueryError::NotFound(name.to_owned())),
         Err(e) => return Err(StorageError::from(e).into()),
     };
-    let now = super::retention::commit_time(db, &view)?;
-    let cut = load_policies(db, &view)?.cutoffs(series, &q.series, now);
-    let src = Source {
-        db,
-        view: &view,
-        series,
-    };
+    let now = super::retention::commit_time(db, view)?;
+    Ok((series, load_policies(db, view)?.cutoffs(series, name, now)))
+}
+
+/// [`query`] in a given point-in-time view (a caller reading several series shares one).
+pub fn query_at(db: &SmDb, view: &ReadView<'_>, q: &QuerySpec) -> Result<QueryResult, QueryError> {
+    let layout = layout(q)?;
+    let (series, cut) = series_at(db, view, &q.series)?;
+    let src = Source { db, view, series };
 
     let mut notes = Vec::new();
     let main_plan = plan(
@@ -661,7 +670,7 @@ pub fn query(db: &SmDb, q: &QuerySpec) -> Result<QueryResult, QueryError> {
         .reduce(|a, b| (a.0.min(b.0), a.1.max(b.1)));
     let (ts, vals) = match hull {
         Some((lo, hi)) => {
-            let pts = read_raw(db, Some(&view), series, lo, hi)?;
+            let pts = read_raw(db, Some(view), series, lo, hi)?;
             if pts.len() > MAX_QUERY_RAW_POINTS {
                 return Err(QueryError::Invalid(format!(
                     "the range holds more than {MAX_QUERY_RAW_POINTS} raw points: narrow it or use a coarser bucket"
