@@ -537,6 +537,9 @@ impl Pump {
     }
 }
 
+/// A segment's points to serve, with its series' number.
+type SegmentPoints = (usize, SegmentRef, Vec<(i64, f64)>);
+
 /// A segment's points to serve: `(series number, segment, points)`. Points are those at or
 /// after `lo` and the series' raw cutoff, and past `after_ts` if the segment is the one
 /// the position `at` stopped in.
@@ -547,7 +550,7 @@ fn read_segment(
     lo: i64,
     after_ts: Option<i64>,
     at: (u64, u32),
-) -> Result<(usize, SegmentRef, Vec<(i64, f64)>), crate::node::NodeError> {
+) -> Result<SegmentPoints, crate::node::NodeError> {
     let (k, cut) = known
         .iter()
         .enumerate()

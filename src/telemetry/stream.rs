@@ -38,7 +38,7 @@ use crate::storage::{Result, StorageError};
 /// only the keys of the segments an entry wrote (~40 bytes each), never points: the bound on
 /// memory is this × the segments of an entry. A subscriber more than this many telemetry
 /// entries behind is told it lags and is ended (it resumes from its cursor, from the store).
-pub const FEED_ENTRIES: usize = 4096;
+pub const FEED_ENTRIES: usize = 1024;
 
 /// A raw segment an applied entry wrote: its `tm_raw` key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
