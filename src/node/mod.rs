@@ -33,6 +33,7 @@ use crate::raft::state_machine::{AppliedStatus, StateMachine};
 use crate::raft::{Command, CommandOutcome, Denial, NodeId, NodeInfo, Raft, RaftMetrics};
 use crate::storage::{LogDb, SmStore, StorageError};
 use crate::telemetry::command::{TelemetryCommand, TelemetryOutcome};
+use crate::telemetry::stream::{Applied, View};
 use crate::workflow::store::{WorkflowCommand, WorkflowOutcome};
 
 pub use metrics::Metrics;
@@ -145,6 +146,8 @@ pub struct Node {
     raft: Raft,
     store: Arc<SmStore>,
     applied: watch::Receiver<AppliedStatus>,
+    /// Raw segments stored by applied entries, for telemetry subscriptions.
+    telemetry_feed: crate::telemetry::stream::Feed,
     proposer: Proposer,
     network: NetworkFactory,
     metrics: Metrics,
@@ -253,6 +256,7 @@ impl Node {
         let sm = StateMachine::open(&data_dir)?;
         let store = sm.store();
         let applied = sm.status();
+        let telemetry_feed = sm.telemetry_feed();
         // Outgoing connections leave from the IP this node listens on.
         let source_ip = config
             .grpc_addr
@@ -326,6 +330,7 @@ impl Node {
             raft,
             store,
             applied,
+            telemetry_feed,
             proposer,
             network,
             metrics,
@@ -962,6 +967,47 @@ impl Node {
         .await
     }
 
+    /// One of the node's `max_subscriptions` slots, held for as long as a subscription
+    /// runs (event and telemetry subscriptions share them); none free: `Overloaded`.
+    pub fn subscription_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, NodeError> {
+        self.subscription_slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                NodeError::Overloaded(format!(
+                    "this node serves {} subscriptions, its limit (max_subscriptions): \
+                     subscribe elsewhere or retry later",
+                    self.config.max_subscriptions
+                ))
+            })
+    }
+
+    /// Follows the raw telemetry segments applied entries store (subscribe before reading
+    /// the state a subscription starts from, so nothing applied in between is missed).
+    pub fn telemetry_feed(&self) -> tokio::sync::broadcast::Receiver<Arc<Applied>> {
+        self.telemetry_feed.subscribe()
+    }
+
+    /// Follows what has been applied (any change wakes the receiver).
+    pub fn applied_watch(&self) -> watch::Receiver<AppliedStatus> {
+        self.applied.clone()
+    }
+
+    /// Runs a telemetry read on the read pool over one point-in-time view, with the index
+    /// of the last entry applied in that same view.
+    pub async fn read_telemetry<R, F>(&self, read: F) -> Result<R, NodeError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&View<'_>, u64) -> Result<R, NodeError> + Send + 'static,
+    {
+        self.read_store(move |db| {
+            let view = View::new(db);
+            let applied = crate::raft::state_machine::applied_index(db, view.snapshot())?;
+            read(&view, applied)
+        })
+        .await
+    }
+
     /// Starts a subscription; events arrive on the returned channel (bounded in events and
     /// bytes: a slow subscriber holds back only its own reader). At most
     /// `max_subscriptions` are open at once; beyond, `Overloaded`.
@@ -973,17 +1019,7 @@ impl Node {
         if let Target::Stream(s) = &target {
             self.config.limits.validate_stream(s)?;
         }
-        let slot = self
-            .subscription_slots
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| {
-                NodeError::Overloaded(format!(
-                    "this node serves {} subscriptions, its limit (max_subscriptions): \
-                     subscribe elsewhere or retry later",
-                    self.config.max_subscriptions
-                ))
-            })?;
+        let slot = self.subscription_slot()?;
         let (tx, rx) = mpsc::channel(self.config.subscriber_buffer);
         self.subscribers
             .lock()

@@ -30,7 +30,8 @@ use crate::eventstore::{
 use crate::storage::sm_db::{SmDb, SmWriteBatch, CF_META};
 use crate::storage::{decode, encode, fsync_dir, SmStore, StorageError};
 use crate::telemetry::ingest::TelemetryApplier;
-use crate::telemetry::retention::RetentionView;
+use crate::telemetry::retention::{ReadView, RetentionView};
+use crate::telemetry::stream::{Applied, Feed};
 use crate::workflow::store::WorkflowApplier;
 use crate::workflow::store::WorkflowOutcome;
 
@@ -170,6 +171,9 @@ pub struct StateMachine {
     snapshots: Arc<SnapshotSlot>,
     cached: Cached,
     status_tx: watch::Sender<AppliedStatus>,
+    /// Tells telemetry subscribers which raw segments each entry stored, after its batch
+    /// is committed (`telemetry::stream`).
+    feed: Feed,
 }
 
 /// The directory holding `current.snap`, and the lock under which builds and installs
@@ -259,7 +263,13 @@ impl StateMachine {
             snapshots,
             cached,
             status_tx,
+            feed: Feed::default(),
         })
+    }
+
+    /// The feed of raw segments stored by applied entries.
+    pub fn telemetry_feed(&self) -> Feed {
+        self.feed.clone()
     }
 
     pub fn store(&self) -> Arc<SmStore> {
@@ -290,6 +300,7 @@ impl StateMachine {
         let mut new_window = None;
         let mut new_rules = None;
         let is_membership = matches!(entry.payload, EntryPayload::Membership(_));
+        let mut written_segments = Vec::new();
         match entry.payload {
             EntryPayload::Blank => {}
             EntryPayload::Normal(req) => {
@@ -398,6 +409,9 @@ impl StateMachine {
                     });
                 }
                 applier.finish_entry(&mut wb, commit_time, entry.log_id.index, window.ns)?;
+                if self.feed.is_heard() {
+                    written_segments = telemetry.written();
+                }
                 new_window = window.changed.then_some(window.ns);
                 let (state, heads) = applier.into_parts();
                 check_positions(&before, &state, commit_time, &outcomes)?;
@@ -425,6 +439,13 @@ impl StateMachine {
         wb.put_meta(STATE_KEY, &self.cached.state.encode()?)?;
         wb.put_meta(KEY_DIGEST, &encode("digest", &self.cached.digest)?)?;
         wb.commit()?;
+        if !written_segments.is_empty() {
+            // After the commit: a subscriber reads each segment from the store by its key.
+            self.feed.publish(Applied::Segments {
+                index: entry.log_id.index,
+                segments: written_segments,
+            });
+        }
         self.cached.heads.commit(touched_heads);
         if new_window.is_some() {
             self.cached.dedupe_window_ns = new_window;
@@ -521,6 +542,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         installed.map_err(err)?;
         self.cached = Cached::load(&self.store.db()).map_err(err)?;
         self.retention.reload(&self.store.db()).map_err(err)?;
+        // Entries were skipped: live telemetry subscribers cannot tell what they missed
+        // from the feed (they resume from their cursors, from the store).
+        self.feed.publish(Applied::Replaced);
         self.publish();
         Ok(())
     }
@@ -644,6 +668,15 @@ pub struct ScanDigest {
     /// order, keys in RocksDB order.
     pub scan: u128,
     pub records: u64,
+}
+
+/// The index of the last entry applied in `view` (0: none).
+pub fn applied_index(db: &SmDb, view: &ReadView<'_>) -> Result<u64, StorageError> {
+    let applied: Option<LogId> = match view.get_cf(db.cf(CF_META)?, KEY_APPLIED)? {
+        Some(b) => decode("applied log id", &b)?,
+        None => None,
+    };
+    Ok(applied.map_or(0, |l| l.index))
 }
 
 /// Digests the whole state machine. Unlike the chained digest, which vouches for the writes

@@ -14,6 +14,7 @@ pub mod events;
 pub mod guard;
 pub mod limits;
 pub mod telemetry;
+pub mod telemetry_stream;
 pub mod workflows;
 
 use std::future::Future;

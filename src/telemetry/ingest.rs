@@ -97,6 +97,19 @@ pub struct TelemetryApplier<'a> {
 }
 
 impl<'a> TelemetryApplier<'a> {
+    /// The raw segments this entry wrote, in write order (for [`super::stream::Feed`]).
+    pub fn written(&self) -> Vec<super::stream::SegmentRef> {
+        self.segments
+            .iter()
+            .map(|s| super::stream::SegmentRef {
+                index: self.log_index,
+                seq: s.seq,
+                series: s.series,
+                min_ts: s.min_ts,
+            })
+            .collect()
+    }
+
     pub fn new(db: &'a SmDb, log_index: u64) -> Self {
         TelemetryApplier {
             db,

@@ -11,7 +11,8 @@
 //! In the replicated store: `keys` says where records live and how they are encoded;
 //! `ingest` applies commands inside the state machine; `read` holds the reads apply and
 //! queries share; `retention` says what is dead, from replicated state only; `query`
-//! answers queries across tiers; `maintenance` flushes, compacts and measures a node's data.
+//! answers queries across tiers; `maintenance` flushes, compacts and measures a node's data;
+//! `stream` feeds subscriptions: what apply stored, history as of an index, cursors.
 
 pub mod agg;
 pub mod anomaly;
@@ -34,3 +35,4 @@ pub mod retention;
 pub mod rollup;
 pub mod segment;
 pub mod sketch;
+pub mod stream;
