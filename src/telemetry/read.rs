@@ -101,11 +101,15 @@ struct OpenSegment {
 /// `h`, no unread segment holds a point before `h`: the points before `h` of the segments
 /// already open (those overlapping it, usually one) are final and are merged out. Memory
 /// is the open segments (each ≤ `MAX_SEGMENT_POINTS`) and one chunk.
+/// A segment found but not opened: its first timestamp, write order (log index, seq) and
+/// stored bytes.
+type PendingSegment = (i64, (u64, u32), Box<[u8]>);
+
 pub struct RawStream<'a> {
     iter: rocksdb::DBIteratorWithThreadMode<'a, rocksdb::DB>,
     /// The next segment not opened yet: its first timestamp (from its key), write order
     /// and bytes.
-    pending: Option<(i64, (u64, u32), Box<[u8]>)>,
+    pending: Option<PendingSegment>,
     exhausted: bool,
     open: Vec<OpenSegment>,
     /// Buffers of drained segments, reused.

@@ -430,10 +430,10 @@ async fn known_counts(
 ) -> Counts {
     let mut counts = Counts::new();
     for (series, start, end) in needed {
-        let n = {
-            let _ = (service, caller, &series, start, end);
-            0 // MERGE: service.estimate_points (h/corr)
-        };
+        let n = service
+            .estimate_points(caller, &series, start, end)
+            .await
+            .unwrap_or(0);
         counts.insert((series, start, end), n);
     }
     counts

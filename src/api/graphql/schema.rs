@@ -123,6 +123,105 @@ impl Query {
         })
     }
 
+    /// The series that exist (a dashboard's picker), in name order, with their retained
+    /// extent: at most `first`, after the series named `after`.
+    async fn series(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default)] prefix: String,
+        #[graphql(default = 100)] first: u32,
+        after: Option<String>,
+        #[graphql(default_with = "ReadConsistency::Linearizable")] consistency: ReadConsistency,
+    ) -> async_graphql::Result<SeriesPage> {
+        let page = service(ctx)
+            .list_series(caller(ctx), &prefix, first, after, consistency.into())
+            .await
+            .gql()?;
+        meter(ctx, page.series.len() as u64);
+        Ok(SeriesPage {
+            series: page
+                .series
+                .into_iter()
+                .map(|s| SeriesInfo {
+                    first: s.first_ns.map(DateTime::utc),
+                    last: s.last_ns.map(DateTime::utc),
+                    count: s.count,
+                    name: s.name,
+                })
+                .collect(),
+            next_after: page.next_after,
+        })
+    }
+
+    /// Series joined by time: a row per point of the first series (or per bucket mean of
+    /// `every`), each other series' value chosen by `strategy` within `tolerance` (null
+    /// where none), and Pearson's r of every pair over all rows of the range. Rows come in
+    /// pages of `limit`, after `after`. Every series must be readable by the caller.
+    #[allow(clippy::too_many_arguments)]
+    async fn correlate(
+        &self,
+        ctx: &Context<'_>,
+        series: Vec<String>,
+        range: TimeRangeInput,
+        tolerance: Duration,
+        #[graphql(default_with = "JoinStrategy::Backward")] strategy: JoinStrategy,
+        every: Option<Duration>,
+        #[graphql(default = 1000)] limit: u32,
+        after: Option<DateTime>,
+        #[graphql(default_with = "ReadConsistency::Linearizable")] consistency: ReadConsistency,
+    ) -> async_graphql::Result<Correlation> {
+        let range = range.validate().gql()?;
+        let every_ns = match every {
+            Some(e) => Some(e.fixed_ns().gql()?),
+            None => None,
+        };
+        let c = service(ctx)
+            .correlate(
+                caller(ctx),
+                crate::service::correlate::CorrelateQuery {
+                    series: series.clone(),
+                    start_ns: range.start_ns,
+                    end_ns: range.end_ns,
+                    tolerance_ns: tolerance.fixed_ns().gql()?,
+                    strategy: strategy.into(),
+                    every_ns,
+                    limit,
+                    after_ns: after.map(|a| a.ns),
+                    consistency: consistency.into(),
+                },
+            )
+            .await
+            .gql()?;
+        meter(
+            ctx,
+            c.rows_total.div_ceil(RAW_POINTS_PER_UNIT) * series.len() as u64
+                + c.rows.len() as u64 * series.len() as u64,
+        );
+        Ok(Correlation {
+            series,
+            rows: c
+                .rows
+                .into_iter()
+                .map(|r| CorrelatedRow {
+                    time: range.at(r.ts_ns),
+                    values: r.values,
+                })
+                .collect(),
+            pairs: c
+                .pairs
+                .into_iter()
+                .map(|p| PairCorrelation {
+                    a: p.a,
+                    b: p.b,
+                    matched: p.matched,
+                    pearson: p.pearson,
+                })
+                .collect(),
+            rows_total: c.rows_total,
+            next_after: c.next_after.map(|t| range.at(t)),
+        })
+    }
+
     /// A page of a stream's events, from stream version `from`.
     async fn events(
         &self,
@@ -285,6 +384,41 @@ impl Telemetry {
                 sketch: b.sketch,
             })
             .collect())
+    }
+
+    /// Raw points in time order (the latest write of a timestamp wins), `limit` per page,
+    /// after `after`.
+    async fn points(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 1000)] limit: u32,
+        after: Option<DateTime>,
+    ) -> async_graphql::Result<PointPage> {
+        let page = service(ctx)
+            .raw_points(
+                caller(ctx),
+                &self.series,
+                self.range.start_ns,
+                self.range.end_ns,
+                limit,
+                after.map(|a| a.ns),
+                self.consistency,
+            )
+            .await
+            .gql()?;
+        let n = page.points.len() as u64;
+        meter(ctx, n + n.div_ceil(RAW_POINTS_PER_UNIT));
+        Ok(PointPage {
+            points: page
+                .points
+                .into_iter()
+                .map(|(t, v)| Point {
+                    time: self.range.at(t),
+                    value: v,
+                })
+                .collect(),
+            next_after: page.next_after.map(|t| self.range.at(t)),
+        })
     }
 
     /// Statistics over the whole range (percentiles from the same sketches as gRPC's).
@@ -557,6 +691,79 @@ pub struct Point {
 }
 
 #[derive(SimpleObject)]
+pub struct PointPage {
+    pub points: Vec<Point>,
+    /// The `after` of the next page (absent: this was the last).
+    pub next_after: Option<DateTime>,
+}
+
+#[derive(SimpleObject)]
+pub struct SeriesInfo {
+    pub name: String,
+    /// The first and last retained timestamps (absent: nothing is retained).
+    pub first: Option<DateTime>,
+    pub last: Option<DateTime>,
+    /// Retained points.
+    pub count: u64,
+}
+
+#[derive(SimpleObject)]
+pub struct SeriesPage {
+    pub series: Vec<SeriesInfo>,
+    /// The `after` of the next page (absent: this was the last).
+    pub next_after: Option<String>,
+}
+
+/// How a correlation picks the other series' point for a row.
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+pub enum JoinStrategy {
+    /// The latest point at or before the row's time.
+    Backward,
+    /// The earliest point at or after it.
+    Forward,
+    /// The closer of the two (on a tie, the earlier).
+    Nearest,
+}
+
+impl From<JoinStrategy> for crate::service::correlate::Strategy {
+    fn from(s: JoinStrategy) -> Self {
+        use crate::service::correlate::Strategy;
+        match s {
+            JoinStrategy::Backward => Strategy::Backward,
+            JoinStrategy::Forward => Strategy::Forward,
+            JoinStrategy::Nearest => Strategy::Nearest,
+        }
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct CorrelatedRow {
+    pub time: DateTime,
+    /// One cell per series, in the order asked (the first is the driving series').
+    pub values: Vec<Option<f64>>,
+}
+
+#[derive(SimpleObject)]
+pub struct PairCorrelation {
+    pub a: String,
+    pub b: String,
+    /// Rows where both cells are present.
+    pub matched: u64,
+    /// Pearson's r over those rows (absent with fewer than two, or no variance).
+    pub pearson: Option<f64>,
+}
+
+#[derive(SimpleObject)]
+pub struct Correlation {
+    pub series: Vec<String>,
+    pub rows: Vec<CorrelatedRow>,
+    /// Every pair, over all rows of the range (not only this page).
+    pub pairs: Vec<PairCorrelation>,
+    pub rows_total: u64,
+    pub next_after: Option<DateTime>,
+}
+
+#[derive(SimpleObject)]
 pub struct M4Pixel {
     pub pixel: u32,
     pub first: Point,
@@ -792,6 +999,65 @@ pub struct Subscription;
 
 #[async_graphql::Subscription]
 impl Subscription {
+    /// Points of `series`: those stored with a time from `from` (none without it), then the
+    /// points of every later ingest as it commits, in batches of `batchSize` (a batch goes
+    /// out when full, or `maxLatency` after its first point). No point is missed or
+    /// repeated across the switch; each batch's `cursor` resumes after a reconnect
+    /// (`resume`), with every later point once. A subscriber that falls too far behind is
+    /// ended with an error and resumes from its last cursor.
+    async fn telemetry_stream(
+        &self,
+        ctx: &Context<'_>,
+        series: Vec<String>,
+        from: Option<DateTime>,
+        batch_size: u32,
+        max_latency: Option<Duration>,
+        resume: Option<String>,
+    ) -> async_graphql::Result<impl futures::Stream<Item = async_graphql::Result<PointBatch>>>
+    {
+        let resume = match resume {
+            Some(c) => Some(
+                crate::telemetry::stream::Cursor::decode(&c)
+                    .map_err(|e| bad_input(format!("resume: {e}")))?,
+            ),
+            None => None,
+        };
+        let max_latency = match max_latency {
+            Some(d) => std::time::Duration::from_nanos(d.fixed_ns().gql()? as u64),
+            None => std::time::Duration::from_millis(100),
+        };
+        let rx = service(ctx)
+            .telemetry_subscribe(
+                caller(ctx),
+                crate::service::telemetry_stream::TelemetrySubscribe {
+                    series,
+                    from_ns: from.map(|f| f.ns),
+                    resume,
+                    batch_size: batch_size as usize,
+                    max_latency,
+                    consistency: Consistency::Linearizable,
+                },
+            )
+            .await
+            .gql()?;
+        Ok(tokio_stream::wrappers::ReceiverStream::new(rx).map(|b| {
+            let b = b.gql()?;
+            Ok(PointBatch {
+                points: b
+                    .points
+                    .iter()
+                    .map(|p| StreamPoint {
+                        series: b.series.get(p.series as usize).cloned().unwrap_or_default(),
+                        time: DateTime::utc(p.ts_ns),
+                        value: p.value,
+                    })
+                    .collect(),
+                cursor: b.cursor.encode(),
+                live: b.live,
+            })
+        }))
+    }
+
     /// A stream's events from stream version `from` (default: its start), then live.
     async fn events(
         &self,
@@ -839,6 +1105,22 @@ impl Subscription {
             )
         }))
     }
+}
+
+#[derive(SimpleObject)]
+pub struct StreamPoint {
+    pub series: String,
+    pub time: DateTime,
+    pub value: f64,
+}
+
+#[derive(SimpleObject)]
+pub struct PointBatch {
+    pub points: Vec<StreamPoint>,
+    /// Resume after this batch (`telemetryStream(resume: ...)`).
+    pub cursor: String,
+    /// Whether the points were committed after the subscription began (else history).
+    pub live: bool,
 }
 
 /// The events of a subscription (its catch-up marker is the protocol's business, not
