@@ -297,7 +297,8 @@ where
         corr.add_row(&cells);
         rows += 1;
     }
-    (rows, corr.pairs().next().and_then(|p| p.2.pearson()))
+    let r = corr.pairs().next().and_then(|p| p.2.pearson());
+    (rows, r)
 }
 
 /// The as-of join (nearest within 10 ms) of 2 series × 1M points with Pearson's r:

@@ -83,6 +83,10 @@ pub enum ScanError {
 /// Points decoded per chunk at most: bounds a chunk's buffers whatever the overlap.
 const STREAM_CHUNK_POINTS: usize = 65_536;
 
+/// A segment read but not decoded yet: its first timestamp (from its key), write order
+/// and bytes.
+type PendingSegment = (i64, (u64, u32), Box<[u8]>);
+
 /// A decoded segment whose points `[pos, end)` are still to be merged.
 struct OpenSegment {
     ts: Vec<i64>,
@@ -103,9 +107,8 @@ struct OpenSegment {
 /// is the open segments (each ≤ `MAX_SEGMENT_POINTS`) and one chunk.
 pub struct RawStream<'a> {
     iter: rocksdb::DBIteratorWithThreadMode<'a, rocksdb::DB>,
-    /// The next segment not opened yet: its first timestamp (from its key), write order
-    /// and bytes.
-    pending: Option<(i64, (u64, u32), Box<[u8]>)>,
+    /// The next segment not opened yet.
+    pending: Option<PendingSegment>,
     exhausted: bool,
     open: Vec<OpenSegment>,
     /// Buffers of drained segments, reused.
