@@ -83,6 +83,10 @@ pub enum ScanError {
 /// Points decoded per chunk at most: bounds a chunk's buffers whatever the overlap.
 const STREAM_CHUNK_POINTS: usize = 65_536;
 
+/// A segment read but not decoded yet: its first timestamp (from its key), write order
+/// and bytes.
+type PendingSegment = (i64, (u64, u32), Box<[u8]>);
+
 /// A decoded segment whose points `[pos, end)` are still to be merged.
 struct OpenSegment {
     ts: Vec<i64>,
@@ -101,14 +105,9 @@ struct OpenSegment {
 /// `h`, no unread segment holds a point before `h`: the points before `h` of the segments
 /// already open (those overlapping it, usually one) are final and are merged out. Memory
 /// is the open segments (each ≤ `MAX_SEGMENT_POINTS`) and one chunk.
-/// A segment found but not opened: its first timestamp, write order (log index, seq) and
-/// stored bytes.
-type PendingSegment = (i64, (u64, u32), Box<[u8]>);
-
 pub struct RawStream<'a> {
     iter: rocksdb::DBIteratorWithThreadMode<'a, rocksdb::DB>,
-    /// The next segment not opened yet: its first timestamp (from its key), write order
-    /// and bytes.
+    /// The next segment not opened yet.
     pending: Option<PendingSegment>,
     exhausted: bool,
     open: Vec<OpenSegment>,
