@@ -186,6 +186,25 @@ async fn tokens_over_http_and_scopes_per_resolver() {
     assert_eq!(body["data"]["a"]["summary"]["count"], 100, "{body:#}");
     assert!(body["data"]["b"].is_null(), "{body:#}");
     assert_eq!(code(&body), "FORBIDDEN");
+    // A correlation over sat-7/* and sat-8/* needs both: refused whole for the sat-7/
+    // reader (nothing of sat-7 is answered either), answered for a reader of both.
+    let end = now() + 60;
+    let at = |s: u64| jiff::Timestamp::from_second(s as i64).unwrap().to_string();
+    let corr = format!(
+        r#"{{ correlate(series: ["sat-7/v", "sat-8/v"], range: {{start: "{}", end: "{}"}}, tolerance: "1s") {{ rowsTotal pairs {{ pearson }} }} }}"#,
+        at(end - 7200),
+        at(end)
+    );
+    let (_, _, body) = post(&node, Some(&bearer(&sat7_reader)), &corr).await;
+    assert_eq!(code(&body), "FORBIDDEN", "{body:#}");
+    assert!(body["data"].is_null(), "{body:#}");
+    let both_reader = keys.hs(&scoped("reader", "series", &["sat-7/", "sat-8/"]));
+    let (_, _, body) = post(&node, Some(&bearer(&both_reader)), &corr).await;
+    assert_eq!(body["data"]["correlate"]["rowsTotal"], 100, "{body:#}");
+    println!(
+        "{:<38} {:>9} {:>9}",
+        "correlate sat-7 × sat-8, sat-7/ reader", "FORBIDDEN", "FORBIDDEN"
+    );
 }
 
 async fn ws(node: &TestNode) -> Client {

@@ -1013,8 +1013,7 @@ impl Subscription {
         batch_size: u32,
         max_latency: Option<Duration>,
         resume: Option<String>,
-    ) -> async_graphql::Result<impl futures::Stream<Item = async_graphql::Result<PointBatch>>>
-    {
+    ) -> async_graphql::Result<impl futures::Stream<Item = async_graphql::Result<PointBatch>>> {
         let resume = match resume {
             Some(c) => Some(
                 crate::telemetry::stream::Cursor::decode(&c)
