@@ -492,7 +492,12 @@ mod tests {
         max_fields: 300,
     };
 
+    /// The estimate under limits that refuse on depth, aliases and fields only.
     fn est(q: &str, counts: &[(&str, u64)]) -> Result<Estimate, Refusal> {
+        est_with(q, counts, &Limits { max_cost: u64::MAX, ..LIMITS })
+    }
+
+    fn est_with(q: &str, counts: &[(&str, u64)], limits: &Limits) -> Result<Estimate, Refusal> {
         let doc = async_graphql::parser::parse_query(q).unwrap();
         let vars = Variables::default();
         let c: Counts = needs(&doc, None, &vars)
@@ -502,7 +507,7 @@ mod tests {
                 (k, n)
             })
             .collect();
-        estimate(&doc, None, &vars, &c, &LIMITS)
+        estimate(&doc, None, &vars, &c, limits)
     }
 
     const DAY: &str = r#"range: {start: "2026-01-01T00:00:00Z", end: "2026-01-02T00:00:00Z"}"#;
@@ -563,7 +568,7 @@ mod tests {
                 )
             })
             .collect();
-        match est(&format!("{{ {many} }}"), &[("a", 1_000_000)]) {
+        match est_with(&format!("{{ {many} }}"), &[("a", 1_000_000)], &LIMITS) {
             Err(Refusal::TooCostly {
                 cost, limit, field, ..
             }) => {
