@@ -39,6 +39,12 @@ async fn start(max_subscriptions: usize) -> Cluster {
         .await
         .unwrap();
     let svc = Service::new(node.clone());
+    // The one-node cluster elects itself; a read barrier before that says "no leader".
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while node.current_leader() != Some(node.config().node_id) {
+        assert!(std::time::Instant::now() < deadline, "no leader");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     Cluster {
         _dir: dir,
         _node: node,

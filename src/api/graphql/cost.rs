@@ -494,7 +494,14 @@ mod tests {
 
     /// The estimate under limits that refuse on depth, aliases and fields only.
     fn est(q: &str, counts: &[(&str, u64)]) -> Result<Estimate, Refusal> {
-        est_with(q, counts, &Limits { max_cost: u64::MAX, ..LIMITS })
+        est_with(
+            q,
+            counts,
+            &Limits {
+                max_cost: u64::MAX,
+                ..LIMITS
+            },
+        )
     }
 
     fn est_with(q: &str, counts: &[(&str, u64)], limits: &Limits) -> Result<Estimate, Refusal> {
