@@ -30,6 +30,11 @@ const DEFAULT_PAGE: u64 = 100;
 pub const DEFAULT_POINTS: u64 = 1000;
 pub const MAX_POINTS_PAGE: u64 = 10_000;
 
+/// Series ranges whose counts one request (a batch: each of its requests) may have looked up.
+pub const MAX_NEEDS: usize = 64;
+/// Series of one list argument the estimate reads (the resolvers take 16 or 64 at most).
+const MAX_SERIES_PER_FIELD: usize = 64;
+
 /// The limits one request is checked against.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -79,11 +84,14 @@ pub fn needs(
     op: Option<&str>,
     vars: &Variables,
 ) -> BTreeSet<(String, i64, i64)> {
-    let mut w = Walker::new(doc, vars, None);
+    let mut needs = BTreeSet::new();
     for o in operations(doc, op) {
+        let vars = with_defaults(o, vars);
+        let mut w = Walker::new(doc, &vars, None, WALK_FIELD_CAP);
         w.walk_set(&o.selection_set.node, Scope::Root, 1, "");
+        needs.append(&mut w.needs);
     }
-    w.needs
+    needs
 }
 
 /// The estimate of the operation a request runs (`op`: its operationName; with none, and
@@ -97,10 +105,18 @@ pub fn estimate(
 ) -> Result<Estimate, Refusal> {
     let mut best = Estimate::default();
     for o in operations(doc, op) {
-        let mut w = Walker::new(doc, vars, Some(counts));
+        let vars = with_defaults(o, vars);
+        let mut w = Walker::new(doc, &vars, Some(counts), limits.max_fields);
         let cost = w.walk_set(&o.selection_set.node, Scope::Root, 1, "");
         if let Some(cycle) = w.cycle {
             return Err(Refusal::FragmentCycle(cycle));
+        }
+        if w.spreads > WALK_FIELD_CAP {
+            return Err(Refusal::TooLarge {
+                what: "fragment spreads",
+                got: w.spreads,
+                limit: WALK_FIELD_CAP,
+            });
         }
         let e = Estimate {
             requested: cost,
@@ -140,6 +156,25 @@ pub fn check(e: &Estimate, limits: &Limits) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// Fields one walk visits at most before it stops (the first pass, which knows no limits):
+/// fragments that spread others twice over would otherwise take exponential time.
+const WALK_FIELD_CAP: usize = 10_000;
+
+/// The request's variables, with the operation's defaults for those it leaves out (as the
+/// executor sees them).
+fn with_defaults(o: &OperationDefinition, vars: &Variables) -> Variables {
+    let mut all = vars.clone();
+    for d in &o.variable_definitions {
+        let name = &d.node.name.node;
+        if !all.contains_key(name) {
+            if let Some(v) = d.node.default_value() {
+                all.insert(name.clone(), v.clone());
+            }
+        }
+    }
+    all
+}
+
 fn operations<'a>(
     doc: &'a ExecutableDocument,
     op: Option<&'a str>,
@@ -166,8 +201,14 @@ enum Scope {
     /// Inside a bucket or a summary: only percentiles cost (per item).
     Stats,
     Workflow,
+    /// Inside `__schema`/`__type`.
+    Introspection,
     Other,
 }
+
+/// Items an introspection list is costed at (the schema has about a hundred types, and no
+/// type a hundred fields).
+const INTROSPECTION_LIST: u64 = 100;
 
 struct Walker<'a> {
     doc: &'a ExecutableDocument,
@@ -182,13 +223,25 @@ struct Walker<'a> {
     top: Option<(String, u64)>,
     /// The cost of the fields selected inside the field being costed (to tell its own).
     inner: u64,
+    /// Past this many fields the walk stops: the request is refused on its field count.
+    field_cap: usize,
+    /// Fragment spreads expanded; past [`WALK_FIELD_CAP`] the walk stops and the request is
+    /// refused (spreads that end in cycles select no field, so fields alone do not bound it).
+    spreads: usize,
     spreading: Vec<String>,
     cycle: Option<String>,
 }
 
 impl<'a> Walker<'a> {
-    fn new(doc: &'a ExecutableDocument, vars: &'a Variables, counts: Option<&'a Counts>) -> Self {
+    fn new(
+        doc: &'a ExecutableDocument,
+        vars: &'a Variables,
+        counts: Option<&'a Counts>,
+        field_cap: usize,
+    ) -> Self {
         Walker {
+            field_cap,
+            spreads: 0,
             doc,
             vars,
             counts,
@@ -208,6 +261,9 @@ impl<'a> Walker<'a> {
     fn walk_set(&mut self, set: &'a SelectionSet, scope: Scope, times: u64, path: &str) -> u64 {
         let mut total = 0u64;
         for item in &set.items {
+            if self.fields > self.field_cap || self.spreads > WALK_FIELD_CAP {
+                break;
+            }
             let cost = match &item.node {
                 Selection::Field(f) => self.field(&f.node, scope.clone(), times, path),
                 Selection::InlineFragment(i) => {
@@ -226,6 +282,7 @@ impl<'a> Walker<'a> {
                     let Some(frag) = self.doc.fragments.get(&s.node.fragment_name.node) else {
                         continue;
                     };
+                    self.spreads += 1;
                     self.spreading.push(name);
                     let c =
                         self.walk_set(&frag.node.selection_set.node, scope.clone(), times, path);
@@ -282,6 +339,25 @@ impl<'a> Walker<'a> {
         }
     }
 
+    /// A list of strings argument, at most [`MAX_SERIES_PER_FIELD`] of them (the resolvers
+    /// refuse longer lists; the estimate need not read counts for them).
+    fn strings(&self, f: &Field, name: &str) -> Option<Vec<String>> {
+        match self.arg(f, name)? {
+            Value::List(l) => Some(
+                l.into_iter()
+                    .filter_map(|v| match v {
+                        Value::String(s) => Some(s),
+                        _ => None,
+                    })
+                    .take(MAX_SERIES_PER_FIELD)
+                    .collect(),
+            ),
+            // Input coercion makes a single value a list of one.
+            Value::String(s) => Some(vec![s]),
+            _ => None,
+        }
+    }
+
     fn string(&self, f: &Field, name: &str) -> Option<String> {
         match self.arg(f, name)? {
             Value::String(s) => Some(s),
@@ -319,13 +395,17 @@ impl<'a> Walker<'a> {
         Some(days.saturating_mul(24 * HOUR_NS).saturating_add(fixed)).filter(|n| *n > 0)
     }
 
-    /// The known raw points of `series` in `[start, end)` (first pass: noted, 0).
+    /// The known raw points of `series` in `[start, end)` (first pass: noted, 0). At most
+    /// [`MAX_NEEDS`] ranges are looked up per request: the counts are store reads made
+    /// before anything is admitted, so a request cannot multiply them.
     fn points(&mut self, series: &str, start: i64, end: i64) -> u64 {
         let key = (series.to_owned(), start, end);
         match self.counts {
             Some(c) => c.get(&key).copied().unwrap_or(0),
             None => {
-                self.needs.insert(key);
+                if self.needs.len() < MAX_NEEDS {
+                    self.needs.insert(key);
+                }
                 0
             }
         }
@@ -347,18 +427,12 @@ impl<'a> Walker<'a> {
                     return 1;
                 };
                 let points = self.points(&series, start, end);
-                1 + self.walk_set(children, Scope::Telemetry { start, end, points }, 1, path)
+                self.walk_set(children, Scope::Telemetry { start, end, points }, 1, path)
+                    .saturating_add(1)
             }
             (Scope::Root, "correlate") => {
-                let series: Vec<String> = match self.arg(f, "series") {
-                    Some(Value::List(l)) => l
-                        .into_iter()
-                        .filter_map(|v| match v {
-                            Value::String(s) => Some(s),
-                            _ => None,
-                        })
-                        .collect(),
-                    _ => return 1,
+                let Some(series) = self.strings(f, "series") else {
+                    return 1;
                 };
                 let Some((start, end)) = self.range(f, "range") else {
                     return 1;
@@ -373,7 +447,8 @@ impl<'a> Walker<'a> {
                 };
                 let rows = rows.min(self.list(f, "limit", DEFAULT_POINTS, MAX_POINTS_PAGE));
                 let inner = self.walk_set(children, Scope::Other, 1, path);
-                read + rows.saturating_mul(series.len() as u64) + inner
+                read.saturating_add(rows.saturating_mul(series.len() as u64))
+                    .saturating_add(inner)
             }
             (Scope::Root, "series") => {
                 let n = self.list(f, "first", DEFAULT_PAGE, 1000);
@@ -385,15 +460,8 @@ impl<'a> Walker<'a> {
                 n + self.walk_set(children, Scope::Other, 0, path)
             }
             (Scope::Root, "telemetryStream") => {
-                let series: Vec<String> = match self.arg(f, "series") {
-                    Some(Value::List(l)) => l
-                        .into_iter()
-                        .filter_map(|v| match v {
-                            Value::String(s) => Some(s),
-                            _ => None,
-                        })
-                        .collect(),
-                    _ => return 1,
+                let Some(series) = self.strings(f, "series") else {
+                    return 1;
                 };
                 let from = self.string(f, "from").and_then(|s| parse_instant(&s).ok());
                 let history: u64 = match from {
@@ -424,7 +492,9 @@ impl<'a> Walker<'a> {
                     _ => 1,
                 };
                 let inner = self.walk_set(children, Scope::Stats, buckets, path);
-                read_units(start, end, step, points) + buckets.saturating_mul(aggs) + inner
+                read_units(start, end, step, points)
+                    .saturating_add(buckets.saturating_mul(aggs))
+                    .saturating_add(inner)
             }
             (Scope::Telemetry { start, end, points }, "summary") => {
                 read_units(start, end, end - start, points)
@@ -454,7 +524,15 @@ impl<'a> Walker<'a> {
                 n + self.walk_set(children, Scope::Other, 0, path)
             }
             (Scope::Workflow, _) => self.walk_set(children, Scope::Other, 0, path),
-            // Introspection and plain fields: one each, and what they select.
+            // Introspection: its lists (types, fields, arguments) run to about a hundred
+            // items each, so what is selected inside one is multiplied as much.
+            (_, "__schema") | (_, "__type") => {
+                1 + self.walk_set(children, Scope::Introspection, INTROSPECTION_LIST, path)
+            }
+            (Scope::Introspection, _) => {
+                1 + self.walk_set(children, Scope::Introspection, INTROSPECTION_LIST, path)
+            }
+            // Plain fields: one each, and what they select.
             _ => 1 + self.walk_set(children, Scope::Other, 1, path),
         }
     }
@@ -515,6 +593,61 @@ mod tests {
             })
             .collect();
         estimate(&doc, None, &vars, &c, limits)
+    }
+
+    #[test]
+    fn hostile_documents_are_refused_without_walking_them_whole() {
+        // 2^40 expansions if walked whole; refused on the field count at once.
+        let chain: String = (0..40)
+            .map(|i| format!("fragment F{i} on Query {{ ...F{} ...F{} }} ", i + 1, i + 1))
+            .collect();
+        let q = format!("{{ ...F0 }} {chain} fragment F40 on Query {{ __typename }}");
+        let started = std::time::Instant::now();
+        let r = est_with(&q, &[], &LIMITS);
+        assert!(
+            matches!(r, Err(Refusal::TooLarge { what: "fields", .. })),
+            "{r:?}"
+        );
+        // Spreads that end in cycles select no field: bounded by the spreads walked.
+        let cyclic: String = (0..40)
+            .map(|i| format!("fragment G{i} on Query {{ ...G{} ...G{} }} ", i + 1, i + 1))
+            .collect();
+        let q = format!("{{ __typename ...G0 }} {cyclic} fragment G40 on Query {{ ...G0 }}");
+        let r = est_with(&q, &[], &LIMITS);
+        assert!(r.is_err(), "{r:?}");
+        println!("refused in {:?}", started.elapsed());
+        // Introspection lists multiply what they select.
+        let deep = "{ __schema { types { fields { type { fields { type { name } } } } } } }";
+        assert!(matches!(
+            est_with(deep, &[], &LIMITS),
+            Err(Refusal::TooCostly { .. })
+        ));
+    }
+
+    #[test]
+    fn variable_defaults_and_single_values_are_costed_as_the_executor_sees_them() {
+        let inline = est(
+            &format!(r#"{{ telemetry(series: "a", {DAY}) {{ points(limit: 5000) {{ points {{ value }} }} }} }}"#),
+            &[("a", 1_000_000)],
+        )
+        .unwrap();
+        let defaulted = est(
+            r#"query($r: TimeRangeInput = {start: "2026-01-01T00:00:00Z", end: "2026-01-02T00:00:00Z"}) {
+                telemetry(series: "a", range: $r) { points(limit: 5000) { points { value } } } }"#,
+            &[("a", 1_000_000)],
+        )
+        .unwrap();
+        assert_eq!(defaulted.requested, inline.requested);
+        assert!(inline.requested > 5000, "{inline:?}");
+        let single = est(
+            r#"subscription { telemetryStream(series: "a", from: "2026-01-01T00:00:00Z", batchSize: 10) { cursor } }"#,
+            &[("a", 1_000_000)],
+        )
+        .unwrap();
+        assert!(
+            single.requested > 1_000_000 / RAW_POINTS_PER_UNIT,
+            "{single:?}"
+        );
     }
 
     const DAY: &str = r#"range: {start: "2026-01-01T00:00:00Z", end: "2026-01-02T00:00:00Z"}"#;

@@ -267,7 +267,11 @@ async fn post(
     let caller = match http_caller(&gql.service, peer, &headers) {
         Ok(c) => c,
         Err(e) => {
-            let r = refused(error::code(&e), e.to_string(), None);
+            let r = refused(
+                error::code(&e),
+                e.to_string(),
+                Some((0, gql.settings.max_cost)),
+            );
             return json(StatusCode::UNAUTHORIZED, &BatchResponse::Single(r));
         }
     };
@@ -277,7 +281,7 @@ async fn post(
             let r = refused(
                 "BAD_REQUEST",
                 format!("the body is not a GraphQL request (JSON with `query`): {e}"),
-                None,
+                Some((0, gql.settings.max_cost)),
             );
             return json(StatusCode::BAD_REQUEST, &BatchResponse::Single(r));
         }
@@ -309,7 +313,7 @@ async fn admit(gql: &Gql, caller: &Caller, requests: &[Request]) -> Result<Vec<u
                 requests.len(),
                 s.max_batch
             ),
-            None,
+            Some((0, s.max_cost)),
         ));
     }
     if let Some(big) = requests.iter().find(|r| r.query.len() > s.max_query_bytes) {
@@ -320,7 +324,7 @@ async fn admit(gql: &Gql, caller: &Caller, requests: &[Request]) -> Result<Vec<u
                 big.query.len(),
                 s.max_query_bytes
             ),
-            None,
+            Some((0, s.max_cost)),
         ));
     }
     // A parse error is left for the executor to report, at no cost.
@@ -328,12 +332,15 @@ async fn admit(gql: &Gql, caller: &Caller, requests: &[Request]) -> Result<Vec<u
         .iter()
         .map(|r| async_graphql::parser::parse_query(&r.query).ok())
         .collect();
+    // The counts are store reads made before anything is admitted: a batch looks up as many
+    // as one request may.
     let mut needed = std::collections::BTreeSet::new();
     for (r, d) in requests.iter().zip(&docs) {
         if let Some(d) = d {
             needed.extend(cost::needs(d, r.operation_name.as_deref(), &r.variables));
         }
     }
+    let needed = needed.into_iter().take(cost::MAX_NEEDS).collect();
     let counts = known_counts(&gql.service, caller, needed).await;
     let mut estimates = Vec::with_capacity(requests.len());
     let mut whole = Estimate::default();

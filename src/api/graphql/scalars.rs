@@ -215,15 +215,20 @@ impl Range {
     pub fn calendar_edges(&self, every: &Duration, max_buckets: usize) -> Result<Vec<i64>, String> {
         let tz = self.zone.time_zone();
         let ts = |ns: i64| Timestamp::from_nanosecond(i128::from(ns)).map_err(|e| e.to_string());
-        let start = ts(self.start_ns)?.to_zoned(tz);
-        let mut edge = start.start_of_day().map_err(|e| e.to_string())?;
+        // Each edge is the local midnight of the start's day plus k × `every`, in civil
+        // time, then placed in the zone: adding to the previous edge would let a short
+        // month (Jan 31 + 1 month = Feb 28) or a midnight DST change shift every later edge.
+        let base = ts(self.start_ns)?
+            .to_zoned(tz.clone())
+            .date()
+            .to_datetime(jiff::civil::Time::midnight());
+        let past = || "bucket edge past the supported times".to_owned();
         let mut edges = vec![self.start_ns];
-        loop {
-            edge = edge
-                .checked_add(every.0)
-                .map_err(|e| format!("bucket edge past the supported times: {e}"))?;
-            let ns = i64::try_from(edge.timestamp().as_nanosecond())
-                .map_err(|_| "bucket edge past the supported times".to_owned())?;
+        for k in 1i64.. {
+            let step = every.0.checked_mul(k).map_err(|_| past())?;
+            let civil = base.checked_add(step).map_err(|_| past())?;
+            let edge = civil.to_zoned(tz.clone()).map_err(|e| e.to_string())?;
+            let ns = i64::try_from(edge.timestamp().as_nanosecond()).map_err(|_| past())?;
             if ns >= self.end_ns {
                 break;
             }
@@ -323,5 +328,52 @@ mod tests {
             "2026-03-29T03:00:00+02:00"
         );
         assert!(Zone::parse(Some("Mars/Olympus")).is_err());
+    }
+
+    #[test]
+    fn month_edges_do_not_drift_and_midnight_dst_changes_shift_one_day_only() {
+        let edges = |start: &str, end: &str, zone: &str, every: &str| {
+            let r = Range {
+                start_ns: ns(start),
+                end_ns: ns(end),
+                zone: Zone::parse(Some(zone)).unwrap(),
+            };
+            let e = r
+                .calendar_edges(&Duration(every.parse().unwrap()), 100)
+                .unwrap();
+            e.iter().map(|n| r.zone.render(*n)).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            edges(
+                "2026-01-31T00:00:00+00:00",
+                "2026-05-01T00:00:00Z",
+                "UTC",
+                "P1M"
+            ),
+            [
+                "2026-01-31T00:00:00+00:00",
+                "2026-02-28T00:00:00+00:00",
+                "2026-03-31T00:00:00+00:00",
+                "2026-04-30T00:00:00+00:00",
+                "2026-05-01T00:00:00+00:00"
+            ]
+        );
+        // Chile moves its clocks at local midnight (2026-09-06: 00:00 → 01:00): that day
+        // begins at 01:00, the next ones at midnight again.
+        let e = edges(
+            "2026-09-05T00:00:00-04:00",
+            "2026-09-08T00:00:00-03:00",
+            "America/Santiago",
+            "P1D",
+        );
+        assert_eq!(
+            e,
+            [
+                "2026-09-05T00:00:00-04:00",
+                "2026-09-06T01:00:00-03:00",
+                "2026-09-07T00:00:00-03:00",
+                "2026-09-08T00:00:00-03:00"
+            ]
+        );
     }
 }

@@ -400,7 +400,8 @@ impl Telemetry {
                 &self.series,
                 self.range.start_ns,
                 self.range.end_ns,
-                limit,
+                // The page the cost model charges for, at most.
+                limit.min(super::cost::MAX_POINTS_PAGE as u32),
                 after.map(|a| a.ns),
                 self.consistency,
             )
@@ -830,6 +831,11 @@ impl WorkflowEvent {
     }
 }
 
+/// Most events one `history` returns.
+const MAX_HISTORY: u32 = 10_000;
+/// Most pages one `history` reads (events before `since` are read and skipped).
+const MAX_HISTORY_PAGES: u32 = 100;
+
 /// Events of one workflow read per page while filtering by time.
 const HISTORY_PAGE: u32 = 500;
 
@@ -901,9 +907,14 @@ impl Workflow {
         #[graphql(default = 100)] first: u32,
     ) -> async_graphql::Result<Vec<WorkflowEvent>> {
         let since = since.map_or(i64::MIN, |t| t.ns);
+        // As the cost model charges: at most MAX_HISTORY events returned, and the pages read
+        // to find them bounded too (a `since` past every event reads no further than that).
+        let first = first.min(MAX_HISTORY);
         let mut out = Vec::new();
         let mut from = 0;
-        while (out.len() as u32) < first {
+        let mut pages = 0;
+        while (out.len() as u32) < first && pages < MAX_HISTORY_PAGES {
+            pages += 1;
             let page = service(ctx)
                 .workflow_events(
                     caller(ctx),
