@@ -148,16 +148,17 @@ impl Service {
             .map_err(query_error)
     }
 
-    /// About how many raw points `[start, end)` of a series holds, from segment headers
-    /// (no decoding; overwritten points count twice), for a cost model that runs before a
-    /// query: authorized, but spends no rate-limit tokens. A missing series holds none.
+    /// About how many points `[start, end)` of a series holds — raw, and in any tier — from
+    /// segment headers and hour rollups (no decoding; overwritten points count twice), for
+    /// a cost model that runs before a query: authorized, but spends no rate-limit tokens.
+    /// A missing series holds none.
     pub async fn estimate_points(
         &self,
         caller: &Caller,
         series: &str,
         start_ns: i64,
         end_ns: i64,
-    ) -> Result<u64, ServiceError> {
+    ) -> Result<browse::Known, ServiceError> {
         self.authorize(caller, Method::TelemetryQuery, &[Resource::Series(series)])?;
         let series = series.to_owned();
         self.node

@@ -12,7 +12,7 @@ use super::keys::{decode_bucket, decode_series_id, raw_key, rollup_key};
 use super::moments::Moments;
 use super::query::{query_at, series_at, QueryError, QuerySpec};
 use super::read::{read_opts, RawStream, ScanError};
-use super::retention::{load_policies, ReadView, TIER_HOUR};
+use super::retention::{load_policies, ReadView, HOUR_NS, TIER_HOUR};
 use super::segment;
 use crate::storage::sm_db::{SmDb, CF_TM_RAW, CF_TM_ROLLUP, CF_TM_SERIES};
 use crate::storage::StorageError;
@@ -356,38 +356,98 @@ pub fn raw_points(
     Ok(page)
 }
 
-/// The raw points of `[start, end)` by segment headers (no decoding): whole segments
-/// inside, and a share of those across an edge in proportion to the time they overlap.
-/// Overwritten points count twice. A missing series has none.
+/// What the store knows of a series' points in a range, for a cost estimate (no decoding).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Known {
+    /// Raw points still retained: what pages, correlation rows and streams read.
+    pub raw: u64,
+    /// Points some tier still holds: the raw ones, plus, where raw points expired, those
+    /// the hour rollups counted — what buckets and summaries are answered from.
+    pub held: u64,
+}
+
+/// The points of `[start, end)` a series holds, estimated from headers: raw segments whole
+/// inside and a share of those across an edge in proportion to the time they overlap (an
+/// overwritten point counts twice); before the raw cutoff, the hour rollups' counts, a share
+/// of the hours across an edge alike. A missing series has none.
 pub fn estimate_points(
     db: &SmDb,
     series: &str,
     start_ns: i64,
     end_ns: i64,
-) -> Result<u64, QueryError> {
+) -> Result<Known, QueryError> {
     check_range(start_ns, end_ns)?;
     let view = db.db().snapshot();
     let (id, cut) = match series_at(db, &view, series) {
         Ok(x) => x,
-        Err(QueryError::NotFound(_)) => return Ok(0),
+        Err(QueryError::NotFound(_)) => return Ok(Known::default()),
         Err(e) => return Err(e),
     };
-    let lo = start_ns.max(cut.raw);
-    if lo >= end_ns {
+    let raw = raw_estimate(db, &view, id, start_ns.max(cut.raw), end_ns)?;
+    let rolled = hour_counts(db, &view, id, start_ns.max(cut.hour), end_ns.min(cut.raw))?;
+    Ok(Known {
+        raw,
+        held: raw.saturating_add(rolled),
+    })
+}
+
+/// Raw points in `[lo, hi)` by segment headers.
+fn raw_estimate(
+    db: &SmDb,
+    view: &ReadView<'_>,
+    id: u64,
+    lo: i64,
+    hi: i64,
+) -> Result<u64, QueryError> {
+    let from = raw_key(id, lo.saturating_sub(MAX_SEGMENT_SPAN_NS), 0, 0);
+    let to = raw_key(id, hi, 0, 0);
+    counted_share(db, view, CF_TM_RAW, (&from, &to), (lo, hi), |v| {
+        let info = segment::info(v).map_err(|e| StorageError::corrupt("segment", e))?;
+        Ok((info.min_ts, info.max_ts, info.count as u64))
+    })
+}
+
+/// Points the hour rollups counted in `[lo, hi)`, an edge hour by its share of the time.
+fn hour_counts(
+    db: &SmDb,
+    view: &ReadView<'_>,
+    id: u64,
+    lo: i64,
+    hi: i64,
+) -> Result<u64, QueryError> {
+    let from = rollup_key(id, TIER_HOUR, lo.saturating_sub(lo.rem_euclid(HOUR_NS)));
+    let to = rollup_key(id, TIER_HOUR, hi);
+    counted_share(db, view, CF_TM_ROLLUP, (&from, &to), (lo, hi), |v| {
+        let hour = decode_bucket(v)?;
+        let last = hour.start_ns.saturating_add(HOUR_NS - 1);
+        Ok((hour.start_ns, last, hour.moments.count()))
+    })
+}
+
+/// The records of `cf` in `[keys.0, keys.1)` summed by `span` (each record's first and last
+/// time and its count), a record across an edge of `[lo, hi)` by its share of the time.
+fn counted_share(
+    db: &SmDb,
+    view: &ReadView<'_>,
+    cf: &'static str,
+    keys: (&[u8], &[u8]),
+    (lo, hi): (i64, i64),
+    span: impl Fn(&[u8]) -> Result<(i64, i64, u64), StorageError>,
+) -> Result<u64, QueryError> {
+    if lo >= hi {
         return Ok(0);
     }
-    let mut opts = read_opts(Some(&view));
-    opts.set_iterate_upper_bound(raw_key(id, end_ns, 0, 0).to_vec());
-    let from = raw_key(id, lo.saturating_sub(MAX_SEGMENT_SPAN_NS), 0, 0);
+    let mut opts = read_opts(Some(view));
+    opts.set_iterate_upper_bound(keys.1.to_vec());
     let mut total = 0f64;
     for item in db.db().iterator_cf_opt(
-        db.cf(CF_TM_RAW)?,
+        db.cf(cf)?,
         opts,
-        rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward),
+        rocksdb::IteratorMode::From(keys.0, rocksdb::Direction::Forward),
     ) {
         let (_, v) = item.map_err(StorageError::from)?;
-        let info = segment::info(&v).map_err(|e| StorageError::corrupt("segment", e))?;
-        total += overlap_share(info.min_ts, info.max_ts, lo, end_ns) * info.count as f64;
+        let (first, last, count) = span(&v)?;
+        total += overlap_share(first, last, lo, hi) * count as f64;
     }
     Ok(total.round() as u64)
 }
@@ -659,15 +719,20 @@ mod store_tests {
 
         // Segments do not overlap for a/y: the estimate of its whole span is exact, and of
         // a part, close.
+        let n = y.len() as u64;
         assert_eq!(
             estimate_points(&db, "a/y", MIN_TS, MAX_TS).unwrap(),
-            y.len() as u64
+            Known { raw: n, held: n }
         );
         let (a, b) = (NOW - 2 * HOUR_NS - 1234 * SEC, NOW - HOUR_NS);
         let part = s.reference("a/y", a, b).len() as f64;
-        let est = estimate_points(&db, "a/y", a, b).unwrap() as f64;
-        assert!((est - part).abs() <= 2.0, "{est} vs {part}");
-        assert_eq!(estimate_points(&db, "a/none", a, b).unwrap(), 0);
+        let est = estimate_points(&db, "a/y", a, b).unwrap();
+        assert!((est.raw as f64 - part).abs() <= 2.0, "{est:?} vs {part}");
+        assert_eq!(est.held, est.raw, "raw points are all there: held = raw");
+        assert_eq!(
+            estimate_points(&db, "a/none", a, b).unwrap(),
+            Known::default()
+        );
 
         // Three days on, raw points (48 h) are dead; minutes (30 d) keep the extent.
         s.ingest(
@@ -680,7 +745,19 @@ mod store_tests {
             .unwrap()
             .points
             .is_empty());
-        assert_eq!(estimate_points(&db, "a/x", MIN_TS, MAX_TS).unwrap(), 0);
+        // The raw points are gone; the rollups still hold them all (the hour tier's counts).
+        assert_eq!(
+            estimate_points(&db, "a/x", MIN_TS, MAX_TS).unwrap(),
+            Known {
+                raw: 0,
+                held: x.len() as u64
+            }
+        );
+        let (a, b) = (NOW - 2 * HOUR_NS - 1234 * SEC, NOW - HOUR_NS + 17 * SEC);
+        let part = s.reference("a/x", a, b).len() as f64;
+        let est = estimate_points(&db, "a/x", a, b).unwrap();
+        assert_eq!(est.raw, 0);
+        assert!((est.held as f64 - part).abs() <= 2.0, "{est:?} vs {part}");
         let c = correlate(&db, &spec(&["a/x", "a/y"], MIN_TS, MAX_TS, 10)).unwrap();
         assert_eq!((c.rows_total, c.pairs[0].matched), (0, 0));
         let page = list_series(&db, "a/", 10, None).unwrap();

@@ -19,6 +19,7 @@ use async_graphql::{Name, Value, Variables};
 
 use super::scalars::parse_instant;
 use super::schema::RAW_POINTS_PER_UNIT;
+use crate::telemetry::browse::Known;
 use crate::telemetry::command::MAX_TS;
 
 const MINUTE_NS: i64 = 60_000_000_000;
@@ -44,8 +45,8 @@ pub struct Limits {
     pub max_fields: usize,
 }
 
-/// A series' raw points in a range, as the store knows them (an estimate).
-pub type Counts = HashMap<(String, i64, i64), u64>;
+/// A series' points in a range, as the store knows them (an estimate).
+pub type Counts = HashMap<(String, i64, i64), Known>;
 
 /// One request's estimate.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -192,11 +193,11 @@ fn operations<'a>(
 #[derive(Clone, Debug)]
 enum Scope {
     Root,
-    /// Inside `telemetry(series, range)`: the series' raw points in range.
+    /// Inside `telemetry(series, range)`: the series' points in range.
     Telemetry {
         start: i64,
         end: i64,
-        points: u64,
+        known: Known,
     },
     /// Inside a bucket or a summary: only percentiles cost (per item).
     Stats,
@@ -395,18 +396,18 @@ impl<'a> Walker<'a> {
         Some(days.saturating_mul(24 * HOUR_NS).saturating_add(fixed)).filter(|n| *n > 0)
     }
 
-    /// The known raw points of `series` in `[start, end)` (first pass: noted, 0). At most
+    /// The known points of `series` in `[start, end)` (first pass: noted, none). At most
     /// [`MAX_NEEDS`] ranges are looked up per request: the counts are store reads made
     /// before anything is admitted, so a request cannot multiply them.
-    fn points(&mut self, series: &str, start: i64, end: i64) -> u64 {
+    fn points(&mut self, series: &str, start: i64, end: i64) -> Known {
         let key = (series.to_owned(), start, end);
         match self.counts {
-            Some(c) => c.get(&key).copied().unwrap_or(0),
+            Some(c) => c.get(&key).copied().unwrap_or_default(),
             None => {
                 if self.needs.len() < MAX_NEEDS {
                     self.needs.insert(key);
                 }
-                0
+                Known::default()
             }
         }
     }
@@ -426,8 +427,8 @@ impl<'a> Walker<'a> {
                 let Some((start, end)) = self.range(f, "range") else {
                     return 1;
                 };
-                let points = self.points(&series, start, end);
-                self.walk_set(children, Scope::Telemetry { start, end, points }, 1, path)
+                let known = self.points(&series, start, end);
+                self.walk_set(children, Scope::Telemetry { start, end, known }, 1, path)
                     .saturating_add(1)
             }
             (Scope::Root, "correlate") => {
@@ -437,7 +438,11 @@ impl<'a> Walker<'a> {
                 let Some((start, end)) = self.range(f, "range") else {
                     return 1;
                 };
-                let counts: Vec<u64> = series.iter().map(|s| self.points(s, start, end)).collect();
+                // The join reads raw points only.
+                let counts: Vec<u64> = series
+                    .iter()
+                    .map(|s| self.points(s, start, end).raw)
+                    .collect();
                 let read: u64 = counts.iter().map(|n| n.div_ceil(RAW_POINTS_PER_UNIT)).sum();
                 let rows = match self.duration(f, "every") {
                     Some(every) => {
@@ -467,19 +472,22 @@ impl<'a> Walker<'a> {
                 let history: u64 = match from {
                     Some(from) => series
                         .iter()
-                        .map(|s| self.points(s, from, MAX_TS).div_ceil(RAW_POINTS_PER_UNIT))
+                        .map(|s| {
+                            let raw = self.points(s, from, MAX_TS).raw;
+                            raw.div_ceil(RAW_POINTS_PER_UNIT)
+                        })
                         .sum(),
                     None => 0,
                 };
                 history + self.list(f, "batchSize", DEFAULT_PAGE, 100_000)
             }
-            (Scope::Telemetry { points, .. }, "points") => {
+            (Scope::Telemetry { known, .. }, "points") => {
                 let n = self
                     .list(f, "limit", DEFAULT_POINTS, MAX_POINTS_PAGE)
-                    .min(points);
+                    .min(known.raw);
                 n + n.div_ceil(RAW_POINTS_PER_UNIT)
             }
-            (Scope::Telemetry { start, end, points }, "buckets") => {
+            (Scope::Telemetry { start, end, known }, "buckets") => {
                 let step = match (self.duration(f, "every"), self.uint(f, "points")) {
                     (Some(every), _) => every,
                     (None, Some(p)) if p > 0 => ((end - start) / p as i64).max(1),
@@ -492,26 +500,24 @@ impl<'a> Walker<'a> {
                     _ => 1,
                 };
                 let inner = self.walk_set(children, Scope::Stats, buckets, path);
-                read_units(start, end, step, points)
+                read_units(start, end, step, known.held)
                     .saturating_add(buckets.saturating_mul(aggs))
                     .saturating_add(inner)
             }
-            (Scope::Telemetry { start, end, points }, "summary") => {
-                read_units(start, end, end - start, points)
+            (Scope::Telemetry { start, end, known }, "summary") => {
+                read_units(start, end, end - start, known.held)
                     + self.walk_set(children, Scope::Stats, 1, path)
             }
-            (Scope::Telemetry { points, .. }, "anomalies") => {
-                points.div_ceil(RAW_POINTS_PER_UNIT) + 1
+            (Scope::Telemetry { known, .. }, "anomalies") => {
+                known.held.div_ceil(RAW_POINTS_PER_UNIT) + 1
             }
-            (Scope::Telemetry { points, .. }, "m4") => {
-                points.div_ceil(RAW_POINTS_PER_UNIT) + 4 * self.list(f, "width", 1, 100_000)
+            (Scope::Telemetry { known, .. }, "m4") => {
+                known.held.div_ceil(RAW_POINTS_PER_UNIT) + 4 * self.list(f, "width", 1, 100_000)
             }
-            (Scope::Telemetry { start, end, points }, "drift") => {
-                match self.duration(f, "window") {
-                    Some(w) => read_units(start, end, w, points) + span_units(start, end, w),
-                    None => 1,
-                }
-            }
+            (Scope::Telemetry { start, end, known }, "drift") => match self.duration(f, "window") {
+                Some(w) => read_units(start, end, w, known.held) + span_units(start, end, w),
+                None => 1,
+            },
             (Scope::Telemetry { .. }, _) => 0,
             (Scope::Stats, "percentile") => 1,
             (Scope::Stats, "percentiles") => match self.arg(f, "ps") {
@@ -546,7 +552,8 @@ fn span_units(start: i64, end: i64, step: i64) -> u64 {
 
 /// Records read to answer `[start, end)` in steps of `step`: hour rollups for steps of an
 /// hour or more, minute rollups for a minute or more (plus the edges), raw points below —
-/// never more than the points the series holds there.
+/// never more than the points the series holds there (in any tier: rollups answer where raw
+/// points expired).
 fn read_units(start: i64, end: i64, step: i64, points: u64) -> u64 {
     let raw = points.div_ceil(RAW_POINTS_PER_UNIT);
     let tier = if step >= HOUR_NS {
@@ -583,16 +590,56 @@ mod tests {
     }
 
     fn est_with(q: &str, counts: &[(&str, u64)], limits: &Limits) -> Result<Estimate, Refusal> {
+        let known: Vec<(&str, Known)> = counts
+            .iter()
+            .map(|&(s, n)| (s, Known { raw: n, held: n }))
+            .collect();
+        est_known(q, &known, limits)
+    }
+
+    fn est_known(q: &str, counts: &[(&str, Known)], limits: &Limits) -> Result<Estimate, Refusal> {
         let doc = async_graphql::parser::parse_query(q).unwrap();
         let vars = Variables::default();
         let c: Counts = needs(&doc, None, &vars)
             .into_iter()
             .map(|k| {
-                let n = counts.iter().find(|c| c.0 == k.0).map_or(0, |c| c.1);
+                let n = counts
+                    .iter()
+                    .find(|c| c.0 == k.0)
+                    .map_or(Known::default(), |c| c.1);
                 (k, n)
             })
             .collect();
         estimate(&doc, None, &vars, &c, limits)
+    }
+
+    /// Where raw points expired, rollups still answer buckets and summaries: a range the
+    /// rollups hold costs the records read, as when its raw points were there — not the
+    /// nothing its (zero) raw points would say. Raw reads (pages, correlation rows) cost
+    /// only the raw points left.
+    #[test]
+    fn ranges_only_rollups_hold_cost_the_rollups_they_read() {
+        let unlimited = Limits {
+            max_cost: u64::MAX,
+            ..LIMITS
+        };
+        let expired = [(
+            "a",
+            Known {
+                raw: 0,
+                held: 86_400,
+            },
+        )];
+        for field in [r#"buckets(every: "1m") { start }"#, "summary { mean }"] {
+            let q = format!(r#"{{ telemetry(series: "a", {DAY}) {{ {field} }} }}"#);
+            let live = est(&q, &[("a", 86_400)]).unwrap();
+            let gone = est_known(&q, &expired, &unlimited).unwrap();
+            assert_eq!(gone.requested, live.requested, "{field}");
+        }
+        let q = format!(
+            r#"{{ telemetry(series: "a", {DAY}) {{ points(limit: 10000) {{ points {{ value }} }} }} }}"#
+        );
+        assert!(est_known(&q, &expired, &unlimited).unwrap().requested < 10);
     }
 
     #[test]

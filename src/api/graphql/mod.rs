@@ -440,7 +440,7 @@ async fn known_counts(
         let n = service
             .estimate_points(caller, &series, start, end)
             .await
-            .unwrap_or(0);
+            .unwrap_or_default();
         counts.insert((series, start, end), n);
     }
     counts
