@@ -378,6 +378,11 @@ pub fn set_token(token: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The `Authorization` header value of the caller's token, for HTTP (GraphQL) calls.
+pub fn bearer_header() -> Option<&'static str> {
+    TOKEN.get().and_then(|v| v.to_str().ok())
+}
+
 /// Puts the bearer token (if any) on every request of a connection.
 #[derive(Clone)]
 pub struct Bearer(Option<tonic::metadata::AsciiMetadataValue>);

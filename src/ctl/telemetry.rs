@@ -707,6 +707,139 @@ pub struct QueryBench {
     /// Query an existing series instead of ingesting one (its range is given by --from/--to).
     #[arg(long)]
     pub series: Option<String>,
+    /// Also time the same bucket query through GraphQL at this URL (e.g.
+    /// `http://127.0.0.1:8080/graphql`), alternating with gRPC so that both see the same
+    /// machine, and print the two side by side.
+    #[arg(long)]
+    pub graphql: Option<String>,
+}
+
+/// One-minute buckets with p99 over `[start, end)`, read locally (the bench's query).
+fn bucket_bench_query(series: &str, start: i64, end: i64, tier: &str) -> pb::TelemetryQuery {
+    pb::TelemetryQuery {
+        series: series.to_owned(),
+        start_ns: start,
+        end_ns: end,
+        bucket_ns: 60_000_000_000,
+        tier: tier.into(),
+        percentiles: vec![0.99],
+        consistency: pb::Consistency::Local as i32,
+        ..Default::default()
+    }
+}
+
+/// The gRPC bucket query `req` (tier `auto`, one p99) and the same query through GraphQL at
+/// `url`, alternating query by query so that both meet the same machine, `n` of each. The
+/// GraphQL query asks for what a gRPC bucket carries (its moments, first, last, p99). The
+/// answers are compared on the first round: the figures are of equal work.
+async fn graphql_beside_grpc(
+    nodes: &Failover<Channel>,
+    url: &str,
+    req: &pb::TelemetryQuery,
+    n: u64,
+) -> anyhow::Result<serde_json::Value> {
+    const QUERY: &str = r#"query($s: String!, $r: TimeRangeInput!, $every: Duration!) {
+  telemetry(series: $s, range: $r, consistency: LOCAL) {
+    buckets(every: $every, agg: [COUNT, SUM, MEAN, MIN, MAX, FIRST, LAST, VARIANCE, STDDEV]) {
+      start tier values { value } p99: percentile(p: 0.99) } } }"#;
+    let body = serde_json::to_vec(&json!({
+        "query": QUERY,
+        "variables": {
+            "s": req.series,
+            "r": {"start": format_timestamp(req.start_ns), "end": format_timestamp(req.end_ns)},
+            "every": format!("{}s", req.bucket_ns / 1_000_000_000),
+        }
+    }))?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(600))
+        .build()?;
+    let mut post = http
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json");
+    if let Some(token) = super::bearer_header() {
+        post = post.header(reqwest::header::AUTHORIZATION, token);
+    }
+    let hist = || Histogram::<u64>::new_with_bounds(1, 600_000_000, 3);
+    let (mut hg, mut hq) = (hist()?, hist()?);
+    for i in 0..n.max(1) {
+        let t = Instant::now();
+        let grpc = run_query(nodes, req).await?;
+        hg.record(t.elapsed().as_micros().max(1) as u64)?;
+        let t = Instant::now();
+        let resp = post
+            .try_clone()
+            .context("the GraphQL request")?
+            .body(body.clone())
+            .send()
+            .await
+            .with_context(|| format!("POST {url}"))?;
+        let status = resp.status();
+        let answer = resp.bytes().await?;
+        hq.record(t.elapsed().as_micros().max(1) as u64)?;
+        anyhow::ensure!(
+            status.is_success(),
+            "GraphQL answered {status}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        if i == 0 {
+            same_buckets(&serde_json::from_slice(&answer)?, &grpc.buckets)?;
+        }
+    }
+    let ms = |h: &Histogram<u64>, q| h.value_at_quantile(q) as f64 / 1000.0;
+    Ok(json!({
+        "queries": n.max(1),
+        "grpc": {"p50_ms": ms(&hg, 0.5), "p99_ms": ms(&hg, 0.99), "max_ms": hg.max() as f64 / 1000.0},
+        "graphql": {"p50_ms": ms(&hq, 0.5), "p99_ms": ms(&hq, 0.99), "max_ms": hq.max() as f64 / 1000.0},
+        "p99_ratio": ms(&hq, 0.99) / ms(&hg, 0.99),
+    }))
+}
+
+/// A gRPC bucket's values in the order of GraphQL's `agg: [COUNT, SUM, MEAN, MIN, MAX,
+/// FIRST, LAST, VARIANCE, STDDEV]`.
+pub fn bucket_aggregates(b: &pb::TelemetryBucket) -> [f64; 9] {
+    [
+        b.count as f64,
+        b.sum,
+        b.mean,
+        b.min,
+        b.max,
+        b.first,
+        b.last,
+        b.variance,
+        b.stddev,
+    ]
+}
+
+/// The GraphQL answer `body` carries the gRPC `buckets`, value for value.
+fn same_buckets(body: &serde_json::Value, buckets: &[pb::TelemetryBucket]) -> anyhow::Result<()> {
+    if let Some(errors) = body.get("errors") {
+        bail!("GraphQL refused the query: {errors}");
+    }
+    let got = body["data"]["telemetry"]["buckets"]
+        .as_array()
+        .ok_or_else(|| anyhow!("no buckets in the GraphQL answer: {body}"))?;
+    anyhow::ensure!(
+        got.len() == buckets.len(),
+        "GraphQL gave {} buckets, gRPC {}",
+        got.len(),
+        buckets.len()
+    );
+    for (g, b) in got.iter().zip(buckets) {
+        let want = bucket_aggregates(b);
+        let values: Vec<Option<f64>> = g["values"]
+            .as_array()
+            .map(|v| v.iter().map(|x| x["value"].as_f64()).collect())
+            .unwrap_or_default();
+        let p99 = g["p99"].as_f64();
+        anyhow::ensure!(
+            g["tier"] == b.tier.as_str()
+                && values == want.map(Some)
+                && p99 == b.percentiles.first().copied(),
+            "the bucket at {} differs: GraphQL {g}, gRPC {b:?}",
+            format_timestamp(b.start_ns)
+        );
+    }
+    Ok(())
 }
 
 pub async fn bench_query(addrs: &str, b: QueryBench, printer: &Printer) -> anyhow::Result<()> {
@@ -771,20 +904,7 @@ pub async fn bench_query(addrs: &str, b: QueryBench, printer: &Printer) -> anyho
     let nodes = Failover::connect_lazy(addrs, Duration::from_secs(600))?;
     let mut results = serde_json::Map::new();
     for tier in ["auto", "raw"] {
-        let req = pb::TelemetryQuery {
-            series: series.clone(),
-            start_ns: start,
-            end_ns: start + span,
-            bucket_ns: 60_000_000_000,
-            target_points: 0,
-            tier: tier.into(),
-            anomaly_z: 0.0,
-            m4_width: 0,
-            median: false,
-            percentiles: vec![0.99],
-            consistency: pb::Consistency::Local as i32,
-            ..Default::default()
-        };
+        let req = bucket_bench_query(&series, start, start + span, tier);
         let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
         let mut served = String::new();
         let mut count = 0;
@@ -814,6 +934,13 @@ pub async fn bench_query(addrs: &str, b: QueryBench, printer: &Printer) -> anyho
                 "max_ms": h.max() as f64 / 1000.0}),
         );
     }
+    if let Some(url) = &b.graphql {
+        let req = bucket_bench_query(&series, start, start + span, "auto");
+        results.insert(
+            "graphql_vs_grpc".into(),
+            graphql_beside_grpc(&nodes, url, &req, b.queries).await?,
+        );
+    }
     let report = json!({"bench": "query", "series": series, "points": b.points, "buckets": b.buckets, "results": results});
     match printer.format {
         Output::Json => printer.json(&report),
@@ -823,6 +950,14 @@ pub async fn bench_query(addrs: &str, b: QueryBench, printer: &Printer) -> anyho
                 b.buckets, b.points
             );
             for (tier, r) in &results {
+                if tier == "graphql_vs_grpc" {
+                    println!(
+                        "  same query, alternating, {} each: gRPC p50 {} ms p99 {} ms | GraphQL p50 {} ms p99 {} ms | GraphQL/gRPC p99 {:.3}",
+                        r["queries"], r["grpc"]["p50_ms"], r["grpc"]["p99_ms"], r["graphql"]["p50_ms"],
+                        r["graphql"]["p99_ms"], r["p99_ratio"].as_f64().unwrap_or(f64::NAN)
+                    );
+                    continue;
+                }
                 println!(
                     "  tier {tier:>4} (served by {}): p50 {} ms  p99 {} ms  max {} ms over {} queries",
                     r["served_by"], r["p50_ms"], r["p99_ms"], r["max_ms"], r["queries"]
