@@ -44,7 +44,9 @@ pub struct CorrelateQuery {
 impl Service {
     /// An as-of join of several series over `[start, end)`: a row per point (or bucket
     /// mean, with `every_ns`) of the first series, each other series' cell the value the
-    /// strategy picks within the tolerance; a page of the rows, and Pearson's r of every
+    /// strategy picks within the tolerance (raw points of the others are read a tolerance
+    /// past both ends of the range, so that edge rows match as in a whole-series join); a
+    /// page of the rows, and Pearson's r of every
     /// pair over all rows of the range. Every series is authorized at once; the call is
     /// rate-limited once per series read.
     pub async fn correlate(

@@ -138,9 +138,14 @@ pub fn correlate(db: &SmDb, spec: &CorrelateSpec) -> Result<Correlation, QueryEr
         None => {
             let budget = Cell::new(MAX_CORRELATE_RAW_POINTS);
             let mut sources = Vec::with_capacity(ids.len());
-            for &(id, cut) in &ids {
-                let from = spec.start_ns.max(cut.raw);
-                sources.push(RawStream::new(db, &view, id, from, spec.end_ns, &budget)?);
+            for (i, &(id, cut)) in ids.iter().enumerate() {
+                // The range bounds the rows (the first series' points); the others are read
+                // a tolerance wider on both sides, so that a row near an edge takes a point
+                // just outside it, as the join of whole series would.
+                let widen = if i == 0 { 0 } else { spec.tolerance_ns };
+                let from = spec.start_ns.saturating_sub(widen).max(cut.raw);
+                let to = spec.end_ns.saturating_add(widen).min(MAX_TS);
+                sources.push(RawStream::new(db, &view, id, from, to, &budget)?);
             }
             page.run(sources, spec, scan_error)?;
         }
@@ -614,10 +619,14 @@ mod store_tests {
         let s = overlapping().await;
         let db = s.db();
         let (start, end) = (NOW - 2 * HOUR_NS, NOW - HOUR_NS + 11 * SEC);
-        let cols: Vec<(Vec<i64>, Vec<f64>)> = ["a/y", "a/x"]
-            .iter()
-            .map(|n| s.reference(n, start, end).into_iter().unzip())
-            .collect();
+        // The rows' series in the range, the other a tolerance (3 s) wider.
+        let cols: Vec<(Vec<i64>, Vec<f64>)> = [
+            s.reference("a/y", start, end),
+            s.reference("a/x", start - 3 * SEC, end + 3 * SEC),
+        ]
+        .into_iter()
+        .map(|pts| pts.into_iter().unzip())
+        .collect();
         let mut join = Joiner::new(
             cols.iter()
                 .map(|(t, v)| SliceSource::new(t, v, 100))
@@ -685,6 +694,58 @@ mod store_tests {
             assert!(row.values[1].is_some());
         }
         assert_eq!(c.pairs[0].matched, 6);
+    }
+
+    /// The range bounds the driving series' rows; a row near an edge takes the other
+    /// series' points within the tolerance on the far side of it, as an as-of join of the
+    /// whole series cut to those rows would.
+    #[tokio::test]
+    async fn rows_at_the_edges_match_points_outside_the_range() {
+        let mut s = Store::new();
+        let (start, end) = (NOW - HOUR_NS, NOW - HOUR_NS + 10 * SEC);
+        s.ingest(
+            NOW,
+            &[
+                ("e/a", vec![(start, 1.0), (end - SEC, 2.0), (end, 9.0)]),
+                ("e/b", vec![(start - SEC, 10.0), (end + SEC / 2, 20.0)]),
+            ],
+        )
+        .await;
+        let db = s.db();
+        let mut q = spec(&["e/a", "e/b"], start, end, 10);
+        q.tolerance_ns = 2 * SEC;
+        let rows = |strategy| {
+            let q = CorrelateSpec {
+                strategy,
+                ..q.clone()
+            };
+            let c = correlate(&db, &q).unwrap();
+            c.rows
+                .iter()
+                .map(|r| (r.ts_ns, r.values.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            rows(Strategy::Backward),
+            [
+                (start, vec![Some(1.0), Some(10.0)]),
+                (end - SEC, vec![Some(2.0), None])
+            ]
+        );
+        assert_eq!(
+            rows(Strategy::Forward),
+            [
+                (start, vec![Some(1.0), None]),
+                (end - SEC, vec![Some(2.0), Some(20.0)])
+            ]
+        );
+        assert_eq!(
+            rows(Strategy::Nearest),
+            [
+                (start, vec![Some(1.0), Some(10.0)]),
+                (end - SEC, vec![Some(2.0), Some(20.0)])
+            ]
+        );
     }
 
     #[tokio::test]

@@ -20,7 +20,7 @@ use async_graphql::{Name, Value, Variables};
 use super::scalars::parse_instant;
 use super::schema::RAW_POINTS_PER_UNIT;
 use crate::telemetry::browse::Known;
-use crate::telemetry::command::MAX_TS;
+use crate::telemetry::command::{MAX_TS, MIN_TS};
 
 const MINUTE_NS: i64 = 60_000_000_000;
 const HOUR_NS: i64 = 60 * MINUTE_NS;
@@ -438,10 +438,20 @@ impl<'a> Walker<'a> {
                 let Some((start, end)) = self.range(f, "range") else {
                     return 1;
                 };
-                // The join reads raw points only.
+                // The join reads raw points only: the rows' series in the range, the others
+                // a tolerance wider on both sides.
+                let widen = self.duration(f, "tolerance").unwrap_or(0);
+                let (wide_start, wide_end) = (
+                    start.saturating_sub(widen).max(MIN_TS),
+                    end.saturating_add(widen).min(MAX_TS),
+                );
                 let counts: Vec<u64> = series
                     .iter()
-                    .map(|s| self.points(s, start, end).raw)
+                    .enumerate()
+                    .map(|(i, s)| match i {
+                        0 => self.points(s, start, end).raw,
+                        _ => self.points(s, wide_start, wide_end).raw,
+                    })
                     .collect();
                 let read: u64 = counts.iter().map(|n| n.div_ceil(RAW_POINTS_PER_UNIT)).sum();
                 let rows = match self.duration(f, "every") {
@@ -611,6 +621,24 @@ mod tests {
             })
             .collect();
         estimate(&doc, None, &vars, &c, limits)
+    }
+
+    /// A correlation reads the rows' series in the range and the others a tolerance wider
+    /// (rows at the edges match points outside): those are the counts it is costed from.
+    #[test]
+    fn correlations_are_costed_on_the_ranges_they_read() {
+        let q = r#"{ correlate(series: ["a", "b"], tolerance: "PT1H",
+            range: {start: "2026-01-01T00:00:00Z", end: "2026-01-01T00:00:01Z"}) { rowsTotal } }"#;
+        let doc = async_graphql::parser::parse_query(q).unwrap();
+        let start = parse_instant("2026-01-01T00:00:00Z").unwrap();
+        let (end, hour) = (start + 1_000_000_000, 3_600_000_000_000);
+        assert_eq!(
+            needs(&doc, None, &Variables::default()),
+            BTreeSet::from([
+                ("a".to_owned(), start, end),
+                ("b".to_owned(), start - hour, end + hour)
+            ])
+        );
     }
 
     /// Where raw points expired, rollups still answer buckets and summaries: a range the
