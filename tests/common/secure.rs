@@ -13,13 +13,15 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aetherops::auth::{mint_hs256, MintRequest, Role};
+use aetherops::proto::aetherops::v1 as pb;
+use pb::admin_client::AdminClient;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
 use tokio_rustls::rustls;
 use tonic::metadata::AsciiMetadataValue;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use super::tokens::{AUD, ISS, NODE_AUD};
 
@@ -290,12 +292,26 @@ pub fn parse_config(toml: &str, from: &str) -> toml::Table {
 /// How long the mode check waits for one answer.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The node's own account of its protection (its status), asked over `ch` with `bearer`.
+async fn security(ch: Channel, bearer: Bearer) -> Result<pb::Security, tonic::Status> {
+    let s = AdminClient::with_interceptor(ch, bearer)
+        .status(pb::StatusRequest {})
+        .await?
+        .into_inner();
+    Ok(s.security.expect("status reports the node's security"))
+}
+
+fn plaintext(grpc_addr: &str) -> Endpoint {
+    Endpoint::from_shared(format!("http://{grpc_addr}"))
+        .expect("endpoint")
+        .connect_timeout(CHECK_TIMEOUT)
+        .timeout(CHECK_TIMEOUT)
+}
+
 /// Proves that a node the harness secured is secured: a call without a token is
 /// UNAUTHENTICATED, a plaintext connection gets no answer, and the node's own status says
 /// that tokens are checked and TLS is on. So the secure pass can never silently run plain.
 pub async fn assert_secured(grpc_addr: &str, log: impl Fn() -> String) {
-    use aetherops::proto::aetherops::v1 as pb;
-    use pb::admin_client::AdminClient;
     let m = material();
     let ch = m
         .endpoint(grpc_addr)
@@ -303,8 +319,7 @@ pub async fn assert_secured(grpc_addr: &str, log: impl Fn() -> String) {
         .connect()
         .await
         .unwrap_or_else(|e| panic!("TLS connect {grpc_addr}: {e}\n{}", log()));
-    let refused = AdminClient::new(ch.clone())
-        .status(pb::StatusRequest {})
+    let refused = security(ch.clone(), Bearer::default())
         .await
         .expect_err("a secure node answered a call without a token");
     assert_eq!(
@@ -312,22 +327,11 @@ pub async fn assert_secured(grpc_addr: &str, log: impl Fn() -> String) {
         tonic::Code::Unauthenticated,
         "a call without a token: {refused:?}"
     );
-    let plain = Endpoint::from_shared(format!("http://{grpc_addr}"))
-        .expect("endpoint")
-        .connect_timeout(CHECK_TIMEOUT)
-        .timeout(CHECK_TIMEOUT)
-        .connect_lazy();
-    let r = AdminClient::with_interceptor(plain, m.bearer())
-        .status(pb::StatusRequest {})
-        .await;
+    let r = security(plaintext(grpc_addr).connect_lazy(), m.bearer()).await;
     assert!(r.is_err(), "a secure node answered in plaintext: {r:?}");
-    let s = AdminClient::with_interceptor(ch, m.bearer())
-        .status(pb::StatusRequest {})
+    let s = security(ch, m.bearer())
         .await
-        .expect("status with the admin token")
-        .into_inner()
-        .security
-        .expect("status reports the node's security");
+        .expect("status with the admin token");
     assert!(
         s.auth && s.tls && !s.dev && !s.insecure,
         "a secure node reports {s:?}"
@@ -337,19 +341,13 @@ pub async fn assert_secured(grpc_addr: &str, log: impl Fn() -> String) {
 /// The other side: a node the harness started plain answers without a token, in
 /// plaintext, and says that it checks no token.
 pub async fn assert_plain(grpc_addr: &str, log: impl Fn() -> String) {
-    use aetherops::proto::aetherops::v1 as pb;
-    let ch = endpoint(grpc_addr)
-        .timeout(CHECK_TIMEOUT)
+    let ch = plaintext(grpc_addr)
         .connect()
         .await
         .unwrap_or_else(|e| panic!("connect {grpc_addr}: {e}\n{}", log()));
-    let s = pb::admin_client::AdminClient::new(ch)
-        .status(pb::StatusRequest {})
+    let s = security(ch, Bearer::default())
         .await
-        .expect("a plain node answers without a token")
-        .into_inner()
-        .security
-        .expect("status reports the node's security");
+        .expect("a plain node answers without a token");
     assert!(!s.auth && !s.tls, "a plain node reports {s:?}");
 }
 
