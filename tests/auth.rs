@@ -21,7 +21,6 @@ use common::tokens::*;
 use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::json;
-use tonic::transport::Channel;
 use tonic::Code;
 
 /// What a case asks the node to do.
@@ -219,7 +218,7 @@ impl Target<'_> {
 }
 
 /// Points stored in `series` (0 if it does not exist).
-async fn series_points(ch: Channel, series: &str, token: Option<&str>) -> u64 {
+async fn series_points(ch: TestChannel, series: &str, token: Option<&str>) -> u64 {
     let q = pb::TelemetryQuery {
         series: series.into(),
         // The hour around now: the cases ingest one point at the current time.
@@ -250,7 +249,7 @@ async fn series_points(ch: Channel, series: &str, token: Option<&str>) -> u64 {
 }
 
 /// One gRPC call of a case.
-async fn grpc(ch: Channel, call: Call, token: Option<&str>) -> Result<(), tonic::Status> {
+async fn grpc(ch: TestChannel, call: Call, token: Option<&str>) -> Result<(), tonic::Status> {
     match call {
         Call::Append(stream) => {
             let req = append_req(stream, None, vec![new_event("Attempted", "{}")]);

@@ -117,15 +117,10 @@ async fn a_paused_leader_is_replaced_and_steps_down_when_resumed() {
     let stale = new_event("Stale", "{}");
     let stale_id = stale.event_id.clone();
     let stale_write = {
-        let addr = c.nodes[old].grpc_addr.clone();
+        let (ep, bearer) = (c.nodes[old].endpoint(), c.nodes[old].bearer());
         tokio::spawn(async move {
-            let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                .unwrap()
-                .timeout(Duration::from_secs(45))
-                .connect()
-                .await
-                .ok()?;
-            pb::event_store_client::EventStoreClient::new(ch)
+            let ch = ep.timeout(Duration::from_secs(45)).connect().await.ok()?;
+            pb::event_store_client::EventStoreClient::with_interceptor(ch, bearer)
                 .append(append_req("stale-stream", None, vec![stale]))
                 .await
                 .ok()
@@ -176,15 +171,10 @@ async fn a_partitioned_minority_cannot_commit_and_the_cluster_converges_after_he
     // The minority side accepts a write into its log but cannot commit it.
     let before = c.nodes[old].status().await;
     let minority_write = {
-        let addr = c.nodes[old].grpc_addr.clone();
+        let (ep, bearer) = (c.nodes[old].endpoint(), c.nodes[old].bearer());
         tokio::spawn(async move {
-            let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                .unwrap()
-                .timeout(Duration::from_secs(4))
-                .connect()
-                .await
-                .unwrap();
-            pb::event_store_client::EventStoreClient::new(ch)
+            let ch = ep.timeout(Duration::from_secs(4)).connect().await.unwrap();
+            pb::event_store_client::EventStoreClient::with_interceptor(ch, bearer)
                 .append(append_req("minority", None, vec![new_event("Lost", "{}")]))
                 .await
         })

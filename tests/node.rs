@@ -1332,7 +1332,7 @@ where
 }
 
 async fn append_one(
-    c: &mut pb::event_store_client::EventStoreClient<tonic::transport::Channel>,
+    c: &mut pb::event_store_client::EventStoreClient<TestChannel>,
     stream: &str,
 ) -> Result<(), tonic::Status> {
     c.append(append_req(stream, None, vec![new_event("T", "{}")]))
@@ -1342,7 +1342,7 @@ async fn append_one(
 
 /// Appends single events until one is refused (a policy takes effect within a reload).
 async fn append_until_refused(
-    c: &mut pb::event_store_client::EventStoreClient<tonic::transport::Channel>,
+    c: &mut pb::event_store_client::EventStoreClient<TestChannel>,
     stream: &str,
 ) -> tonic::Status {
     let deadline = std::time::Instant::now() + DEADLINE;

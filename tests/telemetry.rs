@@ -14,13 +14,12 @@ use aetherops::proto::aetherops::v1::telemetry_client::TelemetryClient;
 use aetherops::telemetry::sketch::nearest_rank;
 use common::cluster::TestCluster;
 use common::*;
-use tonic::transport::Channel;
 use tonic::Code;
 
 const MIN: i64 = 60_000_000_000;
 const HOUR: i64 = 60 * MIN;
 
-async fn tm(node: &TestNode) -> TelemetryClient<Channel> {
+async fn tm(node: &TestNode) -> TelemetryClient<TestChannel> {
     TelemetryClient::new(node.channel().await)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20)
@@ -44,7 +43,7 @@ fn batch(series: &str, pts: &[(i64, f64)]) -> pb::IngestBatch {
 }
 
 async fn ingest(
-    c: &mut TelemetryClient<Channel>,
+    c: &mut TelemetryClient<TestChannel>,
     batches: Vec<pb::IngestBatch>,
 ) -> pb::IngestSummary {
     c.ingest(tokio_stream::iter(batches))
@@ -79,7 +78,7 @@ fn q(series: &str, start: i64, end: i64, bucket: i64, tier: &str) -> pb::Telemet
 }
 
 async fn query(
-    c: &mut TelemetryClient<Channel>,
+    c: &mut TelemetryClient<TestChannel>,
     req: pb::TelemetryQuery,
 ) -> Result<Answer, tonic::Status> {
     let mut s = c.query(req).await?.into_inner();

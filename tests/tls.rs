@@ -13,53 +13,28 @@ use std::time::{Duration, Instant};
 
 use aetherops::proto::raft::v1::{raft_client::RaftClient, RaftMessage};
 use common::*;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
 use tokio_rustls::rustls;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
-/// A CA: its certificate file, and the means to sign node certificates.
+/// A CA (`common::secure::Ca`) whose certificate is written to a file.
 struct Ca {
     pem: PathBuf,
-    issuer: Issuer<'static, KeyPair>,
+    ca: secure::Ca,
 }
 
 impl Ca {
     fn new(dir: &Path, name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params.distinguished_name.push(DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
+        let ca = secure::Ca::generate(name);
         let pem = dir.join(format!("{name}.pem"));
-        std::fs::write(&pem, cert.pem()).unwrap();
-        Ca {
-            pem,
-            issuer: Issuer::new(params, key),
-        }
+        std::fs::write(&pem, &ca.cert_pem).unwrap();
+        Ca { pem, ca }
     }
 
     /// A node certificate for 127.0.0.1 and localhost (server and client): (cert, key).
     fn node(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-        let mut params =
-            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let (c, k) = (
-            dir.join(format!("{name}.pem")),
-            dir.join(format!("{name}.key")),
-        );
-        std::fs::write(&c, cert.pem()).unwrap();
-        std::fs::write(&k, key.serialize_pem()).unwrap();
-        (c, k)
+        self.ca
+            .node(name, &["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .write(dir, name)
     }
 }
 

@@ -9,10 +9,9 @@ use aetherops::proto::aetherops::v1 as pb;
 use aetherops::proto::aetherops::v1::workflows_client::WorkflowsClient;
 use common::cluster::TestCluster;
 use common::*;
-use tonic::transport::Channel;
 use tonic::Code;
 
-async fn wf(node: &TestNode) -> WorkflowsClient<Channel> {
+async fn wf(node: &TestNode) -> WorkflowsClient<TestChannel> {
     WorkflowsClient::new(node.channel().await)
 }
 
@@ -66,7 +65,7 @@ fn done(id: &str, step: &str, output: &str) -> pb::CompleteStepRequest {
 }
 
 async fn state(
-    c: &mut WorkflowsClient<Channel>,
+    c: &mut WorkflowsClient<TestChannel>,
     id: &str,
     at: Option<pb::get_workflow_state_request::At>,
 ) -> Result<serde_json::Value, tonic::Status> {

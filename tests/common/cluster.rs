@@ -1,5 +1,7 @@
 //! A cluster of real `aetherd` processes, each behind a fault-injecting proxy, each
 //! connecting from its own loopback IP (127.0.0.10+i) so that links can be cut one by one.
+//! In secure mode (`AETHER_TEST_SECURE=1`) every member the harness starts is checked to be
+//! secured; otherwise to be plain ([`TestCluster::spawn_node_with_config`]).
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -7,7 +9,7 @@ use std::time::{Duration, Instant};
 use aetherops::proto::aetherops::v1 as pb;
 
 use super::proxy::Proxy;
-use super::{NodeBuilder, TestNode, DEADLINE};
+use super::{secure, NodeBuilder, Protection, TestNode, DEADLINE};
 
 pub struct TestCluster {
     pub nodes: Vec<TestNode>,
@@ -47,7 +49,9 @@ impl TestCluster {
         self.spawn_node_with_config(None).await
     }
 
-    /// Starts one more node with this TOML config file (not a member yet).
+    /// Starts one more node with this TOML config file (not a member yet), and checks that
+    /// it runs in the harness's mode: secured in secure mode, plain otherwise (unless the
+    /// test's config brings its own `[auth]` or `[tls]`).
     pub async fn spawn_node_with_config(&mut self, toml: Option<&str>) -> usize {
         let id = self.nodes.len() as u64 + 1;
         let proxy = Proxy::start().await;
@@ -62,6 +66,14 @@ impl TestCluster {
             b = b.config(toml);
         }
         let node = b.start();
+        match &node.protection {
+            Protection::Secure(_) => secure::assert_secured(&node.grpc_addr, || node.log()).await,
+            Protection::Plain => {
+                assert!(!secure::enabled(), "secure mode started node {id} plain");
+                secure::assert_plain(&node.grpc_addr, || node.log()).await
+            }
+            Protection::OwnConfig => {}
+        }
         proxy.set_target(&node.grpc_addr);
         self.nodes.push(node);
         self.proxies.push(proxy);
@@ -145,18 +157,21 @@ impl TestCluster {
     }
 
     pub async fn try_status(&self, i: usize) -> Result<pb::StatusResponse, tonic::Status> {
-        let ch =
-            tonic::transport::Endpoint::from_shared(format!("http://{}", self.nodes[i].grpc_addr))
-                .expect("endpoint")
-                .connect_timeout(Duration::from_secs(2))
-                .timeout(Duration::from_secs(5))
-                .connect()
-                .await
-                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        aetherops::proto::aetherops::v1::admin_client::AdminClient::new(ch)
-            .status(pb::StatusRequest {})
+        let node = &self.nodes[i];
+        let ch = node
+            .endpoint()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(5))
+            .connect()
             .await
-            .map(|r| r.into_inner())
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        aetherops::proto::aetherops::v1::admin_client::AdminClient::with_interceptor(
+            ch,
+            node.bearer(),
+        )
+        .status(pb::StatusRequest {})
+        .await
+        .map(|r| r.into_inner())
     }
 
     /// Waits until the given nodes have applied the same index with the same digest.

@@ -4,12 +4,16 @@
 //! wait is on a condition with a generous deadline (the suite runs on a loaded 2-core
 //! machine). Processes are killed when their handle drops, and a failing test prints the
 //! node's log.
+//!
+//! With `AETHER_TEST_SECURE=1` cluster members start with `[auth]` and `[tls]` on and the
+//! harness's clients follow suit ([`secure`]).
 
 #![allow(dead_code)]
 
 pub mod cluster;
 pub mod crash;
 pub mod proxy;
+pub mod secure;
 pub mod tokens;
 
 use std::path::{Path, PathBuf};
@@ -19,13 +23,30 @@ use std::time::{Duration, Instant};
 use aetherops::proto::aetherops::v1 as pb;
 use aetherops::proto::aetherops::v1::admin_client::AdminClient;
 use aetherops::proto::aetherops::v1::event_store_client::EventStoreClient;
-use tonic::transport::Channel;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
 
 pub const AETHERD: &str = env!("CARGO_BIN_EXE_aetherd");
 pub const AETHERCTL: &str = env!("CARGO_BIN_EXE_aetherctl");
 
 /// Generous: cluster tests share 2 cores with everything else.
 pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A connection to a node as the harness hands it out: with the harness's admin token on
+/// every request in secure mode (none otherwise).
+pub type TestChannel = InterceptedService<Channel, secure::Bearer>;
+
+/// How the harness started a node.
+#[derive(Debug, Clone)]
+pub enum Protection {
+    /// Neither `[auth]` nor `[tls]`.
+    Plain,
+    /// Secure mode: the harness's `[auth]` and `[tls]`; its clients use these files.
+    Secure(secure::NodeFiles),
+    /// The test's config has its own `[auth]` or `[tls]`: the test brings its own tokens
+    /// and TLS, the harness's clients stay plain.
+    OwnConfig,
+}
 
 pub struct TestNode {
     pub id: u64,
@@ -36,6 +57,7 @@ pub struct TestNode {
     extra_args: Vec<String>,
     env: Vec<(String, String)>,
     dev: bool,
+    pub protection: Protection,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -113,7 +135,9 @@ impl NodeBuilder {
             }
         };
         let mut args = self.args;
-        if let Some(toml) = self.config {
+        let (config, protection) =
+            protect(&mut args, self.config, self.dev, &dir, self.id, &self.ip);
+        if let Some(toml) = config {
             let path = dir.with_extension("toml");
             std::fs::create_dir_all(dir.parent().expect("data dir has a parent")).expect("dir");
             std::fs::write(&path, toml).expect("config file");
@@ -129,11 +153,62 @@ impl NodeBuilder {
             extra_args: args,
             env: self.env,
             dev: self.dev,
+            protection,
             _tmp: tmp,
         };
         node.spawn();
         node
     }
+}
+
+/// The config a node starts with, and how it is protected. The test's config (its text,
+/// and a `--config FILE` among its arguments) is looked at for `[auth]` and `[tls]` of its
+/// own. In secure mode a cluster member without them gets the harness's, merged into one
+/// config file (the `--config` argument is then replaced by it); otherwise the node starts
+/// exactly as the test said.
+fn protect(
+    args: &mut Vec<String>,
+    config: Option<String>,
+    dev: bool,
+    dir: &Path,
+    id: u64,
+    ip: &str,
+) -> (Option<String>, Protection) {
+    let file_at = args.iter().position(|a| a == "--config");
+    assert!(
+        !args.iter().any(|a| a.starts_with("--config=")),
+        "the harness reads `--config FILE` only"
+    );
+    let mut table = toml::Table::new();
+    let mut merge = |text: &str, from: &str| {
+        for (k, v) in secure::parse_config(text, from) {
+            assert!(
+                table.insert(k.clone(), v).is_none(),
+                "the test's configs both set `{k}`"
+            );
+        }
+    };
+    if let Some(i) = file_at {
+        let path = args.get(i + 1).expect("--config needs a file");
+        let text = std::fs::read_to_string(path).expect("the test's config file");
+        merge(&text, path);
+    }
+    if let Some(text) = &config {
+        merge(text, "NodeBuilder::config");
+    }
+    if table.contains_key("auth") || table.contains_key("tls") {
+        return (config, Protection::OwnConfig);
+    }
+    if dev || !secure::enabled() {
+        return (config, Protection::Plain);
+    }
+    if let Some(i) = file_at {
+        args.drain(i..i + 2);
+    }
+    let (sections, files) = secure::material().node_config(&dir.with_extension("secure"), id, ip);
+    table.extend(sections);
+    let text = toml::to_string(&table).expect("the merged config serializes");
+    (Some(text), Protection::Secure(files))
 }
 
 impl TestNode {
@@ -270,15 +345,32 @@ impl TestNode {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
-    pub async fn channel(&self) -> Channel {
-        let ep = tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc_addr))
-            .expect("endpoint")
+    /// The endpoint of this node's gRPC port: TLS with the harness's CA when the harness
+    /// secured the node, plaintext otherwise.
+    pub fn endpoint(&self) -> Endpoint {
+        match &self.protection {
+            Protection::Secure(_) => secure::material().endpoint(&self.grpc_addr),
+            _ => Endpoint::from_shared(format!("http://{}", self.grpc_addr)).expect("endpoint"),
+        }
+    }
+
+    /// The token this node's harness clients carry (the admin token when secured).
+    pub fn bearer(&self) -> secure::Bearer {
+        match &self.protection {
+            Protection::Secure(_) => secure::material().bearer(),
+            _ => secure::Bearer::default(),
+        }
+    }
+
+    pub async fn channel(&self) -> TestChannel {
+        let ep = self
+            .endpoint()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30));
         let deadline = Instant::now() + DEADLINE;
         loop {
             match ep.connect().await {
-                Ok(c) => return c,
+                Ok(c) => return TestChannel::new(c, self.bearer()),
                 Err(e) => {
                     assert!(
                         Instant::now() < deadline,
@@ -292,11 +384,11 @@ impl TestNode {
         }
     }
 
-    pub async fn client(&self) -> EventStoreClient<Channel> {
+    pub async fn client(&self) -> EventStoreClient<TestChannel> {
         EventStoreClient::new(self.channel().await)
     }
 
-    pub async fn admin(&self) -> AdminClient<Channel> {
+    pub async fn admin(&self) -> AdminClient<TestChannel> {
         AdminClient::new(self.channel().await)
     }
 
@@ -350,16 +442,23 @@ impl TestNode {
         }
     }
 
-    /// Runs `aetherctl --addr <this node> ARGS`.
+    /// Runs `aetherctl --addr <this node> ARGS` (with the CA and the admin token of a node
+    /// the harness secured).
     pub fn ctl(&self, args: &[&str]) -> Output {
         self.ctl_stdin(args, None)
     }
 
     pub fn ctl_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
         use std::io::Write;
-        let mut child = Command::new(AETHERCTL)
-            .arg("--addr")
-            .arg(&self.grpc_addr)
+        let mut cmd = Command::new(AETHERCTL);
+        cmd.arg("--addr").arg(&self.grpc_addr);
+        if let Protection::Secure(files) = &self.protection {
+            cmd.arg("--ca-file")
+                .arg(&files.ca_file)
+                .arg("--token-file")
+                .arg(&files.token_file);
+        }
+        let mut child = cmd
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -375,7 +474,16 @@ impl TestNode {
         child.wait_with_output().expect("aetherctl output")
     }
 
+    /// GET `path` from this node's HTTP port: HTTPS with the admin token when the harness
+    /// secured the node.
     pub async fn http_get(&self, path: &str) -> (u16, String) {
+        if let Protection::Secure(_) = self.protection {
+            let m = secure::material();
+            let bearer = format!("Bearer {}", m.admin_token());
+            let r =
+                secure::https_get_with(&self.http_addr, path, &[("authorization", &bearer)]).await;
+            return (r.code, r.body);
+        }
         http_get(&self.http_addr, path).await
     }
 }
@@ -426,10 +534,23 @@ impl HttpReply {
 
 /// [`http_get`] with extra request headers, keeping the response's headers.
 pub async fn http_get_with(addr: &str, path: &str, headers: &[(&str, &str)]) -> HttpReply {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr)
+    let s = tokio::net::TcpStream::connect(addr)
         .await
         .expect("connect http");
+    http_exchange(s, addr, path, headers).await
+}
+
+/// One GET over a connection (plain or TLS) to `addr`, read until the server closes it.
+pub async fn http_exchange<S>(
+    mut s: S,
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> HttpReply
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let extra: String = headers
         .iter()
         .map(|(k, v)| format!("{k}: {v}\r\n"))
@@ -441,7 +562,14 @@ pub async fn http_get_with(addr: &str, path: &str, headers: &[(&str, &str)]) -> 
     .await
     .expect("write");
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.expect("read");
+    // A TLS peer may end without close_notify after `Connection: close` (an unexpected EOF
+    // to rustls; plain TCP never says so): the reply is in.
+    if let Err(e) = s.read_to_end(&mut buf).await {
+        assert!(
+            e.kind() == std::io::ErrorKind::UnexpectedEof && !buf.is_empty(),
+            "read {addr}: {e}"
+        );
+    }
     let text = String::from_utf8_lossy(&buf).into_owned();
     let code = text
         .split_whitespace()
@@ -488,7 +616,7 @@ pub fn append_req(
 
 /// Every event of the global log, read page by page.
 pub async fn read_all_events(
-    c: &mut EventStoreClient<Channel>,
+    c: &mut EventStoreClient<TestChannel>,
     consistency: pb::Consistency,
 ) -> Vec<pb::RecordedEvent> {
     let mut out = Vec::new();
@@ -522,7 +650,7 @@ pub fn data_dir_in(tmp: &Path, name: &str) -> PathBuf {
 pub struct RetryingAppender {
     addrs: Vec<String>,
     next: usize,
-    clients: std::collections::HashMap<String, EventStoreClient<Channel>>,
+    clients: std::collections::HashMap<String, EventStoreClient<TestChannel>>,
 }
 
 impl RetryingAppender {
@@ -534,18 +662,17 @@ impl RetryingAppender {
         }
     }
 
-    async fn client(&mut self, addr: &str) -> Option<EventStoreClient<Channel>> {
+    async fn client(&mut self, addr: &str) -> Option<EventStoreClient<TestChannel>> {
         if let Some(c) = self.clients.get(addr) {
             return Some(c.clone());
         }
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .ok()?
+        let ch = secure::endpoint(addr)
             .connect_timeout(Duration::from_secs(1))
             .timeout(Duration::from_secs(5))
             .connect()
             .await
             .ok()?;
-        let c = EventStoreClient::new(ch);
+        let c = EventStoreClient::with_interceptor(ch, secure::bearer());
         self.clients.insert(addr.to_owned(), c.clone());
         Some(c)
     }

@@ -5,13 +5,13 @@
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::TestChannel;
 use aetherops::proto::aetherops::v1 as pb;
 use aetherops::proto::aetherops::v1::admin_client::AdminClient;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{json, Value};
-use tonic::transport::Channel;
 
 pub const ISS: &str = "aetherops-test";
 pub const AUD: &str = "aetherops";
@@ -211,7 +211,7 @@ pub fn bearer<T>(msg: T, token: Option<&str>) -> tonic::Request<T> {
 
 /// The node's status, asked with `token`.
 pub async fn status_as(
-    admin: &mut AdminClient<Channel>,
+    admin: &mut AdminClient<TestChannel>,
     token: &str,
 ) -> Result<pb::StatusResponse, tonic::Status> {
     admin
