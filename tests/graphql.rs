@@ -463,6 +463,103 @@ async fn daily_buckets_in_berlin_follow_its_dst_changes() {
     assert_eq!(autumn[1]["end"], "2026-10-26T00:00:00+01:00");
 }
 
+/// Bucket lists with a plain selection are answered in one pass (`api::graphql::direct`);
+/// a fragment, a directive or a variable argument sends them through the executor. Both
+/// give the same answer, field for field and in the same order (a zone's offsets and
+/// aliases included), and an invalid percentile is the executor's located error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucket_lists_answer_alike_with_and_without_the_executor() {
+    let node = NodeBuilder::dev().start();
+    node.wait_leader().await;
+    // Points every 10 s for 6 hours with a 2-hour hole: empty buckets in the middle.
+    let pts: Vec<(i64, f64)> = series(2160, 10 * SEC, 3)
+        .into_iter()
+        .filter(|p| !(2 * HOUR..4 * HOUR).contains(&(p.0 - t0())))
+        .collect();
+    ingest(&node, "direct/x", &pts).await;
+    let range =
+        json!({"start": rfc(t0() + 7 * SEC), "end": rfc(t0() + 6 * HOUR), "zone": "Asia/Kolkata"});
+    let fields = "__typename start end tier count mean min max \
+        p99: percentile(p: 0.99) median: percentile(p: 0.5) \
+        values { fn value __typename } v: values { value }";
+    // The response text as sent (the key order is part of the answer).
+    let text = |selection: String| {
+        let p = if selection.contains("$p") {
+            ", $p: Float! = 0.99"
+        } else {
+            ""
+        };
+        let q = format!(
+            r#"query($r: TimeRangeInput!{p}) {{ telemetry(series: "direct/x", range: $r) {{
+                buckets(every: "PT20M", agg: [COUNT, MEAN, STDDEV, P90, FIRST]) {{ {selection} }} }} }}"#
+        );
+        let body = json!({"query": q, "variables": {"r": range}});
+        let url = format!("http://{}/graphql", node.http_addr);
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.text().await.unwrap()
+        }
+    };
+    let direct = text(fields.to_owned()).await;
+    let parsed: Value = serde_json::from_str(&direct).unwrap();
+    let buckets = data(&parsed)["telemetry"]["buckets"].as_array().unwrap();
+    assert!(buckets.len() >= 12, "{parsed:#}");
+    assert!(
+        buckets[1]["start"].as_str().unwrap().ends_with("+05:30"),
+        "{parsed:#}"
+    );
+    let first = &direct[direct.find("{\"__typename\":\"Bucket\"").unwrap()..];
+    let order = [
+        "__typename",
+        "start",
+        "end",
+        "tier",
+        "count",
+        "mean",
+        "min",
+        "max",
+        "p99",
+        "median",
+        "values",
+        "v",
+    ]
+    .map(|k| first.find(&format!("\"{k}\":")).unwrap());
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "selection order kept: {first:.300}"
+    );
+    for through in [
+        format!("... on Bucket {{ {fields} }}"),
+        fields.replace("tier count", "tier @include(if: true) count"),
+        fields.replace("percentile(p: 0.99)", "percentile(p: $p)"),
+    ] {
+        assert_eq!(
+            text(through.clone()).await,
+            direct,
+            "through the executor: {through}"
+        );
+    }
+    let bad = gql(
+        &node,
+        r#"query($r: TimeRangeInput!) { telemetry(series: "direct/x", range: $r) {
+            buckets(every: "PT20M") { start percentile(p: 1.5) } } }"#,
+        json!({"r": range}),
+    )
+    .await;
+    assert_eq!(code(&bad), "BAD_USER_INPUT", "{bad:#}");
+    assert_eq!(
+        bad["errors"][0]["path"],
+        json!(["telemetry", "buckets", 0, "percentile"]),
+        "{bad:#}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graphiql_is_served() {
     let node = NodeBuilder::dev().start();

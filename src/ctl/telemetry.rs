@@ -704,9 +704,14 @@ pub struct QueryBench {
     /// Queries to time per tier.
     #[arg(long, default_value_t = 100)]
     pub queries: u64,
-    /// Query an existing series instead of ingesting one (its range is given by --from/--to).
+    /// Query an existing series instead of ingesting one (it must cover the last
+    /// `--buckets` minutes but two, as an ingested one does).
     #[arg(long)]
     pub series: Option<String>,
+    /// Seconds to wait after the ingest before timing (the node compacts and rolls up
+    /// what it just took, which would weigh on the first queries).
+    #[arg(long, default_value_t = 0)]
+    pub settle_secs: u64,
     /// Also time the same bucket query through GraphQL at this URL (e.g.
     /// `http://127.0.0.1:8080/graphql`), alternating with gRPC so that both see the same
     /// machine, and print the two side by side.
@@ -901,6 +906,7 @@ pub async fn bench_query(addrs: &str, b: QueryBench, printer: &Printer) -> anyho
             series
         }
     };
+    tokio::time::sleep(Duration::from_secs(b.settle_secs)).await;
     let nodes = Failover::connect_lazy(addrs, Duration::from_secs(600))?;
     let mut results = serde_json::Map::new();
     for tier in ["auto", "raw"] {

@@ -6,15 +6,14 @@
 
 use std::cell::Cell;
 
-use super::command::{MAX_SEGMENT_SPAN_NS, MAX_TS, MIN_TS};
+use super::command::{MAX_TS, MIN_TS};
 use super::correlate::{Correlator, JoinError, Joiner, PointSource, SliceSource, Strategy};
-use super::keys::{decode_bucket, decode_series_id, raw_key, rollup_key};
+use super::keys::{decode_bucket, decode_series_id, rollup_key};
 use super::moments::Moments;
 use super::query::{query_at, series_at, QueryError, QuerySpec};
 use super::read::{read_opts, RawStream, ScanError};
 use super::retention::{load_policies, ReadView, HOUR_NS, TIER_HOUR};
-use super::segment;
-use crate::storage::sm_db::{SmDb, CF_TM_RAW, CF_TM_ROLLUP, CF_TM_SERIES};
+use crate::storage::sm_db::{SmDb, CF_TM_ROLLUP, CF_TM_SERIES};
 use crate::storage::StorageError;
 
 /// Raw points one correlation decodes at most, over all its series (bounds its time; its
@@ -371,10 +370,11 @@ pub struct Known {
     pub held: u64,
 }
 
-/// The points of `[start, end)` a series holds, estimated from headers: raw segments whole
-/// inside and a share of those across an edge in proportion to the time they overlap (an
-/// overwritten point counts twice); before the raw cutoff, the hour rollups' counts, a share
-/// of the hours across an edge alike. A missing series has none.
+/// The points of `[start, end)` a series holds, estimated from its hour rollups (which count
+/// every point stored, raw or not): an hour across an edge by its share of the time, an
+/// overwritten point twice. Reads an hour's record, never a segment: a cost estimate of a
+/// range of ten million points reads ~20 small records, not the points. A missing series
+/// holds none.
 pub fn estimate_points(
     db: &SmDb,
     series: &str,
@@ -388,27 +388,12 @@ pub fn estimate_points(
         Err(QueryError::NotFound(_)) => return Ok(Known::default()),
         Err(e) => return Err(e),
     };
-    let raw = raw_estimate(db, &view, id, start_ns.max(cut.raw), end_ns)?;
+    // Raw points are retained from `cut.raw` on, and `cut.raw >= cut.hour`.
     let rolled = hour_counts(db, &view, id, start_ns.max(cut.hour), end_ns.min(cut.raw))?;
+    let raw = hour_counts(db, &view, id, start_ns.max(cut.raw), end_ns)?;
     Ok(Known {
         raw,
         held: raw.saturating_add(rolled),
-    })
-}
-
-/// Raw points in `[lo, hi)` by segment headers.
-fn raw_estimate(
-    db: &SmDb,
-    view: &ReadView<'_>,
-    id: u64,
-    lo: i64,
-    hi: i64,
-) -> Result<u64, QueryError> {
-    let from = raw_key(id, lo.saturating_sub(MAX_SEGMENT_SPAN_NS), 0, 0);
-    let to = raw_key(id, hi, 0, 0);
-    counted_share(db, view, CF_TM_RAW, (&from, &to), (lo, hi), |v| {
-        let info = segment::info(v).map_err(|e| StorageError::corrupt("segment", e))?;
-        Ok((info.min_ts, info.max_ts, info.count as u64))
     })
 }
 
@@ -420,40 +405,25 @@ fn hour_counts(
     lo: i64,
     hi: i64,
 ) -> Result<u64, QueryError> {
-    let from = rollup_key(id, TIER_HOUR, lo.saturating_sub(lo.rem_euclid(HOUR_NS)));
-    let to = rollup_key(id, TIER_HOUR, hi);
-    counted_share(db, view, CF_TM_ROLLUP, (&from, &to), (lo, hi), |v| {
-        let hour = decode_bucket(v)?;
-        let last = hour.start_ns.saturating_add(HOUR_NS - 1);
-        Ok((hour.start_ns, last, hour.moments.count()))
-    })
-}
-
-/// The records of `cf` in `[keys.0, keys.1)` summed by `span` (each record's first and last
-/// time and its count), a record across an edge of `[lo, hi)` by its share of the time.
-fn counted_share(
-    db: &SmDb,
-    view: &ReadView<'_>,
-    cf: &'static str,
-    keys: (&[u8], &[u8]),
-    (lo, hi): (i64, i64),
-    span: impl Fn(&[u8]) -> Result<(i64, i64, u64), StorageError>,
-) -> Result<u64, QueryError> {
     if lo >= hi {
         return Ok(0);
     }
     let mut opts = read_opts(Some(view));
-    opts.set_iterate_upper_bound(keys.1.to_vec());
+    opts.set_iterate_upper_bound(rollup_key(id, TIER_HOUR, hi).to_vec());
+    let mut it = db.db().raw_iterator_cf_opt(db.cf(CF_TM_ROLLUP)?, opts);
+    it.seek(rollup_key(
+        id,
+        TIER_HOUR,
+        lo.saturating_sub(lo.rem_euclid(HOUR_NS)),
+    ));
     let mut total = 0f64;
-    for item in db.db().iterator_cf_opt(
-        db.cf(cf)?,
-        opts,
-        rocksdb::IteratorMode::From(keys.0, rocksdb::Direction::Forward),
-    ) {
-        let (_, v) = item.map_err(StorageError::from)?;
-        let (first, last, count) = span(&v)?;
-        total += overlap_share(first, last, lo, hi) * count as f64;
+    while let Some(v) = it.value() {
+        let hour = decode_bucket(v)?;
+        let last = hour.start_ns.saturating_add(HOUR_NS - 1);
+        total += overlap_share(hour.start_ns, last, lo, hi) * hour.moments.count() as f64;
+        it.next();
     }
+    it.status().map_err(StorageError::from)?;
     Ok(total.round() as u64)
 }
 

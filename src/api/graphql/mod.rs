@@ -8,6 +8,7 @@
 //! `extensions.cost { requested, actual, limit }`.
 
 pub mod cost;
+mod direct;
 pub mod error;
 pub mod scalars;
 pub mod schema;
@@ -44,6 +45,7 @@ struct Gql {
 
 /// The schema, with the service its resolvers call.
 pub fn schema(service: Service, settings: &GraphqlSettings) -> AetherSchema {
+    // No extension: `direct` answers bucket lists without per-field resolution hooks.
     Schema::build(Query, EmptyMutation, Subscription)
         .data(service)
         // The cost walk checks depth first (with the configured limit); this is the

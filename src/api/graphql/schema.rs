@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_graphql::{Context, Enum, Json, Object, SimpleObject, ID};
 use futures::StreamExt;
 
+use super::direct::Buckets;
 use super::error::{bad_input, OrGql};
 use super::scalars::{DateTime, Duration, Range, TimeRangeInput};
 use crate::eventstore::subscribe::{Item, Target};
@@ -346,7 +347,7 @@ impl Telemetry {
         every: Option<Duration>,
         points: Option<u32>,
         #[graphql(default_with = "vec![AggFn::Mean]")] agg: Vec<AggFn>,
-    ) -> async_graphql::Result<Vec<Bucket>> {
+    ) -> async_graphql::Result<Buckets> {
         let mut spec = self.spec();
         spec.target_points = 0;
         match (&every, points) {
@@ -366,25 +367,27 @@ impl Telemetry {
         }
         spec.median = agg.contains(&AggFn::Median);
         let answer = self.run(ctx, spec, Vec::new()).await?;
-        Ok(answer
-            .result
-            .buckets
-            .into_iter()
-            .map(|b| Bucket {
-                start: self.range.at(b.start_ns.max(self.range.start_ns)),
-                end: self.range.at(b.end_ns.min(self.range.end_ns)),
-                tier: b.tier.as_str(),
-                values: agg
-                    .iter()
-                    .map(|f| AggValue {
-                        r#fn: *f,
-                        value: aggregate(*f, &b.moments, &b.sketch, b.median),
-                    })
-                    .collect(),
-                moments: b.moments,
-                sketch: b.sketch,
-            })
-            .collect())
+        Ok(Buckets(
+            answer
+                .result
+                .buckets
+                .into_iter()
+                .map(|b| Bucket {
+                    start: self.range.at(b.start_ns.max(self.range.start_ns)),
+                    end: self.range.at(b.end_ns.min(self.range.end_ns)),
+                    tier: b.tier.as_str(),
+                    values: agg
+                        .iter()
+                        .map(|f| AggValue {
+                            r#fn: *f,
+                            value: aggregate(*f, &b.moments, &b.sketch, b.median),
+                        })
+                        .collect(),
+                    moments: b.moments,
+                    sketch: b.sketch,
+                })
+                .collect(),
+        ))
     }
 
     /// Raw points in time order (the latest write of a timestamp wins), `limit` per page,
@@ -541,7 +544,7 @@ fn aggregate(f: AggFn, m: &Moments, s: &DDSketch, exact_median: Option<f64>) -> 
     .filter(|v| v.is_finite())
 }
 
-fn check_quantile(p: f64) -> async_graphql::Result<f64> {
+pub(super) fn check_quantile(p: f64) -> async_graphql::Result<f64> {
     if (0.0..=1.0).contains(&p) {
         Ok(p)
     } else {
@@ -556,12 +559,12 @@ pub struct AggValue {
 }
 
 pub struct Bucket {
-    start: DateTime,
-    end: DateTime,
-    tier: &'static str,
-    values: Vec<AggValue>,
-    moments: Moments,
-    sketch: DDSketch,
+    pub(super) start: DateTime,
+    pub(super) end: DateTime,
+    pub(super) tier: &'static str,
+    pub(super) values: Vec<AggValue>,
+    pub(super) moments: Moments,
+    pub(super) sketch: DDSketch,
 }
 
 #[Object]
