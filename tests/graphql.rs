@@ -479,7 +479,7 @@ async fn bucket_lists_answer_alike_with_and_without_the_executor() {
     ingest(&node, "direct/x", &pts).await;
     let range =
         json!({"start": rfc(t0() + 7 * SEC), "end": rfc(t0() + 6 * HOUR), "zone": "Asia/Kolkata"});
-    let fields = "__typename start end tier count mean min max \
+    let fields = "__typename start end tier count sum mean min max first last variance stddev \
         p99: percentile(p: 0.99) median: percentile(p: 0.5) \
         values { fn value __typename } v: values { value }";
     // The response text as sent (the key order is part of the answer).

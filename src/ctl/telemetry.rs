@@ -745,8 +745,8 @@ async fn graphql_beside_grpc(
 ) -> anyhow::Result<serde_json::Value> {
     const QUERY: &str = r#"query($s: String!, $r: TimeRangeInput!, $every: Duration!) {
   telemetry(series: $s, range: $r, consistency: LOCAL) {
-    buckets(every: $every, agg: [COUNT, SUM, MEAN, MIN, MAX, FIRST, LAST, VARIANCE, STDDEV]) {
-      start tier values { value } p99: percentile(p: 0.99) } } }"#;
+    buckets(every: $every) {
+      start tier count sum mean min max first last variance stddev p99: percentile(p: 0.99) } } }"#;
     let body = serde_json::to_vec(&json!({
         "query": QUERY,
         "variables": {
@@ -831,10 +831,11 @@ fn same_buckets(body: &serde_json::Value, buckets: &[pb::TelemetryBucket]) -> an
     );
     for (g, b) in got.iter().zip(buckets) {
         let want = bucket_aggregates(b);
-        let values: Vec<Option<f64>> = g["values"]
-            .as_array()
-            .map(|v| v.iter().map(|x| x["value"].as_f64()).collect())
-            .unwrap_or_default();
+        let values: Vec<Option<f64>> = [
+            "count", "sum", "mean", "min", "max", "first", "last", "variance", "stddev",
+        ]
+        .map(|k| g[k].as_f64())
+        .to_vec();
         let p99 = g["p99"].as_f64();
         anyhow::ensure!(
             g["tier"] == b.tier.as_str()

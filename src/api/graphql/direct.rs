@@ -21,7 +21,7 @@ use async_graphql::{
     ContextSelectionSet, InputType, Name, OutputType, Positioned, ScalarType, ServerResult, Value,
 };
 
-use super::schema::{AggValue, Bucket};
+use super::schema::{AggFn, AggValue, Bucket};
 
 /// The buckets of an answer, as `[Bucket!]!`.
 pub struct Buckets(pub Vec<Bucket>);
@@ -75,9 +75,7 @@ enum Pick {
     End,
     Tier,
     Count,
-    Mean,
-    Min,
-    Max,
+    Agg(AggFn),
     Percentile(f64),
     Values(Vec<(Name, ValuePick)>),
 }
@@ -96,9 +94,7 @@ impl Pick {
             Pick::End => ScalarType::to_value(&b.end),
             Pick::Tier => Value::String(b.tier.to_owned()),
             Pick::Count => ScalarType::to_value(&b.moments.count()),
-            Pick::Mean => float(b.moments.mean()),
-            Pick::Min => float(b.moments.min()),
-            Pick::Max => float(b.moments.max()),
+            Pick::Agg(f) => float(b.agg(*f)),
             Pick::Percentile(p) => float(b.sketch.quantile(*p)),
             Pick::Values(picks) => Value::List(
                 b.values
@@ -159,9 +155,14 @@ fn picks(set: &SelectionSet) -> Option<Vec<(Name, Pick)>> {
                 "end" if no_args => Pick::End,
                 "tier" if no_args => Pick::Tier,
                 "count" if no_args => Pick::Count,
-                "mean" if no_args => Pick::Mean,
-                "min" if no_args => Pick::Min,
-                "max" if no_args => Pick::Max,
+                "sum" if no_args => Pick::Agg(AggFn::Sum),
+                "mean" if no_args => Pick::Agg(AggFn::Mean),
+                "min" if no_args => Pick::Agg(AggFn::Min),
+                "max" if no_args => Pick::Agg(AggFn::Max),
+                "first" if no_args => Pick::Agg(AggFn::First),
+                "last" if no_args => Pick::Agg(AggFn::Last),
+                "variance" if no_args => Pick::Agg(AggFn::Variance),
+                "stddev" if no_args => Pick::Agg(AggFn::Stddev),
                 "percentile" => Pick::Percentile(literal_quantile(f)?),
                 "values" if no_args => Pick::Values(value_picks(&f.selection_set.node)?),
                 _ => return None,

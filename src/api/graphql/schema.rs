@@ -383,6 +383,7 @@ impl Telemetry {
                             value: aggregate(*f, &b.moments, &b.sketch, b.median),
                         })
                         .collect(),
+                    median: b.median,
                     moments: b.moments,
                     sketch: b.sketch,
                 })
@@ -560,11 +561,19 @@ pub struct AggValue {
 
 pub struct Bucket {
     pub(super) start: DateTime,
+    /// The exact median where raw points answered it (`MEDIAN` asked for).
+    pub(super) median: Option<f64>,
     pub(super) end: DateTime,
     pub(super) tier: &'static str,
     pub(super) values: Vec<AggValue>,
     pub(super) moments: Moments,
     pub(super) sketch: DDSketch,
+}
+
+impl Bucket {
+    pub(super) fn agg(&self, f: AggFn) -> Option<f64> {
+        aggregate(f, &self.moments, &self.sketch, self.median)
+    }
 }
 
 #[Object]
@@ -587,14 +596,33 @@ impl Bucket {
     async fn count(&self) -> u64 {
         self.moments.count()
     }
+    // The aggregates as fields too, each as `values` computes it (a field of a bucket is
+    // a map entry, an item of `values` a whole object: large answers read faster this way).
+    async fn sum(&self) -> Option<f64> {
+        self.agg(AggFn::Sum)
+    }
     async fn mean(&self) -> Option<f64> {
-        self.moments.mean()
+        self.agg(AggFn::Mean)
     }
     async fn min(&self) -> Option<f64> {
-        self.moments.min()
+        self.agg(AggFn::Min)
     }
     async fn max(&self) -> Option<f64> {
-        self.moments.max()
+        self.agg(AggFn::Max)
+    }
+    async fn first(&self) -> Option<f64> {
+        self.agg(AggFn::First)
+    }
+    async fn last(&self) -> Option<f64> {
+        self.agg(AggFn::Last)
+    }
+    /// Population variance.
+    async fn variance(&self) -> Option<f64> {
+        self.agg(AggFn::Variance)
+    }
+    /// Population standard deviation.
+    async fn stddev(&self) -> Option<f64> {
+        self.agg(AggFn::Stddev)
     }
     /// A percentile (0..1) from the bucket's sketch (relative error ≤ 1%).
     async fn percentile(&self, p: f64) -> async_graphql::Result<Option<f64>> {
