@@ -6,14 +6,15 @@
 
 use std::cell::Cell;
 
-use super::command::{MAX_TS, MIN_TS};
+use super::command::{MAX_SEGMENT_SPAN_NS, MAX_TS, MIN_TS};
 use super::correlate::{Correlator, JoinError, Joiner, PointSource, SliceSource, Strategy};
-use super::keys::{decode_bucket, decode_series_id, rollup_key};
+use super::keys::{decode_bucket, decode_series_id, raw_key, rollup_key};
 use super::moments::Moments;
 use super::query::{query_at, series_at, QueryError, QuerySpec};
 use super::read::{read_opts, RawStream, ScanError};
 use super::retention::{load_policies, ReadView, HOUR_NS, TIER_HOUR};
-use crate::storage::sm_db::{SmDb, CF_TM_ROLLUP, CF_TM_SERIES};
+use super::segment;
+use crate::storage::sm_db::{SmDb, CF_TM_RAW, CF_TM_ROLLUP, CF_TM_SERIES};
 use crate::storage::StorageError;
 
 /// Raw points one correlation decodes at most, over all its series (bounds its time; its
@@ -122,8 +123,9 @@ fn join_error<E>(e: JoinError<E>, to_query: impl FnOnce(E) -> QueryError) -> Que
 }
 
 /// Correlates stored series over `[start, end)`: the rows of the page and the pairs over
-/// every row. Every series is read in the range only (a row near an edge matches nothing
-/// outside it), and from its raw cutoff on.
+/// every row. Raw points: the first series' in the range, the others' a tolerance wider on
+/// both sides (a row near an edge takes a point just outside it), each from its raw cutoff
+/// on. Bucket means (`every_ns`): every series' buckets of the range.
 pub fn correlate(db: &SmDb, spec: &CorrelateSpec) -> Result<Correlation, QueryError> {
     assert!(spec.series.len() >= 2, "validated by the caller");
     check_range(spec.start_ns, spec.end_ns)?;
@@ -370,11 +372,11 @@ pub struct Known {
     pub held: u64,
 }
 
-/// The points of `[start, end)` a series holds, estimated from its hour rollups (which count
-/// every point stored, raw or not): an hour across an edge by its share of the time, an
-/// overwritten point twice. Reads an hour's record, never a segment: a cost estimate of a
-/// range of ten million points reads ~20 small records, not the points. A missing series
-/// holds none.
+/// The points of `[start, end)` a series holds, estimated without decoding a point: the raw
+/// ones from segment headers (a segment across an edge by the share of its span inside, a
+/// point written again counted again, as raw readers decode it again), and before the raw
+/// cutoff those the hour rollups counted (an hour across an edge by the share of the span
+/// between its first and last point). A missing series holds none.
 pub fn estimate_points(
     db: &SmDb,
     series: &str,
@@ -389,38 +391,67 @@ pub fn estimate_points(
         Err(e) => return Err(e),
     };
     // Raw points are retained from `cut.raw` on, and `cut.raw >= cut.hour`.
-    let rolled = hour_counts(db, &view, id, start_ns.max(cut.hour), end_ns.min(cut.raw))?;
-    let raw = hour_counts(db, &view, id, start_ns.max(cut.raw), end_ns)?;
+    let (lo, hi) = (start_ns.max(cut.raw), end_ns);
+    let raw = counted_share(
+        db,
+        &view,
+        CF_TM_RAW,
+        (
+            &raw_key(id, lo.saturating_sub(MAX_SEGMENT_SPAN_NS), 0, 0),
+            &raw_key(id, hi, 0, 0),
+        ),
+        (lo, hi),
+        |v| {
+            let info = segment::info(v).map_err(|e| StorageError::corrupt("segment", e))?;
+            Ok((info.min_ts, info.max_ts, info.count as u64))
+        },
+    )?;
+    let (lo, hi) = (start_ns.max(cut.hour), end_ns.min(cut.raw));
+    let rolled = counted_share(
+        db,
+        &view,
+        CF_TM_ROLLUP,
+        (
+            &rollup_key(id, TIER_HOUR, lo.saturating_sub(lo.rem_euclid(HOUR_NS))),
+            &rollup_key(id, TIER_HOUR, hi),
+        ),
+        (lo, hi),
+        |v| {
+            let m = decode_bucket(v)?.moments;
+            let span = m.first().map(|f| f.0).zip(m.last().map(|l| l.0));
+            Ok(span.map_or((0, 0, 0), |(first, last)| (first, last, m.count())))
+        },
+    )?;
     Ok(Known {
         raw,
         held: raw.saturating_add(rolled),
     })
 }
 
-/// Points the hour rollups counted in `[lo, hi)`, an edge hour by its share of the time.
-fn hour_counts(
+/// The records of `cf` in `[keys.0, keys.1)` summed by `span` (each record's first and last
+/// time and its count), a record across an edge of `[lo, hi)` by the share of its span
+/// inside. Values are read in place (a segment is not copied to read its header).
+fn counted_share(
     db: &SmDb,
     view: &ReadView<'_>,
-    id: u64,
-    lo: i64,
-    hi: i64,
+    cf: &'static str,
+    keys: (&[u8], &[u8]),
+    (lo, hi): (i64, i64),
+    span: impl Fn(&[u8]) -> Result<(i64, i64, u64), StorageError>,
 ) -> Result<u64, QueryError> {
     if lo >= hi {
         return Ok(0);
     }
     let mut opts = read_opts(Some(view));
-    opts.set_iterate_upper_bound(rollup_key(id, TIER_HOUR, hi).to_vec());
-    let mut it = db.db().raw_iterator_cf_opt(db.cf(CF_TM_ROLLUP)?, opts);
-    it.seek(rollup_key(
-        id,
-        TIER_HOUR,
-        lo.saturating_sub(lo.rem_euclid(HOUR_NS)),
-    ));
+    opts.set_iterate_upper_bound(keys.1.to_vec());
+    let mut it = db.db().raw_iterator_cf_opt(db.cf(cf)?, opts);
+    it.seek(keys.0);
     let mut total = 0f64;
     while let Some(v) = it.value() {
-        let hour = decode_bucket(v)?;
-        let last = hour.start_ns.saturating_add(HOUR_NS - 1);
-        total += overlap_share(hour.start_ns, last, lo, hi) * hour.moments.count() as f64;
+        let (first, last, count) = span(v)?;
+        if count > 0 {
+            total += overlap_share(first, last, lo, hi) * count as f64;
+        }
         it.next();
     }
     it.status().map_err(StorageError::from)?;
@@ -716,6 +747,41 @@ mod store_tests {
                 (end - SEC, vec![Some(2.0), Some(20.0)])
             ]
         );
+    }
+
+    /// Estimates follow where the points are, not the clock: a burst inside one second of
+    /// an hour is counted whole over that second (raw, and from the hour rollup once raw
+    /// points expired), and a timestamp written again is read (and counted) again.
+    #[tokio::test]
+    async fn estimates_follow_the_points_and_count_rewrites() {
+        let mut s = Store::new();
+        let h = NOW - 3 * HOUR_NS;
+        let burst: Vec<(i64, f64)> = (0..10_000).map(|i| (h + i * 100_000, i as f64)).collect();
+        s.ingest(NOW, &[("b/x", burst.clone())]).await;
+        let db = s.db();
+        let second = estimate_points(&db, "b/x", h, h + SEC).unwrap();
+        assert_eq!(
+            second,
+            Known {
+                raw: 10_000,
+                held: 10_000
+            }
+        );
+        // Written again: raw readers decode both copies, so both are counted.
+        s.ingest(NOW + SEC, &[("b/x", burst)]).await;
+        let db = s.db();
+        assert_eq!(estimate_points(&db, "b/x", h, h + SEC).unwrap().raw, 20_000);
+        // Raw points expired (48 h): the hour rollup's points are where its first and last
+        // say, all of them inside that second.
+        s.ingest(
+            NOW + 72 * HOUR_NS,
+            &[("b/y", vec![(NOW + 72 * HOUR_NS, 1.0)])],
+        )
+        .await;
+        let db = s.db();
+        let gone = estimate_points(&db, "b/x", h, h + SEC).unwrap();
+        assert_eq!(gone.raw, 0);
+        assert_eq!(gone.held, 10_000, "{gone:?}");
     }
 
     #[tokio::test]

@@ -438,31 +438,42 @@ impl<'a> Walker<'a> {
                 let Some((start, end)) = self.range(f, "range") else {
                     return 1;
                 };
-                // The join reads raw points only: the rows' series in the range, the others
-                // a tolerance wider on both sides.
-                let widen = self.duration(f, "tolerance").unwrap_or(0);
-                let (wide_start, wide_end) = (
-                    start.saturating_sub(widen).max(MIN_TS),
-                    end.saturating_add(widen).min(MAX_TS),
-                );
-                let counts: Vec<u64> = series
-                    .iter()
-                    .enumerate()
-                    .map(|(i, s)| match i {
-                        0 => self.points(s, start, end).raw,
-                        _ => self.points(s, wide_start, wide_end).raw,
-                    })
-                    .collect();
-                let read: u64 = counts.iter().map(|n| n.div_ceil(RAW_POINTS_PER_UNIT)).sum();
-                let rows = match self.duration(f, "every") {
+                let (read, rows) = match self.duration(f, "every") {
+                    // Bucket means from the tiered query path, over the range: what any
+                    // tier holds is read, a bucket a row.
                     Some(every) => {
-                        span_units(start, end, every).min(counts.first().copied().unwrap_or(0))
+                        let held: Vec<u64> = series
+                            .iter()
+                            .map(|s| self.points(s, start, end).held)
+                            .collect();
+                        let read = held.iter().map(|&n| read_units(start, end, every, n)).sum();
+                        let rows =
+                            span_units(start, end, every).min(held.first().copied().unwrap_or(0));
+                        (read, rows)
                     }
-                    None => counts.first().copied().unwrap_or(0),
+                    // Raw points only: the rows' series in the range, the others a tolerance
+                    // wider on both sides.
+                    None => {
+                        let widen = self.duration(f, "tolerance").unwrap_or(0);
+                        let (wide_start, wide_end) = (
+                            start.saturating_sub(widen).max(MIN_TS),
+                            end.saturating_add(widen).min(MAX_TS),
+                        );
+                        let raw: Vec<u64> = series
+                            .iter()
+                            .enumerate()
+                            .map(|(i, s)| match i {
+                                0 => self.points(s, start, end).raw,
+                                _ => self.points(s, wide_start, wide_end).raw,
+                            })
+                            .collect();
+                        let read = raw.iter().map(|n| n.div_ceil(RAW_POINTS_PER_UNIT)).sum();
+                        (read, raw.first().copied().unwrap_or(0))
+                    }
                 };
                 let rows = rows.min(self.list(f, "limit", DEFAULT_POINTS, MAX_POINTS_PAGE));
                 let inner = self.walk_set(children, Scope::Other, 1, path);
-                read.saturating_add(rows.saturating_mul(series.len() as u64))
+                u64::saturating_add(read, rows.saturating_mul(series.len() as u64))
                     .saturating_add(inner)
             }
             (Scope::Root, "series") => {
@@ -639,6 +650,26 @@ mod tests {
                 ("b".to_owned(), start - hour, end + hour)
             ])
         );
+    }
+
+    /// With `every`, a correlation joins bucket means from the rollups: where raw points
+    /// expired it costs the rollups read and the rows returned, not the nothing raw says.
+    #[test]
+    fn bucket_correlations_cost_what_the_rollups_hold() {
+        let unlimited = Limits {
+            max_cost: u64::MAX,
+            ..LIMITS
+        };
+        let q = format!(
+            r#"{{ correlate(series: ["a", "b"], tolerance: "PT1M", every: "PT1M", limit: 10000, {DAY}) {{ rowsTotal }} }}"#
+        );
+        let held = Known {
+            raw: 0,
+            held: 86_400,
+        };
+        let est = est_known(&q, &[("a", held), ("b", held)], &unlimited).unwrap();
+        // 1,440 minute rollups read per series, 1,440 rows × 2 cells.
+        assert!(est.requested >= 2 * 1440 + 1440 * 2, "{est:?}");
     }
 
     /// Where raw points expired, rollups still answer buckets and summaries: a range the

@@ -156,8 +156,8 @@ impl Query {
 
     /// Series joined by time: a row per point of the first series (or per bucket mean of
     /// `every`) in the range, each other series' value chosen by `strategy` within
-    /// `tolerance` (null where none; a row near an edge of the range may take a point just
-    /// outside it), and Pearson's r of every pair over all rows of the range. Rows come in
+    /// `tolerance` (null where none; without `every`, a row near an edge of the range may
+    /// take a point just outside it), and Pearson's r of every pair over all rows of the range. Rows come in
     /// pages of `limit`, after `after`. Every series must be readable by the caller.
     #[allow(clippy::too_many_arguments)]
     async fn correlate(
