@@ -53,19 +53,25 @@ impl OutputType for Buckets {
 
 impl Buckets {
     fn direct(&self, picks: &[(Name, Pick)]) -> Value {
-        Value::List(
-            self.0
-                .iter()
-                .map(|b| {
-                    let mut obj = IndexMap::with_capacity(picks.len());
-                    for (key, pick) in picks {
-                        obj.insert(key.clone(), pick.of(b));
-                    }
-                    Value::Object(obj)
-                })
-                .collect(),
-        )
+        objects(&self.0, picks, Pick::of)
     }
+}
+
+/// A list of objects, one per item, each with the picked fields under their response keys
+/// in selection order.
+fn objects<T, P>(items: &[T], picks: &[(Name, P)], of: impl Fn(&P, &T) -> Value) -> Value {
+    Value::List(
+        items
+            .iter()
+            .map(|item| {
+                let mut obj = IndexMap::with_capacity(picks.len());
+                for (key, pick) in picks {
+                    obj.insert(key.clone(), of(pick, item));
+                }
+                Value::Object(obj)
+            })
+            .collect(),
+    )
 }
 
 /// A field of `Bucket` (or of its `values`) the direct path answers.
@@ -96,18 +102,7 @@ impl Pick {
             Pick::Count => ScalarType::to_value(&b.moments.count()),
             Pick::Agg(f) => float(b.agg(*f)),
             Pick::Percentile(p) => float(b.sketch.quantile(*p)),
-            Pick::Values(picks) => Value::List(
-                b.values
-                    .iter()
-                    .map(|v| {
-                        let mut obj = IndexMap::with_capacity(picks.len());
-                        for (key, pick) in picks {
-                            obj.insert(key.clone(), pick.of(v));
-                        }
-                        Value::Object(obj)
-                    })
-                    .collect(),
-            ),
+            Pick::Values(picks) => objects(&b.values, picks, ValuePick::of),
         }
     }
 }
