@@ -545,6 +545,35 @@ async fn bucket_lists_answer_alike_with_and_without_the_executor() {
             "through the executor: {through}"
         );
     }
+    // In a batch, each answer is written as alone (the direct path's text is spliced into
+    // the whole batch's response).
+    let q = format!(
+        r#"query($r: TimeRangeInput!) {{ telemetry(series: "direct/x", range: $r) {{
+            buckets(every: "PT20M", agg: [COUNT, MEAN, STDDEV, P90, FIRST]) {{ {fields} }} }} }}"#
+    );
+    let one = json!({"query": q, "variables": {"r": range}});
+    let batch = reqwest::Client::new()
+        .post(format!("http://{}/graphql", node.http_addr))
+        .json(&json!([one, one]))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(batch, format!("[{direct},{direct}]"));
+    // Over a WebSocket (no splicing there: the executor answers) the data is the same.
+    let mut ws = ws_client::Client::acked(node.http_addr.parse().unwrap(), json!({})).await;
+    ws.send(json!({"id": "b", "type": "subscribe", "payload": one}))
+        .await;
+    match ws.next().await {
+        ws_client::Got::Json(m) => assert_eq!(
+            (&m["type"], &m["payload"]["data"]),
+            (&json!("next"), &parsed["data"]),
+            "{m:#}"
+        ),
+        other => panic!("{other:?}"),
+    }
     let bad = gql(
         &node,
         r#"query($r: TimeRangeInput!) { telemetry(series: "direct/x", range: $r) {

@@ -206,7 +206,19 @@ struct Parsed<'a> {
     val_col: &'a [u8],
 }
 
-fn parse(bytes: &[u8]) -> Result<Parsed<'_>, SegmentError> {
+/// The fields of a segment, with lengths checked against `bytes` but not the checksum.
+struct Fields<'a> {
+    enc: u8,
+    count: usize,
+    min_ts: i64,
+    max_ts: i64,
+    base: f64,
+    stored_crc: u32,
+    ts_col: &'a [u8],
+    val_col: &'a [u8],
+}
+
+fn fields(bytes: &[u8]) -> Result<Fields<'_>, SegmentError> {
     let mut r = Reader::new(bytes);
     let t = SegmentError::Truncated;
     if r.array::<4>().ok_or(t.clone())? != MAGIC {
@@ -224,44 +236,74 @@ fn parse(bytes: &[u8]) -> Result<Parsed<'_>, SegmentError> {
     let base = r.f64().ok_or(t.clone())?;
     let ts_len = r.u32().ok_or(t.clone())? as usize;
     let val_len = r.u32().ok_or(t.clone())? as usize;
-    let stored = r.u32().ok_or(t.clone())?;
+    let stored_crc = r.u32().ok_or(t.clone())?;
     let ts_col = r.bytes(ts_len).ok_or(t.clone())?;
     let val_col = r.bytes(val_len).ok_or(t)?;
     if r.remaining() != 0 {
         return Err(SegmentError::Corrupt("trailing bytes"));
     }
+    Ok(Fields {
+        enc,
+        count,
+        min_ts,
+        max_ts,
+        base,
+        stored_crc,
+        ts_col,
+        val_col,
+    })
+}
+
+fn parse(bytes: &[u8]) -> Result<Parsed<'_>, SegmentError> {
+    let f = fields(bytes)?;
     let mut h = crc32fast::Hasher::new();
     h.update(&bytes[..CRC_OFFSET]);
     h.update(&bytes[HEADER_LEN..]);
     let computed = h.finalize();
-    if computed != stored {
-        return Err(SegmentError::Checksum { stored, computed });
+    if computed != f.stored_crc {
+        return Err(SegmentError::Checksum {
+            stored: f.stored_crc,
+            computed,
+        });
     }
     // Past the CRC, inconsistencies mean a buggy or malicious writer.
-    let encoding = match enc {
+    checked(f)
+}
+
+fn checked(f: Fields<'_>) -> Result<Parsed<'_>, SegmentError> {
+    let encoding = match f.enc {
         0 => ValueEncoding::Float,
-        1 if base.is_normal() => ValueEncoding::ScaledInt,
+        1 if f.base.is_normal() => ValueEncoding::ScaledInt,
         _ => return Err(SegmentError::Corrupt("unknown value encoding")),
     };
-    if count > MAX_POINTS {
-        return Err(SegmentError::TooLarge(count));
+    if f.count > MAX_POINTS {
+        return Err(SegmentError::TooLarge(f.count));
     }
-    if min_ts > max_ts || ((count == 0) != (ts_len == 0 && val_len == 0)) {
+    let (ts_len, val_len) = (f.ts_col.len(), f.val_col.len());
+    if f.min_ts > f.max_ts || ((f.count == 0) != (ts_len == 0 && val_len == 0)) {
         return Err(SegmentError::Corrupt("inconsistent header"));
     }
     Ok(Parsed {
         info: SegmentInfo {
-            count,
-            min_ts,
-            max_ts,
+            count: f.count,
+            min_ts: f.min_ts,
+            max_ts: f.max_ts,
             encoding,
             ts_bytes: ts_len,
             value_bytes: val_len,
         },
-        base,
-        ts_col,
-        val_col,
+        base: f.base,
+        ts_col: f.ts_col,
+        val_col: f.val_col,
     })
+}
+
+/// The header, checked for consistency with itself and the segment's length but **not**
+/// against the checksum, so without reading the payload: for a cost estimate, which counts
+/// points before a query and must not cost what the query does. A read that serves points
+/// uses [`info`] or a decode, which verify.
+pub fn header(bytes: &[u8]) -> Result<SegmentInfo, SegmentError> {
+    checked(fields(bytes)?).map(|p| p.info)
 }
 
 /// Reads and validates the header (including the checksum) only.
@@ -386,6 +428,29 @@ mod tests {
         assert_eq!(decode(b"AETS"), Err(SegmentError::Truncated));
         assert_eq!(decode(b"nope"), Err(SegmentError::BadMagic));
         assert!(matches!(decode(&[0u8; 48]), Err(SegmentError::BadMagic)));
+    }
+
+    #[test]
+    fn header_reads_what_info_verifies_without_the_payload() {
+        let ts: Vec<i64> = (0..1000).map(|i| 7 + i * 3).collect();
+        let vals: Vec<f64> = ts.iter().map(|&t| t as f64 * 0.5).collect();
+        let mut b = encode(&ts, &vals).unwrap();
+        assert_eq!(header(&b).unwrap(), info(&b).unwrap());
+        // A flipped payload byte: the header still reads (an estimate may count it), the
+        // checked paths refuse it.
+        let last = b.len() - 1;
+        b[last] ^= 0x40;
+        assert_eq!(header(&b).unwrap().count, 1000);
+        assert!(matches!(info(&b), Err(SegmentError::Checksum { .. })));
+        assert!(matches!(decode(&b), Err(SegmentError::Checksum { .. })));
+        // What the header alone can tell is still refused.
+        assert_eq!(header(&b[..b.len() - 1]), Err(SegmentError::Truncated));
+        let mut inverted = encode(&ts, &vals).unwrap();
+        inverted[12..20].copy_from_slice(&i64::MAX.to_le_bytes());
+        assert_eq!(
+            header(&inverted),
+            Err(SegmentError::Corrupt("inconsistent header"))
+        );
     }
 
     #[test]

@@ -11,10 +11,18 @@
 //! the executor unchanged; the two give the same answer, and `tests/graphql.rs` compares
 //! them. The schema registers no extension (`mod.rs` builds it): one that hooks each
 //! field's resolution would need every field to go through the executor.
+//!
+//! The answer is written as JSON text, not as a tree of `Value`s: a tree of 1,000 objects
+//! costs an `IndexMap` (hashed keys) per object, and as much again to serialize and drop.
+//! The text goes into the request's [`Splices`], and the field's value in the response is
+//! a marker string, which [`Splices::apply`] replaces with the text once the response is
+//! serialized. The marker carries a random nonce, fresh per HTTP request, so no string a
+//! client sends or a store holds can pass for one. Without [`Splices`] in the request's
+//! data (a WebSocket operation), the executor answers.
 
 use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
 
-use async_graphql::indexmap::IndexMap;
 use async_graphql::parser::types::{Field, Selection, SelectionSet};
 use async_graphql::registry::Registry;
 use async_graphql::{
@@ -44,34 +52,109 @@ impl OutputType for Buckets {
         ctx: &ContextSelectionSet<'_>,
         field: &Positioned<Field>,
     ) -> ServerResult<Value> {
-        match picks(&ctx.item.node).map(|picks| self.direct(&picks)) {
-            Some(value) => Ok(value),
+        let direct = ctx.data_opt::<Arc<Splices>>().zip(picks(&ctx.item.node));
+        match direct {
+            Some((splices, picks)) => {
+                // Some 300 bytes a bucket with the usual fields.
+                let mut out = Vec::with_capacity(64 + self.0.len() * 320);
+                objects(&mut out, &self.0, &picks, Pick::write);
+                Ok(Value::String(splices.add(out)))
+            }
             None => self.0.resolve(ctx, field).await,
         }
     }
 }
 
-impl Buckets {
-    fn direct(&self, picks: &[(Name, Pick)]) -> Value {
-        objects(&self.0, picks, Pick::of)
+/// The JSON texts of one HTTP request's bucket lists, each standing in the response as a
+/// marker string until [`Splices::apply`].
+pub struct Splices {
+    /// `aether-splice-<random>-`, then the text's index.
+    prefix: String,
+    texts: Mutex<Vec<Vec<u8>>>,
+}
+
+impl Splices {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Splices {
+            prefix: format!("aether-splice-{}-", uuid::Uuid::new_v4().simple()),
+            texts: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Keeps `json` and returns the marker that stands for it.
+    fn add(&self, json: Vec<u8>) -> String {
+        let mut texts = self.texts.lock().unwrap_or_else(|e| e.into_inner());
+        texts.push(json);
+        format!("{}{}", self.prefix, texts.len() - 1)
+    }
+
+    /// `serialized` (JSON) with every marker string — quotes included — replaced by its
+    /// text. Markers are ASCII letters, digits and `-`, so JSON writes them unescaped.
+    pub fn apply(&self, serialized: Vec<u8>) -> Vec<u8> {
+        let texts = self.texts.lock().unwrap_or_else(|e| e.into_inner());
+        if texts.is_empty() {
+            return serialized;
+        }
+        let quoted = format!("\"{}", self.prefix);
+        let finder = memchr::memmem::Finder::new(quoted.as_bytes());
+        let extra: usize = texts.iter().map(Vec::len).sum();
+        let mut out = Vec::with_capacity(serialized.len() + extra);
+        let mut rest = &serialized[..];
+        while let Some(at) = finder.find(rest) {
+            let after = &rest[at + quoted.len()..];
+            let digits = after.iter().take_while(|b| b.is_ascii_digit()).count();
+            let text = std::str::from_utf8(&after[..digits])
+                .ok()
+                .and_then(|d| d.parse::<usize>().ok())
+                .and_then(|i| texts.get(i));
+            match (text, after.get(digits)) {
+                (Some(text), Some(b'"')) => {
+                    out.extend_from_slice(&rest[..at]);
+                    out.extend_from_slice(text);
+                    rest = &after[digits + 1..];
+                }
+                // Not a marker of ours after all: kept as it is.
+                _ => {
+                    out.extend_from_slice(&rest[..at + quoted.len()]);
+                    rest = after;
+                }
+            }
+        }
+        out.extend_from_slice(rest);
+        out
     }
 }
 
-/// A list of objects, one per item, each with the picked fields under their response keys
-/// in selection order.
-fn objects<T, P>(items: &[T], picks: &[(Name, P)], of: impl Fn(&P, &T) -> Value) -> Value {
-    Value::List(
-        items
-            .iter()
-            .map(|item| {
-                let mut obj = IndexMap::with_capacity(picks.len());
-                for (key, pick) in picks {
-                    obj.insert(key.clone(), of(pick, item));
-                }
-                Value::Object(obj)
-            })
-            .collect(),
-    )
+/// A JSON list of objects, one per item, each with the picked fields under their response
+/// keys in selection order.
+fn objects<T, P>(
+    out: &mut Vec<u8>,
+    items: &[T],
+    picks: &[(Name, P)],
+    write: impl Fn(&P, &T, &mut Vec<u8>),
+) {
+    out.push(b'[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'{');
+        for (j, (key, pick)) in picks.iter().enumerate() {
+            if j > 0 {
+                out.push(b',');
+            }
+            string(out, key.as_str());
+            out.push(b':');
+            write(pick, item, out);
+        }
+        out.push(b'}');
+    }
+    out.push(b']');
+}
+
+/// A JSON string, escaped as serde_json (the executor's serializer) escapes it.
+fn string(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(out, s).expect("writing to a Vec cannot fail");
 }
 
 /// A field of `Bucket` (or of its `values`) the direct path answers.
@@ -93,33 +176,38 @@ enum ValuePick {
 }
 
 impl Pick {
-    fn of(&self, b: &Bucket) -> Value {
+    fn write(&self, b: &Bucket, out: &mut Vec<u8>) {
         match self {
-            Pick::Typename => Value::String("Bucket".to_owned()),
-            Pick::Start => ScalarType::to_value(&b.start),
-            Pick::End => ScalarType::to_value(&b.end),
-            Pick::Tier => Value::String(b.tier.to_owned()),
-            Pick::Count => ScalarType::to_value(&b.moments.count()),
-            Pick::Agg(f) => float(b.agg(*f)),
-            Pick::Percentile(p) => float(b.sketch.quantile(*p)),
-            Pick::Values(picks) => objects(&b.values, picks, ValuePick::of),
+            Pick::Typename => string(out, "Bucket"),
+            Pick::Start => value(out, &ScalarType::to_value(&b.start)),
+            Pick::End => value(out, &ScalarType::to_value(&b.end)),
+            Pick::Tier => string(out, b.tier),
+            Pick::Count => value(out, &ScalarType::to_value(&b.moments.count())),
+            Pick::Agg(f) => float(out, b.agg(*f)),
+            Pick::Percentile(p) => float(out, b.sketch.quantile(*p)),
+            Pick::Values(picks) => objects(out, &b.values, picks, ValuePick::write),
         }
     }
 }
 
 impl ValuePick {
-    fn of(&self, v: &AggValue) -> Value {
+    fn write(&self, v: &AggValue, out: &mut Vec<u8>) {
         match self {
-            ValuePick::Typename => Value::String("AggValue".to_owned()),
-            ValuePick::Fn => InputType::to_value(&v.r#fn),
-            ValuePick::Value => float(v.value),
+            ValuePick::Typename => string(out, "AggValue"),
+            ValuePick::Fn => value(out, &InputType::to_value(&v.r#fn)),
+            ValuePick::Value => float(out, v.value),
         }
     }
 }
 
+/// A scalar as the executor encodes it (`to_value`), then serializes it.
+fn value(out: &mut Vec<u8>, v: &Value) {
+    serde_json::to_writer(out, v).expect("writing to a Vec cannot fail");
+}
+
 /// `Option<f64>` as the executor writes it (a non-finite float is null).
-fn float(x: Option<f64>) -> Value {
-    x.map_or(Value::Null, |x| ScalarType::to_value(&x))
+fn float(out: &mut Vec<u8>, x: Option<f64>) {
+    value(out, &x.map_or(Value::Null, |x| ScalarType::to_value(&x)));
 }
 
 /// The plain fields of `set`, with their response keys: `None` for anything else.
@@ -195,4 +283,36 @@ fn literal_quantile(f: &Field) -> Option<f64> {
         _ => return None,
     };
     super::schema::check_quantile(p).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers_are_replaced_by_their_texts_and_nothing_else() {
+        let s = Splices::new();
+        let a = s.add(b"[1,2]".to_vec());
+        let b = s.add(b"[]".to_vec());
+        let other = Splices::new().add(b"[3]".to_vec());
+        let body = serde_json::json!({
+            "x": b,
+            "y": [a, "aether-splice-", format!("{}9", s.prefix), other, format!("{a}x")],
+        });
+        let got = s.apply(serde_json::to_vec(&body).unwrap());
+        let want = format!(
+            r#"{{"x":[],"y":[[1,2],"aether-splice-","{p}9","{other}","{a}x"]}}"#,
+            p = s.prefix
+        );
+        assert_eq!(String::from_utf8(got).unwrap(), want);
+    }
+
+    #[test]
+    fn without_markers_the_text_is_unchanged() {
+        let s = Splices::new();
+        let text = br#"{"data":null}"#.to_vec();
+        assert_eq!(s.apply(text.clone()), text);
+        s.add(b"[1]".to_vec());
+        assert_eq!(s.apply(text.clone()), text);
+    }
 }

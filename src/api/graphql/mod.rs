@@ -27,6 +27,7 @@ use axum::routing::get;
 use axum::Router;
 
 use self::cost::{Counts, Estimate, Limits, Refusal};
+use self::direct::Splices;
 use self::schema::{Meter, Query, Subscription};
 use crate::config::GraphqlSettings;
 use crate::service::{Caller, Service, ServiceError};
@@ -157,7 +158,7 @@ struct Costed {
 impl async_graphql::Executor for Costed {
     async fn execute(&self, request: Request) -> Response {
         match self.caller.get() {
-            Some(c) => run(&self.gql, c, vec![request])
+            Some(c) => run(&self.gql, c, vec![request], None)
                 .await
                 .pop()
                 .unwrap_or_default(),
@@ -177,7 +178,8 @@ impl async_graphql::Executor for Costed {
             return futures::stream::once(async move { r }).boxed();
         };
         futures::stream::once(async move {
-            let requested = match admit(&gql, &caller, std::slice::from_ref(&request)).await {
+            let mut request = request;
+            let requested = match admit(&gql, &caller, std::slice::from_mut(&mut request)).await {
                 Ok(costs) => costs[0],
                 Err(refusal) => return futures::stream::once(async move { refusal }).boxed(),
             };
@@ -244,11 +246,17 @@ fn cost_value(requested: u64, actual: u64, limit: u64) -> async_graphql::Value {
     async_graphql::value!({ "requested": requested, "actual": actual, "limit": limit })
 }
 
-fn json(status: StatusCode, body: &BatchResponse) -> HttpResponse {
+/// The response as JSON, with the bucket lists `direct` wrote as text (`splices`) in place.
+fn json(status: StatusCode, body: &BatchResponse, splices: Option<&Splices>) -> HttpResponse {
+    let text = serde_json::to_vec(body).unwrap_or_default();
+    let text = match splices {
+        Some(s) => s.apply(text),
+        None => text,
+    };
     let mut r = (
         status,
         [(header::CONTENT_TYPE, "application/graphql-response+json")],
-        serde_json::to_vec(body).unwrap_or_default(),
+        text,
     )
         .into_response();
     if status == StatusCode::UNAUTHORIZED {
@@ -274,7 +282,7 @@ async fn post(
                 e.to_string(),
                 Some((0, gql.settings.max_cost)),
             );
-            return json(StatusCode::UNAUTHORIZED, &BatchResponse::Single(r));
+            return json(StatusCode::UNAUTHORIZED, &BatchResponse::Single(r), None);
         }
     };
     let batch: BatchRequest = match serde_json::from_slice(&body) {
@@ -285,21 +293,28 @@ async fn post(
                 format!("the body is not a GraphQL request (JSON with `query`): {e}"),
                 Some((0, gql.settings.max_cost)),
             );
-            return json(StatusCode::BAD_REQUEST, &BatchResponse::Single(r));
+            return json(StatusCode::BAD_REQUEST, &BatchResponse::Single(r), None);
         }
     };
+    let splices = Splices::new();
     let response = match batch {
-        BatchRequest::Single(r) => {
-            BatchResponse::Single(run(&gql, &caller, vec![r]).await.pop().unwrap_or_default())
+        BatchRequest::Single(r) => BatchResponse::Single(
+            run(&gql, &caller, vec![r], Some(&splices))
+                .await
+                .pop()
+                .unwrap_or_default(),
+        ),
+        BatchRequest::Batch(rs) => {
+            BatchResponse::Batch(run(&gql, &caller, rs, Some(&splices)).await)
         }
-        BatchRequest::Batch(rs) => BatchResponse::Batch(run(&gql, &caller, rs).await),
     };
-    json(StatusCode::OK, &response)
+    json(StatusCode::OK, &response, Some(&splices))
 }
 
 /// Costs a request or a batch before anything runs: each is parsed and costed, and the
 /// whole checked against the limits. `Err`: the refusal that answers every request of it.
-async fn admit(gql: &Gql, caller: &Caller, requests: &[Request]) -> Result<Vec<u64>, Response> {
+/// Each request keeps its parsed document, which the executor then uses.
+async fn admit(gql: &Gql, caller: &Caller, requests: &mut [Request]) -> Result<Vec<u64>, Response> {
     let s = &gql.settings;
     let limits = Limits {
         max_cost: s.max_cost,
@@ -330,32 +345,27 @@ async fn admit(gql: &Gql, caller: &Caller, requests: &[Request]) -> Result<Vec<u
         ));
     }
     // A parse error is left for the executor to report, at no cost.
-    let docs: Vec<_> = requests
+    let (operations, variables): (Vec<_>, Vec<_>) = requests
         .iter()
-        .map(|r| async_graphql::parser::parse_query(&r.query).ok())
-        .collect();
+        .map(|r| (r.operation_name.clone(), r.variables.clone()))
+        .unzip();
+    let docs: Vec<_> = requests.iter_mut().map(|r| r.parsed_query().ok()).collect();
     // The counts are store reads made before anything is admitted: a batch looks up as many
     // as one request may.
     let mut needed = std::collections::BTreeSet::new();
-    for (r, d) in requests.iter().zip(&docs) {
+    for ((d, op), vars) in docs.iter().zip(&operations).zip(&variables) {
         if let Some(d) = d {
-            needed.extend(cost::needs(d, r.operation_name.as_deref(), &r.variables));
+            needed.extend(cost::needs(d, op.as_deref(), vars));
         }
     }
     let needed = needed.into_iter().take(cost::MAX_NEEDS).collect();
     let counts = known_counts(&gql.service, caller, needed).await;
-    let mut estimates = Vec::with_capacity(requests.len());
+    let mut estimates = Vec::with_capacity(docs.len());
     let mut whole = Estimate::default();
-    for (r, d) in requests.iter().zip(&docs) {
+    for ((d, op), vars) in docs.iter().zip(&operations).zip(&variables) {
         let e = match d {
-            Some(d) => cost::estimate(
-                d,
-                r.operation_name.as_deref(),
-                &r.variables,
-                &counts,
-                &limits,
-            )
-            .map_err(|refusal| refusal_response(&refusal, s.max_cost))?,
+            Some(d) => cost::estimate(d, op.as_deref(), vars, &counts, &limits)
+                .map_err(|refusal| refusal_response(&refusal, s.max_cost))?,
             None => Estimate::default(),
         };
         whole.requested = whole.requested.saturating_add(e.requested);
@@ -376,8 +386,15 @@ async fn admit(gql: &Gql, caller: &Caller, requests: &[Request]) -> Result<Vec<u
 }
 
 /// Runs a request or a batch once [`admit`] passed it; a refusal answers every request.
-async fn run(gql: &Gql, caller: &Caller, requests: Vec<Request>) -> Vec<Response> {
-    let estimates = match admit(gql, caller, &requests).await {
+/// With `splices`, bucket lists may be answered as JSON text (see `direct`): the response
+/// must then be serialized with [`json`] and them.
+async fn run(
+    gql: &Gql,
+    caller: &Caller,
+    mut requests: Vec<Request>,
+    splices: Option<&Arc<Splices>>,
+) -> Vec<Response> {
+    let estimates = match admit(gql, caller, &mut requests).await {
         Ok(e) => e,
         Err(refusal) => {
             return (0..requests.len())
@@ -392,10 +409,11 @@ async fn run(gql: &Gql, caller: &Caller, requests: Vec<Request>) -> Vec<Response
     let mut out = Vec::with_capacity(requests.len());
     for (r, requested) in requests.into_iter().zip(estimates) {
         let meter = Arc::new(Meter::default());
-        let mut response = gql
-            .schema
-            .execute(r.data(caller.clone()).data(meter.clone()))
-            .await;
+        let mut r = r.data(caller.clone()).data(meter.clone());
+        if let Some(s) = splices {
+            r = r.data(s.clone());
+        }
+        let mut response = gql.schema.execute(r).await;
         with_codes(&mut response.errors);
         response.extensions.insert(
             "cost".into(),
