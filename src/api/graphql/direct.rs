@@ -133,18 +133,25 @@ fn objects<T, P>(
     picks: &[(Name, P)],
     write: impl Fn(&P, &T, &mut Vec<u8>),
 ) {
+    // Each key's `"key":` (`,"key":` after the first), escaped once for all items.
+    let keys: Vec<Vec<u8>> = picks
+        .iter()
+        .enumerate()
+        .map(|(j, (key, _))| {
+            let mut k = if j == 0 { Vec::new() } else { vec![b','] };
+            string(&mut k, key.as_str());
+            k.push(b':');
+            k
+        })
+        .collect();
     out.push(b'[');
     for (i, item) in items.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
         out.push(b'{');
-        for (j, (key, pick)) in picks.iter().enumerate() {
-            if j > 0 {
-                out.push(b',');
-            }
-            string(out, key.as_str());
-            out.push(b':');
+        for (key, (_, pick)) in keys.iter().zip(picks) {
+            out.extend_from_slice(key);
             write(pick, item, out);
         }
         out.push(b'}');
@@ -205,9 +212,15 @@ fn value(out: &mut Vec<u8>, v: &Value) {
     serde_json::to_writer(out, v).expect("writing to a Vec cannot fail");
 }
 
-/// `Option<f64>` as the executor writes it (a non-finite float is null).
+/// `Option<f64>` as the executor writes it: `to_value` gives a number for a finite float and
+/// null otherwise, and serde_json writes a finite `f64` as that number does.
 fn float(out: &mut Vec<u8>, x: Option<f64>) {
-    value(out, &x.map_or(Value::Null, |x| ScalarType::to_value(&x)));
+    match x {
+        Some(x) if x.is_finite() => {
+            serde_json::to_writer(out, &x).expect("writing to a Vec cannot fail")
+        }
+        _ => out.extend_from_slice(b"null"),
+    }
 }
 
 /// The plain fields of `set`, with their response keys: `None` for anything else.
