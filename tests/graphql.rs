@@ -755,6 +755,30 @@ async fn costs_are_computed_before_running_reported_and_enforced() {
         "batch of 4 × {cost}: refused as a whole ({})",
         r[0]["errors"][0]["message"]
     );
+    // Counts are looked up for at most 64 distinct series ranges per request or batch: 3
+    // requests of 25 distinct ranges each are refused as a whole, and nothing runs.
+    let distinct = |k: usize| -> Value {
+        let fields: String = (0..25)
+            .map(|i| {
+                let day = self::day(pts[0].0 + (k * 25 + i) as i64 * SEC);
+                format!(r#"s{i}: telemetry(series: "sat-1/x", {day}) {{ summary {{ mean }} }} "#)
+            })
+            .collect();
+        json!({"query": format!("{{ {fields} }}")})
+    };
+    let (_, alone) = post(&node, None, &distinct(0)).await;
+    data(&alone);
+    let before = tokens().await;
+    let (_, r) = post(&node, None, &json!([distinct(0), distinct(1), distinct(2)])).await;
+    let r = r.as_array().unwrap();
+    let msg = r[0]["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(
+        r.iter().all(|x| code(x) == "QUERY_TOO_COMPLEX")
+            && msg.contains("distinct series ranges 75"),
+        "{:#}",
+        r[0]
+    );
+    assert_eq!(before - tokens().await, 0, "nothing ran");
     // The limits in force are what `aetherctl status` shows.
     let out = node.ctl(&["status"]);
     let text = String::from_utf8_lossy(&out.stdout);

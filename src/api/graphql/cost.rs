@@ -31,7 +31,8 @@ const DEFAULT_PAGE: u64 = 100;
 pub const DEFAULT_POINTS: u64 = 1000;
 pub const MAX_POINTS_PAGE: u64 = 10_000;
 
-/// Series ranges whose counts one request (a batch: each of its requests) may have looked up.
+/// Series ranges whose counts one request (a batch: all of its requests) may look up: one
+/// that reads more is refused.
 pub const MAX_NEEDS: usize = 64;
 /// Series of one list argument the estimate reads (the resolvers take 16 or 64 at most).
 const MAX_SERIES_PER_FIELD: usize = 64;
@@ -77,6 +78,21 @@ pub enum Refusal {
     },
     #[error("fragment {0} spreads itself")]
     FragmentCycle(String),
+    #[error("the points of series {0:?} were not counted before the query")]
+    Unknown(String),
+}
+
+/// A request (or a batch, as a whole) whose estimate reads `ranges` distinct series ranges:
+/// refused past [`MAX_NEEDS`].
+pub fn check_ranges(ranges: usize) -> Result<(), Refusal> {
+    if ranges > MAX_NEEDS {
+        return Err(Refusal::TooLarge {
+            what: "distinct series ranges",
+            got: ranges,
+            limit: MAX_NEEDS,
+        });
+    }
+    Ok(())
 }
 
 /// The series ranges whose known counts the estimate needs (first pass).
@@ -118,6 +134,12 @@ pub fn estimate(
                 got: w.spreads,
                 limit: WALK_FIELD_CAP,
             });
+        }
+        check_ranges(w.needs.len())?;
+        if let Some(missing) = w.needs.iter().find(|k| !counts.contains_key(*k)) {
+            // Within the cap every range was looked up: a defect, refused rather than
+            // costed as empty.
+            return Err(Refusal::Unknown(missing.0.clone()));
         }
         let e = Estimate {
             requested: cost,
@@ -396,20 +418,18 @@ impl<'a> Walker<'a> {
         Some(days.saturating_mul(24 * HOUR_NS).saturating_add(fixed)).filter(|n| *n > 0)
     }
 
-    /// The known points of `series` in `[start, end)` (first pass: noted, none). At most
-    /// [`MAX_NEEDS`] ranges are looked up per request: the counts are store reads made
-    /// before anything is admitted, so a request cannot multiply them.
+    /// The known points of `series` in `[start, end)` (first pass: noted, none). The ranges
+    /// are noted in both passes: a request that reads more than [`MAX_NEEDS`] is refused
+    /// (the counts are store reads made before anything is admitted, so a request cannot
+    /// multiply them), and a range without a count is never costed as empty.
     fn points(&mut self, series: &str, start: i64, end: i64) -> Known {
         let key = (series.to_owned(), start, end);
-        match self.counts {
-            Some(c) => c.get(&key).copied().unwrap_or_default(),
-            None => {
-                if self.needs.len() < MAX_NEEDS {
-                    self.needs.insert(key);
-                }
-                Known::default()
-            }
+        let known = self.counts.and_then(|c| c.get(&key).copied());
+        // One past the cap is enough to refuse; the walk's field cap bounds the rest.
+        if self.needs.len() <= WALK_FIELD_CAP {
+            self.needs.insert(key);
         }
+        known.unwrap_or_default()
     }
 
     fn list(&self, f: &Field, name: &str, default: u64, cap: u64) -> u64 {
@@ -699,6 +719,44 @@ mod tests {
             r#"{{ telemetry(series: "a", {DAY}) {{ points(limit: 10000) {{ points {{ value }} }} }} }}"#
         );
         assert!(est_known(&q, &expired, &unlimited).unwrap().requested < 10);
+    }
+
+    /// The counts are store reads made before anything runs, so a request looks up at most
+    /// `MAX_NEEDS` ranges; one that reads more is refused, not costed as if the ranges past
+    /// the cap were empty.
+    #[test]
+    fn more_ranges_than_are_looked_up_are_refused_not_costed_as_empty() {
+        let fields = |n: usize| -> String {
+            (0..n)
+                .map(|i| {
+                    format!(r#"a{i}: telemetry(series: "s{i}", {DAY}) {{ summary {{ mean }} }} "#)
+                })
+                .collect()
+        };
+        let counts: Vec<(String, u64)> = (0..70).map(|i| (format!("s{i}"), 86_400)).collect();
+        let counts: Vec<(&str, u64)> = counts.iter().map(|(s, n)| (s.as_str(), *n)).collect();
+        // Only the range count limits here (a batch reaches it within the alias limit).
+        let roomy = Limits {
+            max_cost: u64::MAX,
+            max_aliases: 1_000,
+            max_fields: 10_000,
+            ..LIMITS
+        };
+        let est = |n| est_with(&format!("{{ {} }}", fields(n)), &counts, &roomy);
+        let (at_cap, one) = (est(MAX_NEEDS).unwrap(), est(1).unwrap());
+        assert_eq!(at_cap.requested, MAX_NEEDS as u64 * one.requested);
+        let over = est(70);
+        assert!(
+            matches!(
+                over,
+                Err(Refusal::TooLarge {
+                    what: "distinct series ranges",
+                    got: 70,
+                    limit: MAX_NEEDS
+                })
+            ),
+            "{over:?}"
+        );
     }
 
     #[test]

@@ -358,7 +358,7 @@ async fn admit(gql: &Gql, caller: &Caller, requests: &mut [Request]) -> Result<V
             needed.extend(cost::needs(d, op.as_deref(), vars));
         }
     }
-    let needed = needed.into_iter().take(cost::MAX_NEEDS).collect();
+    cost::check_ranges(needed.len()).map_err(|refusal| refusal_response(&refusal, s.max_cost))?;
     let counts = known_counts(&gql.service, caller, needed).await;
     let mut estimates = Vec::with_capacity(docs.len());
     let mut whole = Estimate::default();
