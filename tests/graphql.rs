@@ -1048,6 +1048,29 @@ async fn telemetry_stream_sends_history_then_live_points_once_and_resumes() {
         rest == want[last_of_batch + 1..],
         "resumed: nothing missed, nothing repeated"
     );
+    // /metrics counts both open streams and at least every point they delivered; once
+    // the client completes them, none is open.
+    let metric = |body: &str, name: &str| -> u64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {body}"))
+    };
+    let (_, body) = node.http_get("/metrics").await;
+    assert_eq!(metric(&body, "aether_telemetry_subscribers"), 2, "{body}");
+    let sent = metric(&body, "aether_telemetry_stream_points_total");
+    assert!(sent >= (points.len() + rest.len()) as u64, "{sent}");
+    for id in ["t", "r"] {
+        client.send(json!({"id": id, "type": "complete"})).await;
+    }
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let (_, body) = node.http_get("/metrics").await;
+        if metric(&body, "aether_telemetry_subscribers") == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// The node's peak resident memory so far (VmHWM), in bytes.

@@ -47,6 +47,8 @@ pub struct Metrics {
     pub forwarded_appends: Counter,
     pub reads: Counter,
     pub subscribers: Gauge,
+    pub telemetry_subscribers: Gauge,
+    pub telemetry_stream_points: Counter,
     pub raft_term: Gauge,
     pub raft_is_leader: Gauge,
     pub raft_last_log_index: Gauge,
@@ -85,6 +87,8 @@ impl Default for Metrics {
             forwarded_appends: Counter::default(),
             reads: Counter::default(),
             subscribers: Gauge::default(),
+            telemetry_subscribers: Gauge::default(),
+            telemetry_stream_points: Counter::default(),
             raft_term: Gauge::default(),
             raft_is_leader: Gauge::default(),
             raft_last_log_index: Gauge::default(),
@@ -135,6 +139,16 @@ impl Default for Metrics {
         );
         registry.register("reads", "Read requests served", m.reads.clone());
         registry.register("subscribers", "Open subscriptions", m.subscribers.clone());
+        registry.register(
+            "telemetry_subscribers",
+            "Open telemetry subscriptions (gRPC Subscribe and GraphQL telemetryStream)",
+            m.telemetry_subscribers.clone(),
+        );
+        registry.register(
+            "telemetry_stream_points",
+            "Points handed to telemetry subscriptions",
+            m.telemetry_stream_points.clone(),
+        );
         registry.register("raft_term", "Current Raft term", m.raft_term.clone());
         registry.register(
             "raft_is_leader",

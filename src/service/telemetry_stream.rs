@@ -142,8 +142,11 @@ impl Service {
             pos,
             deadline: None,
         };
+        let open = self.node.metrics().telemetry_subscribers.clone();
+        open.inc();
         tokio::spawn(async move {
             pump.run(index).await;
+            open.dec();
             drop(slot);
         });
         Ok(rx)
@@ -520,7 +523,9 @@ impl Pump {
                 permits = self.tx.reserve_many(2) => {
                     let mut permits = permits.map_err(|_| Gone)?;
                     if let Some(p) = permits.next() {
+                        let sent = batch.points.len() as u64;
                         p.send(Ok(batch));
+                        self.node.metrics().telemetry_stream_points.inc_by(sent);
                     }
                     return Ok(());
                 }
