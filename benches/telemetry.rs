@@ -92,6 +92,7 @@ fn bench_aggregate(c: &mut Criterion) {
     let mut g = c.benchmark_group("aggregate");
     g.throughput(Throughput::Elements(N as u64));
     for (label, width) in [
+        ("10000pts_per_bucket", 10_000_000_000i64),
         ("1000pts_per_bucket", 1_000_000_000i64),
         ("100pts_per_bucket", 100_000_000),
         ("10pts_per_bucket", 10_000_000),

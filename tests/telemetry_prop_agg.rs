@@ -248,11 +248,14 @@ fn adversarial_large_offsets() {
         let vals: Vec<f64> = (0..n)
             .map(|i| off + ((i * 7919) % 3 + 1) as f64 * spread)
             .collect();
-        let cfg = AggConfig::time_width(10_000);
-        let r = reference_aggregate(&ts, &vals, &cfg).unwrap();
-        let (b, m, a) = run(&ts, &vals, cfg, &[5, 777, 50_000]);
-        check(&b, &m, &a, &r, &ts, &vals, 1.0);
-        let want = r.total.as_ref().unwrap().variance;
-        assert!(((m.variance().unwrap() - want) / want).abs() < 1e-12);
+        // Large buckets (the block kernel) and buckets of 7 points (the short one).
+        for width in [10_000, 7] {
+            let cfg = AggConfig::time_width(width);
+            let r = reference_aggregate(&ts, &vals, &cfg).unwrap();
+            let (b, m, a) = run(&ts, &vals, cfg, &[5, 777, 50_000]);
+            check(&b, &m, &a, &r, &ts, &vals, 1.0);
+            let want = r.total.as_ref().unwrap().variance;
+            assert!(((m.variance().unwrap() - want) / want).abs() < 1e-12);
+        }
     }
 }

@@ -217,8 +217,11 @@ pub struct Aggregator {
     cfg: AggConfig,
     closed: Vec<BucketStats>,
     open: Option<OpenBucket>,
-    /// Merge of all closed buckets.
+    /// Merge of the closed buckets before `closed[unmerged..]` (drained ones included):
+    /// the rest are merged when asked for ([`Aggregator::running`]), not one by one as they
+    /// close — Chan's merge has a division, and it is a chain through every bucket.
     closed_totals: Moments,
+    unmerged: usize,
     /// Values of the open bucket (median only).
     scratch: Vec<f64>,
     points: u64,
@@ -308,6 +311,7 @@ impl Aggregator {
             closed: Vec::with_capacity(cfg.expected_buckets),
             open: None,
             closed_totals: Moments::new(),
+            unmerged: 0,
             scratch: Vec::new(),
             points: 0,
             last_ts: None,
@@ -333,6 +337,10 @@ impl Aggregator {
 
     /// Removes and returns the closed buckets; the buffer keeps its capacity.
     pub fn drain_closed(&mut self) -> std::vec::Drain<'_, BucketStats> {
+        for b in &self.closed[self.unmerged..] {
+            self.closed_totals.merge(&b.moments);
+        }
+        self.unmerged = 0;
         self.closed.drain(..)
     }
 
@@ -350,6 +358,9 @@ impl Aggregator {
     /// Chan-merged with the open one).
     pub fn running(&self) -> Moments {
         let mut m = self.closed_totals;
+        for b in &self.closed[self.unmerged..] {
+            m.merge(&b.moments);
+        }
         if let Some(o) = &self.open {
             m.merge(&o.moments);
         }
@@ -363,6 +374,7 @@ impl Aggregator {
         self.closed.clear();
         self.open = None;
         self.closed_totals = Moments::new();
+        self.unmerged = 0;
         self.scratch.clear();
         self.points = 0;
         self.last_ts = None;
@@ -391,7 +403,6 @@ impl Aggregator {
             } else {
                 None
             };
-            self.closed_totals.merge(&o.moments);
             self.closed.push(BucketStats {
                 start_ns: o.start,
                 moments: o.moments,
@@ -461,9 +472,25 @@ impl Aggregator {
                             // (smallest) timestamp; larger ones align higher.
                             _ => t - t.rem_euclid(w),
                         };
+                        let end = start.checked_add(w);
+                        if let (Some(e), false) = (end, self.cfg.median) {
+                            // A bucket that ends inside this batch closes at once, summed
+                            // in one call (the common case: no open bucket to merge into).
+                            let j = gallop(ts, i, e);
+                            if j < n {
+                                self.closed.push(BucketStats {
+                                    start_ns: start,
+                                    moments: Moments::of_bucket(&ts[i..j], &vals[i..j]),
+                                    median: None,
+                                });
+                                self.last_end = end;
+                                i = j;
+                                continue;
+                            }
+                        }
                         self.open = Some(OpenBucket {
                             start,
-                            end: start.checked_add(w),
+                            end,
                             moments: Moments::new(),
                         });
                     }

@@ -211,6 +211,66 @@ pub(crate) fn block_stats(vals: &[f64], shift: f64) -> Block {
     }
 }
 
+/// [`block_stats`] of fewer than [`LANES`] values, with four independent accumulators per
+/// sum: a bucket of ten points is otherwise two chains of ten dependent additions, which
+/// is most of its cost. Corrected two-pass, like the block kernel's tail.
+pub(crate) fn short_stats(vals: &[f64], shift: f64) -> Block {
+    debug_assert!(!vals.is_empty() && vals.len() < LANES);
+    let r = vals.len() as f64;
+    // Off the critical path (the mean keeps its exact division).
+    let inv_r = 1.0 / r;
+    // Lanes indexed by constants only, so that they stay in registers; the tail (fewer
+    // than 4 values) goes to the first lanes.
+    let quads = vals.chunks_exact(4);
+    let tail = quads.remainder();
+    let mut s = [0.0; 4];
+    let mut lo = [f64::INFINITY; 4];
+    let mut hi = [f64::NEG_INFINITY; 4];
+    let mut add = |l: usize, x: f64, s: &mut [f64; 4]| {
+        s[l] += x - shift;
+        lo[l] = fmin(x, lo[l]);
+        hi[l] = fmax(x, hi[l]);
+    };
+    for q in quads.clone() {
+        add(0, q[0], &mut s);
+        add(1, q[1], &mut s);
+        add(2, q[2], &mut s);
+        add(3, q[3], &mut s);
+    }
+    for (l, &x) in tail.iter().enumerate().take(3) {
+        add(l, x, &mut s);
+    }
+    let sum = (s[0] + s[1]) + (s[2] + s[3]);
+    let m = sum / r;
+    let (mut q2, mut e) = ([0.0; 4], [0.0; 4]);
+    let mut dev = |l: usize, x: f64| {
+        let d = (x - shift) - m;
+        q2[l] += d * d;
+        e[l] += d;
+    };
+    for q in quads {
+        dev(0, q[0]);
+        dev(1, q[1]);
+        dev(2, q[2]);
+        dev(3, q[3]);
+    }
+    for (l, &x) in tail.iter().enumerate().take(3) {
+        dev(l, x);
+    }
+    let (q, e) = (
+        (q2[0] + q2[1]) + (q2[2] + q2[3]),
+        (e[0] + e[1]) + (e[2] + e[3]),
+    );
+    Block {
+        n: vals.len() as u64,
+        sum_dev: sum,
+        mean_dev: m,
+        m2: (q - e * e * inv_r).max(0.0),
+        min: fmin(fmin(lo[0], lo[1]), fmin(lo[2], lo[3])),
+        max: fmax(fmax(hi[0], hi[1]), fmax(hi[2], hi[3])),
+    }
+}
+
 impl Moments {
     /// An empty summary.
     pub const fn new() -> Self {
@@ -269,7 +329,12 @@ impl Moments {
         if b.n == 0 {
             return;
         }
-        let other = Moments {
+        self.merge(&Self::of_block(b, shift, first, last));
+    }
+
+    /// The summary of one non-empty block.
+    fn of_block(b: Block, shift: f64, first: (i64, f64), last: (i64, f64)) -> Self {
+        Moments {
             count: b.n,
             sum: b.sum_dev + b.n as f64 * shift,
             min: b.min,
@@ -281,8 +346,23 @@ impl Moments {
             shift,
             mean_dev: b.mean_dev,
             m2: b.m2,
+        }
+    }
+
+    /// The summary of a whole bucket of non-empty, time-sorted columns, for the streaming
+    /// aggregator: [`short_stats`] below [`LANES`] points, else the block kernel. Rollups
+    /// and queries keep [`Moments::from_sorted`], whose rounding the stored rollups were
+    /// made with (replicas on two versions must store the same bits).
+    pub(crate) fn of_bucket(ts: &[i64], vals: &[f64]) -> Self {
+        debug_assert!(!vals.is_empty() && ts.len() == vals.len());
+        let shift = vals[0];
+        let b = if vals.len() < LANES {
+            short_stats(vals, shift)
+        } else {
+            block_stats(vals, shift)
         };
-        self.merge(&other);
+        let (k, t) = (vals.len() - 1, ts.len() - 1);
+        Self::of_block(b, shift, (ts[0], vals[0]), (ts[t], vals[k]))
     }
 
     /// Adds one point (Welford's update, relative to the shift).
