@@ -16,9 +16,14 @@
 //! [`crate::telemetry::moments`]'s block kernel (blocks of 16 values: vectorized
 //! sum/min/max, exact per-block mean and M2, Chan-merged across blocks). That
 //! is one pass over memory with no per-point branches or divisions.
-//! Per-bucket fixed costs (boundary search, closing the bucket, merging it
-//! into the running totals) dominate when buckets hold only ~10 points; there
-//! the throughput drops to roughly a third of the large-bucket figure.
+//! Per-bucket fixed costs (boundary search, closing the bucket) dominate when
+//! buckets hold only ~10 points. A bucket that ends inside the batch is summed
+//! in one call and pushed closed (below 16 points by `moments::short_stats`,
+//! four register lanes per sum, so its additions do not form one chain), and
+//! the running totals are merged from the closed buckets only when asked for.
+//! Still, at 10 points per bucket the throughput is about a third of the
+//! large-bucket figure: what is left is the latency of each bucket's two
+//! passes and its division, bucket after bucket.
 //!
 //! # Optional work
 //! * **Median** (exact): needs every value of the open bucket, so the values
