@@ -5,7 +5,9 @@
 //! once at start-up.
 
 use aetherops::telemetry::agg::{AggConfig, Aggregator, AnomalyConfig, Bucketing};
-use aetherops::telemetry::correlate::{Correlator, Joiner, PointSource, SliceSource, Strategy};
+use aetherops::telemetry::correlate::{
+    Block, Correlator, Joiner, PointSource, SliceSource, Strategy, BLOCK_ROWS,
+};
 use aetherops::telemetry::reference::reference_aggregate;
 use aetherops::telemetry::rollup::rollup_raw;
 use aetherops::telemetry::segment;
@@ -293,10 +295,10 @@ where
 {
     let mut join = Joiner::new(sources, Strategy::Nearest, 10_000_000);
     let mut corr = Correlator::new(2);
-    let (mut rows, mut cells) = (0u64, [None; 2]);
-    while join.next_row(&mut cells).unwrap().is_some() {
-        corr.add_row(&cells);
-        rows += 1;
+    let (mut rows, mut block) = (0u64, Block::new(2));
+    while join.next_block(&mut block, BLOCK_ROWS).unwrap() {
+        corr.add_block(&block);
+        rows += block.len() as u64;
     }
     let r = corr.pairs().next().and_then(|p| p.2.pearson());
     (rows, r)

@@ -7,7 +7,9 @@
 use std::cell::Cell;
 
 use super::command::{MAX_SEGMENT_SPAN_NS, MAX_TS, MIN_TS};
-use super::correlate::{Correlator, JoinError, Joiner, PointSource, SliceSource, Strategy};
+use super::correlate::{
+    Block, Correlator, JoinError, Joiner, PointSource, SliceSource, Strategy, BLOCK_ROWS,
+};
 use super::keys::{decode_bucket, decode_series_id, raw_key, rollup_key};
 use super::moments::Moments;
 use super::query::{query_at, series_at, QueryError, QuerySpec};
@@ -202,23 +204,28 @@ impl Page {
         to_query: impl Fn(S::Error) -> QueryError + Copy,
     ) -> Result<(), QueryError> {
         let mut join = Joiner::new(sources, spec.strategy, spec.tolerance_ns);
-        let mut cells = vec![None; spec.series.len()];
-        while let Some(ts_ns) = join
-            .next_row(&mut cells)
+        let mut block = Block::new(spec.series.len());
+        while join
+            .next_block(&mut block, BLOCK_ROWS)
             .map_err(|e| join_error(e, to_query))?
         {
-            self.total += 1;
-            self.corr.add_row(&cells);
-            if spec.after_ns.is_some_and(|a| ts_ns <= a) {
+            self.total += block.len() as u64;
+            self.corr.add_block(&block);
+            if self.more {
                 continue;
             }
-            if self.rows.len() < spec.limit {
+            let from = spec
+                .after_ns
+                .map_or(0, |a| block.ts().partition_point(|&t| t <= a));
+            for k in from..block.len() {
+                if self.rows.len() == spec.limit {
+                    self.more = true;
+                    break;
+                }
                 self.rows.push(CorrelatedRow {
-                    ts_ns,
-                    values: cells.clone(),
+                    ts_ns: block.ts()[k],
+                    values: block.row(k),
                 });
-            } else {
-                self.more = true;
             }
         }
         Ok(())
@@ -636,13 +643,13 @@ mod store_tests {
             Strategy::Nearest,
             3 * SEC,
         );
-        let (mut want, mut cells, mut corr) = (Vec::new(), vec![None; 2], Correlator::new(2));
-        while let Some(ts_ns) = join.next_row(&mut cells).unwrap() {
-            corr.add_row(&cells);
-            want.push(CorrelatedRow {
-                ts_ns,
-                values: cells.clone(),
-            });
+        let (mut want, mut block, mut corr) = (Vec::new(), Block::new(2), Correlator::new(2));
+        while join.next_block(&mut block, BLOCK_ROWS).unwrap() {
+            corr.add_block(&block);
+            want.extend((0..block.len()).map(|k| CorrelatedRow {
+                ts_ns: block.ts()[k],
+                values: block.row(k),
+            }));
         }
         let all = correlate(&db, &spec(&["a/y", "a/x"], start, end, usize::MAX)).unwrap();
         assert_eq!(all.rows, want);

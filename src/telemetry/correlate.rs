@@ -5,7 +5,9 @@
 //!
 //! The first series drives the rows: one row per point of series 0; for every other series
 //! the cell is the value of the point the [`Strategy`] picks within the tolerance, else
-//! `None` — the semantics of polars' `join_asof` with exact matches allowed. Sources yield
+//! `None` — the semantics of polars' `join_asof` with exact matches allowed. Rows come a
+//! [`Block`] at a time, as columns; each other series fills its column with a two-pointer
+//! merge against the block's times, the strategy chosen once per run of rows. Sources yield
 //! their points chunk by chunk (a stored series segment by segment, see
 //! `telemetry::read::RawStream`), each strictly increasing in time; the joiner keeps one
 //! chunk and one earlier point per source, so its memory is O(series) beyond the chunks
@@ -13,9 +15,10 @@
 //!
 //! ## Pearson
 //!
-//! [`PairMoments`] keeps count, means and co-moments of one pair, updated with Welford's
-//! rule and merged with Chan's — relative to a shift (the first pair added), like
-//! [`super::moments::Moments`], so a large offset next to a small spread keeps its digits.
+//! [`PairMoments`] keeps count, means and co-moments of one pair: a block of rows at a time
+//! in two passes (sums, then deviations from the block's mean), blocks merged with Chan's
+//! rule — relative to a shift (the first pair added), like [`super::moments::Moments`], so
+//! a large offset next to a small spread keeps its digits.
 
 /// Which point of another series a row takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,10 +172,172 @@ impl<S: PointSource> Cursor<S> {
     }
 }
 
+/// Rows the join produces per [`Joiner::next_block`] call in the query path. Pearson's
+/// moments are taken block by block (two passes over a block, blocks merged), so a fixed
+/// size — not the sources' chunking — decides where blocks split, and the same rows give
+/// the same bits however the points were read.
+pub const BLOCK_ROWS: usize = 4096;
+
+/// Rows of the join as columns: row `k` is at `ts[k]`, and series `j`'s cell is
+/// `vals[j][k]` where `present[j][k]` (the lead's column 0 is always present).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Block {
+    ts: Vec<i64>,
+    vals: Vec<Vec<f64>>,
+    present: Vec<Vec<bool>>,
+}
+
+impl Block {
+    pub fn new(width: usize) -> Self {
+        Block {
+            ts: Vec::new(),
+            vals: vec![Vec::new(); width],
+            present: vec![Vec::new(); width],
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ts.is_empty()
+    }
+
+    /// The rows' times, increasing.
+    pub fn ts(&self) -> &[i64] {
+        &self.ts
+    }
+
+    /// Series `j`'s cell in row `k`.
+    pub fn cell(&self, j: usize, k: usize) -> Option<f64> {
+        self.present[j][k].then(|| self.vals[j][k])
+    }
+
+    /// Row `k`'s cells, one per series.
+    pub fn row(&self, k: usize) -> Vec<Option<f64>> {
+        (0..self.vals.len()).map(|j| self.cell(j, k)).collect()
+    }
+
+    /// Appends a row (tests build blocks from rows). The lead's cell must be present.
+    pub fn push_row(&mut self, ts: i64, cells: &[Option<f64>]) {
+        assert_eq!(cells.len(), self.vals.len(), "one cell per series");
+        assert!(cells[0].is_some(), "the lead's cell is always present");
+        self.ts.push(ts);
+        for ((v, p), c) in self.vals.iter_mut().zip(&mut self.present).zip(cells) {
+            v.push(c.unwrap_or(0.0));
+            p.push(c.is_some());
+        }
+    }
+
+    fn clear(&mut self) {
+        self.ts.clear();
+        self.vals.iter_mut().for_each(Vec::clear);
+        self.present.iter_mut().for_each(Vec::clear);
+    }
+}
+
 /// Another series of the join: its cursor and the latest point at or before the last row.
 struct Follower<S> {
     cur: Cursor<S>,
     prev: Option<(i64, f64)>,
+}
+
+impl<S: PointSource> Follower<S> {
+    /// The cells of the rows at `lead` (increasing, after every row before) into `vals` and
+    /// `present`. Rows before the last point of the current chunk are a tight two-pointer
+    /// merge; a row at or past it (the next point may lie in a later chunk) takes the
+    /// careful path, which loads chunks.
+    fn fill(
+        &mut self,
+        strategy: Strategy,
+        tol: u64,
+        lead: &[i64],
+        vals: &mut [f64],
+        present: &mut [bool],
+    ) -> Result<(), JoinError<S::Error>> {
+        let mut k = 0;
+        while k < lead.len() {
+            let t = lead[k];
+            match self.cur.ts.get(self.cur.pos..).and_then(<[i64]>::last) {
+                Some(&last) if t < last => {
+                    let end = k + lead[k..].partition_point(|&x| x < last);
+                    let span = (&lead[k..end], &mut vals[k..end], &mut present[k..end]);
+                    match strategy {
+                        Strategy::Backward => self.merge::<true, false>(tol, span),
+                        Strategy::Forward => self.merge::<false, true>(tol, span),
+                        Strategy::Nearest => self.merge::<true, true>(tol, span),
+                    }
+                    k = end;
+                }
+                _ => {
+                    while let Some((pt, pv)) = self.cur.head()? {
+                        if pt > t {
+                            break;
+                        }
+                        self.prev = Some((pt, pv));
+                        self.cur.advance();
+                    }
+                    let next = match self.prev {
+                        Some(p) if p.0 == t => Some(p),
+                        _ => self.cur.head()?,
+                    };
+                    let cell = match strategy {
+                        Strategy::Backward => pick::<true, false>(tol, t, self.prev, next),
+                        Strategy::Forward => pick::<false, true>(tol, t, self.prev, next),
+                        Strategy::Nearest => pick::<true, true>(tol, t, self.prev, next),
+                    };
+                    vals[k] = cell.unwrap_or(0.0);
+                    present[k] = cell.is_some();
+                    k += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The two-pointer merge over rows that all lie before the current chunk's last point,
+    /// so that the earliest point after a row is always in the chunk. Written to compile
+    /// to selects, not branches: whether the follower moves at a row follows the data, and
+    /// a mispredicted branch per row would cost more than the row's whole work.
+    #[inline(always)]
+    fn merge<const BACK: bool, const FWD: bool>(
+        &mut self,
+        tol: u64,
+        (lead, vals, present): (&[i64], &mut [f64], &mut [bool]),
+    ) {
+        let (ts, vs) = (&self.cur.ts[..], &self.cur.vals[..]);
+        let mut pos = self.cur.pos;
+        // The latest point at or before the row; `has` false before the first.
+        let (mut pt, mut pv, mut has) = match self.prev {
+            Some((t, v)) => (t, v, true),
+            None => (0, 0.0, false),
+        };
+        for ((&t, v), p) in lead.iter().zip(vals).zip(present) {
+            let step = ts[pos] <= t;
+            pos += usize::from(step);
+            // Rare: more than one point since the last row. Ends at the chunk's last point.
+            while ts[pos] <= t {
+                pos += 1;
+            }
+            if step {
+                (pt, pv, has) = (ts[pos - 1], vs[pos - 1], true);
+            }
+            let back_d = (t as u64).wrapping_sub(pt as u64);
+            let back_ok = BACK && has && back_d <= tol;
+            // Forward alone takes an exact match from `prev`; nearest gets it from `back`.
+            let exact = FWD && !BACK && has && pt == t;
+            let (nt, nv) = if exact { (pt, pv) } else { (ts[pos], vs[pos]) };
+            let fwd_d = (nt as u64).wrapping_sub(t as u64);
+            let fwd_ok = FWD && fwd_d <= tol;
+            // A tie goes to the earlier point.
+            let take_back = back_ok && !(fwd_ok && fwd_d < back_d);
+            *v = if take_back { pv } else { nv };
+            *p = take_back || fwd_ok;
+        }
+        self.cur.pos = pos;
+        self.prev = has.then_some((pt, pv));
+    }
 }
 
 /// The streaming as-of join.
@@ -209,59 +374,59 @@ impl<S: PointSource> Joiner<S> {
         1 + self.others.len()
     }
 
-    /// The next row: its time, with `row[j]` set to series j's cell (`row[0]` is the lead's
-    /// value). `None` when the lead is exhausted.
-    pub fn next_row(
+    /// The next rows, at most `max_rows` (at least 1) and fewer only at the end, into
+    /// `block` (replacing what it held); `false` once the lead is exhausted.
+    pub fn next_block(
         &mut self,
-        row: &mut [Option<f64>],
-    ) -> Result<Option<i64>, JoinError<S::Error>> {
-        assert_eq!(row.len(), self.width(), "one cell per series");
-        let Some((t, v)) = self.lead.head()? else {
-            return Ok(None);
-        };
-        self.lead.advance();
-        row[0] = Some(v);
-        for (f, cell) in self.others.iter_mut().zip(&mut row[1..]) {
-            while let Some((pt, pv)) = f.cur.head()? {
-                if pt > t {
-                    break;
-                }
-                f.prev = Some((pt, pv));
-                f.cur.advance();
-            }
-            let next = match f.prev {
-                Some(p) if p.0 == t => Some(p),
-                _ => f.cur.head()?,
-            };
-            *cell = pick(self.strategy, self.tolerance_ns, t, f.prev, next);
+        block: &mut Block,
+        max_rows: usize,
+    ) -> Result<bool, JoinError<S::Error>> {
+        assert_eq!(block.vals.len(), self.width(), "one column per series");
+        block.clear();
+        let max_rows = max_rows.max(1);
+        while block.ts.len() < max_rows && self.lead.head()?.is_some() {
+            let lead = &mut self.lead;
+            let end = lead.ts.len().min(lead.pos + (max_rows - block.ts.len()));
+            block.ts.extend_from_slice(&lead.ts[lead.pos..end]);
+            block.vals[0].extend_from_slice(&lead.vals[lead.pos..end]);
+            lead.pos = end;
         }
-        Ok(Some(t))
+        let n = block.ts.len();
+        block.present[0].resize(n, true);
+        let tol = self.tolerance_ns as u64; // not negative (checked in `new`)
+        for (f, (vals, present)) in self
+            .others
+            .iter_mut()
+            .zip(block.vals.iter_mut().zip(&mut block.present).skip(1))
+        {
+            vals.resize(n, 0.0);
+            present.resize(n, false);
+            f.fill(self.strategy, tol, &block.ts, vals, present)?;
+        }
+        Ok(n > 0)
     }
 }
 
 /// The cell of a row at `t` from the latest point at or before it and the earliest at or
-/// after it. Distances in i128: timestamps may lie anywhere in i64.
-fn pick(
-    strategy: Strategy,
-    tolerance_ns: i64,
+/// after it: `BACK` alone is backward, `FWD` alone forward, both nearest (a tie goes to the
+/// earlier). Distances as `u64`: `t - before` and `after - t` are never negative, and
+/// wrapping subtraction gives them exactly wherever the timestamps lie in i64.
+#[inline(always)]
+fn pick<const BACK: bool, const FWD: bool>(
+    tol: u64,
     t: i64,
     before: Option<(i64, f64)>,
     after: Option<(i64, f64)>,
 ) -> Option<f64> {
-    let tol = i128::from(tolerance_ns);
     let back = before
-        .map(|(ts, v)| (i128::from(t) - i128::from(ts), v))
-        .filter(|(d, _)| *d <= tol);
+        .map(|(ts, v)| ((t as u64).wrapping_sub(ts as u64), v))
+        .filter(|&(d, _)| BACK && d <= tol);
     let fwd = after
-        .map(|(ts, v)| (i128::from(ts) - i128::from(t), v))
-        .filter(|(d, _)| *d <= tol);
-    match strategy {
-        Strategy::Backward => back.map(|b| b.1),
-        Strategy::Forward => fwd.map(|f| f.1),
-        Strategy::Nearest => match (back, fwd) {
-            (Some(b), Some(f)) => Some(if f.0 < b.0 { f.1 } else { b.1 }),
-            (b, f) => b.or(f).map(|x| x.1),
-        },
+        .map(|(ts, v)| ((ts as u64).wrapping_sub(t as u64), v))
+        .filter(|&(d, _)| FWD && d <= tol);
+    match (back, fwd) {
+        (Some(b), Some(f)) => Some(if f.0 < b.0 { f.1 } else { b.1 }),
+        (b, f) => b.or(f).map(|x| x.1),
     }
 }
 
@@ -282,21 +447,64 @@ pub struct PairMoments {
 }
 
 impl PairMoments {
-    pub fn push(&mut self, x: f64, y: f64) {
-        if self.n == 0 {
-            self.shift_x = x;
-            self.shift_y = y;
+    /// The pairs `(x[k], y[k])` of the rows where `px[k] && py[k]`, in two passes (sums,
+    /// then squared deviations from the mean), relative to `shift` — or, without one, to
+    /// the first pair. Four accumulators per sum, so that the additions of a pass do not
+    /// form one dependent chain; absent rows add exact zeros.
+    pub fn of_columns(
+        x: &[f64],
+        y: &[f64],
+        px: &[bool],
+        py: &[bool],
+        shift: Option<(f64, f64)>,
+    ) -> PairMoments {
+        let n = x.len();
+        assert!(
+            y.len() == n && px.len() == n && py.len() == n,
+            "columns pair up"
+        );
+        let Some((sx, sy)) =
+            shift.or_else(|| (0..n).find(|&k| px[k] && py[k]).map(|k| (x[k], y[k])))
+        else {
+            return PairMoments::default();
+        };
+        let count = px.iter().zip(py).filter(|(a, b)| **a & **b).count() as u64;
+        if count == 0 {
+            return PairMoments::default();
         }
-        self.n += 1;
-        let n = self.n as f64;
-        let (x, y) = (x - self.shift_x, y - self.shift_y);
-        let dx = x - self.mean_x;
-        self.mean_x += dx / n;
-        let dy = y - self.mean_y;
-        self.mean_y += dy / n;
-        self.m2_x += dx * (x - self.mean_x);
-        self.m2_y += dy * (y - self.mean_y);
-        self.c_xy += dx * (y - self.mean_y);
+        let (mut sum_x, mut sum_y) = ([0.0f64; L], [0.0f64; L]);
+        by_lane(x, y, px, py, |l, x, y, m| {
+            sum_x[l] += if m { x - sx } else { 0.0 };
+            sum_y[l] += if m { y - sy } else { 0.0 };
+        });
+        let c = count as f64;
+        let mean_x = ((sum_x[0] + sum_x[1]) + (sum_x[2] + sum_x[3])) / c;
+        let mean_y = ((sum_y[0] + sum_y[1]) + (sum_y[2] + sum_y[3])) / c;
+        let (mut m2_x, mut m2_y, mut c_xy) = ([0.0f64; L], [0.0f64; L], [0.0f64; L]);
+        by_lane(x, y, px, py, |l, x, y, m| {
+            let dx = if m { (x - sx) - mean_x } else { 0.0 };
+            let dy = if m { (y - sy) - mean_y } else { 0.0 };
+            m2_x[l] += dx * dx;
+            m2_y[l] += dy * dy;
+            c_xy[l] += dx * dy;
+        });
+        let total = |a: [f64; L]| (a[0] + a[1]) + (a[2] + a[3]);
+        PairMoments {
+            n: count,
+            shift_x: sx,
+            shift_y: sy,
+            mean_x,
+            mean_y,
+            m2_x: total(m2_x),
+            m2_y: total(m2_y),
+            c_xy: total(c_xy),
+        }
+    }
+
+    /// This pair's shift, once it has one (blocks added later are taken relative to it,
+    /// so merging them adds no shift difference).
+    fn shift(&self) -> Option<(f64, f64)> {
+        (self.n > 0).then_some((self.shift_x, self.shift_y))
     }
 
     /// Adds `other`'s pairs (Chan et al.'s pairwise formula, relative to this shift).
@@ -336,6 +544,34 @@ impl PairMoments {
     }
 }
 
+/// Lanes of the pairwise sums in [`PairMoments::of_columns`].
+const L: usize = 4;
+
+/// `f(lane, x, y, both present)` for every row: lane `k % L`, the whole groups of `L` rows
+/// first through fixed-size chunks (which keep the lanes' sums in registers), then the tail.
+#[inline(always)]
+fn by_lane(
+    x: &[f64],
+    y: &[f64],
+    px: &[bool],
+    py: &[bool],
+    mut f: impl FnMut(usize, f64, f64, bool),
+) {
+    let whole = x.len() - x.len() % L;
+    let chunks = x[..whole]
+        .chunks_exact(L)
+        .zip(y[..whole].chunks_exact(L))
+        .zip(px[..whole].chunks_exact(L).zip(py[..whole].chunks_exact(L)));
+    for ((x, y), (px, py)) in chunks {
+        for l in 0..L {
+            f(l, x[l], y[l], px[l] & py[l]);
+        }
+    }
+    for k in whole..x.len() {
+        f(k - whole, x[k], y[k], px[k] & py[k]);
+    }
+}
+
 /// Pearson co-moments of every pair of series `(a, b)`, `a < b`, over the rows where both
 /// cells are present.
 #[derive(Debug, Clone, PartialEq)]
@@ -353,14 +589,22 @@ impl Correlator {
         }
     }
 
-    pub fn add_row(&mut self, row: &[Option<f64>]) {
-        assert_eq!(row.len(), self.width, "one cell per series");
+    /// Adds a block's rows: per pair, the block's moments over the rows where both cells
+    /// are present, merged in.
+    pub fn add_block(&mut self, block: &Block) {
+        assert_eq!(block.vals.len(), self.width, "one column per series");
         let mut k = 0;
-        for (a, x) in row.iter().enumerate() {
-            for y in &row[a + 1..] {
-                if let (Some(x), Some(y)) = (x, y) {
-                    self.pairs[k].push(*x, *y);
-                }
+        for a in 0..self.width {
+            for b in a + 1..self.width {
+                let p = &mut self.pairs[k];
+                let m = PairMoments::of_columns(
+                    &block.vals[a],
+                    &block.vals[b],
+                    &block.present[a],
+                    &block.present[b],
+                    p.shift(),
+                );
+                p.merge(&m);
                 k += 1;
             }
         }
@@ -447,25 +691,38 @@ mod tests {
         (both.len() as u64, r)
     }
 
+    /// The join in blocks of `block` rows over sources read in chunks of `chunk`: its rows,
+    /// and the pairs over them.
     fn streaming(
         series: &[(Vec<i64>, Vec<f64>)],
         strategy: Strategy,
         tol: i64,
         chunk: usize,
+        block: usize,
     ) -> (Vec<Row>, Correlator) {
         let sources = series
             .iter()
             .map(|(t, v)| SliceSource::new(t, v, chunk))
             .collect();
         let mut j = Joiner::new(sources, strategy, tol);
-        let mut cells = vec![None; series.len()];
+        let mut b = Block::new(series.len());
         let mut corr = Correlator::new(series.len());
         let mut rows = Vec::new();
-        while let Some(t) = j.next_row(&mut cells).unwrap() {
-            corr.add_row(&cells);
-            rows.push((t, cells.clone()));
+        while j.next_block(&mut b, block).unwrap() {
+            assert!(b.len() <= block.max(1));
+            corr.add_block(&b);
+            rows.extend((0..b.len()).map(|k| (b.ts()[k], b.row(k))));
         }
         (rows, corr)
+    }
+
+    /// Moments of rows accumulated as one block.
+    fn block_of(rows: &[Row], width: usize) -> Correlator {
+        let mut b = Block::new(width);
+        rows.iter().for_each(|(t, r)| b.push_row(*t, r));
+        let mut c = Correlator::new(width);
+        c.add_block(&b);
+        c
     }
 
     fn cols(points: &[(i64, f64)]) -> (Vec<i64>, Vec<f64>) {
@@ -486,7 +743,7 @@ mod tests {
         let other = cols(&[(8, 0.8), (20, 2.0), (25, 2.5), (35, 3.5), (47, 4.7)]);
         let series = [lead, other];
         let check = |strategy, tol, want: [Option<f64>; 4]| {
-            let (rows, _) = streaming(&series, strategy, tol, 2);
+            let (rows, _) = streaming(&series, strategy, tol, 2, 3);
             let got: Vec<Option<f64>> = rows.iter().map(|r| r.1[1]).collect();
             assert_eq!(got, want, "{strategy:?} tol {tol}");
             assert_eq!(rows, reference_join(&series, strategy, tol));
@@ -504,16 +761,27 @@ mod tests {
 
     #[test]
     fn pearson_of_known_pairs() {
-        let mut p = PairMoments::default();
-        for i in 0..10 {
-            p.push(f64::from(i), 3.0 * f64::from(i) + 1e9);
-        }
-        assert!((p.pearson().unwrap() - 1.0).abs() < 1e-12);
-        let mut q = PairMoments::default();
-        q.push(1.0, 5.0);
-        q.push(2.0, 5.0);
-        assert_eq!(q.pearson(), None, "a constant side has no r");
+        let pairs = |xs: &[(f64, f64)]| {
+            let (x, y): (Vec<f64>, Vec<f64>) = xs.iter().copied().unzip();
+            let all = vec![true; x.len()];
+            PairMoments::of_columns(&x, &y, &all, &all, None)
+        };
+        let line: Vec<(f64, f64)> = (0..10)
+            .map(|i| (f64::from(i), 3.0 * f64::from(i) + 1e9))
+            .collect();
+        assert!((pairs(&line).pearson().unwrap() - 1.0).abs() < 1e-12);
+        assert_eq!(
+            pairs(&[(1.0, 5.0), (2.0, 5.0)]).pearson(),
+            None,
+            "a constant side has no r"
+        );
         assert_eq!(PairMoments::default().pearson(), None);
+        // Absent rows count for nothing, whatever their values hold.
+        let (x, y) = ([1.0, 9e300, 2.0, 3.0], [2.0, 1.0, 4.0, 6.0]);
+        let (px, py) = ([true, true, true, true], [true, false, true, true]);
+        let m = PairMoments::of_columns(&x, &y, &px, &py, None);
+        assert_eq!(m.count(), 3);
+        assert!((m.pearson().unwrap() - 1.0).abs() < 1e-12);
     }
 
     #[test]
@@ -522,9 +790,9 @@ mod tests {
         let (t1, v1) = cols(&[(1, 1.0), (3, 2.0), (3, 4.0)]);
         let sources = vec![SliceSource::new(&t0, &v0, 2), SliceSource::new(&t1, &v1, 2)];
         let mut j = Joiner::new(sources, Strategy::Forward, 10);
-        let mut row = [None; 2];
+        let mut b = Block::new(2);
         let err = (0..3)
-            .map(|_| j.next_row(&mut row))
+            .map(|_| j.next_block(&mut b, 1))
             .find_map(Result::err)
             .expect("the repeat of 3 across chunks is found");
         assert_eq!(
@@ -547,25 +815,23 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
-        /// The streaming join equals the obvious one, row for row; its Pearson (Welford,
-        /// merged halves too) equals the two-pass one.
+        /// The streaming join equals the obvious one, row for row, whatever the chunks and
+        /// blocks; its Pearson (blocks merged; halves merged too) equals the two-pass one.
         #[test]
         fn streaming_join_equals_reference(
             series in proptest::collection::vec(arb_series(), 2..5),
             tol in prop_oneof![Just(0i64), 0i64..20, Just(i64::MAX)],
             strategy in prop_oneof![Just(Strategy::Backward), Just(Strategy::Forward), Just(Strategy::Nearest)],
             chunk in 1usize..7,
+            block in prop_oneof![Just(1usize), 1usize..9, Just(BLOCK_ROWS)],
             split in 0usize..40,
         ) {
             let want = reference_join(&series, strategy, tol);
-            let (rows, corr) = streaming(&series, strategy, tol, chunk);
+            let (rows, corr) = streaming(&series, strategy, tol, chunk, block);
             prop_assert_eq!(&rows, &want);
-            // Halves accumulated apart and merged.
             let split = split.min(rows.len());
-            let (mut first, mut second) = (Correlator::new(series.len()), Correlator::new(series.len()));
-            rows[..split].iter().for_each(|r| first.add_row(&r.1));
-            rows[split..].iter().for_each(|r| second.add_row(&r.1));
-            first.merge(&second);
+            let mut first = block_of(&rows[..split], series.len());
+            first.merge(&block_of(&rows[split..], series.len()));
             for ((a, b, p), (_, _, m)) in corr.pairs().zip(first.pairs()) {
                 let (n, r) = reference_pearson(&want, a, b);
                 prop_assert_eq!(p.count(), n);
@@ -573,6 +839,23 @@ mod tests {
                 prop_assert!(close(p.pearson(), r), "{a},{b}: {:?} vs {:?}", p.pearson(), r);
                 prop_assert!(close(m.pearson(), r), "merged {a},{b}: {:?} vs {:?}", m.pearson(), r);
             }
+        }
+
+        /// Timestamps anywhere in i64 (distances past i64::MAX, a tolerance of i64::MAX):
+        /// the unsigned distances pick as the wide reference does.
+        #[test]
+        fn distances_at_the_ends_of_i64(
+            lead in proptest::collection::btree_set(prop_oneof![Just(i64::MIN), Just(i64::MAX), proptest::num::i64::ANY], 1..12),
+            other in proptest::collection::btree_set(prop_oneof![Just(i64::MIN), Just(i64::MAX), proptest::num::i64::ANY], 1..12),
+            tol in prop_oneof![Just(i64::MAX), proptest::num::i64::ANY.prop_map(|t| t.saturating_abs())],
+            strategy in prop_oneof![Just(Strategy::Backward), Just(Strategy::Forward), Just(Strategy::Nearest)],
+        ) {
+            let col = |s: &std::collections::BTreeSet<i64>| -> (Vec<i64>, Vec<f64>) {
+                s.iter().map(|&t| (t, (t % 1000) as f64)).unzip()
+            };
+            let series = [col(&lead), col(&other)];
+            let (rows, _) = streaming(&series, strategy, tol, 3, 4);
+            prop_assert_eq!(rows, reference_join(&series, strategy, tol));
         }
     }
 }

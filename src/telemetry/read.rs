@@ -160,8 +160,12 @@ impl<'a> RawStream<'a> {
                 break;
             };
             let (k, v) = item?;
-            let info = segment::info(&v).map_err(|e| StorageError::corrupt("segment", e))?;
+            // The header without the checksum: a segment opened is decoded, which checks
+            // it; one passed by is checked here, so a corrupt header cannot hide points.
+            let corrupt = |e| StorageError::corrupt("segment", e);
+            let info = segment::header(&v).map_err(corrupt)?;
             if info.max_ts < self.from {
+                segment::info(&v).map_err(corrupt)?;
                 continue;
             }
             let min_ts = k
@@ -243,6 +247,16 @@ impl<'a> RawStream<'a> {
             let room = STREAM_CHUNK_POINTS - out_ts.len();
             let stop =
                 (s.pos + s.ts[s.pos..s.end].partition_point(|t| *t < horizon)).min(s.pos + room);
+            if out_ts.is_empty() && s.pos == 0 && stop == s.ts.len() {
+                // The whole segment: its buffers are handed over, the chunk's taken back
+                // (drained, they go to `spare` next time).
+                std::mem::swap(out_ts, &mut s.ts);
+                std::mem::swap(out_vals, &mut s.vals);
+                s.ts.clear();
+                s.vals.clear();
+                (s.pos, s.end) = (0, 0);
+                return;
+            }
             out_ts.extend_from_slice(&s.ts[s.pos..stop]);
             out_vals.extend_from_slice(&s.vals[s.pos..stop]);
             s.pos = stop;
