@@ -574,6 +574,40 @@ async fn bucket_lists_answer_alike_with_and_without_the_executor() {
         ),
         other => panic!("{other:?}"),
     }
+    // A response key selected twice (two fields, two fragments, or two parents) is one
+    // key whose selections the executor merges: every bucket has both halves.
+    let telemetry = r#"telemetry(series: "direct/x", range: $r)"#;
+    let both = |sel: &str| format!("query($r: TimeRangeInput!) {{ {sel} }}");
+    let whole = gql(
+        &node,
+        &both(&format!(
+            r#"{telemetry} {{ buckets(every: "PT20M") {{ start end }} }}"#
+        )),
+        json!({"r": range}),
+    )
+    .await;
+    assert!(
+        whole["data"]["telemetry"]["buckets"][1]["end"].is_string(),
+        "{whole:#}"
+    );
+    for sel in [
+        format!(
+            r#"{telemetry} {{ buckets(every: "PT20M") {{ start }} buckets(every: "PT20M") {{ end }} }}"#
+        ),
+        format!(r#"{telemetry} {{ ...S ...E }}"#),
+        format!(
+            r#"{telemetry} {{ buckets(every: "PT20M") {{ start }} }} {telemetry} {{ buckets(every: "PT20M") {{ end }} }}"#
+        ),
+    ] {
+        let fragments = r#"fragment S on Telemetry { buckets(every: "PT20M") { start } }
+            fragment E on Telemetry { buckets(every: "PT20M") { end } }"#;
+        let q = match sel.contains("...S") {
+            true => format!("{} {fragments}", both(&sel)),
+            false => both(&sel),
+        };
+        let got = gql(&node, &q, json!({"r": range})).await;
+        assert_eq!(got["data"], whole["data"], "{sel}: {got:#}");
+    }
     let bad = gql(
         &node,
         r#"query($r: TimeRangeInput!) { telemetry(series: "direct/x", range: $r) {

@@ -142,12 +142,19 @@ impl Service {
             pos,
             deadline: None,
         };
-        let open = self.node.metrics().telemetry_subscribers.clone();
-        open.inc();
+        // Open until the pump ends, however it ends: the guard's drop also runs when a
+        // panic unwinds the task.
+        struct Open(prometheus_client::metrics::gauge::Gauge);
+        impl Drop for Open {
+            fn drop(&mut self) {
+                self.0.dec();
+            }
+        }
+        let open = Open(self.node.metrics().telemetry_subscribers.clone());
+        open.0.inc();
         tokio::spawn(async move {
             pump.run(index).await;
-            open.dec();
-            drop(slot);
+            drop((open, slot));
         });
         Ok(rx)
     }
@@ -523,9 +530,11 @@ impl Pump {
                 permits = self.tx.reserve_many(2) => {
                     let mut permits = permits.map_err(|_| Gone)?;
                     if let Some(p) = permits.next() {
+                        // Counted before it is sent: a client that has the points and
+                        // then reads /metrics sees them counted.
                         let sent = batch.points.len() as u64;
-                        p.send(Ok(batch));
                         self.node.metrics().telemetry_stream_points.inc_by(sent);
+                        p.send(Ok(batch));
                     }
                     return Ok(());
                 }

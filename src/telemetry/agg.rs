@@ -222,11 +222,10 @@ pub struct Aggregator {
     cfg: AggConfig,
     closed: Vec<BucketStats>,
     open: Option<OpenBucket>,
-    /// Merge of the closed buckets before `closed[unmerged..]` (drained ones included):
-    /// the rest are merged when asked for ([`Aggregator::running`]), not one by one as they
-    /// close — Chan's merge has a division, and it is a chain through every bucket.
+    /// Merge of the drained buckets. Those still in `closed` are merged when asked for
+    /// ([`Aggregator::running`]) or drained, not one by one as they close — Chan's merge
+    /// has a division, and it is a chain through every bucket.
     closed_totals: Moments,
-    unmerged: usize,
     /// Values of the open bucket (median only).
     scratch: Vec<f64>,
     points: u64,
@@ -316,7 +315,6 @@ impl Aggregator {
             closed: Vec::with_capacity(cfg.expected_buckets),
             open: None,
             closed_totals: Moments::new(),
-            unmerged: 0,
             scratch: Vec::new(),
             points: 0,
             last_ts: None,
@@ -342,10 +340,9 @@ impl Aggregator {
 
     /// Removes and returns the closed buckets; the buffer keeps its capacity.
     pub fn drain_closed(&mut self) -> std::vec::Drain<'_, BucketStats> {
-        for b in &self.closed[self.unmerged..] {
+        for b in &self.closed {
             self.closed_totals.merge(&b.moments);
         }
-        self.unmerged = 0;
         self.closed.drain(..)
     }
 
@@ -363,7 +360,7 @@ impl Aggregator {
     /// Chan-merged with the open one).
     pub fn running(&self) -> Moments {
         let mut m = self.closed_totals;
-        for b in &self.closed[self.unmerged..] {
+        for b in &self.closed {
             m.merge(&b.moments);
         }
         if let Some(o) = &self.open {
@@ -379,7 +376,6 @@ impl Aggregator {
         self.closed.clear();
         self.open = None;
         self.closed_totals = Moments::new();
-        self.unmerged = 0;
         self.scratch.clear();
         self.points = 0;
         self.last_ts = None;

@@ -95,16 +95,19 @@ pub fn check_ranges(ranges: usize) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// The series ranges whose known counts the estimate needs (first pass).
+/// The series ranges whose known counts the estimate needs (first pass). It walks as far
+/// as [`estimate`] will under the same `max_fields`, so that every range the estimate
+/// costs has been looked up.
 pub fn needs(
     doc: &ExecutableDocument,
     op: Option<&str>,
     vars: &Variables,
+    max_fields: usize,
 ) -> BTreeSet<(String, i64, i64)> {
     let mut needs = BTreeSet::new();
     for o in operations(doc, op) {
         let vars = with_defaults(o, vars);
-        let mut w = Walker::new(doc, &vars, None, WALK_FIELD_CAP);
+        let mut w = Walker::new(doc, &vars, None, max_fields);
         w.walk_set(&o.selection_set.node, Scope::Root, 1, "");
         needs.append(&mut w.needs);
     }
@@ -641,7 +644,7 @@ mod tests {
     fn est_known(q: &str, counts: &[(&str, Known)], limits: &Limits) -> Result<Estimate, Refusal> {
         let doc = async_graphql::parser::parse_query(q).unwrap();
         let vars = Variables::default();
-        let c: Counts = needs(&doc, None, &vars)
+        let c: Counts = needs(&doc, None, &vars, limits.max_fields)
             .into_iter()
             .map(|k| {
                 let n = counts
@@ -664,7 +667,7 @@ mod tests {
         let start = parse_instant("2026-01-01T00:00:00Z").unwrap();
         let (end, hour) = (start + 1_000_000_000, 3_600_000_000_000);
         assert_eq!(
-            needs(&doc, None, &Variables::default()),
+            needs(&doc, None, &Variables::default(), LIMITS.max_fields),
             BTreeSet::from([
                 ("a".to_owned(), start, end),
                 ("b".to_owned(), start - hour, end + hour)
@@ -756,6 +759,33 @@ mod tests {
                 })
             ),
             "{over:?}"
+        );
+    }
+
+    /// The counting pass walks as far as the costing pass: under a field limit above the
+    /// walk's own cap, a range after 10,000 fields is counted and costed, not refused as
+    /// uncounted.
+    #[test]
+    fn a_range_after_ten_thousand_fields_is_counted_when_the_limit_allows_them() {
+        let q = format!(
+            r#"{{ {} telemetry(series: "a", {DAY}) {{ summary {{ mean }} }} }}"#,
+            "__typename ".repeat(10_050)
+        );
+        let roomy = Limits {
+            max_cost: u64::MAX,
+            max_fields: 20_000,
+            ..LIMITS
+        };
+        let got = est_with(&q, &[("a", 86_400)], &roomy);
+        let alone = est(
+            &format!(r#"{{ telemetry(series: "a", {DAY}) {{ summary {{ mean }} }} }}"#),
+            &[("a", 86_400)],
+        )
+        .unwrap();
+        assert!(
+            got.as_ref()
+                .is_ok_and(|e| e.requested >= alone.requested && e.fields > 10_000),
+            "{got:?}"
         );
     }
 

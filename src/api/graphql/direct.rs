@@ -18,12 +18,13 @@
 //! a marker string, which [`Splices::apply`] replaces with the text once the response is
 //! serialized. The marker carries a random nonce, fresh per HTTP request, so no string a
 //! client sends or a store holds can pass for one. Without [`Splices`] in the request's
-//! data (a WebSocket operation), the executor answers.
+//! data (a WebSocket operation, or a document that selects a response key twice — see
+//! [`keys_once`]), the executor answers.
 
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
-use async_graphql::parser::types::{Field, Selection, SelectionSet};
+use async_graphql::parser::types::{ExecutableDocument, Field, Selection, SelectionSet};
 use async_graphql::registry::Registry;
 use async_graphql::{
     ContextSelectionSet, InputType, Name, OutputType, Positioned, ScalarType, ServerResult, Value,
@@ -65,6 +66,67 @@ impl OutputType for Buckets {
     }
 }
 
+/// Whether no selection set of `doc` selects a response key twice, the fragments spread
+/// into it included. The executor resolves each occurrence of a repeated key on its own
+/// and merges the values — objects with objects, lists with lists — and a marker string
+/// merges with nothing: the other occurrence's fields would be dropped. A request whose
+/// document repeats a key therefore gets no [`Splices`]. At most [`KEYS_WALK_CAP`]
+/// selections are looked at; a larger document (or a fragment cycle, which validation
+/// refuses later) answers `false`.
+pub fn keys_once(doc: &ExecutableDocument) -> bool {
+    let mut budget = KEYS_WALK_CAP;
+    doc.operations
+        .iter()
+        .all(|(_, op)| set_keys_once(doc, &op.node.selection_set.node, &mut budget))
+}
+
+/// Selections [`keys_once`] looks at, at most.
+const KEYS_WALK_CAP: usize = 10_000;
+
+fn set_keys_once(doc: &ExecutableDocument, set: &SelectionSet, budget: &mut usize) -> bool {
+    let (mut keys, mut fields) = (std::collections::HashSet::new(), Vec::new());
+    collect_keys(doc, set, &mut keys, &mut fields, budget, 0)
+        && fields
+            .into_iter()
+            .all(|f| set_keys_once(doc, &f.selection_set.node, budget))
+}
+
+/// The fields `set` selects, fragments flattened, into `fields`; `false` on a key seen
+/// before, a fragment that does not exist, or the walk's bounds.
+fn collect_keys<'a>(
+    doc: &'a ExecutableDocument,
+    set: &'a SelectionSet,
+    keys: &mut std::collections::HashSet<&'a str>,
+    fields: &mut Vec<&'a Field>,
+    budget: &mut usize,
+    depth: usize,
+) -> bool {
+    for sel in &set.items {
+        if *budget == 0 || depth > 64 {
+            return false;
+        }
+        *budget -= 1;
+        let inner = match &sel.node {
+            Selection::Field(f) => {
+                if !keys.insert(f.node.response_key().node.as_str()) {
+                    return false;
+                }
+                fields.push(&f.node);
+                continue;
+            }
+            Selection::FragmentSpread(s) => match doc.fragments.get(&s.node.fragment_name.node) {
+                Some(frag) => &frag.node.selection_set.node,
+                None => return false,
+            },
+            Selection::InlineFragment(i) => &i.node.selection_set.node,
+        };
+        if !collect_keys(doc, inner, keys, fields, budget, depth + 1) {
+            return false;
+        }
+    }
+    true
+}
+
 /// The JSON texts of one HTTP request's bucket lists, each standing in the response as a
 /// marker string until [`Splices::apply`].
 pub struct Splices {
@@ -88,8 +150,9 @@ impl Splices {
         format!("{}{}", self.prefix, texts.len() - 1)
     }
 
-    /// `serialized` (JSON) with every marker string — quotes included — replaced by its
-    /// text. Markers are ASCII letters, digits and `-`, so JSON writes them unescaped.
+    /// `serialized` (compact JSON) with every marker string — quotes included — replaced by
+    /// its text. Markers are ASCII letters, digits and `-`, so JSON writes them unescaped;
+    /// only a whole string value is a marker, never the end of a longer string.
     pub fn apply(&self, serialized: Vec<u8>) -> Vec<u8> {
         let texts = self.texts.lock().unwrap_or_else(|e| e.into_inner());
         if texts.is_empty() {
@@ -107,8 +170,15 @@ impl Splices {
                 .ok()
                 .and_then(|d| d.parse::<usize>().ok())
                 .and_then(|i| texts.get(i));
+            // A string value begins after `:`, `[` or `,` (serde_json writes no spaces); a
+            // quote inside a string is escaped, so one after a backslash is not a marker's.
+            let before = match at {
+                0 => out.last(),
+                _ => rest.get(at - 1),
+            };
+            let starts_value = matches!(before, Some(b':' | b'[' | b','));
             match (text, after.get(digits)) {
-                (Some(text), Some(b'"')) => {
+                (Some(text), Some(b'"')) if starts_value => {
                     out.extend_from_slice(&rest[..at]);
                     out.extend_from_slice(text);
                     rest = &after[digits + 1..];
@@ -311,10 +381,13 @@ mod tests {
         let body = serde_json::json!({
             "x": b,
             "y": [a, "aether-splice-", format!("{}9", s.prefix), other, format!("{a}x")],
+            // A string that ends in a quote and a marker: its quote is escaped, so it is
+            // not where a string value begins.
+            "z": format!("x\"{a}"),
         });
         let got = s.apply(serde_json::to_vec(&body).unwrap());
         let want = format!(
-            r#"{{"x":[],"y":[[1,2],"aether-splice-","{p}9","{other}","{a}x"]}}"#,
+            r#"{{"x":[],"y":[[1,2],"aether-splice-","{p}9","{other}","{a}x"],"z":"x\"{a}"}}"#,
             p = s.prefix
         );
         assert_eq!(String::from_utf8(got).unwrap(), want);

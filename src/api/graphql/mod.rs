@@ -355,7 +355,7 @@ async fn admit(gql: &Gql, caller: &Caller, requests: &mut [Request]) -> Result<V
     let mut needed = std::collections::BTreeSet::new();
     for ((d, op), vars) in docs.iter().zip(&operations).zip(&variables) {
         if let Some(d) = d {
-            needed.extend(cost::needs(d, op.as_deref(), vars));
+            needed.extend(cost::needs(d, op.as_deref(), vars, s.max_fields));
         }
     }
     cost::check_ranges(needed.len()).map_err(|refusal| refusal_response(&refusal, s.max_cost))?;
@@ -410,7 +410,7 @@ async fn run(
     for (r, requested) in requests.into_iter().zip(estimates) {
         let meter = Arc::new(Meter::default());
         let mut r = r.data(caller.clone()).data(meter.clone());
-        if let Some(s) = splices {
+        if let Some(s) = splices.filter(|_| r.parsed_query().is_ok_and(direct::keys_once)) {
             r = r.data(s.clone());
         }
         let mut response = gql.schema.execute(r).await;
