@@ -23,5 +23,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         fds.encode_to_vec(),
     )?;
     tonic_prost_build::configure().bytes(".").compile_fds(fds)?;
+
+    // Only for `aetherctl bench etcd` (and a test's stand-in server): no node serves it, so
+    // it is compiled apart and left out of the descriptors that reflection lists.
+    let etcd = ["proto/etcd/etcdserverpb_kv.proto"];
+    for p in etcd {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    tonic_prost_build::configure()
+        .bytes(".")
+        .compile_fds(protox::compile(etcd, ["proto"])?)?;
     Ok(())
 }

@@ -61,3 +61,11 @@ ensure_graphiql_assets() {
         rm -rf "$tmp"
     done
 }
+
+# scripts/bench-vs-etcd compares against Debian's etcd (3.4): /usr/bin/etcd.
+ensure_etcd() {
+    [ -x /usr/bin/etcd ] && return 0
+    echo "etcd not found: installing etcd-server (scripts/bench-vs-etcd runs it)..." >&2
+    apt_install etcd-server
+    [ -x /usr/bin/etcd ] || { echo "etcd still missing after install" >&2; return 1; }
+}

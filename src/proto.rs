@@ -15,6 +15,12 @@ pub mod raft {
     }
 }
 
+/// etcd's v3 KV service, the Put subset (`proto/etcd`): for `aetherctl bench etcd` (and the
+/// stand-in server of its test). No node serves or calls it.
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
 /// The encoded descriptors of every service, served by gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/aetherops_descriptor.bin"));

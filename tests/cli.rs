@@ -831,3 +831,80 @@ async fn unprotected_nodes_say_so_and_stay_on_loopback() {
         "{err}"
     );
 }
+
+/// `bench etcd` speaks etcd's v3 `KV.Put`: against a stand-in KV service, the report counts
+/// the Puts it was asked for, every Put (warm-up included) writes a key no other Put wrote,
+/// and every value is `--value-size` bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_etcd_puts_new_keys_of_the_value_size() {
+    use std::collections::HashSet;
+    use std::sync::{Arc, Mutex};
+
+    use aetherops::proto::etcdserverpb::kv_server::{Kv, KvServer};
+    use aetherops::proto::etcdserverpb::{PutRequest, PutResponse};
+
+    #[derive(Default, Clone)]
+    struct Recorder(Arc<Mutex<Vec<(bytes::Bytes, usize)>>>);
+
+    #[tonic::async_trait]
+    impl Kv for Recorder {
+        async fn put(
+            &self,
+            req: tonic::Request<PutRequest>,
+        ) -> Result<tonic::Response<PutResponse>, tonic::Status> {
+            let r = req.into_inner();
+            self.0.lock().unwrap().push((r.key, r.value.len()));
+            Ok(tonic::Response::new(PutResponse::default()))
+        }
+    }
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let rec = Recorder::default();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(KvServer::new(rec.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    const COUNT: u64 = 200;
+    const CLIENTS: u64 = 4;
+    let out = tokio::task::spawn_blocking(move || {
+        ctl_at(
+            "127.0.0.1:1",
+            &[
+                "--output",
+                "json",
+                "bench",
+                "etcd",
+                "--endpoints",
+                &format!("{addr},{addr}"),
+                "--concurrency",
+                &CLIENTS.to_string(),
+                "--connections",
+                "1",
+                "--warmup",
+                "1",
+                "--count",
+                &COUNT.to_string(),
+                "--value-size",
+                "256",
+                "--duration-secs",
+                "300",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let report = &json_lines(&ok(&out))[0];
+    assert_eq!(report["puts"], COUNT, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    let seen = rec.0.lock().unwrap();
+    assert_eq!(
+        seen.len() as u64,
+        COUNT + CLIENTS,
+        "one warm-up Put per client"
+    );
+    assert!(seen.iter().all(|(_, len)| *len == 256), "value sizes");
+    let keys: HashSet<_> = seen.iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(keys.len(), seen.len(), "every Put writes a new key");
+}

@@ -13,8 +13,9 @@ use serde_json::json;
 
 use super::failover::{Failover, FailoverError};
 use super::output::{Output, Printer};
-use super::{events, parse_expected, CallKind};
+use super::{events, parse_expected, CallKind, Conn};
 use crate::proto::aetherops::v1 as pb;
+use crate::proto::aetherops::v1::event_store_client::EventStoreClient;
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCmd {
@@ -27,6 +28,9 @@ pub enum BenchCmd {
     Ingest(super::telemetry::IngestBench),
     /// Ingests one series, then times 1000-bucket queries served from rollups and from raw.
     Query(super::telemetry::QueryBench),
+    /// Puts new keys into an etcd cluster (v3 gRPC API) the way `append` appends, to compare
+    /// the two on one machine (`scripts/bench-vs-etcd`).
+    Etcd(super::etcd::EtcdBench),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -76,6 +80,7 @@ pub async fn run(addrs: &str, cmd: BenchCmd, printer: &Printer) -> anyhow::Resul
         BenchCmd::WorkflowState(b) => workflow_state(addrs, b, printer).await,
         BenchCmd::Ingest(b) => super::telemetry::bench_ingest(addrs, b, printer).await,
         BenchCmd::Query(b) => super::telemetry::bench_query(addrs, b, printer).await,
+        BenchCmd::Etcd(b) => super::etcd::bench(b, printer).await,
     }
 }
 
@@ -89,10 +94,258 @@ fn payload(size: usize) -> bytes::Bytes {
 /// through a second after it opened).
 const ALL_OPEN_PAUSE: Duration = Duration::from_millis(50);
 
+/// The largest latency a load run records (µs); longer ones count as this.
+const MAX_LATENCY_US: u64 = 60_000_000;
+
+/// What one request of a load run came to.
+pub(super) enum Outcome {
+    /// Acknowledged: its latency is recorded.
+    Done,
+    /// Not sent (every node's breaker open): it is given back to the budget, and the client
+    /// waits [`ALL_OPEN_PAUSE`] rather than spinning through it.
+    NotSent,
+    /// Failed: counted as an error.
+    Failed(String),
+}
+
+/// One client of a closed-loop load run: it sends a request, waits for its outcome, and
+/// sends the next. Every system benchmarked (our nodes, etcd) is driven by [`drive`], so
+/// their figures are measured the same way.
+pub(super) trait LoadClient: Send + 'static {
+    fn call(&mut self) -> impl std::future::Future<Output = Outcome> + Send;
+}
+
+/// How long a load run lasts and how it starts.
+pub(super) struct LoadPlan {
+    /// Run this long, unless `count` requests were done first.
+    pub duration_secs: u64,
+    pub count: Option<u64>,
+    /// Requests per client before measuring starts (connections and caches warm up).
+    pub warmup: u64,
+    /// What a request is called in the progress bar ("appends", "puts").
+    pub unit: &'static str,
+}
+
+/// The figures of a load run, merged over its clients.
+pub(super) struct LoadResult {
+    pub hist: Histogram<u64>,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub elapsed_secs: f64,
+}
+
+impl LoadResult {
+    /// Requests acknowledged while measuring.
+    pub fn done(&self) -> u64 {
+        self.hist.len()
+    }
+
+    pub fn per_sec(&self) -> f64 {
+        self.done() as f64 / self.elapsed_secs
+    }
+
+    /// The JSON report's `latency_ms`.
+    pub fn latency_json(&self) -> serde_json::Value {
+        let ms = |q: f64| self.hist.value_at_quantile(q) as f64 / 1000.0;
+        json!({
+            "p50": ms(0.50),
+            "p90": ms(0.90),
+            "p99": ms(0.99),
+            "p999": ms(0.999),
+            "max": self.hist.max() as f64 / 1000.0,
+        })
+    }
+
+    /// The text report's latency line.
+    pub fn print_latency(&self) {
+        let ms = |q: f64| self.hist.value_at_quantile(q) as f64 / 1000.0;
+        println!(
+            "  latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+            ms(0.50),
+            ms(0.90),
+            ms(0.99),
+            ms(0.999),
+            self.hist.max() as f64 / 1000.0
+        );
+    }
+}
+
 struct ClientResult {
     hist: Histogram<u64>,
     errors: u64,
     first_error: Option<String>,
+}
+
+/// Runs one task per client until the plan's time or count is used up, all clients starting
+/// together after their warm-up, with a progress bar in text mode.
+pub(super) async fn drive<C: LoadClient>(
+    clients: Vec<C>,
+    plan: LoadPlan,
+    printer: &Printer,
+) -> anyhow::Result<LoadResult> {
+    anyhow::ensure!(!clients.is_empty(), "counts must be > 0");
+    let done = Arc::new(AtomicU64::new(0));
+    let deadline_holder = Arc::new(std::sync::OnceLock::<Instant>::new());
+    let budget = Arc::new(AtomicU64::new(plan.count.unwrap_or(u64::MAX)));
+
+    let pb_bar = if printer.format == Output::Text {
+        let bar = match plan.count {
+            Some(n) => ProgressBar::new(n),
+            None => ProgressBar::new(plan.duration_secs),
+        };
+        bar.set_style(
+            ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} {msg}")
+                .context("progress template")?
+                .progress_chars("=> "),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+
+    let barrier = Arc::new(tokio::sync::Barrier::new(clients.len() + 1));
+    let mut tasks = Vec::with_capacity(clients.len());
+    for mut client in clients {
+        let done = done.clone();
+        let budget = budget.clone();
+        let barrier = barrier.clone();
+        let deadline = deadline_holder.clone();
+        let warmup = plan.warmup;
+        tasks.push(tokio::spawn(async move {
+            let mut res = ClientResult {
+                hist: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
+                    .expect("valid histogram bounds"),
+                errors: 0,
+                first_error: None,
+            };
+            for _ in 0..warmup {
+                client.call().await;
+            }
+            barrier.wait().await;
+            let Some(&end) = deadline.get() else {
+                return res;
+            };
+            loop {
+                if Instant::now() >= end {
+                    break;
+                }
+                if budget
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_err()
+                {
+                    break;
+                }
+                let t = Instant::now();
+                match client.call().await {
+                    Outcome::Done => {
+                        let us = t.elapsed().as_micros().max(1) as u64;
+                        let _ = res.hist.record(us.min(MAX_LATENCY_US));
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Outcome::NotSent => {
+                        budget.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(ALL_OPEN_PAUSE).await;
+                    }
+                    Outcome::Failed(e) => {
+                        res.errors += 1;
+                        res.first_error.get_or_insert(e);
+                    }
+                }
+            }
+            res
+        }));
+    }
+    let _ = deadline_holder.set(Instant::now() + Duration::from_secs(plan.duration_secs));
+    barrier.wait().await;
+    let started = Instant::now();
+    let ticker = {
+        let done = done.clone();
+        let bar = pb_bar.clone();
+        let count_mode = plan.count.is_some();
+        let unit = plan.unit;
+        tokio::spawn(async move {
+            let mut last = (Instant::now(), 0u64);
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let n = done.load(Ordering::Relaxed);
+                let now = Instant::now();
+                let rate = (n - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
+                last = (now, n);
+                if count_mode {
+                    bar.set_position(n);
+                } else {
+                    bar.set_position(started.elapsed().as_secs());
+                }
+                bar.set_message(format!("{rate:.0} {unit}/s"));
+            }
+        })
+    };
+    let mut result = LoadResult {
+        hist: Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3)?,
+        errors: 0,
+        first_error: None,
+        elapsed_secs: 0.0,
+    };
+    for t in tasks {
+        let r = t.await?;
+        result.hist.add(&r.hist)?;
+        result.errors += r.errors;
+        result.first_error = result.first_error.or(r.first_error);
+    }
+    result.elapsed_secs = started.elapsed().as_secs_f64();
+    ticker.abort();
+    pb_bar.finish_and_clear();
+    Ok(result)
+}
+
+/// One `bench append` client: appends to its own stream through the shared failover,
+/// starting at its home node on its connection there.
+struct AppendClient {
+    failover: Arc<Failover<Arc<[EventStoreClient<Conn>]>>>,
+    home: usize,
+    conn: usize,
+    stream: String,
+    body: bytes::Bytes,
+    batch_size: usize,
+    expected: pb::ExpectedVersion,
+}
+
+impl LoadClient for AppendClient {
+    fn call(&mut self) -> impl std::future::Future<Output = Outcome> + Send {
+        let req = pb::AppendRequest {
+            stream: self.stream.clone(),
+            expected_version: Some(self.expected),
+            events: (0..self.batch_size)
+                .map(|_| pb::NewEvent {
+                    event_id: crate::model::new_event_id().to_string(),
+                    event_type: "BenchEvent".into(),
+                    schema_version: 1,
+                    event_time_ns: 0,
+                    payload: self.body.clone(),
+                    metadata: Default::default(),
+                })
+                .collect(),
+        };
+        let (failover, home, conn) = (self.failover.clone(), self.home, self.conn);
+        async move {
+            let r = failover
+                .call_from(home, CallKind::Unknown, move |conns| {
+                    let (mut c, req) = (conns[conn].clone(), req.clone());
+                    async move { c.append(req).await }
+                })
+                .await;
+            match r {
+                Ok(_) => Outcome::Done,
+                Err(e)
+                    if e.downcast_ref::<FailoverError>()
+                        .is_some_and(FailoverError::all_skipped) =>
+                {
+                    Outcome::NotSent
+                }
+                Err(e) => Outcome::Failed(e.to_string()),
+            }
+        }
+    }
 }
 
 async fn append(addrs: &str, b: AppendBench, printer: &Printer) -> anyhow::Result<()> {
@@ -113,147 +366,29 @@ async fn append(addrs: &str, b: AppendBench, printer: &Printer) -> anyhow::Resul
         .collect();
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let body = payload(b.event_size);
-    let done = Arc::new(AtomicU64::new(0));
-    let deadline_holder = Arc::new(std::sync::OnceLock::<Instant>::new());
-    let budget = Arc::new(AtomicU64::new(b.count.unwrap_or(u64::MAX)));
     let expected = parse_expected("any")?;
-
-    let pb_bar = if printer.format == Output::Text {
-        let bar = match b.count {
-            Some(n) => ProgressBar::new(n),
-            None => ProgressBar::new(b.duration_secs),
-        };
-        bar.set_style(
-            ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} {msg}")
-                .context("progress template")?
-                .progress_chars("=> "),
-        );
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
-
-    let barrier = Arc::new(tokio::sync::Barrier::new(b.concurrency + 1));
-    let mut tasks = Vec::with_capacity(b.concurrency);
-    for i in 0..b.concurrency {
-        // Spread clients over nodes first, then over connections; a client whose node does
-        // not take its call goes on to the next node (same connection index there).
-        let (home, conn) = (i % nodes.len(), (i / nodes.len()) % b.connections);
-        let failover = failover.clone();
-        let stream = format!("bench-{run_id}-{i}");
-        let body = body.clone();
-        let done = done.clone();
-        let budget = budget.clone();
-        let barrier = barrier.clone();
-        let deadline = deadline_holder.clone();
-        let cfg = b.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut res = ClientResult {
-                hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
-                errors: 0,
-                first_error: None,
-            };
-            let make = |stream: &str| pb::AppendRequest {
-                stream: stream.to_owned(),
-                expected_version: Some(expected),
-                events: (0..cfg.batch_size)
-                    .map(|_| pb::NewEvent {
-                        event_id: crate::model::new_event_id().to_string(),
-                        event_type: "BenchEvent".into(),
-                        schema_version: 1,
-                        event_time_ns: 0,
-                        payload: body.clone(),
-                        metadata: Default::default(),
-                    })
-                    .collect(),
-            };
-            let append = |req: pb::AppendRequest| {
-                failover.call_from(home, CallKind::Unknown, move |conns| {
-                    let (mut c, req) = (conns[conn].clone(), req.clone());
-                    async move { c.append(req).await }
-                })
-            };
-            for _ in 0..cfg.warmup {
-                let _ = append(make(&stream)).await;
-            }
-            barrier.wait().await;
-            let Some(&end) = deadline.get() else {
-                return res;
-            };
-            loop {
-                if Instant::now() >= end {
-                    break;
-                }
-                if budget
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-                    .is_err()
-                {
-                    break;
-                }
-                let req = make(&stream);
-                let t = Instant::now();
-                match append(req).await {
-                    Ok(_) => {
-                        let us = t.elapsed().as_micros().max(1) as u64;
-                        let _ = res.hist.record(us.min(60_000_000));
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                    // Every node's breaker is open: nothing was sent. Give the append back
-                    // and wait a little for a breaker to let a probe through, instead of
-                    // spinning through the budget.
-                    Err(e)
-                        if e.downcast_ref::<FailoverError>()
-                            .is_some_and(FailoverError::all_skipped) =>
-                    {
-                        budget.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(ALL_OPEN_PAUSE).await;
-                    }
-                    Err(e) => {
-                        res.errors += 1;
-                        res.first_error.get_or_insert_with(|| e.to_string());
-                    }
-                }
-            }
-            res
-        }));
-    }
-    let _ = deadline_holder.set(Instant::now() + Duration::from_secs(b.duration_secs));
-    barrier.wait().await;
-    let started = Instant::now();
-    let ticker = {
-        let done = done.clone();
-        let bar = pb_bar.clone();
-        let count_mode = b.count.is_some();
-        tokio::spawn(async move {
-            let mut last = (Instant::now(), 0u64);
-            loop {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                let n = done.load(Ordering::Relaxed);
-                let now = Instant::now();
-                let rate = (n - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
-                last = (now, n);
-                if count_mode {
-                    bar.set_position(n);
-                } else {
-                    bar.set_position(started.elapsed().as_secs());
-                }
-                bar.set_message(format!("{rate:.0} appends/s"));
-            }
+    let clients = (0..b.concurrency)
+        .map(|i| AppendClient {
+            // Spread clients over nodes first, then over connections; a client whose node
+            // does not take its call goes on to the next node (same connection index there).
+            failover: failover.clone(),
+            home: i % nodes.len(),
+            conn: (i / nodes.len()) % b.connections,
+            stream: format!("bench-{run_id}-{i}"),
+            body: body.clone(),
+            batch_size: b.batch_size,
+            expected,
         })
+        .collect();
+    let plan = LoadPlan {
+        duration_secs: b.duration_secs,
+        count: b.count,
+        warmup: b.warmup,
+        unit: "appends",
     };
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let mut errors = 0;
-    let mut first_error = None;
-    for t in tasks {
-        let r = t.await?;
-        hist.add(&r.hist)?;
-        errors += r.errors;
-        first_error = first_error.or(r.first_error);
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    ticker.abort();
-    pb_bar.finish_and_clear();
-    let appends = hist.len();
+    let r = drive(clients, plan, printer).await?;
+    let (appends, elapsed) = (r.done(), r.elapsed_secs);
+    let events = appends * b.batch_size as u64;
     let per_node: Vec<serde_json::Value> = (0..failover.len())
         .map(|i| {
             let c = failover.counts(i);
@@ -275,19 +410,13 @@ async fn append(addrs: &str, b: AppendBench, printer: &Printer) -> anyhow::Resul
         "event_size": b.event_size,
         "elapsed_secs": elapsed,
         "appends": appends,
-        "events": appends * b.batch_size as u64,
-        "errors": errors,
-        "first_error": first_error,
+        "events": events,
+        "errors": r.errors,
+        "first_error": r.first_error,
         "per_node": per_node,
-        "appends_per_sec": appends as f64 / elapsed,
-        "events_per_sec": (appends * b.batch_size as u64) as f64 / elapsed,
-        "latency_ms": {
-            "p50": hist.value_at_quantile(0.50) as f64 / 1000.0,
-            "p90": hist.value_at_quantile(0.90) as f64 / 1000.0,
-            "p99": hist.value_at_quantile(0.99) as f64 / 1000.0,
-            "p999": hist.value_at_quantile(0.999) as f64 / 1000.0,
-            "max": hist.max() as f64 / 1000.0,
-        },
+        "appends_per_sec": r.per_sec(),
+        "events_per_sec": events as f64 / elapsed,
+        "latency_ms": r.latency_json(),
     });
     match printer.format {
         Output::Json => printer.json(&report),
@@ -300,19 +429,12 @@ async fn append(addrs: &str, b: AppendBench, printer: &Printer) -> anyhow::Resul
                 nodes.join(",")
             );
             println!(
-                "  {appends} appends ({} events) in {elapsed:.2}s: {:.0} appends/s, {:.0} events/s, {errors} errors",
-                appends * b.batch_size as u64,
-                appends as f64 / elapsed,
-                (appends * b.batch_size as u64) as f64 / elapsed
+                "  {appends} appends ({events} events) in {elapsed:.2}s: {:.0} appends/s, {:.0} events/s, {} errors",
+                r.per_sec(),
+                events as f64 / elapsed,
+                r.errors
             );
-            println!(
-                "  latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
-                hist.value_at_quantile(0.50) as f64 / 1000.0,
-                hist.value_at_quantile(0.90) as f64 / 1000.0,
-                hist.value_at_quantile(0.99) as f64 / 1000.0,
-                hist.value_at_quantile(0.999) as f64 / 1000.0,
-                hist.max() as f64 / 1000.0
-            );
+            r.print_latency();
             for n in &per_node {
                 println!(
                     "  {}: {} acks (warm-up included), {} failed calls, passed by {} times, breaker {}",
@@ -323,7 +445,7 @@ async fn append(addrs: &str, b: AppendBench, printer: &Printer) -> anyhow::Resul
                     n["breaker"].as_str().unwrap_or_default()
                 );
             }
-            if let Some(e) = first_error {
+            if let Some(e) = &r.first_error {
                 println!("  first error: {e}");
             }
         }

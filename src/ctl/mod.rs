@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod bench;
 pub mod cluster;
+pub mod etcd;
 pub mod failover;
 pub mod limits;
 pub mod output;

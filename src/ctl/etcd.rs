@@ -1,0 +1,152 @@
+//! `aetherctl bench etcd`: the load of `bench append` (closed-loop clients, one request in
+//! flight each, a new key per request) sent to an etcd cluster's v3 KV API instead, so
+//! that `scripts/bench-vs-etcd` compares the two on one machine with one client.
+//!
+//! Only `Put` is spoken (`proto/etcd`, a wire-compatible subset of etcd's API). Durability
+//! is etcd's default: a Put is answered once a quorum has it in its fsynced WAL. A Put
+//! sent to a follower is forwarded to the leader by etcd itself, as for any etcd client.
+
+use std::time::Duration;
+
+use clap::Args;
+use serde_json::json;
+
+use super::bench::{drive, LoadClient, LoadPlan, Outcome};
+use super::output::{Output, Printer};
+use crate::proto::etcdserverpb::kv_client::KvClient;
+use crate::proto::etcdserverpb::PutRequest;
+use tonic::transport::Channel;
+
+#[derive(Args, Debug, Clone)]
+pub struct EtcdBench {
+    /// etcd members' client addresses (HOST:PORT, comma-separated); clients are spread
+    /// over them round-robin.
+    #[arg(long, default_value = "127.0.0.1:2379")]
+    pub endpoints: String,
+    /// Concurrent clients (each waits for its Put before sending the next).
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Value bytes per Put.
+    #[arg(long, default_value_t = 256)]
+    pub value_size: usize,
+    /// Run this long (seconds), unless --count is reached first.
+    #[arg(long, default_value_t = 10)]
+    pub duration_secs: u64,
+    /// Stop after this many Puts in total.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// gRPC connections per member (clients share them round-robin).
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Puts before measuring starts (per client), to warm connections.
+    #[arg(long, default_value_t = 5)]
+    pub warmup: u64,
+}
+
+/// The largest value a Put may carry here: etcd refuses requests over 1.5 MiB by default.
+const MAX_VALUE_BYTES: usize = 1024 * 1024;
+
+/// One client: Puts keys of its own (`<prefix>/<n>`, n counting up), so every Put writes a
+/// new key, as every append writes a new event.
+struct PutClient {
+    kv: KvClient<Channel>,
+    addr: String,
+    prefix: String,
+    next: u64,
+    value: bytes::Bytes,
+}
+
+impl LoadClient for PutClient {
+    fn call(&mut self) -> impl std::future::Future<Output = Outcome> + Send {
+        let req = PutRequest {
+            key: format!("{}/{:012}", self.prefix, self.next).into(),
+            value: self.value.clone(),
+            ..Default::default()
+        };
+        self.next += 1;
+        let mut kv = self.kv.clone();
+        let addr = self.addr.clone();
+        async move {
+            match kv.put(req).await {
+                Ok(_) => Outcome::Done,
+                Err(s) => Outcome::Failed(super::status_err_at(&addr)(s).to_string()),
+            }
+        }
+    }
+}
+
+pub async fn bench(b: EtcdBench, printer: &Printer) -> anyhow::Result<()> {
+    anyhow::ensure!(b.concurrency > 0 && b.connections > 0, "counts must be > 0");
+    anyhow::ensure!(
+        b.value_size <= MAX_VALUE_BYTES,
+        "--value-size is at most {MAX_VALUE_BYTES} bytes"
+    );
+    let members = super::failover::parse_addrs(&b.endpoints)?;
+    let timeout = Duration::from_secs(30);
+    // `connections` lazy channels per member: the same HTTP/2 fan-out as `bench append`.
+    let mut channels = Vec::with_capacity(members.len());
+    for m in &members {
+        let ep = super::endpoint(m, timeout)?;
+        channels.push(
+            (0..b.connections)
+                .map(|_| ep.connect_lazy())
+                .collect::<Vec<_>>(),
+        );
+    }
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let value = bytes::Bytes::from(vec![b'x'; b.value_size]);
+    let clients = (0..b.concurrency)
+        .map(|i| {
+            // Spread clients over members first, then over connections, as `bench append`.
+            let (home, conn) = (i % members.len(), (i / members.len()) % b.connections);
+            PutClient {
+                kv: KvClient::new(channels[home][conn].clone()),
+                addr: members[home].clone(),
+                prefix: format!("aetherctl-bench/{run_id}/{i}"),
+                next: 0,
+                value: value.clone(),
+            }
+        })
+        .collect();
+    let plan = LoadPlan {
+        duration_secs: b.duration_secs,
+        count: b.count,
+        warmup: b.warmup,
+        unit: "puts",
+    };
+    let r = drive(clients, plan, printer).await?;
+    let (puts, elapsed) = (r.done(), r.elapsed_secs);
+    let report = json!({
+        "bench": "etcd",
+        "endpoints": members,
+        "concurrency": b.concurrency,
+        "value_size": b.value_size,
+        "elapsed_secs": elapsed,
+        "puts": puts,
+        "errors": r.errors,
+        "first_error": r.first_error,
+        "puts_per_sec": r.per_sec(),
+        "latency_ms": r.latency_json(),
+    });
+    match printer.format {
+        Output::Json => printer.json(&report),
+        Output::Text => {
+            println!(
+                "etcd bench: {} clients x 1 Put of a new key with {} B against {}",
+                b.concurrency,
+                b.value_size,
+                members.join(",")
+            );
+            println!(
+                "  {puts} puts in {elapsed:.2}s: {:.0} puts/s, {} errors",
+                r.per_sec(),
+                r.errors
+            );
+            r.print_latency();
+            if let Some(e) = &r.first_error {
+                println!("  first error: {e}");
+            }
+        }
+    }
+    Ok(())
+}
