@@ -51,27 +51,46 @@ pub struct WorkflowStateBench {
 
 #[derive(Args, Debug, Clone)]
 pub struct AppendBench {
-    /// Concurrent clients (each waits for its append before sending the next).
-    #[arg(long, default_value_t = 64)]
-    pub concurrency: usize,
     /// Events per append.
     #[arg(long, default_value_t = 1)]
     pub batch_size: usize,
     /// Payload bytes per event.
     #[arg(long, default_value_t = 256)]
     pub event_size: usize,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+/// The shape of a closed-loop load run (`bench append`, `bench etcd`).
+#[derive(Args, Debug, Clone)]
+pub struct LoadArgs {
+    /// Concurrent clients (each waits for its request before sending the next).
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
     /// Run this long (seconds), unless --count is reached first.
     #[arg(long, default_value_t = 10)]
     pub duration_secs: u64,
-    /// Stop after this many appends in total.
+    /// Stop after this many requests in total.
     #[arg(long)]
     pub count: Option<u64>,
-    /// gRPC connections per node address (clients share them round-robin).
+    /// gRPC connections per address (clients share them round-robin).
     #[arg(long, default_value_t = 4)]
     pub connections: usize,
-    /// Appends before measuring starts (per client), to warm connections and caches.
+    /// Requests before measuring starts (per client), to warm connections and caches.
     #[arg(long, default_value_t = 5)]
     pub warmup: u64,
+}
+
+impl LoadArgs {
+    /// The run's plan; `unit` names a request in the progress bar.
+    pub(super) fn plan(&self, unit: &'static str) -> LoadPlan {
+        LoadPlan {
+            duration_secs: self.duration_secs,
+            count: self.count,
+            warmup: self.warmup,
+            unit,
+        }
+    }
 }
 
 pub async fn run(addrs: &str, cmd: BenchCmd, printer: &Printer) -> anyhow::Result<()> {
@@ -350,14 +369,14 @@ impl LoadClient for AppendClient {
 
 async fn append(addrs: &str, b: AppendBench, printer: &Printer) -> anyhow::Result<()> {
     anyhow::ensure!(
-        b.concurrency > 0 && b.batch_size > 0 && b.connections > 0,
+        b.load.concurrency > 0 && b.batch_size > 0 && b.load.connections > 0,
         "counts must be > 0"
     );
     let timeout = Duration::from_secs(30);
     // `connections` lazy channels per address, behind one breaker per address shared by
     // every client: a dead node is passed by (and probed now and then), not hammered.
     let failover = Arc::new(Failover::lazy_with(addrs, timeout, |ep| {
-        (0..b.connections)
+        (0..b.load.connections)
             .map(|_| events(ep.connect_lazy()))
             .collect::<Arc<[_]>>()
     })?);
@@ -367,26 +386,20 @@ async fn append(addrs: &str, b: AppendBench, printer: &Printer) -> anyhow::Resul
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let body = payload(b.event_size);
     let expected = parse_expected("any")?;
-    let clients = (0..b.concurrency)
+    let clients = (0..b.load.concurrency)
         .map(|i| AppendClient {
             // Spread clients over nodes first, then over connections; a client whose node
             // does not take its call goes on to the next node (same connection index there).
             failover: failover.clone(),
             home: i % nodes.len(),
-            conn: (i / nodes.len()) % b.connections,
+            conn: (i / nodes.len()) % b.load.connections,
             stream: format!("bench-{run_id}-{i}"),
             body: body.clone(),
             batch_size: b.batch_size,
             expected,
         })
         .collect();
-    let plan = LoadPlan {
-        duration_secs: b.duration_secs,
-        count: b.count,
-        warmup: b.warmup,
-        unit: "appends",
-    };
-    let r = drive(clients, plan, printer).await?;
+    let r = drive(clients, b.load.plan("appends"), printer).await?;
     let (appends, elapsed) = (r.done(), r.elapsed_secs);
     let events = appends * b.batch_size as u64;
     let per_node: Vec<serde_json::Value> = (0..failover.len())
@@ -405,7 +418,7 @@ async fn append(addrs: &str, b: AppendBench, printer: &Printer) -> anyhow::Resul
     let report = json!({
         "bench": "append",
         "nodes": nodes,
-        "concurrency": b.concurrency,
+        "concurrency": b.load.concurrency,
         "batch_size": b.batch_size,
         "event_size": b.event_size,
         "elapsed_secs": elapsed,
@@ -423,7 +436,7 @@ async fn append(addrs: &str, b: AppendBench, printer: &Printer) -> anyhow::Resul
         Output::Text => {
             println!(
                 "append bench: {} clients x {} events of {} B against {}",
-                b.concurrency,
+                b.load.concurrency,
                 b.batch_size,
                 b.event_size,
                 nodes.join(",")

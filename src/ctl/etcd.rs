@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Args;
 use serde_json::json;
 
-use super::bench::{drive, LoadClient, LoadPlan, Outcome};
+use super::bench::{drive, LoadClient, Outcome};
 use super::output::{Output, Printer};
 use crate::proto::etcdserverpb::kv_client::KvClient;
 use crate::proto::etcdserverpb::PutRequest;
@@ -23,24 +23,11 @@ pub struct EtcdBench {
     /// over them round-robin.
     #[arg(long, default_value = "127.0.0.1:2379")]
     pub endpoints: String,
-    /// Concurrent clients (each waits for its Put before sending the next).
-    #[arg(long, default_value_t = 64)]
-    pub concurrency: usize,
     /// Value bytes per Put.
     #[arg(long, default_value_t = 256)]
     pub value_size: usize,
-    /// Run this long (seconds), unless --count is reached first.
-    #[arg(long, default_value_t = 10)]
-    pub duration_secs: u64,
-    /// Stop after this many Puts in total.
-    #[arg(long)]
-    pub count: Option<u64>,
-    /// gRPC connections per member (clients share them round-robin).
-    #[arg(long, default_value_t = 4)]
-    pub connections: usize,
-    /// Puts before measuring starts (per client), to warm connections.
-    #[arg(long, default_value_t = 5)]
-    pub warmup: u64,
+    #[command(flatten)]
+    pub load: super::bench::LoadArgs,
 }
 
 /// The largest value a Put may carry here: etcd refuses requests over 1.5 MiB by default.
@@ -76,7 +63,10 @@ impl LoadClient for PutClient {
 }
 
 pub async fn bench(b: EtcdBench, printer: &Printer) -> anyhow::Result<()> {
-    anyhow::ensure!(b.concurrency > 0 && b.connections > 0, "counts must be > 0");
+    anyhow::ensure!(
+        b.load.concurrency > 0 && b.load.connections > 0,
+        "counts must be > 0"
+    );
     anyhow::ensure!(
         b.value_size <= MAX_VALUE_BYTES,
         "--value-size is at most {MAX_VALUE_BYTES} bytes"
@@ -88,17 +78,17 @@ pub async fn bench(b: EtcdBench, printer: &Printer) -> anyhow::Result<()> {
     for m in &members {
         let ep = super::endpoint(m, timeout)?;
         channels.push(
-            (0..b.connections)
+            (0..b.load.connections)
                 .map(|_| ep.connect_lazy())
                 .collect::<Vec<_>>(),
         );
     }
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let value = bytes::Bytes::from(vec![b'x'; b.value_size]);
-    let clients = (0..b.concurrency)
+    let clients = (0..b.load.concurrency)
         .map(|i| {
             // Spread clients over members first, then over connections, as `bench append`.
-            let (home, conn) = (i % members.len(), (i / members.len()) % b.connections);
+            let (home, conn) = (i % members.len(), (i / members.len()) % b.load.connections);
             PutClient {
                 kv: KvClient::new(channels[home][conn].clone()),
                 addr: members[home].clone(),
@@ -108,18 +98,12 @@ pub async fn bench(b: EtcdBench, printer: &Printer) -> anyhow::Result<()> {
             }
         })
         .collect();
-    let plan = LoadPlan {
-        duration_secs: b.duration_secs,
-        count: b.count,
-        warmup: b.warmup,
-        unit: "puts",
-    };
-    let r = drive(clients, plan, printer).await?;
+    let r = drive(clients, b.load.plan("puts"), printer).await?;
     let (puts, elapsed) = (r.done(), r.elapsed_secs);
     let report = json!({
         "bench": "etcd",
         "endpoints": members,
-        "concurrency": b.concurrency,
+        "concurrency": b.load.concurrency,
         "value_size": b.value_size,
         "elapsed_secs": elapsed,
         "puts": puts,
@@ -133,7 +117,7 @@ pub async fn bench(b: EtcdBench, printer: &Printer) -> anyhow::Result<()> {
         Output::Text => {
             println!(
                 "etcd bench: {} clients x 1 Put of a new key with {} B against {}",
-                b.concurrency,
+                b.load.concurrency,
                 b.value_size,
                 members.join(",")
             );
