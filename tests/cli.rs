@@ -908,3 +908,46 @@ async fn bench_etcd_puts_new_keys_of_the_value_size() {
     let keys: HashSet<_> = seen.iter().map(|(k, _)| k.clone()).collect();
     assert_eq!(keys.len(), seen.len(), "every Put writes a new key");
 }
+
+/// The node's counter of stream reads answered from memory (`aether_reads_in_memory_total`).
+async fn reads_in_memory(node: &TestNode) -> u64 {
+    let (_, body) = node.http_get("/metrics").await;
+    body.lines()
+        .find_map(|l| l.strip_prefix("aether_reads_in_memory_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no aether_reads_in_memory_total in /metrics:\n{body}"))
+}
+
+/// `bench read` times linearizable and local reads of one small stream, and health checks,
+/// on either client runtime; a small stream just written is read from memory on the node
+/// (every read of the bench; nothing else reads here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_read_times_reads_of_a_small_stream_answered_from_memory() {
+    let node = NodeBuilder::dev().start();
+    node.wait_leader().await;
+    let before = reads_in_memory(&node).await;
+    for threads in ["1", "2"] {
+        let out = ok(&node.ctl(&[
+            "--output",
+            "json",
+            "bench",
+            "read",
+            "--events",
+            "5",
+            "--reads",
+            "20",
+            "--client-threads",
+            threads,
+        ]));
+        let report = &json_lines(&out)[0];
+        println!("{report}");
+        assert_eq!(report["bench"], "read", "{report}");
+        assert_eq!(report["events"], 5, "{report}");
+        for kind in ["linearizable_ms", "local_ms", "health_check_ms"] {
+            let p50 = report[kind]["p50"].as_f64().expect("p50");
+            assert!(p50 > 0.0, "{kind}: {report}");
+        }
+    }
+    // Two runs of 20 reads of each consistency.
+    assert_eq!(reads_in_memory(&node).await - before, 80);
+}

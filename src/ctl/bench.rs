@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::failover::{Failover, FailoverError};
 use super::output::{Output, Printer};
-use super::{events, parse_expected, CallKind, Conn};
+use super::{events, parse_expected, CallKind, Conn, ConsistencyArg};
 use crate::proto::aetherops::v1 as pb;
 use crate::proto::aetherops::v1::event_store_client::EventStoreClient;
 
@@ -24,6 +24,9 @@ pub enum BenchCmd {
     /// Builds one workflow with many events, then times "state at time T" queries at random
     /// times over its life (and "state at version V").
     WorkflowState(WorkflowStateBench),
+    /// Writes one small stream, then times reads of it one at a time, linearizable and
+    /// local in turn: the read floor of one node.
+    Read(ReadBench),
     /// Ingests synthetic 1 kHz ADC-like series; acknowledged only when durable.
     Ingest(super::telemetry::IngestBench),
     /// Ingests one series, then times 1000-bucket queries served from rollups and from raw.
@@ -47,6 +50,26 @@ pub struct WorkflowStateBench {
     /// Queries to time (each kind).
     #[arg(long, default_value_t = 2000)]
     pub queries: u64,
+    /// The queries' consistency.
+    #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
+    pub consistency: ConsistencyArg,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ReadBench {
+    /// Events in the stream read.
+    #[arg(long, default_value_t = 10)]
+    pub events: u32,
+    /// Payload bytes per event.
+    #[arg(long, default_value_t = 256)]
+    pub event_size: usize,
+    /// Reads to time (each consistency).
+    #[arg(long, default_value_t = 5000)]
+    pub reads: u64,
+    /// Worker threads of the client's runtime while it times: 1 is a current-thread
+    /// runtime (the call and its connection on one thread, no hand-offs in the client).
+    #[arg(long, default_value_t = 1)]
+    pub client_threads: usize,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -97,6 +120,7 @@ pub async fn run(addrs: &str, cmd: BenchCmd, printer: &Printer) -> anyhow::Resul
     match cmd {
         BenchCmd::Append(b) => append(addrs, b, printer).await,
         BenchCmd::WorkflowState(b) => workflow_state(addrs, b, printer).await,
+        BenchCmd::Read(b) => read(addrs, b, printer).await,
         BenchCmd::Ingest(b) => super::telemetry::bench_ingest(addrs, b, printer).await,
         BenchCmd::Query(b) => super::telemetry::bench_query(addrs, b, printer).await,
         BenchCmd::Etcd(b) => super::etcd::bench(b, printer).await,
@@ -505,12 +529,8 @@ async fn workflow_state(
         b.events >= 2 && b.steps > 0 && b.batch > 0,
         "counts must be > 0"
     );
-    // One node answers every call (the first that takes a connection): the figures are
-    // that node's.
-    let timeout = Duration::from_secs(60);
-    let nodes = Failover::connect_lazy(addrs, timeout)?;
-    let (at, ch) = nodes.connect_from(0, timeout).await?;
-    let node = nodes.addr(at);
+    let (node, ch) = one_node(addrs).await?;
+    let node = node.as_str();
     let mut c = WorkflowsClient::new(super::authed(ch))
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
@@ -604,7 +624,7 @@ async fn workflow_state(
             .get_state(pb::GetWorkflowStateRequest {
                 workflow_id: id.clone(),
                 at: Some(at),
-                consistency: pb::Consistency::Local as i32,
+                consistency: b.consistency.pb(),
             })
             .await
             .map_err(super::status_err_at(node))?;
@@ -626,6 +646,7 @@ async fn workflow_state(
         "build_secs": build_secs,
         "build_events_per_sec": b.events as f64 / build_secs,
         "queries": b.queries,
+        "consistency": format!("{:?}", b.consistency),
         "state_at_time_ms": percentiles(&by_time),
         "state_at_version_ms": percentiles(&by_version),
     });
@@ -637,16 +658,152 @@ async fn workflow_state(
                 ("state at time T", &by_time),
                 ("state at version V", &by_version),
             ] {
-                println!(
-                    "  {name}: {} queries, latency ms p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3}",
-                    b.queries,
-                    h.value_at_quantile(0.5) as f64 / 1000.0,
-                    h.value_at_quantile(0.9) as f64 / 1000.0,
-                    h.value_at_quantile(0.99) as f64 / 1000.0,
-                    h.max() as f64 / 1000.0
-                );
+                print_latency_line(&format!("{name} ({:?})", b.consistency), b.queries, h);
             }
         }
     }
     Ok(())
+}
+
+/// One node answers every call (the first of `addrs` that takes a connection): the figures
+/// are that node's.
+async fn one_node(addrs: &str) -> anyhow::Result<(String, tonic::transport::Channel)> {
+    let timeout = Duration::from_secs(60);
+    let nodes = Failover::connect_lazy(addrs, timeout)?;
+    let (at, ch) = nodes.connect_from(0, timeout).await?;
+    Ok((nodes.addr(at).to_owned(), ch))
+}
+
+fn print_latency_line(name: &str, count: u64, h: &Histogram<u64>) {
+    println!(
+        "  {name}: {count} calls, latency ms p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3}",
+        h.value_at_quantile(0.5) as f64 / 1000.0,
+        h.value_at_quantile(0.9) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+        h.max() as f64 / 1000.0
+    );
+}
+
+/// `bench read`: one small stream, read whole one call at a time (nothing else in flight),
+/// linearizable and local in turn, so both see the same node in the same state; and beside
+/// them a gRPC health check on the same connection, the transport's own floor.
+async fn read(addrs: &str, b: ReadBench, printer: &Printer) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        b.events > 0 && b.reads > 0 && b.client_threads > 0,
+        "counts must be > 0"
+    );
+    let rt = if b.client_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut rt = tokio::runtime::Builder::new_multi_thread();
+        rt.worker_threads(b.client_threads);
+        rt
+    }
+    .enable_all()
+    .build()?;
+    let (addrs, bench) = (addrs.to_owned(), b.clone());
+    let timer_printer = Printer {
+        format: printer.format,
+    };
+    // The client's connection lives on the runtime chosen, on a thread of its own.
+    let (node, hists) = tokio::task::spawn_blocking(move || {
+        rt.block_on(time_reads(&addrs, &bench, &timer_printer))
+    })
+    .await??;
+    let [lin, local, health] = &hists;
+    let report = json!({
+        "bench": "read",
+        "node": node,
+        "events": b.events,
+        "event_size": b.event_size,
+        "reads": b.reads,
+        "client_threads": b.client_threads,
+        "linearizable_ms": percentiles(lin),
+        "local_ms": percentiles(local),
+        "health_check_ms": percentiles(health),
+    });
+    match printer.format {
+        Output::Json => printer.json(&report),
+        Output::Text => {
+            println!(
+                "read bench: one stream of {} events of {} B at {node}, one call at a time, \
+                 client runtime of {} thread(s)",
+                b.events, b.event_size, b.client_threads
+            );
+            print_latency_line("read (linearizable)", b.reads, lin);
+            print_latency_line("read (local)", b.reads, local);
+            print_latency_line("gRPC health check (the transport)", b.reads, health);
+        }
+    }
+    Ok(())
+}
+
+/// Writes the stream, then times reads and health checks in turn: latencies in µs of
+/// linearizable reads, local reads and health checks.
+async fn time_reads(
+    addrs: &str,
+    b: &ReadBench,
+    printer: &Printer,
+) -> anyhow::Result<(String, [Histogram<u64>; 3])> {
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+
+    let (node, ch) = one_node(addrs).await?;
+    let mut health = HealthClient::new(super::authed(ch.clone()));
+    let mut c = events(ch);
+    let stream = format!("bench-read-{}", uuid::Uuid::new_v4().simple());
+    let body = payload(b.event_size);
+    c.append(pb::AppendRequest {
+        stream: stream.clone(),
+        expected_version: Some(parse_expected("no-stream")?),
+        events: (0..b.events)
+            .map(|_| pb::NewEvent {
+                event_id: crate::model::new_event_id().to_string(),
+                event_type: "BenchEvent".into(),
+                schema_version: 1,
+                event_time_ns: 0,
+                payload: body.clone(),
+                metadata: Default::default(),
+            })
+            .collect(),
+    })
+    .await
+    .map_err(super::status_err_at(&node))?;
+    let new = || Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3);
+    let mut hists = [new()?, new()?, new()?];
+    let q = bar(printer, b.reads * 3, "calls")?;
+    for i in 0..b.reads * 3 {
+        let k = (i % 3) as usize;
+        let t = Instant::now();
+        if k == 2 {
+            health
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .map_err(super::status_err_at(&node))?;
+        } else {
+            let consistency = [ConsistencyArg::Linearizable, ConsistencyArg::Local][k];
+            let r = c
+                .read_stream(pb::ReadStreamRequest {
+                    stream: stream.clone(),
+                    from_version: None,
+                    backwards: false,
+                    limit: 0,
+                    consistency: consistency.pb(),
+                })
+                .await
+                .map_err(super::status_err_at(&node))?;
+            anyhow::ensure!(
+                r.get_ref().events.len() == b.events as usize,
+                "read {} events of {}",
+                r.get_ref().events.len(),
+                b.events
+            );
+        }
+        let us = t.elapsed().as_micros().max(1) as u64;
+        hists[k].record(us.min(MAX_LATENCY_US))?;
+        q.inc(1);
+    }
+    q.finish_and_clear();
+    Ok((node, hists))
 }

@@ -127,7 +127,7 @@ pub enum ConsistencyArg {
 }
 
 impl ConsistencyArg {
-    fn pb(self) -> i32 {
+    pub(super) fn pb(self) -> i32 {
         match self {
             ConsistencyArg::Linearizable => pb::Consistency::Linearizable as i32,
             ConsistencyArg::Local => pb::Consistency::Local as i32,

@@ -7,7 +7,7 @@
 //! (10,000 events of 1 MiB would be 10 GiB). The first event is always returned, so paging
 //! progresses whatever an event weighs; [`Page::next`] says where to continue.
 
-use rocksdb::{Direction, IteratorMode, ReadOptions};
+use rocksdb::{Direction, IteratorMode, ReadOptions, ReadTier};
 
 use crate::model::RecordedEvent;
 use crate::storage::keys::{read_u64, stream_index_version, stream_prefix, u64_key};
@@ -44,6 +44,27 @@ impl PageLimit {
 /// byte budget of a page stay few.
 const FETCH_CHUNK: usize = 16;
 
+/// Where a read may look for data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// Anywhere, disk included: on the blocking pool.
+    Any,
+    /// Memtables and the block cache only, so that the read can run on an async worker. A
+    /// read that would have to touch disk fails with RocksDB's `Incomplete`
+    /// ([`StorageError::needs_io`]) instead of blocking, and returns nothing.
+    Memory,
+}
+
+impl Tier {
+    fn options(self) -> ReadOptions {
+        let mut opts = ReadOptions::default();
+        if self == Tier::Memory {
+            opts.set_read_tier(ReadTier::BlockCache);
+        }
+        opts
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadDirection {
     Forwards,
@@ -52,7 +73,14 @@ pub enum ReadDirection {
 
 /// The version of the stream's last event, `None` if the stream holds none.
 pub fn stream_head(db: &SmDb, stream: &str) -> Result<Option<u64>> {
-    match db.db().get_pinned_cf(db.cf(CF_STREAMS)?, stream)? {
+    stream_head_in(db, Tier::Any, stream)
+}
+
+fn stream_head_in(db: &SmDb, tier: Tier, stream: &str) -> Result<Option<u64>> {
+    match db
+        .db()
+        .get_pinned_cf_opt(db.cf(CF_STREAMS)?, stream, &tier.options())?
+    {
         Some(bytes) => Ok(Some(
             decode::<StreamHead>("stream head", &bytes)?.last_version,
         )),
@@ -81,7 +109,19 @@ pub fn read_stream(
     dir: ReadDirection,
     limit: PageLimit,
 ) -> Result<Page> {
-    let head = stream_head(db, stream)?;
+    read_stream_in(db, Tier::Any, stream, from, dir, limit)
+}
+
+/// [`read_stream`], looking only where `tier` allows.
+fn read_stream_in(
+    db: &SmDb,
+    tier: Tier,
+    stream: &str,
+    from: Option<u64>,
+    dir: ReadDirection,
+    limit: PageLimit,
+) -> Result<Page> {
+    let head = stream_head_in(db, tier, stream)?;
     let Some(last) = head else {
         return Ok(Page::default());
     };
@@ -95,7 +135,7 @@ pub fn read_stream(
         ReadDirection::Forwards => IteratorMode::From(&start_key, Direction::Forward),
         ReadDirection::Backwards => IteratorMode::From(&start_key, Direction::Reverse),
     };
-    let mut opts = ReadOptions::default();
+    let mut opts = tier.options();
     opts.set_prefix_same_as_start(false);
     let mut positions = Vec::with_capacity(limit.events.min(1024));
     let mut versions = Vec::with_capacity(limit.events.min(1024));
@@ -112,7 +152,7 @@ pub fn read_stream(
         positions.push(pos);
         versions.push(version);
     }
-    let events = fetch(db, &positions, limit.bytes)?;
+    let events = fetch(db, tier, &positions, limit.bytes)?;
     let versions = &versions[..events.len()];
     for (e, v) in events.iter().zip(versions) {
         if e.stream != stream || e.stream_version != *v {
@@ -132,6 +172,35 @@ pub fn read_stream(
         next,
         last: Some(last),
     })
+}
+
+/// The most a read on an async worker decodes ([`read_small_in_memory`]).
+pub const INLINE_EVENTS: usize = 64;
+pub const INLINE_BYTES: usize = 64 << 10;
+
+/// [`read_stream`]'s page, read from memory only and at most `INLINE_EVENTS` events and
+/// `INLINE_BYTES` bytes of it, so that it may run on an async worker. `None` when that is
+/// not the whole page — it needs the disk, or it may be larger — and nothing was read.
+pub fn read_small_in_memory(
+    db: &SmDb,
+    stream: &str,
+    from: Option<u64>,
+    dir: ReadDirection,
+    limit: PageLimit,
+) -> Result<Option<Page>> {
+    let small = PageLimit::new(
+        limit.events.min(INLINE_EVENTS),
+        limit.bytes.min(INLINE_BYTES),
+    );
+    match read_stream_in(db, Tier::Memory, stream, from, dir, small) {
+        // The page the full limit gives, if it ended for a reason that limit shares: the
+        // stream's end, or the number of events asked for (which fit in fewer bytes than
+        // either budget). A page the smaller budget may have cut is not.
+        Ok(page) if page.next.is_none() || page.events.len() == limit.events => Ok(Some(page)),
+        Ok(_) => Ok(None),
+        Err(e) if e.needs_io() => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// A page (at most `limit`) of the global log from position `from` (inclusive), given the
@@ -157,7 +226,7 @@ pub fn read_all(
             (0..=start).rev().take(limit.events).collect()
         }
     };
-    let events = fetch(db, &positions, limit.bytes)?;
+    let events = fetch(db, Tier::Any, &positions, limit.bytes)?;
     let next = match (dir, events.last().map(|e| e.global_position)) {
         (_, None) => None,
         (ReadDirection::Forwards, Some(p)) => (p < last).then_some(p + 1),
@@ -173,15 +242,18 @@ pub fn read_all(
 /// Loads events by global position, in order, until the next one would take the page past
 /// `max_bytes` (the first is always loaded). Every position must exist (the caller derived
 /// them from the replicated state), so a missing one is corruption.
-fn fetch(db: &SmDb, positions: &[u64], max_bytes: usize) -> Result<Vec<RecordedEvent>> {
+fn fetch(db: &SmDb, tier: Tier, positions: &[u64], max_bytes: usize) -> Result<Vec<RecordedEvent>> {
     let cf = db.cf(CF_EVENTS)?;
+    let opts = tier.options();
     let mut out = Vec::with_capacity(positions.len().min(1024));
     let mut bytes = 0usize;
     for chunk in positions.chunks(FETCH_CHUNK) {
         let keys: Vec<[u8; 8]> = chunk.iter().map(|p| u64_key(*p)).collect();
-        for (pos, res) in chunk
-            .iter()
-            .zip(db.db().batched_multi_get_cf(cf, keys.iter(), false))
+        for (pos, res) in
+            chunk.iter().zip(
+                db.db()
+                    .batched_multi_get_cf_opt(cf, keys.iter(), false, &opts),
+            )
         {
             let Some(value) = res? else {
                 return Err(StorageError::corrupt(
@@ -353,5 +425,91 @@ mod tests {
         .unwrap();
         assert_eq!(page.events.len(), 1);
         assert_eq!(page.next, Some(1));
+    }
+
+    /// Every stream event as one page (the whole stream, forwards).
+    fn whole(db: &SmDb, stream: &str) -> Page {
+        read_stream(
+            db,
+            stream,
+            None,
+            ReadDirection::Forwards,
+            PageLimit::new(10_000, usize::MAX),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_read_that_needs_the_disk_is_not_answered_from_memory_until_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let limit = PageLimit::new(1000, 1 << 20);
+        {
+            let store = SmStore::open(dir.path()).unwrap();
+            let db = store.db();
+            store_events(&db, 20, |p| if p % 2 == 0 { "a" } else { "b" }, |_| 100);
+            // In the memtable: answered from memory, the same page as from anywhere.
+            let page = read_small_in_memory(&db, "a", None, ReadDirection::Forwards, limit)
+                .unwrap()
+                .expect("a memtable read is answered from memory");
+            assert_eq!(page, whole(&db, "a"));
+            assert_eq!(page.events.len(), 10);
+            db.sync().unwrap();
+        }
+        // Reopened: the events are in table files only, and the block cache is empty.
+        let store = SmStore::open(dir.path()).unwrap();
+        let db = store.db();
+        assert_eq!(
+            read_small_in_memory(&db, "a", None, ReadDirection::Forwards, limit).unwrap(),
+            None,
+            "a read that needs the disk is not answered from memory"
+        );
+        let e = read_stream_in(&db, Tier::Memory, "a", None, ReadDirection::Forwards, limit)
+            .expect_err("the disk is not touched");
+        assert!(e.needs_io(), "{e}");
+        // Read once from anywhere, its blocks are cached: now memory answers, alike.
+        let from_disk = whole(&db, "a");
+        assert_eq!(from_disk.events.len(), 10);
+        assert_eq!(
+            read_small_in_memory(&db, "a", None, ReadDirection::Forwards, limit).unwrap(),
+            Some(from_disk)
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// A read answered from memory is exactly the page the pool would read, whatever
+        /// the page's bounds, start and direction; and a page within the inline bounds is
+        /// answered from memory when the memtable holds it.
+        #[test]
+        fn a_read_from_memory_is_the_page_or_nothing(
+            sizes in proptest::collection::vec(0usize..6_000, 1..150),
+            streams in 1u64..4,
+            events in 1usize..150,
+            bytes in 1usize..200_000,
+            from in proptest::option::of(0u64..150),
+            backwards: bool,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = SmStore::open(dir.path()).unwrap();
+            let db = store.db();
+            const NAMES: [&str; 3] = ["s0", "s1", "s2"];
+            let n = sizes.len() as u64;
+            store_events(&db, n, |p| NAMES[(p % streams) as usize], |p| sizes[p as usize]);
+            let dir = if backwards { ReadDirection::Backwards } else { ReadDirection::Forwards };
+            let limit = PageLimit::new(events, bytes);
+            for stream in &NAMES[..streams as usize] {
+                let full = read_stream(&db, stream, from, dir, limit).unwrap();
+                let small = read_small_in_memory(&db, stream, from, dir, limit).unwrap();
+                if let Some(page) = &small {
+                    proptest::prop_assert_eq!(page, &full);
+                }
+                let weight: usize = full.events.iter().map(RecordedEvent::size_bytes).sum();
+                let within = full.events.len() <= INLINE_EVENTS
+                    && (full.events.len() <= 1 || weight <= INLINE_BYTES);
+                if within && (full.next.is_none() || full.events.len() == events) {
+                    proptest::prop_assert!(small.is_some(), "a small page in memory went to the pool");
+                }
+            }
+        }
     }
 }

@@ -46,6 +46,7 @@ pub struct Metrics {
     pub append_seconds: Histogram,
     pub forwarded_appends: Counter,
     pub reads: Counter,
+    pub reads_in_memory: Counter,
     pub subscribers: Gauge,
     pub telemetry_subscribers: Gauge,
     pub telemetry_stream_points: Counter,
@@ -86,6 +87,7 @@ impl Default for Metrics {
             append_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             forwarded_appends: Counter::default(),
             reads: Counter::default(),
+            reads_in_memory: Counter::default(),
             subscribers: Gauge::default(),
             telemetry_subscribers: Gauge::default(),
             telemetry_stream_points: Counter::default(),
@@ -138,6 +140,11 @@ impl Default for Metrics {
             m.forwarded_appends.clone(),
         );
         registry.register("reads", "Read requests served", m.reads.clone());
+        registry.register(
+            "reads_in_memory",
+            "Stream reads answered on an async worker from memtables and the block cache, without the blocking pool",
+            m.reads_in_memory.clone(),
+        );
         registry.register("subscribers", "Open subscriptions", m.subscribers.clone());
         registry.register(
             "telemetry_subscribers",

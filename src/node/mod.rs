@@ -18,7 +18,9 @@ use openraft::ServerState;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
-use crate::eventstore::read::{read_all, read_stream, Page, PageLimit, ReadDirection};
+use crate::eventstore::read::{
+    read_all, read_small_in_memory, read_stream, Page, PageLimit, ReadDirection,
+};
 use crate::eventstore::read_pool::ReadPool;
 use crate::eventstore::subscribe::{self, Item, Target};
 use crate::eventstore::{AppendCommand, AppendOutcome};
@@ -947,6 +949,13 @@ impl Node {
         self.config.limits.validate_stream(stream)?;
         let limit = self.page_limit(limit)?;
         self.metrics.reads.inc();
+        // A small read that memory holds is answered here, on the async worker: the
+        // blocking pool's two thread hand-offs cost more than such a read (issue 14's read
+        // floor). Anything else goes to the pool.
+        if let Some(page) = read_small_in_memory(&self.store.db(), stream, from, dir, limit)? {
+            self.metrics.reads_in_memory.inc();
+            return Ok(page);
+        }
         let stream = stream.to_owned();
         self.read_store(move |db| Ok(read_stream(db, &stream, from, dir, limit)?))
             .await

@@ -32,6 +32,12 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// A read limited to memory (`ReadTier::BlockCache`) that needed the disk: nothing was
+    /// read; the same read may be retried where blocking is allowed.
+    pub fn needs_io(&self) -> bool {
+        matches!(self, StorageError::Rocks(e) if e.kind() == rocksdb::ErrorKind::Incomplete)
+    }
+
     pub fn corrupt(what: &'static str, detail: impl std::fmt::Display) -> Self {
         StorageError::Corrupt {
             what,
