@@ -968,6 +968,51 @@ fn projection_snapshot_format() {
     ));
 }
 
+/// The one-pass envelope reads what a derived `Deserialize` read: the fields in any order,
+/// unknown ones ignored, a repeated or a missing one refused, another format refused
+/// whatever its state holds (if it is JSON).
+#[test]
+fn projection_snapshot_envelope_reads_any_field_order() {
+    let h = sample_history();
+    let state = serde_json::to_value(h.state()).expect("json");
+    let doc = |v: Value| serde_json::to_vec(&v).expect("json");
+    let state_first = format!(r#"{{"state":{state},"extra":[1,{{}}],"format":1}}"#);
+    assert_eq!(
+        &decode_projection_snapshot(state_first.as_bytes()).expect("state first"),
+        h.state()
+    );
+    assert_eq!(
+        &decode_projection_snapshot(&doc(json!({"format": 1, "x": null, "state": state})))
+            .expect("unknown field"),
+        h.state()
+    );
+    for other in [
+        json!({"format": 2, "state": "not a state"}),
+        json!({"state": [1, 2], "format": 7}),
+    ] {
+        assert!(matches!(
+            decode_projection_snapshot(&doc(other)),
+            Err(SnapshotError::UnsupportedFormat { expected: 1, .. })
+        ));
+    }
+    for bad in [
+        format!(r#"{{"format":1,"format":1,"state":{state}}}"#),
+        format!(r#"{{"format":1,"state":{state},"state":{state}}}"#),
+        format!(r#"{{"state":{state}}}"#),
+        r#"{"format":1}"#.to_owned(),
+        r#"{"format":2,"state":[1,}"#.to_owned(),
+        r#"{"format":"1","state":{}}"#.to_owned(),
+    ] {
+        assert!(
+            matches!(
+                decode_projection_snapshot(bad.as_bytes()),
+                Err(SnapshotError::Json(_))
+            ),
+            "accepted {bad}"
+        );
+    }
+}
+
 #[test]
 fn snapshot_due_every_n_events() {
     let h = sample_history();

@@ -18,12 +18,6 @@ struct SnapshotEnvelopeRef<'a> {
     state: &'a WorkflowState,
 }
 
-#[derive(Deserialize)]
-struct SnapshotEnvelope {
-    format: u32,
-    state: Value,
-}
-
 /// Why a stored projection snapshot cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -51,12 +45,92 @@ pub fn encode_projection_snapshot(state: &WorkflowState) -> Result<Vec<u8>, Snap
 
 /// Reads a projection snapshot written by [`encode_projection_snapshot`].
 pub fn decode_projection_snapshot(bytes: &[u8]) -> Result<WorkflowState, SnapshotError> {
-    let envelope: SnapshotEnvelope = serde_json::from_slice(bytes)?;
-    if envelope.format != PROJECTION_SNAPSHOT_FORMAT {
-        return Err(SnapshotError::UnsupportedFormat {
-            found: envelope.format,
+    let Envelope { format, state } = serde_json::from_slice(bytes)?;
+    match state {
+        Some(state) if format == PROJECTION_SNAPSHOT_FORMAT => Ok(state),
+        _ => Err(SnapshotError::UnsupportedFormat {
+            found: format,
             expected: PROJECTION_SNAPSHOT_FORMAT,
-        });
+        }),
     }
-    Ok(serde_json::from_value(envelope.state)?)
+}
+
+/// A snapshot's envelope, read in one pass. The encoder writes `format` first, so the state
+/// is parsed straight into its type once its format is known to be ours, with no `Value` in
+/// between: every temporal query decodes two or three states of up to tens of KiB. A state
+/// before its format (valid, though not what we write) goes through a `Value`, a state of
+/// another format is skipped (its JSON still checked). Unknown fields are ignored and a
+/// repeated one is an error, as a derived `Deserialize` would do.
+struct Envelope {
+    format: u32,
+    /// `None` when `format` is not ours.
+    state: Option<WorkflowState>,
+}
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum Field {
+    Format,
+    State,
+    #[serde(other)]
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Envelope {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_struct("SnapshotEnvelope", &["format", "state"], EnvelopeVisitor)
+    }
+}
+
+struct EnvelopeVisitor;
+
+impl<'de> serde::de::Visitor<'de> for EnvelopeVisitor {
+    type Value = Envelope;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a projection snapshot {format, state}")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Envelope, A::Error> {
+        use serde::de::{Error, IgnoredAny};
+        enum Seen {
+            Typed(WorkflowState),
+            Skipped,
+            Early(Value),
+        }
+        let mut format: Option<u32> = None;
+        let mut state: Option<Seen> = None;
+        while let Some(field) = map.next_key::<Field>()? {
+            match field {
+                Field::Format if format.is_some() => {
+                    return Err(A::Error::duplicate_field("format"))
+                }
+                Field::Format => format = Some(map.next_value()?),
+                Field::State if state.is_some() => return Err(A::Error::duplicate_field("state")),
+                Field::State => {
+                    state = Some(match format {
+                        Some(PROJECTION_SNAPSHOT_FORMAT) => Seen::Typed(map.next_value()?),
+                        Some(_) => {
+                            map.next_value::<IgnoredAny>()?;
+                            Seen::Skipped
+                        }
+                        None => Seen::Early(map.next_value()?),
+                    })
+                }
+                Field::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        let format = format.ok_or_else(|| A::Error::missing_field("format"))?;
+        let state = match state.ok_or_else(|| A::Error::missing_field("state"))? {
+            Seen::Typed(s) => Some(s),
+            Seen::Skipped => None,
+            Seen::Early(v) if format == PROJECTION_SNAPSHOT_FORMAT => {
+                Some(serde_json::from_value(v).map_err(A::Error::custom)?)
+            }
+            Seen::Early(_) => None,
+        };
+        Ok(Envelope { format, state })
+    }
 }

@@ -351,8 +351,21 @@ pub fn state_at_version(
     workflow_id: &str,
     version: u64,
 ) -> Result<WorkflowState, QueryError> {
-    let current =
-        load_state(db, workflow_id)?.ok_or_else(|| QueryError::NotFound(workflow_id.to_owned()))?;
+    state_at_version_of(db, workflow_id, load_current(db, workflow_id)?, version)
+}
+
+/// The current projection, or `NotFound`.
+fn load_current(db: &SmDb, workflow_id: &str) -> Result<WorkflowState, QueryError> {
+    load_state(db, workflow_id)?.ok_or_else(|| QueryError::NotFound(workflow_id.to_owned()))
+}
+
+/// [`state_at_version`] given the `current` projection.
+fn state_at_version_of(
+    db: &SmDb,
+    workflow_id: &str,
+    current: WorkflowState,
+    version: u64,
+) -> Result<WorkflowState, QueryError> {
     if version == current.version {
         return Ok(current);
     }
@@ -428,8 +441,16 @@ fn commit_time_at(db: &SmDb, stream: &str, version: u64) -> Result<i64> {
 /// The version of the last event committed at or before `t_ns` (commit times never
 /// decrease along a stream, so this is a binary search over O(log n) point reads).
 pub fn version_at_time(db: &SmDb, workflow_id: &str, t_ns: i64) -> Result<Option<u64>, QueryError> {
-    let current =
-        load_state(db, workflow_id)?.ok_or_else(|| QueryError::NotFound(workflow_id.to_owned()))?;
+    version_at_time_of(db, workflow_id, &load_current(db, workflow_id)?, t_ns)
+}
+
+/// [`version_at_time`] given the `current` projection.
+fn version_at_time_of(
+    db: &SmDb,
+    workflow_id: &str,
+    current: &WorkflowState,
+    t_ns: i64,
+) -> Result<Option<u64>, QueryError> {
     let stream = stream_name(workflow_id);
     if commit_time_at(db, &stream, 0)? > t_ns {
         return Ok(None);
@@ -449,8 +470,10 @@ pub fn version_at_time(db: &SmDb, workflow_id: &str, t_ns: i64) -> Result<Option
 
 /// The state as it was at time `t_ns`: after the last event committed at or before it.
 pub fn state_at_time(db: &SmDb, workflow_id: &str, t_ns: i64) -> Result<WorkflowState, QueryError> {
-    match version_at_time(db, workflow_id, t_ns)? {
-        Some(v) => state_at_version(db, workflow_id, v),
+    // The current projection is read once, for both halves.
+    let current = load_current(db, workflow_id)?;
+    match version_at_time_of(db, workflow_id, &current, t_ns)? {
+        Some(v) => state_at_version_of(db, workflow_id, current, v),
         None => Err(QueryError::BeforeCreation {
             id: workflow_id.to_owned(),
         }),
@@ -502,8 +525,7 @@ pub struct VerifyReport {
 /// `replay_converges` on the server: rebuilds the projection from the stream alone and
 /// compares it with the incrementally maintained one and with every stored snapshot.
 pub fn verify(db: &SmDb, workflow_id: &str) -> Result<VerifyReport, QueryError> {
-    let stored =
-        load_state(db, workflow_id)?.ok_or_else(|| QueryError::NotFound(workflow_id.to_owned()))?;
+    let stored = load_current(db, workflow_id)?;
     let stream = stream_name(workflow_id);
     let mut records = Vec::new();
     let mut next = Some(0);
