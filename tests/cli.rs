@@ -951,3 +951,25 @@ async fn bench_read_times_reads_of_a_small_stream_answered_from_memory() {
     // Two runs of 20 reads of each consistency.
     assert_eq!(reads_in_memory(&node).await - before, 80);
 }
+
+/// Output into a pipe nobody reads (`aetherctl … | head -1` after `head` exits) ends the
+/// command the way it ends `cat`: quietly, by SIGPIPE, not with a panic and a backtrace on
+/// stderr.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_pipe_ends_the_command_without_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    let node = NodeBuilder::dev().start();
+    node.wait_leader().await;
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = std::process::Command::new(AETHERCTL)
+        .args(["--addr", &node.grpc_addr, "--output", "json"])
+        .args(["bench", "read", "--events", "1", "--reads", "1"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run aetherctl");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(13), "ended by SIGPIPE: {out:?}");
+}
