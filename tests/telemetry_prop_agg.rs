@@ -259,3 +259,106 @@ fn adversarial_large_offsets() {
         }
     }
 }
+
+/// Timestamps of mostly regular spacing (the boundary guess hits) with occasional jumps,
+/// duplicates and gaps (it misses), so that runs of many small buckets are closed phase
+/// by phase and cut by pushes anywhere.
+fn regular_input() -> impl Strategy<Value = (Vec<i64>, Vec<f64>)> {
+    (1usize..3000).prop_flat_map(|n| {
+        let step = prop_oneof![
+            20 => Just(1i64),
+            1 => Just(0i64),
+            1 => 2i64..50,
+            1 => Just(100_000i64)
+        ];
+        (
+            -1_000_000i64..1_000_000,
+            prop::collection::vec(step, n),
+            values(n),
+        )
+            .prop_map(|(base, steps, vals)| {
+                let mut t = base;
+                let ts = steps
+                    .into_iter()
+                    .map(|g| {
+                        t += g;
+                        t
+                    })
+                    .collect();
+                (ts, vals)
+            })
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn runs_of_small_buckets_match_reference(
+        (ts, vals) in regular_input(),
+        bucketing in prop_oneof![
+            (1i64..40).prop_map(Bucketing::TimeWidth),
+            (1u64..40).prop_map(Bucketing::PointCount)
+        ],
+        cuts in prop::collection::vec(any::<usize>(), 0..8),
+    ) {
+        let cfg = AggConfig { bucketing, median: false, anomaly: None, expected_buckets: 0 };
+        let r = reference_aggregate(&ts, &vals, &cfg).unwrap();
+        let (b, m, a) = run(&ts, &vals, cfg, &[]);
+        check(&b, &m, &a, &r, &ts, &vals, 1.0);
+        let (b2, m2, a2) = run(&ts, &vals, cfg, &cuts);
+        check(&b2, &m2, &a2, &r, &ts, &vals, 1.0);
+    }
+}
+
+#[test]
+fn runs_at_the_ends_of_i64() {
+    // Widths up to i64::MAX, timestamps at both ends (bucket ends that overflow stay
+    // unbounded, and a next timestamp 2^64 - 2 past the last bucket's end), duplicates, one
+    // point, pushes of every split.
+    let cases: Vec<(i64, Vec<i64>)> = vec![
+        (1, vec![i64::MIN, i64::MAX]),
+        (
+            1,
+            vec![
+                i64::MIN,
+                i64::MIN,
+                -1,
+                0,
+                0,
+                1,
+                i64::MAX - 1,
+                i64::MAX,
+                i64::MAX,
+            ],
+        ),
+        (2, vec![i64::MIN, i64::MIN + 1, i64::MAX - 2, i64::MAX]),
+        (i64::MAX, vec![-1, 0, 1, i64::MAX - 1, i64::MAX]),
+        (i64::MAX, vec![i64::MIN + 1, -1, 0, i64::MAX]),
+        (i64::MAX / 2, vec![-5, 0, 7, i64::MAX / 2, i64::MAX]),
+        (3, vec![i64::MAX]),
+        (7, (0..200).map(|i| i64::MAX - 200 + i).collect()),
+    ];
+    for (w, ts) in cases {
+        let vals: Vec<f64> = (0..ts.len()).map(|i| (i * 37 % 11) as f64 - 5.0).collect();
+        for bucketing in [Bucketing::TimeWidth(w), Bucketing::PointCount(2)] {
+            let cfg = AggConfig {
+                bucketing,
+                median: false,
+                anomaly: None,
+                expected_buckets: 0,
+            };
+            let r = reference_aggregate(&ts, &vals, &cfg).unwrap();
+            for cut in 0..=ts.len() {
+                let (b, m, a) = run(&ts, &vals, cfg, &[cut]);
+                check(&b, &m, &a, &r, &ts, &vals, 1.0);
+            }
+        }
+    }
+    // Nothing pushed, or only empty pushes: no bucket.
+    let mut a = Aggregator::new(AggConfig::time_width(5)).unwrap();
+    a.push(&[], &[]).unwrap();
+    a.flush();
+    assert!(a.closed().is_empty());
+    assert!(a.running().is_empty());
+}

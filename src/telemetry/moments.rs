@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 /// Lane width of the block kernel. 16 values of f64 fill 8 SSE2 / 4 AVX2
 /// registers, which is the sweet spot between amortizing the scalar Chan merge
 /// (one division per block) and register pressure.
-const LANES: usize = 16;
+pub(crate) const LANES: usize = 16;
 
 /// Summary statistics of a set of `(timestamp, value)` points.
 ///
@@ -211,14 +211,17 @@ pub(crate) fn block_stats(vals: &[f64], shift: f64) -> Block {
     }
 }
 
-/// [`block_stats`] of fewer than [`LANES`] values, with four independent accumulators per
-/// sum: a bucket of ten points is otherwise two chains of ten dependent additions, which
-/// is most of its cost. Corrected two-pass, like the block kernel's tail.
-pub(crate) fn short_stats(vals: &[f64], shift: f64) -> Block {
+/// [`block_stats`] of fewer than [`LANES`] values, in two halves: this first pass
+/// `(sum of deviations, min, max)`, then [`short_second_pass`]. Four independent
+/// accumulators per sum: a bucket of ten points is otherwise two chains of ten dependent
+/// additions. Two halves so that the aggregator can run the first over a run of buckets
+/// before any second one: independent buckets then overlap in the pipeline instead of each
+/// waiting for its own division. Plain `f64`s in and out (no [`Block`] through memory: a
+/// struct stored field by field and copied in wider loads stalls on store forwarding).
+/// Corrected two-pass, like the block kernel's tail.
+#[inline(always)]
+pub(crate) fn short_first_pass(vals: &[f64], shift: f64) -> (f64, f64, f64) {
     debug_assert!(!vals.is_empty() && vals.len() < LANES);
-    let r = vals.len() as f64;
-    // Off the critical path (the mean keeps its exact division).
-    let inv_r = 1.0 / r;
     // Lanes indexed by constants only, so that they stay in registers; the tail (fewer
     // than 4 values) goes to the first lanes.
     let quads = vals.chunks_exact(4);
@@ -231,7 +234,7 @@ pub(crate) fn short_stats(vals: &[f64], shift: f64) -> Block {
         lo[l] = fmin(x, lo[l]);
         hi[l] = fmax(x, hi[l]);
     };
-    for q in quads.clone() {
+    for q in quads {
         add(0, q[0], &mut s);
         add(1, q[1], &mut s);
         add(2, q[2], &mut s);
@@ -240,8 +243,21 @@ pub(crate) fn short_stats(vals: &[f64], shift: f64) -> Block {
     for (l, &x) in tail.iter().enumerate().take(3) {
         add(l, x, &mut s);
     }
-    let sum = (s[0] + s[1]) + (s[2] + s[3]);
-    let m = sum / r;
+    (
+        (s[0] + s[1]) + (s[2] + s[3]),
+        fmin(fmin(lo[0], lo[1]), fmin(lo[2], lo[3])),
+        fmax(fmax(hi[0], hi[1]), fmax(hi[2], hi[3])),
+    )
+}
+
+/// The second half of [`short_first_pass`], given its sum of deviations:
+/// `(mean of deviations, M2)` — the mean by an exact division, the corrected two-pass M2.
+#[inline(always)]
+pub(crate) fn short_second_pass(vals: &[f64], shift: f64, sum_dev: f64) -> (f64, f64) {
+    let r = vals.len() as f64;
+    let m = sum_dev / r;
+    let quads = vals.chunks_exact(4);
+    let tail = quads.remainder();
     let (mut q2, mut e) = ([0.0; 4], [0.0; 4]);
     let mut dev = |l: usize, x: f64| {
         let d = (x - shift) - m;
@@ -261,14 +277,8 @@ pub(crate) fn short_stats(vals: &[f64], shift: f64) -> Block {
         (q2[0] + q2[1]) + (q2[2] + q2[3]),
         (e[0] + e[1]) + (e[2] + e[3]),
     );
-    Block {
-        n: vals.len() as u64,
-        sum_dev: sum,
-        mean_dev: m,
-        m2: (q - e * e * inv_r).max(0.0),
-        min: fmin(fmin(lo[0], lo[1]), fmin(lo[2], lo[3])),
-        max: fmax(fmax(hi[0], hi[1]), fmax(hi[2], hi[3])),
-    }
+    // `e * e / r` as `e * e * (1 / r)`: the reciprocal does not wait for the sums.
+    (m, (q - e * e * (1.0 / r)).max(0.0))
 }
 
 impl Moments {
@@ -332,8 +342,13 @@ impl Moments {
         self.merge(&Self::of_block(b, shift, first, last));
     }
 
-    /// The summary of one non-empty block.
-    fn of_block(b: Block, shift: f64, first: (i64, f64), last: (i64, f64)) -> Self {
+    /// The summary of one non-empty block. The streaming aggregator builds its closed
+    /// buckets with this from [`short_first_pass`]/[`short_second_pass`] (below [`LANES`]
+    /// points) or [`block_stats`]. Rollups and queries keep [`Moments::from_sorted`], whose
+    /// rounding the stored rollups were made with (replicas on two versions must store the
+    /// same bits).
+    #[inline(always)]
+    pub(crate) fn of_block(b: Block, shift: f64, first: (i64, f64), last: (i64, f64)) -> Self {
         Moments {
             count: b.n,
             sum: b.sum_dev + b.n as f64 * shift,
@@ -347,22 +362,6 @@ impl Moments {
             mean_dev: b.mean_dev,
             m2: b.m2,
         }
-    }
-
-    /// The summary of a whole bucket of non-empty, time-sorted columns, for the streaming
-    /// aggregator: [`short_stats`] below [`LANES`] points, else the block kernel. Rollups
-    /// and queries keep [`Moments::from_sorted`], whose rounding the stored rollups were
-    /// made with (replicas on two versions must store the same bits).
-    pub(crate) fn of_bucket(ts: &[i64], vals: &[f64]) -> Self {
-        debug_assert!(!vals.is_empty() && ts.len() == vals.len());
-        let shift = vals[0];
-        let b = if vals.len() < LANES {
-            short_stats(vals, shift)
-        } else {
-            block_stats(vals, shift)
-        };
-        let (k, t) = (vals.len() - 1, ts.len() - 1);
-        Self::of_block(b, shift, (ts[0], vals[0]), (ts[t], vals[k]))
     }
 
     /// Adds one point (Welford's update, relative to the shift).
