@@ -954,7 +954,8 @@ async fn bench_read_times_reads_of_a_small_stream_answered_from_memory() {
 
 /// Output into a pipe nobody reads (`aetherctl … | head -1` after `head` exits) ends the
 /// command the way it ends `cat`: quietly, by SIGPIPE, not with a panic and a backtrace on
-/// stderr.
+/// stderr. (SIGPIPE stays ignored until then: a write to a socket the peer closed must fail
+/// with an error, not kill the process.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_stdout_pipe_ends_the_command_without_a_panic() {
     use std::os::unix::process::ExitStatusExt;

@@ -8,12 +8,6 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    // Rust ignores SIGPIPE, so printing into a closed pipe (`aetherctl … | head -1`) fails
-    // and `println!` panics. A command-line tool ends quietly there, as `cat` does: restore
-    // the default action. Safety: called first, before any other thread exists.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = aetherops::ctl::Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,6 +1,7 @@
 //! `aetherctl auth`: tokens for development and tests. `mint` signs an HS256 token with a
 //! shared secret (the node's `[[auth.keys]]` entry with `hmac_secret_file` verifies it).
 
+use super::output::outln;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -94,7 +95,7 @@ pub async fn run(
             let token = mint_hs256(&secret, &req)
                 .with_context(|| format!("minting with {}", secret_file.display()))?;
             match printer.format {
-                Output::Text => println!("{token}"),
+                Output::Text => outln!("{token}"),
                 Output::Json => printer.json(&json!({
                     "token": token,
                     "sub": req.subject,
@@ -128,7 +129,7 @@ async fn whoami(addr: &str, timeout: Duration, printer: &Printer) -> anyhow::Res
     match printer.format {
         Output::Json => printer.json(&v),
         Output::Text if !me.auth => {
-            println!("the node checks no token: every caller is anonymous (authentication off)")
+            outln!("the node checks no token: every caller is anonymous (authentication off)")
         }
         Output::Text => {
             let show = |p: &Option<Prefixes>| match p {
@@ -139,11 +140,11 @@ async fn whoami(addr: &str, timeout: Duration, printer: &Printer) -> anyhow::Res
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             let left = me.expires_at.saturating_sub(now);
-            println!("subject: {}", me.subject);
-            println!("roles:   {}", me.roles.join(", "));
-            println!("streams: {}", show(&me.streams));
-            println!("series:  {}", show(&me.series));
-            println!("expires: {} (in {left} s)", me.expires_at);
+            outln!("subject: {}", me.subject);
+            outln!("roles:   {}", me.roles.join(", "));
+            outln!("streams: {}", show(&me.streams));
+            outln!("series:  {}", show(&me.series));
+            outln!("expires: {} (in {left} s)", me.expires_at);
         }
     }
     Ok(())

@@ -1,6 +1,7 @@
 //! `aetherctl bench`: end-to-end load against real nodes, with a progress bar, reporting
 //! throughput and latency percentiles. Bounded by time or count; stops by itself.
 
+use super::output::outln;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -202,7 +203,7 @@ impl LoadResult {
     /// The text report's latency line.
     pub fn print_latency(&self) {
         let ms = |q: f64| self.hist.value_at_quantile(q) as f64 / 1000.0;
-        println!(
+        outln!(
             "  latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
             ms(0.50),
             ms(0.90),
@@ -458,14 +459,14 @@ async fn append(addrs: &str, b: AppendBench, printer: &Printer) -> anyhow::Resul
     match printer.format {
         Output::Json => printer.json(&report),
         Output::Text => {
-            println!(
+            outln!(
                 "append bench: {} clients x {} events of {} B against {}",
                 b.load.concurrency,
                 b.batch_size,
                 b.event_size,
                 nodes.join(",")
             );
-            println!(
+            outln!(
                 "  {appends} appends ({events} events) in {elapsed:.2}s: {:.0} appends/s, {:.0} events/s, {} errors",
                 r.per_sec(),
                 events as f64 / elapsed,
@@ -473,7 +474,7 @@ async fn append(addrs: &str, b: AppendBench, printer: &Printer) -> anyhow::Resul
             );
             r.print_latency();
             for n in &per_node {
-                println!(
+                outln!(
                     "  {}: {} acks (warm-up included), {} failed calls, passed by {} times, breaker {}",
                     n["addr"].as_str().unwrap_or_default(),
                     n["acks"],
@@ -483,7 +484,7 @@ async fn append(addrs: &str, b: AppendBench, printer: &Printer) -> anyhow::Resul
                 );
             }
             if let Some(e) = &r.first_error {
-                println!("  first error: {e}");
+                outln!("  first error: {e}");
             }
         }
     }
@@ -653,7 +654,7 @@ async fn workflow_state(
     match printer.format {
         Output::Json => printer.json(&report),
         Output::Text => {
-            println!("workflow-state bench: one workflow of {} events ({} steps), built in {build_secs:.1}s", b.events, b.steps);
+            outln!("workflow-state bench: one workflow of {} events ({} steps), built in {build_secs:.1}s", b.events, b.steps);
             for (name, h) in [
                 ("state at time T", &by_time),
                 ("state at version V", &by_version),
@@ -675,7 +676,7 @@ async fn one_node(addrs: &str) -> anyhow::Result<(String, tonic::transport::Chan
 }
 
 fn print_latency_line(name: &str, count: u64, h: &Histogram<u64>) {
-    println!(
+    outln!(
         "  {name}: {count} calls, latency ms p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3}",
         h.value_at_quantile(0.5) as f64 / 1000.0,
         h.value_at_quantile(0.9) as f64 / 1000.0,
@@ -725,10 +726,12 @@ async fn read(addrs: &str, b: ReadBench, printer: &Printer) -> anyhow::Result<()
     match printer.format {
         Output::Json => printer.json(&report),
         Output::Text => {
-            println!(
+            outln!(
                 "read bench: one stream of {} events of {} B at {node}, one call at a time, \
                  client runtime of {} thread(s)",
-                b.events, b.event_size, b.client_threads
+                b.events,
+                b.event_size,
+                b.client_threads
             );
             print_latency_line("read (linearizable)", b.reads, lin);
             print_latency_line("read (local)", b.reads, local);

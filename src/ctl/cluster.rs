@@ -3,6 +3,7 @@
 //! Nodes are named by their gRPC addresses; each node tells its own id and addresses
 //! (`Status`), so operators never type ids and addresses twice.
 
+use super::output::outln;
 use std::time::Duration;
 
 use tonic::transport::Channel;
@@ -110,7 +111,7 @@ pub async fn run(
             let ids: Vec<u64> = members.iter().map(|m| m.node_id).collect();
             match printer.format {
                 Output::Json => printer.json(&json!({"initialized": ids})),
-                Output::Text => println!("initialized cluster with voters {ids:?}"),
+                Output::Text => outln!("initialized cluster with voters {ids:?}"),
             }
         }
         ClusterCmd::AddLearner { node_addr, no_wait } => {
@@ -168,7 +169,7 @@ pub async fn run(
                         Output::Json => {
                             printer.json(&json!({"grpc_addr": addr, "error": e.to_string()}))
                         }
-                        Output::Text => println!("{e}"),
+                        Output::Text => outln!("{e}"),
                     },
                 }
             }
@@ -198,7 +199,7 @@ pub async fn run(
                 Output::Json => {
                     printer.json(&json!({"snapshot_index": r.snapshot_index, "grpc_addr": node}))
                 }
-                Output::Text => println!("snapshot at index {:?} on {node}", r.snapshot_index),
+                Output::Text => outln!("snapshot at index {:?} on {node}", r.snapshot_index),
             }
         }
         ClusterCmd::SetDedupeWindow { window } => {
@@ -216,7 +217,7 @@ pub async fn run(
                 .await?;
             match printer.format {
                 Output::Json => printer.json(&json!({"dedupe_window_secs": r.window_secs})),
-                Output::Text => println!("idempotency window: {} s", r.window_secs),
+                Output::Text => outln!("idempotency window: {} s", r.window_secs),
             }
         }
     }
@@ -287,7 +288,7 @@ async fn verify(
                 match printer.format {
                     Output::Json => printer.json(&json!({"verified": true, "deep": deep,
                         "applied_index": views[0].1, "digest": views[0].2, "nodes": report})),
-                    Output::Text => println!(
+                    Output::Text => outln!(
                         "verified{}: {} nodes agree at applied index {}, digest {}",
                         if deep { " (deep)" } else { "" },
                         views.len(),
@@ -331,7 +332,7 @@ fn print_membership(printer: &Printer, what: &str, r: &pb::MembershipResponse) {
         Output::Json => {
             printer.json(&json!({"log_index": r.log_index, "voters": voters, "learners": learners}))
         }
-        Output::Text => println!(
+        Output::Text => outln!(
             "{what}: voters {voters:?}, learners {learners:?} (log index {})",
             r.log_index
         ),

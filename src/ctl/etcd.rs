@@ -6,6 +6,7 @@
 //! is etcd's default: a Put is answered once a quorum has it in its fsynced WAL. A Put
 //! sent to a follower is forwarded to the leader by etcd itself, as for any etcd client.
 
+use super::output::outln;
 use std::time::Duration;
 
 use clap::Args;
@@ -115,20 +116,20 @@ pub async fn bench(b: EtcdBench, printer: &Printer) -> anyhow::Result<()> {
     match printer.format {
         Output::Json => printer.json(&report),
         Output::Text => {
-            println!(
+            outln!(
                 "etcd bench: {} clients x 1 Put of a new key with {} B against {}",
                 b.load.concurrency,
                 b.value_size,
                 members.join(",")
             );
-            println!(
+            outln!(
                 "  {puts} puts in {elapsed:.2}s: {:.0} puts/s, {} errors",
                 r.per_sec(),
                 r.errors
             );
             r.print_latency();
             if let Some(e) = &r.first_error {
-                println!("  first error: {e}");
+                outln!("  first error: {e}");
             }
         }
     }

@@ -1,5 +1,6 @@
 //! `aetherctl limits`: the cluster's rate-limit policies (replicated).
 
+use super::output::outln;
 use std::time::Duration;
 
 use clap::Subcommand;
@@ -97,7 +98,7 @@ pub async fn run(
                 .await?;
             match printer.format {
                 Output::Json => printer.json(&json!({"name": policy.name, "replaced": r.replaced})),
-                Output::Text => println!(
+                Output::Text => outln!(
                     "{} policy {}: {}",
                     if r.replaced { "replaced" } else { "set" },
                     policy.name,
@@ -128,7 +129,7 @@ pub async fn run(
                 .await?;
             match printer.format {
                 Output::Json => printer.json(&json!({"name": name, "deleted": true})),
-                Output::Text => println!("deleted policy {name}"),
+                Output::Text => outln!("deleted policy {name}"),
             }
         }
     }
@@ -195,15 +196,15 @@ async fn status(
             printer.json(&json!({ "nodes": out }));
         }
         Output::Text => {
-            println!("node\tpolicy\tshare\tfactor\tadmits/s\ttokens left\tdemand/s\trefused");
+            outln!("node\tpolicy\tshare\tfactor\tadmits/s\ttokens left\tdemand/s\trefused");
             for (a, r) in &nodes {
                 match r {
                     Ok(r) if r.policies.is_empty() => {
-                        println!("{}\t-\t-\t{:.3}\t-\t-\t-\t-", r.node_id, r.factor)
+                        outln!("{}\t-\t-\t{:.3}\t-\t-\t-\t-", r.node_id, r.factor)
                     }
                     Ok(r) => {
                         for p in &r.policies {
-                            println!(
+                            outln!(
                                 "{}\t{}\t{:.3}{}\t{:.3}\t{:.2}\t{}\t{:.1}\t{}",
                                 r.node_id,
                                 p.name,
@@ -217,7 +218,7 @@ async fn status(
                             );
                         }
                     }
-                    Err(e) => println!("{a}\tunreachable: {e:#}"),
+                    Err(e) => outln!("{a}\tunreachable: {e:#}"),
                 }
             }
         }
@@ -249,7 +250,7 @@ fn print_policy(printer: &Printer, p: &pb::LimitPolicy) {
             } else {
                 p.methods.join(",")
             };
-            println!(
+            outln!(
                 "{}\t{}\tkey={}\t{}{}",
                 p.name,
                 methods,

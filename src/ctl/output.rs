@@ -6,6 +6,39 @@ use serde_json::{json, Value};
 
 use crate::proto::aetherops::v1 as pb;
 
+/// `println!` for `aetherctl`'s output. Rust ignores SIGPIPE, so that a write to a socket
+/// the peer closed fails with an error instead of killing the process (h2 writes with
+/// `writev`, which has no `MSG_NOSIGNAL`): keep it so. But when stdout is a pipe whose
+/// reader has gone (`aetherctl … | head -1`), `println!` would panic; this ends the process
+/// as that pipe ends `cat` — by SIGPIPE, raised here with its default action — and any
+/// other failure to write stdout with an error and exit code 1.
+macro_rules! outln {
+    () => {
+        $crate::ctl::output::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::ctl::output::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+pub(crate) use outln;
+
+pub fn write_stdout(text: std::fmt::Arguments) {
+    use std::io::Write;
+    let Err(e) = std::io::stdout().lock().write_fmt(text) else {
+        return;
+    };
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        // Safety: restoring a signal's default action and raising it are async-signal-safe
+        // and touch no Rust state; the process ends here.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            libc::raise(libc::SIGPIPE);
+        }
+    }
+    eprintln!("error: writing to stdout: {e}");
+    std::process::exit(1);
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Text,
@@ -53,13 +86,13 @@ impl Printer {
     }
 
     pub fn json(&self, v: &Value) {
-        println!("{v}");
+        outln!("{v}");
     }
 
     pub fn event(&self, e: &pb::RecordedEvent) {
         match self.format {
             Output::Json => self.json(&event_json(e)),
-            Output::Text => println!(
+            Output::Text => outln!(
                 "{}@{} #{} {} {}",
                 e.stream,
                 e.stream_version,
@@ -89,7 +122,7 @@ impl Printer {
                 "commit_time_ns": r.commit_time_ns,
                 "duplicate": r.duplicate,
             })),
-            Output::Text => println!(
+            Output::Text => outln!(
                 "{} {stream}@{} at global position {}",
                 if r.duplicate {
                     "already stored:"
@@ -107,11 +140,14 @@ impl Printer {
         match self.format {
             Output::Json => self.json(&v),
             Output::Text => {
-                println!(
+                outln!(
                     "node {} ({}) grpc={} http={}",
-                    s.node_id, s.role, s.grpc_addr, s.http_addr
+                    s.node_id,
+                    s.role,
+                    s.grpc_addr,
+                    s.http_addr
                 );
-                println!(
+                outln!(
                     "leader={} term={} last_log={} committed={} applied={} snapshot={} purged={}",
                     opt(s.leader_id),
                     s.term,
@@ -121,17 +157,17 @@ impl Printer {
                     opt(s.snapshot_index),
                     opt(s.purged_index)
                 );
-                println!("events={} digest={}", s.event_count, s.state_digest);
-                println!("security: {}", security_text(s.security.as_ref()));
-                println!("graphql: {}", graphql_text(s.graphql.as_ref()));
+                outln!("events={} digest={}", s.event_count, s.state_digest);
+                outln!("security: {}", security_text(s.security.as_ref()));
+                outln!("graphql: {}", graphql_text(s.graphql.as_ref()));
                 for m in &s.voters {
-                    println!("  voter   {} {}", m.node_id, m.grpc_addr);
+                    outln!("  voter   {} {}", m.node_id, m.grpc_addr);
                 }
                 for m in &s.learners {
-                    println!("  learner {} {}", m.node_id, m.grpc_addr);
+                    outln!("  learner {} {}", m.node_id, m.grpc_addr);
                 }
                 for r in &s.replication {
-                    println!(
+                    outln!(
                         "  replication to {}: matched={} lag={}",
                         r.node_id,
                         opt(r.matched_index),

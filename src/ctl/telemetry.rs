@@ -1,6 +1,7 @@
 //! `aetherctl telemetry …`: load CSV files, query series, set retention, compact; and the
 //! ingest and query benchmarks.
 
+use super::output::outln;
 use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
 
@@ -181,7 +182,7 @@ pub async fn run(
                 .await?;
             match printer.format {
                 Output::Json => printer.json(&json!({"prefix": prefix, "set": true})),
-                Output::Text => println!("retention set for series prefix {prefix:?}"),
+                Output::Text => outln!("retention set for series prefix {prefix:?}"),
             }
             Ok(())
         }
@@ -203,7 +204,7 @@ pub async fn run(
                     "rollup_bytes_before": r.rollup_bytes_before, "rollup_bytes_after": r.rollup_bytes_after,
                     "grpc_addr": node,
                 })),
-                Output::Text => println!(
+                Output::Text => outln!(
                     "compacted {node}: raw {} -> {} bytes, rollups {} -> {} bytes",
                     r.raw_bytes_before, r.raw_bytes_after, r.rollup_bytes_before, r.rollup_bytes_after
                 ),
@@ -225,7 +226,7 @@ pub async fn run(
                 Output::Json => printer.json(
                     &json!({"raw_bytes": r.raw_bytes, "rollup_bytes": r.rollup_bytes, "grpc_addr": node}),
                 ),
-                Output::Text => println!(
+                Output::Text => outln!(
                     "{node}: raw {} bytes, rollups {} bytes",
                     r.raw_bytes, r.rollup_bytes
                 ),
@@ -354,7 +355,7 @@ fn print_query(printer: &Printer, a: &QueryAnswer) {
         }
         Output::Text => {
             for b in buckets {
-                println!(
+                outln!(
                     "{} n={} mean={:.6} min={:.6} max={:.6} sd={:.6} p99={:.6} [{}]",
                     format_timestamp(b.start_ns),
                     b.count,
@@ -366,7 +367,7 @@ fn print_query(printer: &Printer, a: &QueryAnswer) {
                     b.tier
                 );
             }
-            println!(
+            outln!(
                 "summary: n={} mean={:.6} sd={:.6} min={:.6} max={:.6} p50={:.6} p99={:.6} (bucket {} ns, {} raw points read)",
                 s.count,
                 s.mean,
@@ -378,22 +379,22 @@ fn print_query(printer: &Printer, a: &QueryAnswer) {
                 s.bucket_ns,
                 s.raw_points_read
             );
-            println!(
+            outln!(
                 "(sd is the population standard deviation; sample: {:.6}; --output json has both variances)",
                 s.sample_stddev
             );
             if (s.effective_start_ns, s.effective_end_ns) != (0, 0) {
-                println!(
+                outln!(
                     "covers [{}, {})",
                     format_timestamp(s.effective_start_ns),
                     format_timestamp(s.effective_end_ns)
                 );
             }
             for n in &s.notes {
-                println!("note: {n}");
+                outln!("note: {n}");
             }
             for a in anomalies {
-                println!(
+                outln!(
                     "anomaly at {}: {} ({} {}, score {:.2})",
                     format_timestamp(a.ts_ns),
                     a.value,
@@ -403,7 +404,7 @@ fn print_query(printer: &Printer, a: &QueryAnswer) {
                 );
             }
             for d in drift {
-                println!(
+                outln!(
                     "drift {} from {} (alarm at {}): mean {:.6} -> {:.6}",
                     d.direction,
                     format_timestamp(d.start_ns),
@@ -413,7 +414,7 @@ fn print_query(printer: &Printer, a: &QueryAnswer) {
                 );
             }
             if !m4.is_empty() {
-                println!("m4: {} columns", m4.len());
+                outln!("m4: {} columns", m4.len());
             }
         }
     }
@@ -543,7 +544,7 @@ async fn ingest_csv(
             "late_dropped": summary.late_dropped, "skipped_points": summary.skipped,
             "lines_skipped": skipped.len(), "skipped_lines": shown, "seconds": secs}),
         ),
-        Output::Text => println!(
+        Output::Text => outln!(
             "ingested {} points in {} batches ({:.0} points/s){}{}{}",
             summary.points,
             summary.batches,
@@ -683,7 +684,7 @@ pub async fn bench_ingest(addrs: &str, b: IngestBench, printer: &Printer) -> any
         "seconds": secs, "points_per_sec": acked as f64 / secs});
     match printer.format {
         Output::Json => printer.json(&report),
-        Output::Text => println!(
+        Output::Text => outln!(
             "ingest bench: {acked} points acknowledged (durable) in {secs:.2}s over {} streams, batches of {}: {:.0} points/s",
             b.streams,
             b.batch,
@@ -954,18 +955,19 @@ pub async fn bench_query(addrs: &str, b: QueryBench, printer: &Printer) -> anyho
     match printer.format {
         Output::Json => printer.json(&report),
         Output::Text => {
-            println!(
+            outln!(
                 "query bench: {} buckets (avg, min, max, stddev, p99) over {} points",
-                b.buckets, b.points
+                b.buckets,
+                b.points
             );
             for (tier, r) in results.iter().filter(|(k, _)| *k != "graphql_vs_grpc") {
-                println!(
+                outln!(
                     "  tier {tier:>4} (served by {}): p50 {} ms  p99 {} ms  max {} ms over {} queries",
                     r["served_by"], r["p50_ms"], r["p99_ms"], r["max_ms"], r["queries"]
                 );
             }
             if let Some(r) = results.get("graphql_vs_grpc") {
-                println!(
+                outln!(
                     "  tier auto, alternating, {} each: gRPC p50 {} ms p99 {} ms | GraphQL p50 {} ms p99 {} ms | GraphQL/gRPC p99 {:.3}",
                     r["queries"], r["grpc"]["p50_ms"], r["grpc"]["p99_ms"], r["graphql"]["p50_ms"],
                     r["graphql"]["p99_ms"], r["p99_ratio"].as_f64().unwrap_or(f64::NAN)

@@ -1,6 +1,7 @@
 //! `aetherctl workflow …`: drive workflows, query their state now / at a time / at a version,
 //! import workflows from an older system, and run the replay check on every member.
 
+use super::output::outln;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -142,7 +143,7 @@ fn print_write(printer: &Printer, r: &pb::WorkflowWriteResponse) {
             "first_global_position": r.first_global_position, "last_global_position": r.last_global_position,
             "commit_time_ns": r.commit_time_ns, "duplicate": r.duplicate,
         })),
-        Output::Text => println!(
+        Output::Text => outln!(
             "{}workflow {} at version {} ({})",
             if r.duplicate { "already applied: " } else { "" },
             r.workflow_id,
@@ -285,7 +286,7 @@ pub async fn run(
                 serde_json::from_str(&s.state_json).context("state JSON")?;
             match printer.format {
                 Output::Json => printer.json(&state),
-                Output::Text => println!("{}", serde_json::to_string_pretty(&state)?),
+                Output::Text => outln!("{}", serde_json::to_string_pretty(&state)?),
             }
             return Ok(());
         }
@@ -299,7 +300,7 @@ pub async fn run(
                             "workflow_id": w.workflow_id, "name": w.name, "status": w.status,
                             "version": w.version, "current_step": w.current_step, "updated_at_ns": w.updated_at_ns,
                         })),
-                        Output::Text => println!(
+                        Output::Text => outln!(
                             "{}  {}  {}  v{}  {}",
                             w.workflow_id, w.name, w.status, w.version, w.current_step
                         ),
@@ -414,9 +415,9 @@ async fn import(
             printer.json(&json!({"imported": imported, "unchanged": unchanged, "failed": failed}))
         }
         Output::Text => {
-            println!("imported {imported} workflows, {unchanged} already present");
+            outln!("imported {imported} workflows, {unchanged} already present");
             for f in &failed {
-                println!("  failed: {f}");
+                outln!("  failed: {f}");
             }
         }
     }
@@ -517,7 +518,7 @@ async fn verify(
         bail!("replay check FAILED:\n  {}", problems.join("\n  "));
     }
     if printer.format == Output::Text {
-        println!(
+        outln!(
             "replay check passed: {} workflows rebuilt from scratch equal their projections on {} members",
             ids.len(),
             clients.len()
