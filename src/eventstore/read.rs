@@ -51,7 +51,7 @@ pub enum Tier {
     Any,
     /// Memtables and the block cache only, so that the read can run on an async worker. A
     /// read that would have to touch disk fails with RocksDB's `Incomplete`
-    /// ([`StorageError::needs_io`]) instead of blocking, and returns nothing.
+    /// ([`StorageError::needs_pool`]) instead of blocking, and returns nothing.
     Memory,
 }
 
@@ -179,8 +179,9 @@ pub const INLINE_EVENTS: usize = 64;
 pub const INLINE_BYTES: usize = 64 << 10;
 
 /// [`read_stream`]'s page, read from memory only and at most `INLINE_EVENTS` events and
-/// `INLINE_BYTES` bytes of it, so that it may run on an async worker. `None` when that is
-/// not the whole page — it needs the disk, or it may be larger — and nothing was read.
+/// `INLINE_BYTES` bytes of it, none larger than `INLINE_BYTES` stored, so that it may run on
+/// an async worker. `None` when that is not the whole page — it needs the disk, holds a
+/// larger event, or may be larger — and nothing was read.
 pub fn read_small_in_memory(
     db: &SmDb,
     stream: &str,
@@ -198,7 +199,7 @@ pub fn read_small_in_memory(
         // either budget). A page the smaller budget may have cut is not.
         Ok(page) if page.next.is_none() || page.events.len() == limit.events => Ok(Some(page)),
         Ok(_) => Ok(None),
-        Err(e) if e.needs_io() => Ok(None),
+        Err(e) if e.needs_pool() => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -261,6 +262,12 @@ fn fetch(db: &SmDb, tier: Tier, positions: &[u64], max_bytes: usize) -> Result<V
                     format!("position {pos} missing"),
                 ));
             };
+            // The budget stops a page after the event that crosses it, and a page holds its
+            // first event whatever its size: on a worker, each event decoded is bounded
+            // instead, which bounds the page to twice `INLINE_BYTES`.
+            if tier == Tier::Memory && value.len() > INLINE_BYTES {
+                return Err(StorageError::TooLargeInline(value.len()));
+            }
             let e: RecordedEvent = decode("event", &value)?;
             if e.global_position != *pos {
                 return Err(StorageError::corrupt(
@@ -465,13 +472,50 @@ mod tests {
         );
         let e = read_stream_in(&db, Tier::Memory, "a", None, ReadDirection::Forwards, limit)
             .expect_err("the disk is not touched");
-        assert!(e.needs_io(), "{e}");
+        assert!(e.needs_pool(), "{e}");
         // Read once from anywhere, its blocks are cached: now memory answers, alike.
         let from_disk = whole(&db, "a");
         assert_eq!(from_disk.events.len(), 10);
         assert_eq!(
             read_small_in_memory(&db, "a", None, ReadDirection::Forwards, limit).unwrap(),
             Some(from_disk)
+        );
+    }
+
+    /// A page always holds its first event, whatever the byte budget: a read on an async
+    /// worker would decode an event of any size. One larger than `INLINE_BYTES` goes to the
+    /// pool, even when memory holds it, first in its page or not.
+    #[test]
+    fn an_event_larger_than_the_inline_bytes_is_not_read_on_a_worker() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SmStore::open(dir.path()).unwrap();
+        let db = store.db();
+        let big = 4 * INLINE_BYTES;
+        store_events(&db, 2, |_| "s", |p| if p == 1 { big } else { 10 });
+        // Pages that are the big event alone: at the stream's end, or the one event asked.
+        for (from, dir, events) in [
+            (Some(1), ReadDirection::Forwards, 1000),
+            (Some(1), ReadDirection::Forwards, 1),
+            (None, ReadDirection::Backwards, 1),
+        ] {
+            let limit = PageLimit::new(events, 1 << 30);
+            let full = read_stream(&db, "s", from, dir, limit).unwrap();
+            assert_eq!(full.events.len(), 1);
+            assert_eq!(full.events[0].payload.len(), big);
+            assert_eq!(
+                read_small_in_memory(&db, "s", from, dir, limit).unwrap(),
+                None,
+                "{from:?} {dir:?} {events}: an event of {big} bytes was decoded on a worker"
+            );
+        }
+        // The small one alone is still answered from memory.
+        let limit = PageLimit::new(1, 1 << 30);
+        let page = read_small_in_memory(&db, "s", None, ReadDirection::Forwards, limit)
+            .unwrap()
+            .expect("a small event in the memtable is answered from memory");
+        assert_eq!(
+            page,
+            read_stream(&db, "s", None, ReadDirection::Forwards, limit).unwrap()
         );
     }
 

@@ -29,13 +29,22 @@ pub enum StorageError {
     Encode { what: &'static str, detail: String },
     #[error("missing column family {0}")]
     MissingColumnFamily(&'static str),
+    /// A read limited to memory met an event larger than a read on an async worker may
+    /// decode (`eventstore::read::INLINE_BYTES`).
+    #[error("an event of {0} bytes is too large to read on an async worker")]
+    TooLargeInline(usize),
 }
 
 impl StorageError {
-    /// A read limited to memory (`ReadTier::BlockCache`) that needed the disk: nothing was
-    /// read; the same read may be retried where blocking is allowed.
-    pub fn needs_io(&self) -> bool {
-        matches!(self, StorageError::Rocks(e) if e.kind() == rocksdb::ErrorKind::Incomplete)
+    /// A read limited to memory (`ReadTier::BlockCache`) that needed the disk, or met an
+    /// event too large to decode on an async worker: nothing was read; the same read may be
+    /// retried where blocking is allowed.
+    pub fn needs_pool(&self) -> bool {
+        match self {
+            StorageError::Rocks(e) => e.kind() == rocksdb::ErrorKind::Incomplete,
+            StorageError::TooLargeInline(_) => true,
+            _ => false,
+        }
     }
 
     pub fn corrupt(what: &'static str, detail: impl std::fmt::Display) -> Self {

@@ -201,12 +201,38 @@ impl SmDb {
 
 impl Drop for SmDb {
     fn drop(&mut self) {
-        drop(self.db.take());
-        if self.remove_on_drop.load(Ordering::Acquire) {
-            if let Err(e) = std::fs::remove_dir_all(&self.path) {
-                tracing::warn!(path = %self.path.display(), error = %e, "removing replaced state machine");
-            }
+        let db = self.db.take();
+        let Some(remove) = self
+            .remove_on_drop
+            .load(Ordering::Acquire)
+            .then(|| self.path.clone())
+        else {
+            return close(db, None);
+        };
+        // A database that a snapshot install replaced goes when its last holder lets go,
+        // and that may be a read on an async worker (`Node::read_stream` answers small
+        // reads there). Closing it and removing its files block: the pool does that. If
+        // the runtime is shutting down, the task is dropped unrun, which closes the
+        // database there; its directory is then removed at the next open.
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(move || close(db, Some(remove)))),
+            Err(_) => close(db, Some(remove)),
         }
+    }
+}
+
+/// Closes a database, then removes its directory if it was replaced.
+fn close(db: Option<DB>, remove: Option<PathBuf>) {
+    drop(db);
+    if let Some(path) = remove {
+        if let Err(e) = std::fs::remove_dir_all(&path) {
+            tracing::warn!(path = %path.display(), error = %e, "removing replaced state machine");
+        }
+        #[cfg(test)]
+        tests::REMOVED_ON
+            .lock()
+            .unwrap()
+            .push((path, std::thread::current().id()));
     }
 }
 
@@ -400,6 +426,45 @@ fn write_current(root: &Path, name: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Which thread removed each replaced database.
+    pub(super) static REMOVED_ON: std::sync::Mutex<Vec<(PathBuf, std::thread::ThreadId)>> =
+        std::sync::Mutex::new(Vec::new());
+
+    /// A read on an async worker may hold the last handle of a database that a snapshot
+    /// install has just replaced. Closing that database and removing its files is blocking
+    /// work (RocksDB's close, `remove_dir_all` over its files): it must not run on the worker.
+    #[test]
+    fn a_replaced_database_dropped_on_an_async_worker_is_closed_on_the_blocking_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SmStore::open(dir.path()).unwrap();
+        let held = store.db();
+        let old_path = held.path().to_owned();
+        store.replace_with(|_| Ok(())).unwrap();
+        assert!(old_path.exists(), "still held");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let worker = std::thread::current().id();
+        rt.block_on(async move { drop(held) });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let remover = loop {
+            let found = REMOVED_ON
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(p, _)| *p == old_path)
+                .map(|(_, t)| *t);
+            if let Some(t) = found {
+                break t;
+            }
+            assert!(std::time::Instant::now() < deadline, "never removed");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        assert_ne!(remover, worker, "closed and removed on the async worker");
+        assert!(!old_path.exists());
+        assert!(store.db().path().ends_with("db-000002"));
+    }
 
     #[test]
     fn replace_switches_and_survives_reopen() {

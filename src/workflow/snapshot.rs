@@ -2,7 +2,7 @@
 //! replay behind temporal queries), and when one is due.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::state::WorkflowState;
 
@@ -58,9 +58,11 @@ pub fn decode_projection_snapshot(bytes: &[u8]) -> Result<WorkflowState, Snapsho
 /// A snapshot's envelope, read in one pass. The encoder writes `format` first, so the state
 /// is parsed straight into its type once its format is known to be ours, with no `Value` in
 /// between: every temporal query decodes two or three states of up to tens of KiB. A state
-/// before its format (valid, though not what we write) goes through a `Value`, a state of
-/// another format is skipped (its JSON still checked). Unknown fields are ignored and a
-/// repeated one is an error, as a derived `Deserialize` would do.
+/// before its format (valid, though not what we write) is kept as raw JSON until the format
+/// is known, a state of another format is skipped (its JSON still checked). It reads what a
+/// derived `Deserialize` read: a map with the fields in any order, unknown ones ignored, a
+/// repeated or a missing one refused, or a sequence `[format, state]`. A key repeated
+/// inside the state is refused wherever the state stands (a `Value` would keep the last).
 struct Envelope {
     format: u32,
     /// `None` when `format` is not ours.
@@ -82,6 +84,24 @@ impl<'de> Deserialize<'de> for Envelope {
     }
 }
 
+/// The state of format `format`, read from where it stands: `Some` when the format is ours,
+/// `None` when it is another (the state's JSON checked and skipped).
+struct StateOf {
+    format: u32,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for StateOf {
+    type Value = Option<WorkflowState>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        if self.format == PROJECTION_SNAPSHOT_FORMAT {
+            WorkflowState::deserialize(d).map(Some)
+        } else {
+            serde::de::IgnoredAny::deserialize(d).map(|_| None)
+        }
+    }
+}
+
 struct EnvelopeVisitor;
 
 impl<'de> serde::de::Visitor<'de> for EnvelopeVisitor {
@@ -91,15 +111,25 @@ impl<'de> serde::de::Visitor<'de> for EnvelopeVisitor {
         f.write_str("a projection snapshot {format, state}")
     }
 
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Envelope, A::Error> {
+        use serde::de::Error;
+        let format: u32 = seq
+            .next_element()?
+            .ok_or_else(|| A::Error::invalid_length(0, &self))?;
+        let state = seq
+            .next_element_seed(StateOf { format })?
+            .ok_or_else(|| A::Error::invalid_length(1, &self))?;
+        Ok(Envelope { format, state })
+    }
+
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Envelope, A::Error> {
         use serde::de::{Error, IgnoredAny};
-        enum Seen {
-            Typed(WorkflowState),
-            Skipped,
-            Early(Value),
+        enum Seen<'a> {
+            Read(Option<WorkflowState>),
+            Early(&'a RawValue),
         }
         let mut format: Option<u32> = None;
-        let mut state: Option<Seen> = None;
+        let mut state: Option<Seen<'de>> = None;
         while let Some(field) = map.next_key::<Field>()? {
             match field {
                 Field::Format if format.is_some() => {
@@ -109,11 +139,7 @@ impl<'de> serde::de::Visitor<'de> for EnvelopeVisitor {
                 Field::State if state.is_some() => return Err(A::Error::duplicate_field("state")),
                 Field::State => {
                     state = Some(match format {
-                        Some(PROJECTION_SNAPSHOT_FORMAT) => Seen::Typed(map.next_value()?),
-                        Some(_) => {
-                            map.next_value::<IgnoredAny>()?;
-                            Seen::Skipped
-                        }
+                        Some(format) => Seen::Read(map.next_value_seed(StateOf { format })?),
                         None => Seen::Early(map.next_value()?),
                     })
                 }
@@ -124,12 +150,14 @@ impl<'de> serde::de::Visitor<'de> for EnvelopeVisitor {
         }
         let format = format.ok_or_else(|| A::Error::missing_field("format"))?;
         let state = match state.ok_or_else(|| A::Error::missing_field("state"))? {
-            Seen::Typed(s) => Some(s),
-            Seen::Skipped => None,
-            Seen::Early(v) if format == PROJECTION_SNAPSHOT_FORMAT => {
-                Some(serde_json::from_value(v).map_err(A::Error::custom)?)
+            Seen::Read(state) => state,
+            Seen::Early(raw) => {
+                use serde::de::DeserializeSeed;
+                let mut d = serde_json::Deserializer::from_str(raw.get());
+                StateOf { format }
+                    .deserialize(&mut d)
+                    .map_err(A::Error::custom)?
             }
-            Seen::Early(_) => None,
         };
         Ok(Envelope { format, state })
     }
