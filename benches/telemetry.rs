@@ -276,15 +276,33 @@ fn correlate_series() -> [(Vec<i64>, Vec<f64>); 2] {
 /// Segments decoded one at a time, as stored points are read (without RocksDB).
 struct SegmentSource<'a> {
     segments: std::slice::Iter<'a, Vec<u8>>,
+    ts: Vec<i64>,
+    vals: Vec<f64>,
+}
+
+impl<'a> SegmentSource<'a> {
+    fn new(segments: &'a [Vec<u8>]) -> Self {
+        SegmentSource {
+            segments: segments.iter(),
+            ts: Vec::new(),
+            vals: Vec::new(),
+        }
+    }
 }
 
 impl PointSource for SegmentSource<'_> {
     type Error = segment::SegmentError;
-    fn next_chunk(&mut self, ts: &mut Vec<i64>, vals: &mut Vec<f64>) -> Result<bool, Self::Error> {
+    fn advance(&mut self) -> Result<bool, Self::Error> {
+        self.ts.clear();
+        self.vals.clear();
         match self.segments.next() {
-            Some(s) => segment::decode_into(s, ts, vals).map(|_| true),
+            Some(s) => segment::decode_into(s, &mut self.ts, &mut self.vals).map(|_| true),
             None => Ok(false),
         }
+    }
+
+    fn chunk(&self) -> (&[i64], &[f64]) {
+        (&self.ts, &self.vals)
     }
 }
 
@@ -339,10 +357,7 @@ fn bench_correlate(c: &mut Criterion) {
     g.bench_function("join_2x1M_from_segments", |b| {
         b.iter(|| {
             black_box(join_all(
-                encoded
-                    .iter()
-                    .map(|s| SegmentSource { segments: s.iter() })
-                    .collect(),
+                encoded.iter().map(|s| SegmentSource::new(s)).collect(),
             ))
         })
     });

@@ -344,6 +344,17 @@ fn any_descending(ts: &[i64]) -> bool {
     acc < 0
 }
 
+/// True if some `ts[k + 1] <= ts[k]`: [`any_descending`]'s test, or the two equal (`v == 0`
+/// is the sign bit of `!v & (v - 1)`), with the same vectorizable operations.
+pub(crate) fn any_not_increasing(ts: &[i64]) -> bool {
+    let acc = ts.iter().skip(1).zip(ts).fold(0i64, |acc, (&x, &y)| {
+        let d = x.wrapping_sub(y);
+        let eq = x ^ y;
+        acc | (d ^ ((x ^ y) & (d ^ x))) | (!eq & eq.wrapping_sub(1))
+    });
+    acc < 0
+}
+
 impl Aggregator {
     /// Validates `cfg` and reserves `cfg.expected_buckets`.
     pub fn new(cfg: AggConfig) -> Result<Self, AggError> {
@@ -702,6 +713,30 @@ impl Aggregator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// The sign-bit order checks agree with plain compares, timestamps anywhere in i64.
+        #[test]
+        fn order_checks_agree_with_compares(
+            ts in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::prelude::Just(i64::MIN),
+                    proptest::prelude::Just(i64::MAX),
+                    proptest::prelude::Just(0i64),
+                    -3i64..3,
+                    proptest::num::i64::ANY,
+                ],
+                0..6,
+            ),
+        ) {
+            proptest::prop_assert_eq!(any_descending(&ts), ts.windows(2).any(|w| w[1] < w[0]));
+            proptest::prop_assert_eq!(
+                any_not_increasing(&ts),
+                ts.windows(2).any(|w| w[1] <= w[0])
+            );
+        }
+    }
 
     #[test]
     fn time_buckets_align_to_epoch_multiples() {

@@ -356,8 +356,8 @@ pub fn raw_points(
         points: Vec::with_capacity(limit.min(4096)),
         next_after: None,
     };
-    let (mut ts, mut vals) = (Vec::new(), Vec::new());
-    while stream.next_chunk(&mut ts, &mut vals).map_err(scan_error)? {
+    while stream.advance().map_err(scan_error)? {
+        let (ts, vals) = stream.chunk();
         let room = limit - page.points.len();
         page.points
             .extend(ts.iter().copied().zip(vals.iter().copied()).take(room));

@@ -41,13 +41,18 @@ impl Strategy {
     }
 }
 
-/// Points in time order, a chunk at a time.
+/// Points in time order, a chunk at a time. The source keeps its current chunk and lends
+/// it, so that points already in memory (columns, a decoded segment) are joined where they
+/// lie, not copied first.
 pub trait PointSource {
     type Error;
-    /// Replaces `ts` and `vals` with the next points (strictly increasing, and after every
-    /// point of the chunks before); `false` once none are left. An empty chunk with `true`
-    /// is allowed (the caller asks again).
-    fn next_chunk(&mut self, ts: &mut Vec<i64>, vals: &mut Vec<f64>) -> Result<bool, Self::Error>;
+    /// Moves to the next chunk (its points strictly increasing, and after every point of
+    /// the chunks before); `false` once none are left. An empty chunk with `true` is
+    /// allowed (the caller asks again).
+    fn advance(&mut self) -> Result<bool, Self::Error>;
+    /// The current chunk's timestamps and values, paired by index: empty before the first
+    /// [`advance`](PointSource::advance) and after the last.
+    fn chunk(&self) -> (&[i64], &[f64]);
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -64,12 +69,15 @@ pub enum JoinError<E> {
     Source(E),
 }
 
-/// Whole columns as a source, in chunks of `chunk` points (tests, bucket means).
+/// Whole columns as a source, lent in chunks of `chunk` points (tests, bucket means, points
+/// already in memory): nothing is copied.
 pub struct SliceSource<'a> {
     ts: &'a [i64],
     vals: &'a [f64],
     chunk: usize,
-    pos: usize,
+    /// The current chunk: `start..end`.
+    start: usize,
+    end: usize,
 }
 
 impl<'a> SliceSource<'a> {
@@ -79,33 +87,33 @@ impl<'a> SliceSource<'a> {
             ts,
             vals,
             chunk: chunk.max(1),
-            pos: 0,
+            start: 0,
+            end: 0,
         }
     }
 }
 
 impl PointSource for SliceSource<'_> {
     type Error = std::convert::Infallible;
-    fn next_chunk(&mut self, ts: &mut Vec<i64>, vals: &mut Vec<f64>) -> Result<bool, Self::Error> {
-        ts.clear();
-        vals.clear();
-        if self.pos >= self.ts.len() {
-            return Ok(false);
-        }
-        let end = (self.pos + self.chunk).min(self.ts.len());
-        ts.extend_from_slice(&self.ts[self.pos..end]);
-        vals.extend_from_slice(&self.vals[self.pos..end]);
-        self.pos = end;
-        Ok(true)
+
+    fn advance(&mut self) -> Result<bool, Self::Error> {
+        self.start = self.end;
+        self.end = self.start.saturating_add(self.chunk).min(self.ts.len());
+        Ok(self.start < self.end)
+    }
+
+    fn chunk(&self) -> (&[i64], &[f64]) {
+        (
+            &self.ts[self.start..self.end],
+            &self.vals[self.start..self.end],
+        )
     }
 }
 
-/// One source with its current chunk.
+/// One source, and where in its current chunk the join is.
 struct Cursor<S> {
     src: S,
     series: usize,
-    ts: Vec<i64>,
-    vals: Vec<f64>,
     pos: usize,
     done: bool,
     /// The last timestamp of the chunks before (the order check spans chunks).
@@ -117,8 +125,6 @@ impl<S: PointSource> Cursor<S> {
         Cursor {
             src,
             series,
-            ts: Vec::new(),
-            vals: Vec::new(),
             pos: 0,
             done: false,
             prev_ts: None,
@@ -127,47 +133,56 @@ impl<S: PointSource> Cursor<S> {
 
     /// The next point, without consuming it.
     fn head(&mut self) -> Result<Option<(i64, f64)>, JoinError<S::Error>> {
-        while self.pos == self.ts.len() {
+        loop {
             if self.done {
                 return Ok(None);
             }
-            self.prev_ts = self.ts.last().copied().or(self.prev_ts);
+            let (ts, vals) = self.src.chunk();
+            if self.pos < ts.len() {
+                return Ok(Some((ts[self.pos], vals[self.pos])));
+            }
+            self.prev_ts = ts.last().copied().or(self.prev_ts);
             self.pos = 0;
-            if !self
-                .src
-                .next_chunk(&mut self.ts, &mut self.vals)
-                .map_err(JoinError::Source)?
-            {
+            if !self.src.advance().map_err(JoinError::Source)? {
                 self.done = true;
-                self.ts.clear();
-                self.vals.clear();
                 return Ok(None);
             }
             self.check_chunk()?;
         }
-        Ok(Some((self.ts[self.pos], self.vals[self.pos])))
+    }
+
+    /// The current chunk's timestamps from the cursor's position on (empty when done).
+    fn rest(&self) -> &[i64] {
+        match self.done {
+            true => &[],
+            false => self.src.chunk().0.get(self.pos..).unwrap_or_default(),
+        }
     }
 
     fn check_chunk(&self) -> Result<(), JoinError<S::Error>> {
-        assert_eq!(self.ts.len(), self.vals.len(), "a source's columns pair up");
+        let (ts, vals) = self.src.chunk();
+        assert_eq!(ts.len(), vals.len(), "a source's columns pair up");
         let unsorted = |prev_ns, ts_ns| JoinError::Unsorted {
             series: self.series,
             prev_ns,
             ts_ns,
         };
-        if let (Some(p), Some(&f)) = (self.prev_ts, self.ts.first()) {
+        if let (Some(p), Some(&f)) = (self.prev_ts, ts.first()) {
             if f <= p {
                 return Err(unsorted(p, f));
             }
         }
-        match self.ts.windows(2).find(|w| w[1] <= w[0]) {
+        if !super::agg::any_not_increasing(ts) {
+            return Ok(());
+        }
+        match ts.windows(2).find(|w| w[1] <= w[0]) {
             Some(w) => Err(unsorted(w[0], w[1])),
             None => Ok(()),
         }
     }
 
     fn advance(&mut self) {
-        debug_assert!(self.pos < self.ts.len());
+        debug_assert!(self.pos < self.src.chunk().0.len());
         self.pos += 1;
     }
 }
@@ -259,7 +274,7 @@ impl<S: PointSource> Follower<S> {
         let mut k = 0;
         while k < lead.len() {
             let t = lead[k];
-            match self.cur.ts.get(self.cur.pos..).and_then(<[i64]>::last) {
+            match self.cur.rest().last() {
                 Some(&last) if t < last => {
                     let end = k + lead[k..].partition_point(|&x| x < last);
                     let span = (&lead[k..end], &mut vals[k..end], &mut present[k..end]);
@@ -297,47 +312,139 @@ impl<S: PointSource> Follower<S> {
     }
 
     /// The two-pointer merge over rows that all lie before the current chunk's last point,
-    /// so that the earliest point after a row is always in the chunk. Written to compile
-    /// to selects, not branches: whether the follower moves at a row follows the data, and
-    /// a mispredicted branch per row would cost more than the row's whole work.
+    /// so that the earliest point after a row is always in the chunk. Each row waits on
+    /// the row before (where the follower stands), and that chain of a load and a compare
+    /// per row would bound the merge: a long span is cut into [`MERGE_LANES`] runs, each
+    /// started where a binary search puts it, and the runs advance side by side, one row
+    /// of each per step, so that their chains overlap. A run's start is exactly where the
+    /// runs before it would have left the follower, so the cells are the same.
     #[inline(always)]
     fn merge<const BACK: bool, const FWD: bool>(
         &mut self,
         tol: u64,
         (lead, vals, present): (&[i64], &mut [f64], &mut [bool]),
     ) {
-        let (ts, vs) = (&self.cur.ts[..], &self.cur.vals[..]);
-        let mut pos = self.cur.pos;
-        // The latest point at or before the row; `has` false before the first.
-        let (mut pt, mut pv, mut has) = match self.prev {
-            Some((t, v)) => (t, v, true),
-            None => (0, 0.0, false),
+        let (ts, vs) = self.cur.src.chunk();
+        let first = match self.prev {
+            Some((t, v)) => MergeAt {
+                pos: self.cur.pos,
+                pt: t,
+                pv: v,
+                has: true,
+            },
+            None => MergeAt {
+                pos: self.cur.pos,
+                pt: 0,
+                pv: 0.0,
+                has: false,
+            },
         };
-        for ((&t, v), p) in lead.iter().zip(vals).zip(present) {
-            let step = ts[pos] <= t;
-            pos += usize::from(step);
-            // Rare: more than one point since the last row. Ends at the chunk's last point.
-            while ts[pos] <= t {
-                pos += 1;
+        let n = lead.len();
+        let last = if n < MERGE_LANES * MIN_LANE_ROWS {
+            let mut at = first;
+            for ((&t, v), p) in lead.iter().zip(vals).zip(present) {
+                merge_row::<BACK, FWD>(ts, vs, tol, &mut at, t, v, p);
             }
-            if step {
-                (pt, pv, has) = (ts[pos - 1], vs[pos - 1], true);
+            at
+        } else {
+            let run = n / MERGE_LANES;
+            let mut at = [first; MERGE_LANES];
+            for (l, a) in at.iter_mut().enumerate().skip(1) {
+                // Where the follower stands after the row before this run's first: past
+                // every point at or before that row.
+                let before = lead[l * run - 1];
+                let pos = first.pos + ts[first.pos..].partition_point(|&x| x <= before);
+                if pos > first.pos {
+                    *a = MergeAt {
+                        pos,
+                        pt: ts[pos - 1],
+                        pv: vs[pos - 1],
+                        has: true,
+                    };
+                }
             }
-            let back_d = (t as u64).wrapping_sub(pt as u64);
-            let back_ok = BACK && has && back_d <= tol;
-            // Forward alone takes an exact match from `prev`; nearest gets it from `back`.
-            let exact = FWD && !BACK && has && pt == t;
-            let (nt, nv) = if exact { (pt, pv) } else { (ts[pos], vs[pos]) };
-            let fwd_d = (nt as u64).wrapping_sub(t as u64);
-            let fwd_ok = FWD && fwd_d <= tol;
-            // A tie goes to the earlier point.
-            let take_back = back_ok && !(fwd_ok && fwd_d < back_d);
-            *v = if take_back { pv } else { nv };
-            *p = take_back || fwd_ok;
-        }
-        self.cur.pos = pos;
-        self.prev = has.then_some((pt, pv));
+            let (lead_runs, lead_tail) = lead.split_at(run * MERGE_LANES);
+            let (val_runs, val_tail) = vals.split_at_mut(run * MERGE_LANES);
+            let (pres_runs, pres_tail) = present.split_at_mut(run * MERGE_LANES);
+            let mut lr = lead_runs.chunks_exact(run);
+            let mut vr = val_runs.chunks_exact_mut(run);
+            let mut pr = pres_runs.chunks_exact_mut(run);
+            let mut runs: [(&[i64], &mut [f64], &mut [bool]); MERGE_LANES] =
+                std::array::from_fn(|_| match (lr.next(), vr.next(), pr.next()) {
+                    (Some(l), Some(v), Some(p)) => (l, v, p),
+                    _ => unreachable!("the spans split into MERGE_LANES runs of `run` rows"),
+                });
+            for k in 0..run {
+                for (a, (l, v, p)) in at.iter_mut().zip(&mut runs) {
+                    merge_row::<BACK, FWD>(ts, vs, tol, a, l[k], &mut v[k], &mut p[k]);
+                }
+            }
+            let mut tail = at[MERGE_LANES - 1];
+            for ((&t, v), p) in lead_tail.iter().zip(val_tail).zip(pres_tail) {
+                merge_row::<BACK, FWD>(ts, vs, tol, &mut tail, t, v, p);
+            }
+            tail
+        };
+        self.cur.pos = last.pos;
+        self.prev = last.has.then_some((last.pt, last.pv));
     }
+}
+
+/// Runs a long merge is cut into (see [`Follower::merge`]).
+const MERGE_LANES: usize = 2;
+/// Rows per run below which a span is merged as one run.
+const MIN_LANE_ROWS: usize = 16;
+
+/// Where a merge stands: the follower's next point (`pos`), and the latest point at or
+/// before the last row (`has` false before the first).
+#[derive(Clone, Copy)]
+struct MergeAt {
+    pos: usize,
+    pt: i64,
+    pv: f64,
+    has: bool,
+}
+
+/// One row of the merge at `t`: its cell into `v` and `p`. Written to compile to selects,
+/// not branches: whether the follower moves at a row follows the data, and a mispredicted
+/// branch per row would cost more than the row's whole work.
+#[inline(always)]
+fn merge_row<const BACK: bool, const FWD: bool>(
+    ts: &[i64],
+    vs: &[f64],
+    tol: u64,
+    at: &mut MergeAt,
+    t: i64,
+    v: &mut f64,
+    p: &mut bool,
+) {
+    let MergeAt {
+        mut pos,
+        mut pt,
+        mut pv,
+        mut has,
+    } = *at;
+    let step = ts[pos] <= t;
+    pos += usize::from(step);
+    // Rare: more than one point since the last row. Ends at the chunk's last point.
+    while ts[pos] <= t {
+        pos += 1;
+    }
+    if step {
+        (pt, pv, has) = (ts[pos - 1], vs[pos - 1], true);
+    }
+    let back_d = (t as u64).wrapping_sub(pt as u64);
+    let back_ok = BACK && has && back_d <= tol;
+    // Forward alone takes an exact match from `prev`; nearest gets it from `back`.
+    let exact = FWD && !BACK && has && pt == t;
+    let (nt, nv) = if exact { (pt, pv) } else { (ts[pos], vs[pos]) };
+    let fwd_d = (nt as u64).wrapping_sub(t as u64);
+    let fwd_ok = FWD && fwd_d <= tol;
+    // A tie goes to the earlier point.
+    let take_back = back_ok && !(fwd_ok && fwd_d < back_d);
+    *v = if take_back { pv } else { nv };
+    *p = take_back || fwd_ok;
+    *at = MergeAt { pos, pt, pv, has };
 }
 
 /// The streaming as-of join.
@@ -386,9 +493,10 @@ impl<S: PointSource> Joiner<S> {
         let max_rows = max_rows.max(1);
         while block.ts.len() < max_rows && self.lead.head()?.is_some() {
             let lead = &mut self.lead;
-            let end = lead.ts.len().min(lead.pos + (max_rows - block.ts.len()));
-            block.ts.extend_from_slice(&lead.ts[lead.pos..end]);
-            block.vals[0].extend_from_slice(&lead.vals[lead.pos..end]);
+            let (ts, vals) = lead.src.chunk();
+            let end = ts.len().min(lead.pos + (max_rows - block.ts.len()));
+            block.ts.extend_from_slice(&ts[lead.pos..end]);
+            block.vals[0].extend_from_slice(&vals[lead.pos..end]);
             lead.pos = end;
         }
         let n = block.ts.len();
@@ -472,8 +580,25 @@ impl PairMoments {
         if count == 0 {
             return PairMoments::default();
         }
+        // Every row a pair (series that match throughout): the same sums without the masks.
+        match count == n as u64 {
+            true => Self::two_pass::<true>(x, y, px, py, (sx, sy), count),
+            false => Self::two_pass::<false>(x, y, px, py, (sx, sy), count),
+        }
+    }
+
+    /// [`PairMoments::of_columns`]'s two passes over `count` pairs; `DENSE`: all rows are.
+    #[inline(always)]
+    fn two_pass<const DENSE: bool>(
+        x: &[f64],
+        y: &[f64],
+        px: &[bool],
+        py: &[bool],
+        (sx, sy): (f64, f64),
+        count: u64,
+    ) -> PairMoments {
         let (mut sum_x, mut sum_y) = ([0.0f64; L], [0.0f64; L]);
-        by_lane(x, y, px, py, |l, x, y, m| {
+        by_lane::<DENSE>(x, y, px, py, |l, x, y, m| {
             sum_x[l] += if m { x - sx } else { 0.0 };
             sum_y[l] += if m { y - sy } else { 0.0 };
         });
@@ -481,7 +606,7 @@ impl PairMoments {
         let mean_x = ((sum_x[0] + sum_x[1]) + (sum_x[2] + sum_x[3])) / c;
         let mean_y = ((sum_y[0] + sum_y[1]) + (sum_y[2] + sum_y[3])) / c;
         let (mut m2_x, mut m2_y, mut c_xy) = ([0.0f64; L], [0.0f64; L], [0.0f64; L]);
-        by_lane(x, y, px, py, |l, x, y, m| {
+        by_lane::<DENSE>(x, y, px, py, |l, x, y, m| {
             let dx = if m { (x - sx) - mean_x } else { 0.0 };
             let dy = if m { (y - sy) - mean_y } else { 0.0 };
             m2_x[l] += dx * dx;
@@ -549,8 +674,9 @@ const L: usize = 4;
 
 /// `f(lane, x, y, both present)` for every row: lane `k % L`, the whole groups of `L` rows
 /// first through fixed-size chunks (which keep the lanes' sums in registers), then the tail.
+/// `DENSE`: every row is a pair, and the masks are not read.
 #[inline(always)]
-fn by_lane(
+fn by_lane<const DENSE: bool>(
     x: &[f64],
     y: &[f64],
     px: &[bool],
@@ -564,11 +690,11 @@ fn by_lane(
         .zip(px[..whole].chunks_exact(L).zip(py[..whole].chunks_exact(L)));
     for ((x, y), (px, py)) in chunks {
         for l in 0..L {
-            f(l, x[l], y[l], px[l] & py[l]);
+            f(l, x[l], y[l], DENSE || px[l] & py[l]);
         }
     }
     for k in whole..x.len() {
-        f(k - whole, x[k], y[k], px[k] & py[k]);
+        f(k - whole, x[k], y[k], DENSE || px[k] & py[k]);
     }
 }
 
@@ -839,6 +965,31 @@ mod tests {
                 prop_assert!(close(p.pearson(), r), "{a},{b}: {:?} vs {:?}", p.pearson(), r);
                 prop_assert!(close(m.pearson(), r), "merged {a},{b}: {:?} vs {:?}", m.pearson(), r);
             }
+        }
+
+        /// Long series, so that spans are cut into the merge's runs (`MERGE_LANES`) and a
+        /// run may start before, on or after a follower's point: the rows are the obvious
+        /// join's, and dense blocks' Pearson (no masks) is the two-pass one.
+        #[test]
+        fn long_merges_in_runs_equal_reference(
+            lead in proptest::collection::btree_map(-3000i64..3000, -50i32..50, 0..1500),
+            other in proptest::collection::btree_map(-3000i64..3000, -50i32..50, 0..1500),
+            tol in prop_oneof![Just(0i64), 0i64..30, Just(i64::MAX)],
+            strategy in prop_oneof![Just(Strategy::Backward), Just(Strategy::Forward), Just(Strategy::Nearest)],
+            chunk in prop_oneof![Just(usize::MAX), 50usize..2000],
+            block in prop_oneof![Just(BLOCK_ROWS), 64usize..700],
+        ) {
+            let col = |m: std::collections::BTreeMap<i64, i32>| -> (Vec<i64>, Vec<f64>) {
+                m.into_iter().map(|(t, v)| (t, f64::from(v))).unzip()
+            };
+            let series = [col(lead), col(other)];
+            let want = reference_join(&series, strategy, tol);
+            let (rows, corr) = streaming(&series, strategy, tol, chunk, block);
+            prop_assert_eq!(&rows, &want);
+            let (a, b, p) = corr.pairs().next().expect("one pair");
+            let (n, r) = reference_pearson(&want, a, b);
+            prop_assert_eq!(p.count(), n);
+            prop_assert!(close(p.pearson(), r), "{:?} vs {:?}", p.pearson(), r);
         }
 
         /// Timestamps anywhere in i64 (distances past i64::MAX, a tolerance of i64::MAX):

@@ -113,6 +113,9 @@ pub struct RawStream<'a> {
     open: Vec<OpenSegment>,
     /// Buffers of drained segments, reused.
     spare: Vec<(Vec<i64>, Vec<f64>)>,
+    /// The chunk [`PointSource::chunk`] lends.
+    chunk_ts: Vec<i64>,
+    chunk_vals: Vec<f64>,
     from: i64,
     to: i64,
     /// Points this stream and its siblings may still decode.
@@ -145,6 +148,8 @@ impl<'a> RawStream<'a> {
             exhausted: from >= to,
             open: Vec::new(),
             spare: Vec::new(),
+            chunk_ts: Vec::new(),
+            chunk_vals: Vec::new(),
             from,
             to,
             budget,
@@ -298,13 +303,30 @@ impl<'a> RawStream<'a> {
 impl super::correlate::PointSource for RawStream<'_> {
     type Error = ScanError;
 
-    fn next_chunk(
+    fn advance(&mut self) -> std::result::Result<bool, ScanError> {
+        let (mut ts, mut vals) = (
+            std::mem::take(&mut self.chunk_ts),
+            std::mem::take(&mut self.chunk_vals),
+        );
+        ts.clear();
+        vals.clear();
+        let more = self.fill_chunk(&mut ts, &mut vals);
+        (self.chunk_ts, self.chunk_vals) = (ts, vals);
+        more
+    }
+
+    fn chunk(&self) -> (&[i64], &[f64]) {
+        (&self.chunk_ts, &self.chunk_vals)
+    }
+}
+
+impl RawStream<'_> {
+    /// The next chunk into `ts` and `vals` (empty): `false` once no point is left.
+    fn fill_chunk(
         &mut self,
         ts: &mut Vec<i64>,
         vals: &mut Vec<f64>,
     ) -> std::result::Result<bool, ScanError> {
-        ts.clear();
-        vals.clear();
         loop {
             self.load_pending()?;
             let horizon = self.pending.as_ref().map_or(i64::MAX, |p| p.0);
