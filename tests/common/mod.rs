@@ -283,10 +283,22 @@ impl TestNode {
             .join(format!("node-{}.log", self.id))
     }
 
+    /// The node's log: every line that reports a panic (a backtrace can push its message
+    /// out of the tail), then the last 80 lines.
     pub fn log(&self) -> String {
         let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(80)..].join("\n")
+        let panics: Vec<&str> = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.contains("panicked at"))
+            .flat_map(|(i, _)| lines[i..(i + 2).min(lines.len())].iter().copied())
+            .collect();
+        let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+        match panics.is_empty() {
+            true => tail,
+            false => format!("panics:\n{}\n(last 80 lines:)\n{tail}", panics.join("\n")),
+        }
     }
 
     pub fn pid(&self) -> Option<u32> {

@@ -501,12 +501,14 @@ impl<'a> Walker<'a> {
             }
             (Scope::Root, "series") => {
                 let n = self.list(f, "first", DEFAULT_PAGE, 1000);
-                n + self.walk_set(children, Scope::Other, 0, path)
+                n.saturating_add(self.walk_set(children, Scope::Other, 0, path))
             }
-            (Scope::Root, "workflow") => 1 + self.walk_set(children, Scope::Workflow, 1, path),
+            (Scope::Root, "workflow") => {
+                1u64.saturating_add(self.walk_set(children, Scope::Workflow, 1, path))
+            }
             (Scope::Root, "events") | (Scope::Root, "workflowEvents") => {
                 let n = self.list(f, "limit", DEFAULT_PAGE, 10_000);
-                n + self.walk_set(children, Scope::Other, 0, path)
+                n.saturating_add(self.walk_set(children, Scope::Other, 0, path))
             }
             (Scope::Root, "telemetryStream") => {
                 let Some(series) = self.strings(f, "series") else {
@@ -523,13 +525,13 @@ impl<'a> Walker<'a> {
                         .sum(),
                     None => 0,
                 };
-                history + self.list(f, "batchSize", DEFAULT_PAGE, 100_000)
+                history.saturating_add(self.list(f, "batchSize", DEFAULT_PAGE, 100_000))
             }
             (Scope::Telemetry { known, .. }, "points") => {
                 let n = self
                     .list(f, "limit", DEFAULT_POINTS, MAX_POINTS_PAGE)
                     .min(known.raw);
-                n + n.div_ceil(RAW_POINTS_PER_UNIT)
+                n.saturating_add(n.div_ceil(RAW_POINTS_PER_UNIT))
             }
             (Scope::Telemetry { start, end, known }, "buckets") => {
                 let step = match (self.duration(f, "every"), self.uint(f, "points")) {
@@ -548,18 +550,24 @@ impl<'a> Walker<'a> {
                     .saturating_add(buckets.saturating_mul(aggs))
                     .saturating_add(inner)
             }
-            (Scope::Telemetry { start, end, known }, "summary") => {
-                read_units(start, end, end - start, known.held)
-                    + self.walk_set(children, Scope::Stats, 1, path)
-            }
+            (Scope::Telemetry { start, end, known }, "summary") => read_units(
+                start,
+                end,
+                end - start,
+                known.held,
+            )
+            .saturating_add(self.walk_set(children, Scope::Stats, 1, path)),
             (Scope::Telemetry { known, .. }, "anomalies") => {
-                known.held.div_ceil(RAW_POINTS_PER_UNIT) + 1
+                known.held.div_ceil(RAW_POINTS_PER_UNIT).saturating_add(1)
             }
-            (Scope::Telemetry { known, .. }, "m4") => {
-                known.held.div_ceil(RAW_POINTS_PER_UNIT) + 4 * self.list(f, "width", 1, 100_000)
-            }
+            (Scope::Telemetry { known, .. }, "m4") => known
+                .held
+                .div_ceil(RAW_POINTS_PER_UNIT)
+                .saturating_add(4 * self.list(f, "width", 1, 100_000)),
             (Scope::Telemetry { start, end, known }, "drift") => match self.duration(f, "window") {
-                Some(w) => read_units(start, end, w, known.held) + span_units(start, end, w),
+                Some(w) => {
+                    read_units(start, end, w, known.held).saturating_add(span_units(start, end, w))
+                }
                 None => 1,
             },
             (Scope::Telemetry { .. }, _) => 0,
@@ -571,19 +579,25 @@ impl<'a> Walker<'a> {
             (Scope::Stats, _) => 0,
             (Scope::Workflow, "history") => {
                 let n = self.list(f, "first", DEFAULT_PAGE, 10_000);
-                n + self.walk_set(children, Scope::Other, 0, path)
+                n.saturating_add(self.walk_set(children, Scope::Other, 0, path))
             }
             (Scope::Workflow, _) => self.walk_set(children, Scope::Other, 0, path),
             // Introspection: its lists (types, fields, arguments) run to about a hundred
             // items each, so what is selected inside one is multiplied as much.
-            (_, "__schema") | (_, "__type") => {
-                1 + self.walk_set(children, Scope::Introspection, INTROSPECTION_LIST, path)
-            }
-            (Scope::Introspection, _) => {
-                1 + self.walk_set(children, Scope::Introspection, INTROSPECTION_LIST, path)
-            }
+            (_, "__schema") | (_, "__type") => 1u64.saturating_add(self.walk_set(
+                children,
+                Scope::Introspection,
+                INTROSPECTION_LIST,
+                path,
+            )),
+            (Scope::Introspection, _) => 1u64.saturating_add(self.walk_set(
+                children,
+                Scope::Introspection,
+                INTROSPECTION_LIST,
+                path,
+            )),
             // Plain fields: one each, and what they select.
-            _ => 1 + self.walk_set(children, Scope::Other, 1, path),
+            _ => 1u64.saturating_add(self.walk_set(children, Scope::Other, 1, path)),
         }
     }
 }
@@ -601,13 +615,13 @@ fn span_units(start: i64, end: i64, step: i64) -> u64 {
 fn read_units(start: i64, end: i64, step: i64, points: u64) -> u64 {
     let raw = points.div_ceil(RAW_POINTS_PER_UNIT);
     let tier = if step >= HOUR_NS {
-        span_units(start, end, HOUR_NS) + 2 * 60
+        span_units(start, end, HOUR_NS).saturating_add(2 * 60)
     } else if step >= MINUTE_NS {
-        span_units(start, end, MINUTE_NS) + 2
+        span_units(start, end, MINUTE_NS).saturating_add(2)
     } else {
-        return raw + 1;
+        return raw.saturating_add(1);
     };
-    tier.min(points) + 1
+    tier.min(points).saturating_add(1)
 }
 
 #[cfg(test)]
@@ -655,6 +669,42 @@ mod tests {
             })
             .collect();
         estimate(&doc, None, &vars, &c, limits)
+    }
+
+    /// Costs multiply down nested lists and saturate at `u64::MAX`; what a field adds to a
+    /// saturated cost saturates too. A debug node panicked ("attempt to add with overflow")
+    /// on GraphiQL's introspection query, and a release node wrapped the cost round to a
+    /// small number that would have been admitted.
+    #[test]
+    fn a_saturated_cost_stays_saturated_and_is_refused() {
+        let deep = |inner: &str| {
+            let mut q = inner.to_owned();
+            for _ in 0..12 {
+                q = format!("ofType {{ name {q} }}");
+            }
+            q
+        };
+        let nested = deep("");
+        for q in [
+            format!("{{ __schema {{ types {{ fields {{ type {{ {nested} }} }} }} }} }}"),
+            format!("{{ __type(name: \"Query\") {{ fields {{ type {{ {nested} }} }} }} }}"),
+            format!("{{ a: __schema {{ types {{ {nested} }} }} b: __schema {{ types {{ {nested} }} }} }}"),
+        ] {
+            let deep_ok = Limits {
+                max_depth: 64,
+                ..LIMITS
+            };
+            let unlimited = Limits {
+                max_cost: u64::MAX,
+                ..deep_ok
+            };
+            let e = est_with(&q, &[], &unlimited).unwrap_or_else(|r| panic!("{q}: {r}"));
+            assert_eq!(e.requested, u64::MAX, "{q}");
+            match est_with(&q, &[], &deep_ok) {
+                Err(Refusal::TooCostly { cost, .. }) => assert_eq!(cost, u64::MAX, "{q}"),
+                other => panic!("{q}: {other:?}"),
+            }
+        }
     }
 
     /// A correlation reads the rows' series in the range and the others a tolerance wider
