@@ -264,7 +264,7 @@ fn fetch(db: &SmDb, tier: Tier, positions: &[u64], max_bytes: usize) -> Result<V
             };
             // The budget stops a page after the event that crosses it, and a page holds its
             // first event whatever its size: on a worker, each event decoded is bounded
-            // instead, which bounds the page to twice `INLINE_BYTES`.
+            // instead, which bounds what a page decodes to twice `INLINE_BYTES`.
             if tier == Tier::Memory && value.len() > INLINE_BYTES {
                 return Err(StorageError::TooLargeInline(value.len()));
             }
@@ -549,7 +549,8 @@ mod tests {
                 }
                 let weight: usize = full.events.iter().map(RecordedEvent::size_bytes).sum();
                 let within = full.events.len() <= INLINE_EVENTS
-                    && (full.events.len() <= 1 || weight <= INLINE_BYTES);
+                    && (full.events.len() <= 1 || weight <= INLINE_BYTES)
+                    && full.events.iter().all(|e| e.size_bytes() <= INLINE_BYTES);
                 if within && (full.next.is_none() || full.events.len() == events) {
                     proptest::prop_assert!(small.is_some(), "a small page in memory went to the pool");
                 }

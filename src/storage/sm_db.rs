@@ -221,6 +221,13 @@ impl Drop for SmDb {
     }
 }
 
+impl SmDb {
+    /// Closes this database and removes its directory, before returning.
+    fn discard(mut self) {
+        close(self.db.take(), Some(self.path.clone()));
+    }
+}
+
 /// Closes a database, then removes its directory if it was replaced.
 fn close(db: Option<DB>, remove: Option<PathBuf>) {
     drop(db);
@@ -344,7 +351,11 @@ impl SmStore {
             let entry = entry?;
             let file_name = entry.file_name().to_string_lossy().into_owned();
             if parse_db_dir(&file_name).is_some() && file_name != name {
-                std::fs::remove_dir_all(entry.path())?;
+                // A replaced database may still be going in this process (its removal is
+                // deferred to the pool, see `SmDb`'s drop); the next open sweeps again.
+                if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                    tracing::warn!(path = %entry.path().display(), error = %e, "removing a leftover state machine");
+                }
             }
         }
         let db = SmDb::open(&root.join(&name), &cache, &retention)?;
@@ -388,7 +399,8 @@ impl SmStore {
         // Not `sync`: the fresh database is not live yet, so the compaction filter's state
         // must not move to it; the owner reloads that state after the switch.
         if let Err(e) = load(&fresh).and_then(|()| fresh.flush_all()) {
-            fresh.remove_on_drop.store(true, Ordering::Release);
+            // Now, not when dropped (which may defer to the pool): a retry reuses the name.
+            fresh.discard();
             return Err(e);
         }
         write_current(&self.root, &name)?;
@@ -499,6 +511,41 @@ mod tests {
             db.db().get_cf(db.cf(CF_META).unwrap(), b"k").unwrap(),
             Some(b"new".to_vec())
         );
+    }
+
+    /// A load that fails leaves nothing behind by the time `replace_with` returns, even
+    /// inside a runtime (where a replaced database's removal is deferred to the pool): the
+    /// next install reuses the name, and a late removal would delete the live database.
+    #[test]
+    fn a_failed_load_is_removed_before_replace_with_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SmStore::open(dir.path()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let _inside = rt.enter();
+        let res = store.replace_with(|_| Err(StorageError::corrupt("test", "boom")));
+        assert!(res.is_err());
+        assert!(
+            !dir.path().join("db-000002").exists(),
+            "the failed database is still there"
+        );
+        let fresh = store
+            .replace_with(|fresh| {
+                fresh.db().put_cf(fresh.cf(CF_META)?, b"k", b"new")?;
+                Ok(())
+            })
+            .unwrap();
+        assert!(fresh.path().ends_with("db-000002"));
+        drop(fresh);
+        drop(_inside);
+        drop(rt);
+        let db = store.db();
+        assert_eq!(
+            db.db().get_cf(db.cf(CF_META).unwrap(), b"k").unwrap(),
+            Some(b"new".to_vec())
+        );
+        assert!(db.path().exists());
     }
 
     #[test]

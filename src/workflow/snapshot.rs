@@ -61,8 +61,9 @@ pub fn decode_projection_snapshot(bytes: &[u8]) -> Result<WorkflowState, Snapsho
 /// before its format (valid, though not what we write) is kept as raw JSON until the format
 /// is known, a state of another format is skipped (its JSON still checked). It reads what a
 /// derived `Deserialize` read: a map with the fields in any order, unknown ones ignored, a
-/// repeated or a missing one refused, or a sequence `[format, state]`. A key repeated
-/// inside the state is refused wherever the state stands (a `Value` would keep the last).
+/// repeated or a missing one refused, or a sequence `[format, state]`. A field of the state
+/// repeated is refused wherever the state stands (a `Value` would keep the last); inside
+/// its maps and free-form values, the last of a repeated key is kept, as before.
 struct Envelope {
     format: u32,
     /// `None` when `format` is not ours.
