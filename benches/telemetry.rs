@@ -130,6 +130,24 @@ fn bench_aggregate(c: &mut Criterion) {
             })
         });
     }
+    // 10-point buckets over 1/16 of the points: input and output stay in cache, and the
+    // closed buffer is small enough for plain stores (see `agg::STREAM_BYTES`).
+    {
+        let m = N / 16;
+        let cfg = AggConfig::time_width(10_000_000).with_expected_buckets(m / 10 + 2);
+        let mut agg = Aggregator::new(cfg).unwrap();
+        let (ts, vals) = (&ts[..m], &vals[..m]);
+        g.throughput(Throughput::Elements(m as u64));
+        g.bench_function("streaming/10pts_per_bucket_in_cache", |b| {
+            b.iter(|| {
+                agg.reset();
+                agg.push(black_box(ts), black_box(vals)).unwrap();
+                agg.flush();
+                black_box(agg.closed().len());
+            })
+        });
+        g.throughput(Throughput::Elements(N as u64));
+    }
     // Batches of 4096 points (ingest-sized pushes) instead of one column.
     let cfg = AggConfig::time_width(1_000_000_000).with_expected_buckets(N / 1000 + 2);
     g.bench_function("streaming/1000pts_per_bucket_batches_4096", |b| {

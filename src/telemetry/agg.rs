@@ -12,11 +12,14 @@
 //! # Hot path
 //! Per-point work with a division (Welford) caps out around 100-200 M
 //! points/s. Instead the aggregator sums whole bucket slices with
-//! [`crate::telemetry::moments`]'s kernels: below 16 points a corrected two-pass
-//! with four register lanes per sum, from 16 on the block kernel (blocks of 16
-//! values: vectorized sum/min/max, exact per-block mean and M2, Chan-merged
-//! across blocks). That is one pass over memory with no per-point branches or
-//! divisions.
+//! [`crate::telemetry::moments`]'s kernels: below 16 points one pass of
+//! shifted sums (sum, sum of squares, min, max of the deviations from the
+//! bucket's first value; four register lanes each), from 16 on the block
+//! kernel (blocks of 16 values: vectorized sum/min/max, exact per-block mean
+//! and M2, Chan-merged across blocks). That is one pass over memory with no
+//! per-point branches or divisions. (The one-pass M2 of a small bucket is
+//! stable because its shift is one of its values: see
+//! [`crate::telemetry::moments`]'s `short_one_pass`.)
 //!
 //! Buckets that end inside a batch (and are not extending an open bucket, with
 //! no median asked for) are closed in *runs* of up to 64, phase by phase rather
@@ -26,18 +29,25 @@
 //!    the previous one's length, which two comparisons confirm; otherwise a
 //!    galloping search. The next bucket's start is the previous end when the
 //!    next point lies within one width of it, so the i64 division
-//!    (`rem_euclid`) runs only after a gap;
-//! 2. first pass of every bucket of the run (sum of deviations from the
-//!    bucket's first value, min, max; a bucket of 16 or more points whole);
-//! 3. mean (an exact division) and M2 pass of every small bucket;
-//! 4. the run's buckets appended to the closed buffer.
+//!    (`rem_euclid`) runs only after a gap. This phase also asks the cache for
+//!    the points some 8 KiB ahead (software prefetch), so that the sums below
+//!    find them there;
+//! 2. the sums of every bucket of the run (a bucket of 16 or more points whole),
+//!    into arrays the aggregator keeps (no run clears them). On x86-64 this
+//!    phase is compiled a second time with AVX2, taken where the CPU has it: a
+//!    bucket's four lanes then fill one register. No FMA, same operations in
+//!    the same order: the same bits either way;
+//! 3. each bucket's mean (an exact division), M2 and sum, written to the closed
+//!    buffer word by word (a record assembled elsewhere and copied with wider
+//!    loads stalls on store forwarding).
 //!
-//! The per-bucket results go through plain `f64` arrays, not a struct per
-//! bucket (a struct stored field by field and copied with wider loads stalls on
-//! store forwarding). The running totals are merged from the closed buckets
-//! only when asked for. Bits are the same as summing each bucket on its own.
-//! What is left at 10 points per bucket is mostly memory traffic: each closed
-//! bucket writes a 112-byte [`BucketStats`] per 160 bytes of input read.
+//! A closed bucket is kept as an 88-byte record: a [`BucketStats`] without its
+//! shift (a bucket's shift is its first value) and its median (kept apart, and
+//! only when asked for). [`Aggregator::closed`] rebuilds each [`BucketStats`]
+//! on the way out. Once the buffer is larger than 4 MiB its records are written
+//! with non-temporal stores (no read of each line before it is written, the
+//! cache left to the input); a smaller buffer stays in cache for the caller.
+//! The running totals are merged from the closed buckets only when asked for.
 //!
 //! # Optional work
 //! * **Median** (exact): needs every value of the open bucket, so the values
@@ -58,9 +68,7 @@
 //! columns differ in length, is rejected with an error *before* any state is
 //! changed.
 
-use crate::telemetry::moments::{
-    block_stats, short_first_pass, short_second_pass, Block, Moments, LANES,
-};
+use crate::telemetry::moments::{block_stats, short_m2, short_one_pass, Moments, LANES};
 use thiserror::Error;
 
 /// How points are grouped into buckets.
@@ -181,6 +189,225 @@ pub struct Anomaly {
     pub z: f64,
 }
 
+/// One closed bucket as the aggregator keeps it: a [`BucketStats`] without the shift (a
+/// bucket's shift is its first value) and without the median (kept apart, only when asked
+/// for): 88 bytes instead of 112, all of them 8-byte words.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+struct Rec {
+    start: i64,
+    count: u64,
+    sum: f64,
+    min: f64,
+    max: f64,
+    first_ts: i64,
+    first_value: f64,
+    last_ts: i64,
+    last_value: f64,
+    mean_dev: f64,
+    m2: f64,
+}
+
+const _: () = assert!(std::mem::size_of::<Rec>() == 88 && std::mem::align_of::<Rec>() == 8);
+
+impl Rec {
+    fn of(start: i64, m: &Moments) -> Self {
+        debug_assert!(m.count() > 0 && m.shift_is_first());
+        let (first, last) = (m.first().unwrap_or_default(), m.last().unwrap_or_default());
+        Rec {
+            start,
+            count: m.count(),
+            sum: m.sum(),
+            min: m.min().unwrap_or(f64::INFINITY),
+            max: m.max().unwrap_or(f64::NEG_INFINITY),
+            first_ts: first.0,
+            first_value: first.1,
+            last_ts: last.0,
+            last_value: last.1,
+            mean_dev: m.mean_dev(),
+            m2: m.m2(),
+        }
+    }
+}
+
+/// The closed buckets: records, and their medians apart when asked for.
+#[derive(Clone, Debug, Default)]
+struct ClosedBuf {
+    recs: Vec<Rec>,
+    /// Empty unless the median is configured.
+    median: Vec<f64>,
+}
+
+/// Buffered closed buckets past which a run's records are written with non-temporal stores
+/// (x86-64 `movnti`), which skip the read of each line before it is written (that read is
+/// a third of the memory traffic at 10 points per bucket) and leave the cache to the input.
+/// A buffer this large outgrows a core's private cache anyway: its first buckets are gone
+/// from there before a reader that starts at the beginning gets to them. Below, plain
+/// stores keep a small result in cache for the caller (streaming stores measured 8% slower
+/// there).
+const STREAM_BYTES: usize = 4 << 20;
+
+impl ClosedBuf {
+    fn with_capacity(n: usize, median: bool) -> Self {
+        ClosedBuf {
+            recs: Vec::with_capacity(n),
+            median: if median {
+                Vec::with_capacity(n)
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.recs.len()
+    }
+
+    fn clear(&mut self) {
+        self.recs.clear();
+        self.median.clear();
+    }
+
+    fn push(&mut self, start: i64, m: &Moments, median: Option<f64>) {
+        self.recs.push(Rec::of(start, m));
+        if let Some(x) = median {
+            self.median.push(x);
+        }
+    }
+
+    /// Makes room for `k` more records; true if they are to be streamed (see
+    /// [`STREAM_BYTES`]).
+    #[inline(always)]
+    fn reserve(&mut self, k: usize) -> bool {
+        self.recs.reserve(k);
+        cfg!(target_arch = "x86_64") && self.recs.capacity() * size_of::<Rec>() > STREAM_BYTES
+    }
+
+    /// Appends a record given as its eleven words (the fields of [`Rec`] in order), one by one into
+    /// the buffer: a record built elsewhere and copied in wider loads would wait on store
+    /// forwarding. With `stream`, non-temporal stores; [`ClosedBuf::fence`] then orders them.
+    /// Panics if [`ClosedBuf::reserve`] left no room.
+    #[inline(always)]
+    fn put(&mut self, words: [u64; 11], stream: bool) {
+        let len = self.recs.len();
+        assert!(len < self.recs.capacity(), "reserved");
+        // SAFETY: record `len` lies inside the allocation (asserted), 8-aligned. `Rec` is
+        // `repr(C)` with eleven 8-byte fields and no padding (asserted at compile time), in
+        // the order given, and every bit pattern is a valid `u64`/`i64`/`f64`: the
+        // eleven words written make a valid record before `set_len` counts it.
+        unsafe {
+            let dst = self.recs.as_mut_ptr().add(len).cast::<u64>();
+            for (q, w) in words.into_iter().enumerate() {
+                #[cfg(target_arch = "x86_64")]
+                if stream {
+                    std::arch::x86_64::_mm_stream_si64(dst.add(q).cast(), w as i64);
+                    continue;
+                }
+                dst.add(q).write(w);
+            }
+            self.recs.set_len(len + 1);
+        }
+    }
+
+    /// After streamed [`ClosedBuf::put`]s: orders them before any later store (such as one
+    /// that hands the buffer to another thread).
+    #[inline(always)]
+    fn fence(&self, stream: bool) {
+        #[cfg(target_arch = "x86_64")]
+        if stream {
+            // SAFETY: a store fence; it touches no memory.
+            unsafe { std::arch::x86_64::_mm_sfence() };
+        }
+        let _ = stream;
+    }
+
+    /// Bucket `i` (`i < len`); `median`: whether the median is configured.
+    #[inline]
+    fn get(&self, i: usize, median: bool) -> BucketStats {
+        let r = &self.recs[i];
+        BucketStats {
+            start_ns: r.start,
+            moments: Moments::from_fields(
+                r.count,
+                r.sum,
+                r.min,
+                r.max,
+                (r.first_ts, r.first_value),
+                (r.last_ts, r.last_value),
+                r.mean_dev,
+                r.m2,
+            ),
+            median: median.then(|| self.median[i]),
+        }
+    }
+}
+
+/// The closed buckets of an [`Aggregator`], not yet drained, in time order: a view of its
+/// columns that yields [`BucketStats`] by value.
+#[derive(Clone, Copy, Debug)]
+pub struct Closed<'a> {
+    cols: &'a ClosedBuf,
+    median: bool,
+}
+
+impl<'a> Closed<'a> {
+    pub fn len(&self) -> usize {
+        self.cols.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cols.len() == 0
+    }
+
+    /// Bucket `i`, if there is one.
+    pub fn get(&self, i: usize) -> Option<BucketStats> {
+        (i < self.len()).then(|| self.cols.get(i, self.median))
+    }
+
+    /// Every bucket, in time order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = BucketStats> + DoubleEndedIterator + 'a {
+        let (cols, median) = (self.cols, self.median);
+        (0..cols.len()).map(move |i| cols.get(i, median))
+    }
+
+    pub fn to_vec(&self) -> Vec<BucketStats> {
+        self.iter().collect()
+    }
+}
+
+/// [`Aggregator::drain_closed`]'s buckets: yields them in time order and, when dropped,
+/// empties the columns (which keep their capacity), as [`Vec::drain`] does.
+pub struct Drained<'a> {
+    cols: &'a mut ClosedBuf,
+    median: bool,
+    next: usize,
+}
+
+impl Iterator for Drained<'_> {
+    type Item = BucketStats;
+
+    fn next(&mut self) -> Option<BucketStats> {
+        let i = self.next;
+        (i < self.cols.len()).then(|| {
+            self.next += 1;
+            self.cols.get(i, self.median)
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.cols.len() - self.next;
+        (left, Some(left))
+    }
+}
+
+impl ExactSizeIterator for Drained<'_> {}
+
+impl Drop for Drained<'_> {
+    fn drop(&mut self) {
+        self.cols.clear();
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct OpenBucket {
     start: i64,
@@ -236,7 +463,7 @@ impl Detector {
 #[derive(Clone, Debug)]
 pub struct Aggregator {
     cfg: AggConfig,
-    closed: Vec<BucketStats>,
+    closed: ClosedBuf,
     open: Option<OpenBucket>,
     /// Merge of the drained buckets. Those still in `closed` are merged when asked for
     /// ([`Aggregator::running`]) or drained, not one by one as they close — Chan's merge
@@ -249,6 +476,7 @@ pub struct Aggregator {
     /// Exclusive end of the last closed time bucket (start of the next).
     last_end: Option<i64>,
     detector: Option<Detector>,
+    sums: Box<Sums>,
 }
 
 /// Exact median of `v` (reordered in place); None if empty.
@@ -332,6 +560,77 @@ impl Run {
     }
 }
 
+/// Points ahead of the boundary search that it asks the cache for (8 KiB of each column:
+/// about a run of 10-point buckets ahead, so that a run's first pass finds its values in
+/// cache). The hardware prefetcher alone leaves the summing waiting on memory.
+const AHEAD: usize = 1024;
+
+/// Hints the cache to fetch point `i + AHEAD` of both columns (of equal length).
+#[inline(always)]
+fn prefetch(ts: &[i64], vals: &[f64], i: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let k = (i + AHEAD).min(ts.len().min(vals.len()).saturating_sub(1));
+        if k < ts.len().min(vals.len()) {
+            // SAFETY: `k` is inside both slices; a prefetch reads nothing into the program.
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(ts.as_ptr().add(k).cast());
+                _mm_prefetch::<_MM_HINT_T0>(vals.as_ptr().add(k).cast());
+            }
+        }
+    }
+    let _ = (ts, vals, i);
+}
+
+/// A run's sums, an array per field (see [`Aggregator::close_run`]); kept by the
+/// aggregator, so that no run clears them.
+#[derive(Clone, Debug)]
+struct Sums {
+    sum: [f64; RUN],
+    /// Sums of squared deviations (buckets below [`LANES`] points) or M2.
+    m2: [f64; RUN],
+    min: [f64; RUN],
+    max: [f64; RUN],
+    /// Means of deviations (buckets of [`LANES`] points or more).
+    mean: [f64; RUN],
+}
+
+/// The first phase of [`Aggregator::close_run`] over the buckets `cuts` delimits: each
+/// bucket's sums relative to its first value (below [`LANES`] points one pass, with `m2`
+/// holding the sum of squares). Compiled twice on x86-64,
+/// the second time with AVX2 (taken where the CPU has it): a bucket's four lanes then fill
+/// one register instead of two. No FMA, and the same operations in the same order, so the
+/// bits are the same either way.
+fn first_pass(cuts: &[usize], vals: &[f64], out: &mut Sums) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked above).
+        return unsafe { first_pass_avx2(cuts, vals, out) };
+    }
+    first_pass_body(cuts, vals, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn first_pass_avx2(cuts: &[usize], vals: &[f64], out: &mut Sums) {
+    first_pass_body(cuts, vals, out)
+}
+
+#[inline(always)]
+fn first_pass_body(cuts: &[usize], vals: &[f64], out: &mut Sums) {
+    for (b, w) in cuts.windows(2).enumerate().take(RUN) {
+        let v = &vals[w[0]..w[1]];
+        if v.len() < LANES {
+            (out.sum[b], out.m2[b], out.min[b], out.max[b]) = short_one_pass(v, v[0]);
+        } else {
+            let s = block_stats(v, v[0]);
+            (out.sum[b], out.min[b], out.max[b]) = (s.sum_dev, s.min, s.max);
+            (out.mean[b], out.m2[b]) = (s.mean_dev, s.m2);
+        }
+    }
+}
+
 /// True if some `ts[k + 1] < ts[k]`. Signed `x < y` is the sign bit of
 /// `(x - y) ^ ((x ^ y) & ((x - y) ^ x))` (Hacker's Delight 2-12), computed with wrapping
 /// subtraction: only 64-bit sub/xor/and/or, which vectorize on every x86-64 (a 64-bit
@@ -380,7 +679,7 @@ impl Aggregator {
         };
         Ok(Self {
             cfg,
-            closed: Vec::with_capacity(cfg.expected_buckets),
+            closed: ClosedBuf::with_capacity(cfg.expected_buckets, cfg.median),
             open: None,
             closed_totals: Moments::new(),
             scratch: Vec::new(),
@@ -388,6 +687,13 @@ impl Aggregator {
             last_ts: None,
             last_end: None,
             detector,
+            sums: Box::new(Sums {
+                sum: [0.0; RUN],
+                m2: [0.0; RUN],
+                min: [0.0; RUN],
+                max: [0.0; RUN],
+                mean: [0.0; RUN],
+            }),
         })
     }
 
@@ -402,16 +708,29 @@ impl Aggregator {
     }
 
     /// Buckets closed so far (not yet drained), in time order.
-    pub fn closed(&self) -> &[BucketStats] {
-        &self.closed
+    pub fn closed(&self) -> Closed<'_> {
+        Closed {
+            cols: &self.closed,
+            median: self.cfg.median,
+        }
     }
 
-    /// Removes and returns the closed buckets; the buffer keeps its capacity.
-    pub fn drain_closed(&mut self) -> std::vec::Drain<'_, BucketStats> {
-        for b in &self.closed {
-            self.closed_totals.merge(&b.moments);
+    /// Removes and returns the closed buckets; the columns keep their capacity.
+    pub fn drain_closed(&mut self) -> Drained<'_> {
+        let closed = Closed {
+            cols: &self.closed,
+            median: self.cfg.median,
+        };
+        let mut totals = self.closed_totals;
+        for b in closed.iter() {
+            totals.merge(&b.moments);
         }
-        self.closed.drain(..)
+        self.closed_totals = totals;
+        Drained {
+            cols: &mut self.closed,
+            median: self.cfg.median,
+            next: 0,
+        }
     }
 
     /// The open (last, possibly still growing) bucket's start and moments.
@@ -428,7 +747,7 @@ impl Aggregator {
     /// Chan-merged with the open one).
     pub fn running(&self) -> Moments {
         let mut m = self.closed_totals;
-        for b in &self.closed {
+        for b in self.closed().iter() {
             m.merge(&b.moments);
         }
         if let Some(o) = &self.open {
@@ -472,11 +791,7 @@ impl Aggregator {
             } else {
                 None
             };
-            self.closed.push(BucketStats {
-                start_ns: o.start,
-                moments: o.moments,
-                median,
-            });
+            self.closed.push(o.start, &o.moments, median);
         }
     }
 
@@ -539,6 +854,7 @@ impl Aggregator {
         loop {
             let mut run = Run::new(i);
             while run.len < RUN && i < n {
+                prefetch(ts, vals, i);
                 let start = self.bucket_start(ts[i], w);
                 let Some(end) = start.checked_add(w) else {
                     break;
@@ -594,43 +910,42 @@ impl Aggregator {
         if k == 0 {
             return;
         }
-        // One array per field (written as plain f64s; see `short_first_pass`). A bucket's
-        // shift is its first value (as in `Moments::from_sorted`).
-        let [mut sum, mut min, mut max, mut mean, mut m2] = [[0.0f64; RUN]; 5];
-        for (b, w) in run.cuts.windows(2).take(k).enumerate() {
-            let v = &vals[w[0]..w[1]];
-            if v.len() < LANES {
-                (sum[b], min[b], max[b]) = short_first_pass(v, v[0]);
-            } else {
-                let s = block_stats(v, v[0]);
-                (sum[b], min[b], max[b]) = (s.sum_dev, s.min, s.max);
-                (mean[b], m2[b]) = (s.mean_dev, s.m2);
-            }
-        }
-        for (b, w) in run.cuts.windows(2).take(k).enumerate() {
-            let v = &vals[w[0]..w[1]];
-            if v.len() < LANES {
-                (mean[b], m2[b]) = short_second_pass(v, v[0], sum[b]);
-            }
-        }
-        self.closed.reserve(k);
-        let cuts = run.cuts.windows(2).zip(&run.starts).take(k).enumerate();
-        self.closed.extend(cuts.map(|(b, (w, &start_ns))| {
+        // One array per field, appended to the columns at the end. A bucket's shift is its
+        // first value (as in `Moments::from_sorted`). Small buckets leave the sum of squared
+        // deviations in `m2`, and their mean and M2 are taken over the whole run at once,
+        // element-wise (the divisions vectorize).
+        let cuts = &run.cuts[..=k];
+        let sums = &mut *self.sums;
+        first_pass(cuts, vals, sums);
+        let stream = self.closed.reserve(k);
+        for (b, (w, &start)) in cuts.windows(2).zip(&run.starts).enumerate() {
             let (a, z) = (w[0], w[1] - 1);
-            let block = Block {
-                n: (w[1] - w[0]) as u64,
-                sum_dev: sum[b],
-                mean_dev: mean[b],
-                m2: m2[b],
-                min: min[b],
-                max: max[b],
+            let n = w[1] - w[0];
+            let (mean, m2) = if n < LANES {
+                short_m2(n as f64, sums.sum[b], sums.m2[b])
+            } else {
+                (sums.mean[b], sums.m2[b])
             };
-            BucketStats {
-                start_ns,
-                moments: Moments::of_block(block, vals[a], (ts[a], vals[a]), (ts[z], vals[z])),
-                median: None,
-            }
-        }));
+            // The sum of the values, from the sum of deviations (as `Moments::of_block`).
+            let sum = sums.sum[b] + n as f64 * vals[a];
+            self.closed.put(
+                [
+                    start as u64,
+                    n as u64,
+                    sum.to_bits(),
+                    sums.min[b].to_bits(),
+                    sums.max[b].to_bits(),
+                    ts[a] as u64,
+                    vals[a].to_bits(),
+                    ts[z] as u64,
+                    vals[z].to_bits(),
+                    mean.to_bits(),
+                    m2.to_bits(),
+                ],
+                stream,
+            );
+        }
+        self.closed.fence(stream);
     }
 
     /// Adds a batch of time-sorted points. On error nothing is changed.
@@ -738,6 +1053,125 @@ mod tests {
         }
     }
 
+    /// Points ~10 to a bucket of width 10, with gaps, repeats and a few long buckets (the
+    /// block kernel), in pushes of uneven size.
+    fn uneven(n: usize) -> (Vec<i64>, Vec<f64>) {
+        let mut t = -1_000_003i64;
+        let mut ts = Vec::with_capacity(n);
+        let mut vals = Vec::with_capacity(n);
+        for i in 0..n {
+            t += match i % 997 {
+                0 => 5_000,
+                1..=40 => 0,
+                _ => 1,
+            };
+            ts.push(t);
+            vals.push(1e9 + ((i * 7919) % 1013) as f64 * 0.25 - (i % 3) as f64);
+        }
+        (ts, vals)
+    }
+
+    fn closed_after(cfg: AggConfig, ts: &[i64], vals: &[f64]) -> (Aggregator, Vec<BucketStats>) {
+        let mut a = Aggregator::new(cfg).unwrap();
+        for (t, v) in ts.chunks(9_999).zip(vals.chunks(9_999)) {
+            a.push(t, v).unwrap();
+        }
+        a.flush();
+        let closed = a.closed().to_vec();
+        (a, closed)
+    }
+
+    /// A closed buffer past `STREAM_BYTES` is written with non-temporal stores: the
+    /// buckets are the same, bit for bit, as those written with plain stores.
+    #[test]
+    fn streamed_buckets_equal_plainly_stored_ones() {
+        let (ts, vals) = uneven(300_000);
+        let (plain, want) = closed_after(AggConfig::time_width(10), &ts, &vals);
+        let big = STREAM_BYTES / size_of::<Rec>() + 1;
+        let (streamed, got) = closed_after(
+            AggConfig::time_width(10).with_expected_buckets(big),
+            &ts,
+            &vals,
+        );
+        assert!(plain.closed.recs.capacity() * size_of::<Rec>() <= STREAM_BYTES);
+        assert!(streamed.closed.recs.capacity() * size_of::<Rec>() > STREAM_BYTES);
+        assert!(want.len() > 25_000, "{}", want.len());
+        assert!(want.iter().any(|b| b.moments.count() >= LANES as u64));
+        let bits = |b: &BucketStats| {
+            let m = &b.moments;
+            [
+                b.start_ns as u64,
+                m.count(),
+                m.sum().to_bits(),
+                m.min().unwrap().to_bits(),
+                m.max().unwrap().to_bits(),
+                m.first().unwrap().0 as u64,
+                m.first().unwrap().1.to_bits(),
+                m.last().unwrap().0 as u64,
+                m.last().unwrap().1.to_bits(),
+                m.mean().unwrap().to_bits(),
+                m.m2().to_bits(),
+            ]
+        };
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(bits(g), bits(w));
+            assert_eq!(g.median, None);
+        }
+        // And each is its slice summed on its own (the count, the ends, the extremes exact).
+        let mut k = 0;
+        for b in &want {
+            let n = b.moments.count() as usize;
+            let m = Moments::from_sorted(&ts[k..k + n], &vals[k..k + n]);
+            assert_eq!(
+                (m.count(), m.first(), m.last(), m.min(), m.max()),
+                (
+                    n as u64,
+                    b.moments.first(),
+                    b.moments.last(),
+                    b.moments.min(),
+                    b.moments.max()
+                )
+            );
+            let var = m.variance().unwrap();
+            assert!((b.moments.variance().unwrap() - var).abs() <= 1e-9 * var.max(1.0));
+            k += n;
+        }
+        assert_eq!(k, ts.len());
+    }
+
+    /// Drained buckets leave the buffer empty even when not all were taken, and still count
+    /// in the running totals; a median configured comes out with each bucket.
+    #[test]
+    fn drained_buckets_leave_the_buffer_empty_and_count_in_the_totals() {
+        let (ts, vals) = uneven(5_000);
+        for median in [false, true] {
+            let cfg = AggConfig::point_count(7).with_median(median);
+            let mut a = Aggregator::new(cfg).unwrap();
+            a.push(&ts[..3_000], &vals[..3_000]).unwrap();
+            let closed = a.closed().len();
+            let mut d = a.drain_closed();
+            assert_eq!(d.len(), closed);
+            let first = d.next().unwrap();
+            assert_eq!(first.median.is_some(), median);
+            assert_eq!(d.len(), closed - 1);
+            drop(d);
+            assert!(a.closed().is_empty());
+            a.push(&ts[3_000..], &vals[3_000..]).unwrap();
+            a.flush();
+            let all = Moments::from_sorted(&ts, &vals);
+            assert_eq!(a.running().count(), all.count());
+            assert_eq!(
+                (a.running().min(), a.running().max()),
+                (all.min(), all.max())
+            );
+            assert!((a.running().sum() - all.sum()).abs() <= 1e-12 * all.sum().abs());
+            let got: u64 = a.closed().iter().map(|b| b.moments.count()).sum();
+            assert_eq!(got as usize + closed * 7, ts.len());
+            assert_eq!(a.closed().get(a.closed().len()), None);
+        }
+    }
+
     #[test]
     fn time_buckets_align_to_epoch_multiples() {
         let mut a = Aggregator::new(AggConfig::time_width(10)).unwrap();
@@ -762,7 +1196,7 @@ mod tests {
         a.push(&[3, 4, 5, 6, 7], &[3.0, 4.0, 8.0, 6.0, 9.0])
             .unwrap();
         a.flush();
-        let c = a.closed();
+        let c = a.closed().to_vec();
         assert_eq!(c.len(), 3);
         assert_eq!((c[0].start_ns, c[0].median), (1, Some(3.0)));
         assert_eq!((c[1].start_ns, c[1].median), (4, Some(6.0)));

@@ -211,74 +211,55 @@ pub(crate) fn block_stats(vals: &[f64], shift: f64) -> Block {
     }
 }
 
-/// [`block_stats`] of fewer than [`LANES`] values, in two halves: this first pass
-/// `(sum of deviations, min, max)`, then [`short_second_pass`]. Four independent
-/// accumulators per sum: a bucket of ten points is otherwise two chains of ten dependent
-/// additions. Two halves so that the aggregator can run the first over a run of buckets
-/// before any second one: independent buckets then overlap in the pipeline instead of each
-/// waiting for its own division. Plain `f64`s in and out (no [`Block`] through memory: a
-/// struct stored field by field and copied in wider loads stalls on store forwarding).
-/// Corrected two-pass, like the block kernel's tail.
+/// The sums of fewer than [`LANES`] values in one pass: `(sum of deviations from shift, sum
+/// of their squares, min, max)`, each over four independent lanes. The aggregator takes
+/// M2 from them as `sq - sum² / n` ([`short_m2`]).
+///
+/// That is the textbook one-pass formula, stable here because `shift` is one of the values
+/// (the bucket's first). With `d = x - shift`, `Σd² = M2 + n (mean - x₀)²`, and a single
+/// value lies at most `√(M2 (n-1)/n)` from the mean (the others' deviations sum to minus
+/// its own), so `Σd² ≤ n M2`: the cancellation loses at most a factor `n` (< 16) of relative
+/// precision, some 2⁻⁴⁸ at worst against the corrected two-pass' 2⁻⁵². In exchange a bucket
+/// reads its values once, and no pass waits for its division.
 #[inline(always)]
-pub(crate) fn short_first_pass(vals: &[f64], shift: f64) -> (f64, f64, f64) {
+pub(crate) fn short_one_pass(vals: &[f64], shift: f64) -> (f64, f64, f64, f64) {
     debug_assert!(!vals.is_empty() && vals.len() < LANES);
-    // Lanes indexed by constants only, so that they stay in registers; the tail (fewer
-    // than 4 values) goes to the first lanes.
     let quads = vals.chunks_exact(4);
     let tail = quads.remainder();
     let mut s = [0.0; 4];
+    let mut q = [0.0; 4];
     let mut lo = [f64::INFINITY; 4];
     let mut hi = [f64::NEG_INFINITY; 4];
-    let mut add = |l: usize, x: f64, s: &mut [f64; 4]| {
-        s[l] += x - shift;
+    let mut add = |l: usize, x: f64, s: &mut [f64; 4], q: &mut [f64; 4]| {
+        let d = x - shift;
+        s[l] += d;
+        q[l] += d * d;
         lo[l] = fmin(x, lo[l]);
         hi[l] = fmax(x, hi[l]);
     };
-    for q in quads {
-        add(0, q[0], &mut s);
-        add(1, q[1], &mut s);
-        add(2, q[2], &mut s);
-        add(3, q[3], &mut s);
+    for c in quads {
+        add(0, c[0], &mut s, &mut q);
+        add(1, c[1], &mut s, &mut q);
+        add(2, c[2], &mut s, &mut q);
+        add(3, c[3], &mut s, &mut q);
     }
     for (l, &x) in tail.iter().enumerate().take(3) {
-        add(l, x, &mut s);
+        add(l, x, &mut s, &mut q);
     }
     (
         (s[0] + s[1]) + (s[2] + s[3]),
+        (q[0] + q[1]) + (q[2] + q[3]),
         fmin(fmin(lo[0], lo[1]), fmin(lo[2], lo[3])),
         fmax(fmax(hi[0], hi[1]), fmax(hi[2], hi[3])),
     )
 }
 
-/// The second half of [`short_first_pass`], given its sum of deviations:
-/// `(mean of deviations, M2)` — the mean by an exact division, the corrected two-pass M2.
+/// `(mean of deviations, M2)` of `n` values from [`short_one_pass`]'s sums: the mean by an
+/// exact division (exact whenever it is representable), M2 clamped at zero.
 #[inline(always)]
-pub(crate) fn short_second_pass(vals: &[f64], shift: f64, sum_dev: f64) -> (f64, f64) {
-    let r = vals.len() as f64;
-    let m = sum_dev / r;
-    let quads = vals.chunks_exact(4);
-    let tail = quads.remainder();
-    let (mut q2, mut e) = ([0.0; 4], [0.0; 4]);
-    let mut dev = |l: usize, x: f64| {
-        let d = (x - shift) - m;
-        q2[l] += d * d;
-        e[l] += d;
-    };
-    for q in quads {
-        dev(0, q[0]);
-        dev(1, q[1]);
-        dev(2, q[2]);
-        dev(3, q[3]);
-    }
-    for (l, &x) in tail.iter().enumerate().take(3) {
-        dev(l, x);
-    }
-    let (q, e) = (
-        (q2[0] + q2[1]) + (q2[2] + q2[3]),
-        (e[0] + e[1]) + (e[2] + e[3]),
-    );
-    // `e * e / r` as `e * e * (1 / r)`: the reciprocal does not wait for the sums.
-    (m, (q - e * e * (1.0 / r)).max(0.0))
+pub(crate) fn short_m2(n: f64, sum: f64, sq: f64) -> (f64, f64) {
+    let m = sum / n;
+    (m, (sq - sum * m).max(0.0))
 }
 
 impl Moments {
@@ -342,11 +323,11 @@ impl Moments {
         self.merge(&Self::of_block(b, shift, first, last));
     }
 
-    /// The summary of one non-empty block. The streaming aggregator builds its closed
-    /// buckets with this from [`short_first_pass`]/[`short_second_pass`] (below [`LANES`]
-    /// points) or [`block_stats`]. Rollups and queries keep [`Moments::from_sorted`], whose
-    /// rounding the stored rollups were made with (replicas on two versions must store the
-    /// same bits).
+    /// The summary of one non-empty block. The streaming aggregator's closed buckets hold
+    /// the same fields in columns, from [`short_one_pass`] (below [`LANES`] points) or
+    /// [`block_stats`]. Rollups and queries keep [`Moments::from_sorted`], whose rounding
+    /// the stored rollups were made with (replicas on two versions must store the same
+    /// bits).
     #[inline(always)]
     pub(crate) fn of_block(b: Block, shift: f64, first: (i64, f64), last: (i64, f64)) -> Self {
         Moments {
@@ -362,6 +343,46 @@ impl Moments {
             mean_dev: b.mean_dev,
             m2: b.m2,
         }
+    }
+
+    /// A summary from its fields, with the first value as the shift (as every summary built
+    /// from time-sorted points has it: see [`Moments::shift_is_first`]).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub(crate) fn from_fields(
+        count: u64,
+        sum: f64,
+        min: f64,
+        max: f64,
+        first: (i64, f64),
+        last: (i64, f64),
+        mean_dev: f64,
+        m2: f64,
+    ) -> Self {
+        Moments {
+            count,
+            sum,
+            min,
+            max,
+            first_ts: first.0,
+            first_value: first.1,
+            last_ts: last.0,
+            last_value: last.1,
+            shift: first.1,
+            mean_dev,
+            m2,
+        }
+    }
+
+    /// Mean of the deviations from the shift.
+    pub(crate) fn mean_dev(&self) -> f64 {
+        self.mean_dev
+    }
+
+    /// True when the shift is the first value, bit for bit (so that
+    /// [`Moments::from_fields`] rebuilds the summary exactly).
+    pub(crate) fn shift_is_first(&self) -> bool {
+        self.shift.to_bits() == self.first_value.to_bits()
     }
 
     /// Adds one point (Welford's update, relative to the shift).
