@@ -632,6 +632,33 @@ async fn graphiql_is_served() {
     assert!(body.to_lowercase().contains("graphiql"), "{body}");
 }
 
+/// The schema query GraphiQL sends when its page loads is answered under the default limits
+/// (it was refused on depth, so GraphiQL had no schema: no documentation, no completion),
+/// and what it costs is reported like any query's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphiql_schema_query_is_answered_under_the_default_limits() {
+    let node = NodeBuilder::dev().start();
+    node.wait_leader().await;
+    let q = include_str!("fixtures/graphiql-introspection.graphql");
+    let (status, body) = post(
+        &node,
+        None,
+        &json!({"query": q, "operationName": "IntrospectionQuery"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let schema = &data(&body)["__schema"];
+    assert_eq!(schema["queryType"]["name"], "Query", "{schema:#}");
+    let types = schema["types"].as_array().expect("types");
+    let names: Vec<&str> = types.iter().filter_map(|t| t["name"].as_str()).collect();
+    for want in ["Query", "Subscription", "__Type", "String"] {
+        assert!(names.contains(&want), "{want} not in {names:?}");
+    }
+    let cost = &body["extensions"]["cost"];
+    let requested = cost["requested"].as_u64().expect("requested");
+    assert!(requested > 10_000 && requested < 1_000_000, "{cost}");
+}
+
 /// The day from `t0` as a range argument.
 fn day(t0: i64) -> String {
     format!(

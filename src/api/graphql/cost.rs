@@ -41,9 +41,117 @@ const MAX_SERIES_PER_FIELD: usize = 64;
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_cost: u64,
+    /// Deepest selection, introspection aside.
     pub max_depth: usize,
     pub max_aliases: usize,
     pub max_fields: usize,
+    /// Deepest selection inside `__schema`/`__type` (counted from the root): GraphiQL's
+    /// schema query nests type references nine deep, 15 fields in all.
+    pub max_introspection_depth: usize,
+    /// What the introspection lists of the schema served hold at most.
+    pub introspection: IntrospectionSizes,
+}
+
+/// Introspection fields deeper than this are refused (see [`Limits`]): GraphiQL's and
+/// graphql-js' schema query reaches 15.
+pub const MAX_INTROSPECTION_DEPTH: usize = 16;
+
+/// The longest of each introspection list a schema has: what one item selected inside such a
+/// list is multiplied by. Only lists multiply (`ofType` or `type` is one object): the
+/// nine-deep type references of GraphiQL's schema query add to its cost, they do not
+/// multiply it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IntrospectionSizes {
+    /// `types`, and also `interfaces` and `possibleTypes` (they name some of the types).
+    pub types: u64,
+    /// `fields` of one type.
+    pub fields: u64,
+    /// `args` of one field or directive.
+    pub args: u64,
+    /// `inputFields` of one input type.
+    pub input_fields: u64,
+    /// `enumValues` of one enum.
+    pub enum_values: u64,
+    /// `directives`.
+    pub directives: u64,
+}
+
+impl IntrospectionSizes {
+    /// Sizes for a schema not measured: a hundred of everything.
+    pub const GENEROUS: IntrospectionSizes = IntrospectionSizes {
+        types: 100,
+        fields: 100,
+        args: 100,
+        input_fields: 100,
+        enum_values: 100,
+        directives: 100,
+    };
+
+    /// The sizes of the schema `sdl` describes (as `Schema::sdl` prints it), with the
+    /// introspection types' own (`__Type` has 11 fields, `__DirectiveLocation` 19 values)
+    /// and the built-in scalars and directives, which it leaves out. `GENEROUS` if it does
+    /// not parse.
+    pub fn of_sdl(sdl: &str) -> Self {
+        use async_graphql::parser::types::{TypeKind, TypeSystemDefinition};
+        let Ok(doc) = async_graphql::parser::parse_schema(sdl) else {
+            return Self::GENEROUS;
+        };
+        // __Schema, __Type, __TypeKind, __Field, __InputValue, __EnumValue, __Directive,
+        // __DirectiveLocation; String, Int, Float, Boolean, ID; @include, @skip,
+        // @deprecated, @specifiedBy, @oneOf.
+        let mut n = IntrospectionSizes {
+            types: 8 + 5,
+            fields: 11,
+            args: 1,
+            input_fields: 1,
+            enum_values: 19,
+            directives: 5,
+        };
+        let at_least = |a: &mut u64, b: usize| *a = (*a).max(b as u64);
+        for d in &doc.definitions {
+            match d {
+                TypeSystemDefinition::Type(t) => {
+                    n.types += 1;
+                    match &t.node.kind {
+                        TypeKind::Object(o) => {
+                            at_least(&mut n.fields, o.fields.len());
+                            for f in &o.fields {
+                                at_least(&mut n.args, f.node.arguments.len());
+                            }
+                        }
+                        TypeKind::Interface(i) => {
+                            at_least(&mut n.fields, i.fields.len());
+                            for f in &i.fields {
+                                at_least(&mut n.args, f.node.arguments.len());
+                            }
+                        }
+                        TypeKind::Enum(e) => at_least(&mut n.enum_values, e.values.len()),
+                        TypeKind::InputObject(i) => at_least(&mut n.input_fields, i.fields.len()),
+                        TypeKind::Scalar | TypeKind::Union(_) => {}
+                    }
+                }
+                TypeSystemDefinition::Directive(d) => {
+                    n.directives += 1;
+                    at_least(&mut n.args, d.node.arguments.len());
+                }
+                TypeSystemDefinition::Schema(_) => {}
+            }
+        }
+        n
+    }
+
+    /// Items of the introspection field `name` (1: not a list).
+    fn items(&self, name: &str) -> u64 {
+        match name {
+            "types" | "interfaces" | "possibleTypes" => self.types,
+            "fields" => self.fields,
+            "args" => self.args,
+            "inputFields" => self.input_fields,
+            "enumValues" => self.enum_values,
+            "directives" => self.directives,
+            _ => 1,
+        }
+    }
 }
 
 /// A series' points in a range, as the store knows them (an estimate).
@@ -57,7 +165,10 @@ pub struct Estimate {
     pub top: Option<(String, u64)>,
     pub fields: usize,
     pub aliases: usize,
+    /// Deepest selection, introspection aside.
     pub depth: usize,
+    /// Deepest selection inside `__schema`/`__type`, counted from the root.
+    pub introspection_depth: usize,
 }
 
 /// Why a request is refused before it runs.
@@ -107,7 +218,7 @@ pub fn needs(
     let mut needs = BTreeSet::new();
     for o in operations(doc, op) {
         let vars = with_defaults(o, vars);
-        let mut w = Walker::new(doc, &vars, None, max_fields);
+        let mut w = Walker::new(doc, &vars, None, max_fields, IntrospectionSizes::GENEROUS);
         w.walk_set(&o.selection_set.node, Scope::Root, 1, "");
         needs.append(&mut w.needs);
     }
@@ -126,7 +237,13 @@ pub fn estimate(
     let mut best = Estimate::default();
     for o in operations(doc, op) {
         let vars = with_defaults(o, vars);
-        let mut w = Walker::new(doc, &vars, Some(counts), limits.max_fields);
+        let mut w = Walker::new(
+            doc,
+            &vars,
+            Some(counts),
+            limits.max_fields,
+            limits.introspection,
+        );
         let cost = w.walk_set(&o.selection_set.node, Scope::Root, 1, "");
         if let Some(cycle) = w.cycle {
             return Err(Refusal::FragmentCycle(cycle));
@@ -149,7 +266,8 @@ pub fn estimate(
             top: w.top,
             fields: w.fields,
             aliases: w.aliases,
-            depth: w.max_depth,
+            depth: w.max_plain_depth,
+            introspection_depth: w.max_introspection_depth,
         };
         if e.requested >= best.requested {
             best = e;
@@ -165,6 +283,13 @@ pub fn check(e: &Estimate, limits: &Limits) -> Result<(), Refusal> {
         (got > limit).then_some(Refusal::TooLarge { what, got, limit })
     };
     if let Some(r) = large("depth", e.depth, limits.max_depth)
+        .or_else(|| {
+            large(
+                "introspection depth",
+                e.introspection_depth,
+                limits.max_introspection_depth,
+            )
+        })
         .or_else(|| large("aliases", e.aliases, limits.max_aliases))
         .or_else(|| large("fields", e.fields, limits.max_fields))
     {
@@ -232,10 +357,6 @@ enum Scope {
     Other,
 }
 
-/// Items an introspection list is costed at (the schema has about a hundred types, and no
-/// type a hundred fields).
-const INTROSPECTION_LIST: u64 = 100;
-
 struct Walker<'a> {
     doc: &'a ExecutableDocument,
     vars: &'a Variables,
@@ -245,7 +366,13 @@ struct Walker<'a> {
     fields: usize,
     aliases: usize,
     depth: usize,
-    max_depth: usize,
+    /// Deepest field outside introspection.
+    max_plain_depth: usize,
+    /// Deepest field inside introspection (from the root).
+    max_introspection_depth: usize,
+    /// Introspection fields enclosing the one being costed.
+    introspecting: usize,
+    sizes: IntrospectionSizes,
     top: Option<(String, u64)>,
     /// The cost of the fields selected inside the field being costed (to tell its own).
     inner: u64,
@@ -264,8 +391,13 @@ impl<'a> Walker<'a> {
         vars: &'a Variables,
         counts: Option<&'a Counts>,
         field_cap: usize,
+        sizes: IntrospectionSizes,
     ) -> Self {
         Walker {
+            max_plain_depth: 0,
+            max_introspection_depth: 0,
+            introspecting: 0,
+            sizes,
             field_cap,
             spreads: 0,
             doc,
@@ -275,7 +407,6 @@ impl<'a> Walker<'a> {
             fields: 0,
             aliases: 0,
             depth: 0,
-            max_depth: 0,
             top: None,
             inner: 0,
             spreading: Vec::new(),
@@ -333,7 +464,13 @@ impl<'a> Walker<'a> {
             format!("{path}.{key}")
         };
         self.depth += 1;
-        self.max_depth = self.max_depth.max(self.depth);
+        let introspection = self.introspecting > 0 || matches!(scope, Scope::Introspection);
+        let opens = matches!(f.name.node.as_str(), "__schema" | "__type");
+        if introspection || opens {
+            self.max_introspection_depth = self.max_introspection_depth.max(self.depth);
+        } else {
+            self.max_plain_depth = self.max_plain_depth.max(self.depth);
+        }
         let outer = std::mem::take(&mut self.inner);
         let cost = if self.depth > 64 {
             0
@@ -582,20 +719,18 @@ impl<'a> Walker<'a> {
                 n.saturating_add(self.walk_set(children, Scope::Other, 0, path))
             }
             (Scope::Workflow, _) => self.walk_set(children, Scope::Other, 0, path),
-            // Introspection: its lists (types, fields, arguments) run to about a hundred
-            // items each, so what is selected inside one is multiplied as much.
-            (_, "__schema") | (_, "__type") => 1u64.saturating_add(self.walk_set(
-                children,
-                Scope::Introspection,
-                INTROSPECTION_LIST,
-                path,
-            )),
-            (Scope::Introspection, _) => 1u64.saturating_add(self.walk_set(
-                children,
-                Scope::Introspection,
-                INTROSPECTION_LIST,
-                path,
-            )),
+            // Introspection: what is selected inside one of its lists (types, fields,
+            // arguments, ...) is multiplied by the longest such list the schema has.
+            (_, "__schema") | (_, "__type") => {
+                self.introspecting += 1;
+                let inner = self.walk_set(children, Scope::Introspection, 1, path);
+                self.introspecting -= 1;
+                1u64.saturating_add(inner)
+            }
+            (Scope::Introspection, name) => {
+                let items = self.sizes.items(name);
+                1u64.saturating_add(self.walk_set(children, Scope::Introspection, items, path))
+            }
             // Plain fields: one each, and what they select.
             _ => 1u64.saturating_add(self.walk_set(children, Scope::Other, 1, path)),
         }
@@ -633,6 +768,8 @@ mod tests {
         max_depth: 10,
         max_aliases: 30,
         max_fields: 300,
+        max_introspection_depth: MAX_INTROSPECTION_DEPTH,
+        introspection: IntrospectionSizes::GENEROUS,
     };
 
     /// The estimate under limits that refuse on depth, aliases and fields only.
@@ -687,11 +824,23 @@ mod tests {
         let nested = deep("");
         for q in [
             format!("{{ __schema {{ types {{ fields {{ type {{ {nested} }} }} }} }} }}"),
-            format!("{{ __type(name: \"Query\") {{ fields {{ type {{ {nested} }} }} }} }}"),
-            format!("{{ a: __schema {{ types {{ {nested} }} }} b: __schema {{ types {{ {nested} }} }} }}"),
+            format!("{{ __type(name: \"Query\") {{ fields {{ args {{ type {{ {nested} }} }} }} }} }}"),
+            format!("{{ a: __schema {{ types {{ fields {{ {nested} }} }} }} b: __schema {{ types {{ fields {{ {nested} }} }} }} }}"),
         ] {
+            // Two nested lists of 2³² items saturate the cost.
+            let n = 1 << 32;
+            let huge = IntrospectionSizes {
+                types: n,
+                fields: n,
+                args: n,
+                input_fields: n,
+                enum_values: n,
+                directives: n,
+            };
             let deep_ok = Limits {
                 max_depth: 64,
+                max_introspection_depth: 64,
+                introspection: huge,
                 ..LIMITS
             };
             let unlimited = Limits {
@@ -705,6 +854,98 @@ mod tests {
                 other => panic!("{q}: {other:?}"),
             }
         }
+    }
+
+    /// The introspection sizes of the schema this node serves.
+    fn served_sizes() -> IntrospectionSizes {
+        let schema = async_graphql::Schema::build(
+            super::super::schema::Query,
+            async_graphql::EmptyMutation,
+            super::super::schema::Subscription,
+        )
+        .finish();
+        IntrospectionSizes::of_sdl(&schema.sdl())
+    }
+
+    /// GraphiQL's schema query (its page sends it on load) is admitted under the default
+    /// limits: it was refused on depth (its type references nest 15 fields deep), and its
+    /// cost multiplied by a hundred at every `ofType` saturated.
+    #[test]
+    fn graphiql_schema_query_is_admitted_under_the_default_limits() {
+        let d = crate::config::GraphqlSettings::default();
+        let sizes = served_sizes();
+        // Measured from the schema, introspection's own types and lists included.
+        assert!(sizes.types >= 40 && sizes.types < 200, "{sizes:?}");
+        assert!(
+            sizes.fields >= 11 && sizes.args >= 1 && sizes.enum_values >= 19,
+            "{sizes:?}"
+        );
+        assert!(sizes.directives >= 5, "{sizes:?}");
+        let limits = Limits {
+            max_cost: d.max_cost,
+            max_depth: d.max_depth,
+            max_aliases: d.max_aliases,
+            max_fields: d.max_fields,
+            max_introspection_depth: MAX_INTROSPECTION_DEPTH,
+            introspection: sizes,
+        };
+        let q = include_str!("../../../tests/fixtures/graphiql-introspection.graphql");
+        let e = est_known(q, &[], &limits).unwrap_or_else(|r| panic!("{r}"));
+        assert_eq!((e.depth, e.introspection_depth), (0, 15), "{e:?}");
+        assert!(e.fields > 200 && e.fields <= d.max_fields, "{e:?}");
+        assert!(e.requested > 10_000 && e.requested < d.max_cost, "{e:?}");
+    }
+
+    /// Inside introspection only lists multiply (by the schema's longest of each), a chain
+    /// of type references adds, and nesting is bounded by its own depth limit.
+    #[test]
+    fn introspection_lists_multiply_and_type_references_add() {
+        let sizes = IntrospectionSizes {
+            types: 50,
+            fields: 14,
+            args: 8,
+            input_fields: 3,
+            enum_values: 19,
+            directives: 5,
+        };
+        let limits = Limits {
+            max_cost: 1_000_000,
+            introspection: sizes,
+            ..LIMITS
+        };
+        let cost = |q: &str| est_known(q, &[], &limits).map(|e| e.requested);
+        // __schema 1 + types (1 + 50 names).
+        assert_eq!(cost("{ __schema { types { name } } }"), Ok(52));
+        // __type 1 + fields (1 + 14 × (type 1 + ofType 1 + ofType 1 + name 1)).
+        let refs =
+            r#"{ __type(name: "Query") { fields { type { ofType { ofType { name } } } } } }"#;
+        assert_eq!(cost(refs), Ok(58));
+        // __schema 1 + directives (1 + 5 × (args 1 + 8 × name 1)).
+        assert_eq!(
+            cost("{ __schema { directives { args { name } } } }"),
+            Ok(47)
+        );
+        // Lists within lists: 50 × 14⁴ = 1,920,800 names, and more.
+        let lists = "{ __schema { types { fields { type { fields { type { fields { type { \
+                     fields { name } } } } } } } } } }";
+        match cost(lists) {
+            Err(Refusal::TooCostly { cost, .. }) => assert!(cost > 1_920_800, "{cost}"),
+            other => panic!("{other:?}"),
+        }
+        // 17 deep inside introspection: refused on its own depth limit.
+        let mut chain = "name".to_owned();
+        for _ in 0..15 {
+            chain = format!("ofType {{ {chain} }}");
+        }
+        let deep = format!(r#"{{ __type(name: "Query") {{ {chain} }} }}"#);
+        assert!(matches!(
+            est_known(&deep, &[], &limits),
+            Err(Refusal::TooLarge {
+                what: "introspection depth",
+                got: 17,
+                ..
+            })
+        ));
     }
 
     /// A correlation reads the rows' series in the range and the others a tolerance wider

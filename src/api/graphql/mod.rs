@@ -42,6 +42,8 @@ struct Gql {
     settings: Arc<GraphqlSettings>,
     /// Subscriptions across the node's sockets (`max_subscriptions_per_node`).
     subscriptions: Arc<tokio::sync::Semaphore>,
+    /// The schema's introspection lists at their longest, for the cost of introspection.
+    introspection: cost::IntrospectionSizes,
 }
 
 /// The schema, with the service its resolvers call.
@@ -49,9 +51,9 @@ pub fn schema(service: Service, settings: &GraphqlSettings) -> AetherSchema {
     // No extension: `direct` answers bucket lists without per-field resolution hooks.
     Schema::build(Query, EmptyMutation, Subscription)
         .data(service)
-        // The cost walk checks depth first (with the configured limit); this is the
-        // executor's own backstop.
-        .limit_depth(settings.max_depth + 1)
+        // The cost walk checks depth first (with the configured limit, and introspection's
+        // own); this is the executor's own backstop.
+        .limit_depth(settings.max_depth.max(cost::MAX_INTROSPECTION_DEPTH) + 1)
         .limit_recursive_depth(64)
         .finish()
 }
@@ -62,8 +64,10 @@ pub fn router(service: Service) -> Router {
     if !settings.enabled {
         return Router::new();
     }
+    let schema = schema(service.clone(), &settings);
     let state = Gql {
-        schema: schema(service.clone(), &settings),
+        introspection: cost::IntrospectionSizes::of_sdl(&schema.sdl()),
+        schema,
         service,
         settings: Arc::new(settings.clone()),
         subscriptions: Arc::new(tokio::sync::Semaphore::new(
@@ -321,6 +325,8 @@ async fn admit(gql: &Gql, caller: &Caller, requests: &mut [Request]) -> Result<V
         max_depth: s.max_depth,
         max_aliases: s.max_aliases,
         max_fields: s.max_fields,
+        max_introspection_depth: cost::MAX_INTROSPECTION_DEPTH,
+        introspection: gql.introspection,
     };
     if requests.len() > s.max_batch {
         return Err(refused(
@@ -372,6 +378,7 @@ async fn admit(gql: &Gql, caller: &Caller, requests: &mut [Request]) -> Result<V
         whole.fields += e.fields;
         whole.aliases += e.aliases;
         whole.depth = whole.depth.max(e.depth);
+        whole.introspection_depth = whole.introspection_depth.max(e.introspection_depth);
         if whole
             .top
             .as_ref()
