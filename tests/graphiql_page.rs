@@ -379,4 +379,22 @@ async fn graphiql_runs_a_query_and_shows_the_result() {
     assert_eq!(counts.get("min"), Some(&"28"), "result pane: {shown}");
     assert_eq!(counts.get("max"), Some(&"34"), "result pane: {shown}");
     assert!(!shown.contains("\"errors\""), "result pane: {shown}");
+
+    // GraphiQL fetched the schema when the page loaded (its introspection query): the
+    // documentation explorer shows the root types.
+    page.eval(
+        "document.querySelector('[aria-label=\"Show Documentation Explorer\"]').click(); true",
+    )
+    .await;
+    let docs = page
+        .wait_for(
+            "the documentation explorer",
+            "(() => { const d = document.querySelector('.graphiql-doc-explorer');
+                      const t = d ? d.innerText : '';
+                      return t.includes('Subscription') ? t : null; })()",
+            deadline,
+        )
+        .await;
+    let docs = docs.as_str().expect("explorer text");
+    assert!(docs.contains("Query"), "documentation explorer: {docs}");
 }
