@@ -208,11 +208,23 @@ struct Rec {
     m2: f64,
 }
 
-const _: () = assert!(std::mem::size_of::<Rec>() == 88 && std::mem::align_of::<Rec>() == 8);
+const _: () = {
+    use std::mem::offset_of;
+    assert!(size_of::<Rec>() == 88 && align_of::<Rec>() == 8);
+    assert!(offset_of!(Rec, start) == 0 && offset_of!(Rec, count) == 8);
+    assert!(offset_of!(Rec, sum) == 16 && offset_of!(Rec, min) == 24);
+    assert!(offset_of!(Rec, max) == 32 && offset_of!(Rec, first_ts) == 40);
+    assert!(offset_of!(Rec, first_value) == 48 && offset_of!(Rec, last_ts) == 56);
+    assert!(offset_of!(Rec, last_value) == 64 && offset_of!(Rec, mean_dev) == 72);
+    assert!(offset_of!(Rec, m2) == 80);
+};
 
 impl Rec {
     fn of(start: i64, m: &Moments) -> Self {
-        debug_assert!(m.count() > 0 && m.shift_is_first());
+        assert!(
+            m.count() > 0 && m.shift_is_first(),
+            "a bucket's shift is its first value"
+        );
         let (first, last) = (m.first().unwrap_or_default(), m.last().unwrap_or_default());
         Rec {
             start,
@@ -231,14 +243,16 @@ impl Rec {
 }
 
 /// The closed buckets: records, and their medians apart when asked for.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 struct ClosedBuf {
     recs: Vec<Rec>,
+    /// [`STREAM_BYTES`] (a test lowers or raises it).
+    stream_past: usize,
     /// Empty unless the median is configured.
     median: Vec<f64>,
 }
 
-/// Buffered closed buckets past which a run's records are written with non-temporal stores
+/// Bytes of buffered closed buckets past which a run's records are written with non-temporal stores
 /// (x86-64 `movnti`), which skip the read of each line before it is written (that read is
 /// a third of the memory traffic at 10 points per bucket) and leave the cache to the input.
 /// A buffer this large outgrows a core's private cache anyway: its first buckets are gone
@@ -251,6 +265,7 @@ impl ClosedBuf {
     fn with_capacity(n: usize, median: bool) -> Self {
         ClosedBuf {
             recs: Vec::with_capacity(n),
+            stream_past: STREAM_BYTES,
             median: if median {
                 Vec::with_capacity(n)
             } else {
@@ -280,7 +295,7 @@ impl ClosedBuf {
     #[inline(always)]
     fn reserve(&mut self, k: usize) -> bool {
         self.recs.reserve(k);
-        cfg!(target_arch = "x86_64") && self.recs.capacity() * size_of::<Rec>() > STREAM_BYTES
+        cfg!(target_arch = "x86_64") && (self.recs.len() + k) * size_of::<Rec>() > self.stream_past
     }
 
     /// Appends a record given as its eleven words (the fields of [`Rec`] in order), one by one into
@@ -343,7 +358,7 @@ impl ClosedBuf {
 }
 
 /// The closed buckets of an [`Aggregator`], not yet drained, in time order: a view of its
-/// columns that yields [`BucketStats`] by value.
+/// records that yields [`BucketStats`] by value.
 #[derive(Clone, Copy, Debug)]
 pub struct Closed<'a> {
     cols: &'a ClosedBuf,
@@ -376,9 +391,11 @@ impl<'a> Closed<'a> {
 }
 
 /// [`Aggregator::drain_closed`]'s buckets: yields them in time order and, when dropped,
-/// empties the columns (which keep their capacity), as [`Vec::drain`] does.
+/// merges them into the running totals and empties the buffer (which keeps its capacity).
+/// Forgotten (`mem::forget`), it changes nothing: the buckets stay closed, counted once.
 pub struct Drained<'a> {
     cols: &'a mut ClosedBuf,
+    totals: &'a mut Moments,
     median: bool,
     next: usize,
 }
@@ -404,6 +421,9 @@ impl ExactSizeIterator for Drained<'_> {}
 
 impl Drop for Drained<'_> {
     fn drop(&mut self) {
+        for i in 0..self.cols.len() {
+            self.totals.merge(&self.cols.get(i, self.median).moments);
+        }
         self.cols.clear();
     }
 }
@@ -715,19 +735,11 @@ impl Aggregator {
         }
     }
 
-    /// Removes and returns the closed buckets; the columns keep their capacity.
+    /// Removes and returns the closed buckets; the buffer keeps its capacity.
     pub fn drain_closed(&mut self) -> Drained<'_> {
-        let closed = Closed {
-            cols: &self.closed,
-            median: self.cfg.median,
-        };
-        let mut totals = self.closed_totals;
-        for b in closed.iter() {
-            totals.merge(&b.moments);
-        }
-        self.closed_totals = totals;
         Drained {
             cols: &mut self.closed,
+            totals: &mut self.closed_totals,
             median: self.cfg.median,
             next: 0,
         }
@@ -910,10 +922,9 @@ impl Aggregator {
         if k == 0 {
             return;
         }
-        // One array per field, appended to the columns at the end. A bucket's shift is its
-        // first value (as in `Moments::from_sorted`). Small buckets leave the sum of squared
-        // deviations in `m2`, and their mean and M2 are taken over the whole run at once,
-        // element-wise (the divisions vectorize).
+        // One array per field, the run's sums. A bucket's shift is its first value (as in
+        // `Moments::from_sorted`). Small buckets leave the sum of squared deviations in `m2`;
+        // their mean and M2 are taken as each record is written.
         let cuts = &run.cuts[..=k];
         let sums = &mut *self.sums;
         first_pass(cuts, vals, sums);
@@ -1071,8 +1082,14 @@ mod tests {
         (ts, vals)
     }
 
-    fn closed_after(cfg: AggConfig, ts: &[i64], vals: &[f64]) -> (Aggregator, Vec<BucketStats>) {
+    fn closed_after(
+        cfg: AggConfig,
+        stream_past: usize,
+        ts: &[i64],
+        vals: &[f64],
+    ) -> (Aggregator, Vec<BucketStats>) {
         let mut a = Aggregator::new(cfg).unwrap();
+        a.closed.stream_past = stream_past;
         for (t, v) in ts.chunks(9_999).zip(vals.chunks(9_999)) {
             a.push(t, v).unwrap();
         }
@@ -1086,15 +1103,13 @@ mod tests {
     #[test]
     fn streamed_buckets_equal_plainly_stored_ones() {
         let (ts, vals) = uneven(300_000);
-        let (plain, want) = closed_after(AggConfig::time_width(10), &ts, &vals);
-        let big = STREAM_BYTES / size_of::<Rec>() + 1;
-        let (streamed, got) = closed_after(
-            AggConfig::time_width(10).with_expected_buckets(big),
-            &ts,
-            &vals,
-        );
-        assert!(plain.closed.recs.capacity() * size_of::<Rec>() <= STREAM_BYTES);
-        assert!(streamed.closed.recs.capacity() * size_of::<Rec>() > STREAM_BYTES);
+        let cfg = AggConfig::time_width(10);
+        let (_, want) = closed_after(cfg, usize::MAX, &ts, &vals);
+        // Every run streamed; then streamed once past the default threshold.
+        let (_, got) = closed_after(cfg, 0, &ts, &vals);
+        let (past, got_past) = closed_after(cfg, 1 << 20, &ts, &vals);
+        assert!(past.closed.len() * size_of::<Rec>() > 2 << 20);
+        assert_eq!(got_past, want);
         assert!(want.len() > 25_000, "{}", want.len());
         assert!(want.iter().any(|b| b.moments.count() >= LANES as u64));
         let bits = |b: &BucketStats| {
@@ -1138,6 +1153,43 @@ mod tests {
             k += n;
         }
         assert_eq!(k, ts.len());
+    }
+
+    /// The one-pass M2 of a small bucket: deviations past ~1e154 overflow its sum of squares,
+    /// which gives an infinite variance (`inf - inf` was clamped to zero), and a NaN value
+    /// makes it NaN.
+    #[test]
+    fn small_buckets_whose_squares_overflow_are_not_given_zero_variance() {
+        for (vals, want_inf) in [
+            (vec![0.0, 2e154, 0.0], true),
+            (vec![1e200, -1e200, 3.0], true),
+            (vec![1.0, f64::NAN, 2.0], false),
+        ] {
+            let mut a = Aggregator::new(AggConfig::time_width(10)).unwrap();
+            a.push(&[0, 1, 10], &vals).unwrap();
+            let b = a.closed().get(0).expect("the first bucket closed in a run");
+            let var = b.moments.variance().unwrap();
+            match want_inf {
+                true => assert_eq!(var, f64::INFINITY, "{vals:?}"),
+                false => assert!(var.is_nan(), "{vals:?}: {var}"),
+            }
+        }
+    }
+
+    /// A drain forgotten (`mem::forget`) changes nothing: the buckets stay closed and count
+    /// once in the totals.
+    #[test]
+    fn a_forgotten_drain_counts_its_buckets_once() {
+        let (ts, vals) = uneven(1_000);
+        let mut a = Aggregator::new(AggConfig::point_count(7)).unwrap();
+        a.push(&ts, &vals).unwrap();
+        let closed = a.closed().len();
+        std::mem::forget(a.drain_closed());
+        assert_eq!(a.closed().len(), closed);
+        assert_eq!(a.running().count(), a.points_seen());
+        a.drain_closed().for_each(drop);
+        assert!(a.closed().is_empty());
+        assert_eq!(a.running().count(), a.points_seen());
     }
 
     /// Drained buckets leave the buffer empty even when not all were taken, and still count

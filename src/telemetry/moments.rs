@@ -213,14 +213,15 @@ pub(crate) fn block_stats(vals: &[f64], shift: f64) -> Block {
 
 /// The sums of fewer than [`LANES`] values in one pass: `(sum of deviations from shift, sum
 /// of their squares, min, max)`, each over four independent lanes. The aggregator takes
-/// M2 from them as `sq - sum² / n` ([`short_m2`]).
+/// M2 from them as `sq - sum · mean` ([`short_m2`]).
 ///
 /// That is the textbook one-pass formula, stable here because `shift` is one of the values
 /// (the bucket's first). With `d = x - shift`, `Σd² = M2 + n (mean - x₀)²`, and a single
 /// value lies at most `√(M2 (n-1)/n)` from the mean (the others' deviations sum to minus
-/// its own), so `Σd² ≤ n M2`: the cancellation loses at most a factor `n` (< 16) of relative
-/// precision, some 2⁻⁴⁸ at worst against the corrected two-pass' 2⁻⁵². In exchange a bucket
-/// reads its values once, and no pass waits for its division.
+/// its own), so `Σd² ≤ n M2`: the cancellation multiplies the rounding errors of the sums by
+/// at most about `n` (< 16), a relative error of the order of 2⁻⁴⁵ at worst (the tests ask
+/// for 1e-12, about 2⁻⁴⁰). In exchange a bucket reads its values once, and no pass waits for
+/// its division.
 #[inline(always)]
 pub(crate) fn short_one_pass(vals: &[f64], shift: f64) -> (f64, f64, f64, f64) {
     debug_assert!(!vals.is_empty() && vals.len() < LANES);
@@ -255,11 +256,23 @@ pub(crate) fn short_one_pass(vals: &[f64], shift: f64) -> (f64, f64, f64, f64) {
 }
 
 /// `(mean of deviations, M2)` of `n` values from [`short_one_pass`]'s sums: the mean by an
-/// exact division (exact whenever it is representable), M2 clamped at zero.
+/// exact division (exact whenever it is representable), M2 clamped at zero. A sum of
+/// squares that overflowed (deviations past ~1e154) gives an infinite M2, not `inf - inf`
+/// clamped to zero; a NaN value gives NaN.
 #[inline(always)]
 pub(crate) fn short_m2(n: f64, sum: f64, sq: f64) -> (f64, f64) {
     let m = sum / n;
-    (m, (sq - sum * m).max(0.0))
+    let m2 = sq - sum * m;
+    let m2 = if m2 >= 0.0 {
+        m2
+    } else if m2 < 0.0 {
+        0.0
+    } else if sq.is_nan() {
+        f64::NAN
+    } else {
+        f64::INFINITY
+    };
+    (m, m2)
 }
 
 impl Moments {
