@@ -13,7 +13,7 @@ use std::time::Instant;
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, WriteBatch, WriteOptions, DB};
 
 use super::keys::{read_u64, u64_key};
-use super::{base_cf_options, base_options, Inserts, Result, StorageError};
+use super::{base_options, Result, StorageError};
 
 const CF_LOGS: &str = "logs";
 const CF_META: &str = "meta";
@@ -52,8 +52,7 @@ impl Drop for LogDb {
 impl LogDb {
     pub fn open(path: &Path) -> Result<LogDb> {
         let opts = base_options();
-        // Log indexes only grow: every insert lands at the tail.
-        let mut logs = base_cf_options(Inserts::NearTheLast)?;
+        let mut logs = base_options();
         // Log entries are written once, read soon, and deleted by range: keep memtables
         // modest and let compaction drop purged ranges.
         logs.set_write_buffer_size(64 << 20);
@@ -240,15 +239,6 @@ fn run_syncer(db: Arc<DB>, rx: mpsc::Receiver<SyncCallback>, stats: Arc<SyncStat
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn log_entries_are_inserted_with_the_tail_hint() {
-        let dir = tempfile::tempdir().unwrap();
-        let _db = LogDb::open(dir.path()).unwrap();
-        let hint = crate::storage::tests::hint_of(dir.path(), CF_LOGS);
-        assert_eq!(hint.as_deref(), Some("rocksdb.FixedPrefix.0"));
-        assert_eq!(crate::storage::tests::hint_of(dir.path(), CF_META), None);
-    }
 
     #[test]
     fn entries_meta_truncate_purge() {

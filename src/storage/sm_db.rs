@@ -14,8 +14,7 @@ use rocksdb::{Cache, ColumnFamily, ColumnFamilyDescriptor, WriteBatch, WriteOpti
 use xxhash_rust::xxh3::Xxh3;
 
 use super::{
-    base_options, fsync_dir, point_lookup_cf_options, scan_cf_options, Inserts, Result,
-    StorageError,
+    base_options, fsync_dir, point_lookup_cf_options, scan_cf_options, Result, StorageError,
 };
 
 /// State-machine metadata: applied log id, membership, store counters, digest.
@@ -67,17 +66,6 @@ pub const SM_CFS: &[&str] = &[
 /// replicated state declares dead.
 pub const EXPIRING_CFS: &[&str] = &[CF_TM_RAW, CF_TM_ROLLUP];
 
-/// Where each column family's new keys land: at the tail for global positions, the
-/// idempotency index (event ids the server and `aetherctl` generate are time-ordered UUIDv7)
-/// and the expiry keys (commit time first); anywhere for the rest (stream names, workflow
-/// ids, series ids). See [`Inserts`].
-pub(crate) fn inserts_of(cf: &str) -> Inserts {
-    match cf {
-        CF_EVENTS | CF_DEDUPE | CF_DEDUPE_EXPIRY => Inserts::NearTheLast,
-        _ => Inserts::Anywhere,
-    }
-}
-
 /// Says whether a record (column family, key, value) has expired by retention.
 pub type DeadRule = dyn Fn(&str, &[u8], &[u8]) -> bool + Send + Sync;
 
@@ -128,14 +116,12 @@ pub struct SmDb {
 
 impl SmDb {
     fn open(path: &Path, cache: &Cache, retention: &Arc<dyn Retention>) -> Result<SmDb> {
-        let mut cfs = Vec::with_capacity(SM_CFS.len());
-        for name in SM_CFS {
-            let inserts = inserts_of(name);
+        let cfs = SM_CFS.iter().map(|name| {
             let mut opts = match *name {
                 CF_STREAMS | CF_DEDUPE | CF_META | CF_WF_STATE | CF_TM_SERIES => {
-                    point_lookup_cf_options(cache, inserts)?
+                    point_lookup_cf_options(cache)
                 }
-                _ => scan_cf_options(cache, inserts)?,
+                _ => scan_cf_options(cache),
             };
             if EXPIRING_CFS.contains(name) {
                 let retention = retention.clone();
@@ -151,8 +137,8 @@ impl SmDb {
                     },
                 );
             }
-            cfs.push(ColumnFamilyDescriptor::new(*name, opts));
-        }
+            ColumnFamilyDescriptor::new(*name, opts)
+        });
         let mut opts = base_options();
         // Writes skip the WAL (see `commit`): column families must then reach disk together,
         // or a crash could leave the applied index ahead of the data it stands for.
@@ -452,28 +438,6 @@ fn write_current(root: &Path, name: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Tail-inserting column families run with the insert hint, the others without: read
-    /// back from the OPTIONS file of the open database.
-    #[test]
-    fn column_families_inserted_at_the_tail_keep_an_insert_hint() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SmStore::open(dir.path()).unwrap();
-        let db = store.db();
-        for cf in SM_CFS {
-            let hint = crate::storage::tests::hint_of(db.path(), cf);
-            match inserts_of(cf) {
-                Inserts::NearTheLast => {
-                    assert_eq!(hint.as_deref(), Some("rocksdb.FixedPrefix.0"), "{cf}")
-                }
-                Inserts::Anywhere => assert_eq!(hint, None, "{cf}"),
-            }
-        }
-        for cf in [CF_EVENTS, CF_DEDUPE, CF_DEDUPE_EXPIRY] {
-            assert_eq!(inserts_of(cf), Inserts::NearTheLast);
-        }
-        assert_eq!(inserts_of(CF_STREAM_INDEX), Inserts::Anywhere);
-    }
 
     /// Which thread removed each replaced database.
     pub(super) static REMOVED_ON: std::sync::Mutex<Vec<(PathBuf, std::thread::ThreadId)>> =
