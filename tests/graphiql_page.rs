@@ -262,6 +262,25 @@ impl Page {
             tokio::time::sleep(POLL).await;
         }
     }
+
+    /// The rendered text of the element `selector` once it contains `word`.
+    async fn wait_for_text(
+        &mut self,
+        what: &str,
+        selector: &str,
+        word: &str,
+        deadline: Instant,
+    ) -> String {
+        let js = format!(
+            "(() => {{ const e = document.querySelector({});
+                       const t = e ? e.innerText : '';
+                       return t.includes({}) ? t : null; }})()",
+            json!(selector),
+            json!(word)
+        );
+        let text = self.wait_for(what, &js, deadline).await;
+        text.as_str().expect("the element's text").to_owned()
+    }
 }
 
 /// The file of the npm packages behind `https://unpkg.com/name@range/path`, if any.
@@ -355,15 +374,9 @@ async fn graphiql_runs_a_query_and_shows_the_result() {
 
     // The result pane: what GraphiQL shows of the response, as the page renders it.
     let shown = page
-        .wait_for(
-            "the result pane",
-            "(() => { const r = document.querySelector('.graphiql-response');
-                      const t = r ? r.innerText : '';
-                      return t.includes('count') ? t : null; })()",
-            deadline,
-        )
+        .wait_for_text("the result pane", ".graphiql-response", "count", deadline)
         .await;
-    let shown = shown.as_str().expect("result text");
+    let shown = shown.as_str();
     // innerText of CodeMirror's lines: the pretty-printed JSON GraphiQL put there.
     let counts: HashMap<&str, &str> = shown
         .lines()
@@ -387,14 +400,12 @@ async fn graphiql_runs_a_query_and_shows_the_result() {
     )
     .await;
     let docs = page
-        .wait_for(
+        .wait_for_text(
             "the documentation explorer",
-            "(() => { const d = document.querySelector('.graphiql-doc-explorer');
-                      const t = d ? d.innerText : '';
-                      return t.includes('Subscription') ? t : null; })()",
+            ".graphiql-doc-explorer",
+            "Subscription",
             deadline,
         )
         .await;
-    let docs = docs.as_str().expect("explorer text");
     assert!(docs.contains("Query"), "documentation explorer: {docs}");
 }
