@@ -5,77 +5,20 @@
 //! There is no transport for this operation yet (GraphQL's `telemetryStream` will call
 //! `Service::telemetry_subscribe`), so the tests call the service directly.
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+mod service_node;
 
-use aetherops::config::Config;
-use aetherops::node::{Consistency, Node};
-use aetherops::service::telemetry::SeriesPoints;
+use std::time::Duration;
+
+use aetherops::node::Consistency;
 use aetherops::service::telemetry_stream::{
     PointBatch, TelemetryStream, TelemetrySubscribe, STREAM_BUFFER_BATCHES,
 };
-use aetherops::service::{Caller, Service, ServiceError};
+use aetherops::service::ServiceError;
 use aetherops::telemetry::stream::{Cursor, Position, FEED_ENTRIES};
+use service_node::{caller, ingest, stamps, start, t0, value, Cluster, MS};
 
 /// A guard against a hang, not a timed assertion: every wait below is on a condition.
 const HANG: Duration = Duration::from_secs(120);
-const MS: i64 = 1_000_000;
-
-struct Cluster {
-    _dir: tempfile::TempDir,
-    _node: Arc<Node>,
-    svc: Service,
-}
-
-async fn start(max_subscriptions: usize) -> Cluster {
-    let dir = tempfile::tempdir().unwrap();
-    let config = Config {
-        data_dir: dir.path().to_path_buf(),
-        dev: true,
-        max_subscriptions,
-        ..Config::default()
-    };
-    let node = Node::open(config, "127.0.0.1:1".into(), "127.0.0.1:2".into())
-        .await
-        .unwrap();
-    let svc = Service::new(node.clone());
-    // The one-node cluster elects itself; a read barrier before that says "no leader".
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while node.current_leader() != Some(node.config().node_id) {
-        assert!(std::time::Instant::now() < deadline, "no leader");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    Cluster {
-        _dir: dir,
-        _node: node,
-        svc,
-    }
-}
-
-fn caller() -> Caller {
-    Caller::anonymous(None)
-}
-
-/// A start time the default retention (48 h raw) keeps.
-fn t0() -> i64 {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    (now.as_nanos() as i64) - 3_600_000 * MS
-}
-
-/// A value that tells writes apart: the timestamp and which write it came from.
-fn value(ts: i64, write: u32) -> f64 {
-    (ts % 1_000_000) as f64 + f64::from(write) * 1e7
-}
-
-async fn ingest(svc: &Service, series: &str, ts: &[i64], write: u32) {
-    let batch = vec![SeriesPoints {
-        series: series.into(),
-        timestamps_ns: ts.to_vec(),
-        values: ts.iter().map(|t| value(*t, write)).collect(),
-    }];
-    let prepared = svc.prepare_ingest(&caller(), batch).unwrap();
-    svc.ingest(&caller(), prepared).await.unwrap();
-}
 
 fn subscribe_req(series: &[&str], from: Option<i64>, batch: usize) -> TelemetrySubscribe {
     TelemetrySubscribe {
@@ -128,11 +71,6 @@ async fn until(rx: &mut TelemetryStream, stop: (&str, i64)) -> (Vec<Got>, Vec<(u
             return (got, cursors);
         }
     }
-}
-
-/// `n` timestamps from `start`, one every millisecond.
-fn stamps(start: i64, n: i64) -> Vec<i64> {
-    (0..n).map(|i| start + i * MS).collect()
 }
 
 /// Points as expected: history of each series in ts order, then the writes in order.

@@ -36,8 +36,12 @@ pub const MAX_STREAM_BATCH_POINTS: usize = 16_384;
 pub const STREAM_BUFFER_BATCHES: usize = 4;
 /// The longest a live point may wait for its batch to fill.
 pub const MAX_STREAM_LATENCY: Duration = Duration::from_secs(60);
-/// Segments a resumed stream reads per pass over the keys of its series.
+/// Segments a resumed stream lists per pass over the keys of its series.
 const CATCHUP_SEGMENTS: usize = 256;
+/// Points a resumed stream decodes per pass, at most (plus one segment's): 4 MiB as
+/// `(ts, value)` pairs. Without it, one pass could decode 256 full segments (16 Mi points,
+/// 256 MiB) before sending any.
+const CATCHUP_POINTS: usize = 4 * crate::telemetry::command::MAX_SEGMENT_POINTS;
 
 /// A telemetry subscription.
 #[derive(Debug, Clone)]
@@ -387,19 +391,28 @@ impl Pump {
                 None => (index, seq + 1),
             };
             let (names, lo) = (self.series.clone(), self.lo);
-            let segments = self
+            // The listed segments in order until CATCHUP_POINTS are decoded; the next pass
+            // lists again after the last one decoded.
+            let (segments, done) = self
                 .node
                 .read_telemetry(move |v, _| {
                     let known = v.series(&names)?;
                     let ids: Vec<u64> = known.iter().flatten().map(|x| x.0).collect();
-                    let mut out = Vec::new();
-                    for seg in v.segments_after(&ids, lo, start, upto, CATCHUP_SEGMENTS)? {
-                        out.push(read_segment(v, &known, &seg, lo, after_ts, (index, seq))?);
+                    let listed = v.segments_after(&ids, lo, start, upto, CATCHUP_SEGMENTS)?;
+                    let mut done = listed.len() < CATCHUP_SEGMENTS;
+                    let (mut out, mut held) = (Vec::new(), 0);
+                    for seg in listed {
+                        if held >= CATCHUP_POINTS {
+                            done = false;
+                            break;
+                        }
+                        let read = read_segment(v, &known, &seg, lo, after_ts, (index, seq))?;
+                        held += read.2.len();
+                        out.push(read);
                     }
-                    Ok(out)
+                    Ok((out, done))
                 })
                 .await?;
-            let done = segments.len() < CATCHUP_SEGMENTS;
             for (k, seg, points) in segments {
                 self.push_segment(k, &seg, points).await?;
             }
