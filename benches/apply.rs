@@ -24,6 +24,9 @@ const WINDOW_NS: i64 = 24 * 3600 * 1_000_000_000;
 enum Ids {
     RandomV4,
     TimeOrderedV7,
+    /// Time-ordered ids, and every append to a stream not written before: each append
+    /// looks its stream's head up in the store (the head cache cannot know it).
+    NewStreamsV7,
 }
 
 struct Replica {
@@ -58,13 +61,16 @@ impl Replica {
         let now = 1_700_000_000_000_000_000 + self.index as i64 * 1_000_000;
         let cmds: Vec<AppendCommand> = (0..appends)
             .map(|i| AppendCommand {
-                stream: format!("bench-{}", (self.index as usize * appends + i) % STREAMS),
+                stream: match ids {
+                    Ids::NewStreamsV7 => format!("new-{}-{i}", self.index),
+                    _ => format!("bench-{}", (self.index as usize * appends + i) % STREAMS),
+                },
                 expected: ExpectedVersion::Any,
                 events: (0..per_append)
                     .map(|_| NewEvent {
                         event_id: match ids {
                             Ids::RandomV4 => Uuid::new_v4(),
-                            Ids::TimeOrderedV7 => Uuid::now_v7(),
+                            Ids::TimeOrderedV7 | Ids::NewStreamsV7 => Uuid::now_v7(),
                         },
                         event_type: "BenchEvent".into(),
                         schema_version: 1,
@@ -97,7 +103,11 @@ fn apply(c: &mut Criterion) {
     let mut g = c.benchmark_group("apply");
     g.measurement_time(Duration::from_secs(8));
     for (appends, per_append) in [(32, 1), (32, 16)] {
-        for (name, ids) in [("v4", Ids::RandomV4), ("v7", Ids::TimeOrderedV7)] {
+        for (name, ids) in [
+            ("v4", Ids::RandomV4),
+            ("v7", Ids::TimeOrderedV7),
+            ("v7-new-streams", Ids::NewStreamsV7),
+        ] {
             g.throughput(Throughput::Elements((appends * per_append) as u64));
             let mut replica = Replica::new();
             g.bench_function(

@@ -127,14 +127,7 @@ impl<'a> Applier<'a> {
             self.heads.insert(stream.to_owned(), *h);
             return Ok(*h);
         }
-        let h = match self
-            .db
-            .db()
-            .get_pinned_cf(self.db.cf(CF_STREAMS)?, stream)?
-        {
-            Some(bytes) => Some(decode::<StreamHead>("stream head", &bytes)?.last_version),
-            None => None,
-        };
+        let h = super::read::head_in_index(self.db, rocksdb::ReadOptions::default(), stream)?;
         self.heads.insert(stream.to_owned(), h);
         Ok(h)
     }
@@ -256,11 +249,13 @@ impl<'a> Applier<'a> {
             self.dedupe.insert(e.event_id, entry);
         }
         debug_assert_eq!(last_version - first_version + 1, count);
-        wb.put(
-            CF_STREAMS,
-            cmd.stream.as_bytes(),
-            &encode("stream head", &StreamHead { last_version })?,
-        )?;
+        if self.rules_version < super::INDEXED_HEADS_RULES_VERSION {
+            wb.put(
+                CF_STREAMS,
+                cmd.stream.as_bytes(),
+                &encode("stream head", &StreamHead { last_version })?,
+            )?;
+        }
         self.heads.insert(cmd.stream.clone(), Some(last_version));
         self.state.next_global_position = next_position;
         Ok(AppendOutcome::Appended(AppendPositions {

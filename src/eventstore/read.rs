@@ -11,10 +11,8 @@ use rocksdb::{Direction, IteratorMode, ReadOptions, ReadTier};
 
 use crate::model::RecordedEvent;
 use crate::storage::keys::{read_u64, stream_index_version, stream_prefix, u64_key};
-use crate::storage::sm_db::{SmDb, CF_EVENTS, CF_STREAMS, CF_STREAM_INDEX};
+use crate::storage::sm_db::{SmDb, CF_EVENTS, CF_STREAM_INDEX};
 use crate::storage::{decode, Result, StorageError};
-
-use super::StreamHead;
 
 /// A page of events and where the next page starts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -77,15 +75,29 @@ pub fn stream_head(db: &SmDb, stream: &str) -> Result<Option<u64>> {
 }
 
 fn stream_head_in(db: &SmDb, tier: Tier, stream: &str) -> Result<Option<u64>> {
-    match db
-        .db()
-        .get_pinned_cf_opt(db.cf(CF_STREAMS)?, stream, &tier.options())?
-    {
-        Some(bytes) => Ok(Some(
-            decode::<StreamHead>("stream head", &bytes)?.last_version,
-        )),
-        None => Ok(None),
+    head_in_index(db, tier.options(), stream)
+}
+
+/// The version of the stream's last event, read as the last key of its index: every
+/// version is indexed and no index entry is ever removed. Keys between the prefix and the
+/// stream's own are other streams' whose names extend this one's past a NUL (older rules
+/// did not refuse such names): skipped, as they are not prefix + 8 bytes.
+pub(crate) fn head_in_index(db: &SmDb, mut opts: ReadOptions, stream: &str) -> Result<Option<u64>> {
+    let prefix = stream_prefix(stream);
+    let mut past = prefix.clone();
+    past.extend_from_slice(&[0xff; 9]);
+    opts.set_iterate_lower_bound(prefix.clone());
+    opts.set_iterate_upper_bound(past);
+    let mut it = db.db().raw_iterator_cf_opt(db.cf(CF_STREAM_INDEX)?, opts);
+    it.seek_to_last();
+    while let Some(key) = it.key() {
+        if let Some(version) = stream_index_version(&prefix, key) {
+            return Ok(Some(version));
+        }
+        it.prev();
     }
+    it.status()?;
+    Ok(None)
 }
 
 /// The event at a global position.
@@ -331,16 +343,45 @@ mod tests {
                 u64_key(pos),
             )
             .unwrap();
-            let head = StreamHead {
-                last_version: version,
-            };
-            d.put_cf(
-                db.cf(CF_STREAMS).unwrap(),
-                stream,
-                encode("stream head", &head).unwrap(),
-            )
-            .unwrap();
         }
+    }
+
+    /// A stream's head is the last key of its own index, also where other streams' names
+    /// extend its name past a NUL (keys of theirs sort between its prefix and its own last
+    /// key, or after it).
+    #[test]
+    fn heads_are_the_last_key_of_the_streams_own_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SmStore::open(dir.path()).unwrap();
+        let db = store.db();
+        let cf = db.cf(CF_STREAM_INDEX).unwrap();
+        let streams = [
+            ("a", 3),
+            ("a\0b", 5),
+            ("a\0", 7),
+            ("a\0\u{ff}", 2),
+            ("ab", 9),
+        ];
+        for (stream, last) in streams {
+            for v in 0..=last {
+                db.db()
+                    .put_cf(cf, stream_index_key(stream, v), u64_key(v))
+                    .unwrap();
+            }
+        }
+        for (stream, last) in streams {
+            assert_eq!(stream_head(&db, stream).unwrap(), Some(last), "{stream:?}");
+        }
+        for stream in ["", "b", "a\0c", "\u{ff}"] {
+            assert_eq!(stream_head(&db, stream).unwrap(), None, "{stream:?}");
+        }
+        // Large versions, whose keys begin with 0xff bytes.
+        let big = u64::MAX - 1;
+        db.db()
+            .put_cf(cf, stream_index_key("a", big), u64_key(1))
+            .unwrap();
+        assert_eq!(stream_head(&db, "a").unwrap(), Some(big));
+        assert_eq!(stream_head(&db, "a\0b").unwrap(), Some(5));
     }
 
     /// Pages through a stream or the log in one direction: every page within its bounds,

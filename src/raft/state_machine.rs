@@ -390,6 +390,12 @@ impl StateMachine {
                             } else {
                                 let adopted = applier.rules_version().max(*version);
                                 if adopted != applier.rules_version() {
+                                    if applier.rules_version()
+                                        < crate::eventstore::INDEXED_HEADS_RULES_VERSION
+                                        && adopted >= crate::eventstore::INDEXED_HEADS_RULES_VERSION
+                                    {
+                                        crate::eventstore::drop_head_records(&mut wb)?;
+                                    }
                                     wb.put(
                                         CF_META,
                                         RULES_KEY,
@@ -1052,6 +1058,57 @@ mod tests {
         let all = crate::limits::load_all(&sm.store().db()).unwrap();
         assert_eq!(all.len(), 1);
         assert_eq!(Command::SetLimit(all[0].clone()), policy("a", 6));
+    }
+
+    /// The stream head records in the state machine, by stream.
+    fn head_records(sm: &StateMachine) -> Vec<String> {
+        let db = sm.store().db();
+        let cf = db.cf(crate::storage::sm_db::CF_STREAMS).unwrap();
+        db.db()
+            .iterator_cf(cf, rocksdb::IteratorMode::Start)
+            .map(|kv| String::from_utf8(kv.unwrap().0.to_vec()).unwrap())
+            .collect()
+    }
+
+    /// Rules 4: an append writes no head record (the head is the last key of the stream's
+    /// index). Before them, entries write the records as older code did (the digest of a
+    /// replayed log must not change); the entry adopting them removes those records; and
+    /// streams written before go on from their last version, after a restart too (an empty
+    /// head cache), read from the index.
+    #[tokio::test]
+    async fn rules_4_keep_no_head_records_and_streams_go_on_from_their_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        let out = apply(&mut sm, entry(1, vec![append("s", 2), append("t", 1)])).await;
+        assert_eq!((appended(&out[0]).0, appended(&out[1]).0), (1, 0));
+        assert_eq!(head_records(&sm), ["s", "t"], "rules 1 write head records");
+        let out = apply(&mut sm, entry(2, vec![adopt(60), append("s", 1)])).await;
+        assert_eq!(
+            out[0],
+            CommandOutcome::RulesAdopted {
+                version: APPLY_RULES_VERSION
+            }
+        );
+        assert_eq!(appended(&out[1]).0, 2);
+        assert!(head_records(&sm).is_empty(), "{:?}", head_records(&sm));
+        drop(sm);
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        let out = apply(
+            &mut sm,
+            entry(3, vec![append("t", 1), append("s", 2), append("u", 1)]),
+        )
+        .await;
+        let versions: Vec<u64> = out.iter().map(|o| appended(o).0).collect();
+        assert_eq!(versions, [1, 4, 0]);
+        assert!(head_records(&sm).is_empty());
+        let db = sm.store().db();
+        for (stream, head) in [("s", Some(4)), ("t", Some(1)), ("u", Some(0)), ("v", None)] {
+            assert_eq!(
+                crate::eventstore::read::stream_head(&db, stream).unwrap(),
+                head,
+                "{stream}"
+            );
+        }
     }
 
     async fn build(sm: &mut StateMachine) -> SnapshotMeta {

@@ -286,6 +286,13 @@ impl<'a> SmWriteBatch<'a> {
         Ok(())
     }
 
+    /// Deletes the keys of `cf` in `from..to` (one range tombstone).
+    pub fn delete_range(&mut self, cf: &'static str, from: &[u8], to: &[u8]) -> Result<()> {
+        self.fold(b'R', cf, from, to);
+        self.batch.delete_range_cf(self.db.cf(cf)?, from, to);
+        Ok(())
+    }
+
     /// Folds bytes that describe a change without being a data write (e.g. a membership).
     pub fn fold_bytes(&mut self, bytes: &[u8]) {
         self.fold(b'F', "", bytes, &[]);
