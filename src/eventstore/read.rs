@@ -10,7 +10,9 @@
 use rocksdb::{Direction, IteratorMode, ReadOptions, ReadTier};
 
 use crate::model::RecordedEvent;
-use crate::storage::keys::{read_u64, stream_index_version, stream_prefix, u64_key};
+use crate::storage::keys::{
+    read_u64, stream_index_key, stream_index_version, stream_prefix, u64_key,
+};
 use crate::storage::sm_db::{SmDb, CF_EVENTS, CF_STREAM_INDEX};
 use crate::storage::{decode, Result, StorageError};
 
@@ -79,16 +81,26 @@ fn stream_head_in(db: &SmDb, tier: Tier, stream: &str) -> Result<Option<u64>> {
 }
 
 /// The version of the stream's last event, read as the last key of its index: every
-/// version is indexed and no index entry is ever removed. Keys between the prefix and the
-/// stream's own are other streams' whose names extend this one's past a NUL (older rules
-/// did not refuse such names): skipped, as they are not prefix + 8 bytes.
+/// version is indexed and no index entry is ever removed. A stream without a version 0 has
+/// none: that point lookup, answered by the index's bloom filters, is all a new stream
+/// costs (a seek finds no filter to skip what it need not read). Keys between the prefix
+/// and the stream's own are other streams' whose names extend this one's past a NUL (older
+/// rules did not refuse such names): skipped, as they are not prefix + 8 bytes.
 pub(crate) fn head_in_index(db: &SmDb, mut opts: ReadOptions, stream: &str) -> Result<Option<u64>> {
+    let cf = db.cf(CF_STREAM_INDEX)?;
+    if db
+        .db()
+        .get_pinned_cf_opt(cf, stream_index_key(stream, 0), &opts)?
+        .is_none()
+    {
+        return Ok(None);
+    }
     let prefix = stream_prefix(stream);
     let mut past = prefix.clone();
     past.extend_from_slice(&[0xff; 9]);
     opts.set_iterate_lower_bound(prefix.clone());
     opts.set_iterate_upper_bound(past);
-    let mut it = db.db().raw_iterator_cf_opt(db.cf(CF_STREAM_INDEX)?, opts);
+    let mut it = db.db().raw_iterator_cf_opt(cf, opts);
     it.seek_to_last();
     while let Some(key) = it.key() {
         if let Some(version) = stream_index_version(&prefix, key) {

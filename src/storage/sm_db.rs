@@ -14,7 +14,8 @@ use rocksdb::{Cache, ColumnFamily, ColumnFamilyDescriptor, WriteBatch, WriteOpti
 use xxhash_rust::xxh3::Xxh3;
 
 use super::{
-    base_options, fsync_dir, point_lookup_cf_options, scan_cf_options, Result, StorageError,
+    base_options, fsync_dir, point_lookup_cf_options, scan_and_probe_cf_options, scan_cf_options,
+    Result, StorageError,
 };
 
 /// State-machine metadata: applied log id, membership, store counters, digest.
@@ -121,6 +122,7 @@ impl SmDb {
                 CF_STREAMS | CF_DEDUPE | CF_META | CF_WF_STATE | CF_TM_SERIES => {
                     point_lookup_cf_options(cache)
                 }
+                CF_STREAM_INDEX => scan_and_probe_cf_options(cache),
                 _ => scan_cf_options(cache),
             };
             if EXPIRING_CFS.contains(name) {
