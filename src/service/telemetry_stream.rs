@@ -40,7 +40,7 @@ pub const MAX_STREAM_LATENCY: Duration = Duration::from_secs(60);
 const CATCHUP_SEGMENTS: usize = 256;
 /// Points a resumed stream decodes per pass, at most (plus one segment's): 4 MiB as
 /// `(ts, value)` pairs. Without it, one pass could decode 256 full segments (16 Mi points,
-/// 256 MiB) before sending any.
+/// 256 MiB) before sending any. The passes share one listing.
 const CATCHUP_POINTS: usize = 4 * crate::telemetry::command::MAX_SEGMENT_POINTS;
 
 /// A telemetry subscription.
@@ -370,8 +370,13 @@ impl Pump {
         Ok(())
     }
 
-    /// The writes after the current position up to `upto`, read from the store.
+    /// The writes after the current position up to `upto`, read from the store: segments
+    /// listed [`CATCHUP_SEGMENTS`] at a time (a key scan of the series), each list decoded in
+    /// order, [`CATCHUP_POINTS`] at a time.
     async fn catch_up(&mut self, upto: u64) -> Result<(), Stop> {
+        // Listed, in write order, and not decoded yet; whether the last listing was the end.
+        let mut listed: Vec<SegmentRef> = Vec::new();
+        let mut listed_to_end = false;
         loop {
             let Position::Live {
                 index,
@@ -381,45 +386,55 @@ impl Pump {
             else {
                 unreachable!("catch-up follows the history");
             };
-            if index >= upto && after_ts.is_none() && seq == u32::MAX {
-                return Ok(());
+            if listed.is_empty() {
+                if index >= upto && after_ts.is_none() && seq == u32::MAX {
+                    return Ok(());
+                }
+                if listed_to_end {
+                    // Every write of these series up to `upto` is delivered.
+                    self.pos = all_of(upto);
+                    return Ok(());
+                }
+                // The current segment again if it was cut short, else the next one.
+                let start = match after_ts {
+                    Some(_) => (index, seq),
+                    None if seq == u32::MAX => (index + 1, 0),
+                    None => (index, seq + 1),
+                };
+                let (names, lo) = (self.series.clone(), self.lo);
+                listed = self
+                    .node
+                    .read_telemetry(move |v, _| {
+                        let ids: Vec<u64> =
+                            v.series(&names)?.iter().flatten().map(|x| x.0).collect();
+                        Ok(v.segments_after(&ids, lo, start, upto, CATCHUP_SEGMENTS)?)
+                    })
+                    .await?;
+                listed_to_end = listed.len() < CATCHUP_SEGMENTS;
+                continue;
             }
-            // The current segment again if it was cut short, else the next one.
-            let start = match after_ts {
-                Some(_) => (index, seq),
-                None if seq == u32::MAX => (index + 1, 0),
-                None => (index, seq + 1),
-            };
-            let (names, lo) = (self.series.clone(), self.lo);
-            // The listed segments in order until CATCHUP_POINTS are decoded; the next pass
-            // lists again after the last one decoded.
-            let (segments, done) = self
+            // Segments are never rewritten: those listed read the same from a later view (or
+            // nothing, once retention dropped them).
+            let (names, lo, pending) = (self.series.clone(), self.lo, listed.clone());
+            let segments = self
                 .node
                 .read_telemetry(move |v, _| {
                     let known = v.series(&names)?;
-                    let ids: Vec<u64> = known.iter().flatten().map(|x| x.0).collect();
-                    let listed = v.segments_after(&ids, lo, start, upto, CATCHUP_SEGMENTS)?;
-                    let mut done = listed.len() < CATCHUP_SEGMENTS;
                     let (mut out, mut held) = (Vec::new(), 0);
-                    for seg in listed {
+                    for seg in &pending {
                         if held >= CATCHUP_POINTS {
-                            done = false;
                             break;
                         }
-                        let read = read_segment(v, &known, &seg, lo, after_ts, (index, seq))?;
+                        let read = read_segment(v, &known, seg, lo, after_ts, (index, seq))?;
                         held += read.2.len();
                         out.push(read);
                     }
-                    Ok((out, done))
+                    Ok(out)
                 })
                 .await?;
+            listed.drain(..segments.len());
             for (k, seg, points) in segments {
                 self.push_segment(k, &seg, points).await?;
-            }
-            if done {
-                // Every write of these series up to `upto` is delivered.
-                self.pos = all_of(upto);
-                return Ok(());
             }
         }
     }
