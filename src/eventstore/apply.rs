@@ -33,8 +33,9 @@ const HEAD_CACHE_CAPACITY: usize = 100_000;
 /// The last version of streams recently read or written, as committed to the state machine.
 /// Spares every append the lookup of its stream's head: once a search among all the versions
 /// of the head record still in the memtable, which perf showed costing more than the rest of
-/// the append's index work; from rules 4 a seek to the last key of the stream's index. Owned by the state machine; only committed heads go in
-/// ([`HeadCache::commit`]), and a new database (snapshot install) gets a new, empty cache.
+/// the append's index work; from rules 4 a seek to the last key of the stream's index.
+/// Owned by the state machine; only committed heads go in ([`HeadCache::commit`]), and a new
+/// database (snapshot install) gets a new, empty cache.
 #[derive(Default)]
 pub struct HeadCache {
     heads: HashMap<String, Option<u64>>,

@@ -79,11 +79,15 @@ pub(crate) fn point_lookup_cf_options(cache: &rocksdb::Cache) -> rocksdb::Option
     block.set_bloom_filter(10.0, false);
     block.set_cache_index_and_filter_blocks(true);
     opts.set_block_based_table_factory(&block);
-    // Most lookups here miss (a new event id, a new stream): a memtable bloom filter
-    // answers those without walking the skiplist.
+    memtable_bloom_filter(&mut opts);
+    opts
+}
+
+/// Most lookups in a family with bloom filters miss (a new event id, a new stream): a
+/// memtable bloom filter answers those without walking the skiplist.
+fn memtable_bloom_filter(opts: &mut rocksdb::Options) {
     opts.set_memtable_whole_key_filtering(true);
     opts.set_memtable_prefix_bloom_ratio(0.1);
-    opts
 }
 
 /// Column family options for CFs mostly read by range scans.
@@ -124,8 +128,7 @@ fn scan_options(cache: &rocksdb::Cache, probed: bool) -> rocksdb::Options {
     block.set_block_size(32 << 10);
     if probed {
         partitioned_bloom_filters(&mut block);
-        opts.set_memtable_whole_key_filtering(true);
-        opts.set_memtable_prefix_bloom_ratio(0.1);
+        memtable_bloom_filter(&mut opts);
     }
     opts.set_block_based_table_factory(&block);
     opts
