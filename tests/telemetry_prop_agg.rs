@@ -1,7 +1,9 @@
 //! Streaming aggregator == multi-pass reference, for arbitrary inputs,
 //! arbitrary push() batch splits and adversarial large-offset data.
 
-use aetherops::telemetry::agg::{AggConfig, Aggregator, AnomalyConfig, BucketStats, Bucketing};
+use aetherops::telemetry::agg::{
+    AggConfig, AggError, Aggregator, AnomalyConfig, BucketStats, Bucketing,
+};
 use aetherops::telemetry::moments::Moments;
 use aetherops::telemetry::reference::{reference_aggregate, RefBucket, RefOutput};
 use proptest::prelude::*;
@@ -361,4 +363,84 @@ fn runs_at_the_ends_of_i64() {
     a.flush();
     assert!(a.closed().is_empty());
     assert!(a.running().is_empty());
+}
+
+/// Everything a caller can see of an aggregator: closed buckets, the open one, points seen,
+/// running totals and anomalies.
+type Observed = (
+    Vec<BucketStats>,
+    Option<(i64, Moments)>,
+    u64,
+    Moments,
+    Vec<aetherops::telemetry::agg::Anomaly>,
+);
+
+fn observed(a: &Aggregator) -> Observed {
+    (
+        a.closed().to_vec(),
+        a.open_bucket().map(|(s, m)| (s, *m)),
+        a.points_seen(),
+        a.running(),
+        a.anomalies().to_vec(),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// A batch with one timestamp out of order anywhere (at its start, inside the bucket
+    /// left open by the push before, or after runs of buckets that close inside it) is
+    /// refused with the error naming the first such point, and changes nothing: the same
+    /// buckets, open bucket, counts and anomalies, and the same results once the valid
+    /// batch is pushed instead.
+    #[test]
+    fn a_batch_out_of_order_anywhere_changes_nothing(
+        (ts, vals) in regular_input(),
+        cfg in prop_oneof![
+            config(),
+            prop_oneof![
+                (1i64..40).prop_map(Bucketing::TimeWidth),
+                (1u64..40).prop_map(Bucketing::PointCount)
+            ]
+            .prop_map(|bucketing| AggConfig { bucketing, median: false, anomaly: None, expected_buckets: 0 }),
+        ],
+        split in any::<usize>(),
+        at in any::<usize>(),
+        back in prop_oneof![1i64..3, 1i64..1000, Just(i64::MAX)],
+    ) {
+        let p = split % ts.len();
+        let mut a = Aggregator::new(cfg).unwrap();
+        a.push(&ts[..p], &vals[..p]).unwrap();
+        let (ok_ts, ok_vals) = (&ts[p..], &vals[p..]);
+        let mut bad = ok_ts.to_vec();
+        // The point `k` goes below the one before it (the last pushed one for `k == 0`).
+        let k = at % bad.len();
+        let before = if k == 0 { ts[..p].last().copied() } else { Some(bad[k - 1]) };
+        prop_assume!(before.is_some_and(|b| b > i64::MIN));
+        let b = before.unwrap();
+        bad[k] = b.saturating_sub(back).min(b - 1);
+        let want_index = (1..bad.len()).find(|&i| bad[i] < bad[i - 1]);
+        let was = observed(&a);
+        let err = a.push(&bad, ok_vals).unwrap_err();
+        match (k, err) {
+            (0, AggError::OutOfOrder { index, previous, ts: t }) => {
+                prop_assert_eq!((index, previous, t), (0, b, bad[0]));
+            }
+            (_, AggError::OutOfOrder { index, previous, ts: t }) => {
+                let i = want_index.unwrap();
+                prop_assert_eq!((index, previous, t), (i, bad[i - 1], bad[i]));
+            }
+            (_, e) => prop_assert!(false, "unexpected error {e}"),
+        }
+        prop_assert_eq!(observed(&a), was);
+        // The valid batch then gives what it gives to an aggregator that never saw the bad one.
+        let mut fresh = Aggregator::new(cfg).unwrap();
+        fresh.push(&ts[..p], &vals[..p]).unwrap();
+        a.push(ok_ts, ok_vals).unwrap();
+        fresh.push(ok_ts, ok_vals).unwrap();
+        prop_assert_eq!(observed(&a), observed(&fresh));
+        a.flush();
+        fresh.flush();
+        prop_assert_eq!(observed(&a), observed(&fresh));
+    }
 }

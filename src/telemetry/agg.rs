@@ -25,14 +25,16 @@
 //! no median asked for) are closed in *runs* of up to 64, phase by phase rather
 //! than bucket by bucket, so that the fixed costs of small buckets overlap
 //! instead of chaining:
-//! 1. boundaries: each bucket's end index. On regular data the next bucket has
+//! 1. boundaries: each bucket's end index (the run's length and last end kept
+//!    in registers, not stored and reloaded per bucket). On regular data the next bucket has
 //!    the previous one's length, which two comparisons confirm; otherwise a
 //!    galloping search. The next bucket's start is the previous end when the
 //!    next point lies within one width of it, so the i64 division
 //!    (`rem_euclid`) runs only after a gap. This phase also asks the cache for
 //!    the points some 8 KiB ahead (software prefetch), so that the sums below
 //!    find them there;
-//! 2. the sums of every bucket of the run (a bucket of 16 or more points whole),
+//! 2. the order of the run's timestamps (AVX2 64-bit compares where the CPU has
+//!    them), then the sums of every bucket of the run (a bucket of 16 or more points whole),
 //!    into arrays the aggregator keeps (no run clears them). On x86-64 this
 //!    phase is compiled a second time with AVX2, taken where the CPU has it: a
 //!    bucket's four lanes then fill one register. No FMA, same operations in
@@ -65,8 +67,14 @@
 //! # Errors
 //! Timestamps must be non-decreasing within and across pushes; the storage
 //! layer sorts before aggregating. A push that violates this, or whose
-//! columns differ in length, is rejected with an error *before* any state is
-//! changed.
+//! columns differ in length, is rejected with an error and changes nothing.
+//! Lengths and the first timestamp are checked before any work. With neither
+//! median nor anomalies, the batch's order is checked a stretch at a time just
+//! before the stretch is used (a run's timestamps are in cache then, where a
+//! pass of its own over the batch read them from memory once more, 12% of the
+//! time at 10 points per bucket), and a stretch out of order puts back what the
+//! push had changed: the closed buckets appended, the open bucket and the end
+//! of the last closed bucket. Otherwise the whole batch is checked first.
 
 use crate::telemetry::moments::{block_stats, short_m2, short_one_pass, Moments, LANES};
 use thiserror::Error;
@@ -281,6 +289,12 @@ impl ClosedBuf {
     fn clear(&mut self) {
         self.recs.clear();
         self.median.clear();
+    }
+
+    /// Keeps the first `len` buckets.
+    fn truncate(&mut self, len: usize) {
+        self.recs.truncate(len);
+        self.median.truncate(len);
     }
 
     fn push(&mut self, start: i64, m: &Moments, median: Option<f64>) {
@@ -572,12 +586,6 @@ impl Run {
             len: 0,
         }
     }
-
-    fn add(&mut self, start: i64, end: usize) {
-        self.starts[self.len] = start;
-        self.len += 1;
-        self.cuts[self.len] = end;
-    }
 }
 
 /// Points ahead of the boundary search that it asks the cache for (8 KiB of each column:
@@ -661,6 +669,87 @@ fn any_descending(ts: &[i64]) -> bool {
         acc | (d ^ ((x ^ y) & (d ^ x)))
     });
     acc < 0
+}
+
+/// Start of the time bucket of width `w` of `t`, which lies at or after `last_end`, the end
+/// of the last closed bucket.
+#[inline(always)]
+fn bucket_start(last_end: Option<i64>, t: i64, w: i64) -> i64 {
+    match last_end {
+        // Dense data: the next bucket usually directly follows the last one; skip the
+        // i64 division. `t - e` is taken in u64, where it is exact for `t >= e` (in
+        // i64 it overflows when the two lie far apart on either side of zero).
+        Some(e) if t >= e && (t as u64).wrapping_sub(e as u64) < w as u64 => e,
+        // Exact for every timestamp at or after the batch's first (checked to have a
+        // start); one out of order may wrap before the check refuses it.
+        _ => t.wrapping_sub(t.rem_euclid(w)),
+    }
+}
+
+/// The error for the first `ts[k + 1] < ts[k]`, if there is one.
+fn order_error(ts: &[i64]) -> Option<AggError> {
+    if !any_descending(ts) {
+        return None;
+    }
+    let k = ts.windows(2).position(|w| w[1] < w[0])?;
+    Some(AggError::OutOfOrder {
+        index: k + 1,
+        previous: ts[k],
+        ts: ts[k + 1],
+    })
+}
+
+/// How much of a batch is known to be in order: `ts[..upto]`. [`Aggregator::push`] checks
+/// each stretch just before it changes anything with it (a run's timestamps are then in
+/// cache: the boundary search asked for them), instead of in a pass of its own ahead of
+/// the work; a stretch out of order undoes the push (see [`Undo`]).
+struct Sorted {
+    upto: usize,
+}
+
+impl Sorted {
+    /// Whether `ts[..end]` is in order, checking what was not checked yet.
+    #[inline(always)]
+    fn through(&mut self, ts: &[i64], end: usize) -> bool {
+        if end <= self.upto {
+            return true;
+        }
+        // `upto >= 1`: the pair across the last checked point is checked too.
+        if any_descending_fast(&ts[self.upto - 1..end]) {
+            return false;
+        }
+        self.upto = end;
+        true
+    }
+}
+
+/// What a push that checks its order as it goes may have changed before it finds a point
+/// out of order, to be put back: the closed buckets (only appended to), the end of the last
+/// closed bucket and the open bucket.
+struct Undo {
+    closed: usize,
+    last_end: Option<i64>,
+    open: Option<OpenBucket>,
+}
+
+/// [`any_descending`], with AVX2's 64-bit compares where the CPU has them.
+#[inline]
+fn any_descending_fast(ts: &[i64]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked above).
+        return unsafe { any_descending_avx2(ts) };
+    }
+    any_descending(ts)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn any_descending_avx2(ts: &[i64]) -> bool {
+    ts.iter()
+        .skip(1)
+        .zip(ts)
+        .fold(false, |acc, (&x, &y)| acc | (x < y))
 }
 
 /// True if some `ts[k + 1] <= ts[k]`: [`any_descending`]'s test, or the two equal (`v == 0`
@@ -807,7 +896,19 @@ impl Aggregator {
         }
     }
 
+    /// Checks a batch whole before anything is changed: the detector and the median path
+    /// take it this way.
     fn validate(&self, ts: &[i64], vals: &[f64]) -> Result<(), AggError> {
+        self.validate_edges(ts, vals)?;
+        match order_error(ts) {
+            Some(e) => Err(e),
+            None => self.validate_range(ts),
+        }
+    }
+
+    /// What [`Aggregator::push`] checks before it changes anything when the batch's order
+    /// is checked as it goes: lengths, and the first timestamp against the last one seen.
+    fn validate_edges(&self, ts: &[i64], vals: &[f64]) -> Result<(), AggError> {
         if ts.len() != vals.len() {
             return Err(AggError::LengthMismatch {
                 timestamps: ts.len(),
@@ -823,21 +924,15 @@ impl Aggregator {
                 });
             }
         }
-        // Locate only on failure.
-        if any_descending(ts) {
-            let k = ts.windows(2).position(|w| w[1] < w[0]).unwrap_or(0);
-            return Err(AggError::OutOfOrder {
-                index: k + 1,
-                previous: ts[k],
-                ts: ts[k + 1],
-            });
-        }
-        if let Bucketing::TimeWidth(w) = self.cfg.bucketing {
-            // Only the first timestamp can produce the lowest bucket start.
-            if let Some(&t0) = ts.first() {
-                if t0.checked_sub(t0.rem_euclid(w)).is_none() {
-                    return Err(AggError::TimestampOutOfRange(t0));
-                }
+        Ok(())
+    }
+
+    /// The first timestamp's bucket start is representable. In a sorted batch only the
+    /// first timestamp can produce the lowest start.
+    fn validate_range(&self, ts: &[i64]) -> Result<(), AggError> {
+        if let (Bucketing::TimeWidth(w), Some(&t0)) = (self.cfg.bucketing, ts.first()) {
+            if t0.checked_sub(t0.rem_euclid(w)).is_none() {
+                return Err(AggError::TimestampOutOfRange(t0));
             }
         }
         Ok(())
@@ -846,28 +941,33 @@ impl Aggregator {
     /// Start of the time bucket of `t` (which lies at or after the last closed bucket).
     #[inline(always)]
     fn bucket_start(&self, t: i64, w: i64) -> i64 {
-        match self.last_end {
-            // Dense data: the next bucket usually directly follows the last one; skip the
-            // i64 division. `t - e` is taken in u64, where it is exact for `t >= e` (in
-            // i64 it overflows when the two lie far apart on either side of zero).
-            Some(e) if t >= e && (t as u64).wrapping_sub(e as u64) < w as u64 => e,
-            _ => t - t.rem_euclid(w),
-        }
+        bucket_start(self.last_end, t, w)
     }
 
     /// Closes every time bucket of width `w` that ends inside `ts`, from index `i` on (no
     /// bucket is open), [`RUN`] buckets at a time; returns the index of the first point
-    /// left (in the bucket that reaches the end of `ts`, or `ts.len()`).
-    fn close_time_buckets(&mut self, w: i64, ts: &[i64], vals: &[f64], mut i: usize) -> usize {
+    /// left (in the bucket that reaches the end of `ts`, or `ts.len()`); None if a run's
+    /// points are out of order (nothing of that run is closed).
+    fn close_time_buckets(
+        &mut self,
+        w: i64,
+        (ts, vals): (&[i64], &[f64]),
+        mut i: usize,
+        sorted: &mut Sorted,
+    ) -> Option<usize> {
         let n = ts.len();
         // Length of the last bucket: on regular data the next one ends at the same offset,
         // and two comparisons confirm it without a search.
         let mut guess = 1;
         loop {
             let mut run = Run::new(i);
-            while run.len < RUN && i < n {
+            // The run's length and the last bucket's end stay in registers until the run
+            // is cut: kept in the run or in `self`, each bucket stored and reloaded them, a
+            // chain through memory from one bucket to the next.
+            let (mut len, mut last_end) = (0, self.last_end);
+            while len < RUN && i < n {
                 prefetch(ts, vals, i);
-                let start = self.bucket_start(ts[i], w);
+                let start = bucket_start(last_end, ts[i], w);
                 let Some(end) = start.checked_add(w) else {
                     break;
                 };
@@ -880,34 +980,48 @@ impl Aggregator {
                 if j == n {
                     break;
                 }
-                run.add(start, j);
+                run.starts[len] = start;
+                len += 1;
+                run.cuts[len] = j;
                 guess = j - i;
                 i = j;
-                self.last_end = Some(end);
+                last_end = Some(end);
             }
+            run.len = len;
+            self.last_end = last_end;
             let full = run.len == RUN;
-            self.close_run(&run, ts, vals);
+            self.close_run(&run, ts, vals, sorted)?;
             if !full {
-                return i;
+                return Some(i);
             }
         }
     }
 
     /// [`Aggregator::close_time_buckets`] for buckets of `cap` points: closes every bucket
     /// that has more points after it in `ts`.
-    fn close_count_buckets(&mut self, cap: u64, ts: &[i64], vals: &[f64], mut i: usize) -> usize {
+    fn close_count_buckets(
+        &mut self,
+        cap: u64,
+        (ts, vals): (&[i64], &[f64]),
+        mut i: usize,
+        sorted: &mut Sorted,
+    ) -> Option<usize> {
         let n = ts.len();
         loop {
             let mut run = Run::new(i);
-            while run.len < RUN && (n - i) as u64 > cap {
+            let mut len = 0;
+            while len < RUN && (n - i) as u64 > cap {
                 let j = i + cap as usize;
-                run.add(ts[i], j);
+                run.starts[len] = ts[i];
+                len += 1;
+                run.cuts[len] = j;
                 i = j;
             }
+            run.len = len;
             let full = run.len == RUN;
-            self.close_run(&run, ts, vals);
+            self.close_run(&run, ts, vals, sorted)?;
             if !full {
-                return i;
+                return Some(i);
             }
         }
     }
@@ -916,11 +1030,21 @@ impl Aggregator {
     /// rather than bucket by bucket: first pass (sum, min, max; large buckets whole) of
     /// every bucket, then the mean and M2 pass of every small bucket, then the output. A
     /// bucket's passes form one dependency chain through its division; in a phase, the
-    /// chains of consecutive buckets are independent and overlap in the pipeline.
-    fn close_run(&mut self, run: &Run, ts: &[i64], vals: &[f64]) {
+    /// chains of consecutive buckets are independent and overlap in the pipeline. None,
+    /// and nothing closed, if the run's points are out of order.
+    fn close_run(
+        &mut self,
+        run: &Run,
+        ts: &[i64],
+        vals: &[f64],
+        sorted: &mut Sorted,
+    ) -> Option<()> {
         let k = run.len;
         if k == 0 {
-            return;
+            return Some(());
+        }
+        if !sorted.through(ts, run.cuts[k]) {
+            return None;
         }
         // One array per field, the run's sums. A bucket's shift is its first value (as in
         // `Moments::from_sorted`). Small buckets leave the sum of squared deviations in `m2`;
@@ -957,15 +1081,59 @@ impl Aggregator {
             );
         }
         self.closed.fence(stream);
+        Some(())
     }
 
     /// Adds a batch of time-sorted points. On error nothing is changed.
+    ///
+    /// Without a median or anomaly detection, the order of the batch is checked as it is
+    /// worked through (see [`Sorted`]), and a point out of order puts back what the push
+    /// changed before it; otherwise the batch is checked whole first.
     pub fn push(&mut self, ts: &[i64], vals: &[f64]) -> Result<(), AggError> {
-        self.validate(ts, vals)?;
+        let whole = self.detector.is_some() || self.cfg.median;
+        if whole {
+            self.validate(ts, vals)?;
+        } else {
+            self.validate_edges(ts, vals)?;
+            if self.validate_range(ts).is_err() {
+                // A point out of order is reported first, as when the batch is checked whole.
+                return self.validate(ts, vals);
+            }
+        }
         let n = ts.len();
         if n == 0 {
             return Ok(());
         }
+        let undo = Undo {
+            closed: self.closed.len(),
+            last_end: self.last_end,
+            open: self.open,
+        };
+        let mut sorted = Sorted {
+            upto: if whole { n } else { 1 },
+        };
+        if self.push_checked(ts, vals, &mut sorted).is_none() {
+            self.closed.truncate(undo.closed);
+            self.last_end = undo.last_end;
+            self.open = undo.open;
+            // The check that failed and `order_error` test the same pairs, so it finds one;
+            // the fallback only keeps this free of panics.
+            let at = ts[sorted.upto - 1];
+            return Err(order_error(ts).unwrap_or(AggError::OutOfOrder {
+                index: sorted.upto,
+                previous: at,
+                ts: at,
+            }));
+        }
+        self.points += n as u64;
+        self.last_ts = Some(ts[n - 1]);
+        Ok(())
+    }
+
+    /// [`Aggregator::push`]'s work on a batch whose edges are checked and whose order is
+    /// known up to `sorted`; None, part done, at a stretch out of order.
+    fn push_checked(&mut self, ts: &[i64], vals: &[f64], sorted: &mut Sorted) -> Option<()> {
+        let n = ts.len();
         if let Some(d) = &mut self.detector {
             d.run(self.points, ts, vals);
         }
@@ -975,8 +1143,10 @@ impl Aggregator {
                 // Every bucket that ends inside this batch is closed here, a run at a time;
                 // what is left (the bucket that reaches the batch's end) opens below.
                 i = match self.cfg.bucketing {
-                    Bucketing::TimeWidth(w) => self.close_time_buckets(w, ts, vals, i),
-                    Bucketing::PointCount(cap) => self.close_count_buckets(cap, ts, vals, i),
+                    Bucketing::TimeWidth(w) => self.close_time_buckets(w, (ts, vals), i, sorted)?,
+                    Bucketing::PointCount(cap) => {
+                        self.close_count_buckets(cap, (ts, vals), i, sorted)?
+                    }
                 };
                 if i == n {
                     break;
@@ -1013,6 +1183,9 @@ impl Aggregator {
                 }
             };
             if j > i {
+                if !sorted.through(ts, j) {
+                    return None;
+                }
                 let o = self.open.as_mut().expect("opened above");
                 o.moments.extend_sorted(&ts[i..j], &vals[i..j]);
                 if self.cfg.median {
@@ -1030,9 +1203,7 @@ impl Aggregator {
             }
             i = j;
         }
-        self.points += n as u64;
-        self.last_ts = Some(ts[n - 1]);
-        Ok(())
+        Some(())
     }
 }
 
