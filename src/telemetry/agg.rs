@@ -700,9 +700,9 @@ fn order_error(ts: &[i64]) -> Option<AggError> {
 }
 
 /// How much of a batch is known to be in order: `ts[..upto]`. [`Aggregator::push`] checks
-/// each stretch just before it changes anything with it (a run's timestamps are then in
-/// cache: the boundary search asked for them), instead of in a pass of its own ahead of
-/// the work; a stretch out of order undoes the push (see [`Undo`]).
+/// each stretch just before it sums or closes anything with it (a run's timestamps are then
+/// in cache: the boundary search asked for them), instead of in a pass of its own ahead of
+/// the work; a stretch out of order puts back what the push changed before (see [`Undo`]).
 struct Sorted {
     upto: usize,
 }
@@ -938,7 +938,8 @@ impl Aggregator {
         Ok(())
     }
 
-    /// Start of the time bucket of `t` (which lies at or after the last closed bucket).
+    /// Start of the time bucket of `t` (which lies at or after the last closed bucket, unless
+    /// out of order: see [`bucket_start`]).
     #[inline(always)]
     fn bucket_start(&self, t: i64, w: i64) -> i64 {
         bucket_start(self.last_end, t, w)
@@ -1084,7 +1085,8 @@ impl Aggregator {
         Some(())
     }
 
-    /// Adds a batch of time-sorted points. On error nothing is changed.
+    /// Adds a batch of time-sorted points. On error nothing is changed that a caller can
+    /// see (a refused batch may leave the closed buffer's capacity grown).
     ///
     /// Without a median or anomaly detection, the order of the batch is checked as it is
     /// worked through (see [`Sorted`]), and a point out of order puts back what the push
@@ -1116,13 +1118,16 @@ impl Aggregator {
             self.closed.truncate(undo.closed);
             self.last_end = undo.last_end;
             self.open = undo.open;
-            // The check that failed and `order_error` test the same pairs, so it finds one;
-            // the fallback only keeps this free of panics.
-            let at = ts[sorted.upto - 1];
-            return Err(order_error(ts).unwrap_or(AggError::OutOfOrder {
+            // The check that failed and `order_error` test the same pairs, so it finds one.
+            let found = order_error(ts);
+            debug_assert!(
+                found.is_some(),
+                "a failed order check has a pair out of order"
+            );
+            return Err(found.unwrap_or(AggError::OutOfOrder {
                 index: sorted.upto,
-                previous: at,
-                ts: at,
+                previous: ts[sorted.upto - 1],
+                ts: ts[sorted.upto - 1],
             }));
         }
         self.points += n as u64;
@@ -1155,8 +1160,9 @@ impl Aggregator {
             let j = match self.cfg.bucketing {
                 Bucketing::TimeWidth(w) => {
                     if self.open.is_none() {
-                        // Cannot underflow: validated on the batch's first (smallest)
-                        // timestamp; larger ones align higher.
+                        // Exact for points at or after the batch's first (checked to have a
+                        // start); one out of order may wrap, and the order check then
+                        // refuses the push before the bucket is kept.
                         let start = self.bucket_start(ts[i], w);
                         self.open = Some(OpenBucket {
                             start,
@@ -1228,6 +1234,7 @@ mod tests {
             ),
         ) {
             proptest::prop_assert_eq!(any_descending(&ts), ts.windows(2).any(|w| w[1] < w[0]));
+            proptest::prop_assert_eq!(any_descending_fast(&ts), any_descending(&ts));
             proptest::prop_assert_eq!(
                 any_not_increasing(&ts),
                 ts.windows(2).any(|w| w[1] <= w[0])
@@ -1267,6 +1274,53 @@ mod tests {
         a.flush();
         let closed = a.closed().to_vec();
         (a, closed)
+    }
+
+    /// A batch refused for a point out of order late in it, after runs closed with
+    /// non-temporal stores, leaves the buckets as they were; the valid batch then gives
+    /// the buckets it gives without the refused one.
+    #[test]
+    fn a_refused_batch_after_streamed_runs_changes_nothing() {
+        let (ts, vals) = uneven(100_000);
+        let cfg = AggConfig::time_width(10);
+        let mut a = Aggregator::new(cfg).unwrap();
+        a.closed.stream_past = 0;
+        a.push(&ts[..40_000], &vals[..40_000]).unwrap();
+        assert!(a.closed().len() > 3_000);
+        let before = a.closed().to_vec();
+        let open = a.open_bucket().map(|(s, m)| (s, *m));
+        for (k, t) in [
+            (99_000, ts[98_999] - 1),
+            (59_000, i64::MIN),
+            (50_000, i64::MAX),
+        ] {
+            let mut bad = ts[40_000..].to_vec();
+            let at = k - 40_000;
+            bad[at] = t;
+            let err = a.push(&bad, &vals[40_000..]).unwrap_err();
+            let first = (1..bad.len()).find(|&i| bad[i] < bad[i - 1]).unwrap();
+            assert_eq!(
+                err,
+                AggError::OutOfOrder {
+                    index: first,
+                    previous: bad[first - 1],
+                    ts: bad[first]
+                }
+            );
+            assert_eq!(a.closed().to_vec(), before);
+            assert_eq!(a.open_bucket().map(|(s, m)| (s, *m)), open);
+            assert_eq!(a.points_seen(), 40_000);
+        }
+        let mut fresh = Aggregator::new(cfg).unwrap();
+        fresh.closed.stream_past = 0;
+        for b in [&mut a, &mut fresh] {
+            if b.points_seen() == 0 {
+                b.push(&ts[..40_000], &vals[..40_000]).unwrap();
+            }
+            b.push(&ts[40_000..], &vals[40_000..]).unwrap();
+            b.flush();
+        }
+        assert_eq!(a.closed().to_vec(), fresh.closed().to_vec());
     }
 
     /// A closed buffer past `STREAM_BYTES` is written with non-temporal stores: the
