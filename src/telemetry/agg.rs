@@ -938,13 +938,6 @@ impl Aggregator {
         Ok(())
     }
 
-    /// Start of the time bucket of `t` (which lies at or after the last closed bucket, unless
-    /// out of order: see [`bucket_start`]).
-    #[inline(always)]
-    fn bucket_start(&self, t: i64, w: i64) -> i64 {
-        bucket_start(self.last_end, t, w)
-    }
-
     /// Closes every time bucket of width `w` that ends inside `ts`, from index `i` on (no
     /// bucket is open), [`RUN`] buckets at a time; returns the index of the first point
     /// left (in the bucket that reaches the end of `ts`, or `ts.len()`); None if a run's
@@ -1163,7 +1156,7 @@ impl Aggregator {
                         // Exact for points at or after the batch's first (checked to have a
                         // start); one out of order may wrap, and the order check then
                         // refuses the push before the bucket is kept.
-                        let start = self.bucket_start(ts[i], w);
+                        let start = bucket_start(self.last_end, ts[i], w);
                         self.open = Some(OpenBucket {
                             start,
                             end: start.checked_add(w),
