@@ -952,6 +952,61 @@ async fn bench_read_times_reads_of_a_small_stream_answered_from_memory() {
     assert_eq!(reads_in_memory(&node).await - before, 80);
 }
 
+/// `bench health` sends health checks in a closed loop (the unary-call floor): exactly
+/// `--count` of them after each client's warm-up, none failed; behind `[auth]` with health
+/// not left open (`open_health = false`) a check without a token fails — counted as an
+/// error, never as a check — and one with a token passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_health_counts_its_checks_and_counts_refusals_as_errors() {
+    const COUNT: u64 = 60;
+    let keys = tempfile::tempdir().unwrap();
+    let toml = auth_toml(keys.path(), &["k"]).replace(
+        "[auth]\nenabled = true\n",
+        "[auth]\nenabled = true\nopen_health = false\n",
+    );
+    assert!(toml.contains("open_health = false"), "{toml}");
+    let node = NodeBuilder::dev().config(&toml).start();
+    wait_leading(&node).await;
+    let bench = |token: Option<&str>| {
+        let mut args = vec![];
+        if let Some(t) = token {
+            args.extend(["--token", t]);
+        }
+        let count = COUNT.to_string();
+        args.extend([
+            "--output",
+            "json",
+            "bench",
+            "health",
+            "--concurrency",
+            "4",
+            "--connections",
+            "2",
+            "--warmup",
+            "1",
+            "--count",
+            &count,
+            "--duration-secs",
+            "300",
+        ]);
+        let out = node.ctl(&args);
+        json_lines(&ok(&out)).remove(0)
+    };
+    let token = mint(keys.path(), "k", "ci-reader", &["--role", "reader"]);
+    let report = bench(Some(&token));
+    println!("{report}");
+    assert_eq!(report["bench"], "health", "{report}");
+    assert_eq!(report["checks"], COUNT, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert!(report["checks_per_sec"].as_f64().unwrap() > 0.0, "{report}");
+
+    let report = bench(None);
+    assert_eq!(report["checks"], 0, "{report}");
+    assert_eq!(report["errors"], COUNT, "{report}");
+    let first = report["first_error"].as_str().unwrap_or_default();
+    assert!(first.contains("Unauthenticated"), "{report}");
+}
+
 /// Output into a pipe nobody reads (`aetherctl … | head -1` after `head` exits) ends the
 /// command the way it ends `cat`: quietly, by SIGPIPE, not with a panic and a backtrace on
 /// stderr. (SIGPIPE stays ignored until then: a write to a socket the peer closed must fail

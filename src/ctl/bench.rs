@@ -17,6 +17,9 @@ use super::output::{Output, Printer};
 use super::{events, parse_expected, CallKind, Conn, ConsistencyArg};
 use crate::proto::aetherops::v1 as pb;
 use crate::proto::aetherops::v1::event_store_client::EventStoreClient;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCmd {
@@ -35,6 +38,16 @@ pub enum BenchCmd {
     /// Puts new keys into an etcd cluster (v3 gRPC API) the way `append` appends, to compare
     /// the two on one machine (`scripts/bench-vs-etcd`).
     Etcd(super::etcd::EtcdBench),
+    /// gRPC health checks (`grpc.health.v1.Health/Check`, no work behind them) from the
+    /// load of `append`: the floor of a unary call through this client and the servers on
+    /// this machine. etcd serves the same service, so `--addr` may name etcd's members.
+    Health(HealthBench),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct HealthBench {
+    #[command(flatten)]
+    pub load: LoadArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -125,6 +138,7 @@ pub async fn run(addrs: &str, cmd: BenchCmd, printer: &Printer) -> anyhow::Resul
         BenchCmd::Ingest(b) => super::telemetry::bench_ingest(addrs, b, printer).await,
         BenchCmd::Query(b) => super::telemetry::bench_query(addrs, b, printer).await,
         BenchCmd::Etcd(b) => super::etcd::bench(b, printer).await,
+        BenchCmd::Health(b) => health(addrs, b, printer).await,
     }
 }
 
@@ -132,6 +146,31 @@ pub async fn run(addrs: &str, cmd: BenchCmd, printer: &Printer) -> anyhow::Resul
 fn payload(size: usize) -> bytes::Bytes {
     let fill = size.saturating_sub(8).max(1);
     format!("{{\"d\":\"{}\"}}", "x".repeat(fill)).into()
+}
+
+/// `connections` lazy channels to each of `addrs`, and where client `i` goes among them:
+/// clients are spread over the addresses first, then over each one's connections.
+pub(super) struct Spread {
+    pub channels: Vec<Vec<tonic::transport::Channel>>,
+}
+
+impl Spread {
+    pub fn lazy(addrs: &[String], connections: usize) -> anyhow::Result<Spread> {
+        let timeout = Duration::from_secs(30);
+        let mut channels = Vec::with_capacity(addrs.len());
+        for a in addrs {
+            let ep = super::endpoint(a, timeout)?;
+            channels.push((0..connections).map(|_| ep.connect_lazy()).collect());
+        }
+        Ok(Spread { channels })
+    }
+
+    /// Client `i`'s address (its index) and channel.
+    pub fn of(&self, i: usize) -> (usize, tonic::transport::Channel) {
+        let home = i % self.channels.len();
+        let conns = &self.channels[home];
+        (home, conns[(i / self.channels.len()) % conns.len()].clone())
+    }
 }
 
 /// How long a bench client waits when every node's breaker is open (a breaker lets a probe
@@ -198,6 +237,22 @@ impl LoadResult {
             "p999": ms(0.999),
             "max": self.hist.max() as f64 / 1000.0,
         })
+    }
+
+    /// The text report's lines for a load of one kind of request (`unit`: "puts",
+    /// "checks"): how many in how long, the rate, the latency line and the first error.
+    pub fn print_requests(&self, unit: &str) {
+        outln!(
+            "  {} {unit} in {:.2}s: {:.0} {unit}/s, {} errors",
+            self.done(),
+            self.elapsed_secs,
+            self.per_sec(),
+            self.errors
+        );
+        self.print_latency();
+        if let Some(e) = &self.first_error {
+            outln!("  first error: {e}");
+        }
     }
 
     /// The text report's latency line.
@@ -390,6 +445,68 @@ impl LoadClient for AppendClient {
             }
         }
     }
+}
+
+/// One `bench health` client: checks its server's health, on its connection there.
+struct HealthCheckClient {
+    client: HealthClient<Conn>,
+    addr: String,
+}
+
+impl LoadClient for HealthCheckClient {
+    fn call(&mut self) -> impl std::future::Future<Output = Outcome> + Send {
+        let mut client = self.client.clone();
+        let addr = self.addr.clone();
+        async move {
+            match client.check(HealthCheckRequest::default()).await {
+                Ok(r) if r.get_ref().status == ServingStatus::Serving as i32 => Outcome::Done,
+                Ok(r) => Outcome::Failed(format!("{addr}: status {}", r.get_ref().status)),
+                Err(s) => Outcome::Failed(super::status_err_at(&addr)(s).to_string()),
+            }
+        }
+    }
+}
+
+async fn health(addrs: &str, b: HealthBench, printer: &Printer) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        b.load.concurrency > 0 && b.load.connections > 0,
+        "counts must be > 0"
+    );
+    let nodes = super::failover::parse_addrs(addrs)?;
+    let spread = Spread::lazy(&nodes, b.load.connections)?;
+    let clients = (0..b.load.concurrency)
+        .map(|i| {
+            let (home, ch) = spread.of(i);
+            HealthCheckClient {
+                client: HealthClient::new(super::authed(ch)),
+                addr: nodes[home].clone(),
+            }
+        })
+        .collect();
+    let r = drive(clients, b.load.plan("checks"), printer).await?;
+    let report = json!({
+        "bench": "health",
+        "nodes": nodes,
+        "concurrency": b.load.concurrency,
+        "elapsed_secs": r.elapsed_secs,
+        "checks": r.done(),
+        "errors": r.errors,
+        "first_error": r.first_error,
+        "checks_per_sec": r.per_sec(),
+        "latency_ms": r.latency_json(),
+    });
+    match printer.format {
+        Output::Json => printer.json(&report),
+        Output::Text => {
+            outln!(
+                "health bench: {} clients x 1 health check against {}",
+                b.load.concurrency,
+                nodes.join(",")
+            );
+            r.print_requests("checks");
+        }
+    }
+    Ok(())
 }
 
 async fn append(addrs: &str, b: AppendBench, printer: &Printer) -> anyhow::Result<()> {

@@ -7,12 +7,11 @@
 //! sent to a follower is forwarded to the leader by etcd itself, as for any etcd client.
 
 use super::output::outln;
-use std::time::Duration;
 
 use clap::Args;
 use serde_json::json;
 
-use super::bench::{drive, LoadClient, Outcome};
+use super::bench::{drive, LoadClient, Outcome, Spread};
 use super::output::{Output, Printer};
 use crate::proto::etcdserverpb::kv_client::KvClient;
 use crate::proto::etcdserverpb::PutRequest;
@@ -73,25 +72,15 @@ pub async fn bench(b: EtcdBench, printer: &Printer) -> anyhow::Result<()> {
         "--value-size is at most {MAX_VALUE_BYTES} bytes"
     );
     let members = super::failover::parse_addrs(&b.endpoints)?;
-    let timeout = Duration::from_secs(30);
-    // `connections` lazy channels per member: the same HTTP/2 fan-out as `bench append`.
-    let mut channels = Vec::with_capacity(members.len());
-    for m in &members {
-        let ep = super::endpoint(m, timeout)?;
-        channels.push(
-            (0..b.load.connections)
-                .map(|_| ep.connect_lazy())
-                .collect::<Vec<_>>(),
-        );
-    }
+    // The same HTTP/2 fan-out as `bench append`.
+    let spread = Spread::lazy(&members, b.load.connections)?;
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let value = bytes::Bytes::from(vec![b'x'; b.value_size]);
     let clients = (0..b.load.concurrency)
         .map(|i| {
-            // Spread clients over members first, then over connections, as `bench append`.
-            let (home, conn) = (i % members.len(), (i / members.len()) % b.load.connections);
+            let (home, ch) = spread.of(i);
             PutClient {
-                kv: KvClient::new(channels[home][conn].clone()),
+                kv: KvClient::new(ch),
                 addr: members[home].clone(),
                 prefix: format!("aetherctl-bench/{run_id}/{i}"),
                 next: 0,
@@ -122,15 +111,7 @@ pub async fn bench(b: EtcdBench, printer: &Printer) -> anyhow::Result<()> {
                 b.value_size,
                 members.join(",")
             );
-            outln!(
-                "  {puts} puts in {elapsed:.2}s: {:.0} puts/s, {} errors",
-                r.per_sec(),
-                r.errors
-            );
-            r.print_latency();
-            if let Some(e) = &r.first_error {
-                outln!("  first error: {e}");
-            }
+            r.print_requests("puts");
         }
     }
     Ok(())
