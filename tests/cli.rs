@@ -987,7 +987,7 @@ async fn bench_health_counts_its_checks_and_counts_refusals_as_errors() {
             "--count",
             &count,
             "--duration-secs",
-            "300",
+            "60",
         ]);
         let out = node.ctl(&args);
         json_lines(&ok(&out)).remove(0)

@@ -98,7 +98,7 @@ pub struct AppendBench {
     pub load: LoadArgs,
 }
 
-/// The shape of a closed-loop load run (`bench append`, `bench etcd`).
+/// The shape of a closed-loop load run (`bench append`, `bench etcd`, `bench health`).
 #[derive(Args, Debug, Clone)]
 pub struct LoadArgs {
     /// Concurrent clients (each waits for its request before sending the next).
@@ -148,14 +148,24 @@ fn payload(size: usize) -> bytes::Bytes {
     format!("{{\"d\":\"{}\"}}", "x".repeat(fill)).into()
 }
 
-/// `connections` lazy channels to each of `addrs`, and where client `i` goes among them:
-/// clients are spread over the addresses first, then over each one's connections.
+/// Where client `i` of a load goes among `addrs` addresses with `connections` connections
+/// each: (address, connection). Clients are spread over the addresses first, then over
+/// each one's connections.
+pub(super) fn slot(i: usize, addrs: usize, connections: usize) -> (usize, usize) {
+    (i % addrs, (i / addrs) % connections)
+}
+
+/// `connections` lazy channels to each of `addrs`, handed out by [`slot`].
 pub(super) struct Spread {
     pub channels: Vec<Vec<tonic::transport::Channel>>,
 }
 
 impl Spread {
     pub fn lazy(addrs: &[String], connections: usize) -> anyhow::Result<Spread> {
+        anyhow::ensure!(
+            !addrs.is_empty() && connections > 0,
+            "a load needs an address and a connection"
+        );
         let timeout = Duration::from_secs(30);
         let mut channels = Vec::with_capacity(addrs.len());
         for a in addrs {
@@ -167,9 +177,8 @@ impl Spread {
 
     /// Client `i`'s address (its index) and channel.
     pub fn of(&self, i: usize) -> (usize, tonic::transport::Channel) {
-        let home = i % self.channels.len();
-        let conns = &self.channels[home];
-        (home, conns[(i / self.channels.len()) % conns.len()].clone())
+        let (home, conn) = slot(i, self.channels.len(), self.channels[0].len());
+        (home, self.channels[home][conn].clone())
     }
 }
 
@@ -205,7 +214,7 @@ pub(super) struct LoadPlan {
     pub count: Option<u64>,
     /// Requests per client before measuring starts (connections and caches warm up).
     pub warmup: u64,
-    /// What a request is called in the progress bar ("appends", "puts").
+    /// What a request is called in the progress bar ("appends", "puts", "checks").
     pub unit: &'static str,
 }
 
@@ -529,16 +538,19 @@ async fn append(addrs: &str, b: AppendBench, printer: &Printer) -> anyhow::Resul
     let body = payload(b.event_size);
     let expected = parse_expected("any")?;
     let clients = (0..b.load.concurrency)
-        .map(|i| AppendClient {
-            // Spread clients over nodes first, then over connections; a client whose node
-            // does not take its call goes on to the next node (same connection index there).
-            failover: failover.clone(),
-            home: i % nodes.len(),
-            conn: (i / nodes.len()) % b.load.connections,
-            stream: format!("bench-{run_id}-{i}"),
-            body: body.clone(),
-            batch_size: b.batch_size,
-            expected,
+        .map(|i| {
+            // A client whose node does not take its call goes on to the next node (same
+            // connection index there).
+            let (home, conn) = slot(i, nodes.len(), b.load.connections);
+            AppendClient {
+                failover: failover.clone(),
+                home,
+                conn,
+                stream: format!("bench-{run_id}-{i}"),
+                body: body.clone(),
+                batch_size: b.batch_size,
+                expected,
+            }
         })
         .collect();
     let r = drive(clients, b.load.plan("appends"), printer).await?;
@@ -926,4 +938,19 @@ async fn time_reads(
     }
     q.finish_and_clear();
     Ok((node, hists))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slot;
+
+    /// Clients go round the addresses first, then round each address's connections, and
+    /// every (address, connection) pair gets the same share.
+    #[test]
+    fn clients_spread_over_addresses_then_connections() {
+        let first: Vec<_> = (0..6).map(|i| slot(i, 3, 2)).collect();
+        assert_eq!(first, [(0, 0), (1, 0), (2, 0), (0, 1), (1, 1), (2, 1)]);
+        assert!((0..60).all(|i| slot(i + 6, 3, 2) == slot(i, 3, 2)));
+        assert!((0..5).all(|i| slot(i, 1, 1) == (0, 0)));
+    }
 }
