@@ -157,7 +157,7 @@ pub(super) fn slot(i: usize, addrs: usize, connections: usize) -> (usize, usize)
 
 /// `connections` lazy channels to each of `addrs`, handed out by [`slot`].
 pub(super) struct Spread {
-    pub channels: Vec<Vec<tonic::transport::Channel>>,
+    channels: Vec<Vec<tonic::transport::Channel>>,
 }
 
 impl Spread {
