@@ -999,9 +999,23 @@ async fn bench_health_counts_its_checks_and_counts_refusals_as_errors() {
     assert_eq!(report["checks"], COUNT, "{report}");
     assert_eq!(report["errors"], 0, "{report}");
     assert!(report["checks_per_sec"].as_f64().unwrap() > 0.0, "{report}");
+    // What the run cost: this client's CPU per check, and the machine's where it can be read.
+    let cpu = &report["cpu"];
+    assert!(
+        cpu["client_core_us_per_request"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    if let Some(busy) = cpu["machine"]["busy"].as_f64() {
+        assert!((0.0..=1.0).contains(&busy), "{report}");
+        assert!(cpu["machine"]["cpus"].as_u64().unwrap() >= 1, "{report}");
+    }
 
     let report = bench(None);
     assert_eq!(report["checks"], 0, "{report}");
+    assert!(
+        report["cpu"]["client_core_us_per_request"].is_null(),
+        "no check, no cost per check: {report}"
+    );
     assert_eq!(report["errors"], COUNT, "{report}");
     let first = report["first_error"].as_str().unwrap_or_default();
     assert!(first.contains("Unauthenticated"), "{report}");

@@ -224,6 +224,8 @@ pub(super) struct LoadResult {
     pub errors: u64,
     pub first_error: Option<String>,
     pub elapsed_secs: f64,
+    /// What the machine and this client spent while the clients ran.
+    pub cpu: super::cpu::CpuUse,
 }
 
 impl LoadResult {
@@ -259,9 +261,20 @@ impl LoadResult {
             self.errors
         );
         self.print_latency();
+        self.print_cpu();
         if let Some(e) = &self.first_error {
             outln!("  first error: {e}");
         }
+    }
+
+    /// The text report's CPU line: the machine's and this client's core-µs per request.
+    pub fn print_cpu(&self) {
+        self.cpu.print(self.done());
+    }
+
+    /// The JSON report's `cpu`.
+    pub fn cpu_json(&self) -> serde_json::Value {
+        self.cpu.json(self.done())
     }
 
     /// The text report's latency line.
@@ -366,6 +379,7 @@ pub(super) async fn drive<C: LoadClient>(
     let _ = deadline_holder.set(Instant::now() + Duration::from_secs(plan.duration_secs));
     barrier.wait().await;
     let started = Instant::now();
+    let cpu_at_start = super::cpu::CpuSample::now();
     let ticker = {
         let done = done.clone();
         let bar = pb_bar.clone();
@@ -393,6 +407,7 @@ pub(super) async fn drive<C: LoadClient>(
         errors: 0,
         first_error: None,
         elapsed_secs: 0.0,
+        cpu: super::cpu::CpuUse::between(&cpu_at_start, &cpu_at_start),
     };
     for t in tasks {
         let r = t.await?;
@@ -401,6 +416,7 @@ pub(super) async fn drive<C: LoadClient>(
         result.first_error = result.first_error.or(r.first_error);
     }
     result.elapsed_secs = started.elapsed().as_secs_f64();
+    result.cpu = super::cpu::CpuUse::between(&cpu_at_start, &super::cpu::CpuSample::now());
     ticker.abort();
     pb_bar.finish_and_clear();
     Ok(result)
@@ -503,6 +519,7 @@ async fn health(addrs: &str, b: HealthBench, printer: &Printer) -> anyhow::Resul
         "first_error": r.first_error,
         "checks_per_sec": r.per_sec(),
         "latency_ms": r.latency_json(),
+        "cpu": r.cpu_json(),
     });
     match printer.format {
         Output::Json => printer.json(&report),
@@ -584,6 +601,7 @@ async fn append(addrs: &str, b: AppendBench, printer: &Printer) -> anyhow::Resul
         "appends_per_sec": r.per_sec(),
         "events_per_sec": events as f64 / elapsed,
         "latency_ms": r.latency_json(),
+        "cpu": r.cpu_json(),
     });
     match printer.format {
         Output::Json => printer.json(&report),
@@ -602,6 +620,7 @@ async fn append(addrs: &str, b: AppendBench, printer: &Printer) -> anyhow::Resul
                 r.errors
             );
             r.print_latency();
+            r.print_cpu();
             for n in &per_node {
                 outln!(
                     "  {}: {} acks (warm-up included), {} failed calls, passed by {} times, breaker {}",

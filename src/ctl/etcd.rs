@@ -101,6 +101,7 @@ pub async fn bench(b: EtcdBench, printer: &Printer) -> anyhow::Result<()> {
         "first_error": r.first_error,
         "puts_per_sec": r.per_sec(),
         "latency_ms": r.latency_json(),
+        "cpu": r.cpu_json(),
     });
     match printer.format {
         Output::Json => printer.json(&report),

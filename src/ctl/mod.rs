@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod bench;
 pub mod cluster;
+pub mod cpu;
 pub mod etcd;
 pub mod failover;
 pub mod limits;
