@@ -250,6 +250,23 @@ impl LoadResult {
         })
     }
 
+    /// A JSON report: `fields` (what this bench sets) and what every load reports — the
+    /// time, the count and rate of `unit` ("checks": `checks`, `checks_per_sec`), the errors,
+    /// the latencies and the CPU.
+    pub fn report(&self, unit: &str, fields: serde_json::Value) -> serde_json::Value {
+        let mut report = fields;
+        if let Some(map) = report.as_object_mut() {
+            map.insert("elapsed_secs".into(), json!(self.elapsed_secs));
+            map.insert(unit.into(), json!(self.done()));
+            map.insert(format!("{unit}_per_sec"), json!(self.per_sec()));
+            map.insert("errors".into(), json!(self.errors));
+            map.insert("first_error".into(), json!(self.first_error));
+            map.insert("latency_ms".into(), self.latency_json());
+            map.insert("cpu".into(), self.cpu_json());
+        }
+        report
+    }
+
     /// The text report's lines for a load of one kind of request (`unit`: "puts",
     /// "checks"): how many in how long, the rate, the latency line and the first error.
     pub fn print_requests(&self, unit: &str) {
@@ -509,18 +526,14 @@ async fn health(addrs: &str, b: HealthBench, printer: &Printer) -> anyhow::Resul
         })
         .collect();
     let r = drive(clients, b.load.plan("checks"), printer).await?;
-    let report = json!({
-        "bench": "health",
-        "nodes": nodes,
-        "concurrency": b.load.concurrency,
-        "elapsed_secs": r.elapsed_secs,
-        "checks": r.done(),
-        "errors": r.errors,
-        "first_error": r.first_error,
-        "checks_per_sec": r.per_sec(),
-        "latency_ms": r.latency_json(),
-        "cpu": r.cpu_json(),
-    });
+    let report = r.report(
+        "checks",
+        json!({
+            "bench": "health",
+            "nodes": nodes,
+            "concurrency": b.load.concurrency,
+        }),
+    );
     match printer.format {
         Output::Json => printer.json(&report),
         Output::Text => {
@@ -586,23 +599,19 @@ async fn append(addrs: &str, b: AppendBench, printer: &Printer) -> anyhow::Resul
             })
         })
         .collect();
-    let report = json!({
-        "bench": "append",
-        "nodes": nodes,
-        "concurrency": b.load.concurrency,
-        "batch_size": b.batch_size,
-        "event_size": b.event_size,
-        "elapsed_secs": elapsed,
-        "appends": appends,
-        "events": events,
-        "errors": r.errors,
-        "first_error": r.first_error,
-        "per_node": per_node,
-        "appends_per_sec": r.per_sec(),
-        "events_per_sec": events as f64 / elapsed,
-        "latency_ms": r.latency_json(),
-        "cpu": r.cpu_json(),
-    });
+    let report = r.report(
+        "appends",
+        json!({
+            "bench": "append",
+            "nodes": nodes,
+            "concurrency": b.load.concurrency,
+            "batch_size": b.batch_size,
+            "event_size": b.event_size,
+            "events": events,
+            "per_node": per_node,
+            "events_per_sec": events as f64 / elapsed,
+        }),
+    );
     match printer.format {
         Output::Json => printer.json(&report),
         Output::Text => {

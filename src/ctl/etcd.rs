@@ -89,20 +89,15 @@ pub async fn bench(b: EtcdBench, printer: &Printer) -> anyhow::Result<()> {
         })
         .collect();
     let r = drive(clients, b.load.plan("puts"), printer).await?;
-    let (puts, elapsed) = (r.done(), r.elapsed_secs);
-    let report = json!({
-        "bench": "etcd",
-        "endpoints": members,
-        "concurrency": b.load.concurrency,
-        "value_size": b.value_size,
-        "elapsed_secs": elapsed,
-        "puts": puts,
-        "errors": r.errors,
-        "first_error": r.first_error,
-        "puts_per_sec": r.per_sec(),
-        "latency_ms": r.latency_json(),
-        "cpu": r.cpu_json(),
-    });
+    let report = r.report(
+        "puts",
+        json!({
+            "bench": "etcd",
+            "endpoints": members,
+            "concurrency": b.load.concurrency,
+            "value_size": b.value_size,
+        }),
+    );
     match printer.format {
         Output::Json => printer.json(&report),
         Output::Text => {
