@@ -69,3 +69,11 @@ ensure_etcd() {
     apt_install etcd-server
     [ -x /usr/bin/etcd ] || { echo "etcd still missing after install" >&2; return 1; }
 }
+
+# perf, for scripts/sched-idle (Debian's linux-perf).
+ensure_perf() {
+    command -v perf >/dev/null && return 0
+    echo "perf not found: installing linux-perf (scripts/sched-idle runs it)..." >&2
+    apt_install linux-perf
+    command -v perf >/dev/null || { echo "perf still missing after install" >&2; return 1; }
+}
