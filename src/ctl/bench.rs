@@ -419,21 +419,24 @@ pub(super) async fn drive<C: LoadClient>(
             }
         })
     };
-    let mut result = LoadResult {
+    let mut all = ClientResult {
         hist: Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3)?,
         errors: 0,
         first_error: None,
-        elapsed_secs: 0.0,
-        cpu: super::cpu::CpuUse::between(&cpu_at_start, &cpu_at_start),
     };
     for t in tasks {
         let r = t.await?;
-        result.hist.add(&r.hist)?;
-        result.errors += r.errors;
-        result.first_error = result.first_error.or(r.first_error);
+        all.hist.add(&r.hist)?;
+        all.errors += r.errors;
+        all.first_error = all.first_error.or(r.first_error);
     }
-    result.elapsed_secs = started.elapsed().as_secs_f64();
-    result.cpu = super::cpu::CpuUse::between(&cpu_at_start, &super::cpu::CpuSample::now());
+    let result = LoadResult {
+        hist: all.hist,
+        errors: all.errors,
+        first_error: all.first_error,
+        elapsed_secs: started.elapsed().as_secs_f64(),
+        cpu: super::cpu::CpuUse::between(&cpu_at_start, &super::cpu::CpuSample::now()),
+    };
     ticker.abort();
     pb_bar.finish_and_clear();
     Ok(result)
