@@ -204,6 +204,10 @@ pub struct RaftSettings {
     /// AppendEntries), which is what keeps this modest: a follower far behind catches up
     /// in messages of this size.
     pub max_payload_bytes: usize,
+    /// How long a leader's commit heartbeat to a follower waits for the next entries, to
+    /// carry them instead of going out empty (`raft::carry`); 0 turns it off. Below half of
+    /// `heartbeat_interval_ms`.
+    pub carry_wait_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -673,6 +677,7 @@ impl Default for RaftSettings {
             install_snapshot_timeout_ms: 30_000,
             max_payload_entries: 512,
             max_payload_bytes: 16 << 20,
+            carry_wait_ms: 2,
         }
     }
 }
@@ -759,6 +764,9 @@ impl Config {
             return bad(
                 "raft.election_timeout_min_ms must exceed raft.heartbeat_interval_ms (> 0)",
             );
+        }
+        if r.carry_wait_ms.saturating_mul(2) >= r.heartbeat_interval_ms {
+            return bad("raft.carry_wait_ms must be below half of raft.heartbeat_interval_ms");
         }
         if r.election_timeout_max_ms <= r.election_timeout_min_ms {
             return bad("raft.election_timeout_max_ms must exceed raft.election_timeout_min_ms");
@@ -897,6 +905,13 @@ mod tests {
         c.raft.election_timeout_min_ms = 200;
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("at least 250"), "{e}");
+        // A heartbeat waits for entries to carry well within its interval, or not at all.
+        let mut c = Config::default();
+        c.raft.carry_wait_ms = c.raft.heartbeat_interval_ms / 2;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("carry_wait_ms"), "{e}");
+        c.raft.carry_wait_ms = 0;
+        assert!(c.validate().is_ok());
     }
 
     /// Breaker settings the core or the node cannot work with are refused, naming them.

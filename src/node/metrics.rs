@@ -59,6 +59,8 @@ pub struct Metrics {
     pub log_syncs: Gauge,
     pub log_sync_callbacks: Gauge,
     pub log_sync_seconds: FloatGauge,
+    pub raft_heartbeats_carrying: Gauge,
+    pub raft_answered_from_carried: Gauge,
     pub clock_skew_seconds: FloatGauge,
     pub commit_time_lag_seconds: FloatGauge,
     pub proposer_batches: Gauge,
@@ -99,6 +101,8 @@ impl Default for Metrics {
             events_stored: Gauge::default(),
             log_syncs: Gauge::default(),
             log_sync_callbacks: Gauge::default(),
+            raft_heartbeats_carrying: Gauge::default(),
+            raft_answered_from_carried: Gauge::default(),
             log_sync_seconds: FloatGauge::default(),
             clock_skew_seconds: FloatGauge::default(),
             commit_time_lag_seconds: FloatGauge::default(),
@@ -191,6 +195,16 @@ impl Default for Metrics {
             "log_sync_callbacks",
             "Log appends acknowledged by those syncs",
             m.log_sync_callbacks.clone(),
+        );
+        registry.register(
+            "raft_heartbeats_carrying",
+            "Commit heartbeats to followers that carried the next entries (raft.carry_wait_ms)",
+            m.raft_heartbeats_carrying.clone(),
+        );
+        registry.register(
+            "raft_answered_from_carried",
+            "AppendEntries answered from a follower's success to carried entries, not sent again",
+            m.raft_answered_from_carried.clone(),
         );
         registry.register(
             "log_sync_seconds",

@@ -284,7 +284,12 @@ impl Node {
             node_tokens,
         );
         let tls = config.tls.as_ref().map(|t| t.load()).transpose();
-        let network = network.with_tls(tls.map_err(|e| NodeError::BadRequest(e.to_string()))?);
+        let network = network
+            .with_tls(tls.map_err(|e| NodeError::BadRequest(e.to_string()))?)
+            .with_carrying(
+                log_store.clone(),
+                Duration::from_millis(config.raft.carry_wait_ms),
+            );
         let raft_config = Arc::new(
             config
                 .openraft_config()
@@ -1123,6 +1128,17 @@ impl Node {
             .set(stats.callbacks.load(std::sync::atomic::Ordering::Relaxed) as i64);
         m.log_sync_seconds
             .set(stats.sync_micros.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6);
+        let carry = self.network.carry_stats();
+        m.raft_heartbeats_carrying.set(
+            carry
+                .heartbeats_carrying
+                .load(std::sync::atomic::Ordering::Relaxed) as i64,
+        );
+        m.raft_answered_from_carried.set(
+            carry
+                .answered_from_carried
+                .load(std::sync::atomic::Ordering::Relaxed) as i64,
+        );
         m.clock_skew_seconds.set(self.clock.skew_ns() as f64 / 1e9);
         let last_commit = self.applied.borrow().last_commit_time_ns;
         if last_commit > 0 {

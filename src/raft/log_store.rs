@@ -26,6 +26,9 @@ const MAX_ENTRIES_PER_READ: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<LogDb>,
+    /// The index of the last entry appended: a replication stream's heartbeat waits on it
+    /// for entries to carry (`raft::carry`).
+    appended: Arc<tokio::sync::watch::Sender<u64>>,
     /// Bytes of entries one replication read returns at most (one entry always).
     read_bytes: usize,
 }
@@ -34,6 +37,7 @@ impl LogStore {
     pub fn new(db: Arc<LogDb>) -> Self {
         LogStore {
             db,
+            appended: Arc::new(tokio::sync::watch::channel(0).0),
             read_bytes: usize::MAX,
         }
     }
@@ -44,6 +48,11 @@ impl LogStore {
     pub fn with_read_bytes(mut self, bytes: usize) -> Self {
         self.read_bytes = bytes;
         self
+    }
+
+    /// Follows the index of the last entry appended (written, readable; not yet synced).
+    pub fn appended(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.appended.subscribe()
     }
 
     pub fn db(&self) -> &Arc<LogDb> {
@@ -190,6 +199,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut encoded = Vec::new();
+        let mut last = None;
         for entry in entries {
             let bytes = encode("log entry", &entry).map_err(|e| {
                 sto_err(
@@ -198,11 +208,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     e,
                 )
             })?;
+            last = Some(entry.log_id.index);
             encoded.push((entry.log_id.index, bytes));
         }
         self.db
             .put_entries(encoded)
             .map_err(|e| sto_err(ErrorVerb::Write, ErrorSubject::Logs, e))?;
+        if let Some(last) = last {
+            self.appended.send_replace(last);
+        }
         // The callback — and with it openraft's acknowledgement of these entries — waits
         // for the WAL sync. Never call it earlier: that is how acknowledged writes get lost.
         self.db

@@ -7,6 +7,7 @@
 //! by calling the domain modules (`eventstore`); it holds no business rule of its own.
 
 pub mod breakers;
+pub mod carry;
 pub mod clock;
 pub mod forwarded;
 pub mod lease;

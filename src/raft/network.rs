@@ -9,6 +9,10 @@
 //! (`authorization: Bearer …`, from [`NodeTokens`]: cached, renewed at half its life), the
 //! `Admin.ReadIndex` fallback included.
 //!
+//! A replication stream's heartbeats may carry the leader's next entries (`raft::carry`):
+//! [`PeerClient`] waits for them, sends them, and answers openraft's next AppendEntries from
+//! the follower's Success when it covers it.
+//!
 //! One lazily-connected `Channel` per peer address, reused by every RPC and replication
 //! stream to that peer (reconnecting per RPC costs tens of milliseconds). openraft's
 //! per-RPC time limit becomes the gRPC deadline.
@@ -30,6 +34,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,6 +51,8 @@ use serde::{de::DeserializeOwned, Serialize};
 use tonic::transport::{Channel, Endpoint};
 
 use super::breakers::PeerBreakers;
+use super::carry::{self, Carried};
+use super::log_store::LogStore;
 use super::{Entry, NodeId, NodeInfo, TypeConfig};
 use crate::auth::NodeTokens;
 use crate::proto::aetherops::v1::{admin_client::AdminClient, ReadIndexRequest};
@@ -76,6 +83,19 @@ pub struct NetworkFactory {
     /// With TLS: peers are dialled over https, trusting the cluster's CA only and
     /// presenting this node's certificate (the member check of `raft.v1`).
     tls: Option<Arc<crate::tls::Tls>>,
+    /// This node's log and how long a replication stream's heartbeat waits for entries to
+    /// carry (`raft::carry`); `None`: heartbeats never carry.
+    carry: Option<(LogStore, Duration)>,
+    carry_stats: Arc<CarryStats>,
+}
+
+/// Counters of [`carry`], for `/metrics`.
+#[derive(Debug, Default)]
+pub struct CarryStats {
+    /// Heartbeats that went out carrying entries.
+    pub heartbeats_carrying: AtomicU64,
+    /// AppendEntries answered from a follower's Success to carried entries, not sent.
+    pub answered_from_carried: AtomicU64,
 }
 
 impl NetworkFactory {
@@ -94,7 +114,22 @@ impl NetworkFactory {
             breakers,
             tokens,
             tls: None,
+            carry: None,
+            carry_stats: Arc::default(),
         }
+    }
+
+    /// The same factory, whose replication streams' heartbeats wait up to `wait` for the
+    /// next entries of `log` and carry them (`raft::carry`); a zero `wait` turns it off.
+    pub fn with_carrying(self, log: LogStore, wait: Duration) -> Self {
+        NetworkFactory {
+            carry: (!wait.is_zero()).then_some((log, wait)),
+            ..self
+        }
+    }
+
+    pub fn carry_stats(&self) -> &CarryStats {
+        &self.carry_stats
     }
 
     /// The same factory, calling its peers over TLS.
@@ -289,14 +324,27 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
         PeerClient {
             peer: self.peer(target, node),
             max_payload_bytes: self.max_payload_bytes,
+            carry: self.carry.clone(),
+            stats: self.carry_stats.clone(),
+            replicating: false,
+            carried: None,
         }
     }
 }
 
-/// openraft's view of a peer.
+/// openraft's view of a peer: one per replication stream, and one per other call openraft
+/// makes (votes, its check-is-leader heartbeats).
 pub struct PeerClient {
     peer: Peer,
     max_payload_bytes: usize,
+    carry: Option<(LogStore, Duration)>,
+    stats: Arc<CarryStats>,
+    /// This client has sent entries: it serves a replication stream, whose heartbeats may
+    /// carry entries. (openraft's check-is-leader heartbeats come on clients of their own,
+    /// which never do: they neither wait nor carry.)
+    replicating: bool,
+    /// The follower's Success to the entries the last heartbeat carried.
+    carried: Option<Carried>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -356,6 +404,91 @@ fn call_error<E: std::error::Error>(
 }
 
 impl PeerClient {
+    /// Sends heartbeat `rpc` with the entries the leader appends after its `prev_log_id`
+    /// within the carry wait (`raft::carry`), and returns the follower's answer, or the
+    /// failure the heartbeat would meet too (the follower out of reach or too slow); `None`
+    /// when there is nothing to carry or the carrying message failed otherwise (the
+    /// heartbeat is then sent as it is).
+    async fn carry_entries(
+        &mut self,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+        ttl: Duration,
+    ) -> Option<RpcResult<AppendEntriesResponse<NodeId>>> {
+        use openraft::RaftLogReader;
+        let (log, wait) = self.carry.clone()?;
+        let prev = rpc.prev_log_id?;
+        if !rpc.vote.is_committed() {
+            return None;
+        }
+        let mut appended = log.appended();
+        let deadline = tokio::time::Instant::now() + wait;
+        while *appended.borrow_and_update() <= prev.index {
+            match tokio::time::timeout_at(deadline, appended.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return None,
+            }
+        }
+        // At most `raft.max_payload_bytes` of entries, as replication reads them.
+        let entries = log
+            .clone()
+            .limited_get_log_entries(prev.index.checked_add(1)?, u64::MAX)
+            .await
+            .ok()?;
+        if !carry::carriable(&rpc.vote, prev, &entries) {
+            return None;
+        }
+        let last = entries.last()?.log_id;
+        let carrying = AppendEntriesRequest::<TypeConfig> {
+            vote: rpc.vote,
+            prev_log_id: Some(prev),
+            leader_commit: rpc.leader_commit,
+            entries,
+        };
+        let msg = encode(&carrying).ok()?;
+        let answer = match self.peer.call(PeerRpc::AppendEntries, msg, ttl).await {
+            Ok(body) => {
+                match decode::<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>>(&body) {
+                    Ok(Ok(answer)) => answer,
+                    _ => return None,
+                }
+            }
+            // What the heartbeat would meet as well: a follower out of reach or not answering
+            // in time. (Sending it after that would only take its time again.)
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                ) =>
+            {
+                let e = TransportError(format!(
+                    "AppendEntries to node {}: {status}",
+                    self.peer.id()
+                ));
+                return Some(Err(call_error(&status, 0, e)));
+            }
+            // Anything else (the message's size, say): the heartbeat goes as it is.
+            Err(_) => return None,
+        };
+        self.stats
+            .heartbeats_carrying
+            .fetch_add(1, Ordering::Relaxed);
+        match answer {
+            AppendEntriesResponse::Success => {
+                self.carried = Some(Carried {
+                    vote: rpc.vote,
+                    prev,
+                    last,
+                });
+                Some(Ok(AppendEntriesResponse::Success))
+            }
+            // The heartbeat's own answer: the same vote and prev_log_id were refused.
+            AppendEntriesResponse::Conflict | AppendEntriesResponse::HigherVote(_) => {
+                Some(Ok(answer))
+            }
+            AppendEntriesResponse::PartialSuccess(_) => None,
+        }
+    }
+
     /// One RPC. `entries` is the number of entries it carries (AppendEntries), for the
     /// classification of failures; `ttl` its deadline.
     async fn call<Req, Resp, E>(
@@ -403,8 +536,24 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         }
         // The soft limit: our deadline must fire before openraft drops the call at the hard
         // one, or openraft sees a bare timeout and sends the same batch again.
-        self.call(PeerRpc::AppendEntries, &rpc, n, option.soft_ttl())
-            .await
+        let ttl = option.soft_ttl();
+        if n > 0 {
+            self.replicating = true;
+        }
+        if let Some(carried) = self.carried.take() {
+            if let Some(answer) = carry::answer(&carried, &rpc) {
+                self.stats
+                    .answered_from_carried
+                    .fetch_add(1, Ordering::Relaxed);
+                return Ok(answer);
+            }
+        }
+        if n == 0 && self.replicating {
+            if let Some(answer) = self.carry_entries(&rpc, ttl).await {
+                return answer;
+            }
+        }
+        self.call(PeerRpc::AppendEntries, &rpc, n, ttl).await
     }
 
     async fn install_snapshot(
