@@ -198,7 +198,7 @@ impl Default for Metrics {
         );
         registry.register(
             "raft_heartbeats_carrying",
-            "Commit heartbeats to followers that carried the next entries (raft.carry_wait_ms)",
+            "Commit heartbeats to followers that carried the next entries and were answered (raft.carry_wait_ms)",
             m.raft_heartbeats_carrying.clone(),
         );
         registry.register(

@@ -289,6 +289,7 @@ impl Node {
             .with_carrying(
                 log_store.clone(),
                 Duration::from_millis(config.raft.carry_wait_ms),
+                config.raft.max_payload_entries,
             );
         let raft_config = Arc::new(
             config

@@ -11,9 +11,11 @@
 //! full AppendEntries: the same vote, `prev_log_id` and commit index, and this leader's own
 //! entries after `prev_log_id`. The follower's answer answers the heartbeat; a Success is
 //! kept ([`Carried`]), and answers openraft's next AppendEntries of those entries, which then
-//! does not travel again. Nothing else changes: no entry waits for a carry (openraft appends
-//! and syncs the log as before), and a heartbeat with nothing to carry goes out as it was
-//! after the wait.
+//! does not travel again, unless it tells the follower a newer commit index. Nothing else
+//! changes: no entry waits for a carry (openraft appends and syncs the log as before), and a
+//! heartbeat with nothing to carry goes out as it was after the wait. Carried entries may
+//! reach a follower before the leader's own log sync is done, as openraft's replication
+//! sends them too: the leader counts itself toward a quorum only after its flush.
 //!
 //! Why the answers are the follower's own:
 //! - The carried message is one this leader's replication could have sent: its vote, the
@@ -29,7 +31,8 @@
 //!   follower's reply: Raft counts an acknowledgement whatever the follower voted since.
 //! - openraft notes, for a reply, the time it called the network. That can be later than
 //!   the carried message left (for a request answered from a kept Success), so its
-//!   `millis_since_quorum_ack` metric may read a few milliseconds fresh. Nothing here relies
+//!   `millis_since_quorum_ack` metric may read fresher than it is, by up to the carrying
+//!   message's round trip. Nothing here relies
 //!   on it: leadership checks (`read_index`, the rate-limit leases) use openraft's own
 //!   check-is-leader heartbeats, sent on clients that never carried entries, which neither
 //!   wait nor carry.
@@ -39,12 +42,13 @@ use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
 use super::{Entry, LogId, NodeId, TypeConfig, Vote};
 
 /// A follower's Success to carried entries: it holds `prev` and every entry up to `last`
-/// under `vote`, on disk.
+/// under `vote`, on disk, and was told the commit index `commit`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Carried {
     pub vote: Vote,
     pub prev: LogId,
     pub last: LogId,
+    pub commit: Option<LogId>,
 }
 
 /// Whether `entries`, read from this node's log after `prev`, may go out under `vote` with a
@@ -61,12 +65,18 @@ pub fn carriable(vote: &Vote, prev: LogId, entries: &[Entry]) -> bool {
 
 /// The answer a kept Success gives `rpc`, if it covers it: Success when `rpc` carries
 /// exactly the carried entries, a partial success up to the last carried entry when `rpc`
-/// carries them and more, and `None` otherwise (the request is sent).
+/// carries them and more, and `None` otherwise (the request is sent). A request with a
+/// newer commit index is sent too: answering it here would leave the follower without that
+/// index until the next heartbeat (openraft sends no separate one when a request is due),
+/// and its reads and applies would wait for it.
 pub fn answer(
     carried: &Carried,
     rpc: &AppendEntriesRequest<TypeConfig>,
 ) -> Option<AppendEntriesResponse<NodeId>> {
-    if rpc.vote != carried.vote || rpc.prev_log_id != Some(carried.prev) {
+    if rpc.vote != carried.vote
+        || rpc.prev_log_id != Some(carried.prev)
+        || rpc.leader_commit > carried.commit
+    {
         return None;
     }
     let pos = carried
@@ -109,6 +119,7 @@ mod tests {
     }
 
     fn request(v: Vote, prev: LogId, entries: Vec<Entry>) -> AppendEntriesRequest<TypeConfig> {
+        // The commit index the carried message told (see `kept` below).
         AppendEntriesRequest {
             vote: v,
             prev_log_id: Some(prev),
@@ -144,6 +155,7 @@ mod tests {
             vote: v,
             prev,
             last: id(3, 1, 12),
+            commit: Some(prev),
         };
         let two = vec![entry(3, 1, 11), entry(3, 1, 12)];
         assert!(matches!(
@@ -167,8 +179,18 @@ mod tests {
             &request(v, prev, vec![entry(3, 1, 11), entry(2, 2, 12)])
         )
         .is_none());
-        let mut none = request(v, prev, two);
+        let mut none = request(v, prev, two.clone());
         none.prev_log_id = None;
         assert!(answer(&kept, &none).is_none());
+        // A newer commit index travels (an older one needs not).
+        let mut newer = request(v, prev, two.clone());
+        newer.leader_commit = Some(id(3, 1, 11));
+        assert!(answer(&kept, &newer).is_none());
+        let mut older = request(v, prev, two);
+        older.leader_commit = Some(id(3, 1, 9));
+        assert!(matches!(
+            answer(&kept, &older),
+            Some(AppendEntriesResponse::Success)
+        ));
     }
 }

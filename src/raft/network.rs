@@ -83,16 +83,25 @@ pub struct NetworkFactory {
     /// With TLS: peers are dialled over https, trusting the cluster's CA only and
     /// presenting this node's certificate (the member check of `raft.v1`).
     tls: Option<Arc<crate::tls::Tls>>,
-    /// This node's log and how long a replication stream's heartbeat waits for entries to
-    /// carry (`raft::carry`); `None`: heartbeats never carry.
-    carry: Option<(LogStore, Duration)>,
+    /// How a replication stream's heartbeat carries entries (`raft::carry`); `None`: never.
+    carry: Option<Carrying>,
     carry_stats: Arc<CarryStats>,
+}
+
+/// What a heartbeat carrying entries needs: this node's log (read at most
+/// `raft.max_payload_bytes` at a time), how long it waits for entries, and how many it
+/// carries at most (`raft.max_payload_entries`, as openraft's own messages).
+#[derive(Clone)]
+struct Carrying {
+    log: LogStore,
+    wait: Duration,
+    max_entries: u64,
 }
 
 /// Counters of [`carry`], for `/metrics`.
 #[derive(Debug, Default)]
 pub struct CarryStats {
-    /// Heartbeats that went out carrying entries.
+    /// Heartbeats that carried entries and were answered.
     pub heartbeats_carrying: AtomicU64,
     /// AppendEntries answered from a follower's Success to carried entries, not sent.
     pub answered_from_carried: AtomicU64,
@@ -120,10 +129,15 @@ impl NetworkFactory {
     }
 
     /// The same factory, whose replication streams' heartbeats wait up to `wait` for the
-    /// next entries of `log` and carry them (`raft::carry`); a zero `wait` turns it off.
-    pub fn with_carrying(self, log: LogStore, wait: Duration) -> Self {
+    /// next entries of `log` and carry up to `max_entries` of them (`raft::carry`); a zero
+    /// `wait` turns it off.
+    pub fn with_carrying(self, log: LogStore, wait: Duration, max_entries: u64) -> Self {
         NetworkFactory {
-            carry: (!wait.is_zero()).then_some((log, wait)),
+            carry: (!wait.is_zero()).then_some(Carrying {
+                log,
+                wait,
+                max_entries: max_entries.max(1),
+            }),
             ..self
         }
     }
@@ -337,7 +351,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 pub struct PeerClient {
     peer: Peer,
     max_payload_bytes: usize,
-    carry: Option<(LogStore, Duration)>,
+    carry: Option<Carrying>,
     stats: Arc<CarryStats>,
     /// This client has sent entries: it serves a replication stream, whose heartbeats may
     /// carry entries. (openraft's check-is-leader heartbeats come on clients of their own,
@@ -412,26 +426,31 @@ impl PeerClient {
     async fn carry_entries(
         &mut self,
         rpc: &AppendEntriesRequest<TypeConfig>,
-        ttl: Duration,
+        deadline: tokio::time::Instant,
     ) -> Option<RpcResult<AppendEntriesResponse<NodeId>>> {
         use openraft::RaftLogReader;
-        let (log, wait) = self.carry.clone()?;
+        let Carrying {
+            log,
+            wait,
+            max_entries,
+        } = self.carry.clone()?;
         let prev = rpc.prev_log_id?;
         if !rpc.vote.is_committed() {
             return None;
         }
         let mut appended = log.appended();
-        let deadline = tokio::time::Instant::now() + wait;
+        let waited = tokio::time::Instant::now() + wait;
         while *appended.borrow_and_update() <= prev.index {
-            match tokio::time::timeout_at(deadline, appended.changed()).await {
+            match tokio::time::timeout_at(waited, appended.changed()).await {
                 Ok(Ok(())) => {}
                 _ => return None,
             }
         }
-        // At most `raft.max_payload_bytes` of entries, as replication reads them.
+        // At most `raft.max_payload_bytes` and `raft.max_payload_entries`, as replication.
+        let start = prev.index.checked_add(1)?;
         let entries = log
             .clone()
-            .limited_get_log_entries(prev.index.checked_add(1)?, u64::MAX)
+            .limited_get_log_entries(start, start.saturating_add(max_entries))
             .await
             .ok()?;
         if !carry::carriable(&rpc.vote, prev, &entries) {
@@ -445,6 +464,7 @@ impl PeerClient {
             entries,
         };
         let msg = encode(&carrying).ok()?;
+        let ttl = deadline.saturating_duration_since(tokio::time::Instant::now());
         let answer = match self.peer.call(PeerRpc::AppendEntries, msg, ttl).await {
             Ok(body) => {
                 match decode::<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>>(&body) {
@@ -478,6 +498,7 @@ impl PeerClient {
                     vote: rpc.vote,
                     prev,
                     last,
+                    commit: rpc.leader_commit,
                 });
                 Some(Ok(AppendEntriesResponse::Success))
             }
@@ -537,6 +558,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         // The soft limit: our deadline must fire before openraft drops the call at the hard
         // one, or openraft sees a bare timeout and sends the same batch again.
         let ttl = option.soft_ttl();
+        let called = tokio::time::Instant::now();
         if n > 0 {
             self.replicating = true;
         }
@@ -549,10 +571,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             }
         }
         if n == 0 && self.replicating {
-            if let Some(answer) = self.carry_entries(&rpc, ttl).await {
+            if let Some(answer) = self.carry_entries(&rpc, called + ttl).await {
                 return answer;
             }
         }
+        // Within the deadline openraft set when it called (a carry may have waited).
+        let ttl = ttl.saturating_sub(called.elapsed());
         self.call(PeerRpc::AppendEntries, &rpc, n, ttl).await
     }
 
