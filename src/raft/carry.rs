@@ -41,6 +41,15 @@ use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
 
 use super::{Entry, LogId, NodeId, TypeConfig, Vote};
 
+/// At most this many entries go with a heartbeat, and only if they are all the entries after
+/// its `prev_log_id`: a caught-up follower's next entries. A follower further behind gets
+/// them from openraft's own replication, which shrinks its messages when they do not get
+/// through in time; a heartbeat carrying a large backlog would keep failing instead.
+pub const MAX_ENTRIES: u64 = 16;
+/// At most this many bytes of entries (as stored) go with a heartbeat (and never more than
+/// `raft.max_payload_bytes`).
+pub const MAX_BYTES: usize = 1 << 20;
+
 /// A follower's Success to carried entries: it holds `prev` and every entry up to `last`
 /// under `vote`, on disk, and was told the commit index `commit`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,10 +128,10 @@ mod tests {
     }
 
     fn request(v: Vote, prev: LogId, entries: Vec<Entry>) -> AppendEntriesRequest<TypeConfig> {
-        // The commit index the carried message told (see `kept` below).
         AppendEntriesRequest {
             vote: v,
             prev_log_id: Some(prev),
+            // The commit index the carried message told (`kept` below).
             leader_commit: Some(prev),
             entries,
         }

@@ -90,6 +90,39 @@ impl LogStore {
             .flatten())
     }
 
+    /// Every entry from `start` on, if there are 1 to `max_entries` of them and they take at
+    /// most `max_bytes` as stored: a short tail, which a heartbeat may carry
+    /// (`raft::carry`). `None` otherwise: a follower with more to catch up is sent them by
+    /// openraft's replication, which sizes its messages to what gets through.
+    pub fn short_tail(
+        &self,
+        start: u64,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Option<Vec<Entry>>, RaftStorageError> {
+        let raw = self
+            .db
+            .entries_within(start, u64::MAX, max_entries.saturating_add(1), max_bytes)
+            .map_err(|e| sto_err(ErrorVerb::Read, ErrorSubject::Logs, e))?;
+        let last = self
+            .db
+            .last_entry()
+            .map_err(|e| sto_err(ErrorVerb::Read, ErrorSubject::Logs, e))?
+            .map(|(i, _)| i);
+        let bytes: usize = raw.iter().map(|(_, b)| b.len()).sum();
+        if raw.is_empty()
+            || raw.len() > max_entries
+            || bytes > max_bytes
+            || raw.last().map(|(i, _)| *i) != last
+        {
+            return Ok(None);
+        }
+        raw.iter()
+            .map(|(i, b)| decode_entry(*i, b))
+            .collect::<Result<_, _>>()
+            .map(Some)
+    }
+
     /// Index of the last purged entry, if any.
     pub fn purged(&self) -> Result<Option<LogId>, RaftStorageError> {
         self.meta(KEY_PURGED, ErrorSubject::Logs)
@@ -236,5 +269,45 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.db
             .purge_upto(log_id.index, KEY_PURGED, &bytes)
             .map_err(|e| sto_err(ErrorVerb::Delete, ErrorSubject::Logs, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    /// A short tail is every entry after `start`, few and small enough; anything else is
+    /// left to openraft's replication.
+    #[test]
+    fn a_short_tail_is_all_that_follows_and_within_the_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::new(Arc::new(LogDb::open(dir.path()).unwrap()));
+        let entry = |i: u64| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+            payload: EntryPayload::Blank,
+        };
+        let put = |from: u64, to: u64| {
+            let encoded = (from..=to).map(|i| (i, encode("log entry", &entry(i)).unwrap()));
+            store.db.put_entries(encoded).unwrap();
+        };
+        put(1, 5);
+        let one = encode("log entry", &entry(4)).unwrap().len();
+        let tail = |start, n, bytes| {
+            store
+                .short_tail(start, n, bytes)
+                .unwrap()
+                .map(|es| es.iter().map(|e| e.log_id.index).collect::<Vec<_>>())
+        };
+        assert_eq!(tail(4, 16, 1 << 20), Some(vec![4, 5]));
+        assert_eq!(tail(4, 2, 2 * one), Some(vec![4, 5]));
+        // More entries than allowed, more bytes than allowed (even a first entry alone), or
+        // nothing at all after `start`: no tail.
+        assert_eq!(tail(3, 2, 1 << 20), None);
+        assert_eq!(tail(4, 16, 2 * one - 1), None);
+        assert_eq!(tail(5, 16, one - 1), None);
+        assert_eq!(tail(6, 16, 1 << 20), None);
+        put(6, 6);
+        assert_eq!(tail(6, 16, 1 << 20), Some(vec![6]));
     }
 }

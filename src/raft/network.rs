@@ -88,9 +88,8 @@ pub struct NetworkFactory {
     carry_stats: Arc<CarryStats>,
 }
 
-/// What a heartbeat carrying entries needs: this node's log (read at most
-/// `raft.max_payload_bytes` at a time), how long it waits for entries, and how many it
-/// carries at most (`raft.max_payload_entries`, as openraft's own messages).
+/// What a heartbeat carrying entries needs: this node's log, how long it waits for entries,
+/// and how many it carries at most (`carry::MAX_ENTRIES`, and `raft.max_payload_entries`).
 #[derive(Clone)]
 struct Carrying {
     log: LogStore,
@@ -136,7 +135,7 @@ impl NetworkFactory {
             carry: (!wait.is_zero()).then_some(Carrying {
                 log,
                 wait,
-                max_entries: max_entries.max(1),
+                max_entries: max_entries.clamp(1, carry::MAX_ENTRIES),
             }),
             ..self
         }
@@ -428,7 +427,6 @@ impl PeerClient {
         rpc: &AppendEntriesRequest<TypeConfig>,
         deadline: tokio::time::Instant,
     ) -> Option<RpcResult<AppendEntriesResponse<NodeId>>> {
-        use openraft::RaftLogReader;
         let Carrying {
             log,
             wait,
@@ -446,13 +444,14 @@ impl PeerClient {
                 _ => return None,
             }
         }
-        // At most `raft.max_payload_bytes` and `raft.max_payload_entries`, as replication.
-        let start = prev.index.checked_add(1)?;
+        // Only a short tail: all the entries after `prev`, few and small (`carry::MAX_*`).
         let entries = log
-            .clone()
-            .limited_get_log_entries(start, start.saturating_add(max_entries))
-            .await
-            .ok()?;
+            .short_tail(
+                prev.index.checked_add(1)?,
+                usize::try_from(max_entries).ok()?,
+                carry::MAX_BYTES.min(self.max_payload_bytes),
+            )
+            .ok()??;
         if !carry::carriable(&rpc.vote, prev, &entries) {
             return None;
         }
@@ -473,11 +472,14 @@ impl PeerClient {
                 }
             }
             // What the heartbeat would meet as well: a follower out of reach or not answering
-            // in time. (Sending it after that would only take its time again.)
+            // in time (tonic reports its own deadline as CANCELLED). Sending the heartbeat
+            // after that would only take its time again.
             Err(status)
                 if matches!(
                     status.code(),
-                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                    tonic::Code::Unavailable
+                        | tonic::Code::DeadlineExceeded
+                        | tonic::Code::Cancelled
                 ) =>
             {
                 let e = TransportError(format!(
