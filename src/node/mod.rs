@@ -467,7 +467,10 @@ impl Node {
         self.raft
             .shutdown()
             .await
-            .map_err(|e| NodeError::Internal(format!("raft shutdown: {e}")))
+            .map_err(|e| NodeError::Internal(format!("raft shutdown: {e}")))?;
+        self.log_store
+            .write_committed()
+            .map_err(|e| NodeError::Internal(format!("recording the commit index: {e}")))
     }
 
     /// Adds a learner; the log index of the membership change. A node whose code cannot
