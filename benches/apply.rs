@@ -86,6 +86,10 @@ impl Replica {
         let state = self.state.take().expect("state");
         let mut applier = Applier::new(db, &self.heads, state);
         let t = applier.commit_time(now);
+        // As the state machine does: the entry's idempotency records read in one batch.
+        applier
+            .prefetch_dedupe(cmds.iter().flat_map(|c| &c.events).map(|e| &e.event_id))
+            .expect("prefetch");
         for c in &cmds {
             black_box(applier.append(&mut wb, t, WINDOW_NS, c).expect("append"));
         }

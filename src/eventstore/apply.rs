@@ -59,6 +59,9 @@ pub struct Applier<'a> {
     state: StoreState,
     heads: HashMap<String, Option<u64>>,
     dedupe: HashMap<Uuid, DedupeEntry>,
+    /// Idempotency records read ahead for this entry ([`Applier::prefetch_dedupe`]), as
+    /// stored: `None` for an id with none.
+    prefetched: HashMap<Uuid, Option<Vec<u8>>>,
     /// Ids of the events this entry stored, 16 bytes each: one expiry record per entry.
     stored_ids: Vec<u8>,
     /// The apply rules in force (replicated; see `APPLY_RULES_VERSION`).
@@ -73,6 +76,7 @@ impl<'a> Applier<'a> {
             state,
             heads: HashMap::new(),
             dedupe: HashMap::new(),
+            prefetched: HashMap::new(),
             stored_ids: Vec::new(),
             rules_version: super::APPLY_RULES_VERSION,
         }
@@ -135,20 +139,47 @@ impl<'a> Applier<'a> {
 
     /// The live (inside the window) dedupe entry of an event id.
     fn dedupe_entry(&self, id: &Uuid, oldest_live_ns: i64) -> Result<Option<DedupeEntry>> {
-        let entry = match self.dedupe.get(id) {
-            Some(e) => Some(e.clone()),
-            None => match self
+        let stored = |bytes: &[u8]| decode::<DedupeEntry>("dedupe entry", bytes).map(Some);
+        let entry = match (self.dedupe.get(id), self.prefetched.get(id)) {
+            (Some(e), _) => Some(e.clone()),
+            (None, Some(read)) => read.as_deref().map_or(Ok(None), stored)?,
+            (None, None) => match self
                 .db
                 .db()
                 .get_pinned_cf(self.db.cf(CF_DEDUPE)?, id.as_bytes())?
             {
-                Some(bytes) => Some(decode::<DedupeEntry>("dedupe entry", &bytes)?),
+                Some(bytes) => stored(&bytes)?,
                 None => None,
             },
         };
         // Expiry is exact even when physical removal lags: an entry outside the window is
         // treated as absent by every replica alike.
         Ok(entry.filter(|e| e.commit_time_ns >= oldest_live_ns))
+    }
+
+    /// Reads the idempotency records of `ids` in one batched lookup (RocksDB's MultiGet:
+    /// the keys' filter and index probes made together, in key order), for the appends of
+    /// this entry to check against instead of one lookup per event. It reads what those
+    /// lookups would: the database changes only when the entry's batch commits, and the
+    /// ids the entry itself stores are answered from what it stored first. Records are
+    /// decoded only when an append asks for them; a key the batch could not read is left
+    /// to a lookup of its own.
+    pub fn prefetch_dedupe<'i>(&mut self, ids: impl IntoIterator<Item = &'i Uuid>) -> Result<()> {
+        let mut keys: Vec<&Uuid> = ids.into_iter().collect();
+        // Byte order, which `Uuid`'s order is, and the family's comparator.
+        keys.sort_unstable();
+        keys.dedup();
+        let cf = self.db.cf(CF_DEDUPE)?;
+        let read = self
+            .db
+            .db()
+            .batched_multi_get_cf(cf, keys.iter().map(|k| k.as_bytes()), true);
+        for (id, got) in keys.into_iter().zip(read) {
+            if let Ok(value) = got {
+                self.prefetched.insert(*id, value.map(|v| v.to_vec()));
+            }
+        }
+        Ok(())
     }
 
     /// Applies one plain append (the event API's): workflow streams are refused, whatever
@@ -531,6 +562,79 @@ mod tests {
         // A retry of the reuse is still recognised.
         let (_, out, _) = apply_entry(&db, &heads, st, 4, 21 * SEC, window, &cmd("t", &[a]));
         assert!(matches!(out, AppendOutcome::Duplicate(_)));
+    }
+
+    /// Idempotency records read ahead in one batch answer every append as lookups one by
+    /// one do: the same entries applied to two stores, with and without the read-ahead,
+    /// give the same outcomes — retries across entries and within one, partial and
+    /// reordered retries, an id reused in another stream, and an expired window.
+    #[test]
+    fn read_ahead_idempotency_records_answer_as_lookups_do() {
+        let ids: Vec<Uuid> = (0..6).map(|_| Uuid::now_v7()).collect();
+        let window = 10 * SEC;
+        let entries: Vec<(i64, Vec<AppendCommand>)> = vec![
+            (SEC, vec![cmd("s", &ids[0..2]), cmd("t", &ids[2..3])]),
+            // Retries: whole, within the same entry twice, partial, reordered, elsewhere.
+            (
+                2 * SEC,
+                vec![
+                    cmd("s", &ids[0..2]),
+                    cmd("u", &ids[3..4]),
+                    cmd("u", &ids[3..4]),
+                    cmd("s", &[ids[1], ids[4]]),
+                    cmd("s", &[ids[1], ids[0]]),
+                    cmd("v", &ids[2..3]),
+                ],
+            ),
+            // Past the window: ids 0..3 may be stored again; 3 is still known.
+            (
+                12 * SEC,
+                vec![
+                    cmd("w", &ids[0..1]),
+                    cmd("u", &ids[3..4]),
+                    cmd("w", &ids[5..6]),
+                ],
+            ),
+        ];
+        let run = |read_ahead: bool| {
+            let dir = tempfile::tempdir().unwrap();
+            let store = SmStore::open(dir.path()).unwrap();
+            let db = store.db();
+            let heads = HeadCache::default();
+            let mut state = StoreState::default();
+            let mut outcomes = Vec::new();
+            for (i, (time, cmds)) in entries.iter().enumerate() {
+                let index = i as u64 + 1;
+                let mut wb = SmWriteBatch::new(&db, 0, index);
+                let mut a = Applier::new(&db, &heads, state);
+                if read_ahead {
+                    a.prefetch_dedupe(cmds.iter().flat_map(|c| &c.events).map(|e| &e.event_id))
+                        .unwrap();
+                }
+                for c in cmds {
+                    outcomes.push(format!(
+                        "{:?}",
+                        a.append(&mut wb, *time, window, c).unwrap()
+                    ));
+                }
+                a.finish_entry(&mut wb, *time, index, window).unwrap();
+                wb.commit().unwrap();
+                state = a.into_parts().0;
+            }
+            outcomes
+        };
+        let (ahead, one_by_one) = (run(true), run(false));
+        assert_eq!(ahead, one_by_one);
+        let count = |kind: &str| ahead.iter().filter(|o| o.starts_with(kind)).count();
+        assert_eq!(
+            (
+                count("Appended"),
+                count("Duplicate"),
+                count("EventIdConflict")
+            ),
+            (5, 3, 3),
+            "{ahead:#?}"
+        );
     }
 
     #[test]

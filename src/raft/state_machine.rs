@@ -311,6 +311,15 @@ impl StateMachine {
                     std::mem::take(&mut self.cached.state),
                 )
                 .with_rules(self.cached.rules_version);
+                applier.prefetch_dedupe(
+                    req.commands
+                        .iter()
+                        .flat_map(|c| match c {
+                            Command::Append(a) => a.events.as_slice(),
+                            _ => &[],
+                        })
+                        .map(|e| &e.event_id),
+                )?;
                 let mut workflows = WorkflowApplier::new(db);
                 let mut telemetry = TelemetryApplier::new(db, entry.log_id.index);
                 let mut policies = crate::limits::PolicyApplier::new(db);
