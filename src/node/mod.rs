@@ -467,10 +467,7 @@ impl Node {
         self.raft
             .shutdown()
             .await
-            .map_err(|e| NodeError::Internal(format!("raft shutdown: {e}")))?;
-        self.log_store
-            .write_committed()
-            .map_err(|e| NodeError::Internal(format!("recording the commit index: {e}")))
+            .map_err(|e| NodeError::Internal(format!("raft shutdown: {e}")))
     }
 
     /// Adds a learner; the log index of the membership change. A node whose code cannot

@@ -1,8 +1,7 @@
 //! openraft's log storage on [`LogDb`]: entries are checksummed, written at once (readable
 //! immediately) and acknowledged to openraft only after the group-commit syncer has synced
 //! the WAL that holds them. The last entries written are also kept decoded
-//! (`raft::log_tail`), for the reads apply and replication make; the commit index openraft
-//! reports is written with the next append's entries.
+//! (`raft::log_tail`), for the reads apply and replication make.
 
 // openraft's `StorageError` is the error type its traits impose.
 #![allow(clippy::result_large_err)]
@@ -37,17 +36,6 @@ pub struct LogStore {
     /// The log's last entries, decoded: what apply, replication and carried heartbeats
     /// read (`raft::log_tail`). Changed only together with the database, under this lock.
     tail: Arc<Mutex<Tail>>,
-    /// The commit index openraft last reported ([`RaftLogStorage::save_committed`]): written
-    /// with the next append's batch, not in a write of its own.
-    committed: Arc<Mutex<Committed>>,
-}
-
-/// The last commit index reported in this process, and whether it still waits to be
-/// written.
-#[derive(Default)]
-struct Committed {
-    latest: Option<Option<LogId>>,
-    unwritten: bool,
 }
 
 impl LogStore {
@@ -57,26 +45,7 @@ impl LogStore {
             appended: Arc::new(tokio::sync::watch::channel(0).0),
             read_bytes: usize::MAX,
             tail: Arc::default(),
-            committed: Arc::default(),
         }
-    }
-
-    fn committed_slot(&self) -> MutexGuard<'_, Committed> {
-        // Nothing panics while it is held; a poisoned lock's value is whole.
-        self.committed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Writes the last reported commit index if it has not been yet (at shutdown: an idle
-    /// node's last commits would otherwise wait for its next append).
-    pub fn write_committed(&self) -> Result<(), RaftStorageError> {
-        let mut slot = self.committed_slot();
-        if let (true, Some(latest)) = (slot.unwritten, slot.latest) {
-            self.put_meta(KEY_COMMITTED, &latest, false, ErrorSubject::Store)?;
-            slot.unwritten = false;
-        }
-        Ok(())
     }
 
     /// The tail, locked. A panic while it was held (none of its code panics) would leave it
@@ -145,11 +114,8 @@ impl LogStore {
         self.db.put_meta(key, &bytes, sync).map_err(write)
     }
 
-    /// The last committed log id this node recorded (in this process, or on disk).
+    /// The last committed log id this node recorded.
     pub fn committed(&self) -> Result<Option<LogId>, RaftStorageError> {
-        if let Some(latest) = self.committed_slot().latest {
-            return Ok(latest);
-        }
         Ok(self
             .meta::<Option<LogId>>(KEY_COMMITTED, ErrorSubject::Store)?
             .flatten())
@@ -165,10 +131,10 @@ impl LogStore {
         max_entries: usize,
         max_bytes: usize,
     ) -> Result<Option<Vec<Entry>>, RaftStorageError> {
-        let short = |n: usize, bytes: usize| n > 0 && n <= max_entries && bytes <= max_bytes;
-        if let Some((rest, bytes)) = self.tail().rest(start) {
-            return Ok(short(rest.len(), bytes).then_some(rest));
+        if let Some(rest) = self.tail().rest(start, max_entries, max_bytes) {
+            return Ok(rest);
         }
+        let short = |n: usize, bytes: usize| n > 0 && n <= max_entries && bytes <= max_bytes;
         let raw = self
             .db
             .entries_within(start, u64::MAX, max_entries.saturating_add(1), max_bytes)
@@ -286,16 +252,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     /// Kept so that a restarted node re-applies what it knew committed without waiting for
-    /// the leader. Losing it, or its latest values, only delays re-applying: so it is not
-    /// written here (a RocksDB write of its own on every commit, inside openraft's core
-    /// loop) but with the next append's entries, in their batch, and at shutdown
-    /// ([`LogStore::write_committed`]). What a crash leaves is an older commit index, never
-    /// one past the entries on disk: the batch that holds it holds every entry before it.
+    /// the leader. Not synced: losing it only delays re-applying.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), RaftStorageError> {
-        let mut slot = self.committed_slot();
-        slot.latest = Some(committed);
-        slot.unwritten = true;
-        Ok(())
+        self.put_meta(KEY_COMMITTED, &committed, false, ErrorSubject::Store)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, RaftStorageError> {
@@ -329,23 +288,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         {
             let mut tail = self.tail();
-            let committed = {
-                let mut slot = self.committed_slot();
-                std::mem::take(&mut slot.unwritten)
-                    .then_some(slot.latest)
-                    .flatten()
-            };
-            let committed_bytes = committed
-                .map(|c| encode("log meta", &c))
-                .transpose()
-                .map_err(|e| sto_err(ErrorVerb::Write, ErrorSubject::Store, e))?;
-            let put = self.db.put_entries(
-                encoded,
-                committed_bytes.as_deref().map(|b| (KEY_COMMITTED, b)),
-            );
-            if put.is_err() && committed.is_some() {
-                self.committed_slot().unwritten = true;
-            }
+            let put = self.db.put_entries(encoded);
             tail_follows(&mut tail, &put);
             put.map_err(|e| sto_err(ErrorVerb::Write, ErrorSubject::Logs, e))?;
             for (entry, size) in written {
@@ -406,7 +349,7 @@ mod tests {
         };
         let put = |from: u64, to: u64| {
             let encoded = (from..=to).map(|i| (i, encode("log entry", &entry(i)).unwrap()));
-            store.db.put_entries(encoded, None).unwrap();
+            store.db.put_entries(encoded).unwrap();
             store.appended.send_replace(to);
         };
         put(1, 5);
@@ -430,50 +373,6 @@ mod tests {
     }
 }
 
-/// The commit index is written with the next append's entries, or by `write_committed`;
-/// until then a store opened on the same database (a restart) reads the one before.
-#[cfg(test)]
-mod committed_tests {
-    use super::*;
-    use openraft::storage::RaftLogStorageExt;
-    use openraft::{CommittedLeaderId, EntryPayload};
-
-    #[tokio::test]
-    async fn the_commit_index_rides_with_the_next_append() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Arc::new(LogDb::open(dir.path()).unwrap());
-        let mut store = LogStore::new(db.clone());
-        let restarted = || LogStore::new(db.clone());
-        let id = |i| LogId::new(CommittedLeaderId::new(1, 1), i);
-        let entry = |i| Entry {
-            log_id: id(i),
-            payload: EntryPayload::Blank,
-        };
-        store.blocking_append([entry(1), entry(2)]).await.unwrap();
-        assert_eq!(restarted().committed().unwrap(), None);
-
-        store.save_committed(Some(id(1))).await.unwrap();
-        assert_eq!(store.committed().unwrap(), Some(id(1)), "known at once");
-        assert_eq!(restarted().committed().unwrap(), None, "not written yet");
-        store.blocking_append([entry(3)]).await.unwrap();
-        assert_eq!(
-            restarted().committed().unwrap(),
-            Some(id(1)),
-            "with entry 3"
-        );
-
-        store.save_committed(Some(id(3))).await.unwrap();
-        store.blocking_append([entry(4)]).await.unwrap();
-        store.save_committed(Some(id(4))).await.unwrap();
-        assert_eq!(restarted().read_committed().await.unwrap(), Some(id(3)));
-        store.write_committed().unwrap();
-        assert_eq!(restarted().read_committed().await.unwrap(), Some(id(4)));
-        // Written once: the next append carries nothing older over it.
-        store.blocking_append([entry(5)]).await.unwrap();
-        assert_eq!(restarted().committed().unwrap(), Some(id(4)));
-    }
-}
-
 /// The tail (`raft::log_tail`) answers every read as the database would: random appends,
 /// truncations and purges through `LogStore`, each followed by reads through it and through
 /// a copy of it whose tail stays empty (so it reads the database).
@@ -493,7 +392,7 @@ mod tail_tests {
         Append(Vec<usize>, bool),
         /// Truncate from the n-th entry of the log (modulo its length).
         Truncate(usize),
-        /// Purge up to the n-th entry of the log (modulo its length).
+        /// Purge up to the n-th entry of the log (modulo its length and 4 more: past its end).
         Purge(usize),
     }
 
@@ -541,7 +440,7 @@ mod tail_tests {
                         next += entries.len() as u64;
                         rt.block_on(store.blocking_append(entries)).unwrap();
                         // Reads of the last entries are the tail's from here on.
-                        prop_assert_eq!(store.tail().rest(next - 1).map(|(es, _)| es.len()), Some(1));
+                        prop_assert_eq!(store.tail().rest(next - 1, 1, usize::MAX).flatten().map(|es| es.len()), Some(1));
                     }
                     Op::Truncate(n) if next > first => {
                         let at = first + (n as u64) % (next - first);
@@ -549,13 +448,16 @@ mod tail_tests {
                             .unwrap();
                         next = at;
                     }
-                    Op::Purge(n) if next > first => {
-                        let upto = first + (n as u64) % (next - first);
+                    Op::Purge(n) => {
+                        // Past the log's last entry too, as after a snapshot install: the
+                        // log then goes on after the purged index.
+                        let upto = first + (n as u64) % (next - first + 4);
                         rt.block_on(store.purge(LogId::new(CommittedLeaderId::new(term, 1), upto)))
                             .unwrap();
                         first = upto + 1;
+                        next = next.max(first);
                     }
-                    Op::Truncate(_) | Op::Purge(_) => {}
+                    Op::Truncate(_) => {}
                 }
                 // Around both ends of the log and of the tail (at most 256 entries).
                 let mut starts: Vec<u64> = [0, 1, 2, 30]

@@ -122,17 +122,22 @@ impl Tail {
         Some(out)
     }
 
-    /// Every entry from `start` on if `start` is in the tail, with their stored bytes: the
-    /// whole rest of the log.
-    pub fn rest(&self, start: u64) -> Option<(Vec<Entry>, usize)> {
+    /// Every entry from `start` on — the whole rest of the log — if `start` is in the tail:
+    /// `Some(Some(entries))` when they are at most `max` and `max_bytes` as stored,
+    /// `Some(None)` when they are more (nothing is copied then), `None` when the tail cannot
+    /// tell (read the database).
+    pub fn rest(&self, start: u64, max: usize, max_bytes: usize) -> Option<Option<Vec<Entry>>> {
         let (first, last) = (self.first()?, self.last()?);
         if start < first || start > last {
             return None;
         }
         let skip = usize::try_from(start - first).ok()?;
         let rest = self.entries.iter().skip(skip);
-        let bytes = rest.clone().map(|(_, size)| size).sum();
-        Some((rest.map(|(e, _)| e.clone()).collect(), bytes))
+        let bytes: usize = rest.clone().map(|(_, size)| size).sum();
+        if self.entries.len() - skip > max || bytes > max_bytes {
+            return Some(None);
+        }
+        Some(Some(rest.map(|(e, _)| e.clone()).collect()))
     }
 }
 
@@ -193,11 +198,11 @@ mod tests {
         };
         assert_eq!(ids(t.read(bytes(25))), Some(vec![(1, 3), (1, 4)]));
         assert_eq!(ids(t.read(bytes(1))), Some(vec![(1, 3)]));
-        assert_eq!(
-            t.rest(5).map(|(es, b)| (ids(Some(es)), b)),
-            Some((Some(vec![(1, 5), (1, 6)]), 20))
-        );
-        assert!(t.rest(2).is_none() && t.rest(7).is_none());
+        let rest = |start, max, bytes| t.rest(start, max, bytes).map(ids);
+        assert_eq!(rest(5, 2, 20), Some(Some(vec![(1, 5), (1, 6)])));
+        assert_eq!(rest(5, 1, 20), Some(None), "too many");
+        assert_eq!(rest(5, 2, 19), Some(None), "too large");
+        assert!(rest(2, 9, 99).is_none() && rest(7, 9, 99).is_none());
     }
 
     #[test]

@@ -86,9 +86,8 @@ impl LogDb {
         &self.stats
     }
 
-    /// Writes entries (index, bytes), and `meta` (key, value) in the same batch, without
-    /// waiting for the disk; see [`LogDb::sync_then`].
-    pub fn put_entries<I>(&self, entries: I, meta: Option<(&str, &[u8])>) -> Result<()>
+    /// Writes entries (index, bytes) without waiting for the disk; see [`LogDb::sync_then`].
+    pub fn put_entries<I>(&self, entries: I) -> Result<()>
     where
         I: IntoIterator<Item = (u64, Vec<u8>)>,
     {
@@ -96,9 +95,6 @@ impl LogDb {
         let mut batch = WriteBatch::default();
         for (index, bytes) in entries {
             batch.put_cf(cf, u64_key(index), bytes);
-        }
-        if let Some((key, value)) = meta {
-            batch.put_cf(self.cf(CF_META)?, key, value);
         }
         self.db.write_opt(batch, &no_sync())?;
         Ok(())
@@ -248,7 +244,7 @@ mod tests {
     fn entries_meta_truncate_purge() {
         let dir = tempfile::tempdir().unwrap();
         let db = LogDb::open(dir.path()).unwrap();
-        db.put_entries((1..=10).map(|i| (i, vec![i as u8])), None)
+        db.put_entries((1..=10).map(|i| (i, vec![i as u8])))
             .unwrap();
         assert_eq!(db.last_entry().unwrap(), Some((10, vec![10])));
         let got = db.entries(3, 6, 100).unwrap();
