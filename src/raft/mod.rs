@@ -12,7 +12,6 @@ pub mod clock;
 pub mod forwarded;
 pub mod lease;
 pub mod log_store;
-mod log_tail;
 pub mod network;
 pub mod read_index;
 pub mod service;
