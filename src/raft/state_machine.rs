@@ -978,6 +978,60 @@ mod tests {
         ));
     }
 
+    /// The idempotency records an entry reads ahead (`Applier::prefetch_dedupe`) are
+    /// checked the way lookups were: against the window in force at each command (a window
+    /// change earlier in the same entry counts), and after what earlier commands of the
+    /// entry stored.
+    #[tokio::test]
+    async fn read_ahead_records_meet_the_window_and_the_entrys_own_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        let cmd = append("s", 1);
+        let out = apply(
+            &mut sm,
+            entry_at(1, 100, 1000, vec![adopt(1000), cmd.clone()]),
+        )
+        .await;
+        assert_eq!(appended(&out[1]), (0, 0));
+        let window = |secs: i64| Command::SetDedupeWindow {
+            window_ns: secs * 1_000_000_000,
+        };
+        let out = apply(
+            &mut sm,
+            entry_at(
+                2,
+                105,
+                1000,
+                vec![
+                    // Within 1000 s: the read-ahead record says duplicate.
+                    cmd.clone(),
+                    // A 1 s window from here on: the same record has expired.
+                    window(1),
+                    cmd.clone(),
+                    // What the command before stored answers the next retry.
+                    cmd.clone(),
+                ],
+            ),
+        )
+        .await;
+        assert!(
+            matches!(out[0], CommandOutcome::Append(AppendOutcome::Duplicate(_))),
+            "{:?}",
+            out[0]
+        );
+        assert_eq!(
+            appended(&out[2]),
+            (1, 1),
+            "expired by the entry's own window"
+        );
+        match &out[3] {
+            CommandOutcome::Append(AppendOutcome::Duplicate(p)) => {
+                assert_eq!((p.last_stream_version, p.last_global_position), (1, 1));
+            }
+            other => panic!("expected a duplicate of the retry, got {other:?}"),
+        }
+    }
+
     /// Review of issue 10: an entry adopting rules this code does not know stops the state
     /// machine (it used to be refused and skipped, which forks this replica from those that
     /// apply them).
