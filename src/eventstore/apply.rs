@@ -169,6 +169,10 @@ impl<'a> Applier<'a> {
         // Byte order, which `Uuid`'s order is, and the family's comparator.
         keys.sort_unstable();
         keys.dedup();
+        if keys.is_empty() {
+            // An entry without plain appends (telemetry, workflows): nothing to read.
+            return Ok(());
+        }
         let cf = self.db.cf(CF_DEDUPE)?;
         let read = self
             .db
