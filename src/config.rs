@@ -179,8 +179,8 @@ fn default_true() -> bool {
 
 impl TlsSettings {
     /// Reads and checks the files (a message names the setting at fault).
-    pub fn load(&self) -> Result<crate::tls::Tls, ConfigError> {
-        crate::tls::Tls::load(&self.cert_file, &self.key_file, &self.ca_file)
+    pub fn load(&self) -> Result<crate::tls::LiveTls, ConfigError> {
+        crate::tls::LiveTls::load(&self.cert_file, &self.key_file, &self.ca_file)
             .map_err(|e| ConfigError::Invalid(e.to_string()))
     }
 }

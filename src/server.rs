@@ -81,7 +81,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         listeners.http_addr,
         data_dir.display()
     );
-    tokio::spawn(reload_keys_on_sighup(node.clone()));
+    tokio::spawn(reload_on_sighup(node.clone()));
     serve(node.clone(), listeners, shutdown_signal()).await?;
     tracing::info!("shutting down raft");
     node.shutdown().await?;
@@ -120,7 +120,7 @@ pub async fn serve(
     let mut grpc_shutdown = shutdown_tx.subscribe();
     let mut http_shutdown = shutdown_tx.subscribe();
     // With `[tls]`, every listener serves TLS and raft.v1 asks for a member certificate.
-    let tls = node.config().tls.as_ref().map(|t| t.load()).transpose()?;
+    let tls = node.tls().cloned();
     // Every client service sits behind the one token check; health and reflection too
     // unless the configuration leaves them open. The node-to-node service checks node-plane
     // credentials itself.
@@ -140,11 +140,6 @@ pub async fn serve(
     let mut grpc = Server::builder()
         .tcp_nodelay(true)
         .http2_max_header_list_size(u32::try_from(max_headers).unwrap_or(u32::MAX));
-    if let Some(t) = &tls {
-        // Applies to `serve_with_incoming` too: tonic runs the handshake on each accepted
-        // connection (tests/tls.rs checks that a plaintext client is refused).
-        grpc = grpc.tls_config(t.grpc_server())?;
-    }
     let grpc = grpc
         .add_service(InterceptedService::new(
             health_service,
@@ -180,10 +175,20 @@ pub async fn serve(
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
             crate::tls::require_member_certificate(tls.is_some()),
-        ))
-        .serve_with_incoming_shutdown(nodelay(listeners.grpc), async move {
-            let _ = grpc_shutdown.recv().await;
-        });
+        ));
+    let grpc_stopped = async move {
+        let _ = grpc_shutdown.recv().await;
+    };
+    // With TLS the handshakes are ours (`tls::LiveTls::grpc_incoming`), with the material
+    // in force when a connection arrives, so that SIGHUP can rotate it (tests/tls.rs
+    // checks that a plaintext client is refused).
+    let grpc: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match &tls
+    {
+        Some(t) => Box::pin(
+            grpc.serve_with_incoming_shutdown(t.grpc_incoming(listeners.grpc), grpc_stopped),
+        ),
+        None => Box::pin(grpc.serve_with_incoming_shutdown(nodelay(listeners.grpc), grpc_stopped)),
+    };
     let router = http::router(service).into_make_service_with_connect_info::<SocketAddr>();
     let http_stopped = async move {
         let _ = http_shutdown.recv().await;
@@ -229,34 +234,50 @@ fn nodelay(
     })
 }
 
-/// SIGHUP: the token keys are read again — from the configuration file when the node has
-/// one (keys added or removed there take effect), else the same key files. Rotation needs
-/// no restart; a key set that does not load leaves the one in force, and says why. Other
-/// `[auth]` settings (issuer, audiences) take a restart.
-async fn reload_keys_on_sighup(node: Arc<Node>) {
+/// SIGHUP: what rotates without a restart is read again.
+/// - The token keys: from the configuration file when the node has one (keys added or
+///   removed there take effect), else the same key files. Other `[auth]` settings
+///   (issuer, audiences) take a restart.
+/// - The TLS certificate, key and CA, from the same files (`tls::LiveTls::reload`): new
+///   connections, to either listener and to peers, use them; open ones keep theirs.
+///   `[tls]` paths take a restart.
+///
+/// Each is reloaded on its own: a key set or TLS files that do not load leave the ones in
+/// force, and the log says why.
+async fn reload_on_sighup(node: Arc<Node>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let Some(verifier) = node.auth().cloned() else {
+    if node.auth().is_none() && node.tls().is_none() {
         return;
-    };
+    }
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGHUP: token keys reload only on restart");
+            tracing::error!(error = %e, "cannot listen for SIGHUP: token keys and TLS files reload only on restart");
             return;
         }
     };
     while hup.recv().await.is_some() {
-        let reloaded = match &node.config().source_file {
-            Some(path) => Config::from_file(path)
-                .map_err(|e| e.to_string())
-                .and_then(|c| c.auth.key_sources().map_err(|e| e.to_string()))
-                .and_then(|sources| verifier.reload_from(sources).map_err(|e| e.to_string())),
-            None => verifier.reload().map_err(|e| e.to_string()),
-        };
-        match reloaded {
-            Ok(kids) => tracing::info!(?kids, "SIGHUP: token keys reloaded"),
-            Err(e) => {
-                tracing::error!("SIGHUP: token keys NOT reloaded, the previous ones stay: {e}")
+        if let Some(verifier) = node.auth() {
+            let reloaded = match &node.config().source_file {
+                Some(path) => Config::from_file(path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|c| c.auth.key_sources().map_err(|e| e.to_string()))
+                    .and_then(|sources| verifier.reload_from(sources).map_err(|e| e.to_string())),
+                None => verifier.reload().map_err(|e| e.to_string()),
+            };
+            match reloaded {
+                Ok(kids) => tracing::info!(?kids, "SIGHUP: token keys reloaded"),
+                Err(e) => {
+                    tracing::error!("SIGHUP: token keys NOT reloaded, the previous ones stay: {e}")
+                }
+            }
+        }
+        if let Some(tls) = node.tls() {
+            match tls.reload() {
+                Ok(generation) => tracing::info!(generation, "SIGHUP: TLS files reloaded"),
+                Err(e) => {
+                    tracing::error!("SIGHUP: TLS files NOT reloaded, the previous ones stay: {e}")
+                }
             }
         }
     }

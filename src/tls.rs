@@ -13,6 +13,12 @@
 //! a certificate that is presented must chain to the cluster's CA or the handshake fails.
 //! The node-to-node service then refuses a connection that presented none
 //! ([`require_member_certificate`]).
+//!
+//! The files are read again on SIGHUP ([`LiveTls::reload`]): certificates rotate without a
+//! restart. Both listeners run their own handshakes and take the configuration in force
+//! when a connection arrives; the node-to-node client dials new connections with it (its
+//! channels are replaced). Connections already open keep the certificates they were made
+//! with. Files that do not load leave the ones in force.
 
 use std::io;
 use std::net::SocketAddr;
@@ -20,12 +26,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::RwLock;
+
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 /// What the node-to-node service answers a connection without a member certificate.
 pub const MEMBER_CERTIFICATE_REQUIRED: &str = "node-to-node calls need a member certificate";
@@ -33,8 +42,8 @@ pub const MEMBER_CERTIFICATE_REQUIRED: &str = "node-to-node calls need a member 
 /// A handshake not finished within this is dropped (a silent client holds nothing longer).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// HTTP handshakes in progress at once; more connections wait to be accepted.
-const MAX_HTTP_HANDSHAKES: usize = 256;
+/// Handshakes in progress at once on one listener; more connections wait to be accepted.
+const MAX_HANDSHAKES: usize = 256;
 
 /// PEM files are small; anything larger is not what the setting should name.
 const MAX_PEM_BYTES: u64 = 1 << 20;
@@ -84,6 +93,9 @@ pub struct Tls {
     cert_pem: Vec<u8>,
     key_pem: Vec<u8>,
     ca_pem: Vec<u8>,
+    /// The gRPC listener's server config: client certificates optional but, when
+    /// presented, verified against the cluster's CA (peers present theirs); ALPN h2.
+    grpc: Arc<rustls::ServerConfig>,
     /// The HTTP listener's server config (no client certificates asked).
     http: Arc<rustls::ServerConfig>,
 }
@@ -151,14 +163,15 @@ impl Tls {
             reason: format!("no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}"),
         })?;
         let roots = Self::roots(Setting::CaFile, ca_file, &ca_pem)?;
+        let ca_invalid = |e: rustls::server::VerifierBuilderError| TlsError::Invalid {
+            setting: Setting::CaFile,
+            path: ca_file.to_owned(),
+            reason: e.to_string(),
+        };
         let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
                 .build()
-                .map_err(|e| TlsError::Invalid {
-                    setting: Setting::CaFile,
-                    path: ca_file.to_owned(),
-                    reason: e.to_string(),
-                })?;
+                .map_err(ca_invalid)?;
         verifier
             .verify_client_cert(&chain[0], &chain[1..], UnixTime::now())
             .map_err(|e| TlsError::Invalid {
@@ -169,17 +182,32 @@ impl Tls {
                     ca_file.display()
                 ),
             })?;
-        let mut http = rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Mismatch(e.to_string()))?
+        let optional_members =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
+                .allow_unauthenticated()
+                .build()
+                .map_err(ca_invalid)?;
+        let server = || {
+            rustls::ServerConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| TlsError::Mismatch(e.to_string()))
+        };
+        let mismatch = |e: rustls::Error| TlsError::Mismatch(e.to_string());
+        let mut grpc = server()?
+            .with_client_cert_verifier(optional_members)
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(mismatch)?;
+        grpc.alpn_protocols = vec![b"h2".to_vec()];
+        let mut http = server()?
             .with_no_client_auth()
             .with_single_cert(chain, key)
-            .map_err(|e| TlsError::Mismatch(e.to_string()))?;
+            .map_err(mismatch)?;
         http.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Tls {
             cert_pem,
             key_pem,
             ca_pem,
+            grpc: Arc::new(grpc),
             http: Arc::new(http),
         })
     }
@@ -204,16 +232,6 @@ impl Tls {
         Identity::from_pem(&self.cert_pem, &self.key_pem)
     }
 
-    /// The gRPC server's TLS: this node's certificate; client certificates optional but,
-    /// when presented, verified against the cluster's CA (peers present theirs).
-    pub fn grpc_server(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(self.identity())
-            .client_ca_root(Certificate::from_pem(&self.ca_pem))
-            .client_auth_optional(true)
-            .timeout(HANDSHAKE_TIMEOUT)
-    }
-
     /// The node-to-node client's TLS towards the peer at `addr`: trusts the cluster's CA
     /// only, presents this node's certificate, and checks the peer's certificate against
     /// the address's host ([`server_name`]).
@@ -224,10 +242,88 @@ impl Tls {
             .domain_name(server_name(addr))
             .timeout(HANDSHAKE_TIMEOUT)
     }
+}
 
-    /// The HTTP listener, serving TLS with this node's certificate.
+/// The TLS material in force, read again from the same files by [`LiveTls::reload`].
+#[derive(Clone)]
+pub struct LiveTls {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    ca_file: PathBuf,
+    current: Arc<RwLock<Arc<Tls>>>,
+    /// Counts successful reloads: a client built with an older generation is rebuilt.
+    generation: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for LiveTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveTls")
+            .field("cert_file", &self.cert_file)
+            .field("generation", &self.generation())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LiveTls {
+    /// Reads and checks the files ([`Tls::load`]).
+    pub fn load(cert_file: &Path, key_file: &Path, ca_file: &Path) -> Result<LiveTls, TlsError> {
+        let tls = Tls::load(cert_file, key_file, ca_file)?;
+        Ok(LiveTls {
+            cert_file: cert_file.to_owned(),
+            key_file: key_file.to_owned(),
+            ca_file: ca_file.to_owned(),
+            current: Arc::new(RwLock::new(Arc::new(tls))),
+            generation: Arc::default(),
+        })
+    }
+
+    /// The material in force.
+    pub fn current(&self) -> Arc<Tls> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// How many reloads have taken effect.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Reads the files again and, if they pass every check of [`Tls::load`], puts them in
+    /// force for new connections, returning the new generation. Otherwise nothing changes.
+    pub fn reload(&self) -> Result<u64, TlsError> {
+        let tls = Arc::new(Tls::load(&self.cert_file, &self.key_file, &self.ca_file)?);
+        let mut current = self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *current = tls;
+        // Bumped under the lock: whoever sees the new generation reads the new material.
+        Ok(self.generation.fetch_add(1, Ordering::AcqRel) + 1)
+    }
+
+    /// The node-to-node client's TLS towards `addr`, with the material in force.
+    pub fn peer_client(&self, addr: &str) -> ClientTlsConfig {
+        self.current().peer_client(addr)
+    }
+
+    /// The gRPC listener's connections, each handshaken with the material in force when it
+    /// arrived (this node's certificate; a client certificate is optional but, when
+    /// presented, must chain to the cluster's CA). For `serve_with_incoming`.
+    pub fn grpc_incoming(
+        &self,
+        listener: TcpListener,
+    ) -> impl futures::Stream<Item = io::Result<tokio_rustls::server::TlsStream<TcpStream>>> {
+        use futures::StreamExt;
+        let (tx, rx) = mpsc::channel(MAX_HANDSHAKES);
+        tokio::spawn(accept_loop(listener, self.clone(), |t| t.grpc.clone(), tx));
+        tokio_stream::wrappers::ReceiverStream::new(rx).map(|(tls, _)| Ok(tls))
+    }
+
+    /// The HTTP listener, serving TLS with the material in force when a connection arrives.
     pub fn http_listener(&self, listener: TcpListener) -> io::Result<HttpsListener> {
-        HttpsListener::new(listener, tokio_rustls::TlsAcceptor::from(self.http.clone()))
+        HttpsListener::new(listener, self.clone())
     }
 }
 
@@ -280,7 +376,7 @@ pub fn require_member_certificate(
 }
 
 /// A TLS listener for `axum::serve`: handshakes run concurrently (at most
-/// `MAX_HTTP_HANDSHAKES`, each within `HANDSHAKE_TIMEOUT`) so that a slow or silent client
+/// `MAX_HANDSHAKES`, each within `HANDSHAKE_TIMEOUT`) so that a slow or silent client
 /// never holds up the others; finished ones are handed to the server with the peer's
 /// address.
 pub struct HttpsListener {
@@ -289,10 +385,10 @@ pub struct HttpsListener {
 }
 
 impl HttpsListener {
-    fn new(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor) -> io::Result<Self> {
+    fn new(listener: TcpListener, tls: LiveTls) -> io::Result<Self> {
         let local_addr = listener.local_addr()?;
-        let (tx, accepted) = mpsc::channel(MAX_HTTP_HANDSHAKES);
-        tokio::spawn(accept_loop(listener, acceptor, tx));
+        let (tx, accepted) = mpsc::channel(MAX_HANDSHAKES);
+        tokio::spawn(accept_loop(listener, tls, |t| t.http.clone(), tx));
         Ok(HttpsListener {
             accepted,
             local_addr,
@@ -300,12 +396,16 @@ impl HttpsListener {
     }
 }
 
+/// Accepts connections on `listener` and runs their handshakes concurrently, each with the
+/// server config `config` picks from the material in force when the connection arrived;
+/// hands finished ones to `tx`. Ends when `tx`'s receiver is gone (the server stopped).
 async fn accept_loop(
     listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
+    tls: LiveTls,
+    config: fn(&Tls) -> Arc<rustls::ServerConfig>,
     tx: mpsc::Sender<(tokio_rustls::server::TlsStream<TcpStream>, SocketAddr)>,
 ) {
-    let handshakes = Arc::new(Semaphore::new(MAX_HTTP_HANDSHAKES));
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
         // The server dropped the listener (shutdown): stop accepting.
         let permit = tokio::select! {
@@ -321,7 +421,7 @@ async fn accept_loop(
                 Ok(c) => c,
                 Err(e) => {
                     // Out of file descriptors and the like: pause rather than spin.
-                    tracing::warn!(error = %e, "accepting an HTTP connection");
+                    tracing::warn!(error = %e, "accepting a connection");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -330,15 +430,16 @@ async fn accept_loop(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "TCP_NODELAY");
         }
-        let (acceptor, tx) = (acceptor.clone(), tx.clone());
+        let acceptor = tokio_rustls::TlsAcceptor::from(config(&tls.current()));
+        let tx = tx.clone();
         tokio::spawn(async move {
             let _permit = permit;
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => {
                     let _ = tx.send((tls, peer)).await;
                 }
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "HTTP TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "HTTP TLS handshake timed out"),
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         });
     }
@@ -377,6 +478,70 @@ mod tests {
         for (addr, name) in cases {
             assert_eq!(server_name(addr), name, "{addr}");
         }
+    }
+
+    /// A CA and a node certificate for 127.0.0.1 signed by it, made here: (CA PEM, node
+    /// certificate PEM, node key PEM).
+    fn made_material() -> (String, String, String) {
+        use rcgen::{
+            BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        };
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let mut node = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+        node.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = KeyPair::generate().unwrap();
+        let cert = node.signed_by(&key, &issuer).unwrap();
+        (ca_pem, cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn a_reload_puts_files_in_force_only_when_they_pass_every_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let [cert, key, ca] = ["node.pem", "node.key", "ca.pem"].map(|f| dir.path().join(f));
+        let (ca_pem, cert_pem, key_pem) = made_material();
+        std::fs::write(&ca, &ca_pem).unwrap();
+        std::fs::write(&cert, &cert_pem).unwrap();
+        std::fs::write(&key, &key_pem).unwrap();
+        let live = LiveTls::load(&cert, &key, &ca).unwrap();
+        let first = live.current();
+        assert_eq!(live.generation(), 0);
+
+        // Another CA's certificate and key: they match, but the CA did not sign them.
+        let (_, foreign_cert, foreign_key) = made_material();
+        std::fs::write(&cert, &foreign_cert).unwrap();
+        std::fs::write(&key, &foreign_key).unwrap();
+        let refused = live.reload().unwrap_err().to_string();
+        assert!(refused.contains("not a member certificate"), "{refused}");
+        // A key that is not the certificate's.
+        std::fs::write(&cert, &cert_pem).unwrap();
+        assert!(live.reload().is_err());
+        // A file that is gone.
+        std::fs::remove_file(&key).unwrap();
+        assert!(live
+            .reload()
+            .unwrap_err()
+            .to_string()
+            .contains("tls.key_file"));
+        assert_eq!(live.generation(), 0);
+        assert!(
+            Arc::ptr_eq(&first, &live.current()),
+            "the material in force changed"
+        );
+
+        // Good files again (the certificate and its key): read anew and in force, one
+        // generation on.
+        std::fs::write(&key, &key_pem).unwrap();
+        assert_eq!(live.reload().unwrap(), 1);
+        assert_eq!(live.generation(), 1);
+        assert!(!Arc::ptr_eq(&first, &live.current()));
+        assert_eq!(live.current().cert_pem, cert_pem.as_bytes());
     }
 
     #[test]

@@ -169,6 +169,9 @@ pub struct Node {
     /// Verifies bearer tokens on both planes (`None`: authentication is off). One per node,
     /// shared by every adapter; SIGHUP reloads its keys.
     auth: Option<Arc<crate::auth::Verifier>>,
+    /// The TLS material of every listener and peer call (`None`: plaintext); SIGHUP
+    /// reloads it.
+    tls: Option<crate::tls::LiveTls>,
 }
 
 /// Who owns a data directory: the node id, and the directory's incarnation.
@@ -283,14 +286,17 @@ impl Node {
             peer_breakers,
             node_tokens,
         );
-        let tls = config.tls.as_ref().map(|t| t.load()).transpose();
-        let network = network
-            .with_tls(tls.map_err(|e| NodeError::BadRequest(e.to_string()))?)
-            .with_carrying(
-                log_store.clone(),
-                Duration::from_millis(config.raft.carry_wait_ms),
-                config.raft.max_payload_entries,
-            );
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|t| t.load())
+            .transpose()
+            .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+        let network = network.with_tls(tls.clone()).with_carrying(
+            log_store.clone(),
+            Duration::from_millis(config.raft.carry_wait_ms),
+            config.raft.max_payload_entries,
+        );
         let raft_config = Arc::new(
             config
                 .openraft_config()
@@ -350,6 +356,7 @@ impl Node {
             reads,
             leases: Arc::default(),
             auth,
+            tls,
         });
         tokio::spawn(node.clone().adopt_rules_when_ready());
         tokio::spawn(breakers::write_points(Arc::downgrade(&node), breaker_log));
@@ -384,6 +391,11 @@ impl Node {
     /// The token verifier, when authentication is on.
     pub fn auth(&self) -> Option<&Arc<crate::auth::Verifier>> {
         self.auth.as_ref()
+    }
+
+    /// The TLS material in force (`None`: this node speaks plaintext).
+    pub fn tls(&self) -> Option<&crate::tls::LiveTls> {
+        self.tls.as_ref()
     }
 
     /// The node-to-node service this node answers (Raft, proposals forwarded by followers,

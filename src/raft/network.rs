@@ -70,7 +70,8 @@ pub const TARGET_HEADER: &str = "x-aether-target";
 /// Hands out clients to peers, sharing one channel per address.
 #[derive(Clone)]
 pub struct NetworkFactory {
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// One channel per address, with the TLS generation it was made with.
+    channels: Arc<Mutex<HashMap<String, (u64, Channel)>>>,
     /// Source address of outgoing connections: the node's own listen IP, so that peers
     /// (and fault-injecting proxies in tests) see which node a connection comes from.
     source_ip: Option<IpAddr>,
@@ -81,8 +82,10 @@ pub struct NetworkFactory {
     /// This node's node-plane credential (`None`: authentication is off).
     tokens: Option<Arc<NodeTokens>>,
     /// With TLS: peers are dialled over https, trusting the cluster's CA only and
-    /// presenting this node's certificate (the member check of `raft.v1`).
-    tls: Option<Arc<crate::tls::Tls>>,
+    /// presenting this node's certificate (the member check of `raft.v1`). After a reload
+    /// (`tls::LiveTls::reload`) channels are made again, so new connections use the new
+    /// material.
+    tls: Option<crate::tls::LiveTls>,
     /// How a replication stream's heartbeat carries entries (`raft::carry`); `None`: never.
     carry: Option<Carrying>,
     carry_stats: Arc<CarryStats>,
@@ -146,11 +149,13 @@ impl NetworkFactory {
     }
 
     /// The same factory, calling its peers over TLS.
-    pub fn with_tls(self, tls: Option<crate::tls::Tls>) -> Self {
-        NetworkFactory {
-            tls: tls.map(Arc::new),
-            ..self
-        }
+    pub fn with_tls(self, tls: Option<crate::tls::LiveTls>) -> Self {
+        NetworkFactory { tls, ..self }
+    }
+
+    /// The TLS generation channels are made with now (0 without TLS).
+    fn tls_generation(&self) -> u64 {
+        self.tls.as_ref().map_or(0, |t| t.generation())
     }
 
     /// The breakers of this node's calls to its peers.
@@ -160,8 +165,12 @@ impl NetworkFactory {
 
     pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = channels.get(addr) {
-            return Ok(c.clone());
+        // Read before the material: a reload in between only makes the next call renew.
+        let generation = self.tls_generation();
+        if let Some((made_with, c)) = channels.get(addr) {
+            if *made_with == generation {
+                return Ok(c.clone());
+            }
         }
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))?;
@@ -175,7 +184,7 @@ impl NetworkFactory {
             .keep_alive_timeout(Duration::from_secs(5))
             .local_address(self.source_ip)
             .connect_lazy();
-        channels.insert(addr.to_owned(), channel.clone());
+        channels.insert(addr.to_owned(), (generation, channel.clone()));
         Ok(channel)
     }
 
@@ -193,6 +202,11 @@ impl NetworkFactory {
             client: target_header.and_then(|h| client.map(|c| (c, h))),
             breakers: self.breakers.clone(),
             tokens: self.tokens.clone(),
+            renew: self.tls.is_some().then(|| Renew {
+                factory: self.clone(),
+                addr: node.grpc_addr.clone(),
+                generation: self.tls_generation(),
+            }),
         }
     }
 }
@@ -236,6 +250,19 @@ pub struct Peer {
     client: Result<(Channel, tonic::metadata::AsciiMetadataValue), String>,
     breakers: PeerBreakers,
     tokens: Option<Arc<NodeTokens>>,
+    /// With TLS: where to get a channel made with reloaded material.
+    renew: Option<Renew>,
+}
+
+/// A peer client's way to a channel with the TLS material in force: openraft keeps its
+/// clients for as long as replication runs, so one made before a reload asks the factory
+/// for the channel of the new generation.
+#[derive(Clone)]
+struct Renew {
+    factory: NetworkFactory,
+    addr: String,
+    /// The generation of the client's own channel.
+    generation: u64,
 }
 
 impl Peer {
@@ -271,7 +298,12 @@ impl Peer {
             .client
             .as_ref()
             .map_err(|e| tonic::Status::unavailable(e.clone()))?;
-        let mut client = RaftClient::new(channel.clone())
+        let renewed = self.renew.as_ref().and_then(|r| {
+            (r.factory.tls_generation() != r.generation)
+                .then(|| r.factory.channel(&r.addr).ok())
+                .flatten()
+        });
+        let mut client = RaftClient::new(renewed.unwrap_or_else(|| channel.clone()))
             .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
         let mut request = tonic::Request::new(RaftMessage { body });
