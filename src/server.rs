@@ -62,6 +62,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .unwrap_or_else(|| listeners.http_addr.to_string());
     let data_dir = config.data_dir.clone();
     let node = Node::open(config, grpc_addr, http_addr).await?;
+    // Before the node says it serves (listen.json): a SIGHUP from then on reloads.
+    if let Some(reload) = reload_on_sighup(node.clone()) {
+        tokio::spawn(reload);
+    }
     let info = node.info().clone();
     // Tools and tests that started us with port 0 learn the real ports here.
     let listen = serde_json::json!({
@@ -81,7 +85,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         listeners.http_addr,
         data_dir.display()
     );
-    tokio::spawn(reload_on_sighup(node.clone()));
     serve(node.clone(), listeners, shutdown_signal()).await?;
     tracing::info!("shutting down raft");
     node.shutdown().await?;
@@ -244,43 +247,62 @@ fn nodelay(
 ///
 /// Each is reloaded on its own: a key set or TLS files that do not load leave the ones in
 /// force, and the log says why.
-async fn reload_on_sighup(node: Arc<Node>) {
+///
+/// The handler is in place when this returns (SIGHUP's default action ends the process);
+/// the returned task serves it. `None`: nothing to reload.
+fn reload_on_sighup(node: Arc<Node>) -> Option<impl Future<Output = ()> + Send + 'static> {
     use tokio::signal::unix::{signal, SignalKind};
     if node.auth().is_none() && node.tls().is_none() {
-        return;
+        return None;
     }
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot listen for SIGHUP: token keys and TLS files reload only on restart");
-            return;
+            return None;
         }
     };
-    while hup.recv().await.is_some() {
-        if let Some(verifier) = node.auth() {
-            let reloaded = match &node.config().source_file {
-                Some(path) => Config::from_file(path)
-                    .map_err(|e| e.to_string())
-                    .and_then(|c| c.auth.key_sources().map_err(|e| e.to_string()))
-                    .and_then(|sources| verifier.reload_from(sources).map_err(|e| e.to_string())),
-                None => verifier.reload().map_err(|e| e.to_string()),
-            };
-            match reloaded {
-                Ok(kids) => tracing::info!(?kids, "SIGHUP: token keys reloaded"),
-                Err(e) => {
-                    tracing::error!("SIGHUP: token keys NOT reloaded, the previous ones stay: {e}")
+    Some(async move {
+        while hup.recv().await.is_some() {
+            if let Some(verifier) = node.auth() {
+                let reloaded = match &node.config().source_file {
+                    Some(path) => Config::from_file(path)
+                        .map_err(|e| e.to_string())
+                        .and_then(|c| c.auth.key_sources().map_err(|e| e.to_string()))
+                        .and_then(|sources| {
+                            verifier.reload_from(sources).map_err(|e| e.to_string())
+                        }),
+                    None => verifier.reload().map_err(|e| e.to_string()),
+                };
+                node.metrics().count_reload("keys", reloaded.is_ok());
+                match reloaded {
+                    Ok(kids) => tracing::info!(?kids, "SIGHUP: token keys reloaded"),
+                    Err(e) => {
+                        tracing::error!(
+                            "SIGHUP: token keys NOT reloaded, the previous ones stay: {e}"
+                        )
+                    }
+                }
+            }
+            if let Some(tls) = node.tls() {
+                let reloaded = tls.reload();
+                node.metrics().count_reload("tls", reloaded.is_ok());
+                match reloaded {
+                    Ok(generation) => {
+                        node.metrics()
+                            .tls_certificate_expiry
+                            .set(tls.current().not_after());
+                        tracing::info!(generation, "SIGHUP: TLS files reloaded")
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            "SIGHUP: TLS files NOT reloaded, the previous ones stay: {e}"
+                        )
+                    }
                 }
             }
         }
-        if let Some(tls) = node.tls() {
-            match tls.reload() {
-                Ok(generation) => tracing::info!(generation, "SIGHUP: TLS files reloaded"),
-                Err(e) => {
-                    tracing::error!("SIGHUP: TLS files NOT reloaded, the previous ones stay: {e}")
-                }
-            }
-        }
-    }
+    })
 }
 
 async fn shutdown_signal() {

@@ -98,6 +98,8 @@ pub struct Tls {
     grpc: Arc<rustls::ServerConfig>,
     /// The HTTP listener's server config (no client certificates asked).
     http: Arc<rustls::ServerConfig>,
+    /// When the node certificate expires (Unix seconds).
+    not_after: i64,
 }
 
 impl std::fmt::Debug for Tls {
@@ -182,6 +184,16 @@ impl Tls {
                     ca_file.display()
                 ),
             })?;
+        let not_after = x509_parser::parse_x509_certificate(&chain[0])
+            .map_err(|e| TlsError::Invalid {
+                setting: Setting::CertFile,
+                path: cert_file.to_owned(),
+                reason: format!("not an X.509 certificate: {e}"),
+            })?
+            .1
+            .validity()
+            .not_after
+            .timestamp();
         let optional_members =
             rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
                 .allow_unauthenticated()
@@ -209,6 +221,7 @@ impl Tls {
             ca_pem,
             grpc: Arc::new(grpc),
             http: Arc::new(http),
+            not_after,
         })
     }
 
@@ -226,6 +239,11 @@ impl Tls {
             })?;
         }
         Ok(Arc::new(roots))
+    }
+
+    /// When the node certificate expires (Unix seconds).
+    pub fn not_after(&self) -> i64 {
+        self.not_after
     }
 
     fn identity(&self) -> Identity {

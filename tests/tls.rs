@@ -505,31 +505,7 @@ async fn http_is_served_over_tls() {
     let t = one_tls_node();
     let addr = t.node.http_addr.clone();
 
-    let mut roots = rustls::RootCertStore::empty();
-    let ca = std::fs::read(&t.ca.pem).unwrap();
-    for c in rustls::pki_types::pem::PemObject::pem_slice_iter(&ca) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
-    tls.write_all(
-        format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut reply = Vec::new();
-    // A peer may end TLS without close_notify after `Connection: close`; the reply is in.
-    let _ = tls.read_to_end(&mut reply).await;
-    let reply = String::from_utf8_lossy(&reply);
+    let reply = https_get(&addr, &t.ca.pem, "/healthz").await;
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
 
     let mut plain = tokio::net::TcpStream::connect(&addr).await.unwrap();
@@ -547,6 +523,40 @@ async fn http_is_served_over_tls() {
         "plain HTTP was answered: {}",
         String::from_utf8_lossy(&reply)
     );
+}
+
+/// `GET path` over HTTPS from the HTTP listener at `addr`, trusting the CAs in `trust`: the
+/// whole reply (status line, headers, body).
+async fn https_get(addr: &str, trust: &Path, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = rustls_client(trust, b"http/1.1", None)
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake");
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut reply = Vec::new();
+    // A peer may end TLS without close_notify after `Connection: close`; the reply is in.
+    let _ = tls.read_to_end(&mut reply).await;
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+/// The value of the sample `series` (name and labels, as exposed) in `/metrics` of the node
+/// whose HTTPS listener is at `addr`.
+fn metric(rt: &tokio::runtime::Runtime, addr: &str, trust: &Path, series: &str) -> Option<f64> {
+    let text = rt.block_on(https_get(addr, trust, "/metrics"));
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// Runs aetherd with `toml`, which must refuse to start; returns its output.
@@ -696,20 +706,31 @@ async fn served_leaf(addr: &str, trust: &Path, alpn: &[u8]) -> Result<Vec<u8>, S
     Ok(session.peer_certificates().ok_or("no certificate")?[0].to_vec())
 }
 
-/// Whether the gRPC listener at `addr` takes an HTTP/2 connection from a client presenting
-/// the member certificate `member` (cert, key files), trusting the CAs in `trust`: the
-/// server's first HTTP/2 frame arrives, or the error that came instead (TLS 1.3 refuses a
-/// client certificate after the client's side of the handshake is done: at the first read).
-async fn member_connects(addr: &str, trust: &Path, member: (&Path, &Path)) -> Result<(), String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// A TLS connection to the gRPC listener at `addr`, trusting the CAs in `trust`, offering
+/// h2 and presenting `member` (cert, key files) if given.
+async fn open_tls(
+    addr: &str,
+    trust: &Path,
+    member: Option<(&Path, &Path)>,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| e.to_string())?;
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let mut tls = rustls_client(trust, b"h2", Some(member))
+    rustls_client(trust, b"h2", member)
         .connect(name, tcp)
         .await
-        .map_err(|e| format!("handshake: {e}"))?;
+        .map_err(|e| format!("handshake: {e}"))
+}
+
+/// Whether the server on `tls` speaks HTTP/2 on it: after the client preface, its first
+/// frame (SETTINGS) arrives; or the error that came instead. TLS 1.3 refuses a client
+/// certificate after the client's side of the handshake is done, so a refusal shows here,
+/// as the server's alert.
+async fn speaks_h2(
+    tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // The client preface and an empty SETTINGS frame.
     let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     preface.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
@@ -721,6 +742,31 @@ async fn member_connects(addr: &str, trust: &Path, member: (&Path, &Path)) -> Re
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("no frame within 10 s".into()),
     }
+}
+
+/// Whether the gRPC listener at `addr` takes an HTTP/2 connection from a client presenting
+/// the member certificate `member` (cert, key files), trusting the CAs in `trust`.
+async fn member_connects(addr: &str, trust: &Path, member: (&Path, &Path)) -> Result<(), String> {
+    speaks_h2(&mut open_tls(addr, trust, Some(member)).await?).await
+}
+
+/// Waits until the node `n` takes the member certificate `member` (`taken`), or refuses it
+/// with a TLS alert (not merely a slow answer); the client trusts the CAs in `trust`.
+fn wait_member(
+    rt: &tokio::runtime::Runtime,
+    n: &TestNode,
+    trust: &Path,
+    member: (&Path, &Path),
+    taken: bool,
+) {
+    let verb = if taken { "taking" } else { "refusing" };
+    wait_for(
+        &format!("node {} {verb} a member certificate", n.id),
+        || match rt.block_on(member_connects(&n.grpc_addr, trust, member)) {
+            Ok(()) => taken.then_some(()),
+            Err(e) => (!taken && e.contains("alert")).then_some(()),
+        },
+    );
 }
 
 /// SIGHUP rotates a node's certificate without a restart: files that do not load leave the
@@ -750,23 +796,19 @@ fn sighup_rotates_the_certificate_of_both_listeners() {
         rt.block_on(served_leaf(&http, &ca.pem, b"http/1.1")),
         Ok(first.clone())
     );
-    let opened_before = rt.block_on(async {
-        let endpoint = Endpoint::from_shared(format!("https://{grpc}"))
-            .unwrap()
-            .tls_config(
-                ClientTlsConfig::new()
-                    .ca_certificate(Certificate::from_pem(std::fs::read(&ca.pem).unwrap()))
-                    .domain_name("127.0.0.1"),
-            )
-            .unwrap();
-        let channel = endpoint.connect().await.expect("connect over TLS");
-        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-        health
-            .check(tonic_health::pb::HealthCheckRequest::default())
-            .await
-            .expect("health before the rotation");
-        health
-    });
+    let expiry = "aether_tls_certificate_expiry_timestamp_seconds";
+    let not_after = |ymd: Option<(i32, u8, u8)>| {
+        let t = match ymd {
+            Some((y, m, d)) => rcgen::date_time_ymd(y, m, d),
+            None => rcgen::CertificateParams::default().not_after,
+        };
+        Some(t.unix_timestamp() as f64)
+    };
+    assert_eq!(metric(&rt, &http, &ca.pem, expiry), not_after(None));
+    // A connection opened before the rotations, used only after them.
+    let mut opened_before = rt
+        .block_on(open_tls(&grpc, &ca.pem, None))
+        .expect("a connection before the rotation");
     let pid = node.pid().expect("node running");
 
     // A key that is not the certificate's: refused, the first certificate stays.
@@ -788,9 +830,17 @@ fn sighup_rotates_the_certificate_of_both_listeners() {
         "{}",
         node.log()
     );
+    let failed = r#"aether_reloads_total{what="tls",result="failed"}"#;
+    let ok = r#"aether_reloads_total{what="tls",result="ok"}"#;
+    assert_eq!(metric(&rt, &http, &ca.pem, failed), Some(1.0));
+    assert_eq!(metric(&rt, &http, &ca.pem, ok), None);
+    assert_eq!(metric(&rt, &http, &ca.pem, expiry), not_after(None));
 
     // A new certificate and its key: served on both listeners once reloaded.
-    let (cert2, key2) = ca.node(tmp.path(), "node1");
+    let (cert2, key2) = ca
+        .ca
+        .node_until("node1", &["127.0.0.1".to_owned()], (2031, 5, 17))
+        .write(tmp.path(), "node1");
     assert_eq!((&cert2, &key2), (&cert, &key), "the same files, rewritten");
     let second = leaf_der(&cert);
     assert_ne!(first, second);
@@ -807,15 +857,22 @@ fn sighup_rotates_the_certificate_of_both_listeners() {
         "{}",
         node.log()
     );
-    let mut health = opened_before;
-    rt.block_on(health.check(tonic_health::pb::HealthCheckRequest::default()))
+    assert_eq!(metric(&rt, &http, &ca.pem, ok), Some(1.0));
+    assert_eq!(metric(&rt, &http, &ca.pem, failed), Some(1.0));
+    assert_eq!(
+        metric(&rt, &http, &ca.pem, expiry),
+        not_after(Some((2031, 5, 17)))
+    );
+    rt.block_on(speaks_h2(&mut opened_before))
         .expect("the connection opened before the rotation goes on");
 }
 
-/// A cluster moves to a new CA by SIGHUP alone: first new certificates from the new CA
-/// while both CAs are trusted, then the old CA dropped, which the listeners then enforce.
-/// A member restarted after that trusts only the new CA, so its peers reach it only if
-/// they dial it with their new certificates: it catches up with what was written.
+/// A cluster moves to a new CA by SIGHUP alone, in three steps with a SIGHUP to every node
+/// after each (README, "TLS"): the new CA trusted beside the old one; the new CA's
+/// certificates; the old CA dropped. Each step is seen taking effect on every node. A member
+/// restarted after the last one trusts only the new CA, so its peers (whose clients were
+/// made before the rotation) reach it only if they dial it with their new certificates: it
+/// catches up with what was written meanwhile.
 #[test]
 fn a_cluster_moves_to_a_new_ca_by_sighup() {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -846,16 +903,29 @@ fn a_cluster_moves_to_a_new_ca_by_sighup() {
     let all: Vec<String> = nodes.iter().map(|n| n.grpc_addr.clone()).collect();
     let out = client.ctl(&all.join(","), &["cluster", "init"]);
     assert!(out.status.success(), "init: {}", stderr(&out));
-    let leader = agreed_leader(&nodes, &[0, 1, 2], client);
+    agreed_leader(&nodes, &[0, 1, 2], client);
     let mut acked = vec![append_until_acked(&all.join(","), client, STREAM)];
     let hup_all = |nodes: &[TestNode]| {
         for n in nodes {
             signal(n.pid().expect("node running"), "HUP");
         }
     };
+    let (old_cert, old_key) = old_ca.node(tmp.path(), "old-member");
+    let (new_cert, new_key) = new_ca.node(tmp.path(), "new-member");
+    let old_member = (old_cert.as_path(), old_key.as_path());
+    let new_member = (new_cert.as_path(), new_key.as_path());
 
-    // Step 1: certificates from the new CA; both CAs trusted.
+    // Step 1: both CAs trusted; the new CA's members, refused before, are taken.
+    for n in &nodes {
+        wait_member(&rt, n, &old_ca.pem, new_member, false);
+    }
     std::fs::write(&trust, &bundle).unwrap();
+    hup_all(&nodes);
+    for n in &nodes {
+        wait_member(&rt, n, &old_ca.pem, new_member, true);
+    }
+
+    // Step 2: every node's certificate from the new CA.
     for (id, (cert, _)) in (1..=3).zip(&files) {
         let written = new_ca.node(tmp.path(), &format!("node{id}"));
         assert_eq!(&written.0, cert);
@@ -872,29 +942,17 @@ fn a_cluster_moves_to_a_new_ca_by_sighup() {
     }
     acked.push(append_until_acked(&all.join(","), client, STREAM));
 
-    // Step 2: the old CA is no longer trusted; a member certificate it signed is refused.
+    // Step 3: the old CA is no longer trusted; a member certificate it signed is refused.
     std::fs::copy(&new_ca.pem, &trust).unwrap();
     hup_all(&nodes);
-    let stale = old_ca.node(tmp.path(), "stale-member");
     for (n, (cert, key)) in nodes.iter().zip(&files) {
-        wait_for(
-            &format!("node {} refusing the old CA's members", n.id),
-            || {
-                rt.block_on(member_connects(
-                    &n.grpc_addr,
-                    &new_ca.pem,
-                    (&stale.0, &stale.1),
-                ))
-                .is_err()
-                .then_some(())
-            },
-        );
-        rt.block_on(member_connects(&n.grpc_addr, &new_ca.pem, (cert, key)))
-            .unwrap_or_else(|e| panic!("node {} refused a new member certificate: {e}", n.id));
+        wait_member(&rt, n, &new_ca.pem, old_member, false);
+        wait_member(&rt, n, &new_ca.pem, (cert, key), true);
     }
 
     // A follower restarted now trusts the new CA alone: writes made while it was down reach
     // it only through its peers' new certificates.
+    let leader = agreed_leader(&nodes, &[0, 1, 2], client);
     let f = (leader + 1) % 3;
     nodes[f].kill9();
     let survivors: Vec<String> = (0..3)

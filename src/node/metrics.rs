@@ -37,6 +37,14 @@ pub struct TransitionLabel {
     pub to: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabel {
+    /// What SIGHUP read again: `keys` (the token keys) or `tls` (certificate, key, CA).
+    pub what: String,
+    /// `ok`, or `failed` (the previous ones stay in force).
+    pub result: String,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 pub struct Metrics {
@@ -78,6 +86,8 @@ pub struct Metrics {
     pub breaker_refused: Family<PeerLabel, Counter>,
     pub breaker_points_pending: Gauge,
     pub breaker_points_dropped: Counter,
+    pub reloads: Family<ReloadLabel, Counter>,
+    pub tls_certificate_expiry: Gauge,
 }
 
 impl Default for Metrics {
@@ -121,6 +131,8 @@ impl Default for Metrics {
             breaker_refused: Family::default(),
             breaker_points_pending: Gauge::default(),
             breaker_points_dropped: Counter::default(),
+            reloads: Family::default(),
+            tls_certificate_expiry: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -299,6 +311,17 @@ impl Default for Metrics {
             "Breaker transitions not written to telemetry: more were pending than breakers.max_pending_points",
             m.breaker_points_dropped.clone(),
         );
+        registry.register(
+            "reloads",
+            "Reloads on SIGHUP, by what was read again (keys, tls) and result (ok; failed: the \
+             previous ones stay in force)",
+            m.reloads.clone(),
+        );
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When the node certificate in force expires (Unix seconds; 0 without TLS)",
+            m.tls_certificate_expiry.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -360,6 +383,16 @@ impl Metrics {
                 queue: queue.to_owned(),
             })
             .set(utilization);
+    }
+
+    /// A SIGHUP reload of `what` (`keys`, `tls`) ended with `ok`.
+    pub fn count_reload(&self, what: &str, ok: bool) {
+        self.reloads
+            .get_or_create(&ReloadLabel {
+                what: what.to_owned(),
+                result: if ok { "ok" } else { "failed" }.to_owned(),
+            })
+            .inc();
     }
 
     pub fn count_append(&self, code: &str) {

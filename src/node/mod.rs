@@ -292,6 +292,9 @@ impl Node {
             .map(|t| t.load())
             .transpose()
             .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+        if let Some(t) = &tls {
+            metrics.tls_certificate_expiry.set(t.current().not_after());
+        }
         let network = network.with_tls(tls.clone()).with_carrying(
             log_store.clone(),
             Duration::from_millis(config.raft.carry_wait_ms),

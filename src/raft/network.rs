@@ -164,12 +164,17 @@ impl NetworkFactory {
     }
 
     pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        self.channel_of_generation(addr).map(|(_, c)| c)
+    }
+
+    /// The channel to `addr` and the TLS generation it was made with.
+    fn channel_of_generation(&self, addr: &str) -> Result<(u64, Channel), tonic::transport::Error> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         // Read before the material: a reload in between only makes the next call renew.
         let generation = self.tls_generation();
         if let Some((made_with, c)) = channels.get(addr) {
             if *made_with == generation {
-                return Ok(c.clone());
+                return Ok((generation, c.clone()));
             }
         }
         let scheme = if self.tls.is_some() { "https" } else { "http" };
@@ -185,7 +190,7 @@ impl NetworkFactory {
             .local_address(self.source_ip)
             .connect_lazy();
         channels.insert(addr.to_owned(), (generation, channel.clone()));
-        Ok(channel)
+        Ok((generation, channel))
     }
 
     /// A client for member `target`, known by the membership as `node`. An address or an
@@ -195,17 +200,19 @@ impl NetworkFactory {
             .parse()
             .map_err(|_| format!("node {target}'s incarnation is not a header value"));
         let client = self
-            .channel(&node.grpc_addr)
+            .channel_of_generation(&node.grpc_addr)
             .map_err(|e| format!("node {target}'s address {:?}: {e}", node.grpc_addr));
+        // The generation the channel was made with (a reload since makes calls renew).
+        let generation = client.as_ref().map_or(0, |(g, _)| *g);
         Peer {
             target,
-            client: target_header.and_then(|h| client.map(|c| (c, h))),
+            client: target_header.and_then(|h| client.map(|(_, c)| (c, h))),
             breakers: self.breakers.clone(),
             tokens: self.tokens.clone(),
             renew: self.tls.is_some().then(|| Renew {
                 factory: self.clone(),
                 addr: node.grpc_addr.clone(),
-                generation: self.tls_generation(),
+                generation,
             }),
         }
     }
@@ -288,22 +295,39 @@ impl Peer {
         }
     }
 
+    /// The channel to call the member on, and its target header: the client's own, or,
+    /// after a TLS reload, the factory's channel made with the material now in force.
+    #[allow(clippy::result_large_err)]
+    fn channel(&self) -> Result<(Channel, &tonic::metadata::AsciiMetadataValue), tonic::Status> {
+        let (channel, header) = self
+            .client
+            .as_ref()
+            .map_err(|e| tonic::Status::unavailable(e.clone()))?;
+        if let Some(r) = self.renew.as_ref() {
+            if r.factory.tls_generation() != r.generation {
+                match r.factory.channel(&r.addr) {
+                    Ok(renewed) => return Ok((renewed, header)),
+                    // Not expected: the address and material were usable when this client
+                    // was made, and a reload puts only checked material in force.
+                    Err(e) => tracing::warn!(
+                        peer = self.target,
+                        error = %e,
+                        "no channel with the reloaded TLS material; calling on the previous one"
+                    ),
+                }
+            }
+        }
+        Ok((channel.clone(), header))
+    }
+
     async fn send(
         &self,
         rpc: PeerRpc,
         body: bytes::Bytes,
         timeout: Duration,
     ) -> Result<bytes::Bytes, tonic::Status> {
-        let (channel, header) = self
-            .client
-            .as_ref()
-            .map_err(|e| tonic::Status::unavailable(e.clone()))?;
-        let renewed = self.renew.as_ref().and_then(|r| {
-            (r.factory.tls_generation() != r.generation)
-                .then(|| r.factory.channel(&r.addr).ok())
-                .flatten()
-        });
-        let mut client = RaftClient::new(renewed.unwrap_or_else(|| channel.clone()))
+        let (channel, header) = self.channel()?;
+        let mut client = RaftClient::new(channel)
             .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
         let mut request = tonic::Request::new(RaftMessage { body });
@@ -347,11 +371,8 @@ impl Peer {
             Ok(body) => postcard::from_bytes(&body)
                 .map_err(|e| tonic::Status::internal(format!("undecodable read index reply: {e}"))),
             Err(s) if s.code() == tonic::Code::Unimplemented => {
-                let (channel, _) = self
-                    .client
-                    .as_ref()
-                    .map_err(|e| tonic::Status::unavailable(e.clone()))?;
-                let mut admin = AdminClient::new(channel.clone());
+                let (channel, _) = self.channel()?;
+                let mut admin = AdminClient::new(channel);
                 let mut request = tonic::Request::new(ReadIndexRequest {});
                 request.set_timeout(timeout);
                 self.authorize(&mut request)?;

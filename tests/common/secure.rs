@@ -82,7 +82,22 @@ impl Ca {
     /// A node certificate named `name`, for these addresses (IPs become IP SANs, names DNS
     /// SANs), good for serving and for dialling peers.
     pub fn node(&self, name: &str, sans: &[String]) -> NodeCert {
+        self.node_with(name, sans, |_| {})
+    }
+
+    /// [`Ca::node`], valid until the end of the day `(year, month, day)` begins (UTC).
+    pub fn node_until(&self, name: &str, sans: &[String], (y, m, d): (i32, u8, u8)) -> NodeCert {
+        self.node_with(name, sans, |p| p.not_after = rcgen::date_time_ymd(y, m, d))
+    }
+
+    fn node_with(
+        &self,
+        name: &str,
+        sans: &[String],
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> NodeCert {
         let mut params = CertificateParams::new(sans.to_vec()).expect("node params");
+        adjust(&mut params);
         params.distinguished_name.push(DnType::CommonName, name);
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
