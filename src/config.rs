@@ -489,7 +489,7 @@ impl AuthSettings {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let token = tokens
-            .token_at(now)
+            .token_at(now, None)
             .map_err(|e| bad(format!("auth.node_key_file: cannot sign a node token: {e}")))?;
         verifier
             .verify(&token, crate::auth::Plane::Node)
@@ -1153,7 +1153,7 @@ mod tests {
                 (Ok(()), None) => {
                     let verifier = c.auth.verifier().unwrap();
                     let tokens = c.auth.node_tokens(7, &verifier).unwrap();
-                    let bearer = tokens.bearer();
+                    let bearer = tokens.bearer(1);
                     let token = bearer.strip_prefix("Bearer ").unwrap();
                     let id = verifier.verify(token, crate::auth::Plane::Node).unwrap();
                     assert_eq!(id.subject, "node-7", "{name}");

@@ -36,6 +36,17 @@ fn now_secs() -> u64 {
 }
 
 fn mint(sub: &str, roles: &[Role], streams: &[&str], audience: &str) -> String {
+    mint_bound(sub, roles, streams, audience, None)
+}
+
+/// [`mint`], with `tgt` naming `target` when given.
+fn mint_bound(
+    sub: &str,
+    roles: &[Role],
+    streams: &[&str],
+    audience: &str,
+    target: Option<u64>,
+) -> String {
     let req = MintRequest {
         subject: sub.into(),
         roles: roles.to_vec(),
@@ -44,6 +55,7 @@ fn mint(sub: &str, roles: &[Role], streams: &[&str], audience: &str) -> String {
         issuer: ISSUER.into(),
         audience: audience.into(),
         kid: Some("dev".into()),
+        target: target.map(|t| t.to_string()),
         now_secs: now_secs(),
         ttl_secs: 600,
     };
@@ -102,7 +114,11 @@ fn append_cmd(stream: &str) -> Command {
 /// Well-formed messages, each naming `sender` where the message names one, at a term far
 /// ahead (accepting one would move the target's term).
 fn body(rpc: &str, sender: u64, term: u64) -> Vec<u8> {
-    let vote = openraft::Vote::new(term, sender);
+    body_with(rpc, sender, openraft::Vote::new(term, sender))
+}
+
+/// [`body`] with `vote` in the messages that carry one.
+fn body_with(rpc: &str, sender: u64, vote: openraft::Vote<u64>) -> Vec<u8> {
     match rpc {
         "AppendEntries" => {
             postcard::to_allocvec(&openraft::raft::AppendEntriesRequest::<TypeConfig> {
@@ -138,6 +154,17 @@ fn body(rpc: &str, sender: u64, term: u64) -> Vec<u8> {
         other => panic!("no body for {other}"),
     }
     .unwrap()
+}
+
+/// The call's code, marked if the target's term moved from `before` to `after` (a refused
+/// call must not move it).
+fn code_and_term<T>(r: &Result<T, Status>, before: u64, after: u64) -> String {
+    let moved = if after != before {
+        " (term moved!)"
+    } else {
+        ""
+    };
+    format!("{}{moved}", code_of(r))
 }
 
 fn code_of<T>(r: &Result<T, Status>) -> String {
@@ -350,15 +377,10 @@ async fn the_node_plane_takes_members_node_tokens_only() {
                 let before = status(node, &admin).await.term;
                 let r = raft_call(node, rpc, body(rpc, leader_id, term + 100), token, None).await;
                 let after = status(node, &admin).await.term;
-                let moved = if after != before {
-                    " (term moved!)"
-                } else {
-                    ""
-                };
                 record(
                     format!("{rpc} to the {where_}, {who}"),
                     want,
-                    format!("{}{moved}", code_of(&r)),
+                    code_and_term(&r, before, after),
                 );
             }
         }
@@ -396,15 +418,11 @@ async fn the_node_plane_takes_members_node_tokens_only() {
             Some(&target),
         )
         .await;
-        let moved = if status(node, &admin).await.term != before {
-            " (term moved!)"
-        } else {
-            ""
-        };
+        let after = status(node, &admin).await.term;
         record(
             format!("node {peer_id}'s token: {case}"),
             "PermissionDenied",
-            format!("{}{moved}", code_of(&r)),
+            code_and_term(&r, before, after),
         );
     }
     // The control: the same member's own lease request is taken.
@@ -416,7 +434,88 @@ async fn the_node_plane_takes_members_node_tokens_only() {
         Some(&leader_target),
     )
     .await;
-    record(format!("node {peer_id}'s own Lease"), "OK", code_of(&r));
+    record(
+        format!("node {peer_id}'s own Lease, token without tgt (older code)"),
+        "OK",
+        code_of(&r),
+    );
+    // Node tokens bound to a member (`tgt`): taken by that member only, so a member that
+    // received one cannot replay it to a third in the sender's name.
+    let bound = |to: usize| {
+        mint_bound(
+            &node_subject(peer_id),
+            &[],
+            &[],
+            NODE_AUDIENCE,
+            Some(c.nodes[to].id),
+        )
+    };
+    for (rpc, at_term, case, to, want) in [
+        ("Lease", 0, "bound to the leader", leader, "OK"),
+        (
+            "Lease",
+            0,
+            "bound to another member",
+            other_follower,
+            "PermissionDenied",
+        ),
+        (
+            "AppendEntries",
+            term + 100,
+            "bound to another member",
+            other_follower,
+            "PermissionDenied",
+        ),
+        // A leader's messages carry its committed vote (openraft sends no other); one
+        // that does not is malformed, whoever sends it, and must not reach openraft (whose
+        // state asserts a committed vote there).
+        (
+            "AppendEntries",
+            term + 100,
+            "bound to the leader, with an uncommitted vote",
+            leader,
+            "InvalidArgument",
+        ),
+        (
+            "InstallSnapshot",
+            term + 100,
+            "bound to the leader, with an uncommitted vote",
+            leader,
+            "InvalidArgument",
+        ),
+        // And a candidate's Vote request carries an uncommitted one.
+        (
+            "Vote",
+            term + 100,
+            "bound to the leader, with a committed vote",
+            leader,
+            "InvalidArgument",
+        ),
+    ] {
+        let before = status(&c.nodes[leader], &admin).await.term;
+        let r = raft_call(
+            &c.nodes[leader],
+            rpc,
+            body_with(
+                rpc,
+                peer_id,
+                if case.contains("a committed vote") {
+                    openraft::Vote::new_committed(at_term, peer_id)
+                } else {
+                    openraft::Vote::new(at_term, peer_id)
+                },
+            ),
+            Some(&bound(to)),
+            Some(&leader_target),
+        )
+        .await;
+        let after = status(&c.nodes[leader], &admin).await.term;
+        record(
+            format!("node {peer_id}'s own {rpc} to the leader, token {case}"),
+            want,
+            code_and_term(&r, before, after),
+        );
+    }
 
     // A forwarded batch: each command authorized as its own caller; the refused one gets
     // its own refusal, its neighbours go ahead.

@@ -970,6 +970,7 @@ fn minted_tokens_verify() {
         issuer: ISS.into(),
         audience: AUD.into(),
         kid: Some("dev".into()),
+        target: None,
         now_secs: now(),
         ttl_secs: 3600,
     };

@@ -107,6 +107,7 @@ mod tests {
             stream_prefixes: None,
             series_prefixes: None,
             expires_at: 0,
+            target: None,
         })
     }
 

@@ -102,6 +102,9 @@ pub struct Identity {
     pub series_prefixes: Option<Vec<String>>,
     /// The token's `exp`, seconds since the epoch.
     pub expires_at: u64,
+    /// The token's `tgt`: the member a node-plane token is bound to (`None`: unbound).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
 }
 
 /// Resource names in a refusal are cut to this many bytes.
@@ -201,6 +204,7 @@ mod tests {
             stream_prefixes: owned(streams),
             series_prefixes: owned(series),
             expires_at: u64::MAX,
+            target: None,
         }
     }
 

@@ -24,6 +24,10 @@ pub struct MintRequest {
     pub issuer: String,
     pub audience: String,
     pub kid: Option<String>,
+    /// `tgt`: the one member a node-plane token is meant for (its node id, decimal). A
+    /// member refuses a token bound to another one, so a token one member received cannot
+    /// be replayed to a third. `None`: no `tgt` claim.
+    pub target: Option<String>,
     /// Seconds since the epoch: `iat` and `nbf`.
     pub now_secs: u64,
     pub ttl_secs: u64,
@@ -53,6 +57,8 @@ struct Claims<'a> {
     series: &'a [String],
     iss: &'a str,
     aud: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tgt: Option<&'a str>,
     iat: u64,
     nbf: u64,
     exp: u64,
@@ -148,6 +154,7 @@ impl SigningKey {
             series: &req.series_prefixes,
             iss: &req.issuer,
             aud: &req.audience,
+            tgt: req.target.as_deref(),
             iat: req.now_secs,
             nbf: req.now_secs,
             exp: req.now_secs.saturating_add(req.ttl_secs),

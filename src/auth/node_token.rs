@@ -7,7 +7,14 @@
 //! `node-<id>` is the only subject the node plane accepts ([`node_id_of`]): the raft service
 //! checks that the node it names is a member and, where a message names its sender, that
 //! the two agree.
+//!
+//! Each token is bound to the member it is sent to (`tgt`, one cached token per peer): a
+//! member refuses a token bound to another, so a member that received this node's token
+//! cannot replay it to a third member in this node's name. (A token without `tgt`, from a
+//! node on older code, is still taken: only its own key signs this node's tokens, so
+//! nobody else can make one.)
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -48,7 +55,8 @@ pub struct NodeTokens {
     audience: String,
     subject: String,
     ttl_secs: u64,
-    current: Mutex<Current>,
+    /// The token in use for each member calls go to.
+    current: Mutex<HashMap<u64, Current>>,
 }
 
 impl std::fmt::Debug for NodeTokens {
@@ -69,32 +77,25 @@ impl NodeTokens {
         node_id: u64,
         ttl_secs: u64,
     ) -> Result<NodeTokens, MintError> {
-        let mut t = NodeTokens {
+        let t = NodeTokens {
             key,
             issuer,
             audience,
             subject: node_subject(node_id),
             ttl_secs,
-            current: Mutex::new(Current {
-                bearer: Arc::from(""),
-                minted_at: 0,
-            }),
+            current: Mutex::default(),
         };
-        let now = now_secs();
-        let first = t.mint_at(now)?;
-        *t.current.get_mut().unwrap_or_else(PoisonError::into_inner) = Current {
-            bearer: first,
-            minted_at: now,
-        };
+        t.token_at(now_secs(), None)?;
         Ok(t)
     }
 
-    /// The token alone (no `Bearer `), as minted at `now_secs`: for the start-up check.
-    pub fn token_at(&self, now_secs: u64) -> Result<String, MintError> {
-        self.key.mint(&self.request(now_secs))
+    /// The token alone (no `Bearer `), as minted at `now_secs` for calls to `target`
+    /// (`None`: unbound): for the start-up check.
+    pub fn token_at(&self, now_secs: u64, target: Option<u64>) -> Result<String, MintError> {
+        self.key.mint(&self.request(now_secs, target))
     }
 
-    fn request(&self, now_secs: u64) -> MintRequest {
+    fn request(&self, now_secs: u64, target: Option<u64>) -> MintRequest {
         MintRequest {
             subject: self.subject.clone(),
             roles: Vec::new(),
@@ -103,33 +104,43 @@ impl NodeTokens {
             issuer: self.issuer.clone(),
             audience: self.audience.clone(),
             kid: None,
+            target: target.map(|t| t.to_string()),
             now_secs,
             ttl_secs: self.ttl_secs,
         }
     }
 
-    fn mint_at(&self, now_secs: u64) -> Result<Arc<str>, MintError> {
-        Ok(Arc::from(format!("Bearer {}", self.token_at(now_secs)?)))
-    }
-
-    /// `Bearer <token>` for the next call: the cached token, or a fresh one once the cached
-    /// one is half way through its life. If signing fails (it worked at start, so this is
-    /// not expected) the cached token is used while it lasts, and the failure logged.
-    pub fn bearer(&self) -> Arc<str> {
+    /// `Bearer <token>` for the next call to member `target`: the cached token, or a fresh
+    /// one once the cached one is half way through its life. If signing fails (it worked
+    /// at start, so this is not expected) the cached token is used while it lasts, and the
+    /// failure logged.
+    pub fn bearer(&self, target: u64) -> Arc<str> {
         let now = now_secs();
-        let mut c = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        if now.saturating_sub(c.minted_at) >= self.ttl_secs / 2 || now < c.minted_at {
-            match self.mint_at(now) {
-                Ok(bearer) => {
-                    *c = Current {
-                        bearer,
-                        minted_at: now,
-                    }
-                }
-                Err(e) => tracing::error!("signing this node's node-plane token: {e}"),
+        let mut tokens = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        let cached = tokens.get(&target);
+        if let Some(c) = cached {
+            if now.saturating_sub(c.minted_at) < self.ttl_secs / 2 && now >= c.minted_at {
+                return c.bearer.clone();
             }
         }
-        c.bearer.clone()
+        match self.token_at(now, Some(target)) {
+            Ok(token) => {
+                let bearer: Arc<str> = Arc::from(format!("Bearer {token}"));
+                tokens.insert(
+                    target,
+                    Current {
+                        bearer: bearer.clone(),
+                        minted_at: now,
+                    },
+                );
+                bearer
+            }
+            Err(e) => {
+                tracing::error!("signing this node's node-plane token: {e}");
+                // None cached yet: an empty bearer, which the peer refuses as unauthenticated.
+                cached.map_or_else(|| Arc::from("Bearer "), |c| c.bearer.clone())
+            }
+        }
     }
 }
 
@@ -162,15 +173,38 @@ mod tests {
     fn the_token_is_cached_and_renewed_after_half_its_life() {
         let key = SigningKey::hs256(&[7; 32], Some("k".into())).unwrap();
         let t = NodeTokens::new(key, "iss".into(), "node".into(), 3, 300).unwrap();
-        let first = t.bearer();
+        let first = t.bearer(1);
         assert!(first.starts_with("Bearer "));
         // Within half its life: the same token, not signed again.
-        assert!(Arc::ptr_eq(&first, &t.bearer()));
+        assert!(Arc::ptr_eq(&first, &t.bearer(1)));
         // Pretend it was signed 150 s ago: renewed.
-        t.current.lock().unwrap().minted_at -= 150;
-        let renewed = t.bearer();
+        t.current.lock().unwrap().get_mut(&1).unwrap().minted_at -= 150;
+        let renewed = t.bearer(1);
         assert!(!Arc::ptr_eq(&first, &renewed));
-        assert!(Arc::ptr_eq(&renewed, &t.bearer()));
+        assert!(Arc::ptr_eq(&renewed, &t.bearer(1)));
+    }
+
+    /// Each member gets a token bound to it (`tgt`), cached apart.
+    #[test]
+    fn each_member_gets_a_token_bound_to_it() {
+        use base64::Engine;
+        let key = SigningKey::hs256(&[7; 32], Some("k".into())).unwrap();
+        let t = NodeTokens::new(key, "iss".into(), "node".into(), 3, 300).unwrap();
+        let tgt = |bearer: &str| {
+            let payload = bearer.split('.').nth(1).unwrap();
+            let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap();
+            let claims: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            (claims["sub"].clone(), claims["tgt"].clone())
+        };
+        let (to1, to2) = (t.bearer(1), t.bearer(2));
+        assert_ne!(to1, to2);
+        assert_eq!(tgt(&to1), ("node-3".into(), "1".into()));
+        assert_eq!(tgt(&to2), ("node-3".into(), "2".into()));
+        assert!(Arc::ptr_eq(&to1, &t.bearer(1)));
+        let unbound = t.token_at(now_secs(), None).unwrap();
+        assert_eq!(tgt(&unbound), ("node-3".into(), serde_json::Value::Null));
     }
 }
 
@@ -221,6 +255,7 @@ mod bound_key_tests {
                 issuer: "iss".into(),
                 audience: aud.into(),
                 kid: Some("n3".into()),
+                target: None,
                 now_secs: now_secs(),
                 ttl_secs: 60,
             };

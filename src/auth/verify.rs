@@ -382,12 +382,25 @@ impl Verifier {
                 why: "must be a list of prefixes (strings)",
             }),
         };
+        let target = match claims.get("tgt") {
+            None => None,
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_SUBJECT_BYTES => {
+                Some(s.clone())
+            }
+            Some(_) => {
+                return Err(Reason::BadClaim {
+                    claim: "tgt",
+                    why: "must be a non-empty string of at most 256 bytes",
+                })
+            }
+        };
         Ok(Identity {
             subject,
             roles,
             stream_prefixes: prefixes("streams")?,
             series_prefixes: prefixes("series")?,
             expires_at,
+            target,
         })
     }
 }

@@ -89,6 +89,7 @@ pub async fn run(
                 issuer: iss,
                 audience: aud,
                 kid,
+                target: None,
                 now_secs,
                 ttl_secs: ttl_ms / 1000,
             };

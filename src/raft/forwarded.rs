@@ -284,6 +284,7 @@ mod tests {
             issuer: "iss".into(),
             audience: audience.into(),
             kid: Some("k".into()),
+            target: None,
             now_secs: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()

@@ -352,7 +352,7 @@ impl Peer {
     fn authorize<T>(&self, request: &mut tonic::Request<T>) -> Result<(), tonic::Status> {
         if let Some(tokens) = &self.tokens {
             let value = tokens
-                .bearer()
+                .bearer(self.target)
                 .parse()
                 .map_err(|_| tonic::Status::internal("this node's token is not a header value"))?;
             request.metadata_mut().insert("authorization", value);

@@ -14,12 +14,19 @@
 //!   with it is (the leader appends it before it replicates to the newcomer). A lagging
 //!   member that has not yet seen a newcomer refuses it, as if it had not answered: Raft
 //!   tolerates that, and the majority that committed the membership knows it;
+//! - a token bound to another member (`tgt`, see `auth::node_token`) →
+//!   `PERMISSION_DENIED`: a member cannot replay a token it received to a third;
 //! - where the message names its sender — a Vote's candidate, AppendEntries' and
 //!   InstallSnapshot's leader, a Lease's `from` — it must be the token's node, else
 //!   `PERMISSION_DENIED` (a member cannot speak for another: e.g. take another voter's
 //!   lease shares). Clock, ReadIndex and Propose name no sender;
 //! - a forwarded batch's commands are each authorized again as their own caller
 //!   ([`super::forwarded`]).
+//!
+//! With authentication on or off, a message of a shape openraft never sends is refused
+//! (`INVALID_ARGUMENT`) before openraft sees it: a leader's AppendEntries or InstallSnapshot
+//! carries its committed vote, a candidate's Vote an uncommitted one ([`check_vote`];
+//! openraft's state asserts the first).
 
 use std::sync::Arc;
 
@@ -128,6 +135,17 @@ impl RaftService {
                 "the node plane takes node tokens only (sub node-<id>)".to_owned(),
             )
         })?;
+        // A token bound to another member was replayed here (`auth::node_token`); one
+        // without `tgt` comes from a node on older code.
+        if let Some(target) = &identity.target {
+            if *target != self.id.to_string() {
+                tracing::warn!(node, target, "refused a node token bound to another member");
+                return Err(Status::permission_denied(format!(
+                    "node {node}'s token is bound to member {target:?}, not to node {}",
+                    self.id
+                )));
+            }
+        }
         let m = self.raft.metrics();
         let m = m.borrow();
         let membership = m.membership_config.membership();
@@ -188,6 +206,26 @@ fn unauthenticated(e: AuthError) -> Status {
     }
 }
 
+/// A leader's messages (AppendEntries, InstallSnapshot) carry its committed vote and a
+/// candidate's Vote request an uncommitted one: openraft sends no other, and its state
+/// asserts as much, so a message of another shape is refused here, whoever sent it, before
+/// openraft sees it.
+#[allow(clippy::result_large_err)]
+fn check_vote(vote: &super::Vote, committed: bool, what: &str) -> Result<(), Status> {
+    if vote.is_committed() == committed {
+        return Ok(());
+    }
+    let want = if committed {
+        "committed"
+    } else {
+        "uncommitted"
+    };
+    tracing::warn!(%vote, "refused {what}: its vote is not {want}");
+    Err(Status::invalid_argument(format!(
+        "{what} carries the vote {vote}; a {what} request carries a {want} vote"
+    )))
+}
+
 /// A message that names its sender must name the caller the token proves.
 #[allow(clippy::result_large_err)]
 fn check_sender(caller: Option<NodeId>, named: Option<NodeId>, what: &str) -> Result<(), Status> {
@@ -238,6 +276,7 @@ impl raft_server::Raft for RaftService {
             rpc.vote.leader_id().voted_for(),
             "AppendEntries' leader",
         )?;
+        check_vote(&rpc.vote, true, "AppendEntries")?;
         encode(&self.raft.append_entries(rpc).await)
     }
 
@@ -252,6 +291,7 @@ impl raft_server::Raft for RaftService {
             rpc.vote.leader_id().voted_for(),
             "InstallSnapshot's leader",
         )?;
+        check_vote(&rpc.vote, true, "InstallSnapshot")?;
         encode(&self.raft.install_snapshot(rpc).await)
     }
 
@@ -259,6 +299,7 @@ impl raft_server::Raft for RaftService {
         let caller = self.admit(&req)?;
         let rpc: openraft::raft::VoteRequest<NodeId> = decode(req.get_ref())?;
         check_sender(caller, rpc.vote.leader_id().voted_for(), "Vote's candidate")?;
+        check_vote(&rpc.vote, false, "Vote")?;
         encode(&self.raft.vote(rpc).await)
     }
 

@@ -156,6 +156,7 @@ pub fn material() -> &'static Material {
                 issuer: ISS.into(),
                 audience: AUD.into(),
                 kid: Some(CLIENT_KID.into()),
+                target: None,
                 now_secs,
                 ttl_secs: TOKEN_TTL_SECS,
             },
