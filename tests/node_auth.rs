@@ -1,7 +1,9 @@
 //! The node-to-node plane with `[auth]` on (issue 12), against a real 3-node cluster over real
 //! gRPC: the cluster elects, replicates and serves writes forwarded through a follower with
 //! every peer call carrying node tokens; raft.v1 refuses client tokens of any role, calls
-//! without a token, non-members and messages that speak for another node; a forwarded
+//! without a token, non-members, messages that speak for another node, a member's token
+//! bound to another member, and messages of a shape openraft never sends (a leader's
+//! uncommitted vote, a candidate's committed one, entries with a gap); a forwarded
 //! command is authorized again by the leader as its own caller. Every refusal is followed by
 //! a read-back: the target's term did not move and no event of the attack reached the log.
 //! Prints a table (case → expected → got).
@@ -450,68 +452,91 @@ async fn the_node_plane_takes_members_node_tokens_only() {
             Some(c.nodes[to].id),
         )
     };
-    for (rpc, at_term, case, to, want) in [
-        ("Lease", 0, "bound to the leader", leader, "OK"),
+    // A leader's entries follow prev_log_id index by index (openraft asserts as much).
+    let id =
+        |index| openraft::LogId::new(openraft::CommittedLeaderId::new(term + 100, peer_id), index);
+    let blank = |index| openraft::Entry::<TypeConfig> {
+        log_id: id(index),
+        payload: openraft::EntryPayload::Blank,
+    };
+    let gap = openraft::raft::AppendEntriesRequest::<TypeConfig> {
+        vote: openraft::Vote::new_committed(term + 100, peer_id),
+        prev_log_id: None,
+        entries: vec![blank(0), blank(2)],
+        leader_commit: None,
+    };
+    let ahead = term + 100;
+    let cases = [
         (
             "Lease",
-            0,
-            "bound to another member",
-            other_follower,
-            "PermissionDenied",
-        ),
-        (
-            "AppendEntries",
-            term + 100,
-            "bound to another member",
-            other_follower,
-            "PermissionDenied",
-        ),
-        // A leader's messages carry its committed vote (openraft sends no other); one
-        // that does not is malformed, whoever sends it, and must not reach openraft (whose
-        // state asserts a committed vote there).
-        (
-            "AppendEntries",
-            term + 100,
-            "bound to the leader, with an uncommitted vote",
+            "token bound to the leader",
             leader,
+            body("Lease", peer_id, 0),
+            "OK",
+        ),
+        (
+            "Lease",
+            "token bound to another member",
+            other_follower,
+            body("Lease", peer_id, 0),
+            "PermissionDenied",
+        ),
+        (
+            "AppendEntries",
+            "token bound to another member",
+            other_follower,
+            body("AppendEntries", peer_id, ahead),
+            "PermissionDenied",
+        ),
+        // A leader's messages carry its committed vote (openraft sends no other); one that
+        // does not is malformed, whoever sends it, and must not reach openraft (whose state
+        // asserts a committed vote there). A candidate's Vote carries an uncommitted one.
+        (
+            "AppendEntries",
+            "with an uncommitted vote",
+            leader,
+            body("AppendEntries", peer_id, ahead),
             "InvalidArgument",
         ),
         (
             "InstallSnapshot",
-            term + 100,
-            "bound to the leader, with an uncommitted vote",
+            "with an uncommitted vote",
             leader,
+            body("InstallSnapshot", peer_id, ahead),
             "InvalidArgument",
         ),
-        // And a candidate's Vote request carries an uncommitted one.
         (
             "Vote",
-            term + 100,
-            "bound to the leader, with a committed vote",
+            "with a committed vote",
             leader,
+            body_with(
+                "Vote",
+                peer_id,
+                openraft::Vote::new_committed(ahead, peer_id),
+            ),
             "InvalidArgument",
         ),
-    ] {
+        (
+            "AppendEntries",
+            "entries with a gap",
+            leader,
+            postcard::to_allocvec(&gap).unwrap(),
+            "InvalidArgument",
+        ),
+    ];
+    for (rpc, case, to, message, want) in cases {
         let before = status(&c.nodes[leader], &admin).await.term;
         let r = raft_call(
             &c.nodes[leader],
             rpc,
-            body_with(
-                rpc,
-                peer_id,
-                if case.contains("a committed vote") {
-                    openraft::Vote::new_committed(at_term, peer_id)
-                } else {
-                    openraft::Vote::new(at_term, peer_id)
-                },
-            ),
+            message,
             Some(&bound(to)),
             Some(&leader_target),
         )
         .await;
         let after = status(&c.nodes[leader], &admin).await.term;
         record(
-            format!("node {peer_id}'s own {rpc} to the leader, token {case}"),
+            format!("node {peer_id}'s own {rpc} to the leader, {case}"),
             want,
             code_and_term(&r, before, after),
         );

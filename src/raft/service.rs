@@ -25,8 +25,9 @@
 //!
 //! With authentication on or off, a message of a shape openraft never sends is refused
 //! (`INVALID_ARGUMENT`) before openraft sees it: a leader's AppendEntries or InstallSnapshot
-//! carries its committed vote, a candidate's Vote an uncommitted one ([`check_vote`];
-//! openraft's state asserts the first).
+//! carries its committed vote, a candidate's Vote an uncommitted one ([`check_vote`]), and
+//! AppendEntries' entries follow its `prev_log_id` in the leader's log order
+//! ([`check_entries`]). openraft assumes both and asserts them in debug builds.
 
 use std::sync::Arc;
 
@@ -38,7 +39,7 @@ use super::clock::ClusterClock;
 use super::forwarded::{self, ProposeAs};
 use super::lease::{LeaseAsk, LeaseDesk, LeaseError};
 use super::network::TARGET_HEADER;
-use super::{Command, CommandOutcome, NodeId, ProposeError, Raft, TypeConfig};
+use super::{Command, CommandOutcome, Entry, LogId, NodeId, ProposeError, Raft, TypeConfig};
 use crate::auth::{node_id_of, AuthError, Plane, Reason, Verifier};
 use crate::model::Limits;
 use crate::proto::raft::v1::{raft_server, RaftMessage};
@@ -226,6 +227,56 @@ fn check_vote(vote: &super::Vote, committed: bool, what: &str) -> Result<(), Sta
     )))
 }
 
+/// A leader's AppendEntries carries entries from its log, in its order: each the next index
+/// after `prev` (or after the one before it), from terms that never go back and never pass
+/// the leader's own. openraft assumes as much (its debug builds assert it; a release build
+/// would take a gap or a reordering into its log state), so another message is refused.
+#[allow(clippy::result_large_err)]
+fn check_entries(
+    vote: &super::Vote,
+    prev: Option<&LogId>,
+    entries: &[Entry],
+) -> Result<(), Status> {
+    use std::cmp::Ordering::{Equal, Greater, Less};
+    let invalid = |why: String| {
+        tracing::warn!("refused AppendEntries: {why}");
+        Err(Status::invalid_argument(format!("AppendEntries: {why}")))
+    };
+    let leader = *vote.leader_id();
+    let mut next = prev.map_or(Some(0), |p| p.index.checked_add(1));
+    let mut floor = prev.map(|p| p.leader_id);
+    if let Some(p) = prev {
+        if !matches!(p.leader_id.partial_cmp(&leader), Some(Less | Equal)) {
+            return invalid(format!(
+                "prev_log_id {p} is from past the leader's vote {vote}"
+            ));
+        }
+    }
+    for (i, e) in entries.iter().enumerate() {
+        let id = e.log_id;
+        if Some(id.index) != next {
+            return invalid(format!(
+                "entry {i} is {id}, not the next index ({})",
+                next.map_or("none: the index space is used up".to_owned(), |n| n
+                    .to_string())
+            ));
+        }
+        if floor.is_some_and(|f| !matches!(id.leader_id.partial_cmp(&f), Some(Greater | Equal))) {
+            return invalid(format!(
+                "entry {i} is {id}, from a term before the entry before it"
+            ));
+        }
+        if !matches!(id.leader_id.partial_cmp(&leader), Some(Less | Equal)) {
+            return invalid(format!(
+                "entry {i} is {id}, from past the leader's vote {vote}"
+            ));
+        }
+        next = id.index.checked_add(1);
+        floor = Some(id.leader_id);
+    }
+    Ok(())
+}
+
 /// A message that names its sender must name the caller the token proves.
 #[allow(clippy::result_large_err)]
 fn check_sender(caller: Option<NodeId>, named: Option<NodeId>, what: &str) -> Result<(), Status> {
@@ -277,6 +328,7 @@ impl raft_server::Raft for RaftService {
             "AppendEntries' leader",
         )?;
         check_vote(&rpc.vote, true, "AppendEntries")?;
+        check_entries(&rpc.vote, rpc.prev_log_id.as_ref(), &rpc.entries)?;
         encode(&self.raft.append_entries(rpc).await)
     }
 
@@ -440,6 +492,65 @@ mod tests {
             r.metadata_mut().insert("authorization", v.parse().unwrap());
         }
         r
+    }
+
+    #[test]
+    fn append_entries_must_follow_the_leaders_log_order() {
+        use openraft::{CommittedLeaderId, EntryPayload};
+        let id = |term: u64, node: u64, index: u64| {
+            LogId::new(CommittedLeaderId::new(term, node), index)
+        };
+        let entry = |log_id: LogId| Entry {
+            log_id,
+            payload: EntryPayload::Blank,
+        };
+        let vote = super::super::Vote::new_committed(5, 2);
+        let ok = |prev: Option<LogId>, ids: &[LogId]| {
+            let entries: Vec<Entry> = ids.iter().copied().map(entry).collect();
+            check_entries(&vote, prev.as_ref(), &entries)
+        };
+        // What a leader sends: its log from `prev` on, earlier terms before its own.
+        assert!(ok(None, &[]).is_ok());
+        assert!(ok(Some(id(3, 1, 9)), &[]).is_ok());
+        assert!(ok(None, &[id(1, 1, 0), id(1, 1, 1), id(5, 2, 2)]).is_ok());
+        assert!(ok(Some(id(3, 1, 9)), &[id(3, 1, 10), id(5, 2, 11)]).is_ok());
+        // What it never sends.
+        let refused = [
+            (
+                "a first index that does not follow prev",
+                Some(id(3, 1, 9)),
+                vec![id(3, 1, 11)],
+            ),
+            ("a first index past 0 without prev", None, vec![id(1, 1, 1)]),
+            ("a gap", None, vec![id(1, 1, 0), id(1, 1, 2)]),
+            ("an index repeated", None, vec![id(1, 1, 0), id(1, 1, 0)]),
+            ("a term going back", None, vec![id(3, 1, 0), id(2, 1, 1)]),
+            (
+                "a term going back from prev",
+                Some(id(4, 3, 9)),
+                vec![id(3, 1, 10)],
+            ),
+            ("a term past the leader's", None, vec![id(6, 2, 0)]),
+            (
+                "another leader in the leader's term",
+                None,
+                vec![id(5, 3, 0)],
+            ),
+            ("prev past the leader's term", Some(id(6, 1, 9)), vec![]),
+            (
+                "the index space used up",
+                Some(id(3, 1, u64::MAX)),
+                vec![id(3, 1, 0)],
+            ),
+        ];
+        for (case, prev, ids) in refused {
+            let r = ok(prev, &ids);
+            assert_eq!(
+                r.as_ref().map_err(|s| s.code()),
+                Err(tonic::Code::InvalidArgument),
+                "{case}: {r:?}"
+            );
+        }
     }
 
     #[test]
