@@ -27,7 +27,10 @@
 //! (`INVALID_ARGUMENT`) before openraft sees it: a leader's AppendEntries or InstallSnapshot
 //! carries its committed vote, a candidate's Vote an uncommitted one ([`check_vote`]), and
 //! AppendEntries' entries follow its `prev_log_id` in the leader's log order
-//! ([`check_entries`]). openraft assumes both and asserts them in debug builds.
+//! ([`check_entries`]). openraft assumes both and asserts them in debug builds. Memberships
+//! (in entries and in a snapshot's meta) and a snapshot's last log id must be ones a leader
+//! makes ([`check_membership`], [`check_snapshot_meta`]): openraft validates a membership
+//! where it makes one, not where it receives one.
 
 use std::sync::Arc;
 
@@ -271,10 +274,57 @@ fn check_entries(
                 "entry {i} is {id}, from past the leader's vote {vote}"
             ));
         }
+        if let openraft::EntryPayload::Membership(m) = &e.payload {
+            check_membership(m).or_else(|why| invalid(format!("entry {i} is {id}: {why}")))?;
+        }
         next = id.index.checked_add(1);
         floor = Some(id.leader_id);
     }
     Ok(())
+}
+
+/// A membership openraft could have made: one or two configurations (a joint one while it
+/// changes), none empty, every voter with its node. openraft checks this where it makes
+/// one, not where it receives one.
+fn check_membership(m: &super::Membership) -> Result<(), String> {
+    let configs = m.get_joint_config();
+    if configs.is_empty() || configs.len() > 2 || configs.iter().any(|c| c.is_empty()) {
+        return Err(format!(
+            "a membership of {} configurations, {} of them empty",
+            configs.len(),
+            configs.iter().filter(|c| c.is_empty()).count()
+        ));
+    }
+    if let Some(v) = m.voter_ids().find(|v| m.get_node(v).is_none()) {
+        return Err(format!("voter {v} of a membership has no node"));
+    }
+    Ok(())
+}
+
+/// A snapshot a leader sends covers its log up to a log id no later than its own vote, with
+/// the membership of that log: a valid one, from no later than the snapshot's last log id.
+#[allow(clippy::result_large_err)]
+fn check_snapshot_meta(vote: &super::Vote, meta: &super::SnapshotMeta) -> Result<(), Status> {
+    use std::cmp::Ordering::{Equal, Less};
+    let why = if meta.last_log_id.is_some_and(|l| {
+        !matches!(
+            l.leader_id.partial_cmp(vote.leader_id()),
+            Some(Less | Equal)
+        )
+    }) {
+        format!("its last log id is from past the leader's vote {vote}")
+    } else if !matches!(
+        meta.last_membership.log_id().partial_cmp(&meta.last_log_id),
+        Some(Less | Equal)
+    ) {
+        "its membership is from past its last log id".to_owned()
+    } else if let Err(why) = check_membership(meta.last_membership.membership()) {
+        why
+    } else {
+        return Ok(());
+    };
+    tracing::warn!("refused InstallSnapshot: {why}");
+    Err(Status::invalid_argument(format!("InstallSnapshot: {why}")))
 }
 
 /// A message that names its sender must name the caller the token proves.
@@ -344,6 +394,7 @@ impl raft_server::Raft for RaftService {
             "InstallSnapshot's leader",
         )?;
         check_vote(&rpc.vote, true, "InstallSnapshot")?;
+        check_snapshot_meta(&rpc.vote, &rpc.meta)?;
         encode(&self.raft.install_snapshot(rpc).await)
     }
 
@@ -549,6 +600,89 @@ mod tests {
                 r.as_ref().map_err(|s| s.code()),
                 Err(tonic::Code::InvalidArgument),
                 "{case}: {r:?}"
+            );
+        }
+    }
+
+    /// A membership as a peer could send it (deserialized: openraft's constructors would
+    /// not make most of these).
+    fn membership(configs: &str, nodes: &str) -> super::super::Membership {
+        let node = serde_json::to_value(crate::raft::NodeInfo::default()).unwrap();
+        let nodes: serde_json::Map<String, serde_json::Value> = nodes
+            .split(',')
+            .filter(|n| !n.is_empty())
+            .map(|n| (n.to_owned(), node.clone()))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "configs": serde_json::from_str::<serde_json::Value>(configs).unwrap(),
+            "nodes": nodes,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn memberships_and_snapshots_must_be_ones_a_leader_makes() {
+        use openraft::{CommittedLeaderId, EntryPayload, SnapshotMeta, StoredMembership};
+        let id = |term: u64, index: u64| LogId::new(CommittedLeaderId::new(term, 1), index);
+        let vote = super::super::Vote::new_committed(5, 1);
+        assert!(check_membership(&membership("[[1,2,3]]", "1,2,3")).is_ok());
+        assert!(check_membership(&membership("[[1,2,3],[1,2]]", "1,2,3,4")).is_ok());
+        for (case, configs, nodes) in [
+            ("no configuration", "[]", "1"),
+            ("an empty configuration", "[[]]", ""),
+            ("an empty half of a joint one", "[[1],[]]", "1"),
+            ("three configurations", "[[1],[1],[1]]", "1"),
+            ("a voter without its node", "[[1,2]]", "1"),
+        ] {
+            assert!(
+                check_membership(&membership(configs, nodes)).is_err(),
+                "{case}"
+            );
+            // Inside an entry, too.
+            let entry = Entry {
+                log_id: id(5, 0),
+                payload: EntryPayload::Membership(membership(configs, nodes)),
+            };
+            let r = check_entries(&vote, None, &[entry]);
+            assert_eq!(
+                r.map_err(|s| s.code()),
+                Err(tonic::Code::InvalidArgument),
+                "{case}"
+            );
+        }
+        let meta = |last: Option<LogId>, at: Option<LogId>, m| SnapshotMeta {
+            last_log_id: last,
+            last_membership: StoredMembership::new(at, m),
+            snapshot_id: "s".into(),
+        };
+        let good = membership("[[1,2,3]]", "1,2,3");
+        assert!(
+            check_snapshot_meta(&vote, &meta(Some(id(5, 9)), Some(id(3, 2)), good.clone())).is_ok()
+        );
+        assert!(check_snapshot_meta(&vote, &meta(None, None, good.clone())).is_ok());
+        for (case, m) in [
+            (
+                "past the leader's vote",
+                meta(Some(id(6, 9)), Some(id(3, 2)), good.clone()),
+            ),
+            (
+                "a membership past the last log id",
+                meta(Some(id(5, 9)), Some(id(5, 10)), good.clone()),
+            ),
+            (
+                "a membership without a last log id",
+                meta(None, Some(id(1, 0)), good.clone()),
+            ),
+            (
+                "an invalid membership",
+                meta(Some(id(5, 9)), Some(id(3, 2)), membership("[[]]", "")),
+            ),
+        ] {
+            let r = check_snapshot_meta(&vote, &m);
+            assert_eq!(
+                r.map_err(|s| s.code()),
+                Err(tonic::Code::InvalidArgument),
+                "{case}"
             );
         }
     }
