@@ -25,11 +25,11 @@
 //!
 //! With authentication on or off, a message of a shape openraft never sends is refused
 //! (`INVALID_ARGUMENT`) before openraft sees it: a leader's AppendEntries or InstallSnapshot
-//! carries its committed vote, a candidate's Vote an uncommitted one ([`check_vote`]), and
+//! carries its committed vote, a candidate's Vote an uncommitted one (`check_vote`), and
 //! AppendEntries' entries follow its `prev_log_id` in the leader's log order
-//! ([`check_entries`]). openraft assumes both and asserts them in debug builds. Memberships
+//! (`check_entries`). openraft assumes both and asserts them in debug builds. Memberships
 //! (in entries and in a snapshot's meta) and a snapshot's last log id must be ones a leader
-//! makes ([`check_membership`], [`check_snapshot_meta`]): openraft validates a membership
+//! makes (`check_membership`, `check_snapshot_meta`): openraft validates a membership
 //! where it makes one, not where it receives one.
 
 use std::sync::Arc;
