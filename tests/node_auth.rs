@@ -133,7 +133,22 @@ fn body_with(rpc: &str, sender: u64, vote: openraft::Vote<u64>) -> Vec<u8> {
         "InstallSnapshot" => {
             postcard::to_allocvec(&openraft::raft::InstallSnapshotRequest::<TypeConfig> {
                 vote,
-                meta: Default::default(),
+                // A meta a leader could send (the sender alone as the membership), so that
+                // only the vote or the caller can be wrong.
+                meta: openraft::SnapshotMeta {
+                    last_log_id: None,
+                    last_membership: openraft::StoredMembership::new(
+                        None,
+                        openraft::Membership::new(
+                            vec![[sender].into()],
+                            std::collections::BTreeMap::from([(
+                                sender,
+                                aetherops::raft::NodeInfo::default(),
+                            )]),
+                        ),
+                    ),
+                    snapshot_id: "s".into(),
+                },
                 offset: 0,
                 data: vec![0; 16],
                 done: false,

@@ -532,6 +532,23 @@ fn attack_matrix() {
             node(&rs_token(&with(good_claims(), "aud", json!(NODE_AUD)))),
         ),
         (
+            "node-plane token with a tgt that is not a string",
+            unauth(BadClaim {
+                claim: "tgt",
+                why: "must be a non-empty string of at most 256 bytes",
+            }),
+            node(&rs_token(&with(
+                with(good_claims(), "aud", json!(NODE_AUD)),
+                "tgt",
+                json!(2),
+            ))),
+        ),
+        (
+            "client token with another issuer's tgt claim (not ours there)",
+            Ok(()),
+            client(&rs_token(&with(good_claims(), "tgt", json!({"x": 1})))),
+        ),
+        (
             "token for both planes",
             unauth(WrongPlane {
                 token_for: Plane::Node,

@@ -382,7 +382,9 @@ impl Verifier {
                 why: "must be a list of prefixes (strings)",
             }),
         };
-        let target = match claims.get("tgt") {
+        // `tgt` binds a node token to a member; on the client plane it is another issuer's
+        // claim, none of ours.
+        let target = match claims.get("tgt").filter(|_| plane == Plane::Node) {
             None => None,
             Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_SUBJECT_BYTES => {
                 Some(s.clone())

@@ -117,7 +117,8 @@ impl RaftService {
     }
 
     /// Who is calling: the member the node-plane token names (`None`: authentication is
-    /// off), then the target check. Every RPC starts here.
+    /// off), then the target check, then the member the token is bound to. Every RPC
+    /// starts here.
     #[allow(clippy::result_large_err)]
     fn admit<T>(&self, req: &Request<T>) -> Result<Option<NodeId>, Status> {
         let caller = match &self.auth {
@@ -125,11 +126,27 @@ impl RaftService {
             Some(verifier) => Some(self.authenticate(verifier, req)?),
         };
         self.check_target(req)?;
-        Ok(caller)
+        if let Some((node, Some(target))) = &caller {
+            // A token bound to another member was replayed here (`auth::node_token`); one
+            // without `tgt` comes from a node on older code.
+            if *target != self.id.to_string() {
+                tracing::warn!(node, target, "refused a node token bound to another member");
+                return Err(Status::permission_denied(format!(
+                    "node {node}'s token is bound to member {target:?}, not to node {}",
+                    self.id
+                )));
+            }
+        }
+        Ok(caller.map(|(node, _)| node))
     }
 
+    /// The member a valid node-plane token names, and the member it is bound to (`tgt`).
     #[allow(clippy::result_large_err)]
-    fn authenticate<T>(&self, verifier: &Verifier, req: &Request<T>) -> Result<NodeId, Status> {
+    fn authenticate<T>(
+        &self,
+        verifier: &Verifier,
+        req: &Request<T>,
+    ) -> Result<(NodeId, Option<String>), Status> {
         let token = bearer(req).map_err(|r| unauthenticated(AuthError::Unauthenticated(r)))?;
         let identity = verifier
             .verify(token, Plane::Node)
@@ -139,17 +156,6 @@ impl RaftService {
                 "the node plane takes node tokens only (sub node-<id>)".to_owned(),
             )
         })?;
-        // A token bound to another member was replayed here (`auth::node_token`); one
-        // without `tgt` comes from a node on older code.
-        if let Some(target) = &identity.target {
-            if *target != self.id.to_string() {
-                tracing::warn!(node, target, "refused a node token bound to another member");
-                return Err(Status::permission_denied(format!(
-                    "node {node}'s token is bound to member {target:?}, not to node {}",
-                    self.id
-                )));
-            }
-        }
         let m = self.raft.metrics();
         let m = m.borrow();
         let membership = m.membership_config.membership();
@@ -162,7 +168,7 @@ impl RaftService {
                 self.id
             )));
         }
-        Ok(node)
+        Ok((node, identity.target.clone()))
     }
 
     fn refuse(&self, msg: String) -> Status {
