@@ -23,11 +23,9 @@
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
-
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
@@ -165,16 +163,18 @@ impl Tls {
             reason: format!("no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}"),
         })?;
         let roots = Self::roots(Setting::CaFile, ca_file, &ca_pem)?;
-        let ca_invalid = |e: rustls::server::VerifierBuilderError| TlsError::Invalid {
-            setting: Setting::CaFile,
-            path: ca_file.to_owned(),
-            reason: e.to_string(),
-        };
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+        // The gRPC listener's verifier (client certificates optional there) checks this
+        // node's own certificate too: peers will verify it the same way.
+        let members =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
+                .allow_unauthenticated()
                 .build()
-                .map_err(ca_invalid)?;
-        verifier
+                .map_err(|e| TlsError::Invalid {
+                    setting: Setting::CaFile,
+                    path: ca_file.to_owned(),
+                    reason: e.to_string(),
+                })?;
+        members
             .verify_client_cert(&chain[0], &chain[1..], UnixTime::now())
             .map_err(|e| TlsError::Invalid {
                 setting: Setting::CertFile,
@@ -194,11 +194,6 @@ impl Tls {
             .validity()
             .not_after
             .timestamp();
-        let optional_members =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
-                .allow_unauthenticated()
-                .build()
-                .map_err(ca_invalid)?;
         let server = || {
             rustls::ServerConfig::builder_with_provider(provider())
                 .with_safe_default_protocol_versions()
@@ -206,7 +201,7 @@ impl Tls {
         };
         let mismatch = |e: rustls::Error| TlsError::Mismatch(e.to_string());
         let mut grpc = server()?
-            .with_client_cert_verifier(optional_members)
+            .with_client_cert_verifier(members)
             .with_single_cert(chain.clone(), key.clone_key())
             .map_err(mismatch)?;
         grpc.alpn_protocols = vec![b"h2".to_vec()];
