@@ -663,30 +663,12 @@ fn rustls_client(
     alpn: &[u8],
     member: Option<(&Path, &Path)>,
 ) -> tokio_rustls::TlsConnector {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_slice_iter(&std::fs::read(trust).unwrap()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots);
-    let mut config = match member {
-        Some((cert, key)) => {
-            let chain =
-                rustls::pki_types::CertificateDer::pem_slice_iter(&std::fs::read(cert).unwrap())
-                    .collect::<Result<Vec<_>, _>>()
-                    .unwrap();
-            let key =
-                rustls::pki_types::PrivateKeyDer::from_pem_slice(&std::fs::read(key).unwrap())
-                    .unwrap();
-            builder.with_client_auth_cert(chain, key).unwrap()
-        }
-        None => builder.with_no_client_auth(),
-    };
+    let read = |p: &Path| std::fs::read(p).unwrap();
+    let member = member.map(|(cert, key)| (read(cert), read(key)));
+    let mut config = secure::client_config(
+        &read(trust),
+        member.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+    );
     config.alpn_protocols = vec![alpn.to_vec()];
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }

@@ -248,18 +248,7 @@ impl Material {
 
     /// A rustls client trusting the harness's CA (for HTTPS).
     pub fn rustls_client(&self) -> Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in rustls::pki_types::pem::PemObject::pem_slice_iter(self.ca.cert_pem.as_bytes()) {
-            roots.add(c.expect("CA PEM")).expect("CA certificate");
-        }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        Arc::new(config)
+        Arc::new(client_config(self.ca.cert_pem.as_bytes(), None))
     }
 }
 
@@ -380,4 +369,33 @@ pub async fn https_get_with(addr: &str, path: &str, headers: &[(&str, &str)]) ->
         .await
         .unwrap_or_else(|e| panic!("TLS handshake with {addr}: {e}"));
     super::http_exchange(tls, addr, path, headers).await
+}
+
+/// A rustls client trusting the CA certificates in `ca_pem`, presenting `member` (a PEM
+/// certificate chain and its key) if given.
+pub fn client_config(ca_pem: &[u8], member: Option<(&[u8], &[u8])>) -> rustls::ClientConfig {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(c.expect("CA PEM")).expect("CA certificate");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots);
+    match member {
+        Some((chain, key)) => {
+            let chain = CertificateDer::pem_slice_iter(chain)
+                .collect::<Result<Vec<_>, _>>()
+                .expect("certificate PEM");
+            let key = PrivateKeyDer::from_pem_slice(key).expect("key PEM");
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client certificate")
+        }
+        None => builder.with_no_client_auth(),
+    }
 }
